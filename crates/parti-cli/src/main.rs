@@ -1,0 +1,3 @@
+//! The `parti` command.
+
+fn main() {}

@@ -1,0 +1,257 @@
+//! Assignments: what one worker owns, and the map of all workers to their partitions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::partition::{Partition, WorkerId};
+
+/// Where the cluster is in its life: still batching its first assignment, or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Lifecycle {
+    /// No assignment has been published for the current cluster yet (first start or a full
+    /// restart): the leader batches joins over the cold-start window.
+    #[default]
+    ColdStart,
+    /// At least one assignment was published; changes are planned scales or emergencies.
+    Running,
+}
+
+/// What one worker owns, as published by the leader.
+///
+/// ```
+/// use parti::{Assignment, Lifecycle};
+/// let empty = Assignment::default();
+/// assert_eq!(empty.version, 0);
+/// assert_eq!(empty.lifecycle, Lifecycle::ColdStart);
+/// assert!(empty.partitions.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The cluster-wide assignment version; increases by one on every publish, across leaders.
+    pub version: u64,
+    /// The cluster lifecycle at publication.
+    pub lifecycle: Lifecycle,
+    /// The partitions this worker owns, sorted.
+    pub partitions: Vec<Partition>,
+}
+
+impl Assignment {
+    /// Total effective weight of the partitions.
+    pub fn weight(&self) -> u64 {
+        self.partitions.iter().map(Partition::effective_weight).sum()
+    }
+}
+
+/// The full assignment: every worker to its (sorted) partitions.
+///
+/// Produced by an [`AssignmentStrategy`](crate::strategy::AssignmentStrategy); every worker of
+/// the input appears, possibly with no partitions.
+///
+/// ```
+/// use parti::{AssignmentMap, Partition, WorkerId};
+/// let mut map = AssignmentMap::new();
+/// let w = WorkerId::new("worker-0");
+/// map.insert_worker(w.clone());
+/// map.push(&w, Partition::new(["a"], 3)?);
+/// assert_eq!(map.load(&w), 3);
+/// assert_eq!(map.owner_of(&Partition::new(["a"], 3)?), Some(&w));
+/// # Ok::<(), parti::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AssignmentMap {
+    workers: BTreeMap<WorkerId, Vec<Partition>>,
+}
+
+impl AssignmentMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A map with the given workers, each owning nothing.
+    pub fn with_workers<'a>(workers: impl IntoIterator<Item = &'a WorkerId>) -> Self {
+        Self {
+            workers: workers.into_iter().map(|w| (w.clone(), Vec::new())).collect(),
+        }
+    }
+
+    /// Adds a worker with no partitions (no-op if present).
+    pub fn insert_worker(&mut self, worker: WorkerId) {
+        self.workers.entry(worker).or_default();
+    }
+
+    /// Appends a partition to a worker, adding the worker if needed.
+    ///
+    /// Call [`normalize`](Self::normalize) after building to sort each worker's list.
+    pub fn push(&mut self, worker: &WorkerId, partition: Partition) {
+        match self.workers.get_mut(worker) {
+            Some(list) => list.push(partition),
+            None => {
+                self.workers.insert(worker.clone(), vec![partition]);
+            }
+        }
+    }
+
+    /// Replaces a worker's partitions.
+    pub fn set(&mut self, worker: WorkerId, mut partitions: Vec<Partition>) {
+        partitions.sort();
+        self.workers.insert(worker, partitions);
+    }
+
+    /// Removes a worker, returning what it owned.
+    pub fn remove_worker(&mut self, worker: &WorkerId) -> Option<Vec<Partition>> {
+        self.workers.remove(worker)
+    }
+
+    /// Sorts every worker's partitions, so equal assignments compare equal.
+    pub fn normalize(&mut self) {
+        for list in self.workers.values_mut() {
+            list.sort();
+        }
+    }
+
+    /// The workers, sorted.
+    pub fn workers(&self) -> impl ExactSizeIterator<Item = &WorkerId> {
+        self.workers.keys()
+    }
+
+    /// Whether the worker is in the map.
+    pub fn contains_worker(&self, worker: &WorkerId) -> bool {
+        self.workers.contains_key(worker)
+    }
+
+    /// A worker's partitions (empty if the worker is unknown).
+    pub fn partitions_of(&self, worker: &WorkerId) -> &[Partition] {
+        self.workers.get(worker).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Iterates over `(worker, partitions)`, workers sorted.
+    pub fn iter(&self) -> impl Iterator<Item = (&WorkerId, &[Partition])> {
+        self.workers.iter().map(|(w, p)| (w, p.as_slice()))
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// True when there are no workers.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// Total number of assigned partitions.
+    pub fn partition_count(&self) -> usize {
+        self.workers.values().map(Vec::len).sum()
+    }
+
+    /// Sum of the effective weights a worker owns.
+    pub fn load(&self, worker: &WorkerId) -> u64 {
+        self.partitions_of(worker)
+            .iter()
+            .map(Partition::effective_weight)
+            .sum()
+    }
+
+    /// The owner of a partition (matched by keys), if any. Linear; build an index with
+    /// [`owners`](Self::owners) for repeated look-ups.
+    pub fn owner_of(&self, partition: &Partition) -> Option<&WorkerId> {
+        self.workers
+            .iter()
+            .find(|(_, list)| list.iter().any(|p| p.same_keys(partition)))
+            .map(|(w, _)| w)
+    }
+
+    /// An index from partition keys to owner.
+    pub fn owners(&self) -> BTreeMap<&[String], &WorkerId> {
+        self.workers
+            .iter()
+            .flat_map(|(w, list)| list.iter().map(move |p| (p.keys(), w)))
+            .collect()
+    }
+
+    /// Checks that the map covers exactly `workers` and gives each of `partitions` exactly one
+    /// owner. Strategies are expected to uphold this; the publisher checks it before writing.
+    pub fn verify(&self, workers: &[WorkerId], partitions: &[Partition]) -> Result<()> {
+        let strategy_err = |msg: String| Err(Error::Strategy(msg));
+        for w in workers {
+            if !self.workers.contains_key(w) {
+                return strategy_err(format!("worker {w} is missing from the assignment"));
+            }
+        }
+        if self.workers.len() != workers.len() {
+            return strategy_err(format!(
+                "assignment has {} workers, expected {}",
+                self.workers.len(),
+                workers.len()
+            ));
+        }
+        let mut count: BTreeMap<&[String], usize> = BTreeMap::new();
+        for list in self.workers.values() {
+            for p in list {
+                *count.entry(p.keys()).or_default() += 1;
+            }
+        }
+        for p in partitions {
+            match count.remove(p.keys()) {
+                Some(1) => {}
+                Some(n) => {
+                    return strategy_err(format!("partition {p} assigned {n} times"));
+                }
+                None => return strategy_err(format!("partition {p} is not assigned")),
+            }
+        }
+        if let Some((keys, _)) = count.into_iter().next() {
+            return strategy_err(format!("unknown partition {} assigned", keys.join(".")));
+        }
+        Ok(())
+    }
+}
+
+impl FromIterator<(WorkerId, Vec<Partition>)> for AssignmentMap {
+    fn from_iter<T: IntoIterator<Item = (WorkerId, Vec<Partition>)>>(iter: T) -> Self {
+        let mut map = Self {
+            workers: iter.into_iter().collect(),
+        };
+        map.normalize();
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(k: &str) -> Partition {
+        Partition::new([k], 0).unwrap()
+    }
+
+    #[test]
+    fn verify_catches_missing_double_and_unknown() {
+        let (a, b) = (WorkerId::new("a"), WorkerId::new("b"));
+        let workers = [a.clone(), b.clone()];
+        let parts = [p("1"), p("2")];
+        let good: AssignmentMap = [(a.clone(), vec![p("1")]), (b.clone(), vec![p("2")])]
+            .into_iter()
+            .collect();
+        assert!(good.verify(&workers, &parts).is_ok());
+        let double: AssignmentMap = [(a.clone(), vec![p("1"), p("2")]), (b.clone(), vec![p("2")])]
+            .into_iter()
+            .collect();
+        assert!(double.verify(&workers, &parts).is_err());
+        let missing: AssignmentMap = [(a.clone(), vec![p("1")]), (b.clone(), vec![])]
+            .into_iter()
+            .collect();
+        assert!(missing.verify(&workers, &parts).is_err());
+        let unknown: AssignmentMap = [(a.clone(), vec![p("1"), p("3")]), (b.clone(), vec![p("2")])]
+            .into_iter()
+            .collect();
+        assert!(unknown.verify(&workers, &parts).is_err());
+        let no_worker: AssignmentMap = [(a, vec![p("1"), p("2")])].into_iter().collect();
+        assert!(no_worker.verify(&workers, &parts).is_err());
+    }
+}

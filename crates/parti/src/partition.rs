@@ -1,0 +1,279 @@
+//! Partitions (units of work) and worker IDs.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::error::{Error, Result};
+
+/// The weight used for a partition whose weight is `0`.
+pub const DEFAULT_WEIGHT: u64 = 100;
+
+/// A unit of work: ordered keys and a relative weight.
+///
+/// Keys are non-empty and contain no `.`, `*`, `>` or whitespace, so that
+/// [`subject_key`](Self::subject_key) is always a valid NATS subject fragment.
+///
+/// ```
+/// use parti::Partition;
+///
+/// let p = Partition::new(["tenant-a", "sensor-7"], 250)?;
+/// assert_eq!(p.subject_key(), "tenant-a.sensor-7");
+/// assert_eq!(p.id(), "tenant-a-sensor-7");
+/// assert_eq!(p.effective_weight(), 250);
+/// assert_eq!(Partition::new(["x"], 0)?.effective_weight(), parti::partition::DEFAULT_WEIGHT);
+/// assert!(Partition::new(["bad.key"], 1).is_err());
+/// # Ok::<(), parti::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawPartition", into = "RawPartition")]
+pub struct Partition {
+    keys: Vec<String>,
+    weight: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    keys: Vec<String>,
+    #[serde(default)]
+    weight: u64,
+}
+
+impl TryFrom<RawPartition> for Partition {
+    type Error = Error;
+    fn try_from(raw: RawPartition) -> Result<Self> {
+        Partition::new(raw.keys, raw.weight)
+    }
+}
+
+impl From<Partition> for RawPartition {
+    fn from(p: Partition) -> Self {
+        RawPartition {
+            keys: p.keys,
+            weight: p.weight,
+        }
+    }
+}
+
+impl Partition {
+    /// Creates a partition, validating its keys.
+    pub fn new<I, S>(keys: I, weight: u64) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        let invalid = |reason: String| Error::InvalidPartition {
+            partition: keys.join("."),
+            reason,
+        };
+        if keys.is_empty() {
+            return Err(invalid("a partition needs at least one key".into()));
+        }
+        for key in &keys {
+            if key.is_empty() {
+                return Err(invalid("keys must not be empty".into()));
+            }
+            if let Some(c) = key
+                .chars()
+                .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace())
+            {
+                return Err(invalid(format!("key {key:?} contains forbidden character {c:?}")));
+            }
+        }
+        Ok(Self { keys, weight })
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The weight as given (`0` means "default").
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    /// The weight used for balancing: the given weight, or [`DEFAULT_WEIGHT`] when it is `0`.
+    pub fn effective_weight(&self) -> u64 {
+        if self.weight == 0 {
+            DEFAULT_WEIGHT
+        } else {
+            self.weight
+        }
+    }
+
+    /// The keys joined with `.`: the fragment used in NATS subjects.
+    pub fn subject_key(&self) -> String {
+        self.keys.join(".")
+    }
+
+    /// The keys joined with `-`: a readable identifier.
+    pub fn id(&self) -> String {
+        self.keys.join("-")
+    }
+
+    /// A stable 64-bit hash of the keys (xxh3, chained over the keys, starting from `seed`).
+    ///
+    /// It does not depend on the weight, so re-weighting a partition does not move it on a ring.
+    pub fn hash_with_seed(&self, seed: u64) -> u64 {
+        self.keys.iter().fold(seed, |h, key| {
+            // The key length is mixed in so that ["ab","c"] and ["a","bc"] differ.
+            xxh3_64_with_seed(key.as_bytes(), h ^ (key.len() as u64).rotate_left(32))
+        })
+    }
+
+    /// Same keys, different weight.
+    pub fn with_weight(mut self, weight: u64) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// True when `other` has the same keys (a duplicate, whatever the weights).
+    pub fn same_keys(&self, other: &Partition) -> bool {
+        self.keys == other.keys
+    }
+}
+
+impl fmt::Display for Partition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.subject_key())
+    }
+}
+
+/// Checks that no two partitions have the same keys; the error names the duplicate.
+///
+/// ```
+/// use parti::{Partition, partition::check_unique};
+/// let a = Partition::new(["a"], 1)?;
+/// let err = check_unique(&[a.clone(), a.with_weight(5)]).unwrap_err();
+/// assert!(err.to_string().contains("duplicate"));
+/// # Ok::<(), parti::Error>(())
+/// ```
+pub fn check_unique(partitions: &[Partition]) -> Result<()> {
+    let mut seen: HashSet<&[String]> = HashSet::with_capacity(partitions.len());
+    for p in partitions {
+        if !seen.insert(p.keys()) {
+            return Err(Error::InvalidPartition {
+                partition: p.subject_key(),
+                reason: "duplicate partition keys".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A worker's stable ID, e.g. `worker-3`.
+///
+/// ```
+/// use parti::WorkerId;
+/// let id = WorkerId::new("worker-3");
+/// assert_eq!(id.as_str(), "worker-3");
+/// assert_eq!(id.to_string(), "worker-3");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// Wraps a string as a worker ID.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// The ID as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Borrow<str> for WorkerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for WorkerId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for WorkerId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for WorkerId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_keys() {
+        for keys in [vec![], vec![""], vec!["a b"], vec!["a*"], vec!["a>"], vec!["a.b"], vec!["a\t"]] {
+            assert!(
+                matches!(Partition::new(keys.clone(), 1), Err(Error::InvalidPartition { .. })),
+                "{keys:?} must be rejected"
+            );
+        }
+        assert!(Partition::new(["a", "b-c_d"], 1).is_ok());
+    }
+
+    #[test]
+    fn hash_is_stable_seeded_and_weight_independent() {
+        let p = Partition::new(["a", "b"], 1).unwrap();
+        assert_eq!(p.hash_with_seed(7), p.clone().with_weight(99).hash_with_seed(7));
+        assert_ne!(p.hash_with_seed(7), p.hash_with_seed(8));
+        let split = Partition::new(["ab", "c"], 1).unwrap();
+        let other = Partition::new(["a", "bc"], 1).unwrap();
+        assert_ne!(split.hash_with_seed(0), other.hash_with_seed(0));
+    }
+
+    #[test]
+    fn orders_by_keys() {
+        let mut v = vec![
+            Partition::new(["b"], 1).unwrap(),
+            Partition::new(["a", "z"], 1).unwrap(),
+            Partition::new(["a"], 9).unwrap(),
+        ];
+        v.sort();
+        let ids: Vec<_> = v.iter().map(Partition::id).collect();
+        assert_eq!(ids, ["a", "a-z", "b"]);
+    }
+
+    #[test]
+    fn serde_validates() {
+        let ok: Partition = serde_json::from_str(r#"{"keys":["a","b"],"weight":3}"#).unwrap();
+        assert_eq!(ok.subject_key(), "a.b");
+        let default_weight: Partition = serde_json::from_str(r#"{"keys":["a"]}"#).unwrap();
+        assert_eq!(default_weight.effective_weight(), DEFAULT_WEIGHT);
+        assert!(serde_json::from_str::<Partition>(r#"{"keys":["a.b"]}"#).is_err());
+        assert!(serde_json::from_str::<Partition>(r#"{"keys":[]}"#).is_err());
+    }
+
+    #[test]
+    fn duplicates_are_named() {
+        let a = Partition::new(["x", "y"], 1).unwrap();
+        let b = Partition::new(["z"], 1).unwrap();
+        assert!(check_unique(&[a.clone(), b.clone()]).is_ok());
+        let err = check_unique(&[a.clone(), b, a.with_weight(3)]).unwrap_err();
+        assert!(err.to_string().contains("x.y"), "{err}");
+    }
+}

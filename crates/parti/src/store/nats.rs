@@ -1,0 +1,1 @@
+//! The NATS JetStream KV implementation of [`Store`](super::Store).
