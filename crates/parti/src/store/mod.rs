@@ -17,6 +17,7 @@
 //!   position it starts a fresh snapshot, so a consumer that rebuilds its view on `InitDone` never
 //!   misses a change. Transient errors are yielded as `Err` items; the stream carries on.
 
+pub mod codec;
 mod nats;
 mod pattern;
 
@@ -29,7 +30,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use crate::error::StoreError;
-// pub use nats::NatsStore;
+pub use nats::NatsStore;
 pub use pattern::key_matches;
 
 /// A value stored under a key, with the revision of the write that produced it.
@@ -122,6 +123,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// from `spec` in a way that changes behaviour is reported as
     /// [`StoreError::IncompatibleBucket`].
     async fn bucket(&self, spec: &BucketSpec) -> Result<Arc<dyn Bucket>, StoreError>;
+
+    /// Whether the store is reachable right now, as far as the client knows (used to enter
+    /// degraded mode after `enterThreshold` of disconnection).
+    fn is_connected(&self) -> bool {
+        true
+    }
 }
 
 /// One key-value bucket.

@@ -1,1 +1,665 @@
 //! The NATS JetStream KV implementation of [`Store`](super::Store).
+//!
+//! Writes are published straight to the bucket's stream with the
+//! `Nats-Expected-Last-Subject-Sequence` header, so a lost race is told apart from a failure
+//! exactly. Watches are ordered push consumers over the stream: the client recreates them from
+//! the last delivered sequence after a reconnect, so a server restart neither loses nor repeats
+//! an event. Expiries are seen through NATS ≥ 2.11 limit markers (`Nats-Marker-Reason: MaxAge`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::header::{NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MARKER_REASON};
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::{self, ConsumerErrorKind};
+use async_nats::jetstream::{self, Context, ErrorCode};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchEvent, WatchStream};
+
+/// Default bound on a single KV call.
+const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// NATS refuses delete-marker TTLs under one second.
+const MIN_MARKER_TTL: Duration = Duration::from_secs(1);
+const KV_OPERATION: &str = "KV-Operation";
+
+/// A [`Store`] on NATS JetStream key-value buckets.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use parti::store::{BucketSpec, NatsStore, Store};
+///
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let store = NatsStore::new(async_nats::jetstream::new(client))
+///     .with_operation_timeout(Duration::from_secs(2));
+/// let bucket = store.bucket(&BucketSpec::new("parti-heartbeat").expiring(Duration::from_secs(6))).await?;
+/// let revision = bucket.put("worker-0", "{}".into()).await?;
+/// assert!(revision > 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsStore {
+    js: Context,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsStore")
+            .field("op_timeout", &self.op_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsStore {
+    /// A store on the given JetStream context, with a 5 s bound on every call.
+    pub fn new(js: Context) -> Self {
+        Self {
+            js,
+            op_timeout: DEFAULT_OPERATION_TIMEOUT,
+        }
+    }
+
+    /// Bounds every single KV call (`operationTimeout` in the config).
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The JetStream context the store uses.
+    pub fn context(&self) -> &Context {
+        &self.js
+    }
+
+    async fn open(&self, spec: &BucketSpec) -> Result<kv::Store, StoreError> {
+        let name = spec.name.as_str();
+        let backend = |op, e: &dyn std::fmt::Display| StoreError::Backend {
+            op,
+            bucket: name.to_owned(),
+            source: e.to_string().into(),
+        };
+        match self.js.get_stream(format!("KV_{name}")).await {
+            Ok(mut stream) => {
+                let info = stream
+                    .info()
+                    .await
+                    .map_err(|e| backend("stream info", &e))?;
+                check_compatible(spec, &info.config)?;
+                self.js
+                    .get_key_value(name)
+                    .await
+                    .map_err(|e| backend("open bucket", &e))
+            }
+            Err(e) if is_stream_not_found(&e) => {
+                let config = kv::Config {
+                    bucket: name.to_owned(),
+                    history: i64::from(spec.history),
+                    max_age: spec.max_age.unwrap_or_default(),
+                    num_replicas: spec.replicas,
+                    limit_markers: spec
+                        .limit_markers
+                        .then(|| spec.max_age.unwrap_or_default().max(MIN_MARKER_TTL)),
+                    ..Default::default()
+                };
+                match self.js.create_key_value(config).await {
+                    Ok(store) => Ok(store),
+                    // Another worker created it between our look-up and create: check theirs.
+                    Err(_) => {
+                        let mut stream = self
+                            .js
+                            .get_stream(format!("KV_{name}"))
+                            .await
+                            .map_err(|e| backend("create bucket", &e))?;
+                        let info = stream
+                            .info()
+                            .await
+                            .map_err(|e| backend("stream info", &e))?;
+                        check_compatible(spec, &info.config)?;
+                        self.js
+                            .get_key_value(name)
+                            .await
+                            .map_err(|e| backend("open bucket", &e))
+                    }
+                }
+            }
+            Err(e) => Err(backend("open bucket", &e)),
+        }
+    }
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Compares the settings that change behaviour; reports every difference at once.
+fn check_compatible(spec: &BucketSpec, config: &stream::Config) -> Result<(), StoreError> {
+    let mut diffs = Vec::new();
+    let want_age = spec.max_age.unwrap_or_default();
+    if config.max_age != want_age {
+        diffs.push(format!(
+            "max_age is {:?}, expected {:?}",
+            config.max_age, want_age
+        ));
+    }
+    if config.max_messages_per_subject != i64::from(spec.history) {
+        diffs.push(format!(
+            "history is {}, expected {}",
+            config.max_messages_per_subject, spec.history
+        ));
+    }
+    if config.num_replicas.max(1) != spec.replicas.max(1) {
+        diffs.push(format!(
+            "replicas is {}, expected {}",
+            config.num_replicas, spec.replicas
+        ));
+    }
+    let has_markers = config.allow_message_ttl && config.subject_delete_marker_ttl.is_some();
+    if spec.limit_markers && !has_markers {
+        diffs.push("limit markers are off, expected on (expiries would be invisible)".into());
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::IncompatibleBucket {
+            bucket: spec.name.clone(),
+            reason: format!(
+                "{} (delete the bucket or align the configuration)",
+                diffs.join(", ")
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for NatsStore {
+    async fn bucket(&self, spec: &BucketSpec) -> Result<Arc<dyn Bucket>, StoreError> {
+        if !valid_bucket_name(&spec.name) {
+            return Err(StoreError::InvalidName {
+                name: spec.name.clone(),
+                reason: "bucket names are made of A-Z, a-z, 0-9, '_' and '-'".into(),
+            });
+        }
+        let kv = timed(self.op_timeout, "open bucket", &spec.name, self.open(spec)).await?;
+        Ok(Arc::new(NatsBucket {
+            js: self.js.clone(),
+            subject_prefix: kv.prefix.clone(),
+            kv,
+            name: spec.name.clone(),
+            op_timeout: self.op_timeout,
+        }))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Runs a store call under the operation timeout.
+async fn timed<T>(
+    limit: Duration,
+    op: &'static str,
+    bucket: &str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Timeout {
+                op,
+                bucket: bucket.to_owned(),
+            })
+        })
+}
+
+struct NatsBucket {
+    js: Context,
+    kv: kv::Store,
+    /// `$KV.{bucket}.`
+    subject_prefix: String,
+    name: String,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for NatsBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBucket")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBucket {
+    fn check_key(&self, key: &str) -> Result<(), StoreError> {
+        let valid = !key.is_empty()
+            && !key.starts_with('.')
+            && !key.ends_with('.')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.'));
+        if valid {
+            Ok(())
+        } else {
+            Err(StoreError::InvalidName {
+                name: key.to_owned(),
+                reason: "keys are made of A-Z, a-z, 0-9 and -/_=. and do not start or end with '.'"
+                    .into(),
+            })
+        }
+    }
+
+    fn backend(&self, op: &'static str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Backend {
+            op,
+            bucket: self.name.clone(),
+            source: e.to_string().into(),
+        }
+    }
+
+    /// Publishes to the key's subject, optionally fenced on the key's last revision.
+    async fn publish(
+        &self,
+        op: &'static str,
+        key: &str,
+        headers: HeaderMap,
+        value: Bytes,
+    ) -> Result<u64, StoreError> {
+        self.check_key(key)?;
+        let subject = format!("{}{}", self.subject_prefix, key);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, value)
+            .await
+            .map_err(|e| self.publish_error(op, key, e))?;
+        let ack = ack.await.map_err(|e| self.publish_error(op, key, e))?;
+        Ok(ack.sequence)
+    }
+
+    fn publish_error(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: jetstream::context::PublishError,
+    ) -> StoreError {
+        match e.kind() {
+            PublishErrorKind::WrongLastSequence => StoreError::Conflict {
+                bucket: self.name.clone(),
+                key: key.to_owned(),
+            },
+            PublishErrorKind::TimedOut => StoreError::Timeout {
+                op,
+                bucket: self.name.clone(),
+            },
+            _ => self.backend(op, e),
+        }
+    }
+
+    async fn write_expecting(
+        &self,
+        op: &'static str,
+        key: &str,
+        value: Bytes,
+        expected: u64,
+    ) -> Result<u64, StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        self.publish(op, key, headers, value).await
+    }
+
+    /// The last message on the key's subject, tombstones and markers included.
+    async fn last_raw(&self, key: &str) -> Result<Option<kv::Entry>, StoreError> {
+        self.check_key(key)?;
+        self.kv
+            .entry(key)
+            .await
+            .map_err(|e| self.backend("get", e))
+    }
+
+    async fn create_inner(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        match self.write_expecting("create", key, value.clone(), 0).await {
+            Err(StoreError::Conflict { .. }) => {}
+            other => return other,
+        }
+        // The subject has messages: free only if the last one is a delete or expiry marker.
+        match self.last_raw(key).await? {
+            Some(entry) if entry.operation != kv::Operation::Put => {
+                self.write_expecting("create", key, value, entry.revision)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Conflict { bucket, key } => {
+                            StoreError::AlreadyExists { bucket, key }
+                        }
+                        other => other,
+                    })
+            }
+            Some(_) => Err(StoreError::AlreadyExists {
+                bucket: self.name.clone(),
+                key: key.to_owned(),
+            }),
+            // Gone between the two calls (marker aged out): try a clean create once more.
+            None => self
+                .write_expecting("create", key, value, 0)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict { bucket, key } => {
+                        StoreError::AlreadyExists { bucket, key }
+                    }
+                    other => other,
+                }),
+        }
+    }
+
+    async fn snapshot(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut watch = self.watch_stream(pattern).await?;
+        let mut entries = Vec::new();
+        while let Some(event) = watch.next().await {
+            match event? {
+                WatchEvent::InitApply(entry) => entries.push(entry),
+                WatchEvent::InitDone => break,
+                _ => {}
+            }
+        }
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    async fn watch_stream(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+        check_pattern(pattern)?;
+        Ok(NatsWatch {
+            stream: self.kv.stream.clone(),
+            client: self.js.client(),
+            filter: format!("{}{}", self.subject_prefix, pattern),
+            subject_prefix: self.subject_prefix.clone(),
+            bucket: self.name.clone(),
+            op_timeout: self.op_timeout,
+        }
+        .into_stream())
+    }
+}
+
+fn check_pattern(pattern: &str) -> Result<(), StoreError> {
+    let ok = !pattern.is_empty()
+        && pattern.split('.').enumerate().all(|(i, token)| {
+            !token.is_empty()
+                && (token == "*"
+                    || (token == ">" && i == pattern.split('.').count() - 1)
+                    || !token.contains(['*', '>']))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName {
+            name: pattern.to_owned(),
+            reason: "a pattern is a key, or tokens with '*' and a final '>'".into(),
+        })
+    }
+}
+
+#[async_trait]
+impl Bucket for NatsBucket {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let entry = timed(self.op_timeout, "get", &self.name, self.last_raw(key)).await?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| Entry {
+                key: e.key,
+                value: e.value,
+                revision: e.revision,
+            }))
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        timed(
+            self.op_timeout,
+            "create",
+            &self.name,
+            self.create_inner(key, value),
+        )
+        .await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+        if expected == 0 {
+            // Revision 0 means "no message at all" to NATS: that is a create, not an update.
+            return Err(StoreError::Conflict {
+                bucket: self.name.clone(),
+                key: key.to_owned(),
+            });
+        }
+        timed(
+            self.op_timeout,
+            "update",
+            &self.name,
+            self.write_expecting("update", key, value, expected),
+        )
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        timed(
+            self.op_timeout,
+            "put",
+            &self.name,
+            self.publish("put", key, HeaderMap::new(), value),
+        )
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(KV_OPERATION, "DEL");
+        if let Some(revision) = expected {
+            headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, revision.to_string());
+        }
+        timed(
+            self.op_timeout,
+            "delete",
+            &self.name,
+            self.publish("delete", key, headers, Bytes::new()),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+        timed(self.op_timeout, "list", &self.name, self.snapshot(pattern)).await
+    }
+
+    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+        self.watch_stream(pattern).await
+    }
+}
+
+/// What a message on the bucket's stream means.
+enum Op {
+    Put,
+    Deleted,
+    Expired,
+}
+
+fn classify(message: &async_nats::Message) -> Op {
+    let Some(headers) = message.headers.as_ref() else {
+        return Op::Put;
+    };
+    if let Some(op) = headers.get(KV_OPERATION) {
+        return match op.as_str() {
+            "DEL" | "PURGE" => Op::Deleted,
+            _ => Op::Put,
+        };
+    }
+    match headers.get(NATS_MARKER_REASON).map(|r| r.as_str()) {
+        Some("MaxAge") => Op::Expired,
+        Some(_) => Op::Deleted,
+        None => Op::Put,
+    }
+}
+
+/// The state of one watch: re-created (with a fresh snapshot) when its consumer ends.
+struct NatsWatch {
+    stream: stream::Stream,
+    client: async_nats::Client,
+    filter: String,
+    subject_prefix: String,
+    bucket: String,
+    op_timeout: Duration,
+}
+
+impl NatsWatch {
+    fn into_stream(self) -> WatchStream {
+        let this = Arc::new(self);
+        futures::stream::unfold(
+            (this, None::<WatchSession>, Duration::ZERO),
+            |(this, session, backoff)| async move {
+                match session {
+                    None => {
+                        if !backoff.is_zero() {
+                            tokio::time::sleep(backoff).await;
+                        }
+                        match this.start().await {
+                            Ok(session) => Some((Ok(WatchEvent::Init), (this, Some(session), Duration::ZERO))),
+                            Err(e) => {
+                                let next = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
+                                Some((Err(e), (this, None, next)))
+                            }
+                        }
+                    }
+                    Some(mut session) => match session.next_event(&this).await {
+                        Some(Ok(event)) => Some((Ok(event), (this, Some(session), Duration::ZERO))),
+                        Some(Err(e)) => Some((Err(e), (this, Some(session), Duration::ZERO))),
+                        // The consumer is gone for good: start over with a fresh snapshot.
+                        None => Some((
+                            Err(StoreError::Backend {
+                                op: "watch",
+                                bucket: this.bucket.clone(),
+                                source: "watch consumer ended; re-snapshotting".into(),
+                            }),
+                            (this, None, Duration::from_millis(50)),
+                        )),
+                    },
+                }
+            },
+        )
+        .boxed()
+    }
+
+    async fn start(&self) -> Result<WatchSession, StoreError> {
+        let backend = |e: &dyn std::fmt::Display| StoreError::Backend {
+            op: "watch",
+            bucket: self.bucket.clone(),
+            source: e.to_string().into(),
+        };
+        let create = self.stream.create_consumer(OrderedConfig {
+            deliver_subject: self.client.new_inbox(),
+            description: Some("parti watch".into()),
+            filter_subject: self.filter.clone(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        });
+        let consumer = match tokio::time::timeout(self.op_timeout, create).await {
+            Ok(Ok(consumer)) => consumer,
+            Ok(Err(e)) if e.kind() == ConsumerErrorKind::TimedOut => {
+                return Err(StoreError::Timeout {
+                    op: "watch",
+                    bucket: self.bucket.clone(),
+                });
+            }
+            Ok(Err(e)) => return Err(backend(&e)),
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    op: "watch",
+                    bucket: self.bucket.clone(),
+                });
+            }
+        };
+        let initial_pending = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| backend(&e))?;
+        Ok(WatchSession {
+            messages,
+            snapshot_left: (initial_pending > 0).then_some(initial_pending),
+            init_done_sent: false,
+        })
+    }
+}
+
+struct WatchSession {
+    messages: jetstream::consumer::push::Ordered,
+    /// Snapshot messages still expected; `None` once the snapshot is complete.
+    snapshot_left: Option<u64>,
+    init_done_sent: bool,
+}
+
+impl WatchSession {
+    async fn next_event(&mut self, watch: &NatsWatch) -> Option<Result<WatchEvent, StoreError>> {
+        loop {
+            if self.snapshot_left.is_none() && !self.init_done_sent {
+                self.init_done_sent = true;
+                return Some(Ok(WatchEvent::InitDone));
+            }
+            let message = match self.messages.next().await? {
+                Ok(message) => message,
+                Err(e) => {
+                    return Some(Err(StoreError::Backend {
+                        op: "watch",
+                        bucket: watch.bucket.clone(),
+                        source: e.to_string().into(),
+                    }));
+                }
+            };
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let (revision, pending) = (info.stream_sequence, info.pending);
+            let Some(key) = message
+                .subject
+                .strip_prefix(watch.subject_prefix.as_str())
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let op = classify(&message);
+            if let Some(left) = self.snapshot_left {
+                let left = left.saturating_sub(1);
+                self.snapshot_left = (left > 0 && pending > 0).then_some(left);
+                if let Op::Put = op {
+                    return Some(Ok(WatchEvent::InitApply(Entry {
+                        key,
+                        value: message.payload.clone(),
+                        revision,
+                    })));
+                }
+                continue;
+            }
+            return Some(Ok(match op {
+                Op::Put => WatchEvent::Put(Entry {
+                    key,
+                    value: message.payload.clone(),
+                    revision,
+                }),
+                Op::Deleted => WatchEvent::Deleted { key, revision },
+                Op::Expired => WatchEvent::Expired { key, revision },
+            }));
+        }
+    }
+}
