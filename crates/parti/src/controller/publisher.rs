@@ -1,0 +1,190 @@
+//! Fenced, versioned publication of the assignment map (SPEC §5.4).
+//!
+//! A publish writes every changed `worker.{id}` key, then commits with the `cluster` record,
+//! written with a revision check. The record lists the revision of each worker's value, so a
+//! worker applies only committed values: a deposed leader may still write a worker key, but it
+//! cannot commit, and its write is never applied. Keys of departed workers are deleted after
+//! the commit. Versions continue from the committed record, across leaders.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::assignment::{AssignmentMap, Lifecycle};
+use crate::error::{Error, Result};
+use crate::partition::WorkerId;
+use crate::records::{CLUSTER_KEY, ClusterRecord, WorkerRecord, unix_ms, worker_key};
+use crate::state::ClusterPhase;
+use crate::store::{Bucket, codec};
+
+pub(crate) use crate::records::Published as Committed;
+
+/// What one publish should say besides the map.
+#[derive(Debug, Clone)]
+pub(crate) struct PublishMeta {
+    pub(crate) phase: ClusterPhase,
+    pub(crate) reason: String,
+    pub(crate) lifecycle: Lifecycle,
+}
+
+/// Publishes assignment maps for one leader term.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    bucket: Arc<dyn Bucket>,
+    term: u64,
+    committed: Committed,
+}
+
+impl Publisher {
+    /// Reads what is committed. Garbage values are logged and treated as absent.
+    pub(crate) async fn load(bucket: Arc<dyn Bucket>, term: u64) -> Result<Self> {
+        let committed = crate::records::read_published(&*bucket).await?;
+        Ok(Self {
+            bucket,
+            term,
+            committed,
+        })
+    }
+
+    pub(crate) fn committed(&self) -> &Committed {
+        &self.committed
+    }
+
+    pub(crate) fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Checks that nobody with a newer term committed since; returns the current record and
+    /// the `cluster` key's revision.
+    async fn fence(&self) -> Result<(Option<ClusterRecord>, Option<u64>)> {
+        let Some(entry) = self.bucket.get(CLUSTER_KEY).await? else {
+            return Ok((None, None));
+        };
+        match codec::decode::<ClusterRecord>(self.bucket.name(), CLUSTER_KEY, &entry.value) {
+            Ok(record) if record.term > self.term => Err(Error::LeadershipLost),
+            Ok(record) => Ok((Some(record), Some(entry.revision))),
+            Err(e) => {
+                // The publish overwrites it: the next good publish heals garbage.
+                crate::records::garbage_seen(&e);
+                Ok((None, Some(entry.revision)))
+            }
+        }
+    }
+
+    /// Publishes `map`; returns the new version. `Error::LeadershipLost` when the term is no
+    /// longer current (nothing was committed); other errors are retryable.
+    pub(crate) async fn publish(&mut self, map: &AssignmentMap, meta: PublishMeta) -> Result<u64> {
+        let (current, cluster_rev) = self.fence().await?;
+        let base_version = current
+            .as_ref()
+            .map_or(0, |r| r.version)
+            .max(self.committed.version());
+        let version = base_version + 1;
+
+        let mut revisions = BTreeMap::new();
+        let mut records = BTreeMap::new();
+        for (worker, partitions) in map.iter() {
+            if let Some((rev, rec)) = self.committed.workers.get(worker)
+                && rec.partitions == partitions
+            {
+                revisions.insert(worker.clone(), *rev);
+                records.insert(worker.clone(), (*rev, rec.clone()));
+                continue;
+            }
+            let record = WorkerRecord {
+                version,
+                term: self.term,
+                lifecycle: meta.lifecycle,
+                partitions: partitions.to_vec(),
+            };
+            let rev = self
+                .bucket
+                .put(&worker_key(worker), codec::encode(&record)?)
+                .await?;
+            revisions.insert(worker.clone(), rev);
+            records.insert(worker.clone(), (rev, record));
+        }
+
+        let first_assignment_at = current
+            .as_ref()
+            .and_then(|r| r.first_assignment_at)
+            .or_else(|| Some(unix_ms()));
+        let record = ClusterRecord {
+            version,
+            term: self.term,
+            phase: meta.phase,
+            reason: meta.reason,
+            workers: revisions,
+            partition_count: map.partition_count(),
+            lifecycle: meta.lifecycle,
+            first_assignment_at,
+        };
+        let revision = self.commit(&record, cluster_rev).await?;
+
+        let departed: Vec<WorkerId> = self
+            .committed
+            .workers
+            .keys()
+            .filter(|w| !map.contains_worker(w))
+            .cloned()
+            .collect();
+        self.committed = Committed {
+            record: Some((record, revision)),
+            cluster_revision: Some(revision),
+            map: map.clone(),
+            workers: records,
+            garbage: Vec::new(),
+        };
+        for worker in departed {
+            // Best effort: a leftover key is ignored by everyone (not in the record).
+            if let Err(e) = self.bucket.delete(&worker_key(&worker), None).await {
+                tracing::debug!(%worker, error = %e, "could not delete a departed worker's key");
+            }
+        }
+        Ok(version)
+    }
+
+    /// Rewrites the cluster record with a new phase, same version (followers mirror phases).
+    pub(crate) async fn set_phase(&mut self, phase: ClusterPhase) -> Result<()> {
+        let (current, cluster_rev) = self.fence().await?;
+        let Some(mut record) = current else {
+            // Nothing published yet: a phase-only record would have no map; write a stub with
+            // version 0 so followers see the cold-start window.
+            let record = ClusterRecord {
+                version: 0,
+                term: self.term,
+                phase,
+                reason: "phase".into(),
+                workers: BTreeMap::new(),
+                partition_count: 0,
+                lifecycle: Lifecycle::ColdStart,
+                first_assignment_at: None,
+            };
+            let revision = self.commit(&record, cluster_rev).await?;
+            self.committed.record = Some((record, revision));
+            self.committed.cluster_revision = Some(revision);
+            return Ok(());
+        };
+        if record.phase == phase && record.term == self.term {
+            return Ok(());
+        }
+        record.phase = phase;
+        record.term = self.term;
+        let revision = self.commit(&record, cluster_rev).await?;
+        self.committed.record = Some((record, revision));
+        self.committed.cluster_revision = Some(revision);
+        Ok(())
+    }
+
+    async fn commit(&self, record: &ClusterRecord, expected: Option<u64>) -> Result<u64> {
+        let value = codec::encode(record)?;
+        let result = match expected {
+            Some(rev) => self.bucket.update(CLUSTER_KEY, value, rev).await,
+            None => self.bucket.create(CLUSTER_KEY, value).await,
+        };
+        result.map_err(|e| match e {
+            // Someone else committed between our read and write: only another leader does.
+            e if e.is_conflict() => Error::LeadershipLost,
+            other => Error::Nats(other),
+        })
+    }
+}

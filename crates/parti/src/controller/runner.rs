@@ -1,0 +1,382 @@
+//! The leader's I/O shell: feeds membership, refresh requests and timers to the
+//! [`Planner`](super::Planner), and carries out its decisions (phase writes and fenced
+//! publishes). Runs only while this worker holds the lease; cancelled at once when it is lost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::planner::{
+    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, reassign_orphans,
+};
+use super::publisher::{PublishMeta, Publisher};
+use crate::assignment::{AssignmentMap, Lifecycle};
+use crate::election::ElectionAgent;
+use crate::error::{Error, Result};
+use crate::heartbeat::{MembershipEvent, MembershipWatcher};
+use crate::manager::hooks::EventSink;
+use crate::partition::{Partition, WorkerId};
+use crate::records::{REFRESH_KEY, unix_ms};
+use crate::source::{PartitionSource, load_checked};
+use crate::store::{Bucket, WatchEvent};
+use crate::strategy::AssignmentStrategy;
+
+/// Everything the leader needs; built by the manager.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaderContext {
+    pub(crate) assignment_bucket: Arc<dyn Bucket>,
+    pub(crate) heartbeat_bucket: Arc<dyn Bucket>,
+    pub(crate) strategy: Arc<dyn AssignmentStrategy>,
+    pub(crate) source: Arc<dyn PartitionSource>,
+    pub(crate) agent: Arc<dyn ElectionAgent>,
+    pub(crate) planner: PlannerConfig,
+    pub(crate) membership_resync: Duration,
+    pub(crate) min_rebalance_threshold: f64,
+    pub(crate) events: EventSink,
+    /// Set by the manager when it recovers from Degraded: no crash is declared before it.
+    pub(crate) suppress_crashes_until: watch::Receiver<Option<Instant>>,
+}
+
+/// Runs the controller until `cancel` fires or leadership is lost.
+pub(crate) async fn run(
+    ctx: LeaderContext,
+    term: u64,
+    mut refresh: mpsc::UnboundedReceiver<()>,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let mut publisher = retry_until(&cancel, || {
+        Publisher::load(Arc::clone(&ctx.assignment_bucket), term)
+    })
+    .await
+    .ok_or(Error::Shutdown)?;
+    let (membership, mut members) =
+        MembershipWatcher::spawn(Arc::clone(&ctx.heartbeat_bucket), ctx.membership_resync);
+    let result = lead(
+        &ctx,
+        &mut publisher,
+        &membership,
+        &mut members,
+        &mut refresh,
+        &cancel,
+    )
+    .await;
+    membership.stop().await;
+    result
+}
+
+async fn lead(
+    ctx: &LeaderContext,
+    publisher: &mut Publisher,
+    membership: &MembershipWatcher,
+    members: &mut mpsc::UnboundedReceiver<MembershipEvent>,
+    refresh: &mut mpsc::UnboundedReceiver<()>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    // Wait for the first membership snapshot: the planner must start from the real live set.
+    let mut synced = membership.synced();
+    tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        done = synced.wait_for(|s| *s) => if done.is_err() { return Err(Error::Shutdown) },
+    }
+    // The snapshot's Joined events are summed up by the live set: drain them, then read it,
+    // so every later event is news to the planner.
+    while members.try_recv().is_ok() {}
+    let live_now = membership.live().borrow().clone();
+    let mut planner = Planner::new(ctx.planner.clone());
+    let committed = publisher.committed();
+    let cluster = committed.record.as_ref().map(|(r, _)| ClusterView {
+        version: r.version,
+        lifecycle: r.lifecycle,
+        workers: r.workers.keys().cloned().collect(),
+    });
+    let mut partitions: Option<Vec<Partition>> = None;
+    let mut state = RunnerState {
+        last_map: committed.map.clone(),
+        lifecycle: committed
+            .record
+            .as_ref()
+            .map_or(Lifecycle::ColdStart, |(r, _)| r.lifecycle),
+    };
+    let mut decisions = planner.handle(Input::BecameLeader {
+        cluster,
+        live: live_now.into_iter().collect(),
+        now: now(),
+    });
+
+    let mut refresh_watch = ctx.assignment_bucket.watch(REFRESH_KEY).await.ok();
+    let mut suppress = ctx.suppress_crashes_until.clone();
+    let mut source_check = tokio::time::interval(
+        ctx.planner
+            .min_rebalance_interval
+            .max(Duration::from_secs(1)),
+    );
+    source_check.tick().await;
+
+    loop {
+        for decision in std::mem::take(&mut decisions) {
+            let follow_up = execute(
+                ctx,
+                publisher,
+                &mut planner,
+                &mut partitions,
+                &mut state,
+                decision,
+                cancel,
+            )
+            .await?;
+            decisions.extend(follow_up);
+        }
+        if !decisions.is_empty() {
+            continue;
+        }
+        let wake = planner.next_wakeup();
+        let input = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            () = sleep_until(wake) => Input::Tick { now: now() },
+            event = members.recv() => match event {
+                Some(MembershipEvent::Joined(worker)) => Input::Joined { worker, now: now() },
+                Some(MembershipEvent::Left(worker)) => Input::Left { worker, now: now() },
+                Some(MembershipEvent::Expired(worker)) => Input::Expired { worker, now: now() },
+                None => return Err(Error::Shutdown),
+            },
+            request = refresh.recv() => match request {
+                Some(()) => Input::PartitionsChanged { now: now() },
+                None => return Err(Error::Shutdown),
+            },
+            event = next_refresh(&mut refresh_watch) => match event {
+                Some(()) => Input::PartitionsChanged { now: now() },
+                None => { refresh_watch = None; continue; }
+            },
+            changed = suppress.changed() => {
+                if changed.is_err() { return Err(Error::Shutdown); }
+                match *suppress.borrow_and_update() {
+                    Some(until) => Input::SuppressCrashesUntil { until, now: now() },
+                    None => continue,
+                }
+            },
+            _ = source_check.tick() => {
+                // A source may change by itself: compare with what the map was built from.
+                match load_checked(&*ctx.source).await {
+                    Ok(fresh) if partitions.as_ref().is_some_and(|p| *p != fresh) => Input::PartitionsChanged { now: now() },
+                    Ok(_) => continue,
+                    Err(e) => { ctx.events.error(e); continue; }
+                }
+            },
+        };
+        decisions = planner.handle(input);
+    }
+}
+
+struct RunnerState {
+    last_map: AssignmentMap,
+    lifecycle: Lifecycle,
+}
+
+async fn execute(
+    ctx: &LeaderContext,
+    publisher: &mut Publisher,
+    planner: &mut Planner,
+    partitions: &mut Option<Vec<Partition>>,
+    state: &mut RunnerState,
+    decision: Decision,
+    cancel: &CancellationToken,
+) -> Result<Vec<Decision>> {
+    match decision {
+        Decision::SetPhase(phase) => {
+            let published = phase.to_cluster_phase(now(), unix_ms());
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match publisher.set_phase(published).await {
+                    Ok(()) => return Ok(Vec::new()),
+                    Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
+                    // A phase write is informational: give up after a few tries, the next
+                    // publish carries the phase anyway.
+                    Err(e) if delay > Duration::from_millis(400) => {
+                        ctx.events.error(e);
+                        return Ok(Vec::new());
+                    }
+                    Err(_) => {
+                        tokio::select! {
+                            () = cancel.cancelled() => return Err(Error::Shutdown),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+        Decision::Publish {
+            workers,
+            reason,
+            orphans_only,
+        } => {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match publish_once(
+                    ctx,
+                    publisher,
+                    planner.phase(),
+                    partitions,
+                    state,
+                    &workers,
+                    reason.as_str(),
+                    orphans_only,
+                )
+                .await
+                {
+                    Ok(version) => {
+                        metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
+                            .increment(1);
+                        return Ok(planner.handle(Input::Published {
+                            version,
+                            workers,
+                            now: now(),
+                        }));
+                    }
+                    Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
+                    Err(e) => {
+                        // Retried with backoff until it succeeds or leadership is lost; the
+                        // last good map stays in force meanwhile.
+                        ctx.events.error(e);
+                        if !ctx.agent.is_leader() {
+                            return Err(Error::LeadershipLost);
+                        }
+                        tokio::select! {
+                            () = cancel.cancelled() => return Err(Error::Shutdown),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_once(
+    ctx: &LeaderContext,
+    publisher: &mut Publisher,
+    phase: Phase,
+    partitions: &mut Option<Vec<Partition>>,
+    state: &mut RunnerState,
+    workers: &[WorkerId],
+    reason: &str,
+    orphans_only: bool,
+) -> Result<u64> {
+    if !ctx.agent.is_leader() || ctx.agent.term() != Some(publisher.term()) {
+        return Err(Error::LeadershipLost);
+    }
+    let fresh = load_checked(&*ctx.source).await?;
+    let previous = &publisher.committed().map;
+    let map = if orphans_only && !previous.is_empty() {
+        reassign_orphans(&*ctx.strategy, previous, workers, &fresh)?
+    } else {
+        let previous = (!previous.is_empty()).then_some(previous);
+        ctx.strategy.assign(workers, &fresh, previous)?
+    };
+    // Never publish a broken map, whatever the strategy returned.
+    map.verify(workers, &fresh)?;
+    let started = std::time::Instant::now();
+    let moved = moved_partitions(&state.last_map, &map);
+    let lifecycle = Lifecycle::Running;
+    let version = publisher
+        .publish(
+            &map,
+            PublishMeta {
+                phase: phase.to_cluster_phase(now(), unix_ms()),
+                reason: reason.to_owned(),
+                lifecycle,
+            },
+        )
+        .await?;
+    metrics::histogram!("parti_rebalance_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("parti_partitions_moved_total").increment(moved as u64);
+    metrics::gauge!("parti_assignment_version").set(version as f64);
+    tracing::info!(
+        version,
+        reason,
+        moved,
+        workers = workers.len(),
+        partitions = fresh.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "published assignment"
+    );
+    state.last_map = map;
+    state.lifecycle = lifecycle;
+    *partitions = Some(fresh);
+    let _ = ctx.min_rebalance_threshold;
+    Ok(version)
+}
+
+/// Partitions whose owner differs between two maps (new partitions count, removed do not).
+pub(crate) fn moved_partitions(before: &AssignmentMap, after: &AssignmentMap) -> usize {
+    let owners = before.owners();
+    after
+        .iter()
+        .map(|(worker, parts)| {
+            parts
+                .iter()
+                .filter(|p| owners.get(p.keys()).is_some_and(|w| *w != worker))
+                .count()
+        })
+        .sum()
+}
+
+async fn next_refresh(watch: &mut Option<crate::store::WatchStream>) -> Option<()> {
+    let Some(stream) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.next().await? {
+            Ok(WatchEvent::Put(_)) => return Some(()),
+            _ => continue,
+        }
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn retry_until<T, F, Fut>(cancel: &CancellationToken, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::debug!(error = %e, "retrying"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+impl From<&crate::config::Config> for PlannerConfig {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            cold_start_window: c.cold_start_window,
+            planned_scale_window: c.planned_scale_window,
+            emergency_grace_period: c.emergency_grace_period(),
+            restart_detection_ratio: c.restart_detection_ratio,
+            restart_min_workers: c.restart_min_workers as usize,
+            min_rebalance_interval: c.assignment.min_rebalance_interval,
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! [`ManagerBuilder`]: configuration, plug-ins, start-up.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::Manager;
+use super::hooks::{Hooks, NoHooks, spawn_dispatcher};
+use super::runtime::{Buckets, Outputs, Runtime};
+use super::state_cell::StateCell;
+use crate::assignment::Assignment;
+use crate::config::Config;
+use crate::election::{self, ElectionAgent};
+use crate::error::{Error, Result};
+use crate::source::{PartitionSource, Static};
+use crate::state::State;
+use crate::store::{BucketSpec, Store};
+use crate::strategy::{AssignmentStrategy, WeightedConsistentHash};
+use crate::{heartbeat, stable_id};
+
+/// Builds and starts a [`Manager`].
+///
+/// Defaults: [`Config::default`], an empty [`Static`] source, [`WeightedConsistentHash`], no
+/// hooks, and the NATS KV lease for elections.
+#[derive(Debug)]
+pub struct ManagerBuilder {
+    store: Arc<dyn Store>,
+    config: Config,
+    source: Arc<dyn PartitionSource>,
+    strategy: Arc<dyn AssignmentStrategy>,
+    hooks: Arc<dyn Hooks>,
+    election: Option<Arc<dyn ElectionAgent>>,
+}
+
+impl ManagerBuilder {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            config: Config::default(),
+            source: Arc::new(Static::default()),
+            strategy: Arc::new(WeightedConsistentHash::default()),
+            hooks: Arc::new(NoHooks),
+            election: None,
+        }
+    }
+
+    /// The configuration (validated by [`start`](Self::start)).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where the partitions come from.
+    pub fn source(mut self, source: impl PartitionSource) -> Self {
+        self.source = Arc::new(source);
+        self
+    }
+
+    /// Same as [`source`](Self::source), for a shared source.
+    pub fn source_arc(mut self, source: Arc<dyn PartitionSource>) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// How the leader assigns partitions.
+    pub fn strategy(mut self, strategy: impl AssignmentStrategy + 'static) -> Self {
+        self.strategy = Arc::new(strategy);
+        self
+    }
+
+    /// Same as [`strategy`](Self::strategy), for a shared strategy.
+    pub fn strategy_arc(mut self, strategy: Arc<dyn AssignmentStrategy>) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Application callbacks, called sequentially and in order.
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Replaces the NATS KV lease with another election agent. It is really used: this
+    /// worker leads exactly when the agent says so.
+    pub fn election_agent(mut self, agent: Arc<dyn ElectionAgent>) -> Self {
+        self.election = Some(agent);
+        self
+    }
+
+    /// Validates the configuration, opens the buckets, starts the worker and waits until it is
+    /// `Stable`, within `startupTimeout`.
+    ///
+    /// Errors: `InvalidConfig`, `IdPoolExhausted`, `Nats` (buckets cannot be opened or are
+    /// incompatible), `StartupTimeout { state }` with the state the worker was stuck in.
+    pub async fn start(self) -> Result<Manager> {
+        self.config.validate()?;
+        let config = Arc::new(self.config);
+        let store = self.store;
+        let deadline = tokio::time::Instant::now() + config.startup_timeout;
+        let b = &config.kv_buckets;
+        let open = |spec: BucketSpec| {
+            let store = Arc::clone(&store);
+            async move {
+                match tokio::time::timeout_at(deadline, store.bucket(&spec)).await {
+                    Ok(result) => result.map_err(Error::from),
+                    Err(_) => Err(Error::StartupTimeout { state: State::Init }),
+                }
+            }
+        };
+        let buckets = Buckets {
+            stable_id: open(stable_id::bucket_spec(&b.stable_id, config.worker_id_ttl, b.replicas)).await?,
+            heartbeat: open(heartbeat::bucket_spec(&b.heartbeat, config.heartbeat_ttl, b.replicas)).await?,
+            election: open(election::bucket_spec(&b.election, config.election_ttl, b.replicas)).await?,
+            assignment: open(BucketSpec::new(b.assignment.clone()).replicas(b.replicas)).await?,
+        };
+
+        let (events, _) = broadcast::channel(1024);
+        let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
+        let (state, state_rx) = StateCell::new(sink.clone());
+        let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
+        let (worker_id, worker_id_rx) = watch::channel(None);
+        let (leader, leader_rx) = watch::channel(false);
+        let (refresh, refresh_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let runtime = Runtime {
+            config: Arc::clone(&config),
+            store,
+            buckets,
+            strategy: self.strategy,
+            source: self.source,
+            election: self.election,
+            instance: new_instance_id(),
+            events: sink,
+            out: Outputs {
+                state,
+                assignment,
+                worker_id,
+                leader,
+            },
+            refresh: refresh_rx,
+        };
+        let task = AbortOnDropHandle::new(tokio::spawn(runtime.run(cancel.clone())));
+        let manager = Manager {
+            state: state_rx.clone(),
+            assignment: assignment_rx,
+            worker_id: worker_id_rx,
+            leader: leader_rx,
+            events,
+            refresh,
+            cancel,
+            shutdown_timeout: config.shutdown_timeout,
+            runtime: Mutex::new(Some(task)),
+            dispatcher: Mutex::new(Some(AbortOnDropHandle::new(dispatcher))),
+        };
+        match manager.wait_started(state_rx, deadline).await {
+            Ok(()) => Ok(manager),
+            Err(e) => {
+                let _ = manager.stop().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Manager {
+    async fn wait_started(
+        &self,
+        mut state: tokio::sync::watch::Receiver<State>,
+        deadline: tokio::time::Instant,
+    ) -> Result<()> {
+        let reached = tokio::time::timeout_at(deadline, async {
+            loop {
+                let current = *state.borrow_and_update();
+                match current {
+                    State::Stable => return Ok(()),
+                    State::Shutdown => return Err(()),
+                    _ => {}
+                }
+                if state.changed().await.is_err() {
+                    return Err(());
+                }
+            }
+        })
+        .await;
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            // The worker stopped on its own: its task holds the reason.
+            Ok(Err(())) => {
+                let task = self.runtime.lock().await.take();
+                match task {
+                    Some(task) => match task.await {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(Error::Shutdown),
+                    },
+                    None => Err(Error::Shutdown),
+                }
+            }
+            Err(_) => Err(Error::StartupTimeout {
+                state: *state.borrow(),
+            }),
+        }
+    }
+}
+
+/// A random identifier of this process start.
+fn new_instance_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    format!("{:016x}", rng.random::<u64>())
+}

@@ -1,0 +1,245 @@
+//! Follows the published assignment: the `cluster` record and this worker's `worker.{id}` key.
+//!
+//! Two list-then-watch streams feed one view. A worker's value counts only when the `cluster`
+//! record commits its revision (see [`controller::publisher`](crate::controller)); garbage
+//! values are logged, counted and ignored.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::assignment::Assignment;
+use crate::partition::WorkerId;
+use crate::records::{CLUSTER_KEY, ClusterRecord, WorkerRecord, garbage_seen, worker_key};
+use crate::store::{Bucket, Entry, WatchEvent, codec};
+
+/// What the follower knows of the published state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct FollowerView {
+    /// The latest cluster record (`None` before the first one, or while it is garbage).
+    pub(crate) cluster: Option<ClusterRecord>,
+    /// This worker's latest value and its revision.
+    pub(crate) mine: Option<(u64, WorkerRecord)>,
+    /// True once both watches delivered their first snapshot.
+    pub(crate) synced: bool,
+}
+
+impl FollowerView {
+    /// This worker's committed assignment, if the published state gives it one.
+    ///
+    /// `None` while nothing is committed for this worker: before the first publish, or while
+    /// the worker is not (yet) part of the map. `had_assignment` turns "not in the map" into an
+    /// empty assignment for a worker that was removed from it.
+    pub(crate) fn committed(&self, me: &WorkerId, had_assignment: bool) -> Option<Assignment> {
+        let cluster = self.cluster.as_ref()?;
+        if cluster.version == 0 {
+            return None;
+        }
+        match cluster.workers.get(me) {
+            Some(rev) => {
+                let (mine_rev, record) = self.mine.as_ref()?;
+                (mine_rev == rev).then(|| Assignment {
+                    version: record.version,
+                    lifecycle: record.lifecycle,
+                    partitions: record.partitions.clone(),
+                })
+            }
+            None if had_assignment => Some(Assignment {
+                version: cluster.version,
+                lifecycle: cluster.lifecycle,
+                partitions: Vec::new(),
+            }),
+            None => None,
+        }
+    }
+}
+
+/// The follower task; stops on cancel or drop of the handle's token.
+#[derive(Debug)]
+pub(crate) struct Follower {
+    view: watch::Receiver<FollowerView>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Follower {
+    pub(crate) fn spawn(bucket: Arc<dyn Bucket>, me: WorkerId, cancel: CancellationToken) -> Self {
+        let (tx, view) = watch::channel(FollowerView::default());
+        let task = tokio::spawn(run(bucket, me, tx, cancel.clone()));
+        Self { view, cancel, task }
+    }
+
+    pub(crate) fn view(&self) -> watch::Receiver<FollowerView> {
+        self.view.clone()
+    }
+
+    pub(crate) async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+fn decode_cluster(bucket: &str, entry: &Entry) -> Option<ClusterRecord> {
+    codec::decode(bucket, &entry.key, &entry.value)
+        .inspect_err(garbage_seen)
+        .ok()
+}
+
+fn decode_worker(bucket: &str, entry: &Entry) -> Option<(u64, WorkerRecord)> {
+    codec::decode(bucket, &entry.key, &entry.value)
+        .inspect_err(garbage_seen)
+        .ok()
+        .map(|record| (entry.revision, record))
+}
+
+async fn run(
+    bucket: Arc<dyn Bucket>,
+    me: WorkerId,
+    tx: watch::Sender<FollowerView>,
+    cancel: CancellationToken,
+) {
+    let name = bucket.name().to_owned();
+    let my_key = worker_key(&me);
+    // Watches are retried until they open; once open they recover by themselves.
+    let open = |key: String| {
+        let bucket = Arc::clone(&bucket);
+        let cancel = cancel.clone();
+        async move {
+            let mut delay = std::time::Duration::from_millis(50);
+            loop {
+                match bucket.watch(&key).await {
+                    Ok(stream) => return Some(stream),
+                    Err(e) => {
+                        tracing::debug!(%key, error = %e, "opening assignment watch");
+                        tokio::select! {
+                            () = cancel.cancelled() => return None,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+    };
+    let (Some(mut cluster_watch), Some(mut mine_watch)) =
+        (open(CLUSTER_KEY.to_owned()).await, open(my_key).await)
+    else {
+        return;
+    };
+    let (mut cluster_synced, mut mine_synced) = (false, false);
+    // Snapshot values are staged and applied on InitDone, so a resnapshot replaces the view.
+    let (mut cluster_stage, mut mine_stage) = (None, None);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            event = cluster_watch.next() => {
+                let Some(event) = event else { return };
+                let Ok(event) = event else { continue };
+                match event {
+                    WatchEvent::Init => cluster_stage = None,
+                    WatchEvent::InitApply(e) => cluster_stage = decode_cluster(&name, &e),
+                    WatchEvent::InitDone => {
+                        cluster_synced = true;
+                        let staged = cluster_stage.take();
+                        tx.send_modify(|v| { v.cluster = staged; v.synced = cluster_synced && mine_synced; });
+                    }
+                    WatchEvent::Put(e) => {
+                        if let Some(record) = decode_cluster(&name, &e) {
+                            tx.send_modify(|v| v.cluster = Some(record));
+                        }
+                    }
+                    WatchEvent::Deleted { .. } | WatchEvent::Expired { .. } => {
+                        tx.send_modify(|v| v.cluster = None);
+                    }
+                }
+            }
+            event = mine_watch.next() => {
+                let Some(event) = event else { return };
+                let Ok(event) = event else { continue };
+                match event {
+                    WatchEvent::Init => mine_stage = None,
+                    WatchEvent::InitApply(e) => mine_stage = decode_worker(&name, &e),
+                    WatchEvent::InitDone => {
+                        mine_synced = true;
+                        let staged = mine_stage.take();
+                        tx.send_modify(|v| { v.mine = staged; v.synced = cluster_synced && mine_synced; });
+                    }
+                    WatchEvent::Put(e) => {
+                        if let Some(mine) = decode_worker(&name, &e) {
+                            tx.send_modify(|v| v.mine = Some(mine));
+                        }
+                    }
+                    WatchEvent::Deleted { .. } | WatchEvent::Expired { .. } => {
+                        tx.send_modify(|v| v.mine = None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assignment::Lifecycle;
+    use crate::partition::Partition;
+    use crate::state::ClusterPhase;
+
+    fn cluster(version: u64, workers: &[(&str, u64)]) -> ClusterRecord {
+        ClusterRecord {
+            version,
+            term: 1,
+            phase: ClusterPhase::Stable,
+            reason: "test".into(),
+            workers: workers
+                .iter()
+                .map(|(w, r)| (WorkerId::new(*w), *r))
+                .collect(),
+            partition_count: 1,
+            lifecycle: Lifecycle::Running,
+            first_assignment_at: None,
+        }
+    }
+
+    fn mine(version: u64) -> WorkerRecord {
+        WorkerRecord {
+            version,
+            term: 1,
+            lifecycle: Lifecycle::Running,
+            partitions: vec![Partition::new(["p"], 1).unwrap()],
+        }
+    }
+
+    #[test]
+    fn only_committed_revisions_apply() {
+        let me = WorkerId::new("w-0");
+        let view = FollowerView {
+            cluster: Some(cluster(3, &[("w-0", 10)])),
+            mine: Some((11, mine(4))),
+            synced: true,
+        };
+        assert_eq!(view.committed(&me, true), None, "uncommitted write (deposed leader)");
+        let view = FollowerView {
+            mine: Some((10, mine(3))),
+            ..view
+        };
+        assert_eq!(view.committed(&me, false).unwrap().version, 3);
+    }
+
+    #[test]
+    fn removed_worker_gets_an_empty_assignment_only_if_it_had_one() {
+        let me = WorkerId::new("w-0");
+        let view = FollowerView {
+            cluster: Some(cluster(5, &[("w-1", 10)])),
+            mine: None,
+            synced: true,
+        };
+        assert_eq!(view.committed(&me, false), None);
+        let empty = view.committed(&me, true).unwrap();
+        assert!(empty.partitions.is_empty());
+        assert_eq!(empty.version, 5);
+    }
+}

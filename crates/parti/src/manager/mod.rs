@@ -1,0 +1,163 @@
+//! The worker [`Manager`]: what an application embeds.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use parti::{Config, Manager, Partition, source::Static, strategy::WeightedConsistentHash};
+//!
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let partitions = (0..64).map(|i| Partition::new([format!("p{i}")], 100)).collect::<Result<Vec<_>, _>>()?;
+//! let manager = Manager::builder(async_nats::jetstream::new(nats))
+//!     .config(Config::default())
+//!     .source(Static::new(partitions))
+//!     .strategy(WeightedConsistentHash::default())
+//!     .start()
+//!     .await?;
+//! println!("{} owns {} partitions", manager.worker_id(), manager.assignment().partitions.len());
+//! let mut changes = manager.watch_assignment();
+//! changes.changed().await?;
+//! manager.stop().await?;
+//! # Ok(()) }
+//! ```
+
+mod builder;
+mod degraded;
+pub(crate) mod follower;
+pub mod hooks;
+mod runtime;
+mod state_cell;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+pub use builder::ManagerBuilder;
+use hooks::Event;
+
+use crate::assignment::Assignment;
+use crate::error::{Error, Result};
+use crate::partition::WorkerId;
+use crate::state::State;
+
+/// A running worker: its stable ID, state, assignment and leadership.
+///
+/// Build one with [`Manager::builder`]; `start()` returns once the worker is `Stable` (or fails
+/// within `startupTimeout`). Dropping a `Manager` without [`stop`](Manager::stop) behaves like a
+/// crash: everything stops at once and the worker's heartbeat and ID expire by TTL.
+#[derive(Debug)]
+pub struct Manager {
+    state: watch::Receiver<State>,
+    assignment: watch::Receiver<Arc<Assignment>>,
+    worker_id: watch::Receiver<Option<WorkerId>>,
+    leader: watch::Receiver<bool>,
+    events: broadcast::Sender<Event>,
+    refresh: mpsc::UnboundedSender<()>,
+    cancel: CancellationToken,
+    shutdown_timeout: Duration,
+    runtime: Mutex<Option<AbortOnDropHandle<Result<()>>>>,
+    dispatcher: Mutex<Option<AbortOnDropHandle<()>>>,
+}
+
+impl Manager {
+    /// A builder over a JetStream context (the usual way).
+    pub fn builder(jetstream: async_nats::jetstream::Context) -> ManagerBuilder {
+        ManagerBuilder::new(Arc::new(crate::store::NatsStore::new(jetstream)))
+    }
+
+    /// A builder over any [`Store`](crate::store::Store) — e.g. an in-memory one for
+    /// simulations.
+    pub fn builder_with_store(store: Arc<dyn crate::store::Store>) -> ManagerBuilder {
+        ManagerBuilder::new(store)
+    }
+
+    /// This worker's stable ID, e.g. `worker-3`. It can change only if the ID was lost (taken
+    /// over while this worker was cut off) and re-claimed.
+    pub fn worker_id(&self) -> WorkerId {
+        self.worker_id
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| WorkerId::new(""))
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Whether this worker is the leader now.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// The current assignment (a cheap clone).
+    pub fn assignment(&self) -> Arc<Assignment> {
+        Arc::clone(&self.assignment.borrow())
+    }
+
+    /// A receiver that sees every assignment change.
+    pub fn watch_assignment(&self) -> watch::Receiver<Arc<Assignment>> {
+        self.assignment.clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
+    /// A receiver of leadership changes (`true` while leading).
+    pub fn watch_leadership(&self) -> watch::Receiver<bool> {
+        self.leader.clone()
+    }
+
+    /// Every [`Event`], in order, after the hooks saw it.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Asks for the partition source to be re-read and the map rebalanced. On the leader this
+    /// goes straight to its controller; on a follower it is a request through the KV bucket.
+    pub async fn refresh_partitions(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Shutdown);
+        }
+        self.refresh.send(()).map_err(|_| Error::Shutdown)
+    }
+
+    /// Stops gracefully: stop processing, hand over leadership, delete the heartbeat, release
+    /// the ID. Idempotent; bounded by `shutdownTimeout` (after which tasks are aborted).
+    pub async fn stop(&self) -> Result<()> {
+        self.cancel.cancel();
+        let Some(runtime) = self.runtime.lock().await.take() else {
+            return Ok(());
+        };
+        let abort = runtime.abort_handle();
+        let result = match tokio::time::timeout(self.shutdown_timeout, runtime).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => {
+                tracing::error!(error = %join, "worker task failed");
+                Err(Error::Shutdown)
+            }
+            Err(_) => {
+                abort.abort();
+                tracing::warn!("graceful stop exceeded shutdownTimeout; tasks aborted");
+                Err(Error::Shutdown)
+            }
+        };
+        if let Some(dispatcher) = self.dispatcher.lock().await.take() {
+            // Let queued hooks finish, within what is left of the bound.
+            let _ = tokio::time::timeout(Duration::from_millis(500), dispatcher).await;
+        }
+        result
+    }
+
+    /// Stops every task at once without any stop path, as a killed process would: nothing is
+    /// released, the heartbeat and the ID expire by TTL. Meant for tests and chaos drills.
+    pub async fn kill(&self) {
+        if let Some(runtime) = self.runtime.lock().await.take() {
+            runtime.abort();
+        }
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,425 @@
+//! The worker's lifecycle loop: claim an ID, heartbeat, take part in the election, follow the
+//! published assignment, lead when elected, fence on a lost ID, degrade and recover, stop.
+//!
+//! One task owns every component (each a task of its own behind an abort-on-drop handle), so
+//! dropping this loop — a crash — stops everything without running any stop path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::degraded::{DegradedTracker, Verdict};
+use super::follower::{Follower, FollowerView};
+use super::hooks::{Event, EventSink};
+use super::state_cell::StateCell;
+use crate::assignment::Assignment;
+use crate::config::Config;
+use crate::controller::{LeaderContext, PlannerConfig, run_leader};
+use crate::election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
+use crate::error::{Error, Result};
+use crate::heartbeat::Heartbeater;
+use crate::partition::{Partition, WorkerId};
+use crate::records::{REFRESH_KEY, RefreshRequest, unix_ms};
+use crate::source::PartitionSource;
+use crate::stable_id::{self, IdStatus, StableIdConfig, StableIdLease};
+use crate::state::{ClusterPhase, State};
+use crate::store::{Bucket, Store, codec};
+use crate::strategy::AssignmentStrategy;
+
+/// The four buckets, opened once by the manager.
+#[derive(Debug, Clone)]
+pub(crate) struct Buckets {
+    pub(crate) stable_id: Arc<dyn Bucket>,
+    pub(crate) heartbeat: Arc<dyn Bucket>,
+    pub(crate) election: Arc<dyn Bucket>,
+    pub(crate) assignment: Arc<dyn Bucket>,
+}
+
+/// The channels the [`Manager`](crate::Manager) handle reads.
+#[derive(Debug)]
+pub(crate) struct Outputs {
+    pub(crate) state: StateCell,
+    pub(crate) assignment: watch::Sender<Arc<Assignment>>,
+    pub(crate) worker_id: watch::Sender<Option<WorkerId>>,
+    pub(crate) leader: watch::Sender<bool>,
+}
+
+/// How the loop around one stable ID ended.
+enum IdExit {
+    Shutdown,
+    Lost,
+}
+
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) buckets: Buckets,
+    pub(crate) strategy: Arc<dyn AssignmentStrategy>,
+    pub(crate) source: Arc<dyn PartitionSource>,
+    pub(crate) election: Option<Arc<dyn ElectionAgent>>,
+    pub(crate) instance: String,
+    pub(crate) events: EventSink,
+    pub(crate) out: Outputs,
+    pub(crate) refresh: mpsc::UnboundedReceiver<()>,
+}
+
+/// The leader's controller while this worker leads.
+struct LeaderTask {
+    cancel: CancellationToken,
+    task: AbortOnDropHandle<Result<()>>,
+    refresh: mpsc::UnboundedSender<()>,
+}
+
+impl LeaderTask {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+impl Runtime {
+    /// Runs until `cancel` (graceful stop). Errors only for what start-up cannot get past.
+    pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        let mut first = true;
+        loop {
+            if !self.out.state.set(State::ClaimingId) {
+                return Err(Error::Shutdown);
+            }
+            let lease = match self.claim(&cancel, first).await {
+                Ok(lease) => lease,
+                Err(Error::Shutdown) => {
+                    self.out.state.set(State::Shutdown);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.out.state.set(State::Shutdown);
+                    return Err(e);
+                }
+            };
+            first = false;
+            match self.with_id(lease, &cancel).await {
+                IdExit::Shutdown => return Ok(()),
+                IdExit::Lost => continue,
+            }
+        }
+    }
+
+    async fn claim(&self, cancel: &CancellationToken, first: bool) -> Result<StableIdLease> {
+        let cfg = StableIdConfig {
+            prefix: self.config.worker_id_prefix.clone(),
+            min: self.config.worker_id_min,
+            max: self.config.worker_id_max,
+            renew_interval: self.config.stable_id_renew_interval(),
+        };
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match stable_id::claim(Arc::clone(&self.buckets.stable_id), &cfg, &self.instance).await {
+                Ok(lease) => return Ok(lease),
+                // On first start a full pool is the caller's problem; later our own old ID
+                // frees up when its TTL runs out, so keep trying.
+                Err(e @ Error::IdPoolExhausted { .. }) if first => return Err(e),
+                Err(e) => {
+                    self.events.error(e);
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(Error::Shutdown),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(self.config.heartbeat_interval.max(Duration::from_millis(100)));
+                }
+            }
+        }
+    }
+
+    fn agent_for(&self, id: &WorkerId) -> Arc<dyn ElectionAgent> {
+        match &self.election {
+            Some(agent) => Arc::clone(agent),
+            None => Arc::new(NatsLeaseElection::new(
+                Arc::clone(&self.buckets.election),
+                id.clone(),
+                self.instance.clone(),
+                self.config.election_ttl,
+            )),
+        }
+    }
+
+    fn leader_context(&self, agent: Arc<dyn ElectionAgent>, suppress: watch::Receiver<Option<std::time::Instant>>) -> LeaderContext {
+        let c = &self.config;
+        LeaderContext {
+            assignment_bucket: Arc::clone(&self.buckets.assignment),
+            heartbeat_bucket: Arc::clone(&self.buckets.heartbeat),
+            strategy: Arc::clone(&self.strategy),
+            source: Arc::clone(&self.source),
+            agent,
+            planner: PlannerConfig::from(&**c),
+            membership_resync: c.heartbeat_ttl,
+            min_rebalance_threshold: c.assignment.min_rebalance_threshold,
+            events: self.events.clone(),
+            suppress_crashes_until: suppress,
+        }
+    }
+
+    /// Everything that happens while this worker holds one stable ID.
+    async fn with_id(&mut self, lease: StableIdLease, cancel: &CancellationToken) -> IdExit {
+        let id = lease.id().clone();
+        tracing::info!(worker = %id, instance = %self.instance, "claimed stable ID");
+        self.out.worker_id.send_replace(Some(id.clone()));
+        self.out.state.set(State::Election);
+
+        let (info_tx, info_rx) = watch::channel((State::Election, 0u64));
+        let heartbeater = Heartbeater::spawn(
+            Arc::clone(&self.buckets.heartbeat),
+            id.clone(),
+            self.instance.clone(),
+            self.config.heartbeat_interval,
+            info_rx,
+        );
+        let agent = self.agent_for(&id);
+        let elector = Elector::spawn(Arc::clone(&agent), Some(Arc::clone(&self.buckets.election)));
+        let follower = Follower::spawn(Arc::clone(&self.buckets.assignment), id.clone(), cancel.child_token());
+        self.out.state.set(State::WaitingAssignment);
+
+        let mut id_status = lease.status();
+        let mut leadership = elector.leadership();
+        let mut view = follower.view();
+        let mut hb_failures = heartbeater.failures();
+        let mut id_failures = lease.failures();
+        let (suppress_tx, suppress_rx) = watch::channel(None);
+        let mut leader: Option<LeaderTask> = None;
+        let mut had_assignment = false;
+        let mut degraded = DegradedTracker::new(
+            self.config.degraded_behavior.clone(),
+            self.config.degraded_alert.clone(),
+        );
+        let mut tick = tokio::time::interval(Duration::from_millis(100).min(self.config.heartbeat_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let exit = loop {
+            tokio::select! {
+                () = cancel.cancelled() => break IdExit::Shutdown,
+                changed = id_status.changed() => {
+                    let lost = changed.is_err() || matches!(*id_status.borrow_and_update(), IdStatus::Lost { .. });
+                    if lost {
+                        break IdExit::Lost;
+                    }
+                }
+                changed = leadership.changed() => {
+                    if changed.is_err() { break IdExit::Lost; }
+                    let now_leading = *leadership.borrow_and_update();
+                    match now_leading {
+                        Leadership::Leader { term } if leader.is_none() => {
+                            leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
+                            self.out.leader.send_replace(true);
+                            metrics::gauge!("parti_leader").set(1.0);
+                            tracing::info!(worker = %id, term, "leadership gained");
+                            self.events.emit(Event::LeadershipChanged { is_leader: true, term: Some(term) });
+                        }
+                        Leadership::Follower if leader.is_some() => {
+                            // Stop the controller before anything else.
+                            if let Some(task) = leader.take() { task.stop().await; }
+                            self.out.leader.send_replace(false);
+                            metrics::gauge!("parti_leader").set(0.0);
+                            tracing::warn!(worker = %id, "leadership lost");
+                            self.events.emit(Event::LeadershipChanged { is_leader: false, term: None });
+                        }
+                        _ => {}
+                    }
+                }
+                changed = view.changed() => {
+                    if changed.is_err() { continue; }
+                    let snapshot = view.borrow_and_update().clone();
+                    self.apply(&id, &snapshot, &mut had_assignment, degraded.is_degraded(), &info_tx);
+                }
+                request = self.refresh.recv() => {
+                    if request.is_none() { continue; }
+                    match &leader {
+                        Some(task) => { let _ = task.refresh.send(()); }
+                        None => self.request_refresh(&id).await,
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = tokio::time::Instant::now();
+                    if hb_failures.has_changed().unwrap_or(false) && *hb_failures.borrow_and_update() > 0 {
+                        degraded.record_error(now);
+                    }
+                    if id_failures.has_changed().unwrap_or(false) && *id_failures.borrow_and_update() > 0 {
+                        degraded.record_error(now);
+                    }
+                    match degraded.observe(now, self.store.is_connected()) {
+                        Verdict::Enter => {
+                            tracing::warn!(worker = %id, "entering degraded mode: keeping the last assignment");
+                            metrics::gauge!("parti_degraded").set(1.0);
+                            self.out.state.set(State::Degraded);
+                        }
+                        Verdict::Exit => {
+                            tracing::info!(worker = %id, "leaving degraded mode");
+                            metrics::gauge!("parti_degraded").set(0.0);
+                            metrics::gauge!("parti_alert_level").set(0.0);
+                            if matches!(*id_status.borrow(), IdStatus::Lost { .. }) {
+                                break IdExit::Lost;
+                            }
+                            if leader.is_some() {
+                                let until = std::time::Instant::now() + self.config.degraded_behavior.recovery_grace_period;
+                                suppress_tx.send_replace(Some(until));
+                            }
+                            let snapshot = view.borrow().clone();
+                            self.apply(&id, &snapshot, &mut had_assignment, false, &info_tx);
+                        }
+                        Verdict::Unchanged => {}
+                    }
+                    if let Some((level, duration)) = degraded.due_alert(now) {
+                        tracing::warn!(worker = %id, %level, degraded_for_s = duration.as_secs(), "degraded alert");
+                        metrics::gauge!("parti_alert_level").set(level as u8 as f64 + 1.0);
+                        self.events.emit(Event::DegradedAlert { level, duration });
+                    }
+                }
+                result = async { match leader.as_mut() { Some(t) => (&mut t.task).await, None => std::future::pending().await } } => {
+                    // The controller ended while we still lead (a transient failure): restart it.
+                    leader = None;
+                    if let Ok(Err(e)) = result && !matches!(e, Error::Shutdown | Error::LeadershipLost) {
+                        self.events.error(e);
+                    }
+                    let still_leading = *leadership.borrow();
+                    if let Leadership::Leader { term } = still_leading {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
+                    }
+                }
+            }
+        };
+
+        if let Some(task) = leader.take() {
+            task.stop().await;
+        }
+        if self.out.leader.send_replace(false) {
+            metrics::gauge!("parti_leader").set(0.0);
+            self.events.emit(Event::LeadershipChanged { is_leader: false, term: None });
+        }
+        match exit {
+            IdExit::Shutdown => {
+                self.out.state.set(State::Shutdown);
+                // Hand over fast, leave gracefully, then free the ID.
+                if let Err(e) = elector.stop().await {
+                    self.events.error(e);
+                }
+                follower.stop().await;
+                if let Err(e) = heartbeater.stop().await {
+                    self.events.error(e);
+                }
+                if let Err(e) = lease.release().await {
+                    self.events.error(e);
+                }
+                IdExit::Shutdown
+            }
+            IdExit::Lost => {
+                // Fence at once: stop processing what we no longer own. The ID (and its
+                // heartbeat key) may belong to another instance now, so nothing is deleted.
+                tracing::warn!(worker = %id, "stable ID lost: fencing and re-claiming");
+                elector.abort();
+                heartbeater.abort();
+                follower.stop().await;
+                lease.abort();
+                self.clear_assignment();
+                IdExit::Lost
+            }
+        }
+    }
+
+    fn spawn_leader(
+        &self,
+        agent: Arc<dyn ElectionAgent>,
+        term: u64,
+        suppress: watch::Receiver<Option<std::time::Instant>>,
+    ) -> LeaderTask {
+        let ctx = self.leader_context(agent, suppress);
+        let cancel = CancellationToken::new();
+        let (refresh, refresh_rx) = mpsc::unbounded_channel();
+        let task = AbortOnDropHandle::new(tokio::spawn(run_leader(ctx, term, refresh_rx, cancel.clone())));
+        LeaderTask { cancel, task, refresh }
+    }
+
+    /// Applies the committed assignment if it is newer, then mirrors the cluster phase.
+    fn apply(
+        &mut self,
+        id: &WorkerId,
+        view: &FollowerView,
+        had_assignment: &mut bool,
+        degraded: bool,
+        info: &watch::Sender<(State, u64)>,
+    ) {
+        if let Some(next) = view.committed(id, *had_assignment) {
+            let held = self.out.assignment.borrow().clone();
+            if !*had_assignment || next.version > held.version {
+                let (added, removed) = diff(&held.partitions, &next.partitions);
+                let changed = !*had_assignment || !added.is_empty() || !removed.is_empty();
+                let next = Arc::new(next);
+                self.out.assignment.send_replace(Arc::clone(&next));
+                *had_assignment = true;
+                metrics::gauge!("parti_partitions_owned").set(next.partitions.len() as f64);
+                metrics::gauge!("parti_owned_weight").set(next.weight() as f64);
+                if changed {
+                    tracing::info!(worker = %id, version = next.version, added = added.len(), removed = removed.len(), "assignment changed");
+                    self.events.emit(Event::AssignmentChanged { added, removed, assignment: next });
+                }
+            }
+        }
+        let target = if degraded {
+            State::Degraded
+        } else if !*had_assignment {
+            State::WaitingAssignment
+        } else {
+            view.cluster.as_ref().map_or(ClusterPhase::Stable, |c| c.phase).worker_state()
+        };
+        self.move_to(target);
+        let version = self.out.assignment.borrow().version;
+        info.send_replace((self.out.state.get(), version));
+    }
+
+    /// Moves to `target`, through Stable when the table has no direct edge (for example
+    /// Rebalancing → Scaling when the leader opens a new window right after a publish).
+    fn move_to(&mut self, target: State) {
+        let current = self.out.state.get();
+        if current == target || current == State::WaitingAssignment && target == State::WaitingAssignment {
+            return;
+        }
+        if !current.can_transition_to(target) && current.can_transition_to(State::Stable) && State::Stable.can_transition_to(target) {
+            self.out.state.set(State::Stable);
+        }
+        self.out.state.set(target);
+    }
+
+    fn clear_assignment(&mut self) {
+        let held = self.out.assignment.borrow().clone();
+        if !held.partitions.is_empty() {
+            let cleared = Arc::new(Assignment { version: held.version, lifecycle: held.lifecycle, partitions: Vec::new() });
+            self.out.assignment.send_replace(Arc::clone(&cleared));
+            metrics::gauge!("parti_partitions_owned").set(0.0);
+            metrics::gauge!("parti_owned_weight").set(0.0);
+            self.events.emit(Event::AssignmentChanged { added: Vec::new(), removed: held.partitions.clone(), assignment: cleared });
+        }
+        self.out.state.set(State::ClaimingId);
+    }
+
+    async fn request_refresh(&self, id: &WorkerId) {
+        let request = RefreshRequest { requested_by: id.clone(), at: unix_ms() };
+        let result = match codec::encode(&request) {
+            Ok(value) => self.buckets.assignment.put(REFRESH_KEY, value).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.events.error(e);
+        }
+    }
+}
+
+/// Partitions in `next` but not `held`, and in `held` but not `next` (matched by keys).
+fn diff(held: &[Partition], next: &[Partition]) -> (Vec<Partition>, Vec<Partition>) {
+    let had: std::collections::BTreeSet<&[String]> = held.iter().map(Partition::keys).collect();
+    let has: std::collections::BTreeSet<&[String]> = next.iter().map(Partition::keys).collect();
+    let added = next.iter().filter(|p| !had.contains(p.keys())).cloned().collect();
+    let removed = held.iter().filter(|p| !has.contains(p.keys())).cloned().collect();
+    (added, removed)
+}

@@ -1,0 +1,172 @@
+//! The values Parti writes into the `assignment` bucket (SPEC §5.4).
+//!
+//! Public so that tools (the `parti status` command, dashboards) can read a cluster's state.
+//! All values are JSON with `"v": 1` (see [`store::codec`](crate::store::codec)).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::assignment::{AssignmentMap, Lifecycle};
+use crate::error::Result;
+use crate::store::{Bucket, codec};
+use crate::partition::{Partition, WorkerId};
+use crate::state::ClusterPhase;
+
+/// Key of the cluster record.
+pub const CLUSTER_KEY: &str = "cluster";
+/// Key a follower writes to ask the leader for a partition refresh.
+pub const REFRESH_KEY: &str = "refresh";
+/// Prefix of the per-worker assignment keys.
+pub const WORKER_KEY_PREFIX: &str = "worker.";
+
+/// The assignment key of a worker: `worker.{id}`.
+pub fn worker_key(id: &WorkerId) -> String {
+    format!("{WORKER_KEY_PREFIX}{id}")
+}
+
+/// `worker.{id}`: one worker's partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerRecord {
+    /// The publish version that last changed this worker's partitions.
+    pub version: u64,
+    /// Term of the leader that wrote it.
+    pub term: u64,
+    /// Cluster lifecycle at that publish.
+    pub lifecycle: Lifecycle,
+    /// The partitions, sorted.
+    pub partitions: Vec<Partition>,
+}
+
+/// `cluster`: the commit record of a publish, written last with a revision check.
+///
+/// `workers` maps every worker of the map to the KV revision of its `worker.{id}` value that
+/// belongs to this publish. A worker applies its own value only when the revision matches, so
+/// a write by a deposed leader (which cannot commit a `cluster` record) is never applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRecord {
+    /// The latest publish version; increases by one per publish, across leaders.
+    pub version: u64,
+    /// Term of the leader that wrote it.
+    pub term: u64,
+    /// What the leader is doing.
+    pub phase: ClusterPhase,
+    /// Why the last publish happened (e.g. `cold_start`, `emergency`).
+    pub reason: String,
+    /// Worker → revision of its committed `worker.{id}` value.
+    pub workers: BTreeMap<WorkerId, u64>,
+    /// Number of partitions in the map.
+    pub partition_count: usize,
+    /// Cluster lifecycle.
+    pub lifecycle: Lifecycle,
+    /// When the first assignment of this cluster was published (Unix ms), if it was.
+    pub first_assignment_at: Option<u64>,
+}
+
+/// `refresh`: a follower's request for a partition refresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    /// Who asked.
+    pub requested_by: WorkerId,
+    /// When (Unix ms).
+    pub at: u64,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The committed state of an assignment bucket, as [`read_published`] finds it.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The cluster record and the revision of the `cluster` key (`None` before the first
+    /// publish, or when the record does not decode).
+    pub record: Option<(ClusterRecord, u64)>,
+    /// Revision of the `cluster` key even when its value was garbage (so it can be healed).
+    pub cluster_revision: Option<u64>,
+    /// The committed map. Workers of the record whose value is missing, garbage or not the
+    /// committed revision are absent (the next publish rewrites them).
+    pub map: AssignmentMap,
+    /// Worker → (revision, value) of the committed values.
+    pub workers: BTreeMap<WorkerId, (u64, WorkerRecord)>,
+    /// Keys whose values did not decode.
+    pub garbage: Vec<String>,
+}
+
+impl Published {
+    /// The committed version (0 before the first publish).
+    pub fn version(&self) -> u64 {
+        self.record.as_ref().map_or(0, |(r, _)| r.version)
+    }
+
+    /// True when the bucket holds exactly `map`, every worker's value committed.
+    pub fn matches(&self, map: &AssignmentMap) -> bool {
+        let Some((record, _)) = &self.record else {
+            return false;
+        };
+        record.workers.len() == map.len()
+            && map.iter().all(|(w, parts)| {
+                self.workers
+                    .get(w)
+                    .is_some_and(|(_, rec)| rec.partitions == parts)
+            })
+    }
+}
+
+/// Reads what is committed in an assignment bucket. Values that do not decode are logged,
+/// counted, listed in [`Published::garbage`] and otherwise ignored.
+///
+/// ```no_run
+/// # async fn demo(bucket: &dyn parti::store::Bucket) -> parti::Result<()> {
+/// let published = parti::records::read_published(bucket).await?;
+/// println!("version {} over {} workers", published.version(), published.map.len());
+/// # Ok(()) }
+/// ```
+pub async fn read_published(bucket: &dyn Bucket) -> Result<Published> {
+    let mut published = Published::default();
+    let Some(entry) = bucket.get(CLUSTER_KEY).await? else {
+        return Ok(published);
+    };
+    published.cluster_revision = Some(entry.revision);
+    let record = match codec::decode::<ClusterRecord>(bucket.name(), CLUSTER_KEY, &entry.value) {
+        Ok(record) => record,
+        Err(e) => {
+            garbage_seen(&e);
+            published.garbage.push(CLUSTER_KEY.to_owned());
+            return Ok(published);
+        }
+    };
+    let pattern = format!("{WORKER_KEY_PREFIX}>");
+    for entry in bucket.list(&pattern).await? {
+        let Some(id) = entry.key.strip_prefix(WORKER_KEY_PREFIX) else {
+            continue;
+        };
+        let worker = WorkerId::new(id);
+        match codec::decode::<WorkerRecord>(bucket.name(), &entry.key, &entry.value) {
+            Ok(rec) if record.workers.get(&worker) == Some(&entry.revision) => {
+                published.map.set(worker.clone(), rec.partitions.clone());
+                published.workers.insert(worker, (entry.revision, rec));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                garbage_seen(&e);
+                published.garbage.push(entry.key.clone());
+            }
+        }
+    }
+    published.record = Some((record, entry.revision));
+    Ok(published)
+}
+
+/// Logs and counts a value that does not decode.
+pub(crate) fn garbage_seen(error: &crate::Error) {
+    tracing::warn!(%error, "ignoring undecodable value");
+    metrics::counter!("parti_kv_decode_errors_total").increment(1);
+}

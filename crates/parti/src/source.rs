@@ -1,0 +1,74 @@
+//! Where partitions come from.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::RwLock;
+
+use crate::error::Result;
+use crate::partition::{Partition, check_unique};
+
+/// Lists the partitions the cluster must cover.
+///
+/// Implementations are asked by the leader on cold start, on every rebalance and on
+/// [`Manager::refresh_partitions`](crate::Manager::refresh_partitions). A source that errors, or
+/// returns duplicates, leaves the last good assignment in force; the leader retries.
+///
+/// ```
+/// use parti::{Partition, source::{PartitionSource, Static}};
+/// # tokio_test_block(async {
+/// let source = Static::new(vec![Partition::new(["a"], 1)?, Partition::new(["b"], 2)?]);
+/// assert_eq!(source.list_partitions().await?.len(), 2);
+/// # Ok::<(), parti::Error>(()) });
+/// # fn tokio_test_block<F: std::future::Future<Output = parti::Result<()>>>(f: F) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f).unwrap()
+/// # }
+/// ```
+#[async_trait]
+pub trait PartitionSource: Send + Sync + fmt::Debug + 'static {
+    /// The current partitions. Duplicates are rejected by the caller.
+    async fn list_partitions(&self) -> Result<Vec<Partition>>;
+}
+
+/// A fixed list of partitions that can be replaced at run time (then call
+/// [`Manager::refresh_partitions`](crate::Manager::refresh_partitions)).
+#[derive(Debug, Clone, Default)]
+pub struct Static {
+    partitions: Arc<RwLock<Vec<Partition>>>,
+}
+
+impl Static {
+    /// A source serving `partitions`.
+    pub fn new(partitions: Vec<Partition>) -> Self {
+        Self {
+            partitions: Arc::new(RwLock::new(partitions)),
+        }
+    }
+
+    /// Replaces the list; clones of this source see the new one.
+    pub async fn set(&self, partitions: Vec<Partition>) {
+        *self.partitions.write().await = partitions;
+    }
+}
+
+#[async_trait]
+impl PartitionSource for Static {
+    async fn list_partitions(&self) -> Result<Vec<Partition>> {
+        Ok(self.partitions.read().await.clone())
+    }
+}
+
+/// Lists partitions from a source and checks them (no duplicates), as the leader does.
+pub(crate) async fn load_checked(source: &dyn PartitionSource) -> Result<Vec<Partition>> {
+    let mut partitions = source
+        .list_partitions()
+        .await
+        .map_err(|e| match e {
+            crate::Error::Source(_) | crate::Error::InvalidPartition { .. } => e,
+            other => crate::Error::Source(other.to_string()),
+        })?;
+    check_unique(&partitions)?;
+    partitions.sort();
+    Ok(partitions)
+}

@@ -1,0 +1,343 @@
+//! SPEC §11 scenarios 1–8 against a real nats-server, with short timings.
+//!
+//! A crash is `Manager::kill` (tasks aborted, nothing released: heartbeat and ID expire by TTL),
+//! never the graceful stop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use parti::records::ClusterRecord;
+use parti::{ClusterPhase, Config, Partition, State};
+use parti_testkit::wait_until;
+
+fn config() -> Config {
+    Config::fast_for_tests()
+}
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s01_cold_start_publishes_once_and_every_worker_sees_its_initial_assignment() {
+    let cluster = TestCluster::start(config(), partitions(200)).await;
+    let workers = cluster.workers(8).await;
+    let published = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(published.version(), 1, "exactly one publish for the cold start");
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (manager, recorder) in &workers {
+        let seen = recorder.seen.lock().unwrap().clone();
+        let first = seen.first().expect("hooks saw the initial assignment");
+        assert_eq!(first.version, 1, "{}", manager.worker_id());
+        assert_eq!(
+            first.partitions,
+            published.map.partitions_of(&manager.worker_id()),
+            "{}",
+            manager.worker_id()
+        );
+    }
+    assert_eq!(published.map.partition_count(), 200);
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_planned_scale_up_and_down_publish_once_per_batch_and_move_little() {
+    let cluster = TestCluster::start(config(), partitions(240)).await;
+    let mut workers = cluster.workers(5).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(before.version(), 1);
+
+    // Scale up by 3 inside one window.
+    workers.extend(cluster.workers(3).await);
+    let after_up = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(after_up.version(), 2, "one publish for the batch of joins");
+    let minimum_up = 240 * 3 / 8;
+    let moved_up = moved(&before.map, &after_up.map);
+    assert!(
+        moved_up as f64 <= 1.3 * minimum_up as f64,
+        "scale-up moved {moved_up}, minimum {minimum_up}"
+    );
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    // Scale down by 3, gracefully, inside one window.
+    let leaving: Vec<_> = workers.drain(..3).collect();
+    futures::future::join_all(leaving.iter().map(|(m, _)| m.stop())).await;
+    let after_down = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(after_down.version(), 3, "one publish for the batch of leaves");
+    let owned_by_leavers: usize = leaving
+        .iter()
+        .map(|(m, _)| after_up.map.partitions_of(&m.worker_id()).len())
+        .sum();
+    let moved_down = moved(&after_up.map, &after_down.map);
+    assert!(
+        moved_down as f64 <= 1.3 * owned_by_leavers as f64,
+        "scale-down moved {moved_down}, minimum {owned_by_leavers}"
+    );
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s03_rolling_update_moves_nothing() {
+    // A window long enough for a restart to come back inside it, and a grace period that
+    // covers a leader hand-over.
+    let mut config = config();
+    config.planned_scale_window = Duration::from_millis(2_000);
+    config.cold_start_window = Duration::from_millis(2_000);
+    config.emergency_grace_period = Some(config.heartbeat_ttl);
+    config.assignment.min_rebalance_interval = Duration::from_millis(500);
+    let cluster = TestCluster::start(config, partitions(120)).await;
+    let mut workers = cluster.workers(6).await;
+    let initial = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    for i in 0..6 {
+        let (old, _) = workers.remove(0);
+        let id = old.worker_id();
+        old.stop().await.unwrap();
+        let (fresh, recorder) = cluster.worker().await.expect("restarted worker");
+        assert_eq!(fresh.worker_id(), id, "round {i}: the restarted pod gets its ID back");
+        workers.push((fresh, recorder));
+        wait_all_stable(&cluster, &workers, SETTLE).await;
+        let now = cluster.published().await;
+        assert_eq!(
+            moved(&initial.map, &now.map),
+            0,
+            "round {i}: a rolling restart must not move partitions"
+        );
+        assert_eq!(now.map, initial.map, "round {i}");
+    }
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_crash_reassigns_only_orphans_quickly() {
+    let config = config();
+    let budget = config.heartbeat_ttl + config.emergency_grace_period() + Duration::from_secs(1);
+    let cluster = TestCluster::start(config, partitions(180)).await;
+    let mut workers = cluster.workers(6).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    // Crash a follower (the leader case is s05).
+    let victim_index = workers.iter().position(|(m, _)| !m.is_leader()).unwrap();
+    let (victim, _) = workers.remove(victim_index);
+    let victim_id = victim.worker_id();
+    let orphans = before.map.partitions_of(&victim_id).to_vec();
+    let crashed_at = Instant::now();
+    victim.kill().await;
+
+    let after = cluster.wait_for_map(&ids(&workers), budget + SETTLE).await;
+    let elapsed = crashed_at.elapsed();
+    assert!(
+        elapsed <= budget,
+        "orphans reassigned after {elapsed:?}, budget {budget:?}"
+    );
+    let before_owners = owners(&before.map);
+    let after_owners = owners(&after.map);
+    for (partition, owner) in &before_owners {
+        if *owner != victim_id {
+            assert_eq!(after_owners.get(partition), Some(owner), "{partition} moved but was not an orphan");
+        }
+    }
+    assert_eq!(moved(&before.map, &after.map), orphans.len());
+    assert_eq!(after.record.unwrap().0.reason, "emergency");
+    println!("crash→published latency: {elapsed:?} (budget {budget:?})");
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership() {
+    let config = config();
+    let failover_budget = config.election_ttl + Duration::from_secs(1);
+    let cluster = TestCluster::start(config, partitions(150)).await;
+    let mut workers = cluster.workers(5).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    let leader_index = workers.iter().position(|(m, _)| m.is_leader()).expect("a leader");
+    let (leader, _) = workers.remove(leader_index);
+    let crashed_at = Instant::now();
+    leader.kill().await;
+
+    // Sample the published map while the cluster fails over.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sampling = async {
+        let mut samples = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let p = cluster.published().await;
+            let mut seen = BTreeSet::new();
+            for (_, parts) in p.map.iter() {
+                for part in parts {
+                    assert!(
+                        seen.insert(part.id()),
+                        "partition {} has two owners at v{}",
+                        part.id(),
+                        p.version()
+                    );
+                }
+            }
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        samples
+    };
+    let failover = async {
+        wait_until(failover_budget + SETTLE, "a new leader", || async {
+            workers.iter().any(|(m, _)| m.is_leader())
+        })
+        .await
+        .expect("new leader");
+        let elapsed = crashed_at.elapsed();
+        let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (elapsed, after)
+    };
+    let (samples, (elapsed, after)) = tokio::join!(sampling, failover);
+    assert!(samples > 0);
+    assert!(
+        elapsed <= failover_budget,
+        "new leader after {elapsed:?}, budget {failover_budget:?}"
+    );
+    assert!(after.version() > before.version(), "versions continue upward");
+    println!("leader failover: {elapsed:?} (budget {failover_budget:?})");
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_flapping_worker_inside_grace_causes_no_emergency() {
+    use parti::heartbeat::{self, Heartbeater, MembershipEvent, MembershipWatcher};
+    use parti::store::{NatsStore, Store};
+
+    let mut config = config();
+    // A grace period long enough to come back in, shorter than the heartbeat TTL.
+    config.emergency_grace_period = Some(config.heartbeat_ttl);
+    let cluster = TestCluster::start(config.clone(), partitions(60)).await;
+
+    // A worker run from the primitives, so that its heartbeat can stop and resume under the
+    // same ID (a network blip) while its stable ID stays held.
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let b = &config.kv_buckets;
+    let hb_bucket = store
+        .bucket(&heartbeat::bucket_spec(&b.heartbeat, config.heartbeat_ttl, 1))
+        .await
+        .unwrap();
+    let id = parti::WorkerId::new("flapper-0");
+    let beat = |info| {
+        Heartbeater::spawn(hb_bucket.clone(), id.clone(), "flapper".into(), config.heartbeat_interval, info)
+    };
+    let (_info_tx, info_rx) = tokio::sync::watch::channel((State::Stable, 0));
+    let flapper = beat(info_rx.clone());
+    let mut workers = cluster.workers(3).await;
+    let mut all = ids(&workers);
+    all.push(id.clone());
+    let before = cluster.wait_for_map(&all, SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    let (watcher, mut membership) = MembershipWatcher::spawn(hb_bucket.clone(), config.heartbeat_ttl);
+    flapper.abort();
+    let expired = tokio::time::timeout(SETTLE, async {
+        while let Some(event) = membership.recv().await {
+            if event == MembershipEvent::Expired(id.clone()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(expired.is_ok(), "the flapper's heartbeat expired");
+    let back = beat(info_rx);
+    // Longer than the grace period: an emergency would have been published by now.
+    let mut phases = Vec::new();
+    let watch_until = Instant::now() + config.heartbeat_ttl * 3;
+    while Instant::now() < watch_until {
+        phases.push(cluster.record().await.phase);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        !phases.contains(&ClusterPhase::Emergency),
+        "a flap inside the grace period must not cause an emergency"
+    );
+    let after = cluster.published().await;
+    assert_eq!(after.version(), before.version(), "nothing was published");
+    assert_eq!(after.map, before.map);
+    back.abort();
+    watcher.stop().await;
+    for (m, _) in workers.drain(..) {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s07_full_restart_of_ten_workers_is_one_cold_start_publish() {
+    let mut config = config();
+    config.cold_start_window = Duration::from_millis(2_000);
+    let cluster = TestCluster::start(config, partitions(200)).await;
+    let workers = cluster.workers(10).await;
+    let first = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(first.version(), 1);
+    let ids_before = ids(&workers);
+    futures::future::join_all(workers.iter().map(|(m, _)| m.stop())).await;
+    drop(workers);
+
+    let workers = cluster.workers(10).await;
+    assert_eq!(ids(&workers), ids_before, "IDs are reclaimed");
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    let record: ClusterRecord = after.record.clone().unwrap().0;
+    assert_eq!(after.version(), 2, "one publish after the full restart");
+    assert_eq!(record.reason, "restart");
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s08_partition_refresh_from_follower_and_leader() {
+    let cluster = TestCluster::start(config(), partitions(50)).await;
+    let workers = cluster.workers(4).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    // From a follower: add 20, remove 10, re-weight 5.
+    let mut next: Vec<Partition> = partitions(70).into_iter().skip(10).collect();
+    for p in next.iter_mut().take(5) {
+        *p = p.clone().with_weight(400);
+    }
+    cluster.source.set(next.clone()).await;
+    let follower = workers.iter().find(|(m, _)| !m.is_leader()).unwrap();
+    follower.0.refresh_partitions().await.unwrap();
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(after.map.partition_count(), 60);
+    let weights: Vec<u64> = after
+        .map
+        .iter()
+        .flat_map(|(_, ps)| ps.iter().filter(|p| p.weight() == 400).map(Partition::weight))
+        .collect();
+    assert_eq!(weights.len(), 5, "re-weighted partitions are published with their weight");
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    // From the leader: shrink to 30.
+    cluster.source.set(partitions(30)).await;
+    let leader = workers.iter().find(|(m, _)| m.is_leader()).unwrap();
+    leader.0.refresh_partitions().await.unwrap();
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(after.map.partition_count(), 30);
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
