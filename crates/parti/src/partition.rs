@@ -82,7 +82,9 @@ impl Partition {
                 .chars()
                 .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace())
             {
-                return Err(invalid(format!("key {key:?} contains forbidden character {c:?}")));
+                return Err(invalid(format!(
+                    "key {key:?} contains forbidden character {c:?}"
+                )));
             }
         }
         Ok(Self { keys, weight })
@@ -227,9 +229,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_keys() {
-        for keys in [vec![], vec![""], vec!["a b"], vec!["a*"], vec!["a>"], vec!["a.b"], vec!["a\t"]] {
+        for keys in [
+            vec![],
+            vec![""],
+            vec!["a b"],
+            vec!["a*"],
+            vec!["a>"],
+            vec!["a.b"],
+            vec!["a\t"],
+        ] {
             assert!(
-                matches!(Partition::new(keys.clone(), 1), Err(Error::InvalidPartition { .. })),
+                matches!(
+                    Partition::new(keys.clone(), 1),
+                    Err(Error::InvalidPartition { .. })
+                ),
                 "{keys:?} must be rejected"
             );
         }
@@ -239,7 +252,10 @@ mod tests {
     #[test]
     fn hash_is_stable_seeded_and_weight_independent() {
         let p = Partition::new(["a", "b"], 1).unwrap();
-        assert_eq!(p.hash_with_seed(7), p.clone().with_weight(99).hash_with_seed(7));
+        assert_eq!(
+            p.hash_with_seed(7),
+            p.clone().with_weight(99).hash_with_seed(7)
+        );
         assert_ne!(p.hash_with_seed(7), p.hash_with_seed(8));
         let split = Partition::new(["ab", "c"], 1).unwrap();
         let other = Partition::new(["a", "bc"], 1).unwrap();
@@ -248,7 +264,7 @@ mod tests {
 
     #[test]
     fn orders_by_keys() {
-        let mut v = vec![
+        let mut v = [
             Partition::new(["b"], 1).unwrap(),
             Partition::new(["a", "z"], 1).unwrap(),
             Partition::new(["a"], 9).unwrap(),

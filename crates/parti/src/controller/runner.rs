@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::planner::{
-    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, reassign_orphans,
+    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,
 };
 use super::publisher::{PublishMeta, Publisher};
 use crate::assignment::{AssignmentMap, Lifecycle};
@@ -29,6 +29,9 @@ use crate::strategy::AssignmentStrategy;
 pub(crate) struct LeaderContext {
     pub(crate) assignment_bucket: Arc<dyn Bucket>,
     pub(crate) heartbeat_bucket: Arc<dyn Bucket>,
+    /// Tells a graceful leave (ID released) from a crash (ID still held) for workers that
+    /// were already gone when this leader took over.
+    pub(crate) stable_id_bucket: Arc<dyn Bucket>,
     pub(crate) strategy: Arc<dyn AssignmentStrategy>,
     pub(crate) source: Arc<dyn PartitionSource>,
     pub(crate) agent: Arc<dyn ElectionAgent>,
@@ -100,14 +103,35 @@ async fn lead(
             .as_ref()
             .map_or(Lifecycle::ColdStart, |(r, _)| r.lifecycle),
     };
+    let absent: Vec<WorkerId> = cluster
+        .as_ref()
+        .map(|c| {
+            c.workers
+                .iter()
+                .filter(|w| !live_now.contains(*w))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     let mut decisions = planner.handle(Input::BecameLeader {
         cluster,
         live: live_now.into_iter().collect(),
         now: now(),
     });
+    let mut suppress = ctx.suppress_crashes_until.clone();
+    let suppressed = *suppress.borrow_and_update();
+    if let Some(until) = suppressed {
+        decisions.extend(planner.handle(Input::SuppressCrashesUntil { until, now: now() }));
+    }
+    // A published worker that is gone and released its stable ID left gracefully (a rolling
+    // update in progress): a planned change, not a crash.
+    for worker in absent {
+        if let Ok(None) = ctx.stable_id_bucket.get(worker.as_str()).await {
+            decisions.extend(planner.handle(Input::Left { worker, now: now() }));
+        }
+    }
 
     let mut refresh_watch = ctx.assignment_bucket.watch(REFRESH_KEY).await.ok();
-    let mut suppress = ctx.suppress_crashes_until.clone();
     let mut source_check = tokio::time::interval(
         ctx.planner
             .min_rebalance_interval
@@ -280,6 +304,20 @@ async fn publish_once(
     };
     // Never publish a broken map, whatever the strategy returned.
     map.verify(workers, &fresh)?;
+    if reason == RebalanceReason::PartitionChange.as_str()
+        && let Some(gain) = reweight_gain(previous, &map, &fresh)
+        && gain < ctx.min_rebalance_threshold
+    {
+        // Only weights changed, and rebalancing would improve the worst load by less than
+        // `minRebalanceThreshold`: keep the map as it is.
+        tracing::info!(
+            gain,
+            threshold = ctx.min_rebalance_threshold,
+            "re-weight below threshold; rebalance skipped"
+        );
+        *partitions = Some(fresh);
+        return Ok(publisher.committed().version());
+    }
     let started = std::time::Instant::now();
     let moved = moved_partitions(&state.last_map, &map);
     let lifecycle = Lifecycle::Running;
@@ -308,8 +346,48 @@ async fn publish_once(
     state.last_map = map;
     state.lifecycle = lifecycle;
     *partitions = Some(fresh);
-    let _ = ctx.min_rebalance_threshold;
     Ok(version)
+}
+
+/// For a change that only re-weights partitions (same keys, same workers): how much the
+/// proposed map lowers the worst worker's load relative to the mean, compared with keeping the
+/// current placement under the new weights. `None` when keys or workers changed.
+fn reweight_gain(
+    current: &AssignmentMap,
+    proposed: &AssignmentMap,
+    fresh: &[Partition],
+) -> Option<f64> {
+    let current_keys: std::collections::BTreeSet<&[String]> = current
+        .iter()
+        .flat_map(|(_, ps)| ps.iter().map(Partition::keys))
+        .collect();
+    let fresh_keys: std::collections::BTreeSet<&[String]> =
+        fresh.iter().map(Partition::keys).collect();
+    if current_keys != fresh_keys || !current.workers().eq(proposed.workers()) || current.is_empty()
+    {
+        return None;
+    }
+    let weight: std::collections::BTreeMap<&[String], u64> = fresh
+        .iter()
+        .map(|p| (p.keys(), p.effective_weight()))
+        .collect();
+    let total: u64 = weight.values().sum();
+    let mean = total as f64 / current.len() as f64;
+    if mean == 0.0 {
+        return None;
+    }
+    let worst = |map: &AssignmentMap| {
+        map.iter()
+            .map(|(_, ps)| {
+                ps.iter()
+                    .map(|p| weight.get(p.keys()).copied().unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0) as f64
+            / mean
+    };
+    Some(worst(current) - worst(proposed))
 }
 
 /// Partitions whose owner differs between two maps (new partitions count, removed do not).

@@ -110,9 +110,24 @@ impl ManagerBuilder {
             }
         };
         let buckets = Buckets {
-            stable_id: open(stable_id::bucket_spec(&b.stable_id, config.worker_id_ttl, b.replicas)).await?,
-            heartbeat: open(heartbeat::bucket_spec(&b.heartbeat, config.heartbeat_ttl, b.replicas)).await?,
-            election: open(election::bucket_spec(&b.election, config.election_ttl, b.replicas)).await?,
+            stable_id: open(stable_id::bucket_spec(
+                &b.stable_id,
+                config.worker_id_ttl,
+                b.replicas,
+            ))
+            .await?,
+            heartbeat: open(heartbeat::bucket_spec(
+                &b.heartbeat,
+                config.heartbeat_ttl,
+                b.replicas,
+            ))
+            .await?,
+            election: open(election::bucket_spec(
+                &b.election,
+                config.election_ttl,
+                b.replicas,
+            ))
+            .await?,
             assignment: open(BucketSpec::new(b.assignment.clone()).replicas(b.replicas)).await?,
         };
 

@@ -76,9 +76,9 @@ impl DegradedTracker {
         }
         match self.degraded_since {
             None => {
-                let cut_off = self
-                    .disconnected_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= self.behavior.enter_threshold);
+                let cut_off = self.disconnected_since.is_some_and(|t| {
+                    now.saturating_duration_since(t) >= self.behavior.enter_threshold
+                });
                 let failing = self.errors.len() >= self.behavior.kv_error_threshold as usize;
                 if cut_off || failing {
                     self.degraded_since = Some(now);
@@ -170,12 +170,31 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker();
         assert_eq!(t.observe(t0, false), Verdict::Unchanged);
-        assert_eq!(t.observe(t0 + Duration::from_secs(9), false), Verdict::Unchanged);
-        assert_eq!(t.observe(t0 + Duration::from_secs(10), false), Verdict::Enter);
-        assert_eq!(t.observe(t0 + Duration::from_secs(11), true), Verdict::Unchanged);
-        assert_eq!(t.observe(t0 + Duration::from_secs(13), false), Verdict::Unchanged, "flap resets");
-        assert_eq!(t.observe(t0 + Duration::from_secs(14), true), Verdict::Unchanged);
-        assert_eq!(t.observe(t0 + Duration::from_secs(18), true), Verdict::Unchanged);
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(9), false),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(10), false),
+            Verdict::Enter
+        );
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(11), true),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(13), false),
+            Verdict::Unchanged,
+            "flap resets"
+        );
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(14), true),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(18), true),
+            Verdict::Unchanged
+        );
         assert_eq!(t.observe(t0 + Duration::from_secs(19), true), Verdict::Exit);
         assert!(!t.is_degraded());
     }
@@ -185,8 +204,14 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker();
         t.observe(t0, false);
-        assert_eq!(t.observe(t0 + Duration::from_secs(5), true), Verdict::Unchanged);
-        assert_eq!(t.observe(t0 + Duration::from_secs(12), false), Verdict::Unchanged);
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(5), true),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(12), false),
+            Verdict::Unchanged
+        );
     }
 
     #[test]
@@ -197,9 +222,17 @@ mod tests {
         t.record_error(t0 + Duration::from_secs(1));
         // The first error leaves the window before the third arrives.
         t.record_error(t0 + Duration::from_secs(31));
-        assert_eq!(t.observe(t0 + Duration::from_secs(31), true), Verdict::Unchanged);
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(31), true),
+            Verdict::Unchanged
+        );
         t.record_error(t0 + Duration::from_secs(32));
-        assert_eq!(t.observe(t0 + Duration::from_secs(32), true), Verdict::Enter);
+        t.record_error(t0 + Duration::from_secs(33));
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(33), true),
+            Verdict::Enter,
+            "three errors within the window"
+        );
     }
 
     #[test]
@@ -213,10 +246,17 @@ mod tests {
         let at = |s| start + Duration::from_secs(s);
         assert_eq!(t.due_alert(at(30)).map(|a| a.0), Some(AlertLevel::Info));
         assert_eq!(t.due_alert(at(60)), None);
-        assert_eq!(t.due_alert(at(90)).map(|a| a.0), Some(AlertLevel::Info), "repeat");
+        assert_eq!(
+            t.due_alert(at(90)).map(|a| a.0),
+            Some(AlertLevel::Info),
+            "repeat"
+        );
         assert_eq!(t.due_alert(at(120)).map(|a| a.0), Some(AlertLevel::Warn));
         // Error level disabled (zero): next is Critical at 600 s.
         assert_eq!(t.due_alert(at(180)).map(|a| a.0), Some(AlertLevel::Warn));
-        assert_eq!(t.due_alert(at(600)).map(|a| a.0), Some(AlertLevel::Critical));
+        assert_eq!(
+            t.due_alert(at(600)).map(|a| a.0),
+            Some(AlertLevel::Critical)
+        );
     }
 }

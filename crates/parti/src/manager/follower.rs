@@ -221,7 +221,11 @@ mod tests {
             mine: Some((11, mine(4))),
             synced: true,
         };
-        assert_eq!(view.committed(&me, true), None, "uncommitted write (deposed leader)");
+        assert_eq!(
+            view.committed(&me, true),
+            None,
+            "uncommitted write (deposed leader)"
+        );
         let view = FollowerView {
             mine: Some((10, mine(3))),
             ..view

@@ -198,10 +198,15 @@ mod tests {
                 "hooks ran concurrently"
             );
             // A slow hook must not reorder what follows it.
-            tokio::time::sleep(Duration::from_millis(if from == State::Init { 30 } else { 1 }))
-                .await;
+            tokio::time::sleep(Duration::from_millis(if from == State::Init {
+                30
+            } else {
+                1
+            }))
+            .await;
             self.seen.lock().unwrap().push(format!("{from}->{to}"));
-            self.active.store(false, std::sync::atomic::Ordering::SeqCst);
+            self.active
+                .store(false, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -227,7 +232,11 @@ mod tests {
         }
         assert_eq!(
             *recorder.seen.lock().unwrap(),
-            ["init->claiming_id", "claiming_id->election", "election->waiting_assignment"]
+            [
+                "init->claiming_id",
+                "claiming_id->election",
+                "election->waiting_assignment"
+            ]
         );
         drop(sink);
         task.await.unwrap();

@@ -47,6 +47,10 @@ pub(crate) struct Outputs {
     pub(crate) leader: watch::Sender<bool>,
 }
 
+/// While degraded, crash declarations are held back "for ever"; leaving degraded mode replaces
+/// this with `recoveryGracePeriod`.
+const SUPPRESS_WHILE_DEGRADED: Duration = Duration::from_secs(24 * 3600);
+
 /// How the loop around one stable ID ended.
 enum IdExit {
     Shutdown,
@@ -117,7 +121,8 @@ impl Runtime {
         };
         let mut delay = Duration::from_millis(50);
         loop {
-            match stable_id::claim(Arc::clone(&self.buckets.stable_id), &cfg, &self.instance).await {
+            match stable_id::claim(Arc::clone(&self.buckets.stable_id), &cfg, &self.instance).await
+            {
                 Ok(lease) => return Ok(lease),
                 // On first start a full pool is the caller's problem; later our own old ID
                 // frees up when its TTL runs out, so keep trying.
@@ -128,7 +133,11 @@ impl Runtime {
                         () = cancel.cancelled() => return Err(Error::Shutdown),
                         () = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(self.config.heartbeat_interval.max(Duration::from_millis(100)));
+                    delay = (delay * 2).min(
+                        self.config
+                            .heartbeat_interval
+                            .max(Duration::from_millis(100)),
+                    );
                 }
             }
         }
@@ -146,11 +155,16 @@ impl Runtime {
         }
     }
 
-    fn leader_context(&self, agent: Arc<dyn ElectionAgent>, suppress: watch::Receiver<Option<std::time::Instant>>) -> LeaderContext {
+    fn leader_context(
+        &self,
+        agent: Arc<dyn ElectionAgent>,
+        suppress: watch::Receiver<Option<std::time::Instant>>,
+    ) -> LeaderContext {
         let c = &self.config;
         LeaderContext {
             assignment_bucket: Arc::clone(&self.buckets.assignment),
             heartbeat_bucket: Arc::clone(&self.buckets.heartbeat),
+            stable_id_bucket: Arc::clone(&self.buckets.stable_id),
             strategy: Arc::clone(&self.strategy),
             source: Arc::clone(&self.source),
             agent,
@@ -179,7 +193,11 @@ impl Runtime {
         );
         let agent = self.agent_for(&id);
         let elector = Elector::spawn(Arc::clone(&agent), Some(Arc::clone(&self.buckets.election)));
-        let follower = Follower::spawn(Arc::clone(&self.buckets.assignment), id.clone(), cancel.child_token());
+        let follower = Follower::spawn(
+            Arc::clone(&self.buckets.assignment),
+            id.clone(),
+            cancel.child_token(),
+        );
         self.out.state.set(State::WaitingAssignment);
 
         let mut id_status = lease.status();
@@ -190,11 +208,10 @@ impl Runtime {
         let (suppress_tx, suppress_rx) = watch::channel(None);
         let mut leader: Option<LeaderTask> = None;
         let mut had_assignment = false;
-        let mut degraded = DegradedTracker::new(
-            self.config.degraded_behavior.clone(),
-            self.config.degraded_alert.clone(),
-        );
-        let mut tick = tokio::time::interval(Duration::from_millis(100).min(self.config.heartbeat_interval));
+        let mut degraded =
+            DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(100).min(self.config.heartbeat_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let exit = loop {
@@ -252,6 +269,8 @@ impl Runtime {
                         Verdict::Enter => {
                             tracing::warn!(worker = %id, "entering degraded mode: keeping the last assignment");
                             metrics::gauge!("parti_degraded").set(1.0);
+                            // No crash is declared while we cannot see the cluster.
+                            suppress_tx.send_replace(Some(std::time::Instant::now() + SUPPRESS_WHILE_DEGRADED));
                             self.out.state.set(State::Degraded);
                         }
                         Verdict::Exit => {
@@ -261,10 +280,9 @@ impl Runtime {
                             if matches!(*id_status.borrow(), IdStatus::Lost { .. }) {
                                 break IdExit::Lost;
                             }
-                            if leader.is_some() {
-                                let until = std::time::Instant::now() + self.config.degraded_behavior.recovery_grace_period;
-                                suppress_tx.send_replace(Some(until));
-                            }
+                            // Workers cut off with us are not mass-evicted (SPEC §7).
+                            let until = std::time::Instant::now() + self.config.degraded_behavior.recovery_grace_period;
+                            suppress_tx.send_replace(Some(until));
                             let snapshot = view.borrow().clone();
                             self.apply(&id, &snapshot, &mut had_assignment, false, &info_tx);
                         }
@@ -296,7 +314,10 @@ impl Runtime {
         }
         if self.out.leader.send_replace(false) {
             metrics::gauge!("parti_leader").set(0.0);
-            self.events.emit(Event::LeadershipChanged { is_leader: false, term: None });
+            self.events.emit(Event::LeadershipChanged {
+                is_leader: false,
+                term: None,
+            });
         }
         match exit {
             IdExit::Shutdown => {
@@ -337,8 +358,17 @@ impl Runtime {
         let ctx = self.leader_context(agent, suppress);
         let cancel = CancellationToken::new();
         let (refresh, refresh_rx) = mpsc::unbounded_channel();
-        let task = AbortOnDropHandle::new(tokio::spawn(run_leader(ctx, term, refresh_rx, cancel.clone())));
-        LeaderTask { cancel, task, refresh }
+        let task = AbortOnDropHandle::new(tokio::spawn(run_leader(
+            ctx,
+            term,
+            refresh_rx,
+            cancel.clone(),
+        )));
+        LeaderTask {
+            cancel,
+            task,
+            refresh,
+        }
     }
 
     /// Applies the committed assignment if it is newer, then mirrors the cluster phase.
@@ -362,7 +392,11 @@ impl Runtime {
                 metrics::gauge!("parti_owned_weight").set(next.weight() as f64);
                 if changed {
                     tracing::info!(worker = %id, version = next.version, added = added.len(), removed = removed.len(), "assignment changed");
-                    self.events.emit(Event::AssignmentChanged { added, removed, assignment: next });
+                    self.events.emit(Event::AssignmentChanged {
+                        added,
+                        removed,
+                        assignment: next,
+                    });
                 }
             }
         }
@@ -371,7 +405,10 @@ impl Runtime {
         } else if !*had_assignment {
             State::WaitingAssignment
         } else {
-            view.cluster.as_ref().map_or(ClusterPhase::Stable, |c| c.phase).worker_state()
+            view.cluster
+                .as_ref()
+                .map_or(ClusterPhase::Stable, |c| c.phase)
+                .worker_state()
         };
         self.move_to(target);
         let version = self.out.assignment.borrow().version;
@@ -382,10 +419,15 @@ impl Runtime {
     /// Rebalancing → Scaling when the leader opens a new window right after a publish).
     fn move_to(&mut self, target: State) {
         let current = self.out.state.get();
-        if current == target || current == State::WaitingAssignment && target == State::WaitingAssignment {
+        if current == target
+            || current == State::WaitingAssignment && target == State::WaitingAssignment
+        {
             return;
         }
-        if !current.can_transition_to(target) && current.can_transition_to(State::Stable) && State::Stable.can_transition_to(target) {
+        if !current.can_transition_to(target)
+            && current.can_transition_to(State::Stable)
+            && State::Stable.can_transition_to(target)
+        {
             self.out.state.set(State::Stable);
         }
         self.out.state.set(target);
@@ -394,19 +436,35 @@ impl Runtime {
     fn clear_assignment(&mut self) {
         let held = self.out.assignment.borrow().clone();
         if !held.partitions.is_empty() {
-            let cleared = Arc::new(Assignment { version: held.version, lifecycle: held.lifecycle, partitions: Vec::new() });
+            let cleared = Arc::new(Assignment {
+                version: held.version,
+                lifecycle: held.lifecycle,
+                partitions: Vec::new(),
+            });
             self.out.assignment.send_replace(Arc::clone(&cleared));
             metrics::gauge!("parti_partitions_owned").set(0.0);
             metrics::gauge!("parti_owned_weight").set(0.0);
-            self.events.emit(Event::AssignmentChanged { added: Vec::new(), removed: held.partitions.clone(), assignment: cleared });
+            self.events.emit(Event::AssignmentChanged {
+                added: Vec::new(),
+                removed: held.partitions.clone(),
+                assignment: cleared,
+            });
         }
         self.out.state.set(State::ClaimingId);
     }
 
     async fn request_refresh(&self, id: &WorkerId) {
-        let request = RefreshRequest { requested_by: id.clone(), at: unix_ms() };
+        let request = RefreshRequest {
+            requested_by: id.clone(),
+            at: unix_ms(),
+        };
         let result = match codec::encode(&request) {
-            Ok(value) => self.buckets.assignment.put(REFRESH_KEY, value).await.map_err(Error::from),
+            Ok(value) => self
+                .buckets
+                .assignment
+                .put(REFRESH_KEY, value)
+                .await
+                .map_err(Error::from),
             Err(e) => Err(e),
         };
         if let Err(e) = result {
@@ -419,7 +477,15 @@ impl Runtime {
 fn diff(held: &[Partition], next: &[Partition]) -> (Vec<Partition>, Vec<Partition>) {
     let had: std::collections::BTreeSet<&[String]> = held.iter().map(Partition::keys).collect();
     let has: std::collections::BTreeSet<&[String]> = next.iter().map(Partition::keys).collect();
-    let added = next.iter().filter(|p| !had.contains(p.keys())).cloned().collect();
-    let removed = held.iter().filter(|p| !has.contains(p.keys())).cloned().collect();
+    let added = next
+        .iter()
+        .filter(|p| !had.contains(p.keys()))
+        .cloned()
+        .collect();
+    let removed = held
+        .iter()
+        .filter(|p| !has.contains(p.keys()))
+        .cloned()
+        .collect();
     (added, removed)
 }

@@ -54,6 +54,10 @@ impl StateCell {
 
 fn publish_metric(state: State) {
     for s in State::ALL {
-        metrics::gauge!("parti_state", "state" => s.as_str()).set(if s == state { 1.0 } else { 0.0 });
+        metrics::gauge!("parti_state", "state" => s.as_str()).set(if s == state {
+            1.0
+        } else {
+            0.0
+        });
     }
 }

@@ -1,0 +1,461 @@
+//! The leader's decision logic (SPEC §6) as a pure state machine.
+//!
+//! The [`Planner`] is fed [`Input`]s (membership events, partition changes, publish results,
+//! timer ticks), each carrying the current time, and answers with [`Decision`]s for the runner
+//! to carry out. It never touches NATS, tasks or a clock, so every interleaving is tested
+//! synchronously with explicit times.
+//!
+//! Choices where SPEC §6 leaves room:
+//! - **One publish at a time.** After a [`Decision::Publish`] nothing else is published until
+//!   [`Input::Published`] arrives; whatever fell due meanwhile is decided then, with the
+//!   deadlines it had (a window never closes twice, a cooldown is never skipped).
+//! - **Emergency pre-empts a window, which stays open.** A declared crash publishes at once over
+//!   the surviving workers of the current map (joiners of the open window excluded, unless no
+//!   one else survives); the window still closes at its deadline and balances its joins then.
+//!   Emergencies come first when several things are due.
+//! - **Folding.** An emergency also declares every other crash suspect still inside its grace
+//!   period (one publish instead of a series), and any publish that leaves a suspect out of the
+//!   map settles that suspect. A worker that returns before its crash is published keeps its
+//!   partitions and clears its timer.
+//! - **Partition changes** wait for an open window (its publish includes them) and otherwise for
+//!   `min_rebalance_interval` after the last publish; an emergency publish does not count as
+//!   done for them (it moves only orphans), so they still follow it.
+//! - **Leader change.** Live workers missing from the inherited map open a planned-scale window
+//!   (reason [`RebalanceReason::LeaderChange`]); map workers that are not live become crash
+//!   suspects with a grace period starting now.
+//! - **No one live.** No map is ever published over zero workers: a planned window or crash
+//!   that falls due then waits for the next join, and a cold start waits for its first join
+//!   (announcing no phase until then; rare, since the runner counts the leader itself as live).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::assignment::Lifecycle;
+use crate::partition::WorkerId;
+use crate::state::ScalingReason;
+
+mod orphans;
+mod types;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+pub use orphans::reassign_orphans;
+pub use types::{ClusterView, Decision, Input, Phase, PlannerConfig, RebalanceReason};
+
+/// The leader's pure state machine: inputs in, decisions out.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use parti::controller::{Decision, Input, Planner, PlannerConfig, RebalanceReason};
+/// use parti::{Lifecycle, WorkerId};
+///
+/// let t0 = Instant::now();
+/// let mut planner = Planner::new(PlannerConfig::default());
+/// let live = vec![WorkerId::new("worker-0"), WorkerId::new("worker-1")];
+/// planner.handle(Input::BecameLeader { cluster: None, live: live.clone(), now: t0 });
+/// let deadline = planner.next_wakeup().unwrap();
+/// assert_eq!(deadline, t0 + Duration::from_secs(30));
+/// let decisions = planner.handle(Input::Tick { now: deadline });
+/// assert!(decisions.contains(&Decision::Publish {
+///     workers: live.clone(),
+///     reason: RebalanceReason::ColdStart,
+///     orphans_only: false,
+/// }));
+/// planner.handle(Input::Published { version: 1, workers: live, now: deadline });
+/// assert_eq!(planner.lifecycle(), Lifecycle::Running);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Planner {
+    cfg: PlannerConfig,
+    lifecycle: Lifecycle,
+    version: u64,
+    /// Workers whose heartbeat is present.
+    live: BTreeSet<WorkerId>,
+    /// Workers of the last confirmed map.
+    published: BTreeSet<WorkerId>,
+    in_flight: Option<InFlight>,
+    window: Option<Window>,
+    /// A cold start (or restart) that waits for its first worker to open the window.
+    awaiting_first: Option<ScalingReason>,
+    /// Map workers whose heartbeat expired, with the end of their grace period.
+    suspects: BTreeMap<WorkerId, Instant>,
+    suppress_until: Option<Instant>,
+    partitions_dirty: bool,
+    last_publish: Option<Instant>,
+    /// The last announced phase.
+    phase: Phase,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    workers: BTreeSet<WorkerId>,
+    emergency: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    reason: ScalingReason,
+    deadline: Instant,
+    /// Opened by a new leader finding live workers missing from the map.
+    leader_change: bool,
+}
+
+impl Planner {
+    /// A planner for a cluster in cold start; feed it [`Input::BecameLeader`] first.
+    pub fn new(cfg: PlannerConfig) -> Self {
+        Self {
+            cfg,
+            lifecycle: Lifecycle::ColdStart,
+            version: 0,
+            live: BTreeSet::new(),
+            published: BTreeSet::new(),
+            in_flight: None,
+            window: None,
+            awaiting_first: Some(ScalingReason::ColdStart),
+            suspects: BTreeMap::new(),
+            suppress_until: None,
+            partitions_dirty: false,
+            last_publish: None,
+            phase: Phase::Stable,
+        }
+    }
+
+    /// Applies one input and returns what to do, in order: at most one
+    /// [`Decision::SetPhase`], then at most one [`Decision::Publish`].
+    pub fn handle(&mut self, input: Input) -> Vec<Decision> {
+        let now = input.now();
+        let mut announce = false;
+        match input {
+            Input::BecameLeader { cluster, live, now } => {
+                self.become_leader(cluster, live, now);
+                announce = true;
+            }
+            Input::Joined { worker, now } => self.on_join(worker, now),
+            Input::Left { worker, now } => self.on_leave(worker, now),
+            Input::Expired { worker, now } => self.on_expire(worker, now),
+            Input::PartitionsChanged { .. } => self.partitions_dirty = true,
+            Input::Published {
+                version,
+                workers,
+                now,
+            } => self.on_published(version, workers, now),
+            Input::SuppressCrashesUntil { until, .. } => {
+                self.suppress_until = Some(until);
+            }
+            Input::Tick { .. } => {}
+        }
+        let publish = self.step(now);
+        let mut out = Vec::with_capacity(2);
+        if self.awaiting_first.is_none() {
+            let phase = self.current_phase();
+            if announce || phase != self.phase {
+                self.phase = phase;
+                out.push(Decision::SetPhase(phase));
+            }
+        }
+        out.extend(publish);
+        out
+    }
+
+    /// When to feed the next [`Input::Tick`]: the earliest pending deadline, or `None` when
+    /// nothing is scheduled (or a publish is outstanding). Never earlier than the time of the
+    /// last input.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        // With no one live nothing can be published: a due planned window or crash waits for
+        // the next join. An empty cold start is re-armed at its deadline.
+        let nobody = self.live.is_empty();
+        let window = self
+            .window
+            .filter(|w| !nobody || w.reason != ScalingReason::PlannedScale)
+            .map(|w| w.deadline);
+        let crashes = (!nobody)
+            .then(|| self.suspects.values().map(|&d| self.fire_time(d)).min())
+            .flatten();
+        [window, crashes, self.partition_change_due()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The last announced phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// `ColdStart` until the first map of this cluster (or of a full restart) is published.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle
+    }
+
+    /// The last published version this planner knows of (inherited or confirmed).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The live workers, sorted.
+    pub fn live(&self) -> impl ExactSizeIterator<Item = &WorkerId> {
+        self.live.iter()
+    }
+
+    fn become_leader(&mut self, cluster: Option<ClusterView>, live: Vec<WorkerId>, now: Instant) {
+        *self = Self::new(self.cfg.clone());
+        self.live = live.into_iter().collect();
+        let Some(view) = cluster else {
+            return self.arm_cold_start(ScalingReason::ColdStart, now);
+        };
+        self.version = view.version;
+        let map: BTreeSet<WorkerId> = view.workers.into_iter().collect();
+        if view.lifecycle == Lifecycle::ColdStart {
+            return self.arm_cold_start(ScalingReason::ColdStart, now);
+        }
+        if self.is_full_restart(map.len()) {
+            return self.arm_cold_start(ScalingReason::Restart, now);
+        }
+        self.lifecycle = Lifecycle::Running;
+        self.awaiting_first = None;
+        let grace_end = after(now, self.cfg.emergency_grace_period);
+        self.suspects = map
+            .difference(&self.live)
+            .map(|w| (w.clone(), grace_end))
+            .collect();
+        if !self.live.is_subset(&map) {
+            self.open_planned(now, true);
+        }
+        self.published = map;
+    }
+
+    fn is_full_restart(&self, published: usize) -> bool {
+        published >= self.cfg.restart_min_workers
+            && (self.live.len() as f64) < self.cfg.restart_detection_ratio * published as f64
+    }
+
+    fn arm_cold_start(&mut self, reason: ScalingReason, now: Instant) {
+        self.lifecycle = Lifecycle::ColdStart;
+        self.awaiting_first = Some(reason);
+        if !self.live.is_empty() {
+            self.open_cold_start(now);
+        }
+    }
+
+    fn open_cold_start(&mut self, now: Instant) {
+        if let Some(reason) = self.awaiting_first.take() {
+            self.window = Some(Window {
+                reason,
+                deadline: after(now, self.cfg.cold_start_window),
+                leader_change: false,
+            });
+        }
+    }
+
+    fn open_planned(&mut self, now: Instant, leader_change: bool) {
+        if self.window.is_none() {
+            self.window = Some(Window {
+                reason: ScalingReason::PlannedScale,
+                deadline: after(now, self.cfg.planned_scale_window),
+                leader_change,
+            });
+        }
+    }
+
+    fn on_join(&mut self, worker: WorkerId, now: Instant) {
+        // Hysteresis: a worker that comes back is no longer suspected.
+        self.suspects.remove(&worker);
+        if !self.live.insert(worker.clone()) {
+            return;
+        }
+        if self.awaiting_first.is_some() {
+            return self.open_cold_start(now);
+        }
+        // Inside a window the join is batched; a map worker still holds its partitions.
+        if self.window.is_none() && !self.in_map(&worker) {
+            self.open_planned(now, false);
+        }
+    }
+
+    fn on_leave(&mut self, worker: WorkerId, now: Instant) {
+        let was_live = self.live.remove(&worker);
+        let was_suspect = self.suspects.remove(&worker).is_some();
+        let batched = self.window.is_some() || self.awaiting_first.is_some();
+        if (was_live || was_suspect) && !batched && self.in_map(&worker) {
+            self.open_planned(now, false);
+        }
+    }
+
+    fn on_expire(&mut self, worker: WorkerId, now: Instant) {
+        if self.live.remove(&worker) && self.in_map(&worker) {
+            let grace_end = after(now, self.cfg.emergency_grace_period);
+            self.suspects.entry(worker).or_insert(grace_end);
+        }
+    }
+
+    fn on_published(&mut self, version: u64, workers: Vec<WorkerId>, now: Instant) {
+        self.in_flight = None;
+        self.published = workers.into_iter().collect();
+        self.version = version;
+        self.lifecycle = Lifecycle::Running;
+        self.awaiting_first = None;
+        self.last_publish = Some(now);
+    }
+
+    /// Decides whatever is due at `now`; returns the publish, if any.
+    fn step(&mut self, now: Instant) -> Option<Decision> {
+        self.prune();
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let decision = self
+            .emergency(now)
+            .or_else(|| self.close_window(now))
+            .or_else(|| self.partition_change(now));
+        self.prune();
+        decision
+    }
+
+    /// Forgets suspects that no longer hold partitions in the map.
+    fn prune(&mut self) {
+        let Self { live, suspects, .. } = self;
+        let map = map_in_force(&self.in_flight, self.lifecycle, &self.published);
+        suspects.retain(|w, _| map.is_some_and(|m| m.contains(w)) && !live.contains(w));
+    }
+
+    fn emergency(&mut self, now: Instant) -> Option<Decision> {
+        if !self.suspects.values().any(|&d| self.fire_time(d) <= now) {
+            return None;
+        }
+        let survivors: Vec<WorkerId> = self.live.intersection(&self.published).cloned().collect();
+        let workers = if survivors.is_empty() {
+            self.live.iter().cloned().collect()
+        } else {
+            survivors
+        };
+        if workers.is_empty() {
+            return None; // No one to take the orphans: wait for a join.
+        }
+        self.suspects.clear(); // The others still in grace are folded into this emergency.
+        Some(self.publish(workers, RebalanceReason::Emergency))
+    }
+
+    fn close_window(&mut self, now: Instant) -> Option<Decision> {
+        let window = self.window.filter(|w| w.deadline <= now)?;
+        if self.live.is_empty() {
+            if window.reason != ScalingReason::PlannedScale {
+                self.window = None;
+                self.awaiting_first = Some(window.reason);
+            }
+            return None;
+        }
+        self.window = None;
+        let reason = match window.reason {
+            ScalingReason::ColdStart => RebalanceReason::ColdStart,
+            ScalingReason::Restart => RebalanceReason::Restart,
+            ScalingReason::PlannedScale => {
+                let joined = !self.live.is_subset(&self.published);
+                let left = !self.published.is_subset(&self.live);
+                match (joined, left) {
+                    (false, false) => return None, // Rolling update: nothing moves.
+                    _ if window.leader_change => RebalanceReason::LeaderChange,
+                    (true, false) => RebalanceReason::ScaleUp,
+                    (false, true) => RebalanceReason::ScaleDown,
+                    (true, true) => RebalanceReason::PlannedScale,
+                }
+            }
+        };
+        Some(self.publish(self.live.iter().cloned().collect(), reason))
+    }
+
+    fn partition_change(&mut self, now: Instant) -> Option<Decision> {
+        // A new leader does not know when the last publish was: no cooldown then.
+        let due =
+            self.partition_change_pending() && self.partition_change_due().is_none_or(|t| t <= now);
+        due.then(|| {
+            self.publish(
+                self.live.iter().cloned().collect(),
+                RebalanceReason::PartitionChange,
+            )
+        })
+    }
+
+    /// A partition change waits, and nothing else (a window, an outstanding publish, the cold
+    /// start) will include it.
+    fn partition_change_pending(&self) -> bool {
+        self.partitions_dirty
+            && self.in_flight.is_none()
+            && self.window.is_none()
+            && self.awaiting_first.is_none()
+            && self.lifecycle == Lifecycle::Running
+            && !self.live.is_empty()
+    }
+
+    /// The end of the cooldown for a pending partition change.
+    fn partition_change_due(&self) -> Option<Instant> {
+        let last = self
+            .last_publish
+            .filter(|_| self.partition_change_pending())?;
+        Some(after(last, self.cfg.min_rebalance_interval))
+    }
+
+    fn publish(&mut self, workers: Vec<WorkerId>, reason: RebalanceReason) -> Decision {
+        let orphans_only = reason == RebalanceReason::Emergency;
+        if !orphans_only {
+            self.partitions_dirty = false;
+        }
+        self.in_flight = Some(InFlight {
+            workers: workers.iter().cloned().collect(),
+            emergency: orphans_only,
+        });
+        Decision::Publish {
+            workers,
+            reason,
+            orphans_only,
+        }
+    }
+
+    fn in_map(&self, worker: &WorkerId) -> bool {
+        map_in_force(&self.in_flight, self.lifecycle, &self.published)
+            .is_some_and(|m| m.contains(worker))
+    }
+
+    fn fire_time(&self, grace_end: Instant) -> Instant {
+        self.suppress_until.map_or(grace_end, |s| s.max(grace_end))
+    }
+
+    fn current_phase(&self) -> Phase {
+        match (&self.in_flight, self.window) {
+            (Some(f), _) if f.emergency => Phase::Emergency,
+            (Some(_), _) => Phase::Rebalancing,
+            (None, Some(w)) => Phase::Scaling {
+                reason: w.reason,
+                until: w.deadline,
+            },
+            (None, None) => Phase::Stable,
+        }
+    }
+}
+
+/// The workers of the map in force for crash handling: the one being published, else the
+/// confirmed one (none during a cold start, when an old map's workers are owed nothing).
+fn map_in_force<'a>(
+    in_flight: &'a Option<InFlight>,
+    lifecycle: Lifecycle,
+    published: &'a BTreeSet<WorkerId>,
+) -> Option<&'a BTreeSet<WorkerId>> {
+    match (in_flight, lifecycle) {
+        (Some(f), _) => Some(&f.workers),
+        (None, Lifecycle::Running) => Some(published),
+        (None, Lifecycle::ColdStart) => None,
+    }
+}
+
+/// `t + d`, saturating far in the future instead of overflowing on absurd durations.
+fn after(t: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    t.checked_add(d)
+        .or_else(|| t.checked_add(CENTURY))
+        .unwrap_or(t)
+}

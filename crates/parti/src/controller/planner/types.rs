@@ -1,0 +1,263 @@
+//! The planner's inputs, outputs and settings.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::assignment::Lifecycle;
+use crate::partition::WorkerId;
+use crate::state::{ClusterPhase, ScalingReason};
+
+/// The timings and thresholds the planner works with (a plain subset of the configuration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannerConfig {
+    /// How long a cold start (or full restart) batches joins, from the first join seen.
+    pub cold_start_window: Duration,
+    /// How long a planned scale batches joins and graceful leaves, from the first change.
+    pub planned_scale_window: Duration,
+    /// How long a crashed worker (expired heartbeat) may take to come back before its
+    /// partitions are reassigned.
+    pub emergency_grace_period: Duration,
+    /// A cluster record with at least `restart_min_workers` workers of which fewer than this
+    /// fraction are live is a full restart.
+    pub restart_detection_ratio: f64,
+    /// The smallest published cluster for which a full restart is detected.
+    pub restart_min_workers: usize,
+    /// The cooldown between a publish and a partition-change rebalance.
+    pub min_rebalance_interval: Duration,
+}
+
+impl Default for PlannerConfig {
+    /// The SPEC §3 defaults (heartbeat interval 2 s, so a 3 s grace period).
+    fn default() -> Self {
+        Self {
+            cold_start_window: Duration::from_secs(30),
+            planned_scale_window: Duration::from_secs(10),
+            emergency_grace_period: Duration::from_secs(3),
+            restart_detection_ratio: 0.5,
+            restart_min_workers: 10,
+            min_rebalance_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the `cluster` record said when this worker became leader.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    /// The last published version.
+    pub version: u64,
+    /// The published lifecycle.
+    pub lifecycle: Lifecycle,
+    /// The workers of the published map.
+    pub workers: Vec<WorkerId>,
+}
+
+/// Something that happened, fed to [`Planner::handle`](super::Planner::handle).
+///
+/// Every input carries the current time; the planner never reads a clock. Times must not go
+/// backwards between inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// This worker won the election. Resets the planner.
+    BecameLeader {
+        /// The `cluster` record, if there is one.
+        cluster: Option<ClusterView>,
+        /// The workers whose heartbeat is present now (this worker included).
+        live: Vec<WorkerId>,
+        /// The current time.
+        now: Instant,
+    },
+    /// A worker's heartbeat appeared.
+    Joined {
+        /// The worker.
+        worker: WorkerId,
+        /// The current time.
+        now: Instant,
+    },
+    /// A worker deleted its heartbeat: a graceful leave.
+    ///
+    /// Also valid for a worker that is not live: the runner may learn after
+    /// [`BecameLeader`](Self::BecameLeader) that an absent worker's key was deleted rather than
+    /// expired, which turns that crash suspect into a graceful leave.
+    Left {
+        /// The worker.
+        worker: WorkerId,
+        /// The current time.
+        now: Instant,
+    },
+    /// A worker's heartbeat expired: a crash, declared after the grace period.
+    Expired {
+        /// The worker.
+        worker: WorkerId,
+        /// The current time.
+        now: Instant,
+    },
+    /// The partition list changed (refresh request or source change). Several coalesce.
+    PartitionsChanged {
+        /// The current time.
+        now: Instant,
+    },
+    /// The runner's publish of the last [`Decision::Publish`] succeeded.
+    Published {
+        /// The version written.
+        version: u64,
+        /// The workers of the published map.
+        workers: Vec<WorkerId>,
+        /// The current time.
+        now: Instant,
+    },
+    /// Declare no crash before `until`; replaces any earlier suppression. The runner sends a
+    /// far-away `until` while the leader is degraded and, when it recovers,
+    /// `now + recoveryGracePeriod` (SPEC §7), so workers cut off together with the leader are
+    /// not mass-evicted.
+    SuppressCrashesUntil {
+        /// No crash is declared before this instant.
+        until: Instant,
+        /// The current time.
+        now: Instant,
+    },
+    /// A timer fired (the runner sleeps until [`Planner::next_wakeup`](super::Planner::next_wakeup)).
+    Tick {
+        /// The current time.
+        now: Instant,
+    },
+}
+
+impl Input {
+    /// The time the input carries.
+    pub fn now(&self) -> Instant {
+        match self {
+            Input::BecameLeader { now, .. }
+            | Input::Joined { now, .. }
+            | Input::Left { now, .. }
+            | Input::Expired { now, .. }
+            | Input::PartitionsChanged { now }
+            | Input::Published { now, .. }
+            | Input::SuppressCrashesUntil { now, .. }
+            | Input::Tick { now } => *now,
+        }
+    }
+}
+
+/// What the runner must do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Write this phase into the `cluster` record so every worker can follow it. Emitted only
+    /// when the phase changes (and once on [`Input::BecameLeader`], to replace a stale phase
+    /// left by the previous leader), always before the `Publish` it announces.
+    SetPhase(Phase),
+    /// Compute and publish a new map over `workers`, from the partitions as they are when the
+    /// runner handles this decision, then feed back [`Input::Published`]. At most one publish
+    /// is outstanding: the planner emits no other until that input arrives.
+    Publish {
+        /// The workers of the new map, sorted and unique (never empty).
+        workers: Vec<WorkerId>,
+        /// Why (for logs and the `rebalances by reason` metric).
+        reason: RebalanceReason,
+        /// Keep every worker's partitions where they are and place only the orphans
+        /// (see [`reassign_orphans`](super::reassign_orphans)); true exactly for emergencies.
+        orphans_only: bool,
+    },
+}
+
+/// Why a map is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RebalanceReason {
+    /// The cold-start window closed.
+    ColdStart,
+    /// The window of a full restart closed.
+    Restart,
+    /// A planned-scale window closed with only joins.
+    ScaleUp,
+    /// A planned-scale window closed with only graceful leaves.
+    ScaleDown,
+    /// A planned-scale window closed with joins and leaves.
+    PlannedScale,
+    /// A crash was declared; only orphans move.
+    Emergency,
+    /// The partition list changed.
+    PartitionChange,
+    /// A new leader found the map out of date with the live workers.
+    LeaderChange,
+}
+
+impl RebalanceReason {
+    /// A lowercase name, e.g. `scale_up` (used in metrics and logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RebalanceReason::ColdStart => "cold_start",
+            RebalanceReason::Restart => "restart",
+            RebalanceReason::ScaleUp => "scale_up",
+            RebalanceReason::ScaleDown => "scale_down",
+            RebalanceReason::PlannedScale => "planned_scale",
+            RebalanceReason::Emergency => "emergency",
+            RebalanceReason::PartitionChange => "partition_change",
+            RebalanceReason::LeaderChange => "leader_change",
+        }
+    }
+}
+
+impl fmt::Display for RebalanceReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The leader's phase, with its deadline as an [`Instant`].
+///
+/// The published [`ClusterPhase`] carries wall-clock milliseconds instead; the runner converts
+/// with [`to_cluster_phase`](Self::to_cluster_phase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Phase {
+    /// Nothing pending.
+    #[default]
+    Stable,
+    /// Batching changes until `until`.
+    Scaling {
+        /// Why.
+        reason: ScalingReason,
+        /// When the window closes.
+        until: Instant,
+    },
+    /// A rebalanced map is being published.
+    Rebalancing,
+    /// The orphans of crashed workers are being reassigned.
+    Emergency,
+}
+
+impl Phase {
+    /// The published form: `until` becomes wall-clock milliseconds, given that `now` is
+    /// `now_unix_ms` milliseconds since the Unix epoch.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use parti::{ClusterPhase, ScalingReason, controller::Phase};
+    /// let now = Instant::now();
+    /// let phase = Phase::Scaling { reason: ScalingReason::ColdStart, until: now + Duration::from_secs(2) };
+    /// assert_eq!(
+    ///     phase.to_cluster_phase(now, 1_000),
+    ///     ClusterPhase::Scaling { reason: ScalingReason::ColdStart, until_ms: 3_000 },
+    /// );
+    /// ```
+    pub fn to_cluster_phase(self, now: Instant, now_unix_ms: u64) -> ClusterPhase {
+        match self {
+            Phase::Stable => ClusterPhase::Stable,
+            Phase::Rebalancing => ClusterPhase::Rebalancing,
+            Phase::Emergency => ClusterPhase::Emergency,
+            Phase::Scaling { reason, until } => {
+                let ahead = millis(until.saturating_duration_since(now));
+                let behind = millis(now.saturating_duration_since(until));
+                ClusterPhase::Scaling {
+                    reason,
+                    until_ms: now_unix_ms.saturating_add(ahead).saturating_sub(behind),
+                }
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
