@@ -41,7 +41,10 @@ pub struct Assignment {
 impl Assignment {
     /// Total effective weight of the partitions.
     pub fn weight(&self) -> u64 {
-        self.partitions.iter().map(Partition::effective_weight).sum()
+        self.partitions
+            .iter()
+            .map(Partition::effective_weight)
+            .sum()
     }
 }
 
@@ -75,7 +78,10 @@ impl AssignmentMap {
     /// A map with the given workers, each owning nothing.
     pub fn with_workers<'a>(workers: impl IntoIterator<Item = &'a WorkerId>) -> Self {
         Self {
-            workers: workers.into_iter().map(|w| (w.clone(), Vec::new())).collect(),
+            workers: workers
+                .into_iter()
+                .map(|w| (w.clone(), Vec::new()))
+                .collect(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::partition::WorkerId;
 use crate::state::State;
 
 /// A boxed error from a dependency (NATS client, I/O, a user's source or strategy).
@@ -100,6 +101,27 @@ pub enum Error {
     /// The manager is shutting down or has shut down.
     #[error("the manager is shut down")]
     Shutdown,
+    /// A JetStream consumer operation failed: the stream is missing, the server refused a
+    /// consumer configuration, or NATS is unreachable.
+    #[error("JetStream consumer: {0}")]
+    Consumer(String),
+    /// An assignment renders to more filter subjects than `maxSubjects` allows.
+    #[error("the assignment needs {count} filter subjects, more than maxSubjects ({max})")]
+    TooManySubjects {
+        /// Distinct subjects the assignment renders to.
+        count: usize,
+        /// The configured `maxSubjects`.
+        max: usize,
+    },
+    /// A consumer was asked to follow another worker ID than the one it started with, and
+    /// `allowWorkerIdChange` is off.
+    #[error("worker ID changed from {from} to {to} (allow it with allow_worker_id_change)")]
+    WorkerIdChanged {
+        /// The worker ID the consumer follows.
+        from: WorkerId,
+        /// The worker ID it was asked to follow.
+        to: WorkerId,
+    },
 }
 
 /// One violated configuration rule.

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::error::Result;
-use crate::store::{Bucket, codec};
 use crate::partition::{Partition, WorkerId};
 use crate::state::ClusterPhase;
+use crate::store::{Bucket, codec};
 
 /// Key of the cluster record.
 pub const CLUSTER_KEY: &str = "cluster";

@@ -61,13 +61,10 @@ impl PartitionSource for Static {
 
 /// Lists partitions from a source and checks them (no duplicates), as the leader does.
 pub(crate) async fn load_checked(source: &dyn PartitionSource) -> Result<Vec<Partition>> {
-    let mut partitions = source
-        .list_partitions()
-        .await
-        .map_err(|e| match e {
-            crate::Error::Source(_) | crate::Error::InvalidPartition { .. } => e,
-            other => crate::Error::Source(other.to_string()),
-        })?;
+    let mut partitions = source.list_partitions().await.map_err(|e| match e {
+        crate::Error::Source(_) | crate::Error::InvalidPartition { .. } => e,
+        other => crate::Error::Source(other.to_string()),
+    })?;
     check_unique(&partitions)?;
     partitions.sort();
     Ok(partitions)

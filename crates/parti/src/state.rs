@@ -70,11 +70,32 @@ impl State {
                 ClaimingId,
                 Shutdown,
             ],
-            Stable => &[Scaling, Rebalancing, Emergency, Degraded, ClaimingId, Shutdown],
-            Scaling => &[Rebalancing, Emergency, Stable, Degraded, ClaimingId, Shutdown],
+            Stable => &[
+                Scaling,
+                Rebalancing,
+                Emergency,
+                Degraded,
+                ClaimingId,
+                Shutdown,
+            ],
+            Scaling => &[
+                Rebalancing,
+                Emergency,
+                Stable,
+                Degraded,
+                ClaimingId,
+                Shutdown,
+            ],
             Rebalancing => &[Stable, Emergency, Degraded, ClaimingId, Shutdown],
             Emergency => &[Stable, Rebalancing, Degraded, ClaimingId, Shutdown],
-            Degraded => &[Stable, Scaling, Rebalancing, Emergency, ClaimingId, Shutdown],
+            Degraded => &[
+                Stable,
+                Scaling,
+                Rebalancing,
+                Emergency,
+                ClaimingId,
+                Shutdown,
+            ],
             Shutdown => &[],
         }
     }
@@ -88,7 +109,11 @@ impl State {
     pub fn is_running(self) -> bool {
         matches!(
             self,
-            State::Stable | State::Scaling | State::Rebalancing | State::Emergency | State::Degraded
+            State::Stable
+                | State::Scaling
+                | State::Rebalancing
+                | State::Emergency
+                | State::Degraded
         )
     }
 
@@ -182,13 +207,57 @@ mod tests {
             (Election, &[WaitingAssignment, Shutdown]),
             (
                 WaitingAssignment,
-                &[Stable, Scaling, Rebalancing, Emergency, Degraded, ClaimingId, Shutdown],
+                &[
+                    Stable,
+                    Scaling,
+                    Rebalancing,
+                    Emergency,
+                    Degraded,
+                    ClaimingId,
+                    Shutdown,
+                ],
             ),
-            (Stable, &[Scaling, Rebalancing, Emergency, Degraded, ClaimingId, Shutdown]),
-            (Scaling, &[Rebalancing, Emergency, Stable, Degraded, ClaimingId, Shutdown]),
-            (Rebalancing, &[Stable, Emergency, Degraded, ClaimingId, Shutdown]),
-            (Emergency, &[Stable, Rebalancing, Degraded, ClaimingId, Shutdown]),
-            (Degraded, &[Stable, Scaling, Rebalancing, Emergency, ClaimingId, Shutdown]),
+            (
+                Stable,
+                &[
+                    Scaling,
+                    Rebalancing,
+                    Emergency,
+                    Degraded,
+                    ClaimingId,
+                    Shutdown,
+                ],
+            ),
+            (
+                Scaling,
+                &[
+                    Rebalancing,
+                    Emergency,
+                    Stable,
+                    Degraded,
+                    ClaimingId,
+                    Shutdown,
+                ],
+            ),
+            (
+                Rebalancing,
+                &[Stable, Emergency, Degraded, ClaimingId, Shutdown],
+            ),
+            (
+                Emergency,
+                &[Stable, Rebalancing, Degraded, ClaimingId, Shutdown],
+            ),
+            (
+                Degraded,
+                &[
+                    Stable,
+                    Scaling,
+                    Rebalancing,
+                    Emergency,
+                    ClaimingId,
+                    Shutdown,
+                ],
+            ),
             (Shutdown, &[]),
         ]
     };
@@ -236,6 +305,9 @@ mod tests {
         };
         assert_eq!(scaling.worker_state(), State::Scaling);
         let json = serde_json::to_string(&scaling).unwrap();
-        assert_eq!(serde_json::from_str::<ClusterPhase>(&json).unwrap(), scaling);
+        assert_eq!(
+            serde_json::from_str::<ClusterPhase>(&json).unwrap(),
+            scaling
+        );
     }
 }

@@ -20,13 +20,22 @@ use crate::store::{BucketSpec, Store};
 use crate::strategy::{AssignmentStrategy, WeightedConsistentHash};
 use crate::{heartbeat, stable_id};
 
+/// Where the coordination store comes from.
+#[derive(Debug)]
+pub(crate) enum StoreSource {
+    /// NATS KV over this context; built at start so that `operationTimeout` applies.
+    Nats(async_nats::jetstream::Context),
+    /// A store supplied as is.
+    Custom(Arc<dyn Store>),
+}
+
 /// Builds and starts a [`Manager`].
 ///
 /// Defaults: [`Config::default`], an empty [`Static`] source, [`WeightedConsistentHash`], no
 /// hooks, and the NATS KV lease for elections.
 #[derive(Debug)]
 pub struct ManagerBuilder {
-    store: Arc<dyn Store>,
+    store: StoreSource,
     config: Config,
     source: Arc<dyn PartitionSource>,
     strategy: Arc<dyn AssignmentStrategy>,
@@ -35,7 +44,7 @@ pub struct ManagerBuilder {
 }
 
 impl ManagerBuilder {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: StoreSource) -> Self {
         Self {
             store,
             config: Config::default(),
@@ -97,7 +106,12 @@ impl ManagerBuilder {
     pub async fn start(self) -> Result<Manager> {
         self.config.validate()?;
         let config = Arc::new(self.config);
-        let store = self.store;
+        let store: Arc<dyn Store> = match self.store {
+            StoreSource::Nats(js) => Arc::new(
+                crate::store::NatsStore::new(js).with_operation_timeout(config.operation_timeout),
+            ),
+            StoreSource::Custom(store) => store,
+        };
         let deadline = tokio::time::Instant::now() + config.startup_timeout;
         let b = &config.kv_buckets;
         let open = |spec: BucketSpec| {

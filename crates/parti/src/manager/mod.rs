@@ -63,13 +63,13 @@ pub struct Manager {
 impl Manager {
     /// A builder over a JetStream context (the usual way).
     pub fn builder(jetstream: async_nats::jetstream::Context) -> ManagerBuilder {
-        ManagerBuilder::new(Arc::new(crate::store::NatsStore::new(jetstream)))
+        ManagerBuilder::new(builder::StoreSource::Nats(jetstream))
     }
 
     /// A builder over any [`Store`](crate::store::Store) — e.g. an in-memory one for
     /// simulations.
     pub fn builder_with_store(store: Arc<dyn crate::store::Store>) -> ManagerBuilder {
-        ManagerBuilder::new(store)
+        ManagerBuilder::new(builder::StoreSource::Custom(store))
     }
 
     /// This worker's stable ID, e.g. `worker-3`. It can change only if the ID was lost (taken

@@ -270,7 +270,7 @@ impl Runtime {
                             tracing::warn!(worker = %id, "entering degraded mode: keeping the last assignment");
                             metrics::gauge!("parti_degraded").set(1.0);
                             // No crash is declared while we cannot see the cluster.
-                            suppress_tx.send_replace(Some(std::time::Instant::now() + SUPPRESS_WHILE_DEGRADED));
+                            suppress_tx.send_replace(Some(tokio::time::Instant::now().into_std() + SUPPRESS_WHILE_DEGRADED));
                             self.out.state.set(State::Degraded);
                         }
                         Verdict::Exit => {
@@ -281,7 +281,7 @@ impl Runtime {
                                 break IdExit::Lost;
                             }
                             // Workers cut off with us are not mass-evicted (SPEC §7).
-                            let until = std::time::Instant::now() + self.config.degraded_behavior.recovery_grace_period;
+                            let until = tokio::time::Instant::now().into_std() + self.config.degraded_behavior.recovery_grace_period;
                             suppress_tx.send_replace(Some(until));
                             let snapshot = view.borrow().clone();
                             self.apply(&id, &snapshot, &mut had_assignment, false, &info_tx);
@@ -322,14 +322,18 @@ impl Runtime {
         match exit {
             IdExit::Shutdown => {
                 self.out.state.set(State::Shutdown);
+                tracing::debug!(worker = %id, "stop: begin");
                 // Hand over fast, leave gracefully, then free the ID.
                 if let Err(e) = elector.stop().await {
                     self.events.error(e);
                 }
+                tracing::debug!(worker = %id, "stop: election released");
                 follower.stop().await;
+                tracing::debug!(worker = %id, "stop: follower stopped");
                 if let Err(e) = heartbeater.stop().await {
                     self.events.error(e);
                 }
+                tracing::debug!(worker = %id, "stop: heartbeat deleted");
                 if let Err(e) = lease.release().await {
                     self.events.error(e);
                 }

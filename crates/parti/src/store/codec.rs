@@ -84,6 +84,9 @@ mod tests {
         assert!(decode::<V>("b", "k", b"").is_err());
         let e = decode::<V>("bkt", "key", b"{").unwrap_err();
         assert!(e.to_string().contains("bkt/key"), "{e}");
-        assert_eq!(decode::<V>("b", "k", br#"{"v":1,"a":3}"#).unwrap(), V { a: 3 });
+        assert_eq!(
+            decode::<V>("b", "k", br#"{"v":1,"a":3}"#).unwrap(),
+            V { a: 3 }
+        );
     }
 }

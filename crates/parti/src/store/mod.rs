@@ -18,6 +18,7 @@
 //!   misses a change. Transient errors are yielded as `Err` items; the stream carries on.
 
 pub mod codec;
+mod memory;
 mod nats;
 mod pattern;
 
@@ -30,6 +31,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use crate::error::StoreError;
+pub use memory::{Faults, MemoryStore};
 pub use nats::NatsStore;
 pub use pattern::key_matches;
 

@@ -219,14 +219,12 @@ async fn timed<T>(
     bucket: &str,
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Timeout {
-                op,
-                bucket: bucket.to_owned(),
-            })
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(StoreError::Timeout {
+            op,
+            bucket: bucket.to_owned(),
         })
+    })
 }
 
 struct NatsBucket {
@@ -326,10 +324,7 @@ impl NatsBucket {
     /// The last message on the key's subject, tombstones and markers included.
     async fn last_raw(&self, key: &str) -> Result<Option<kv::Entry>, StoreError> {
         self.check_key(key)?;
-        self.kv
-            .entry(key)
-            .await
-            .map_err(|e| self.backend("get", e))
+        self.kv.entry(key).await.map_err(|e| self.backend("get", e))
     }
 
     async fn create_inner(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
@@ -339,16 +334,15 @@ impl NatsBucket {
         }
         // The subject has messages: free only if the last one is a delete or expiry marker.
         match self.last_raw(key).await? {
-            Some(entry) if entry.operation != kv::Operation::Put => {
-                self.write_expecting("create", key, value, entry.revision)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::Conflict { bucket, key } => {
-                            StoreError::AlreadyExists { bucket, key }
-                        }
-                        other => other,
-                    })
-            }
+            Some(entry) if entry.operation != kv::Operation::Put => self
+                .write_expecting("create", key, value, entry.revision)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict { bucket, key } => {
+                        StoreError::AlreadyExists { bucket, key }
+                    }
+                    other => other,
+                }),
             Some(_) => Err(StoreError::AlreadyExists {
                 bucket: self.name.clone(),
                 key: key.to_owned(),
@@ -515,6 +509,19 @@ fn classify(message: &async_nats::Message) -> Op {
     }
 }
 
+/// Consecutive errors after which a watch drops its consumer and starts a fresh snapshot.
+const WATCH_ERRORS_BEFORE_RESNAPSHOT: u32 = 5;
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(50);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A watch stream's progress between two events.
+struct WatchState {
+    watch: Arc<NatsWatch>,
+    session: Option<WatchSession>,
+    backoff: Duration,
+    errors: u32,
+}
+
 /// The state of one watch: re-created (with a fresh snapshot) when its consumer ends.
 struct NatsWatch {
     stream: stream::Stream,
@@ -527,39 +534,55 @@ struct NatsWatch {
 
 impl NatsWatch {
     fn into_stream(self) -> WatchStream {
-        let this = Arc::new(self);
-        futures::stream::unfold(
-            (this, None::<WatchSession>, Duration::ZERO),
-            |(this, session, backoff)| async move {
-                match session {
-                    None => {
-                        if !backoff.is_zero() {
-                            tokio::time::sleep(backoff).await;
-                        }
-                        match this.start().await {
-                            Ok(session) => Some((Ok(WatchEvent::Init), (this, Some(session), Duration::ZERO))),
-                            Err(e) => {
-                                let next = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
-                                Some((Err(e), (this, None, next)))
-                            }
-                        }
+        let state = WatchState {
+            watch: Arc::new(self),
+            session: None,
+            backoff: Duration::ZERO,
+            errors: 0,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            // Errors come back at once from a broken consumer: pace them, so a consumer of
+            // this stream never spins (and stays cancellable).
+            if !state.backoff.is_zero() {
+                tokio::time::sleep(state.backoff).await;
+            }
+            let event = match state.session.as_mut() {
+                None => match state.watch.start().await {
+                    Ok(session) => {
+                        state.session = Some(session);
+                        Ok(WatchEvent::Init)
                     }
-                    Some(mut session) => match session.next_event(&this).await {
-                        Some(Ok(event)) => Some((Ok(event), (this, Some(session), Duration::ZERO))),
-                        Some(Err(e)) => Some((Err(e), (this, Some(session), Duration::ZERO))),
-                        // The consumer is gone for good: start over with a fresh snapshot.
-                        None => Some((
-                            Err(StoreError::Backend {
-                                op: "watch",
-                                bucket: this.bucket.clone(),
-                                source: "watch consumer ended; re-snapshotting".into(),
-                            }),
-                            (this, None, Duration::from_millis(50)),
-                        )),
-                    },
+                    Err(e) => Err(e),
+                },
+                Some(session) => match session.next_event(&state.watch).await {
+                    Some(event) => event,
+                    // The consumer is gone for good: start over with a fresh snapshot.
+                    None => {
+                        state.session = None;
+                        Err(StoreError::Backend {
+                            op: "watch",
+                            bucket: state.watch.bucket.clone(),
+                            source: "watch consumer ended; re-snapshotting".into(),
+                        })
+                    }
+                },
+            };
+            match &event {
+                Ok(_) => {
+                    state.errors = 0;
+                    state.backoff = Duration::ZERO;
                 }
-            },
-        )
+                Err(_) => {
+                    state.errors += 1;
+                    state.backoff = (state.backoff * 2).clamp(WATCH_RETRY_MIN, WATCH_RETRY_MAX);
+                    if state.errors >= WATCH_ERRORS_BEFORE_RESNAPSHOT {
+                        state.session = None;
+                        state.errors = 0;
+                    }
+                }
+            }
+            Some((event, state))
+        })
         .boxed()
     }
 

@@ -1,0 +1,101 @@
+//! Reading a configuration from YAML, with errors that name the offending field.
+
+use std::fmt::Display;
+use std::path::Path;
+
+use super::Config;
+use crate::error::{ConfigViolation, Error, Result};
+
+/// Field name used for an error that concerns the whole document (e.g. a YAML syntax error).
+const DOCUMENT: &str = "(document)";
+
+impl Config {
+    /// Parses a YAML configuration and [validates](Config::validate) it.
+    ///
+    /// Keys left out take their defaults; an empty document is [`Config::default()`]. A syntax
+    /// error, an unknown key, or a value of the wrong type or format is
+    /// [`Error::InvalidConfig`] naming the field path (`assignment.minRebalanceInterval`).
+    pub fn from_yaml_str(yaml: &str) -> Result<Config> {
+        let config = parse_yaml(yaml)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a YAML configuration file and [validates](Config::validate) it.
+    ///
+    /// An unreadable file is [`Error::ConfigFile`]; bad contents are [`Error::InvalidConfig`].
+    pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let yaml = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml_str(&yaml)
+    }
+
+    /// Writes the configuration as YAML that [`from_yaml_str`](Config::from_yaml_str) reads
+    /// back to an equal `Config` (durations as `"1m30s"`-style strings).
+    pub fn to_yaml_string(&self) -> Result<String> {
+        serde_yaml_ng::to_string(self).map_err(|e| invalid(DOCUMENT, e.to_string()))
+    }
+}
+
+/// Parses without validating.
+pub(crate) fn parse_yaml(yaml: &str) -> Result<Config> {
+    if is_empty_document(yaml) {
+        return Ok(Config::default());
+    }
+    let deserializer = serde_yaml_ng::Deserializer::from_str(yaml);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let violation = path_violation(&e);
+        Error::InvalidConfig {
+            violations: vec![violation],
+        }
+    })
+}
+
+/// Only blank lines, comments and document markers: YAML's null document.
+fn is_empty_document(yaml: &str) -> bool {
+    yaml.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+/// A violation named by the path at which deserialisation failed. For an unknown key the path
+/// ends with that key.
+pub(crate) fn path_violation<E: Display>(err: &serde_path_to_error::Error<E>) -> ConfigViolation {
+    let path = err.path().to_string();
+    let message = err.inner().to_string();
+    // `?` marks where a key could not even be read (a syntax error): name the enclosing section.
+    let path = path.trim_end_matches('?').trim_end_matches('.');
+    if path.is_empty() {
+        return ConfigViolation::new(DOCUMENT, message);
+    }
+    let reason = strip_path_prefix(&message, path);
+    ConfigViolation::new(path, reason)
+}
+
+/// serde_yaml_ng prefixes its messages with its own path (the field's, or its parent's for an
+/// unknown key); the violation already carries the path, so drop the repetition.
+fn strip_path_prefix<'a>(message: &'a str, path: &str) -> &'a str {
+    let mut prefix = path;
+    loop {
+        if let Some(rest) = message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(": "))
+        {
+            return rest;
+        }
+        match prefix.rfind('.') {
+            Some(i) => prefix = &prefix[..i],
+            None => return message,
+        }
+    }
+}
+
+pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig {
+        violations: vec![ConfigViolation::new(field, reason)],
+    }
+}

@@ -1,0 +1,220 @@
+//! Configuration (SPEC §3).
+//!
+//! A [`Config`] is read from YAML with camelCase keys (compatible with the Go library's files),
+//! optionally overlaid with `PARTI_…` environment variables, and validated as a whole:
+//! [`Config::validate`] reports every violated rule, each with its field path.
+//!
+//! Choices where the spec is silent:
+//! - Durations are strings (`"500ms"`, `"30s"`, `"1m30s"`, `"1.5s"`); bare numbers are refused.
+//!   They are written back in the compact exact form (`"1m30s"`).
+//! - `emergencyGracePeriod` left out (or `null`) means 1.5 × `heartbeatInterval`; an explicit
+//!   `"0s"` means no grace at all (the Go library read 0 as "derive it").
+//! - `degradedBehavior` is a preset name or a mapping laid over a preset (see
+//!   [`DegradedBehaviorConfig`]).
+//! - An empty YAML document is the default configuration.
+//! - Go names accepted as aliases: `electionTimeout` (→ `electionTtl`), `rebalanceCooldown`
+//!   (inside `assignment:`, → `minRebalanceInterval`), `kvBuckets.stableIdBucket` /
+//!   `electionBucket` / `heartbeatBucket` / `assignmentBucket`. Go-only keys (`handoff`,
+//!   `enableTwoPhaseHandoff`, `kvBuckets.assignmentTtl`, …) are unknown keys, hence errors.
+//! - The TTLs that become bucket `max_age`s (`workerIdTtl`, `heartbeatTtl`, `electionTtl`) must
+//!   be at least 100ms, NATS's floor for a stream's `max_age`.
+
+mod degraded;
+mod duration;
+mod env;
+mod load;
+mod sections;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use degraded::{DegradedAlertConfig, DegradedBehaviorConfig, DegradedPreset};
+pub use sections::{AssignmentConfig, KvBucketConfig};
+
+/// Everything a worker's coordination can be tuned with.
+///
+/// Build one from [`Config::default()`] (production timings), [`Config::fast_for_tests()`], or a
+/// YAML file; [`validate`](Config::validate) it before use (the loaders do).
+///
+/// ```
+/// use parti::Config;
+/// use std::time::Duration;
+///
+/// let config = Config::from_yaml_str(
+///     r#"
+/// workerIdPrefix: ingest
+/// heartbeatInterval: 1s
+/// heartbeatTtl: 3s
+/// electionTimeout: 5s          # the Go library's name for electionTtl
+/// assignment:
+///   minRebalanceInterval: 5s
+/// kvBuckets:
+///   replicas: 3
+/// degradedBehavior: aggressive
+/// "#,
+/// )?;
+/// assert_eq!(config.worker_id_prefix, "ingest");
+/// assert_eq!(config.election_ttl, Duration::from_secs(5));
+/// assert_eq!(config.emergency_grace_period(), Duration::from_millis(1500)); // 1.5 × heartbeat
+/// assert_eq!(config.degraded_behavior.enter_threshold, Duration::from_secs(5));
+///
+/// // Every violation is reported, each with its field path.
+/// let Err(parti::Error::InvalidConfig { violations }) =
+///     Config::from_yaml_str("workerIdMin: 9\nworkerIdMax: 1\nkvBuckets: { replicas: 7 }")
+/// else {
+///     panic!("expected an invalid configuration");
+/// };
+/// let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+/// assert_eq!(fields, ["workerIdMin", "kvBuckets.replicas"]);
+/// # Ok::<(), parti::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of stable worker IDs, `"{prefix}-{n}"` (default `worker`; `[A-Za-z0-9_-]+`).
+    pub worker_id_prefix: String,
+    /// Lowest stable ID number (default 0; `≤ workerIdMax`).
+    pub worker_id_min: u32,
+    /// Highest stable ID number (default 99).
+    pub worker_id_max: u32,
+    /// Lease of a stable ID, renewed every third of it (default 30s; `≥ 3 × heartbeatInterval`,
+    /// `≥ heartbeatTtl`).
+    #[serde(with = "duration")]
+    pub worker_id_ttl: Duration,
+    /// Interval between heartbeats (default 2s; `> 0`).
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// A worker whose heartbeat is older than this has crashed (default 6s;
+    /// `≥ 2 × heartbeatInterval`).
+    #[serde(with = "duration")]
+    pub heartbeat_ttl: Duration,
+    /// How long the leader waits after the first join of a cold start before the first
+    /// assignment (default 30s; `≥ plannedScaleWindow`).
+    #[serde(with = "duration")]
+    pub cold_start_window: Duration,
+    /// How long joins and graceful leaves are batched before one rebalance (default 10s).
+    #[serde(with = "duration")]
+    pub planned_scale_window: Duration,
+    /// How long a crashed worker must stay gone before its partitions are reassigned; `None`
+    /// (the default) means 1.5 × `heartbeatInterval`. Read it through
+    /// [`emergency_grace_period()`](Config::emergency_grace_period). `≤ heartbeatTtl`.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub emergency_grace_period: Option<Duration>,
+    /// A restart of a cluster of at least `restartMinWorkers` workers in which fewer than this
+    /// fraction are active is treated as a cold start (default 0.5; in `(0, 1]`).
+    pub restart_detection_ratio: f64,
+    /// Smallest previous cluster size for which full-restart detection applies (default 10;
+    /// `≥ 1`).
+    pub restart_min_workers: u32,
+    /// Lease of the leader, renewed every third of it (default 10s; `> heartbeatInterval`).
+    /// Alias: `electionTimeout` (Go).
+    #[serde(with = "duration", alias = "electionTimeout")]
+    pub election_ttl: Duration,
+    /// Bound on `start()` reaching `Stable` (default 30s; `> 0`).
+    #[serde(with = "duration")]
+    pub startup_timeout: Duration,
+    /// Bound on a graceful `stop()` (default 10s; `> 0`).
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Bound on every single KV call (default 5s; `> 0`).
+    #[serde(with = "duration")]
+    pub operation_timeout: Duration,
+    /// Rebalancing cadence.
+    pub assignment: AssignmentConfig,
+    /// KV bucket names and replicas.
+    pub kv_buckets: KvBucketConfig,
+    /// When to enter and leave degraded mode.
+    pub degraded_behavior: DegradedBehaviorConfig,
+    /// When to alert while degraded.
+    pub degraded_alert: DegradedAlertConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            worker_id_prefix: "worker".to_owned(),
+            worker_id_min: 0,
+            worker_id_max: 99,
+            worker_id_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_ttl: Duration::from_secs(6),
+            cold_start_window: Duration::from_secs(30),
+            planned_scale_window: Duration::from_secs(10),
+            emergency_grace_period: None,
+            restart_detection_ratio: 0.5,
+            restart_min_workers: 10,
+            election_ttl: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(5),
+            assignment: AssignmentConfig::default(),
+            kv_buckets: KvBucketConfig::default(),
+            degraded_behavior: DegradedBehaviorConfig::default(),
+            degraded_alert: DegradedAlertConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Timings for tests against a real NATS server: heartbeats every 200ms, crash detection
+    /// within about a second, windows of a few hundred milliseconds. Valid under
+    /// [`validate`](Config::validate).
+    pub fn fast_for_tests() -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            worker_id_ttl: ms(2_000),
+            heartbeat_interval: ms(200),
+            heartbeat_ttl: ms(600),
+            cold_start_window: ms(1_000),
+            planned_scale_window: ms(500),
+            election_ttl: ms(1_000),
+            startup_timeout: ms(10_000),
+            shutdown_timeout: ms(2_000),
+            operation_timeout: ms(1_000),
+            assignment: AssignmentConfig {
+                min_rebalance_interval: ms(100),
+                ..AssignmentConfig::default()
+            },
+            degraded_behavior: DegradedBehaviorConfig {
+                enter_threshold: ms(1_000),
+                exit_threshold: ms(500),
+                kv_error_threshold: 3,
+                kv_error_window: ms(2_000),
+                recovery_grace_period: ms(1_000),
+            },
+            degraded_alert: DegradedAlertConfig {
+                info_threshold: ms(500),
+                warn_threshold: ms(1_000),
+                error_threshold: ms(2_000),
+                critical_threshold: ms(3_000),
+                alert_interval: ms(500),
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The effective emergency grace period: the configured one, or 1.5 × `heartbeatInterval`.
+    pub fn emergency_grace_period(&self) -> Duration {
+        self.emergency_grace_period
+            .unwrap_or_else(|| self.heartbeat_interval.saturating_mul(3) / 2)
+    }
+
+    /// How often the leader renews its lease: a third of `electionTtl`.
+    pub fn election_renew_interval(&self) -> Duration {
+        self.election_ttl / 3
+    }
+
+    /// How often a worker renews its stable ID: a third of `workerIdTtl`.
+    pub fn stable_id_renew_interval(&self) -> Duration {
+        self.worker_id_ttl / 3
+    }
+}

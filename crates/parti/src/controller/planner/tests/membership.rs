@@ -1,0 +1,179 @@
+//! Cold start, full restart, planned scale and rolling update.
+
+use super::*;
+
+// ---- cold start -------------------------------------------------------------------------
+
+#[test]
+fn cold_start_window_runs_from_the_first_join_and_publishes_once() {
+    let mut h = H::new();
+    assert_eq!(h.leader(None, &[], 0), []);
+    assert_eq!(h.p.next_wakeup(), None);
+    assert_eq!(h.join(0, 1_000), [h.scaling(ColdStart, 1_000 + COLD)]);
+    assert_eq!(h.join(1, 5_000), []);
+    assert_eq!(h.join(2, 30_000), []);
+    assert_eq!(h.tick(30_999), []);
+    assert_eq!(h.p.lifecycle(), Lifecycle::ColdStart);
+    assert_eq!(
+        h.wake(31_000),
+        rebalance(&[0, 1, 2], RebalanceReason::ColdStart)
+    );
+    assert_eq!(h.p.lifecycle(), Lifecycle::ColdStart);
+    assert_eq!(h.p.next_wakeup(), None);
+    assert_eq!(h.published(&[0, 1, 2], 31_100), [set(Phase::Stable)]);
+    assert_eq!(h.p.lifecycle(), Lifecycle::Running);
+    assert_eq!(h.p.next_wakeup(), None);
+    assert_eq!(h.tick(100_000), []);
+}
+
+#[test]
+fn cold_start_counts_workers_live_at_election_as_joined_then() {
+    let mut h = H::new();
+    assert_eq!(
+        h.leader(None, &[0, 1], 500),
+        [h.scaling(ColdStart, 500 + COLD)]
+    );
+    assert_eq!(h.join(2, 20_000), []);
+    assert_eq!(h.leave(1, 25_000), []);
+    assert_eq!(
+        h.wake(500 + COLD),
+        rebalance(&[0, 2], RebalanceReason::ColdStart)
+    );
+}
+
+#[test]
+fn a_cluster_record_still_in_cold_start_is_a_cold_start() {
+    let mut h = H::new();
+    let view = ClusterView {
+        version: 0,
+        lifecycle: Lifecycle::ColdStart,
+        workers: ws(&[0, 1, 2]),
+    };
+    assert_eq!(h.leader(Some(view), &[0], 0), [h.scaling(ColdStart, COLD)]);
+    assert_eq!(h.p.lifecycle(), Lifecycle::ColdStart);
+    // An expiry during a cold start is no crash: the worker just drops out.
+    assert_eq!(h.expire(0, 1_000), []);
+    assert_eq!(h.join(1, 2_000), []);
+    assert_eq!(h.wake(COLD), rebalance(&[1], RebalanceReason::ColdStart));
+}
+
+#[test]
+fn a_cold_start_whose_workers_all_left_waits_for_the_next_first_join() {
+    let mut h = H::new();
+    h.leader(None, &[0], 0);
+    h.leave(0, 1_000);
+    assert_eq!(h.wake(COLD), []);
+    assert_eq!(h.p.next_wakeup(), None);
+    assert_eq!(h.join(3, 50_000), [h.scaling(ColdStart, 50_000 + COLD)]);
+    assert_eq!(
+        h.wake(50_000 + COLD),
+        rebalance(&[3], RebalanceReason::ColdStart)
+    );
+}
+
+// ---- full restart -----------------------------------------------------------------------
+
+#[test]
+fn full_restart_is_a_cold_start_with_reason_restart() {
+    let mut h = H::new();
+    let view = running_view(7, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(
+        h.leader(Some(view), &[0, 1, 2, 3], 0),
+        [h.scaling(Restart, COLD)]
+    );
+    assert_eq!(h.p.lifecycle(), Lifecycle::ColdStart);
+    assert_eq!(h.p.version(), 7);
+    for n in 4..8 {
+        assert_eq!(h.join(n, u64::from(n) * 1_000), []);
+    }
+    // Workers of the old map that do not come back are no crash suspects.
+    assert_eq!(
+        h.wake(COLD),
+        rebalance(&[0, 1, 2, 3, 4, 5, 6, 7], RebalanceReason::Restart)
+    );
+    assert_eq!(
+        h.published(&[0, 1, 2, 3, 4, 5, 6, 7], COLD + 100),
+        [set(Phase::Stable)]
+    );
+    assert_eq!(h.p.lifecycle(), Lifecycle::Running);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn restart_detection_thresholds() {
+    // Exactly the ratio (5 of 10) is no restart.
+    let mut h = H::new();
+    h.leader(
+        Some(running_view(3, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9])),
+        &[0, 1, 2, 3, 4],
+        0,
+    );
+    assert_eq!(h.p.lifecycle(), Lifecycle::Running);
+    // A map smaller than restart_min_workers is never a restart, even with no one back.
+    let mut h = H::new();
+    let out = h.leader(Some(running_view(3, &[0, 1, 2])), &[5], 0);
+    assert_eq!(out, [h.scaling(PlannedScale, WINDOW)]);
+    assert_eq!(h.p.lifecycle(), Lifecycle::Running);
+}
+
+// ---- planned scale and rolling update ---------------------------------------------------
+
+#[test]
+fn planned_scale_up_batches_joins_without_extending_the_deadline() {
+    let mut h = H::running(&[0, 1, 2]);
+    assert_eq!(h.join(3, 1_000), [h.scaling(PlannedScale, 1_000 + WINDOW)]);
+    assert_eq!(h.join(4, 8_000), []);
+    assert_eq!(h.join(5, 10_999), []);
+    assert_eq!(
+        h.wake(1_000 + WINDOW),
+        rebalance(&[0, 1, 2, 3, 4, 5], RebalanceReason::ScaleUp)
+    );
+    assert_eq!(
+        h.published(&[0, 1, 2, 3, 4, 5], 11_100),
+        [set(Phase::Stable)]
+    );
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn planned_scale_down_and_mixed_batches() {
+    let mut h = H::running(&[0, 1, 2, 3]);
+    assert_eq!(h.leave(3, 1_000), [h.scaling(PlannedScale, 1_000 + WINDOW)]);
+    assert_eq!(h.leave(2, 2_000), []);
+    assert_eq!(
+        h.wake(1_000 + WINDOW),
+        rebalance(&[0, 1], RebalanceReason::ScaleDown)
+    );
+    h.published(&[0, 1], 11_000);
+
+    assert_eq!(
+        h.join(5, 20_000),
+        [h.scaling(PlannedScale, 20_000 + WINDOW)]
+    );
+    assert_eq!(h.leave(0, 21_000), []);
+    assert_eq!(
+        h.wake(20_000 + WINDOW),
+        rebalance(&[1, 5], RebalanceReason::PlannedScale)
+    );
+}
+
+#[test]
+fn rolling_update_leave_and_return_inside_the_window_publishes_nothing() {
+    let mut h = H::running(&[0, 1, 2]);
+    assert_eq!(h.leave(1, 1_000), [h.scaling(PlannedScale, 1_000 + WINDOW)]);
+    assert_eq!(h.join(1, 4_000), []);
+    assert_eq!(h.leave(2, 5_000), []);
+    assert_eq!(h.join(2, 9_000), []);
+    assert_eq!(h.wake(1_000 + WINDOW), [set(Phase::Stable)]);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn a_joiner_that_expires_inside_the_window_leaves_no_trace() {
+    let mut h = H::running(&[0, 1]);
+    assert_eq!(h.join(2, 1_000), [h.scaling(PlannedScale, 1_000 + WINDOW)]);
+    assert_eq!(h.expire(2, 2_000), []);
+    // Not in the map: no crash timer, only the window remains.
+    assert_eq!(h.wake(1_000 + WINDOW), [set(Phase::Stable)]);
+    assert_eq!(h.p.next_wakeup(), None);
+}

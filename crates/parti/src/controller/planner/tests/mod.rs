@@ -1,0 +1,155 @@
+//! One test per row of SPEC §6 and per interleaving, with explicit times.
+//!
+//! `H` drives a planner from a time origin: `h.join(3, 1_000)` is worker-3 joining at t0 + 1 s,
+//! and `h.wake(ms)` asserts that `next_wakeup` is exactly t0 + ms before ticking there.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::state::ClusterPhase;
+use crate::state::ScalingReason::{ColdStart, PlannedScale, Restart};
+
+const COLD: u64 = 30_000;
+const WINDOW: u64 = 10_000;
+const GRACE: u64 = 3_000;
+const COOLDOWN: u64 = 5_000;
+
+fn cfg() -> PlannerConfig {
+    PlannerConfig {
+        cold_start_window: Duration::from_millis(COLD),
+        planned_scale_window: Duration::from_millis(WINDOW),
+        emergency_grace_period: Duration::from_millis(GRACE),
+        restart_detection_ratio: 0.5,
+        restart_min_workers: 4,
+        min_rebalance_interval: Duration::from_millis(COOLDOWN),
+    }
+}
+
+fn w(n: u32) -> WorkerId {
+    WorkerId::new(format!("worker-{n}"))
+}
+
+fn ws(ns: &[u32]) -> Vec<WorkerId> {
+    let mut v: Vec<WorkerId> = ns.iter().map(|&n| w(n)).collect();
+    v.sort();
+    v
+}
+
+/// A planner and a time origin; `at(ms)` is `t0 + ms`.
+struct H {
+    p: Planner,
+    t0: Instant,
+}
+
+impl H {
+    fn new() -> Self {
+        Self {
+            p: Planner::new(cfg()),
+            t0: Instant::now(),
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    fn leader(&mut self, cluster: Option<ClusterView>, live: &[u32], ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        self.p.handle(Input::BecameLeader {
+            cluster,
+            live: ws(live),
+            now,
+        })
+    }
+
+    /// A leader of a running cluster whose map is `workers`, all live, published at t0.
+    fn running(workers: &[u32]) -> Self {
+        let mut h = Self::new();
+        let view = running_view(1, workers);
+        assert_eq!(h.leader(Some(view), workers, 0), [set(Phase::Stable)]);
+        h
+    }
+
+    fn join(&mut self, n: u32, ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        self.p.handle(Input::Joined { worker: w(n), now })
+    }
+
+    fn leave(&mut self, n: u32, ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        self.p.handle(Input::Left { worker: w(n), now })
+    }
+
+    fn expire(&mut self, n: u32, ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        self.p.handle(Input::Expired { worker: w(n), now })
+    }
+
+    fn tick(&mut self, ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        self.p.handle(Input::Tick { now })
+    }
+
+    fn partitions_changed(&mut self, ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        self.p.handle(Input::PartitionsChanged { now })
+    }
+
+    fn published(&mut self, workers: &[u32], ms: u64) -> Vec<Decision> {
+        let now = self.at(ms);
+        let version = self.p.version() + 1;
+        self.p.handle(Input::Published {
+            version,
+            workers: ws(workers),
+            now,
+        })
+    }
+
+    /// Ticks at `next_wakeup`, asserting it is `ms`.
+    fn wake(&mut self, ms: u64) -> Vec<Decision> {
+        assert_eq!(self.p.next_wakeup(), Some(self.at(ms)), "next wakeup");
+        self.tick(ms)
+    }
+
+    fn scaling(&self, reason: ScalingReason, ms: u64) -> Decision {
+        set(Phase::Scaling {
+            reason,
+            until: self.at(ms),
+        })
+    }
+}
+
+fn running_view(version: u64, workers: &[u32]) -> ClusterView {
+    ClusterView {
+        version,
+        lifecycle: Lifecycle::Running,
+        workers: ws(workers),
+    }
+}
+
+fn set(phase: Phase) -> Decision {
+    Decision::SetPhase(phase)
+}
+
+fn publish(workers: &[u32], reason: RebalanceReason) -> Decision {
+    Decision::Publish {
+        workers: ws(workers),
+        reason,
+        orphans_only: reason == RebalanceReason::Emergency,
+    }
+}
+
+fn rebalance(workers: &[u32], reason: RebalanceReason) -> Vec<Decision> {
+    vec![set(Phase::Rebalancing), publish(workers, reason)]
+}
+
+fn emergency(workers: &[u32]) -> Vec<Decision> {
+    vec![
+        set(Phase::Emergency),
+        publish(workers, RebalanceReason::Emergency),
+    ]
+}
+
+mod crashes;
+mod membership;
+mod rebalance;

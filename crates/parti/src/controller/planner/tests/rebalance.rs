@@ -1,0 +1,183 @@
+//! Partition changes, leader change, phase conversion.
+
+use super::*;
+
+// ---- partition changes ------------------------------------------------------------------
+
+#[test]
+fn partition_change_respects_the_cooldown_and_coalesces() {
+    let mut h = H::running(&[0, 1]);
+    h.join(2, 0);
+    h.wake(WINDOW);
+    h.published(&[0, 1, 2], 10_000);
+    assert_eq!(h.partitions_changed(11_000), []);
+    assert_eq!(h.partitions_changed(12_000), []);
+    assert_eq!(
+        h.wake(10_000 + COOLDOWN),
+        rebalance(&[0, 1, 2], RebalanceReason::PartitionChange)
+    );
+    assert_eq!(h.published(&[0, 1, 2], 15_100), [set(Phase::Stable)]);
+    assert_eq!(h.p.next_wakeup(), None);
+    // Long after the last publish: at once.
+    assert_eq!(
+        h.partitions_changed(40_000),
+        rebalance(&[0, 1, 2], RebalanceReason::PartitionChange)
+    );
+}
+
+#[test]
+fn a_new_leader_rebalances_partition_changes_at_once() {
+    let mut h = H::running(&[0, 1]);
+    assert_eq!(
+        h.partitions_changed(100),
+        rebalance(&[0, 1], RebalanceReason::PartitionChange)
+    );
+}
+
+#[test]
+fn partition_change_is_folded_into_the_cold_start_publish() {
+    let mut h = H::new();
+    h.leader(None, &[0], 0);
+    assert_eq!(h.partitions_changed(1_000), []);
+    assert_eq!(h.wake(COLD), rebalance(&[0], RebalanceReason::ColdStart));
+    h.published(&[0], COLD);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn partition_change_during_a_publish_is_deferred_not_dropped() {
+    let mut h = H::running(&[0, 1]);
+    h.join(2, 0);
+    assert_eq!(
+        h.wake(WINDOW),
+        rebalance(&[0, 1, 2], RebalanceReason::ScaleUp)
+    );
+    assert_eq!(h.partitions_changed(10_500), []);
+    assert_eq!(h.published(&[0, 1, 2], 11_000), [set(Phase::Stable)]);
+    assert_eq!(
+        h.wake(11_000 + COOLDOWN),
+        rebalance(&[0, 1, 2], RebalanceReason::PartitionChange)
+    );
+}
+
+#[test]
+fn partition_change_waits_for_an_open_window_then_follows_even_a_rolling_update() {
+    let mut h = H::running(&[0, 1]);
+    h.leave(1, 1_000);
+    assert_eq!(h.partitions_changed(2_000), []);
+    h.join(1, 3_000);
+    // Membership is unchanged, so the window itself publishes nothing, but the partition
+    // change is still owed (no publish for longer than the cooldown: at once).
+    assert_eq!(
+        h.wake(1_000 + WINDOW),
+        rebalance(&[0, 1], RebalanceReason::PartitionChange)
+    );
+}
+
+#[test]
+fn an_emergency_does_not_count_as_the_partition_rebalance() {
+    let mut h = H::running(&[0, 1, 2]);
+    h.partitions_changed(0);
+    h.published(&[0, 1, 2], 500);
+    h.expire(2, 1_000);
+    assert_eq!(h.partitions_changed(2_000), []);
+    assert_eq!(h.wake(1_000 + GRACE), emergency(&[0, 1]));
+    h.published(&[0, 1], 4_000);
+    assert_eq!(
+        h.wake(4_000 + COOLDOWN),
+        rebalance(&[0, 1], RebalanceReason::PartitionChange)
+    );
+}
+
+// ---- leader change ----------------------------------------------------------------------
+
+#[test]
+fn leader_change_with_an_up_to_date_map_publishes_nothing() {
+    let mut h = H::new();
+    let out = h.leader(Some(running_view(42, &[0, 1, 2])), &[0, 1, 2], 0);
+    assert_eq!(out, [set(Phase::Stable)]);
+    assert_eq!(h.p.lifecycle(), Lifecycle::Running);
+    assert_eq!(h.p.version(), 42);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn leader_change_with_new_live_workers_opens_a_window() {
+    let mut h = H::new();
+    let out = h.leader(Some(running_view(9, &[0, 1])), &[0, 1, 2], 0);
+    assert_eq!(out, [h.scaling(PlannedScale, WINDOW)]);
+    assert_eq!(h.join(3, 2_000), []);
+    assert_eq!(
+        h.wake(WINDOW),
+        rebalance(&[0, 1, 2, 3], RebalanceReason::LeaderChange)
+    );
+}
+
+#[test]
+fn leader_change_suspects_absent_map_workers_from_now() {
+    let mut h = H::new();
+    let out = h.leader(Some(running_view(9, &[0, 1, 2])), &[0, 1], 5_000);
+    assert_eq!(out, [set(Phase::Stable)]);
+    assert_eq!(h.wake(5_000 + GRACE), emergency(&[0, 1]));
+}
+
+#[test]
+fn leader_change_absent_worker_that_returns_in_grace_keeps_everything() {
+    let mut h = H::new();
+    h.leader(Some(running_view(9, &[0, 1, 2])), &[0, 1], 0);
+    assert_eq!(h.join(2, 2_000), []);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn leader_change_absent_worker_known_to_have_left_is_a_rolling_update() {
+    // The old leader stepped down gracefully and restarts: the runner reports its deleted
+    // heartbeat as a leave, which opens a window instead of a crash timer.
+    let mut h = H::new();
+    h.leader(Some(running_view(9, &[0, 1, 2])), &[0, 1], 0);
+    assert_eq!(h.leave(2, 100), [h.scaling(PlannedScale, 100 + WINDOW)]);
+    assert_eq!(h.join(2, 8_000), []);
+    assert_eq!(h.wake(100 + WINDOW), [set(Phase::Stable)]);
+}
+
+#[test]
+fn became_leader_resets_everything_from_a_previous_term() {
+    let mut h = H::running(&[0, 1, 2]);
+    h.expire(1, 1_000);
+    h.join(5, 1_000);
+    h.partitions_changed(1_000);
+    let out = h.leader(Some(running_view(3, &[0, 1, 2])), &[0, 1, 2], 2_000);
+    assert_eq!(out, [set(Phase::Stable)]);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn phase_converts_to_wall_clock() {
+    let t = Instant::now();
+    let d = Duration::from_millis(1_500);
+    let scaling = |until| Phase::Scaling {
+        reason: PlannedScale,
+        until,
+    };
+    let in_future = scaling(t + d).to_cluster_phase(t, 10_000);
+    let in_past = scaling(t).to_cluster_phase(t + d, 10_000);
+    let reason = PlannedScale;
+    assert_eq!(
+        in_future,
+        ClusterPhase::Scaling {
+            reason,
+            until_ms: 11_500
+        }
+    );
+    assert_eq!(
+        in_past,
+        ClusterPhase::Scaling {
+            reason,
+            until_ms: 8_500
+        }
+    );
+    assert_eq!(
+        Phase::Emergency.to_cluster_phase(t, 1),
+        ClusterPhase::Emergency
+    );
+}

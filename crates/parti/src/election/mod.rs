@@ -1,0 +1,86 @@
+//! Leader election (SPEC §5.3): a lease on the `leader` key of the election bucket.
+//!
+//! [`ElectionAgent`] is the pluggable part (acquire, renew, release a lease); [`NatsLeaseElection`]
+//! is the default agent over the election bucket. [`Elector`] is the loop around any agent: it
+//! requests leadership as a follower, renews it as a leader, steps down at once when a renewal
+//! says the lease is lost, and never believes it leads past the lease after transient errors. It
+//! publishes [`Leadership`] on a `watch` channel.
+
+mod elector;
+mod nats_lease;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::store::BucketSpec;
+
+pub use elector::Elector;
+pub use nats_lease::{LEADER_KEY, LeaderRecord, NatsLeaseElection, current_leader};
+
+/// The spec of the election bucket: the leader key expires `election_ttl` after its last renewal,
+/// and the expiry leaves a marker that followers see.
+///
+/// ```
+/// use std::time::Duration;
+/// let spec = parti::election::bucket_spec("parti-election", Duration::from_secs(10), 1);
+/// assert_eq!(spec.max_age, Some(Duration::from_secs(10)));
+/// ```
+pub fn bucket_spec(name: impl Into<String>, election_ttl: Duration, replicas: usize) -> BucketSpec {
+    BucketSpec::new(name)
+        .expiring(election_ttl)
+        .replicas(replicas)
+}
+
+/// A way to hold a leadership lease. The [`Elector`] drives it; a user may supply their own.
+#[async_trait]
+pub trait ElectionAgent: Send + Sync + std::fmt::Debug {
+    /// Tries to acquire leadership: `Some(term)` when this worker now leads (or already led),
+    /// `None` when another worker leads.
+    async fn request(&self) -> Result<Option<u64>>;
+
+    /// Extends the lease: `Ok(false)` when leadership is lost (the lease was taken or is gone);
+    /// `Err` for a transient failure, after which the worker still leads until the lease would
+    /// have run out.
+    async fn renew(&self) -> Result<bool>;
+
+    /// Gives the lease up so that another worker can take it at once.
+    async fn release(&self) -> Result<()>;
+
+    /// Whether this agent believes it holds the lease.
+    fn is_leader(&self) -> bool;
+
+    /// The term of the lease held, if any: strictly increasing across leaders (a fencing token).
+    fn term(&self) -> Option<u64>;
+
+    /// How long a lease lasts without renewal.
+    fn lease_ttl(&self) -> Duration;
+}
+
+/// Whether this worker leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// This worker leads, under `term`.
+    Leader {
+        /// The term (fencing token) of this leadership.
+        term: u64,
+    },
+    /// Another worker leads, or nobody does.
+    Follower,
+}
+
+impl Leadership {
+    /// True for [`Leadership::Leader`].
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Self::Leader { .. })
+    }
+
+    /// The term while leading.
+    pub fn term(&self) -> Option<u64> {
+        match self {
+            Self::Leader { term } => Some(*term),
+            Self::Follower => None,
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The default election agent: a lease on the `leader` key of the election bucket.
+//!
+//! Acquire = create-if-absent (a deleted or expired key counts as absent); the term is the
+//! revision of that winning create, written into the value right after and kept across renewals.
+//! Renew = update with the expected revision; release = delete with the expected revision.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::ElectionAgent;
+use crate::error::Result;
+use crate::partition::WorkerId;
+use crate::stable_id::{Ownership, ownership, unix_ms};
+use crate::store::Bucket;
+use crate::store::codec;
+
+/// The key of the leader lease in the election bucket.
+pub const LEADER_KEY: &str = "leader";
+
+/// The value of the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderRecord {
+    /// The leading worker.
+    pub worker: WorkerId,
+    /// Its instance (process).
+    pub instance: String,
+    /// The term: the revision of the create that won the lease (0 for the instant between that
+    /// create and the write of the term).
+    pub term: u64,
+    /// When the lease was acquired, in Unix milliseconds.
+    pub acquired_at: u64,
+}
+
+/// Reads the current leader, if any (for status displays; the agent itself never needs it).
+///
+/// A value that does not decode is an [`Error::Decode`](crate::Error::Decode).
+pub async fn current_leader(bucket: &dyn Bucket) -> Result<Option<LeaderRecord>> {
+    match bucket.get(LEADER_KEY).await? {
+        Some(entry) => Ok(Some(codec::decode(
+            bucket.name(),
+            LEADER_KEY,
+            &entry.value,
+        )?)),
+        None => Ok(None),
+    }
+}
+
+/// The lease this agent holds.
+#[derive(Debug, Clone)]
+struct Held {
+    revision: u64,
+    term: u64,
+    /// The bytes every renewal writes.
+    value: Bytes,
+}
+
+/// [`ElectionAgent`] over the election bucket (SPEC §5.3).
+#[derive(Debug)]
+pub struct NatsLeaseElection {
+    bucket: Arc<dyn Bucket>,
+    worker: WorkerId,
+    instance: String,
+    ttl: Duration,
+    held: Mutex<Option<Held>>,
+}
+
+impl NatsLeaseElection {
+    /// An agent for `worker` over `bucket`, whose `max_age` must be `ttl` (see
+    /// [`bucket_spec`](super::bucket_spec)).
+    pub fn new(bucket: Arc<dyn Bucket>, worker: WorkerId, instance: String, ttl: Duration) -> Self {
+        Self {
+            bucket,
+            worker,
+            instance,
+            ttl,
+            held: Mutex::new(None),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a new revision of the lease of `term`, unless it was released meanwhile.
+    fn set_revision(&self, term: u64, revision: u64) {
+        if let Some(held) = self.held().as_mut().filter(|h| h.term == term) {
+            held.revision = revision;
+        }
+    }
+
+    fn record(&self, term: u64, acquired_at: u64) -> Result<Bytes> {
+        codec::encode(&LeaderRecord {
+            worker: self.worker.clone(),
+            instance: self.instance.clone(),
+            term,
+            acquired_at,
+        })
+    }
+}
+
+#[async_trait]
+impl ElectionAgent for NatsLeaseElection {
+    async fn request(&self) -> Result<Option<u64>> {
+        if let Some(term) = self.term() {
+            return Ok(Some(term));
+        }
+        let acquired_at = unix_ms();
+        let revision = match self
+            .bucket
+            .create(LEADER_KEY, self.record(0, acquired_at)?)
+            .await
+        {
+            Ok(revision) => revision,
+            Err(e) if e.is_conflict() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let term = revision;
+        let value = self.record(term, acquired_at)?;
+        // Write the term into the value now; if this fails transiently, the first renewal does.
+        let revision = match self
+            .bucket
+            .update(LEADER_KEY, value.clone(), revision)
+            .await
+        {
+            Ok(revision) => revision,
+            Err(e) if e.is_conflict() => match ownership(&*self.bucket, LEADER_KEY, &value).await {
+                Ownership::Ours(revision) => revision,
+                ownership @ (Ownership::Gone(_) | Ownership::Free) => {
+                    tracing::warn!(term, reason = %ownership.describe(), "leader lease lost right after acquiring it");
+                    return Ok(None);
+                }
+                Ownership::Unknown(e) => return Err(e.into()),
+            },
+            Err(e) => {
+                tracing::warn!(term, error = %e, "cannot write the term into the leader key yet");
+                revision
+            }
+        };
+        *self.held() = Some(Held {
+            revision,
+            term,
+            value,
+        });
+        tracing::info!(worker = %self.worker, term, "acquired the leader lease");
+        Ok(Some(term))
+    }
+
+    async fn renew(&self) -> Result<bool> {
+        let Some(held) = self.held().clone() else {
+            return Ok(false);
+        };
+        let result = self
+            .bucket
+            .update(LEADER_KEY, held.value.clone(), held.revision)
+            .await;
+        let conflict = match result {
+            Ok(revision) => {
+                self.set_revision(held.term, revision);
+                return Ok(true);
+            }
+            Err(e) if e.is_conflict() => e,
+            Err(e) => return Err(e.into()),
+        };
+        // A renewal of ours may have landed although its reply was lost.
+        match ownership(&*self.bucket, LEADER_KEY, &held.value).await {
+            Ownership::Ours(revision) => {
+                self.set_revision(held.term, revision);
+                Ok(true)
+            }
+            ownership @ (Ownership::Gone(_) | Ownership::Free) => {
+                let reason = ownership.describe();
+                let mut guard = self.held();
+                if guard.as_ref().is_some_and(|h| h.term == held.term) {
+                    *guard = None;
+                }
+                tracing::warn!(term = held.term, %reason, error = %conflict, "leader lease lost");
+                Ok(false)
+            }
+            Ownership::Unknown(e) => Err(e.into()),
+        }
+    }
+
+    async fn release(&self) -> Result<()> {
+        let Some(held) = self.held().take() else {
+            return Ok(());
+        };
+        match self.bucket.delete(LEADER_KEY, Some(held.revision)).await {
+            Ok(()) => {}
+            Err(e) if e.is_conflict() => {
+                match ownership(&*self.bucket, LEADER_KEY, &held.value).await {
+                    Ownership::Ours(revision) => {
+                        self.bucket.delete(LEADER_KEY, Some(revision)).await?;
+                    }
+                    Ownership::Gone(_) | Ownership::Free => return Ok(()),
+                    Ownership::Unknown(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(worker = %self.worker, term = held.term, "released the leader lease");
+        Ok(())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.held().is_some()
+    }
+
+    fn term(&self) -> Option<u64> {
+        self.held().as_ref().map(|h| h.term)
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.ttl
+    }
+}

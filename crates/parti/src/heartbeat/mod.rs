@@ -1,0 +1,191 @@
+//! Heartbeats (SPEC §5.2): each worker puts `{instance, ts, state, appliedVersion}` under its ID
+//! every interval; the bucket's `max_age` is the heartbeat TTL with limit markers, so a crash shows
+//! up as an expiry event. A graceful stop deletes the key (a *leave*).
+//!
+//! [`Heartbeater`] is the writing side, [`MembershipWatcher`] turns the bucket into
+//! [`MembershipEvent`]s for the leader.
+
+mod membership;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::error::Result;
+use crate::partition::WorkerId;
+use crate::stable_id::unix_ms;
+use crate::state::State;
+use crate::store::codec;
+use crate::store::{Bucket, BucketSpec};
+
+pub use membership::{MembershipEvent, MembershipWatcher};
+
+/// The shortest heartbeat interval accepted; shorter ones are raised to it.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The spec of the heartbeat bucket: values expire `heartbeat_ttl` after their last put, and
+/// expiries leave markers.
+///
+/// ```
+/// use std::time::Duration;
+/// let spec = parti::heartbeat::bucket_spec("parti-heartbeat", Duration::from_secs(6), 3);
+/// assert_eq!((spec.max_age, spec.replicas), (Some(Duration::from_secs(6)), 3));
+/// ```
+pub fn bucket_spec(
+    name: impl Into<String>,
+    heartbeat_ttl: Duration,
+    replicas: usize,
+) -> BucketSpec {
+    BucketSpec::new(name)
+        .expiring(heartbeat_ttl)
+        .replicas(replicas)
+}
+
+/// The value of a heartbeat key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatValue {
+    /// The instance (process) behind the worker ID.
+    pub instance: String,
+    /// When it was written, in Unix milliseconds.
+    pub ts: u64,
+    /// The worker's state.
+    pub state: State,
+    /// The assignment version the worker has applied.
+    pub applied_version: u64,
+}
+
+/// Puts this worker's heartbeat in the background until stopped.
+#[derive(Debug)]
+pub struct Heartbeater {
+    bucket: Arc<dyn Bucket>,
+    worker: WorkerId,
+    failures: watch::Receiver<u32>,
+    cancel: CancellationToken,
+    task: AbortOnDropHandle<()>,
+}
+
+impl Heartbeater {
+    /// Starts putting the heartbeat: at once, then every `interval`, and right after `info`
+    /// (state, applied version) changes.
+    ///
+    /// Dropping the returned value stops the task without deleting the key (like
+    /// [`abort`](Self::abort)).
+    pub fn spawn(
+        bucket: Arc<dyn Bucket>,
+        worker: WorkerId,
+        instance: String,
+        interval: Duration,
+        info: watch::Receiver<(State, u64)>,
+    ) -> Self {
+        let (failures_tx, failures) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let beat = Beat {
+            bucket: bucket.clone(),
+            worker: worker.clone(),
+            instance,
+            interval: interval.max(MIN_INTERVAL),
+            info,
+            failures: failures_tx,
+        };
+        let task = AbortOnDropHandle::new(tokio::spawn(beat.run(cancel.clone())));
+        Self {
+            bucket,
+            worker,
+            failures,
+            cancel,
+            task,
+        }
+    }
+
+    /// Consecutive failed puts (0 when healthy).
+    pub fn failures(&self) -> watch::Receiver<u32> {
+        self.failures.clone()
+    }
+
+    /// Stops the task, then deletes the key: a graceful *leave*, seen as `Left` by the watcher.
+    pub async fn stop(self) -> Result<()> {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(worker = %self.worker, error = %e, "heartbeat task failed");
+        }
+        self.bucket.delete(self.worker.as_str(), None).await?;
+        tracing::info!(worker = %self.worker, "heartbeat deleted (graceful leave)");
+        Ok(())
+    }
+
+    /// Stops the task without deleting the key, as a crash would: the key expires (`Expired`).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+struct Beat {
+    bucket: Arc<dyn Bucket>,
+    worker: WorkerId,
+    instance: String,
+    interval: Duration,
+    info: watch::Receiver<(State, u64)>,
+    failures: watch::Sender<u32>,
+}
+
+impl Beat {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut info_open = true;
+        loop {
+            let (state, applied_version) = *self.info.borrow_and_update();
+            let value = HeartbeatValue {
+                instance: self.instance.clone(),
+                ts: unix_ms(),
+                state,
+                applied_version,
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.put(&value) => {}
+            }
+            let next = tokio::time::Instant::now() + self.interval;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep_until(next) => break,
+                    changed = self.info.changed(), if info_open => match changed {
+                        Ok(()) => break,
+                        // The sender is gone: keep beating with the last value.
+                        Err(_) => info_open = false,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn put(&self, value: &HeartbeatValue) {
+        let result = match codec::encode(value) {
+            Ok(bytes) => self
+                .bucket
+                .put(self.worker.as_str(), bytes)
+                .await
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => {
+                self.failures
+                    .send_if_modified(|n| std::mem::replace(n, 0) != 0);
+            }
+            Err(e) => {
+                self.failures.send_modify(|n| *n = n.saturating_add(1));
+                tracing::warn!(
+                    worker = %self.worker,
+                    failures = *self.failures.borrow(),
+                    error = %e,
+                    "heartbeat put failed"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Stable worker IDs (SPEC §5.1): the lowest free `{prefix}-{n}` of a pool, held by renewal.
+//!
+//! [`claim`] creates the first key of `[min, max]` that has no live value (a key that is absent,
+//! deleted or expired is free: [`Bucket::create`] takes it over). The returned [`StableIdLease`]
+//! renews the key every `renew_interval` with a revision-checked update, so two owners are never
+//! possible: a failed CAS (the key expired, was deleted or was overwritten) is reported as
+//! [`IdStatus::Lost`] at once and renewal stops. The owner must then fence itself and claim again.
+//! A transient store error keeps the lease (status stays `Held`) and is retried at the next tick;
+//! [`StableIdLease::failures`] counts consecutive failures so the caller can judge degradation.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::error::{ConfigViolation, Error, Result, StoreError};
+use crate::partition::WorkerId;
+use crate::store::codec;
+use crate::store::{Bucket, BucketSpec};
+
+/// The spec of the stable-ID bucket: values expire `worker_id_ttl` after their last renewal, and
+/// expiries leave markers.
+///
+/// ```
+/// use std::time::Duration;
+/// let spec = parti::stable_id::bucket_spec("parti-stableid", Duration::from_secs(30), 1);
+/// assert_eq!(spec.max_age, Some(Duration::from_secs(30)));
+/// assert!(spec.limit_markers);
+/// ```
+pub fn bucket_spec(
+    name: impl Into<String>,
+    worker_id_ttl: Duration,
+    replicas: usize,
+) -> BucketSpec {
+    BucketSpec::new(name)
+        .expiring(worker_id_ttl)
+        .replicas(replicas)
+}
+
+/// How stable IDs are claimed and renewed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StableIdConfig {
+    /// The ID prefix (`workerIdPrefix`): IDs are `{prefix}-{n}`.
+    pub prefix: String,
+    /// The lowest ID number (`workerIdMin`).
+    pub min: u32,
+    /// The highest ID number (`workerIdMax`).
+    pub max: u32,
+    /// How often the lease is renewed; a third of `workerIdTtl`.
+    pub renew_interval: Duration,
+}
+
+impl StableIdConfig {
+    /// The key (and worker ID) for number `n`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let cfg = parti::stable_id::StableIdConfig {
+    ///     prefix: "worker".into(), min: 0, max: 9, renew_interval: Duration::from_secs(10),
+    /// };
+    /// assert_eq!(cfg.key(3), "worker-3");
+    /// ```
+    pub fn key(&self, n: u32) -> String {
+        format!("{}-{n}", self.prefix)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut violations = Vec::new();
+        if self.min > self.max {
+            violations.push(ConfigViolation::new(
+                "workerIdMin",
+                format!("{} is greater than workerIdMax {}", self.min, self.max),
+            ));
+        }
+        if self.renew_interval.is_zero() {
+            violations.push(ConfigViolation::new(
+                "workerIdTtl",
+                "the renewal interval must be > 0",
+            ));
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig { violations })
+        }
+    }
+}
+
+/// The value stored under a claimed ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StableIdValue {
+    /// The instance (process) that holds the ID.
+    pub instance: String,
+    /// The host it runs on (`$HOSTNAME`, or `unknown`).
+    pub host: String,
+    /// When the ID was claimed, in Unix milliseconds.
+    pub claimed_at: u64,
+}
+
+/// Whether this worker still holds its stable ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdStatus {
+    /// The ID is held; `revision` is the key's revision after the last successful write.
+    Held {
+        /// The ID.
+        id: WorkerId,
+        /// Revision of the last claim or renewal.
+        revision: u64,
+    },
+    /// The ID was lost (expired, deleted or taken): stop processing and claim again.
+    Lost {
+        /// The ID that was lost.
+        id: WorkerId,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl IdStatus {
+    /// True while the ID is held.
+    pub fn is_held(&self) -> bool {
+        matches!(self, Self::Held { .. })
+    }
+}
+
+/// A claimed stable ID, renewed in the background until released, lost or aborted.
+///
+/// Dropping the lease stops renewal without releasing the key (like [`abort`](Self::abort)).
+#[derive(Debug)]
+pub struct StableIdLease {
+    id: WorkerId,
+    bucket: Arc<dyn Bucket>,
+    value: Bytes,
+    status: watch::Receiver<IdStatus>,
+    failures: watch::Receiver<u32>,
+    cancel: CancellationToken,
+    task: AbortOnDropHandle<()>,
+}
+
+/// Claims the lowest free ID of `[cfg.min, cfg.max]` for `instance` and starts renewing it.
+///
+/// Errors: [`Error::IdPoolExhausted`] when every ID is held, [`Error::Nats`] when the store fails
+/// (nothing is claimed then, except a create whose reply was lost, which expires by itself),
+/// [`Error::InvalidConfig`] for an empty pool or a zero renewal interval.
+pub async fn claim(
+    bucket: Arc<dyn Bucket>,
+    cfg: &StableIdConfig,
+    instance: &str,
+) -> Result<StableIdLease> {
+    cfg.validate()?;
+    let value = codec::encode(&StableIdValue {
+        instance: instance.to_owned(),
+        host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned()),
+        claimed_at: unix_ms(),
+    })?;
+    for n in cfg.min..=cfg.max {
+        let key = cfg.key(n);
+        match bucket.create(&key, value.clone()).await {
+            Ok(revision) => {
+                tracing::info!(id = %key, revision, instance, "claimed stable ID");
+                return Ok(StableIdLease::spawn(
+                    bucket,
+                    WorkerId::new(key),
+                    value,
+                    revision,
+                    cfg.renew_interval,
+                ));
+            }
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::IdPoolExhausted {
+        min: cfg.min,
+        max: cfg.max,
+    })
+}
+
+impl StableIdLease {
+    fn spawn(
+        bucket: Arc<dyn Bucket>,
+        id: WorkerId,
+        value: Bytes,
+        revision: u64,
+        period: Duration,
+    ) -> Self {
+        let (status_tx, status) = watch::channel(IdStatus::Held {
+            id: id.clone(),
+            revision,
+        });
+        let (failures_tx, failures) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let renewer = Renewer {
+            bucket: bucket.clone(),
+            id: id.clone(),
+            value: value.clone(),
+            revision,
+            period,
+            status: status_tx,
+            failures: failures_tx,
+        };
+        let task = AbortOnDropHandle::new(tokio::spawn(renewer.run(cancel.clone())));
+        Self {
+            id,
+            bucket,
+            value,
+            status,
+            failures,
+            cancel,
+            task,
+        }
+    }
+
+    /// The claimed ID.
+    pub fn id(&self) -> &WorkerId {
+        &self.id
+    }
+
+    /// The lease's status: `Held` (with the latest revision) until it is lost.
+    pub fn status(&self) -> watch::Receiver<IdStatus> {
+        self.status.clone()
+    }
+
+    /// Consecutive failed renewals (0 when healthy); a conflict is not a failure but a loss.
+    pub fn failures(&self) -> watch::Receiver<u32> {
+        self.failures.clone()
+    }
+
+    /// Stops renewing and deletes the key (with the expected revision), so the ID is free at once.
+    ///
+    /// A key that is no longer ours (lost, or taken meanwhile) is left alone.
+    pub async fn release(self) -> Result<()> {
+        self.cancel.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(id = %self.id, error = %e, "stable ID renewal task failed");
+        }
+        let status = self.status.borrow().clone();
+        let IdStatus::Held { revision, .. } = status else {
+            return Ok(());
+        };
+        let key = self.id.as_str();
+        match self.bucket.delete(key, Some(revision)).await {
+            Ok(()) => {}
+            // A renewal cancelled in flight may have landed: delete the newer revision if ours.
+            Err(e) if e.is_conflict() => match ownership(&*self.bucket, key, &self.value).await {
+                Ownership::Ours(revision) => self.bucket.delete(key, Some(revision)).await?,
+                ownership @ (Ownership::Gone(_) | Ownership::Free) => {
+                    tracing::warn!(id = %self.id, reason = %ownership.describe(), "stable ID was no longer ours at release");
+                }
+                Ownership::Unknown(e) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(id = %self.id, "released stable ID");
+        Ok(())
+    }
+
+    /// Stops renewing without deleting anything, as a crash would: the key expires by itself.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Whether a key still holds the value we write.
+pub(crate) enum Ownership {
+    /// Our value is there, at this revision (a write of ours whose reply was lost).
+    Ours(u64),
+    /// Someone else's value.
+    Gone(String),
+    /// Nothing: the key expired or was deleted, and nobody else holds it.
+    Free,
+    /// The store could not tell.
+    Unknown(StoreError),
+}
+
+impl Ownership {
+    /// Why the key is not ours, for logs.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Ownership::Ours(revision) => format!("still ours at revision {revision}"),
+            Ownership::Gone(reason) => reason.clone(),
+            Ownership::Free => "the key expired or was deleted".to_owned(),
+            Ownership::Unknown(e) => format!("unknown: {e}"),
+        }
+    }
+}
+
+/// After a CAS conflict: is the key still ours? A write of ours may have landed although its reply
+/// was lost; our renewals write the same bytes every time, so equal bytes mean it is ours.
+pub(crate) async fn ownership(bucket: &dyn Bucket, key: &str, ours: &Bytes) -> Ownership {
+    match bucket.get(key).await {
+        Ok(Some(entry)) if entry.value == *ours => Ownership::Ours(entry.revision),
+        Ok(Some(entry)) => Ownership::Gone(format!(
+            "taken over by another writer (revision {}): {}",
+            entry.revision,
+            String::from_utf8_lossy(&entry.value)
+        )),
+        Ok(None) => Ownership::Free,
+        Err(e) => Ownership::Unknown(e),
+    }
+}
+
+struct Renewer {
+    bucket: Arc<dyn Bucket>,
+    id: WorkerId,
+    value: Bytes,
+    revision: u64,
+    period: Duration,
+    status: watch::Sender<IdStatus>,
+    failures: watch::Sender<u32>,
+}
+
+impl Renewer {
+    async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.period) => {}
+            }
+            let key = self.id.as_str();
+            let result = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = self.bucket.update(key, self.value.clone(), self.revision) => r,
+            };
+            let conflict = match result {
+                Ok(revision) => {
+                    self.held(revision);
+                    continue;
+                }
+                Err(e) if e.is_conflict() => e,
+                Err(e) => {
+                    self.failed(&e);
+                    continue;
+                }
+            };
+            match ownership(&*self.bucket, key, &self.value).await {
+                Ownership::Ours(revision) => self.held(revision),
+                Ownership::Unknown(e) => self.failed(&e),
+                // Expired while we were cut off, and nobody took it: take it back. Only an
+                // ID held by someone else is lost (SPEC §7: re-verify, do not re-shuffle).
+                Ownership::Free => match self.bucket.create(key, self.value.clone()).await {
+                    Ok(revision) => {
+                        tracing::info!(id = %self.id, "stable ID had expired and was free: re-acquired");
+                        self.held(revision);
+                    }
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => self.failed(&e),
+                },
+                Ownership::Gone(reason) => {
+                    tracing::warn!(id = %self.id, %reason, error = %conflict, "stable ID lost");
+                    self.status.send_replace(IdStatus::Lost {
+                        id: self.id.clone(),
+                        reason,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn held(&mut self, revision: u64) {
+        self.revision = revision;
+        self.status.send_replace(IdStatus::Held {
+            id: self.id.clone(),
+            revision,
+        });
+        self.failures
+            .send_if_modified(|n| std::mem::replace(n, 0) != 0);
+    }
+
+    fn failed(&self, e: &StoreError) {
+        self.failures.send_modify(|n| *n = n.saturating_add(1));
+        tracing::warn!(
+            id = %self.id,
+            failures = *self.failures.borrow(),
+            error = %e,
+            "stable ID renewal failed; retrying at the next tick"
+        );
+    }
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

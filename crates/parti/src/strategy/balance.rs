@@ -1,0 +1,328 @@
+//! Load-bounded placement for [`WeightedConsistentHash`](super::WeightedConsistentHash).
+//!
+//! Loads are `u128` so that sums of `u64` weights cannot overflow.
+
+use std::collections::BTreeSet;
+
+use super::NO_WORKER;
+use super::ring::Ring;
+
+/// The load limits of one assignment.
+///
+/// A partition heavier than the mean of what is left is a "giant": it will sit on a worker of
+/// its own, so it and one worker are taken out before the mean is computed (otherwise one huge
+/// partition would inflate the mean and loosen every bound). With `m` that mean and `h` the
+/// heaviest remaining partition:
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// Upper bound `⌊(1+ε)·m⌋`, at least `⌈m⌉` so that the workers can hold everything.
+    pub(crate) cap: u128,
+    /// How far a worker may keep its previous partitions: `max(cap, ⌊m + h⌋)`. The bound can
+    /// only be exceeded through a partition heavier than `ε·m`, and then moving partitions to
+    /// get under `cap` would often just shift the excess elsewhere; keeping them avoids churn.
+    pub(crate) keep: u128,
+    /// A worker below this (`(1−ε)·m − h`) is filled up from the most loaded workers.
+    pub(crate) floor: u128,
+    /// Filling stops at `⌈m⌉`.
+    pub(crate) target: u128,
+}
+
+impl Bounds {
+    /// `weights` in descending order, `total` their sum, `epsilon` finite and non-negative.
+    pub(crate) fn new(
+        weights: impl IntoIterator<Item = u64>,
+        total: u128,
+        workers: usize,
+        epsilon: f64,
+    ) -> Self {
+        let (mut total, mut n, mut heaviest) = (total, workers.max(1) as u128, 0);
+        for w in weights {
+            let w128 = u128::from(w);
+            // `w > total / n`, without rounding.
+            if n > 1 && w128 * n > total {
+                total -= w128;
+                n -= 1;
+            } else {
+                heaviest = w;
+                break;
+            }
+        }
+        let target = total.div_ceil(n);
+        let mean = total as f64 / n as f64;
+        // Float-to-int `as` saturates, which is what we want for huge values.
+        let cap = (((1.0 + epsilon) * mean).floor() as u128).max(target);
+        let keep = ((mean + heaviest as f64).floor() as u128).max(cap);
+        let floor = ((1.0 - epsilon) * mean - heaviest as f64).ceil().max(0.0) as u128;
+        Self {
+            cap,
+            keep,
+            floor,
+            target,
+        }
+    }
+}
+
+/// Owners and loads while they are being decided.
+#[derive(Debug)]
+pub(crate) struct Placement<'a> {
+    weight: &'a [u64],
+    owner: Vec<u32>,
+    load: Vec<u128>,
+    bounds: Bounds,
+}
+
+impl<'a> Placement<'a> {
+    /// Nothing placed yet. `None` when there are no workers.
+    pub(crate) fn new(weight: &'a [u64], workers: usize, bounds: Bounds) -> Option<Self> {
+        (workers > 0).then(|| Self {
+            weight,
+            owner: vec![NO_WORKER; weight.len()],
+            load: vec![0; workers],
+            bounds,
+        })
+    }
+
+    /// `owner[i]`: the worker index of partition `i` (all placed once the passes have run).
+    pub(crate) fn owners(&self) -> &[u32] {
+        &self.owner
+    }
+
+    fn weight_of(&self, partition: u32) -> u128 {
+        u128::from(self.weight[partition as usize])
+    }
+
+    fn give(&mut self, partition: u32, worker: u32) {
+        self.owner[partition as usize] = worker;
+        self.load[worker as usize] += self.weight_of(partition);
+    }
+
+    /// Cold start: each partition (heaviest first) goes to the first worker clockwise from its
+    /// hash that stays within the cap. When no worker can take it within the cap (only possible
+    /// for a partition heavier than ε·mean), it goes to the least-loaded worker, which is below
+    /// the mean, so no load ever exceeds `max(cap, mean + heaviest)`.
+    pub(crate) fn place_on_ring(&mut self, ring: &Ring, order: &[u32], hash: &[u64]) {
+        let cap = self.bounds.cap;
+        let mut least = LeastLoaded::new(&self.load);
+        // Within a run of equal weights, `order` is by ascending hash: a moving cursor.
+        let mut cursor = 0;
+        for &i in order {
+            let w = self.weight_of(i);
+            let (min_load, min_worker) = least.get();
+            cursor = ring.position(hash[i as usize], cursor);
+            let worker = if min_load + w > cap {
+                min_worker
+            } else {
+                // Some worker fits (the least loaded one), so the walk finds one.
+                ring.walk_from(cursor)
+                    .find(|&o| self.load[o as usize] + w <= cap)
+                    .unwrap_or(min_worker)
+            };
+            self.give(i, worker);
+            least.update(worker, &self.load);
+        }
+    }
+
+    /// Sticky pass: each partition (heaviest first) stays with its previous owner if that keeps
+    /// the owner within [`Bounds::keep`], or if it is the owner's first partition (a partition
+    /// heavier than that has to be somewhere). Returns the partitions left to place, in `order`.
+    pub(crate) fn keep_previous(&mut self, order: &[u32], previous: &[u32]) -> Vec<u32> {
+        let mut pool = Vec::new();
+        for &i in order {
+            let prev = previous[i as usize];
+            let keep = prev != NO_WORKER && {
+                let load = self.load[prev as usize];
+                load == 0 || load + self.weight_of(i) <= self.bounds.keep
+            };
+            if keep {
+                self.give(i, prev);
+            } else {
+                pool.push(i);
+            }
+        }
+        pool
+    }
+
+    /// Places `pool` (heaviest first) on the least-loaded worker each time, preferring the
+    /// previous owner when it ties for least loaded. Water-filling: it lifts the lightest
+    /// workers first, and the receiver is below the mean, so loads stay within
+    /// `max(cap, mean + heaviest)`.
+    pub(crate) fn place_least_loaded(&mut self, pool: &[u32], previous: &[u32]) {
+        let mut least = LeastLoaded::new(&self.load);
+        for &i in pool {
+            let (min_load, min_worker) = least.get();
+            let prev = previous[i as usize];
+            let worker = if prev != NO_WORKER && self.load[prev as usize] == min_load {
+                prev
+            } else {
+                min_worker
+            };
+            self.give(i, worker);
+            least.update(worker, &self.load);
+        }
+    }
+
+    /// Lifts every worker below `floor` towards `target` with partitions from the most loaded
+    /// workers. A move of weight `w` from donor `d` to receiver `r` requires
+    /// `load(d) − w ≥ load(r) + w` (the pair gets more even, so the maximum never grows) and
+    /// `load(d) − w ≥ floor` (a donor never becomes a receiver). Among the candidates, the
+    /// heaviest partition that does not overshoot `target` is taken, else the lightest.
+    /// `order` (the processing order) fixes which of equal candidates is taken.
+    pub(crate) fn fill_underloaded(&mut self, order: &[u32]) {
+        let Bounds { floor, target, .. } = self.bounds;
+        let workers = 0..self.load.len() as u32;
+        let mut receivers: Vec<u32> = workers
+            .clone()
+            .filter(|&w| self.load[w as usize] < floor)
+            .collect();
+        if receivers.is_empty() {
+            return;
+        }
+        receivers.sort_unstable_by_key(|&w| (self.load[w as usize], w));
+        let mut donors: BTreeSet<(u128, u32)> = workers
+            .filter(|&w| self.load[w as usize] >= floor)
+            .map(|w| (self.load[w as usize], w))
+            .collect();
+        let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.load.len()];
+        for &i in order {
+            lists[self.owner[i as usize] as usize].push(i);
+        }
+        let lightest = self.weight.iter().copied().min().map_or(0, u128::from);
+        for r in receivers {
+            while self.load[r as usize] < target {
+                let Some((donor, pos)) = self.pick_donation(r, &donors, &lists, lightest) else {
+                    break;
+                };
+                let i = lists[donor as usize].swap_remove(pos);
+                lists[r as usize].push(i);
+                donors.remove(&(self.load[donor as usize], donor));
+                self.load[donor as usize] -= self.weight_of(i);
+                self.give(i, r);
+                donors.insert((self.load[donor as usize], donor));
+            }
+        }
+    }
+
+    /// The donor and the position in its list of the partition to move to `receiver`.
+    fn pick_donation(
+        &self,
+        receiver: u32,
+        donors: &BTreeSet<(u128, u32)>,
+        lists: &[Vec<u32>],
+        lightest: u128,
+    ) -> Option<(u32, usize)> {
+        let have = self.load[receiver as usize];
+        let need = self.bounds.target.saturating_sub(have);
+        for &(donor_load, donor) in donors.iter().rev() {
+            let limit = (donor_load.saturating_sub(have) / 2)
+                .min(donor_load.saturating_sub(self.bounds.floor));
+            // Lighter donors only have smaller limits.
+            if limit < lightest.max(1) {
+                return None;
+            }
+            let mut fitting: Option<(usize, u128)> = None; // heaviest with w <= need
+            let mut over: Option<(usize, u128)> = None; // lightest with need < w <= limit
+            for (pos, &i) in lists[donor as usize].iter().enumerate() {
+                let w = self.weight_of(i);
+                if w > limit {
+                    continue;
+                }
+                if w <= need {
+                    if fitting.is_none_or(|(_, best)| w > best) {
+                        fitting = Some((pos, w));
+                    }
+                } else if over.is_none_or(|(_, best)| w < best) {
+                    over = Some((pos, w));
+                }
+            }
+            if let Some((pos, _)) = fitting.or(over) {
+                return Some((donor, pos));
+            }
+        }
+        None
+    }
+}
+
+/// The least-loaded worker, kept in a tournament tree over `(load, worker)`: `O(log n)` per
+/// update, `O(1)` per query, no allocation after construction. Ties go to the lowest index.
+struct LeastLoaded {
+    /// Node `k` holds the minimum of nodes `2k` and `2k+1`; leaves start at `leaves`.
+    tree: Vec<(u128, u32)>,
+    leaves: usize,
+}
+
+impl LeastLoaded {
+    /// `load` must not be empty.
+    fn new(load: &[u128]) -> Self {
+        let leaves = load.len().next_power_of_two();
+        let mut tree = vec![(u128::MAX, u32::MAX); 2 * leaves];
+        for (w, &l) in (0u32..).zip(load) {
+            tree[leaves + w as usize] = (l, w);
+        }
+        for k in (1..leaves).rev() {
+            tree[k] = tree[2 * k].min(tree[2 * k + 1]);
+        }
+        Self { tree, leaves }
+    }
+
+    /// The least-loaded worker and its load.
+    fn get(&self) -> (u128, u32) {
+        // With one worker the root is the leaf itself (index 1).
+        self.tree[1]
+    }
+
+    fn update(&mut self, worker: u32, load: &[u128]) {
+        let mut k = self.leaves + worker as usize;
+        self.tree[k] = (load[worker as usize], worker);
+        while k > 1 {
+            k /= 2;
+            self.tree[k] = self.tree[2 * k].min(self.tree[2 * k + 1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds() {
+        let b = Bounds::new([10; 100], 1000, 10, 0.05);
+        assert_eq!((b.cap, b.floor, b.target), (105, 85, 100));
+        // Cap never below the mean, floor never negative.
+        let b = Bounds::new([4, 3, 3], 10, 3, 0.0);
+        assert_eq!((b.cap, b.floor, b.target), (4, 0, 4));
+        // A giant is set aside with one worker: the rest share 300 over 2 workers.
+        let b = Bounds::new([1000, 10], 1300, 3, 0.05);
+        assert_eq!((b.cap, b.floor, b.target), (157, 133, 150));
+    }
+
+    #[test]
+    fn fill_lifts_an_empty_worker_without_raising_the_max() {
+        let weight = vec![10u64; 20];
+        let bounds = Bounds::new([10; 20], 200, 3, 0.05);
+        let mut placement = Placement::new(&weight, 3, bounds).unwrap();
+        for i in 0..20u32 {
+            placement.give(i, i % 2);
+        }
+        let order: Vec<u32> = (0..20).collect();
+        placement.fill_underloaded(&order);
+        let mut loads = placement.load.clone();
+        loads.sort_unstable();
+        assert_eq!(loads, [60, 70, 70]);
+    }
+
+    #[test]
+    fn least_loaded_tracks_updates_and_breaks_ties_by_index() {
+        for n in [1usize, 2, 3, 5, 8] {
+            let mut load: Vec<u128> = (0..n as u128).map(|i| 10 + (i * 7) % 5).collect();
+            let mut least = LeastLoaded::new(&load);
+            for step in 0..40u128 {
+                let expected = (0u32..).zip(&load).map(|(w, &l)| (l, w)).min().unwrap();
+                assert_eq!(least.get(), expected);
+                let w = least.get().1;
+                load[w as usize] += 1 + step % 3;
+                least.update(w, &load);
+            }
+        }
+    }
+}

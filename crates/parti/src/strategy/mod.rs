@@ -1,0 +1,180 @@
+//! Assignment strategies: which worker owns which partition.
+//!
+//! A strategy is a pure function of `(workers, partitions, previous)`. Three are provided:
+//!
+//! | strategy | weights | uses `previous` | balance | movement when a worker joins or leaves |
+//! |---|---|---|---|---|
+//! | [`WeightedConsistentHash`] (default) | yes | yes (sticky) | max ≤ (1+ε)·mean, or mean + heaviest partition when that is impossible | close to the minimum |
+//! | [`ConsistentHash`] | no | no | ring luck, ≈ 1.1–1.4 × mean | about the minimum, in partition count |
+//! | [`RoundRobin`] | no | no | ±1 partition per worker | almost everything |
+//!
+//! Every strategy here returns every worker of the input (possibly with no partitions) and every
+//! partition exactly once, does not depend on the order of its inputs (workers are sorted and
+//! de-duplicated), rejects an empty worker list with [`Error::Strategy`] and duplicate partition
+//! keys with [`Error::InvalidPartition`] naming the key.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use parti::{AssignmentStrategy, Partition, WeightedConsistentHash, WorkerId};
+//!
+//! let strategy: Arc<dyn AssignmentStrategy> = Arc::new(WeightedConsistentHash::default());
+//! let workers = [WorkerId::new("worker-0"), WorkerId::new("worker-1")];
+//! let partitions: Vec<Partition> =
+//!     (0..10).map(|i| Partition::new([format!("p{i}")], 0)).collect::<Result<_, _>>()?;
+//! let first = strategy.assign(&workers, &partitions, None)?;
+//! first.verify(&workers, &partitions)?;
+//! // Same inputs and the previous map: nothing moves.
+//! assert_eq!(strategy.assign(&workers, &partitions, Some(&first))?, first);
+//! # Ok::<(), parti::Error>(())
+//! ```
+
+mod balance;
+mod consistent_hash;
+mod problem;
+mod ring;
+mod round_robin;
+mod weighted;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use consistent_hash::ConsistentHash;
+pub use round_robin::RoundRobin;
+pub use weighted::WeightedConsistentHash;
+
+use crate::assignment::AssignmentMap;
+use crate::error::{Error, Result};
+use crate::partition::{Partition, WorkerId};
+
+/// Decides which worker owns which partition.
+///
+/// Implementations must be pure and deterministic: equal inputs give equal outputs. Every
+/// worker of `workers` appears in the result (possibly owning nothing) and every partition is
+/// assigned exactly once. `previous` is the assignment currently in force, if any; sticky
+/// strategies use it to move as little as possible.
+pub trait AssignmentStrategy: Send + Sync + fmt::Debug {
+    /// Short stable name, e.g. `"weighted_consistent_hash"`.
+    fn name(&self) -> &str;
+
+    /// Assigns `partitions` to `workers`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Strategy`] when there are no workers (or the strategy is misconfigured);
+    /// [`Error::InvalidPartition`] when two partitions have the same keys.
+    fn assign(
+        &self,
+        workers: &[WorkerId],
+        partitions: &[Partition],
+        previous: Option<&AssignmentMap>,
+    ) -> Result<AssignmentMap>;
+}
+
+impl<T: AssignmentStrategy + ?Sized> AssignmentStrategy for Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn assign(
+        &self,
+        workers: &[WorkerId],
+        partitions: &[Partition],
+        previous: Option<&AssignmentMap>,
+    ) -> Result<AssignmentMap> {
+        (**self).assign(workers, partitions, previous)
+    }
+}
+
+impl<T: AssignmentStrategy + ?Sized> AssignmentStrategy for Box<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn assign(
+        &self,
+        workers: &[WorkerId],
+        partitions: &[Partition],
+        previous: Option<&AssignmentMap>,
+    ) -> Result<AssignmentMap> {
+        (**self).assign(workers, partitions, previous)
+    }
+}
+
+/// Marks "no worker" in owner vectors indexed by partition.
+pub(crate) const NO_WORKER: u32 = u32::MAX;
+
+/// The workers sorted and de-duplicated, so that input order never matters. Fails when there are
+/// none, or too many to index with `u32` (indices are `u32` to halve the memory of big runs).
+pub(crate) fn sorted_workers(
+    strategy: &str,
+    workers: &[WorkerId],
+    partitions: usize,
+) -> Result<Vec<WorkerId>> {
+    if workers.is_empty() {
+        return Err(Error::Strategy(format!(
+            "{strategy}: no workers to assign {partitions} partitions to"
+        )));
+    }
+    if workers.len() >= NO_WORKER as usize || partitions >= NO_WORKER as usize {
+        return Err(Error::Strategy(format!(
+            "{strategy}: too many workers or partitions ({} workers, {partitions} partitions)",
+            workers.len()
+        )));
+    }
+    let mut sorted = workers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    Ok(sorted)
+}
+
+/// Builds the map from `owner[i]` = index into `workers` of the owner of `partitions[i]`.
+pub(crate) fn collect_map(
+    workers: &[WorkerId],
+    partitions: &[Partition],
+    owner: &[u32],
+) -> AssignmentMap {
+    let mut counts = vec![0usize; workers.len()];
+    for &o in owner {
+        if let Some(c) = counts.get_mut(o as usize) {
+            *c += 1;
+        }
+    }
+    let mut lists: Vec<Vec<Partition>> = counts.into_iter().map(Vec::with_capacity).collect();
+    for (p, &o) in partitions.iter().zip(owner) {
+        if let Some(list) = lists.get_mut(o as usize) {
+            list.push(p.clone());
+        }
+    }
+    // Keys are unique, so an unstable sort gives the order `normalize` wants, faster; its
+    // stable sort then only checks.
+    for list in &mut lists {
+        list.sort_unstable();
+    }
+    workers.iter().cloned().zip(lists).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_workers_is_a_clear_error() {
+        let strategies: [Arc<dyn AssignmentStrategy>; 3] = [
+            Arc::new(ConsistentHash::default()),
+            Arc::new(RoundRobin),
+            Arc::new(WeightedConsistentHash::default()),
+        ];
+        for s in strategies {
+            let err = s.assign(&[], &[], None).unwrap_err();
+            assert!(matches!(err, Error::Strategy(_)), "{err}");
+            assert!(err.to_string().contains("no workers"), "{err}");
+        }
+    }
+
+    #[test]
+    fn workers_are_sorted_and_deduplicated() {
+        let ws = ["b", "a", "b"].map(WorkerId::new);
+        let sorted = sorted_workers("t", &ws, 0).unwrap();
+        assert_eq!(sorted, ["a", "b"].map(WorkerId::new));
+    }
+}

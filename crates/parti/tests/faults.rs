@@ -1,0 +1,397 @@
+//! SPEC §11 scenarios 9–11: NATS faults (server killed, links cut, a 3-node cluster losing a
+//! node) and bad input, against real nats-servers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use parti::hooks::{AlertLevel, Event};
+use parti::source::Static;
+use parti::store::{BucketSpec, NatsStore, Store};
+use parti::{Config, Error, Manager, State};
+use parti_testkit::{FaultProxy, NatsCluster, wait_until};
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// Timings where a few seconds of outage do not expire stable IDs.
+fn outage_config() -> Config {
+    let mut c = Config::fast_for_tests();
+    c.worker_id_ttl = Duration::from_secs(20);
+    c
+}
+
+/// Collects the degraded alerts a manager emits.
+fn collect_alerts(manager: &Manager) -> Arc<Mutex<Vec<AlertLevel>>> {
+    let alerts = Arc::new(Mutex::new(Vec::new()));
+    let mut events = manager.events();
+    let sink = alerts.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let Event::DegradedAlert { level, .. } = event {
+                sink.lock().unwrap().push(level);
+            }
+        }
+    });
+    alerts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_recover() {
+    let mut cluster = TestCluster::start(outage_config(), partitions(120)).await;
+    let workers = cluster.workers(4).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let alerts: Vec<_> = workers.iter().map(|(m, _)| collect_alerts(m)).collect();
+    let held: Vec<_> = workers.iter().map(|(m, _)| m.assignment()).collect();
+
+    let killed_at = Instant::now();
+    cluster.server.kill().await.unwrap();
+    wait_until(SETTLE, "every worker Degraded", || async {
+        workers.iter().all(|(m, _)| m.state() == State::Degraded)
+    })
+    .await
+    .unwrap();
+    let to_degraded = killed_at.elapsed();
+    for ((m, _), before) in workers.iter().zip(&held) {
+        assert_eq!(m.assignment(), *before, "a degraded worker keeps its assignment");
+    }
+    // Stay down long enough for the alerts to escalate to critical (3 s in these timings).
+    wait_until(SETTLE, "alerts to reach critical", || async {
+        alerts.iter().all(|a| a.lock().unwrap().contains(&AlertLevel::Critical))
+    })
+    .await
+    .unwrap();
+    for alerts in &alerts {
+        let seen = alerts.lock().unwrap().clone();
+        let mut firsts = Vec::new();
+        for level in seen {
+            if !firsts.contains(&level) {
+                firsts.push(level);
+            }
+        }
+        assert_eq!(
+            firsts,
+            [AlertLevel::Info, AlertLevel::Warn, AlertLevel::Error, AlertLevel::Critical],
+            "alerts escalate in order"
+        );
+    }
+
+    let healed_at = Instant::now();
+    cluster.server.restart().await.unwrap();
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let to_stable = healed_at.elapsed();
+    let after = cluster.published().await;
+    assert_eq!(moved(&before.map, &after.map), 0, "nothing moved: nobody died");
+    println!("s09a: fault→Degraded {to_degraded:?}, heal→Stable {to_stable:?}, moved 0");
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+/// A worker whose NATS link goes through a proxy.
+async fn proxied_worker(cluster: &TestCluster, proxy: &FaultProxy) -> Manager {
+    let client = parti_testkit::connect_options()
+        .ignore_discovered_servers()
+        .ping_interval(Duration::from_millis(200))
+        .connect(proxy.url())
+        .await
+        .unwrap();
+    Manager::builder(async_nats::jetstream::new(client))
+        .config(cluster.config.clone())
+        .source(cluster.source.clone())
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
+    let cluster = TestCluster::start(outage_config(), partitions(90)).await;
+    let mut workers = cluster.workers(3).await;
+    let proxy = FaultProxy::start(cluster.server.addr()).await.unwrap();
+    // Join after the others so that the leader is one of them.
+    let cut = proxied_worker(&cluster, &proxy).await;
+    let cut_id = cut.worker_id();
+    let mut all = ids(&workers);
+    all.push(cut_id.clone());
+    all.sort();
+    cluster.wait_for_map(&all, SETTLE).await;
+    wait_until(SETTLE, "the proxied worker to own partitions", || async {
+        cut.state() == State::Stable && !cut.assignment().partitions.is_empty()
+    })
+    .await
+    .unwrap();
+    assert!(!cut.is_leader());
+    let owned = cut.assignment();
+
+    proxy.blackhole();
+    let cut_at = Instant::now();
+    wait_until(SETTLE, "the cut-off worker to degrade", || async { cut.state() == State::Degraded })
+        .await
+        .unwrap();
+    let to_degraded = cut_at.elapsed();
+    assert_eq!(cut.assignment(), owned, "it keeps working on its last assignment");
+    // The leader treats it as crashed and hands its partitions to the others.
+    let others = ids(&workers);
+    let after = cluster.wait_for_map(&others, SETTLE).await;
+    assert_eq!(after.record.as_ref().unwrap().0.reason, "emergency");
+
+    proxy.pass();
+    let healed_at = Instant::now();
+    wait_until(SETTLE, "the worker to learn it lost its partitions and rejoin", || async {
+        cut.state() == State::Stable
+            && cluster.published().await.map.contains_worker(&cut.worker_id())
+            && cut.assignment().partitions
+                == cluster.published().await.map.partitions_of(&cut.worker_id())
+    })
+    .await
+    .unwrap();
+    println!(
+        "s09b: cut→Degraded {to_degraded:?}, heal→Stable {:?}, orphans moved {}",
+        healed_at.elapsed(),
+        owned.partitions.len()
+    );
+    workers.push((cut, Recorder::default()));
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09c_cut_off_leader_is_replaced_and_fenced() {
+    let config = outage_config();
+    let failover_budget = config.election_ttl + Duration::from_secs(1);
+    let cluster = TestCluster::start(config, partitions(60)).await;
+    let proxy = FaultProxy::start(cluster.server.addr()).await.unwrap();
+    // The first worker to start becomes the leader: make it the proxied one.
+    let leader = proxied_worker_started_first(&cluster, &proxy).await;
+    let mut workers = cluster.workers(2).await;
+    let mut all = ids(&workers);
+    all.push(leader.worker_id());
+    all.sort();
+    let before = cluster.wait_for_map(&all, SETTLE).await;
+    assert!(leader.is_leader(), "the first worker leads");
+
+    proxy.blackhole();
+    let cut_at = Instant::now();
+    wait_until(failover_budget + SETTLE, "a new leader among the others", || async {
+        workers.iter().any(|(m, _)| m.is_leader())
+    })
+    .await
+    .unwrap();
+    let failover = cut_at.elapsed();
+    assert!(failover <= failover_budget, "failover took {failover:?}");
+    // The old leader stepped down by itself: its lease could not be renewed.
+    wait_until(SETTLE, "the cut-off leader to step down", || async { !leader.is_leader() })
+        .await
+        .unwrap();
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert!(after.version() > before.version());
+    let term_after = after.record.as_ref().unwrap().0.term;
+    assert!(term_after > before.record.as_ref().unwrap().0.term, "a new term publishes");
+
+    proxy.pass();
+    wait_until(SETTLE, "the old leader to rejoin as a follower", || async {
+        leader.state() == State::Stable
+            && !leader.is_leader()
+            && cluster.published().await.map.contains_worker(&leader.worker_id())
+    })
+    .await
+    .unwrap();
+    // Nothing the old leader did after losing its term was committed.
+    let now = cluster.published().await;
+    assert!(now.record.as_ref().unwrap().0.term >= term_after);
+    println!("s09c: leader failover {failover:?}");
+    workers.push((leader, Recorder::default()));
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+async fn proxied_worker_started_first(cluster: &TestCluster, proxy: &FaultProxy) -> Manager {
+    proxied_worker(cluster, proxy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_three_node_nats_cluster_survives_losing_a_node() {
+    init_tracing();
+    let mut nats = NatsCluster::start(3).await.unwrap();
+    let mut config = Config::fast_for_tests();
+    config.kv_buckets.replicas = 3;
+    config.operation_timeout = Duration::from_secs(2);
+    config.degraded_behavior.enter_threshold = Duration::from_secs(5);
+    let source = Static::new(partitions(90));
+    let start = |node: usize| {
+        let urls = nats.urls();
+        let config = config.clone();
+        let source = source.clone();
+        async move {
+            let client = parti_testkit::connect_options()
+                .connect(urls[node].as_str())
+                .await
+                .unwrap();
+            Manager::builder(async_nats::jetstream::new(client))
+                .config(config)
+                .source(source)
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    // Two workers on each node; the leader is the first started (node 0).
+    let mut workers = Vec::new();
+    for node in [0, 0, 1, 1, 2, 2] {
+        workers.push(start(node).await);
+    }
+    let client = nats.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let assignment = store
+        .bucket(&BucketSpec::new(config.kv_buckets.assignment.clone()).replicas(3))
+        .await
+        .unwrap();
+    let published = || async { parti::records::read_published(&*assignment).await };
+    wait_until(SETTLE, "a map over all six workers", || async {
+        published().await.is_ok_and(|p| p.map.len() == 6 && p.map.partition_count() == 90)
+    })
+    .await
+    .unwrap();
+
+    // Case 1: a node without the leader dies; a worker crashes meanwhile and is handled.
+    nats.kill(2).await.unwrap();
+    let victim = workers.remove(1);
+    victim.kill().await;
+    wait_until(SETTLE * 2, "the crash handled with a node down", || async {
+        published()
+            .await
+            .is_ok_and(|p| !p.map.contains_worker(&victim.worker_id()) && p.map.partition_count() == 90)
+    })
+    .await
+    .unwrap();
+    nats.restart(2).await.unwrap();
+
+    // Case 2: the node the leader is connected to dies; the others take over.
+    let leader = workers.iter().position(|m| m.is_leader()).expect("a leader");
+    assert!(leader < 1, "the leader is on node 0");
+    nats.kill(0).await.unwrap();
+    let survivors: Vec<_> = workers.iter().filter(|m| m.worker_id() != workers[0].worker_id()).collect();
+    wait_until(SETTLE * 2, "a leader on a surviving node", || async {
+        survivors.iter().any(|m| m.is_leader())
+    })
+    .await
+    .unwrap();
+    wait_until(SETTLE * 2, "every partition still owned exactly once", || async {
+        published().await.is_ok_and(|p| {
+            let parts = partitions(90);
+            let live: Vec<_> = p.map.workers().cloned().collect();
+            p.map.verify(&live, &parts).is_ok()
+        })
+    })
+    .await
+    .unwrap();
+    nats.restart(0).await.unwrap();
+    for m in &workers {
+        let _ = m.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
+    // Malformed and invalid configuration: clear errors, every violation named.
+    let err = Config::from_yaml_str("heartbeatInterval: [oops").unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    let err = Config::from_yaml_str("heartbeatIntervall: 1s").unwrap_err();
+    assert!(err.to_string().contains("heartbeatIntervall"), "{err}");
+    let err = Config::from_yaml_str("workerIdMin: 5\nworkerIdMax: 1\nheartbeatTtl: 1ms").unwrap_err();
+    let Error::InvalidConfig { violations } = &err else { panic!("{err}") };
+    assert!(violations.len() >= 2, "{err}");
+
+    let mut cluster_config = Config::fast_for_tests();
+    cluster_config.worker_id_max = 2; // three IDs
+    let cluster = TestCluster::start(cluster_config.clone(), partitions(30)).await;
+
+    // An invalid config never reaches NATS.
+    let mut bad = cluster_config.clone();
+    bad.heartbeat_ttl = Duration::ZERO;
+    let client = cluster.server.client().await.unwrap();
+    let err = Manager::builder(async_nats::jetstream::new(client))
+        .config(bad)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+
+    // Garbage in every bucket before the cluster starts.
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let b = &cluster_config.kv_buckets;
+    let garbage = Bytes::from_static(b"\x00\xffnot json{");
+    let stable = store
+        .bucket(&parti::stable_id::bucket_spec(&b.stable_id, cluster_config.worker_id_ttl, 1))
+        .await
+        .unwrap();
+    stable.put("worker-2", garbage.clone()).await.unwrap();
+    let heartbeat = store
+        .bucket(&parti::heartbeat::bucket_spec(&b.heartbeat, cluster_config.heartbeat_ttl, 1))
+        .await
+        .unwrap();
+    heartbeat.put("ghost", garbage.clone()).await.unwrap();
+    let assignment = store.bucket(&BucketSpec::new(b.assignment.clone())).await.unwrap();
+    assignment.put("cluster", garbage.clone()).await.unwrap();
+    assignment.put("worker.worker-0", garbage.clone()).await.unwrap();
+
+    // Two workers fit (worker-2 holds garbage: taken until it expires).
+    let workers = cluster.workers(2).await;
+    let published = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(published.map.partition_count(), 30, "the garbage was healed by a good publish");
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    // Garbage in the election bucket while running: the leader keeps (or regains) its lease.
+    let election = store
+        .bucket(&parti::election::bucket_spec(&b.election, cluster_config.election_ttl, 1))
+        .await
+        .unwrap();
+    election.put("garbage-key", garbage.clone()).await.unwrap();
+
+    // A source with duplicates: the leader keeps the last good map and reports the error.
+    let mut errors = workers.iter().find(|(m, _)| m.is_leader()).unwrap().0.events();
+    let mut dup = partitions(30);
+    dup.push(dup[0].clone());
+    cluster.source.set(dup).await;
+    let leader = workers.iter().find(|(m, _)| m.is_leader()).unwrap();
+    leader.0.refresh_partitions().await.unwrap();
+    let reported = tokio::time::timeout(SETTLE, async {
+        while let Ok(event) = errors.recv().await {
+            if let Event::Error(e) = event
+                && e.to_string().contains("duplicate")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(reported, Ok(true), "the duplicate is reported");
+    assert_eq!(cluster.published().await.map, published.map, "the last good map stays");
+
+    // An exhausted pool: the third worker takes worker-2 only once its garbage expired; a
+    // fourth gets IdPoolExhausted.
+    cluster.source.set(partitions(30)).await;
+    wait_until(SETTLE, "the garbage stable ID to expire", || async {
+        stable.get("worker-2").await.is_ok_and(|e| e.is_none())
+    })
+    .await
+    .unwrap();
+    let third = cluster.worker().await.expect("third worker after the garbage ID expired");
+    let err = cluster.worker().await.expect_err("a fourth worker must fail");
+    assert!(matches!(err, Error::IdPoolExhausted { min: 0, max: 2 }), "{err}");
+    third.0.stop().await.unwrap();
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
