@@ -24,7 +24,7 @@ use crate::{heartbeat, stable_id};
 #[derive(Debug)]
 pub(crate) enum StoreSource {
     /// NATS KV over this context; built at start so that `operationTimeout` applies.
-    Nats(async_nats::jetstream::Context),
+    Nats(Box<async_nats::jetstream::Context>),
     /// A store supplied as is.
     Custom(Arc<dyn Store>),
 }
@@ -108,7 +108,7 @@ impl ManagerBuilder {
         let config = Arc::new(self.config);
         let store: Arc<dyn Store> = match self.store {
             StoreSource::Nats(js) => Arc::new(
-                crate::store::NatsStore::new(js).with_operation_timeout(config.operation_timeout),
+                crate::store::NatsStore::new(*js).with_operation_timeout(config.operation_timeout),
             ),
             StoreSource::Custom(store) => store,
         };

@@ -63,7 +63,7 @@ pub struct Manager {
 impl Manager {
     /// A builder over a JetStream context (the usual way).
     pub fn builder(jetstream: async_nats::jetstream::Context) -> ManagerBuilder {
-        ManagerBuilder::new(builder::StoreSource::Nats(jetstream))
+        ManagerBuilder::new(builder::StoreSource::Nats(Box::new(jetstream)))
     }
 
     /// A builder over any [`Store`](crate::store::Store) — e.g. an in-memory one for
