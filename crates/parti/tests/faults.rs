@@ -244,10 +244,10 @@ async fn s10_three_node_nats_cluster_survives_losing_a_node() {
                 .unwrap()
         }
     };
-    // Two workers on each node; the leader is the first started (node 0).
+    // Two workers on each node.
     let mut workers = Vec::new();
     for node in [0, 0, 1, 1, 2, 2] {
-        workers.push(start(node).await);
+        workers.push((start(node).await, node));
     }
     let client = nats.client().await.unwrap();
     let store = NatsStore::new(async_nats::jetstream::new(client));
@@ -256,46 +256,52 @@ async fn s10_three_node_nats_cluster_survives_losing_a_node() {
         .await
         .unwrap();
     let published = || async { parti::records::read_published(&*assignment).await };
+    let covers_all = |p: &parti::records::Published| {
+        let live: Vec<_> = p.map.workers().cloned().collect();
+        p.map.verify(&live, &partitions(90)).is_ok()
+    };
     wait_until(SETTLE, "a map over all six workers", || async {
-        published().await.is_ok_and(|p| p.map.len() == 6 && p.map.partition_count() == 90)
+        published().await.is_ok_and(|p| p.map.len() == 6 && covers_all(&p))
     })
     .await
     .unwrap();
+    let leader_node = |workers: &[(Manager, usize)]| workers.iter().find(|(m, _)| m.is_leader()).map(|(_, n)| *n);
 
-    // Case 1: a node without the leader dies; a worker crashes meanwhile and is handled.
-    nats.kill(2).await.unwrap();
-    let victim = workers.remove(1);
+    // Case 1: a node the leader is not connected to dies; a worker on another node crashes
+    // meanwhile and is handled.
+    let leader_at = leader_node(&workers).expect("a leader");
+    let quiet_node = (0..3).find(|n| *n != leader_at).unwrap();
+    nats.kill(quiet_node).await.unwrap();
+    let victim_index = workers
+        .iter()
+        .position(|(m, n)| *n != quiet_node && !m.is_leader())
+        .unwrap();
+    let (victim, _) = workers.remove(victim_index);
     victim.kill().await;
     wait_until(SETTLE * 2, "the crash handled with a node down", || async {
         published()
             .await
-            .is_ok_and(|p| !p.map.contains_worker(&victim.worker_id()) && p.map.partition_count() == 90)
+            .is_ok_and(|p| !p.map.contains_worker(&victim.worker_id()) && covers_all(&p))
     })
     .await
     .unwrap();
-    nats.restart(2).await.unwrap();
+    nats.restart(quiet_node).await.unwrap();
 
-    // Case 2: the node the leader is connected to dies; the others take over.
-    let leader = workers.iter().position(|m| m.is_leader()).expect("a leader");
-    assert!(leader < 1, "the leader is on node 0");
-    nats.kill(0).await.unwrap();
-    let survivors: Vec<_> = workers.iter().filter(|m| m.worker_id() != workers[0].worker_id()).collect();
+    // Case 2: the node the leader is connected to dies; a worker elsewhere takes over.
+    let leader_at = leader_node(&workers).expect("a leader");
+    nats.kill(leader_at).await.unwrap();
     wait_until(SETTLE * 2, "a leader on a surviving node", || async {
-        survivors.iter().any(|m| m.is_leader())
+        workers.iter().any(|(m, n)| *n != leader_at && m.is_leader())
     })
     .await
     .unwrap();
     wait_until(SETTLE * 2, "every partition still owned exactly once", || async {
-        published().await.is_ok_and(|p| {
-            let parts = partitions(90);
-            let live: Vec<_> = p.map.workers().cloned().collect();
-            p.map.verify(&live, &parts).is_ok()
-        })
+        published().await.is_ok_and(|p| covers_all(&p))
     })
     .await
     .unwrap();
-    nats.restart(0).await.unwrap();
-    for m in &workers {
+    nats.restart(leader_at).await.unwrap();
+    for (m, _) in &workers {
         let _ = m.stop().await;
     }
 }
