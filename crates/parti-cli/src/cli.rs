@@ -1,0 +1,79 @@
+//! Command-line definition (clap) and the options shared by every subcommand.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::connect::ConnectArgs;
+
+/// Inspect and run Parti clusters: weighted partitions handed to a changing set of workers,
+/// coordinated through NATS JetStream KV.
+#[derive(Debug, Parser)]
+#[command(name = "parti", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Show workers, leader, assignment version, phase and anything inconsistent.
+    ///
+    /// Exit codes: 0 consistent, 1 error, 2 an inconsistency is flagged, 3 no cluster found.
+    Status(crate::status::StatusArgs),
+    /// Show the same view as `status`, redrawn live on KV events, until Ctrl-C.
+    Watch(crate::watch::WatchArgs),
+    /// Run one worker from a config and a partition list; stops gracefully on SIGTERM/SIGINT.
+    Worker(crate::worker::WorkerArgs),
+}
+
+/// Options every subcommand accepts (before or after the subcommand name).
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// Parti configuration file (YAML); bucket names and timings come from it. `PARTI_…`
+    /// environment variables are laid over it (or over the defaults when no file is given).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl Global {
+    /// The configuration: the file (if any), then environment overrides, validated.
+    pub(crate) fn load_config(&self) -> anyhow::Result<parti::Config> {
+        let base = match &self.config {
+            Some(path) => parti::Config::from_yaml_file(path)
+                .with_context(|| format!("cannot load the configuration {}", path.display()))?,
+            None => parti::Config::default(),
+        };
+        base.with_env_overrides()
+            .context("invalid PARTI_… environment variable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let before = Cli::try_parse_from(["parti", "--nats", "nats://a:1", "status", "--json"]);
+        let after = Cli::try_parse_from(["parti", "status", "--json", "--nats", "nats://a:1"]);
+        for cli in [before, after] {
+            let cli = cli.unwrap();
+            assert_eq!(cli.global.connect.nats, "nats://a:1");
+            assert!(matches!(cli.command, Command::Status(ref s) if s.json));
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The human form of a [`Report`]: a few summary lines, an aligned table of workers, the issues.
+
+use std::fmt::Write as _;
+
+use crate::report::{Report, Severity};
+
+/// A duration in milliseconds, short: `0.4s`, `12s`, `3m04s`, `2h05m`.
+pub(crate) fn age(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..10 => format!("{}.{}s", secs, (ms % 1000) / 100),
+        10..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// Left-aligned columns separated by two spaces; trailing spaces trimmed.
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let headers: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&headers).chain(rows) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// The full human report.
+pub(crate) fn human(report: &Report, server: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "server     {server}");
+    match &report.cluster {
+        Some(c) => {
+            let mut phase = c.phase.to_owned();
+            if let (Some(reason), Some(until)) = (&c.scaling_reason, c.scaling_until_ms) {
+                let left = until.saturating_sub(report.generated_at_ms);
+                let _ = write!(phase, " ({reason}, {} left)", age(left));
+            }
+            let lifecycle = match c.lifecycle {
+                parti::Lifecycle::ColdStart => "cold start",
+                parti::Lifecycle::Running => "running",
+            };
+            let _ = writeln!(
+                out,
+                "cluster    version {}, term {}, phase {phase}, lifecycle {lifecycle}, last publish: {}",
+                c.version, c.term, c.reason
+            );
+            let _ = writeln!(
+                out,
+                "map        {} workers, {} of {} partitions owned, weight {}",
+                c.workers, c.owned_partitions, c.partition_count, c.total_weight
+            );
+        }
+        None => {
+            let _ = writeln!(out, "cluster    no assignment published yet");
+        }
+    }
+    match &report.leader {
+        Some(l) => {
+            let _ = writeln!(
+                out,
+                "leader     {}, term {}, for {}",
+                l.worker,
+                l.term,
+                age(l.held_for_ms)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "leader     none");
+        }
+    }
+    out.push('\n');
+    if report.workers.is_empty() {
+        out.push_str("no workers\n");
+    } else {
+        out.push_str(&workers_table(report));
+    }
+    if report.workers.iter().any(|w| w.partition_keys.is_some()) {
+        out.push('\n');
+        for w in &report.workers {
+            if let Some(keys) = &w.partition_keys {
+                let _ = writeln!(out, "{}: {}", w.id, keys.join(" "));
+            }
+        }
+    }
+    out.push('\n');
+    if report.issues.is_empty() {
+        out.push_str("no issues\n");
+    } else {
+        let _ = writeln!(out, "{} issue(s):", report.issues.len());
+        let rows: Vec<Vec<String>> = report
+            .issues
+            .iter()
+            .map(|i| {
+                let severity = match i.severity {
+                    Severity::Error => "ERROR",
+                    Severity::Warning => "warning",
+                };
+                vec![
+                    format!("  {severity}"),
+                    i.kind.to_owned(),
+                    format!("{}: {}", i.subject, i.message),
+                ]
+            })
+            .collect();
+        let text = table(&["", "", ""], &rows);
+        // Skip the empty header line.
+        for line in text.lines().skip(1) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+fn workers_table(report: &Report) -> String {
+    let rows: Vec<Vec<String>> = report
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.health.as_str().to_owned(),
+                if w.leader { "*" } else { "" }.to_owned(),
+                opt(w.state),
+                opt(w.heartbeat_age_ms.map(age)),
+                opt(w.applied_version),
+                opt(w.assigned_version),
+                opt(w.partitions),
+                opt(w.weight),
+                opt(w.instance.as_deref()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "WORKER",
+            "HEALTH",
+            "LEADER",
+            "STATE",
+            "HEARTBEAT",
+            "APPLIED",
+            "ASSIGNED",
+            "PARTITIONS",
+            "WEIGHT",
+            "INSTANCE",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(0), "0.0s");
+        assert_eq!(age(1_450), "1.4s");
+        assert_eq!(age(12_000), "12s");
+        assert_eq!(age(184_000), "3m04s");
+        assert_eq!(age(7_500_000), "2h05m");
+    }
+
+    #[test]
+    fn columns_are_aligned() {
+        let text = table(
+            &["A", "LONG"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
+        assert_eq!(text, "A    LONG\nxyz  1\nq    22\n");
+    }
+}
