@@ -1,0 +1,53 @@
+//! The examples, run for real against a nats-server (each example exposes a `run` function
+//! that its `main` calls).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../examples/basic.rs"]
+mod basic;
+#[path = "../examples/custom_strategy.rs"]
+mod custom_strategy;
+#[path = "../examples/kv_watcher.rs"]
+mod kv_watcher;
+
+use std::time::Duration;
+
+use parti::{AssignmentStrategy, Config, WorkerId};
+use parti_testkit::NatsServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_worker_gets_every_partition_alone_and_the_watcher_sees_the_publish() {
+    let server = NatsServer::start().await.unwrap();
+    let url = server.url();
+    let watcher = tokio::spawn({
+        let url = url.clone();
+        async move { kv_watcher::run(&url, "parti-assignment", Some(1)).await.unwrap() }
+    });
+    let held = basic::run(&url, Config::fast_for_tests(), Some(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert_eq!(held, 32, "a lone worker owns every partition");
+    let versions = tokio::time::timeout(Duration::from_secs(10), watcher).await.unwrap().unwrap();
+    assert_eq!(versions, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_strategy_keeps_tenants_together() {
+    let server = NatsServer::start().await.unwrap();
+    let url = server.url();
+    let (a, b) = tokio::join!(
+        custom_strategy::run(&url, Config::fast_for_tests(), Duration::from_secs(3)),
+        custom_strategy::run(&url, Config::fast_for_tests(), Duration::from_secs(3)),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 4, "each tenant served by exactly one worker: {a:?} {b:?}");
+    assert!(a.iter().all(|t| !b.contains(t)));
+
+    let parts: Vec<_> = (0..6)
+        .map(|i| parti::Partition::new([format!("t{}", i % 3), format!("p{i}")], 1).unwrap())
+        .collect();
+    let workers = [WorkerId::new("w1"), WorkerId::new("w0")];
+    let map = custom_strategy::TenantAffinity.assign(&workers, &parts, None).unwrap();
+    map.verify(&workers, &parts).unwrap();
+    assert!(custom_strategy::TenantAffinity.assign(&[], &parts, None).is_err());
+}
