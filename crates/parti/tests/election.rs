@@ -1,0 +1,346 @@
+//! Leader election against a real nats-server (SPEC §5.3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parti::WorkerId;
+use parti::election::{self, ElectionAgent, Elector, LEADER_KEY, Leadership, NatsLeaseElection};
+use parti::store::{Bucket, Entry, NatsStore, Store, StoreError, WatchStream};
+use parti_testkit::{NatsServer, wait_until};
+use tokio::time::Instant;
+
+const BUCKET: &str = "parti-election";
+const TTL: Duration = Duration::from_secs(2);
+
+async fn bucket(server: &NatsServer) -> Arc<dyn Bucket> {
+    let store = NatsStore::new(async_nats::jetstream::new(server.client().await.unwrap()));
+    store
+        .bucket(&election::bucket_spec(BUCKET, TTL, 1))
+        .await
+        .unwrap()
+}
+
+fn contender(bucket: Arc<dyn Bucket>, i: usize) -> Elector {
+    let agent = NatsLeaseElection::new(
+        bucket.clone(),
+        WorkerId::new(format!("worker-{i}")),
+        format!("instance-{i}"),
+        TTL,
+    );
+    Elector::spawn(Arc::new(agent), Some(bucket))
+}
+
+async fn contenders(server: &NatsServer, n: usize) -> Vec<Elector> {
+    let mut all = Vec::new();
+    for i in 0..n {
+        // One connection each, as separate processes would have.
+        all.push(contender(bucket(server).await, i));
+    }
+    all
+}
+
+/// Indices and terms of the electors that currently believe they lead.
+fn leaders(electors: &[Option<Elector>]) -> Vec<(usize, u64)> {
+    electors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((i, e.as_ref()?.leadership().borrow().term()?)))
+        .collect()
+}
+
+async fn one_leader(
+    electors: &[Option<Elector>],
+    within: Duration,
+    what: &str,
+) -> ((usize, u64), Duration) {
+    let took = wait_until(within, what, || {
+        let n = leaders(electors).len();
+        async move { n == 1 }
+    })
+    .await
+    .unwrap();
+    (leaders(electors)[0], took)
+}
+
+#[tokio::test]
+async fn ten_contenders_have_exactly_one_leader_at_every_instant() {
+    let server = NatsServer::start().await.unwrap();
+    let electors: Vec<_> = contenders(&server, 10)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    let ((first, term), _) = one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+
+    let observer = bucket(&server).await;
+    let record = election::current_leader(&*observer).await.unwrap().unwrap();
+    assert_eq!(
+        (record.worker.as_str(), record.term),
+        (format!("worker-{first}").as_str(), term)
+    );
+
+    let start = Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < Duration::from_secs(5) {
+        assert_eq!(leaders(&electors), [(first, term)], "sample {samples}");
+        samples += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(samples > 100);
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_leader_is_replaced_within_ttl_plus_1s_by_a_larger_term() {
+    let server = NatsServer::start().await.unwrap();
+    let mut electors: Vec<_> = contenders(&server, 3).await.into_iter().map(Some).collect();
+    let ((old, old_term), _) =
+        one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+
+    electors[old].take().unwrap().abort();
+    let ((new, new_term), took) = one_leader(
+        &electors,
+        TTL + Duration::from_secs(1),
+        "a new leader after the crash",
+    )
+    .await;
+    assert_ne!(new, old);
+    assert!(
+        new_term > old_term,
+        "term {new_term} must exceed {old_term}"
+    );
+    println!("MEASURE election: failover after abort {took:?} (TTL {TTL:?})");
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_released_leader_hands_over_within_1s_by_a_larger_term() {
+    let server = NatsServer::start().await.unwrap();
+    let mut electors: Vec<_> = contenders(&server, 3).await.into_iter().map(Some).collect();
+    let ((old, old_term), _) =
+        one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+
+    let stopping = Instant::now();
+    let leader = electors[old].take().unwrap();
+    let leadership = leader.leadership();
+    leader.stop().await.unwrap();
+    assert_eq!(
+        *leadership.borrow(),
+        Leadership::Follower,
+        "a stopped leader announces it"
+    );
+    let ((new, new_term), _) = one_leader(
+        &electors,
+        Duration::from_secs(1),
+        "a new leader after the release",
+    )
+    .await;
+    let took = stopping.elapsed();
+    assert_ne!(new, old);
+    assert!(
+        new_term > old_term,
+        "term {new_term} must exceed {old_term}"
+    );
+    println!("MEASURE election: hand-over after release {took:?}");
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_steps_down_at_once() {
+    let server = NatsServer::start().await.unwrap();
+    let electors = vec![Some(contender(bucket(&server).await, 0))];
+    let ((_, term), _) = one_leader(&electors, Duration::from_secs(3), "a leader").await;
+
+    let intruder = bucket(&server).await;
+    intruder
+        .put(
+            LEADER_KEY,
+            Bytes::from_static(br#"{"v":1,"worker":"x","instance":"x","term":1,"acquiredAt":1}"#),
+        )
+        .await
+        .unwrap();
+    let elector = electors.into_iter().flatten().next().unwrap();
+    let leadership = elector.leadership();
+    let took = wait_until(
+        TTL / 3 + Duration::from_millis(300),
+        "the leader to step down",
+        || {
+            let follower = *leadership.borrow() == Leadership::Follower;
+            async move { follower }
+        },
+    )
+    .await
+    .unwrap();
+    println!("MEASURE election: overwritten lease noticed after {took:?} (term {term})");
+    assert!(!elector.agent().is_leader());
+    elector.stop().await.unwrap();
+}
+
+/// A bucket whose writes fail while `failing` is set, as a store with transient errors would.
+#[derive(Debug)]
+struct FlakyBucket {
+    inner: Arc<dyn Bucket>,
+    failing: AtomicBool,
+}
+
+#[async_trait]
+impl Bucket for FlakyBucket {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        self.check("create")?;
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+        self.check("update")?;
+        self.inner.update(key, value, expected).await
+    }
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        self.check("put")?;
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+        self.check("delete")?;
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+        self.inner.list(pattern).await
+    }
+    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+        self.inner.watch(pattern).await
+    }
+}
+
+impl FlakyBucket {
+    fn check(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout {
+                op,
+                bucket: self.name().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn transient_renewal_errors_are_retried_within_the_lease_and_never_trusted_past_it() {
+    let server = NatsServer::start().await.unwrap();
+    let flaky = Arc::new(FlakyBucket {
+        inner: bucket(&server).await,
+        failing: AtomicBool::new(false),
+    });
+    let agent = Arc::new(NatsLeaseElection::new(
+        flaky.clone(),
+        "worker-0".into(),
+        "i0".into(),
+        TTL,
+    ));
+    let elector = Elector::spawn(agent.clone(), Some(flaky.clone()));
+    let mut leadership = elector.leadership();
+    leadership.wait_for(Leadership::is_leader).await.unwrap();
+    let term = agent.term().unwrap();
+    // Let the term be written and one renewal pass, so the failure window starts after a success.
+    let renewed_at = wait_for_renewal(&*flaky).await;
+
+    // A failure shorter than the lease: still the leader, same term, no step-down in between.
+    flaky.failing.store(true, Ordering::SeqCst);
+    let mut stepped_down = false;
+    while renewed_at.elapsed() < TTL / 2 {
+        stepped_down |= !leadership.borrow_and_update().is_leader();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flaky.failing.store(false, Ordering::SeqCst);
+    let renewed_again = wait_for_renewal(&*flaky).await;
+    assert!(
+        !stepped_down,
+        "a transient error must not cost the leadership"
+    );
+    assert_eq!(*elector.leadership().borrow(), Leadership::Leader { term });
+
+    // A failure that outlasts the lease: the leader steps down before the lease would run out.
+    flaky.failing.store(true, Ordering::SeqCst);
+    wait_until(TTL, "the leader to step down within its lease", || {
+        let follower = !leadership.borrow().is_leader();
+        async move { follower }
+    })
+    .await
+    .unwrap();
+    let stepped_after = renewed_again.elapsed();
+    assert!(
+        stepped_after < TTL,
+        "stepped down {stepped_after:?} after the last renewal"
+    );
+    println!(
+        "MEASURE election: stepped down {stepped_after:?} after the last successful renewal (TTL {TTL:?})"
+    );
+    flaky.failing.store(false, Ordering::SeqCst);
+    elector.stop().await.unwrap();
+}
+
+/// Waits until the leader key's revision moves, and returns when that was seen.
+async fn wait_for_renewal(bucket: &dyn Bucket) -> Instant {
+    let before = bucket.get(LEADER_KEY).await.unwrap().unwrap().revision;
+    wait_until(TTL, "a renewal", || async move {
+        bucket
+            .get(LEADER_KEY)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|e| e.revision > before)
+    })
+    .await
+    .unwrap();
+    Instant::now()
+}
+
+#[tokio::test]
+async fn one_leader_again_after_a_server_restart() {
+    let mut server = NatsServer::start().await.unwrap();
+    let electors: Vec<_> = contenders(&server, 3).await.into_iter().map(Some).collect();
+    one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+
+    server.restart().await.unwrap();
+    let back = Instant::now();
+    let observer = bucket(&server).await;
+    wait_until(
+        Duration::from_secs(5),
+        "exactly one leader, matching the leader key",
+        || {
+            let leaders = leaders(&electors);
+            let observer = observer.clone();
+            async move {
+                let Ok(Some(record)) = election::current_leader(&*observer).await else {
+                    return false;
+                };
+                leaders.len() == 1
+                    && record.worker.as_str() == format!("worker-{}", leaders[0].0)
+                    && record.term == leaders[0].1
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "MEASURE election: one leader again {:?} after the server came back",
+        back.elapsed()
+    );
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}

@@ -1,0 +1,349 @@
+//! Heartbeats and the membership watcher against a real nats-server (SPEC §5.2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use parti::heartbeat::{self, HeartbeatValue, Heartbeater, MembershipEvent, MembershipWatcher};
+use parti::store::{Bucket, Entry, NatsStore, Store, StoreError, WatchEvent, WatchStream, codec};
+use parti::{State, WorkerId};
+use parti_testkit::{NatsServer, wait_until};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+const BUCKET: &str = "parti-heartbeat";
+
+async fn bucket(server: &NatsServer, ttl: Duration) -> Arc<dyn Bucket> {
+    let store = NatsStore::new(async_nats::jetstream::new(server.client().await.unwrap()));
+    store
+        .bucket(&heartbeat::bucket_spec(BUCKET, ttl, 1))
+        .await
+        .unwrap()
+}
+
+fn beat(
+    bucket: Arc<dyn Bucket>,
+    id: &str,
+    interval: Duration,
+) -> (Heartbeater, watch::Sender<(State, u64)>) {
+    let (info_tx, info) = watch::channel((State::Stable, 0));
+    let hb = Heartbeater::spawn(
+        bucket,
+        WorkerId::new(id),
+        format!("{id}-instance"),
+        interval,
+        info,
+    );
+    (hb, info_tx)
+}
+
+/// Waits for the next membership event, with a deadline.
+async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<MembershipEvent>,
+    within: Duration,
+) -> MembershipEvent {
+    tokio::time::timeout(within, events.recv())
+        .await
+        .expect("a membership event in time")
+        .expect("the watcher is running")
+}
+
+async fn value_of(bucket: &dyn Bucket, id: &str) -> Option<HeartbeatValue> {
+    let entry = bucket.get(id).await.ok()??;
+    codec::decode(BUCKET, id, &entry.value).ok()
+}
+
+fn unix_ms() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(now.as_millis()).unwrap()
+}
+
+#[tokio::test]
+async fn heartbeats_carry_state_and_version_and_follow_changes_at_once() {
+    let server = NatsServer::start().await.unwrap();
+    let bucket = bucket(&server, Duration::from_secs(5)).await;
+    // A long interval: a change must be written without waiting for the next tick.
+    let (hb, info) = beat(bucket.clone(), "worker-0", Duration::from_secs(60));
+    wait_until(Duration::from_secs(2), "the first heartbeat", || {
+        let b = bucket.clone();
+        async move {
+            value_of(&*b, "worker-0")
+                .await
+                .is_some_and(|v| v.state == State::Stable)
+        }
+    })
+    .await
+    .unwrap();
+    let raw = bucket.get("worker-0").await.unwrap().unwrap().value;
+    let json: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(json["v"], 1);
+    assert_eq!(json["instance"], "worker-0-instance");
+    assert!(
+        json["appliedVersion"].is_u64() && json["ts"].is_u64(),
+        "{json}"
+    );
+
+    info.send_replace((State::Rebalancing, 7));
+    wait_until(
+        Duration::from_secs(2),
+        "the changed state to be written",
+        || {
+            let b = bucket.clone();
+            async move {
+                value_of(&*b, "worker-0")
+                    .await
+                    .is_some_and(|v| v.state == State::Rebalancing && v.applied_version == 7)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(*hb.failures().borrow(), 0);
+    hb.stop().await.unwrap();
+    assert!(
+        bucket.get("worker-0").await.unwrap().is_none(),
+        "a graceful stop deletes the key"
+    );
+}
+
+#[tokio::test]
+async fn the_first_snapshot_reports_present_workers_as_joined() {
+    let server = NatsServer::start().await.unwrap();
+    let ttl = Duration::from_secs(3);
+    let bucket = bucket(&server, ttl).await;
+    let workers: Vec<_> = ["worker-0", "worker-1", "worker-2"]
+        .into_iter()
+        .map(|id| beat(bucket.clone(), id, Duration::from_millis(500)))
+        .collect();
+    wait_until(Duration::from_secs(2), "three heartbeats", || {
+        let b = bucket.clone();
+        async move { b.list(">").await.is_ok_and(|l| l.len() == 3) }
+    })
+    .await
+    .unwrap();
+
+    let (watcher, mut events) = MembershipWatcher::spawn(bucket.clone(), ttl);
+    let mut joined = BTreeSet::new();
+    for _ in 0..3 {
+        match next_event(&mut events, Duration::from_secs(2)).await {
+            MembershipEvent::Joined(id) => joined.insert(id),
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+    let expected: BTreeSet<WorkerId> = ["worker-0", "worker-1", "worker-2"]
+        .map(WorkerId::new)
+        .into();
+    assert_eq!(joined, expected);
+    assert!(*watcher.synced().borrow());
+    assert_eq!(*watcher.live().borrow(), expected);
+
+    // Steady heartbeats of known workers produce no events.
+    let quiet = tokio::time::timeout(Duration::from_millis(1200), events.recv()).await;
+    assert!(quiet.is_err(), "no event expected, got {quiet:?}");
+    for (hb, _) in workers {
+        hb.stop().await.unwrap();
+    }
+    watcher.stop().await;
+}
+
+#[tokio::test]
+async fn a_crashed_worker_is_reported_expired_within_ttl_plus_1s() {
+    let server = NatsServer::start().await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let bucket = bucket(&server, ttl).await;
+    let (watcher, mut events) = MembershipWatcher::spawn(bucket.clone(), ttl);
+    let (hb, _info) = beat(bucket.clone(), "worker-7", Duration::from_millis(500));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(2)).await,
+        MembershipEvent::Joined("worker-7".into())
+    );
+
+    hb.abort();
+    let crashed = Instant::now();
+    let event = next_event(&mut events, ttl + Duration::from_secs(1)).await;
+    let took = crashed.elapsed();
+    assert_eq!(event, MembershipEvent::Expired("worker-7".into()));
+    assert!(watcher.live().borrow().is_empty());
+    println!(
+        "MEASURE heartbeat: Expired seen {took:?} after the abort (TTL {ttl:?}, interval 500ms)"
+    );
+    watcher.stop().await;
+}
+
+#[tokio::test]
+async fn a_graceful_stop_is_reported_left_within_1s() {
+    let server = NatsServer::start().await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let bucket = bucket(&server, ttl).await;
+    let (watcher, mut events) = MembershipWatcher::spawn(bucket.clone(), ttl);
+    let (hb, _info) = beat(bucket.clone(), "worker-3", Duration::from_millis(500));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(2)).await,
+        MembershipEvent::Joined("worker-3".into())
+    );
+
+    let stopping = Instant::now();
+    hb.stop().await.unwrap();
+    let event = next_event(&mut events, Duration::from_secs(1)).await;
+    let took = stopping.elapsed();
+    assert_eq!(event, MembershipEvent::Left("worker-3".into()));
+    println!("MEASURE heartbeat: Left seen {took:?} after stop() began");
+    watcher.stop().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_heartbeat_counts_as_live_and_is_counted() {
+    let server = NatsServer::start().await.unwrap();
+    let bucket = bucket(&server, Duration::from_secs(3)).await;
+    let (watcher, mut events) = MembershipWatcher::spawn(bucket.clone(), Duration::from_secs(3));
+    bucket
+        .put("worker-9", Bytes::from_static(b"\xff not json"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(2)).await,
+        MembershipEvent::Joined("worker-9".into())
+    );
+    assert_eq!(watcher.decode_errors(), 1);
+    bucket.delete("worker-9", None).await.unwrap();
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(2)).await,
+        MembershipEvent::Left("worker-9".into())
+    );
+    watcher.stop().await;
+}
+
+/// A bucket whose first watch loses every delete and expiry, as a stream that missed events would.
+#[derive(Debug)]
+struct LossyBucket {
+    inner: Arc<dyn Bucket>,
+    lossy_watch_given: AtomicBool,
+}
+
+#[async_trait]
+impl Bucket for LossyBucket {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+        self.inner.update(key, value, expected).await
+    }
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+        self.inner.list(pattern).await
+    }
+    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+        let stream = self.inner.watch(pattern).await?;
+        if self.lossy_watch_given.swap(true, Ordering::SeqCst) {
+            return Ok(stream);
+        }
+        Ok(stream
+            .filter(|e| {
+                let keep = !matches!(
+                    e,
+                    Ok(WatchEvent::Deleted { .. } | WatchEvent::Expired { .. })
+                );
+                std::future::ready(keep)
+            })
+            .boxed())
+    }
+}
+
+#[tokio::test]
+async fn the_periodic_resync_catches_a_missed_leave() {
+    let server = NatsServer::start().await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let real = bucket(&server, ttl).await;
+    let lossy: Arc<dyn Bucket> = Arc::new(LossyBucket {
+        inner: real.clone(),
+        lossy_watch_given: AtomicBool::new(false),
+    });
+    let resync = Duration::from_secs(1);
+    let (watcher, mut events) = MembershipWatcher::spawn_with_ttl(lossy, resync, ttl);
+    let (hb, _info) = beat(real.clone(), "worker-4", Duration::from_millis(300));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(2)).await,
+        MembershipEvent::Joined("worker-4".into())
+    );
+    hb.stop().await.unwrap();
+    // The delete event is lost; the resync finds the key gone and its heartbeat fresh: a leave.
+    assert_eq!(
+        next_event(&mut events, resync + Duration::from_secs(1)).await,
+        MembershipEvent::Left("worker-4".into())
+    );
+    assert!(watcher.live().borrow().is_empty());
+    watcher.stop().await;
+}
+
+#[tokio::test]
+async fn heartbeats_and_the_watcher_recover_after_a_server_restart() {
+    let mut server = NatsServer::start().await.unwrap();
+    let ttl = Duration::from_secs(4);
+    let bucket = bucket(&server, ttl).await;
+    let (watcher, mut events) = MembershipWatcher::spawn(bucket.clone(), ttl);
+    let (hb, _info) = beat(bucket.clone(), "worker-0", Duration::from_millis(300));
+    assert_eq!(
+        next_event(&mut events, Duration::from_secs(2)).await,
+        MembershipEvent::Joined("worker-0".into())
+    );
+
+    server.restart().await.unwrap();
+    let back = unix_ms();
+    let failures = hb.failures();
+    let took = wait_until(
+        Duration::from_secs(5),
+        "a heartbeat written after the restart",
+        || {
+            let b = bucket.clone();
+            let healthy = *failures.borrow() == 0;
+            async move { healthy && value_of(&*b, "worker-0").await.is_some_and(|v| v.ts > back) }
+        },
+    )
+    .await
+    .unwrap();
+    println!("MEASURE heartbeat: heartbeats resumed {took:?} after the server came back");
+
+    // The watcher still follows the bucket: a worker joining now is seen.
+    let (late, _late_info) = beat(bucket.clone(), "worker-1", Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let event = next_event(
+            &mut events,
+            deadline.saturating_duration_since(Instant::now()),
+        )
+        .await;
+        if event == MembershipEvent::Joined("worker-1".into()) {
+            break;
+        }
+    }
+    let expected: BTreeSet<WorkerId> = ["worker-0", "worker-1"].map(WorkerId::new).into();
+    wait_until(Duration::from_secs(2), "both workers live", || {
+        let live = watcher.live().borrow().clone();
+        let expected = expected.clone();
+        async move { live == expected }
+    })
+    .await
+    .unwrap();
+    hb.stop().await.unwrap();
+    late.stop().await.unwrap();
+    watcher.stop().await;
+}
