@@ -21,8 +21,12 @@ pub(crate) struct Bounds {
     /// only be exceeded through a partition heavier than `ε·m`, and then moving partitions to
     /// get under `cap` would often just shift the excess elsewhere; keeping them avoids churn.
     pub(crate) keep: u128,
-    /// A worker below this (`(1−ε)·m − h`) is filled up from the most loaded workers.
+    /// A worker below this, `(1−ε)·m − min(h, ε·m)`, is filled up from the most loaded workers
+    /// on a cold start, and donors never go below it.
     pub(crate) floor: u128,
+    /// With a previous assignment, only workers below `(1−ε)·m − h` are filled: a worker short
+    /// by less than a partition (after a departure, say) does not pull partitions off others.
+    pub(crate) sticky_floor: u128,
     /// Filling stops at `⌈m⌉`.
     pub(crate) target: u128,
 }
@@ -52,11 +56,12 @@ impl Bounds {
         // Float-to-int `as` saturates, which is what we want for huge values.
         let cap = (((1.0 + epsilon) * mean).floor() as u128).max(target);
         let keep = ((mean + heaviest as f64).floor() as u128).max(cap);
-        let floor = ((1.0 - epsilon) * mean - heaviest as f64).ceil().max(0.0) as u128;
+        let floor_with = |slack: f64| ((1.0 - epsilon) * mean - slack).ceil().max(0.0) as u128;
         Self {
             cap,
             keep,
-            floor,
+            floor: floor_with((heaviest as f64).min(epsilon * mean)),
+            sticky_floor: floor_with(heaviest as f64),
             target,
         }
     }
@@ -107,7 +112,7 @@ impl<'a> Placement<'a> {
         let mut cursor = 0;
         for &i in order {
             let w = self.weight_of(i);
-            let (min_load, min_worker) = least.get();
+            let (min_load, min_worker) = least.get(&self.load);
             cursor = ring.position(hash[i as usize], cursor);
             let worker = if min_load + w > cap {
                 min_worker
@@ -149,7 +154,7 @@ impl<'a> Placement<'a> {
     pub(crate) fn place_least_loaded(&mut self, pool: &[u32], previous: &[u32]) {
         let mut least = LeastLoaded::new(&self.load);
         for &i in pool {
-            let (min_load, min_worker) = least.get();
+            let (min_load, min_worker) = least.get(&self.load);
             let prev = previous[i as usize];
             let worker = if prev != NO_WORKER && self.load[prev as usize] == min_load {
                 prev
@@ -161,53 +166,83 @@ impl<'a> Placement<'a> {
         }
     }
 
-    /// Lifts every worker below `floor` towards `target` with partitions from the most loaded
-    /// workers. A move of weight `w` from donor `d` to receiver `r` requires
-    /// `load(d) − w ≥ load(r) + w` (the pair gets more even, so the maximum never grows) and
-    /// `load(d) − w ≥ floor` (a donor never becomes a receiver). Among the candidates, the
-    /// heaviest partition that does not overshoot `target` is taken, else the lightest.
+    /// Lifts every worker below `receive_below` (one of the floors of [`Bounds`]) towards
+    /// `target` with partitions from the most loaded workers. A move of weight `w` from donor
+    /// `d` to receiver `r` requires `load(d) − w ≥ load(r) + w` (the pair gets more even, so the
+    /// maximum never grows and the process ends) and `load(d) − w ≥ floor` (a donor never
+    /// becomes a receiver). Among the candidates, the heaviest partition that does not overshoot
+    /// `target` is taken, else the lightest. A receiver lifted past `floor` becomes a donor;
+    /// passes repeat until no move is possible, so running the fill again on its own result
+    /// (with the same or a lower `receive_below`) changes nothing.
+    ///
     /// `order` (the processing order) fixes which of equal candidates is taken.
-    pub(crate) fn fill_underloaded(&mut self, order: &[u32]) {
+    pub(crate) fn fill_underloaded(&mut self, order: &[u32], receive_below: u128) {
         let Bounds { floor, target, .. } = self.bounds;
+        let receive_below = receive_below.min(floor);
         let workers = 0..self.load.len() as u32;
         let mut receivers: Vec<u32> = workers
             .clone()
-            .filter(|&w| self.load[w as usize] < floor)
+            .filter(|&w| self.load[w as usize] < receive_below)
             .collect();
         if receivers.is_empty() {
             return;
         }
-        receivers.sort_unstable_by_key(|&w| (self.load[w as usize], w));
+        // Each worker's partitions as (weight, rank in `order`, partition), sorted by rank, so
+        // heaviest first. Inline weights keep the searches below free of cache misses.
+        let mut lists: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); self.load.len()];
+        for (rank, &i) in (0u32..).zip(order) {
+            lists[self.owner[i as usize] as usize].push((self.weight[i as usize], rank, i));
+        }
+        // A donor is a worker at or above `floor` with a partition it could give without going
+        // below it. One without stays so for good (its load only changes by giving), so it is
+        // left out instead of being looked at on every move.
+        let can_give = |load: u128, list: &[(u64, u32, u32)]| {
+            load >= floor && list.last().is_some_and(|e| u128::from(e.0) <= load - floor)
+        };
         let mut donors: BTreeSet<(u128, u32)> = workers
-            .filter(|&w| self.load[w as usize] >= floor)
+            .filter(|&w| can_give(self.load[w as usize], &lists[w as usize]))
             .map(|w| (self.load[w as usize], w))
             .collect();
-        let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.load.len()];
-        for &i in order {
-            lists[self.owner[i as usize] as usize].push(i);
-        }
         let lightest = self.weight.iter().copied().min().map_or(0, u128::from);
-        for r in receivers {
-            while self.load[r as usize] < target {
-                let Some((donor, pos)) = self.pick_donation(r, &donors, &lists, lightest) else {
-                    break;
-                };
-                let i = lists[donor as usize].swap_remove(pos);
-                lists[r as usize].push(i);
-                donors.remove(&(self.load[donor as usize], donor));
-                self.load[donor as usize] -= self.weight_of(i);
-                self.give(i, r);
-                donors.insert((self.load[donor as usize], donor));
+        loop {
+            receivers.sort_unstable_by_key(|&w| (self.load[w as usize], w));
+            let mut moved = false;
+            for &r in &receivers {
+                while self.load[r as usize] < target {
+                    let Some((donor, pos)) = self.pick_donation(r, &donors, &lists, lightest)
+                    else {
+                        break;
+                    };
+                    let entry = lists[donor as usize].remove(pos);
+                    let list = &mut lists[r as usize];
+                    list.insert(list.partition_point(|e| e.1 < entry.1), entry);
+                    donors.remove(&(self.load[donor as usize], donor));
+                    self.load[donor as usize] -= u128::from(entry.0);
+                    self.give(entry.2, r);
+                    if can_give(self.load[donor as usize], &lists[donor as usize]) {
+                        donors.insert((self.load[donor as usize], donor));
+                    }
+                    moved = true;
+                }
+                if can_give(self.load[r as usize], &lists[r as usize]) {
+                    donors.insert((self.load[r as usize], r));
+                }
+            }
+            receivers.retain(|&r| self.load[r as usize] < receive_below);
+            if !moved || receivers.is_empty() {
+                return;
             }
         }
     }
 
-    /// The donor and the position in its list of the partition to move to `receiver`.
+    /// The donor and the position in its list (heaviest first) of the partition to move to
+    /// `receiver`: the heaviest one within both the need and the donor's limit, else the
+    /// lightest one within the limit.
     fn pick_donation(
         &self,
         receiver: u32,
         donors: &BTreeSet<(u128, u32)>,
-        lists: &[Vec<u32>],
+        lists: &[Vec<(u64, u32, u32)>],
         lightest: u128,
     ) -> Option<(u32, usize)> {
         let have = self.load[receiver as usize];
@@ -219,63 +254,75 @@ impl<'a> Placement<'a> {
             if limit < lightest.max(1) {
                 return None;
             }
-            let mut fitting: Option<(usize, u128)> = None; // heaviest with w <= need
-            let mut over: Option<(usize, u128)> = None; // lightest with need < w <= limit
-            for (pos, &i) in lists[donor as usize].iter().enumerate() {
-                let w = self.weight_of(i);
-                if w > limit {
-                    continue;
-                }
-                if w <= need {
-                    if fitting.is_none_or(|(_, best)| w > best) {
-                        fitting = Some((pos, w));
-                    }
-                } else if over.is_none_or(|(_, best)| w < best) {
-                    over = Some((pos, w));
-                }
+            let list = &lists[donor as usize];
+            let fitting = list.partition_point(|e| u128::from(e.0) > need.min(limit));
+            if fitting < list.len() {
+                return Some((donor, fitting));
             }
-            if let Some((pos, _)) = fitting.or(over) {
-                return Some((donor, pos));
+            if let Some(last) = list.last()
+                && u128::from(last.0) <= limit
+            {
+                return Some((donor, list.len() - 1));
             }
         }
         None
     }
 }
 
-/// The least-loaded worker, kept in a tournament tree over `(load, worker)`: `O(log n)` per
-/// update, `O(1)` per query, no allocation after construction. Ties go to the lowest index.
+/// The least-loaded worker, kept in a tournament tree: node `k` holds the index of the least
+/// loaded worker below it (ties to the lowest index); leaf `leaves + w` is worker `w`. Loads
+/// only ever grow, so an update climbs only while the node's winner is the updated worker:
+/// usually a level or two, never more than `log n`.
 struct LeastLoaded {
-    /// Node `k` holds the minimum of nodes `2k` and `2k+1`; leaves start at `leaves`.
-    tree: Vec<(u128, u32)>,
+    tree: Vec<u32>,
     leaves: usize,
+    workers: usize,
 }
 
 impl LeastLoaded {
     /// `load` must not be empty.
     fn new(load: &[u128]) -> Self {
         let leaves = load.len().next_power_of_two();
-        let mut tree = vec![(u128::MAX, u32::MAX); 2 * leaves];
-        for (w, &l) in (0u32..).zip(load) {
-            tree[leaves + w as usize] = (l, w);
-        }
+        let mut this = Self {
+            tree: vec![NO_WORKER; leaves],
+            leaves,
+            workers: load.len(),
+        };
         for k in (1..leaves).rev() {
-            tree[k] = tree[2 * k].min(tree[2 * k + 1]);
+            this.tree[k] = this.winner(k, load);
         }
-        Self { tree, leaves }
+        this
+    }
+
+    fn node(&self, k: usize) -> u32 {
+        if k < self.leaves {
+            self.tree[k]
+        } else if k - self.leaves < self.workers {
+            (k - self.leaves) as u32
+        } else {
+            NO_WORKER
+        }
+    }
+
+    /// The better of the two children of internal node `k`.
+    fn winner(&self, k: usize, load: &[u128]) -> u32 {
+        let (a, b) = (self.node(2 * k), self.node(2 * k + 1));
+        let key = |w: u32| load.get(w as usize).map_or((u128::MAX, w), |&l| (l, w));
+        if key(b) < key(a) { b } else { a }
     }
 
     /// The least-loaded worker and its load.
-    fn get(&self) -> (u128, u32) {
-        // With one worker the root is the leaf itself (index 1).
-        self.tree[1]
+    fn get(&self, load: &[u128]) -> (u128, u32) {
+        let w = self.node(1);
+        (load.get(w as usize).copied().unwrap_or(u128::MAX), w)
     }
 
+    /// Call after `load[worker]` grew.
     fn update(&mut self, worker: u32, load: &[u128]) {
-        let mut k = self.leaves + worker as usize;
-        self.tree[k] = (load[worker as usize], worker);
-        while k > 1 {
+        let mut k = (self.leaves + worker as usize) / 2;
+        while k >= 1 && self.tree[k] == worker {
+            self.tree[k] = self.winner(k, load);
             k /= 2;
-            self.tree[k] = self.tree[2 * k].min(self.tree[2 * k + 1]);
         }
     }
 }
@@ -287,13 +334,21 @@ mod tests {
     #[test]
     fn bounds() {
         let b = Bounds::new([10; 100], 1000, 10, 0.05);
-        assert_eq!((b.cap, b.floor, b.target), (105, 85, 100));
+        assert_eq!((b.cap, b.keep, b.target), (105, 110, 100));
+        // The slack of the cold-start floor is one partition, at most ε·mean.
+        assert_eq!((b.floor, b.sticky_floor), (90, 85));
+        // A heavy partition: the sticky floor allows a whole partition of slack.
+        let b = Bounds::new([50, 10], 1000, 10, 0.05);
+        assert_eq!((b.cap, b.keep, b.floor, b.sticky_floor), (105, 150, 90, 45));
         // Cap never below the mean, floor never negative.
-        let b = Bounds::new([4, 3, 3], 10, 3, 0.0);
-        assert_eq!((b.cap, b.floor, b.target), (4, 0, 4));
+        let b = Bounds::new([3, 3, 3, 1], 10, 3, 0.0);
+        assert_eq!((b.cap, b.sticky_floor, b.target), (4, 1, 4));
         // A giant is set aside with one worker: the rest share 300 over 2 workers.
         let b = Bounds::new([1000, 10], 1300, 3, 0.05);
-        assert_eq!((b.cap, b.floor, b.target), (157, 133, 150));
+        assert_eq!(
+            (b.cap, b.floor, b.sticky_floor, b.target),
+            (157, 135, 133, 150)
+        );
     }
 
     #[test]
@@ -305,7 +360,7 @@ mod tests {
             placement.give(i, i % 2);
         }
         let order: Vec<u32> = (0..20).collect();
-        placement.fill_underloaded(&order);
+        placement.fill_underloaded(&order, bounds.floor);
         let mut loads = placement.load.clone();
         loads.sort_unstable();
         assert_eq!(loads, [60, 70, 70]);
@@ -318,8 +373,13 @@ mod tests {
             let mut least = LeastLoaded::new(&load);
             for step in 0..40u128 {
                 let expected = (0u32..).zip(&load).map(|(w, &l)| (l, w)).min().unwrap();
-                assert_eq!(least.get(), expected);
-                let w = least.get().1;
+                assert_eq!(least.get(&load), expected);
+                // Mostly the least loaded, sometimes another worker.
+                let w = if step % 4 == 3 {
+                    (step as u32 * 5) % n as u32
+                } else {
+                    least.get(&load).1
+                };
                 load[w as usize] += 1 + step % 3;
                 least.update(w, &load);
             }

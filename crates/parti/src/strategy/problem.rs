@@ -53,8 +53,16 @@ impl<'a> Problem<'a> {
     /// by comparing the keys, which would cost several cache misses per partition. A false
     /// match (odds about 2^-128 per pair) could only give a partition a wrong previous owner,
     /// which costs stickiness, never correctness.
-    pub(crate) fn previous_owners(&self, previous: &AssignmentMap, workers: &[WorkerId]) -> Vec<u32> {
-        let fingerprints: Vec<u64> = self.partitions.iter().map(|p| fingerprint(p, self.seed)).collect();
+    pub(crate) fn previous_owners(
+        &self,
+        previous: &AssignmentMap,
+        workers: &[WorkerId],
+    ) -> Vec<u32> {
+        let fingerprints: Vec<u64> = self
+            .partitions
+            .iter()
+            .map(|p| fingerprint(p, self.seed))
+            .collect();
         let mut owner = vec![NO_WORKER; self.partitions.len()];
         for (worker, list) in previous.iter() {
             let Ok(w) = workers.binary_search(worker) else {
@@ -62,7 +70,10 @@ impl<'a> Problem<'a> {
             };
             for p in list {
                 let (h, f) = (p.hash_with_seed(self.seed), fingerprint(p, self.seed));
-                if let Some(i) = self.index.candidates(h, &self.hash).find(|&i| fingerprints[i] == f)
+                if let Some(i) = self
+                    .index
+                    .candidates(h, &self.hash)
+                    .find(|&i| fingerprints[i] == f)
                     && owner[i] == NO_WORKER
                 {
                     owner[i] = w as u32;
@@ -84,7 +95,9 @@ fn processing_order(partitions: &[Partition], weight: &[u64], hash: &[u64]) -> V
     for run in keyed.chunk_by_mut(|a, b| (a.0, a.1) == (b.0, b.1)) {
         if run.len() > 1 {
             run.sort_unstable_by(|a, b| {
-                partitions[a.2 as usize].keys().cmp(partitions[b.2 as usize].keys())
+                partitions[a.2 as usize]
+                    .keys()
+                    .cmp(partitions[b.2 as usize].keys())
             });
         }
     }
@@ -139,7 +152,9 @@ impl KeyIndex {
     fn candidates<'s>(&'s self, h: u64, hash: &'s [u64]) -> impl Iterator<Item = usize> + 's {
         let first = self.first.get(&h).map(|&i| i as usize);
         let collided = self.collided.iter().map(|&j| j as usize);
-        first.into_iter().chain(collided.filter(move |&j| hash[j] == h))
+        first
+            .into_iter()
+            .chain(collided.filter(move |&j| hash[j] == h))
     }
 }
 

@@ -103,7 +103,10 @@ mod tests {
         hashes.push(0);
         for from in [0, 1, 17, 199, 200, 1000] {
             for &h in &hashes {
-                assert_eq!(ring.position(h, from), ring.points.partition_point(|p| p.0 < h));
+                assert_eq!(
+                    ring.position(h, from),
+                    ring.points.partition_point(|p| p.0 < h)
+                );
             }
         }
     }

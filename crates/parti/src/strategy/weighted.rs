@@ -17,20 +17,25 @@ use crate::partition::{Partition, WorkerId};
 ///   on a hash ring (virtual nodes, xxh3) whose load stays within `cap = (1+ε)·mean`. The result
 ///   depends only on the inputs.
 /// - **With `previous`**: every partition stays with its previous owner while that owner stays
-///   within the cap (heaviest partitions are kept first); the rest (new partitions, those of
-///   departed workers, excess) go one by one to the least-loaded worker.
-/// - Then, in both cases, any worker below `(1−ε)·mean − h` (e.g. one that just joined) is
-///   filled up to about the mean with partitions taken from the most loaded workers.
+///   within the balance bound below (heaviest partitions are kept first); the rest (new
+///   partitions, those of departed workers, excess) go one by one to the least-loaded worker.
+///   A `previous` that places none of the partitions on any of the workers counts as none.
+/// - Then any worker below `(1−ε)·mean − min(h, ε·mean)` on a cold start, or below
+///   `(1−ε)·mean − h` with `previous` (e.g. one that just joined), is filled up to about the
+///   mean with partitions taken from the most loaded workers, one at a time and only where the
+///   move makes the pair more even.
 /// - A partition heavier than the mean of the others gets a worker of its own, and the bounds
 ///   above are computed without it (so one huge partition does not loosen them for the rest).
 ///
 /// Guarantees (property-tested): every partition exactly once, every worker present,
-/// deterministic and independent of input order; no worker above
-/// `max((1+ε)·mean, mean + h)` — that is `(1+ε)·mean` whenever `h ≤ ε·mean`, and only a heavy
-/// partition can push a worker past it. When `h ≤ ε·mean` and the previous assignment came
-/// from this strategy: on n→n−1 workers only the departed worker's partitions move; on n→n+1
-/// the moved weight is at most 1.1 × `W/(n+1)` (the minimum); with unchanged inputs nothing
-/// moves. Partitions of weight 0 count with the default weight.
+/// deterministic and independent of input order; no worker above `max((1+ε)·mean, mean + h)`,
+/// which is `(1+ε)·mean` whenever `h ≤ ε·mean` (only a heavy partition can push a worker past
+/// it); re-assigning its own result with unchanged inputs moves nothing. Movement, for a
+/// previous assignment made by this strategy: when `h ≤ ε·mean`, on n→n−1 workers only the
+/// departed worker's partitions move and on n→n+1 the moved weight is at most 1.1 × `W/(n+1)`
+/// (the minimum); with heavier partitions both bounds hold up to one extra partition's weight
+/// (`+ h`), since balance can require moving a heavy partition and what it displaces.
+/// Partitions of weight 0 count with the default weight.
 ///
 /// Work is `O(P log P)` for `P` partitions (one sort) plus ring walks; 100,000 partitions on
 /// 1,000 workers take a few tens of milliseconds.
@@ -129,10 +134,8 @@ impl AssignmentStrategy for WeightedConsistentHash {
                 self.epsilon
             )));
         }
-        let t0 = std::time::Instant::now();
         let workers = sorted_workers(self.name(), workers, partitions.len())?;
         let problem = Problem::new(partitions, self.seed)?;
-        let t1 = t0.elapsed();
         let heaviest_first = problem.order.iter().map(|&i| problem.weight[i as usize]);
         let bounds = Bounds::new(heaviest_first, problem.total, workers.len(), self.epsilon);
         let mut placement = Placement::new(&problem.weight, workers.len(), bounds)
@@ -142,26 +145,20 @@ impl AssignmentStrategy for WeightedConsistentHash {
         let previous = previous
             .map(|map| problem.previous_owners(map, &workers))
             .filter(|owners| owners.iter().any(|&o| o != NO_WORKER));
-        let t2 = t0.elapsed();
-        let mut t25 = t2;
-        match previous {
+        let receive_below = match previous {
             None => {
                 let ring = Ring::new(&workers, self.virtual_nodes, self.seed);
-                t25 = t0.elapsed();
                 placement.place_on_ring(&ring, &problem.order, &problem.hash);
+                bounds.floor
             }
             Some(owners) => {
                 let pool = placement.keep_previous(&problem.order, &owners);
                 placement.place_least_loaded(&pool, &owners);
+                bounds.sticky_floor
             }
-        }
-        let t3 = t0.elapsed();
-        placement.fill_underloaded(&problem.order);
-        let t4 = t0.elapsed();
-        let m = collect_map(&workers, partitions, placement.owners());
-        let t5 = t0.elapsed();
-        if std::env::var_os("PARTI_PROFILE").is_some() { eprintln!("{} problem {t1:?} prev {t2:?} ring {t25:?} place {t3:?} fill {t4:?} collect {t5:?}", partitions.len()); }
-        Ok(m)
+        };
+        placement.fill_underloaded(&problem.order, receive_below);
+        Ok(collect_map(&workers, partitions, placement.owners()))
     }
 }
 
@@ -182,11 +179,27 @@ mod tests {
     }
 
     #[test]
+    fn a_previous_map_without_overlap_is_a_cold_start() {
+        let workers = ["a", "b", "c"].map(WorkerId::new);
+        let parts: Vec<_> = (0..50)
+            .map(|i| Partition::new([format!("p{i}")], i % 4).unwrap())
+            .collect();
+        let wch = WeightedConsistentHash::new();
+        let cold = wch.assign(&workers, &parts, None).unwrap();
+        let stranger: AssignmentMap = [(WorkerId::new("z"), parts.clone())].into_iter().collect();
+        for previous in [AssignmentMap::new(), stranger] {
+            assert_eq!(wch.assign(&workers, &parts, Some(&previous)).unwrap(), cold);
+        }
+    }
+
+    #[test]
     fn a_partition_heavier_than_the_cap_sits_alone() {
         let workers = ["a", "b", "c"].map(WorkerId::new);
         let mut parts = vec![Partition::new(["big"], 1000).unwrap()];
         parts.extend((0..30).map(|i| Partition::new([format!("s{i}")], 10).unwrap()));
-        let map = WeightedConsistentHash::new().assign(&workers, &parts, None).unwrap();
+        let map = WeightedConsistentHash::new()
+            .assign(&workers, &parts, None)
+            .unwrap();
         let big = map.owner_of(&parts[0]).unwrap();
         assert_eq!(map.partitions_of(big).len(), 1);
         // The other two share the rest within (1+ε) of their own mean (150), not of 433.
