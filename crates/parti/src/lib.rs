@@ -7,6 +7,7 @@
 
 pub mod assignment;
 pub mod config;
+pub mod consumer;
 pub mod controller;
 pub mod election;
 pub mod error;
@@ -22,6 +23,10 @@ pub mod strategy;
 
 pub use assignment::{Assignment, AssignmentMap, Lifecycle};
 pub use config::Config;
+pub use consumer::{
+    AckMode, ConsumerConfig, ConsumerHealth, ConsumerStatus, MessageHandler, WorkerConsumer,
+    WorkerConsumerBuilder,
+};
 pub use election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
 pub use error::{ConfigViolation, Error, Result, StoreError};
 pub use heartbeat::{Heartbeater, MembershipEvent, MembershipWatcher};

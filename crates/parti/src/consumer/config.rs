@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::WorkerConsumer;
 use super::handler::MessageHandler;
 use super::subjects::{is_valid_name, template_problem};
-use super::WorkerConsumer;
 use crate::error::{ConfigViolation, Error, Result};
 
 /// Who acknowledges messages.
@@ -92,18 +92,38 @@ impl ConsumerConfig {
                 violations.push(ConfigViolation::new(format!("consumer.{field}"), reason));
             }
         };
-        check(is_valid_name(&self.stream), "stream", format!("{:?} is not a valid stream name", self.stream));
+        check(
+            is_valid_name(&self.stream),
+            "stream",
+            format!("{:?} is not a valid stream name", self.stream),
+        );
         let template = template_problem(&self.subject_template);
-        check(template.is_none(), "subjectTemplate", template.unwrap_or_default());
+        check(
+            template.is_none(),
+            "subjectTemplate",
+            template.unwrap_or_default(),
+        );
         let prefix_ok = !self.consumer_prefix.is_empty()
             && self
                 .consumer_prefix
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        check(prefix_ok, "consumerPrefix", "must match [A-Za-z0-9_-]+".into());
-        check(self.max_subjects > 0, "maxSubjects", "must be at least 1".into());
+        check(
+            prefix_ok,
+            "consumerPrefix",
+            "must match [A-Za-z0-9_-]+".into(),
+        );
+        check(
+            self.max_subjects > 0,
+            "maxSubjects",
+            "must be at least 1".into(),
+        );
         check(self.batch > 0, "batch", "must be at least 1".into());
-        check(self.max_ack_pending > 0, "maxAckPending", "must be at least 1".into());
+        check(
+            self.max_ack_pending > 0,
+            "maxAckPending",
+            "must be at least 1".into(),
+        );
         for (field, value) in [
             ("ackWait", self.ack_wait),
             ("takeoverAfter", self.takeover_after),
@@ -250,7 +270,10 @@ impl WorkerConsumerBuilder {
             Some(handler) => handler,
             None => {
                 return Err(Error::InvalidConfig {
-                    violations: vec![ConfigViolation::new("consumer.handler", "a message handler is required")],
+                    violations: vec![ConfigViolation::new(
+                        "consumer.handler",
+                        "a message handler is required",
+                    )],
                 });
             }
         };

@@ -53,14 +53,15 @@ pub(crate) struct Settle {
     pub(crate) nak_delay: Option<Duration>,
 }
 
-/// Runs the handler on one message and settles it.
+/// Runs the handler on one message and settles it; true when the handler succeeded.
 pub(crate) async fn dispatch(
     handler: &dyn MessageHandler,
     settle: Settle,
     message: &Message,
     health: &HealthCell,
-) {
+) -> bool {
     let result = handler.handle(message).await;
+    let ok = result.is_ok();
     let ack = match (&result, settle.mode) {
         (Ok(()), AckMode::Auto) => Some(AckKind::Ack),
         (Err(_), AckMode::Auto) => Some(AckKind::Nak(settle.nak_delay)),
@@ -79,4 +80,5 @@ pub(crate) async fn dispatch(
         // The message is redelivered after ackWait: at-least-once still holds.
         tracing::debug!(subject = %message.subject, error = %e, "ack failed");
     }
+    ok
 }

@@ -31,7 +31,8 @@ pub struct ConsumerHealth {
     /// Assigned subjects not in the filter yet because another consumer of a work-queue
     /// stream still holds them (retried with backoff; see the module docs).
     pub waiting_subjects: usize,
-    /// Newly gained subjects whose older messages are still being drained.
+    /// Newly gained subjects whose older messages are still being drained (on a work queue:
+    /// watched for `ackWait` after the gain, see the module docs).
     pub catching_up: usize,
     /// Messages the handler accepted.
     pub processed: u64,
@@ -48,8 +49,10 @@ pub struct ConsumerHealth {
 impl ConsumerHealth {
     /// True when running or paused, with nothing held back.
     pub fn is_healthy(&self) -> bool {
-        matches!(self.status, ConsumerStatus::Running | ConsumerStatus::Paused)
-            && self.waiting_subjects == 0
+        matches!(
+            self.status,
+            ConsumerStatus::Running | ConsumerStatus::Paused
+        ) && self.waiting_subjects == 0
     }
 }
 

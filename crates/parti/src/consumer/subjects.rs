@@ -148,9 +148,15 @@ mod tests {
 
     #[test]
     fn durable_names_are_sanitised() {
-        assert_eq!(durable_name("parti", &WorkerId::new("worker-3")), "parti-worker-3");
+        assert_eq!(
+            durable_name("parti", &WorkerId::new("worker-3")),
+            "parti-worker-3"
+        );
         assert_eq!(durable_name("p", &WorkerId::new("a.b c*>")), "p-a_b_c__");
-        assert!(is_valid_name(&durable_name("x", &WorkerId::new("../..\\ w"))));
+        assert!(is_valid_name(&durable_name(
+            "x",
+            &WorkerId::new("../..\\ w")
+        )));
     }
 
     #[test]

@@ -1,0 +1,320 @@
+//! [`WorkerConsumer`]: a JetStream durable pull consumer that follows a worker's assignment
+//! (SPEC §9).
+//!
+//! One durable consumer per worker, named `{consumerPrefix}-{workerId}` (sanitised), whose
+//! `filter_subjects` are the worker's partitions rendered through the subject template, sorted
+//! and de-duplicated. Each [`update_assignment`](WorkerConsumer::update_assignment) updates that
+//! consumer in place; the message loop keeps running across updates.
+//!
+//! ```no_run
+//! # async fn demo(assignment: parti::Assignment) -> parti::Result<()> {
+//! use async_nats::jetstream::Message;
+//! use parti::{WorkerConsumer, WorkerId};
+//!
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await.map_err(|e| parti::Error::Consumer(e.to_string()))?;
+//! let consumer = WorkerConsumer::builder(async_nats::jetstream::new(nats), "EVENTS")
+//!     .subject_template("events.{partition}")
+//!     .handler(|msg: Message| async move {
+//!         println!("{}", msg.subject);
+//!         Ok::<(), parti::error::BoxError>(())
+//!     })
+//!     .build()
+//!     .await?;
+//! consumer.update_assignment(&WorkerId::new("worker-0"), &assignment).await?;
+//! println!("{:?}", consumer.health());
+//! consumer.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! **At-least-once.** A message stored on a subject of an assigned partition is handed to the
+//! handler of some worker until it is acked — across crashes, restarts, scale events and
+//! consumer deletion. Duplicates happen around those moments (a crash, a hand-off, a
+//! restart), never in steady state; handlers should be idempotent.
+//!
+//! **No stranded backlog.** JetStream does not rewind a consumer whose filter gains a subject,
+//! so every gain is followed by a drain of the gained subjects' older messages:
+//! - *work-queue* streams (only unprocessed messages are stored): the durable is moved back
+//!   (consumer reset, nats-server ≥ 2.14) over any stored message of the gained subjects it
+//!   went past, never above its own ack floor + 1. The gained subjects stay watched until every
+//!   message stored before the gain is gone, because a message the previous owner still had in
+//!   flight is released only later (ack, ack timeout, crash, takeover). Messages the durable
+//!   already handled and redelivers after a rewind are acked without a second handling
+//!   ([`AckMode::Auto`]).
+//! - *limits* and *interest* streams (processed messages are kept): a short-lived catch-up
+//!   consumer replays each gained subject into the same handler, from where its previous owners
+//!   are known to have stopped up to where the durable took over; the durable skips what the
+//!   previous owners had processed beyond its own position. Where they stopped is kept in the
+//!   durables' metadata (`parti.*` keys: the releasing worker writes its ack floor in the same
+//!   update that drops the subject). A subject nobody processed before is replayed from the
+//!   start of the stream.
+//!
+//! An unfinished drain is recorded in the metadata and resumed by the next process that
+//! adopts the durable.
+//!
+//! **Work-queue hand-offs never fail on overlap.** A work queue refuses two consumers with
+//! overlapping filters, and workers update independently. Removals are always applied at
+//! once; an added subject still held by another consumer is left out of the filter (the rest is
+//! applied) and retried with jittered backoff until the holder has let go. After
+//! `takeoverAfter` (default 5 s) a subject still held by a consumer of the same prefix — a
+//! crashed or stuck worker — is taken from it. Consumers outside the group are never touched:
+//! their subjects wait ([`ConsumerHealth::waiting_subjects`]).
+//!
+//! **Never unfiltered.** An empty assignment pauses the consumer: its filter becomes
+//! `_parti.paused.{consumer}`, which matches nothing.
+//!
+//! **Lifecycle.** [`close`](WorkerConsumer::close) finishes the message in flight and releases
+//! every subject (paused filter, positions recorded); the durable is kept for the next process
+//! with the same worker ID. Dropping a `WorkerConsumer` without `close` behaves like a crash.
+
+mod api;
+mod config;
+mod handler;
+mod handoff;
+mod health;
+mod markers;
+mod message_loop;
+mod reconcile;
+mod subjects;
+mod takeover;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{RetentionPolicy, Stream};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+pub use config::{AckMode, ConsumerConfig, WorkerConsumerBuilder};
+pub use handler::MessageHandler;
+pub use health::{ConsumerHealth, ConsumerStatus};
+
+use handler::Settle;
+use health::HealthCell;
+use reconcile::{Command, Reconciler};
+
+use crate::assignment::Assignment;
+use crate::error::{Error, Result};
+use crate::partition::WorkerId;
+
+/// How gained subjects are drained, by stream retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Only unprocessed messages are stored; filters must not overlap.
+    WorkQueue,
+    /// Processed messages are kept (limits, interest).
+    Replay,
+}
+
+/// What every task of one consumer shares.
+pub(crate) struct Shared {
+    pub(crate) config: ConsumerConfig,
+    pub(crate) stream: Stream,
+    pub(crate) mode: Mode,
+    pub(crate) handler: Arc<dyn MessageHandler>,
+    pub(crate) settle: Settle,
+    pub(crate) health: HealthCell,
+    pub(crate) known: handoff::Known,
+}
+
+/// Jittered exponential delays from 50 ms up to `max`, for ever.
+pub(crate) fn backoff(max: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+}
+
+/// A durable JetStream consumer that delivers exactly the messages of a worker's partitions.
+///
+/// See the [module documentation](self) for what it guarantees.
+pub struct WorkerConsumer {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// The last worker and subjects asked for (identical requests make no server call).
+    last: Mutex<Option<(WorkerId, BTreeSet<String>)>>,
+    loop_cancel: CancellationToken,
+    message_loop: AbortOnDropHandle<()>,
+    reconciler: AbortOnDropHandle<()>,
+}
+
+impl std::fmt::Debug for WorkerConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConsumer")
+            .field("config", &self.shared.config)
+            .field("mode", &self.shared.mode)
+            .field("health", &self.health())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerConsumer {
+    /// A builder for a consumer of `stream` (which must exist).
+    pub fn builder(
+        jetstream: async_nats::jetstream::Context,
+        stream: &str,
+    ) -> WorkerConsumerBuilder {
+        WorkerConsumerBuilder::new(jetstream, stream)
+    }
+
+    pub(crate) async fn start(
+        jetstream: async_nats::jetstream::Context,
+        config: ConsumerConfig,
+        handler: Arc<dyn MessageHandler>,
+    ) -> Result<Self> {
+        let stream = jetstream
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| Error::Consumer(format!("stream {}: {e}", config.stream)))?;
+        let mode = match stream.cached_info().config.retention {
+            RetentionPolicy::WorkQueue => Mode::WorkQueue,
+            _ => Mode::Replay,
+        };
+        let settle = Settle {
+            mode: config.ack_mode,
+            nak_delay: config.nak_delay,
+        };
+        let shared = Arc::new(Shared {
+            config,
+            stream,
+            mode,
+            handler,
+            settle,
+            health: HealthCell::default(),
+            known: handoff::Known::default(),
+        });
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (consumer_tx, consumer_rx) = watch::channel(None);
+        let loop_failed = Arc::new(Notify::new());
+        let loop_cancel = CancellationToken::new();
+        let reconciler = Reconciler::new(
+            Arc::clone(&shared),
+            commands_rx,
+            Arc::clone(&loop_failed),
+            consumer_tx,
+        );
+        let reconciler = AbortOnDropHandle::new(tokio::spawn(reconciler.run()));
+        let message_loop = AbortOnDropHandle::new(tokio::spawn(message_loop::run(
+            Arc::clone(&shared),
+            consumer_rx,
+            loop_failed,
+            loop_cancel.clone(),
+        )));
+        Ok(Self {
+            shared,
+            commands,
+            last: Mutex::new(None),
+            loop_cancel,
+            message_loop,
+            reconciler,
+        })
+    }
+
+    /// Points the durable consumer at exactly these partitions' subjects.
+    ///
+    /// The first call names the worker (and so the durable consumer, which is created if
+    /// needed). Identical requests return at once without any server call. Otherwise this
+    /// returns once the server has the new filter: removed subjects are gone, added ones are in
+    /// (except, on a work-queue stream, those another consumer still holds: they are added in
+    /// the background as soon as it lets go), and the backlog of added subjects is being
+    /// drained in the background. An empty assignment pauses consumption.
+    ///
+    /// Errors: [`Error::TooManySubjects`] and [`Error::WorkerIdChanged`] (nothing changes);
+    /// [`Error::Consumer`] when the server could not be updated — the change is kept and
+    /// retried in the background with backoff, so the error is informational.
+    /// [`Error::Shutdown`] if the consumer's tasks are gone. Dropping the returned future does
+    /// not cancel the change.
+    pub async fn update_assignment(
+        &self,
+        worker: &WorkerId,
+        assignment: &Assignment,
+    ) -> Result<()> {
+        let cfg = &self.shared.config;
+        let subjects = subjects::render(
+            &cfg.subject_template,
+            &assignment.partitions,
+            cfg.max_subjects,
+        )?;
+        let mut last = self.last.lock().await;
+        if let Some((current, current_subjects)) = &*last {
+            if current != worker && !cfg.allow_worker_id_change {
+                return Err(Error::WorkerIdChanged {
+                    from: current.clone(),
+                    to: worker.clone(),
+                });
+            }
+            if current == worker && *current_subjects == subjects {
+                return Ok(());
+            }
+        }
+        *last = Some((worker.clone(), subjects.clone()));
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Assign {
+                worker: worker.clone(),
+                subjects,
+                reply,
+            })
+            .map_err(|_| Error::Shutdown)?;
+        answer.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// A snapshot of the consumer's health.
+    pub fn health(&self) -> ConsumerHealth {
+        self.shared.health.snapshot()
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.shared.config
+    }
+
+    /// Stops gracefully within `closeTimeout`: finishes the message being handled, stops
+    /// pulling, then releases every subject so that other workers can take them at once. The
+    /// durable consumer is kept.
+    pub async fn close(self) -> Result<()> {
+        let Self {
+            shared,
+            commands,
+            loop_cancel,
+            mut message_loop,
+            mut reconciler,
+            ..
+        } = self;
+        let deadline = tokio::time::Instant::now() + shared.config.close_timeout;
+        loop_cancel.cancel();
+        if tokio::time::timeout_at(deadline, &mut message_loop)
+            .await
+            .is_err()
+        {
+            tracing::warn!("message handler still busy at closeTimeout; abandoning it");
+            message_loop.abort();
+        }
+        let (reply, answer) = oneshot::channel();
+        let result = if commands.send(Command::Close { reply }).is_ok() {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Shutdown),
+                Err(_) => Err(Error::Consumer(
+                    "releasing the subjects exceeded closeTimeout".into(),
+                )),
+            }
+        } else {
+            Err(Error::Shutdown)
+        };
+        if tokio::time::timeout_at(deadline, &mut reconciler)
+            .await
+            .is_err()
+        {
+            reconciler.abort();
+        }
+        shared.health.close();
+        result
+    }
+}
