@@ -26,7 +26,11 @@ async fn s01_cold_start_publishes_once_and_every_worker_sees_its_initial_assignm
     let cluster = TestCluster::start(config(), partitions(200)).await;
     let workers = cluster.workers(8).await;
     let published = cluster.wait_for_map(&ids(&workers), SETTLE).await;
-    assert_eq!(published.version(), 1, "exactly one publish for the cold start");
+    assert_eq!(
+        published.version(),
+        1,
+        "exactly one publish for the cold start"
+    );
     wait_all_stable(&cluster, &workers, SETTLE).await;
     for (manager, recorder) in &workers {
         let seen = recorder.seen.lock().unwrap().clone();
@@ -68,7 +72,11 @@ async fn s02_planned_scale_up_and_down_publish_once_per_batch_and_move_little() 
     let leaving: Vec<_> = workers.drain(..3).collect();
     futures::future::join_all(leaving.iter().map(|(m, _)| m.stop())).await;
     let after_down = cluster.wait_for_map(&ids(&workers), SETTLE).await;
-    assert_eq!(after_down.version(), 3, "one publish for the batch of leaves");
+    assert_eq!(
+        after_down.version(),
+        3,
+        "one publish for the batch of leaves"
+    );
     let owned_by_leavers: usize = leaving
         .iter()
         .map(|(m, _)| after_up.map.partitions_of(&m.worker_id()).len())
@@ -103,7 +111,11 @@ async fn s03_rolling_update_moves_nothing() {
         let id = old.worker_id();
         old.stop().await.unwrap();
         let (fresh, recorder) = cluster.worker().await.expect("restarted worker");
-        assert_eq!(fresh.worker_id(), id, "round {i}: the restarted pod gets its ID back");
+        assert_eq!(
+            fresh.worker_id(),
+            id,
+            "round {i}: the restarted pod gets its ID back"
+        );
         workers.push((fresh, recorder));
         wait_all_stable(&cluster, &workers, SETTLE).await;
         let now = cluster.published().await;
@@ -146,7 +158,11 @@ async fn s04_crash_reassigns_only_orphans_quickly() {
     let after_owners = owners(&after.map);
     for (partition, owner) in &before_owners {
         if *owner != victim_id {
-            assert_eq!(after_owners.get(partition), Some(owner), "{partition} moved but was not an orphan");
+            assert_eq!(
+                after_owners.get(partition),
+                Some(owner),
+                "{partition} moved but was not an orphan"
+            );
         }
     }
     assert_eq!(moved(&before.map, &after.map), orphans.len());
@@ -166,7 +182,10 @@ async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership()
     let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     wait_all_stable(&cluster, &workers, SETTLE).await;
 
-    let leader_index = workers.iter().position(|(m, _)| m.is_leader()).expect("a leader");
+    let leader_index = workers
+        .iter()
+        .position(|(m, _)| m.is_leader())
+        .expect("a leader");
     let (leader, _) = workers.remove(leader_index);
     let crashed_at = Instant::now();
     leader.kill().await;
@@ -210,7 +229,10 @@ async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership()
         elapsed <= failover_budget,
         "new leader after {elapsed:?}, budget {failover_budget:?}"
     );
-    assert!(after.version() > before.version(), "versions continue upward");
+    assert!(
+        after.version() > before.version(),
+        "versions continue upward"
+    );
     println!("leader failover: {elapsed:?} (budget {failover_budget:?})");
     for (m, _) in &workers {
         m.stop().await.unwrap();
@@ -233,12 +255,22 @@ async fn s06_flapping_worker_inside_grace_causes_no_emergency() {
     let store = NatsStore::new(async_nats::jetstream::new(client));
     let b = &config.kv_buckets;
     let hb_bucket = store
-        .bucket(&heartbeat::bucket_spec(&b.heartbeat, config.heartbeat_ttl, 1))
+        .bucket(&heartbeat::bucket_spec(
+            &b.heartbeat,
+            config.heartbeat_ttl,
+            1,
+        ))
         .await
         .unwrap();
     let id = parti::WorkerId::new("flapper-0");
     let beat = |info| {
-        Heartbeater::spawn(hb_bucket.clone(), id.clone(), "flapper".into(), config.heartbeat_interval, info)
+        Heartbeater::spawn(
+            hb_bucket.clone(),
+            id.clone(),
+            "flapper".into(),
+            config.heartbeat_interval,
+            info,
+        )
     };
     let (_info_tx, info_rx) = tokio::sync::watch::channel((State::Stable, 0));
     let flapper = beat(info_rx.clone());
@@ -248,7 +280,8 @@ async fn s06_flapping_worker_inside_grace_causes_no_emergency() {
     let before = cluster.wait_for_map(&all, SETTLE).await;
     wait_all_stable(&cluster, &workers, SETTLE).await;
 
-    let (watcher, mut membership) = MembershipWatcher::spawn(hb_bucket.clone(), config.heartbeat_ttl);
+    let (watcher, mut membership) =
+        MembershipWatcher::spawn(hb_bucket.clone(), config.heartbeat_ttl);
     flapper.abort();
     let expired = tokio::time::timeout(SETTLE, async {
         while let Some(event) = membership.recv().await {
@@ -325,9 +358,17 @@ async fn s08_partition_refresh_from_follower_and_leader() {
     let weights: Vec<u64> = after
         .map
         .iter()
-        .flat_map(|(_, ps)| ps.iter().filter(|p| p.weight() == 400).map(Partition::weight))
+        .flat_map(|(_, ps)| {
+            ps.iter()
+                .filter(|p| p.weight() == 400)
+                .map(Partition::weight)
+        })
         .collect();
-    assert_eq!(weights.len(), 5, "re-weighted partitions are published with their weight");
+    assert_eq!(
+        weights.len(),
+        5,
+        "re-weighted partitions are published with their weight"
+    );
     wait_all_stable(&cluster, &workers, SETTLE).await;
 
     // From the leader: shrink to 30.

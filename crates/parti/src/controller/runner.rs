@@ -95,7 +95,13 @@ async fn lead(
         lifecycle: r.lifecycle,
         workers: r.workers.keys().cloned().collect(),
     });
-    let mut partitions: Option<Vec<Partition>> = None;
+    // What the inherited map covers, so that the source check notices a change made before
+    // this term (a refresh request lost while the old leader was going away).
+    let mut partitions: Option<Vec<Partition>> = (!committed.map.is_empty()).then(|| {
+        let mut covered: Vec<Partition> = committed.map.iter().flat_map(|(_, ps)| ps.iter().cloned()).collect();
+        covered.sort();
+        covered
+    });
     let mut state = RunnerState {
         last_map: committed.map.clone(),
         lifecycle: committed

@@ -7,11 +7,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Manager;
-use super::hooks::{Hooks, NoHooks, spawn_dispatcher};
+use super::hooks::{Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
 use super::runtime::{Buckets, Outputs, Runtime};
 use super::state_cell::StateCell;
 use crate::assignment::Assignment;
 use crate::config::Config;
+use crate::consumer::WorkerConsumer;
 use crate::election::{self, ElectionAgent};
 use crate::error::{Error, Result};
 use crate::source::{PartitionSource, Static};
@@ -41,6 +42,7 @@ pub struct ManagerBuilder {
     strategy: Arc<dyn AssignmentStrategy>,
     hooks: Arc<dyn Hooks>,
     election: Option<Arc<dyn ElectionAgent>>,
+    consumer: Option<WorkerConsumer>,
 }
 
 impl ManagerBuilder {
@@ -52,6 +54,7 @@ impl ManagerBuilder {
             strategy: Arc::new(WeightedConsistentHash::default()),
             hooks: Arc::new(NoHooks),
             election: None,
+            consumer: None,
         }
     }
 
@@ -95,6 +98,14 @@ impl ManagerBuilder {
     /// worker leads exactly when the agent says so.
     pub fn election_agent(mut self, agent: Arc<dyn ElectionAgent>) -> Self {
         self.election = Some(agent);
+        self
+    }
+
+    /// A JetStream consumer kept pointed at this worker's partitions: updated on the initial
+    /// assignment and on every change, before the hooks run; paused when the worker owns
+    /// nothing or is fenced; closed by [`Manager::stop`].
+    pub fn consumer(mut self, consumer: WorkerConsumer) -> Self {
+        self.consumer = Some(consumer);
         self
     }
 
@@ -146,7 +157,13 @@ impl ManagerBuilder {
         };
 
         let (events, _) = broadcast::channel(1024);
-        let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
+        let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
+        let (sink, dispatcher) = spawn_dispatcher(
+            self.hooks,
+            events.clone(),
+            Arc::clone(&consumer),
+            config.operation_timeout,
+        );
         let (state, state_rx) = StateCell::new(sink.clone());
         let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
         let (worker_id, worker_id_rx) = watch::channel(None);
@@ -181,6 +198,7 @@ impl ManagerBuilder {
             cancel,
             shutdown_timeout: config.shutdown_timeout,
             runtime: Mutex::new(Some(task)),
+            consumer,
             dispatcher: Mutex::new(Some(AbortOnDropHandle::new(dispatcher))),
         };
         match manager.wait_started(state_rx, deadline).await {

@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 
 use crate::assignment::Assignment;
 use crate::error::Error;
-use crate::partition::Partition;
+use crate::consumer::WorkerConsumer;
+use crate::partition::{Partition, WorkerId};
 use crate::state::State;
 
 /// How loud a degraded-mode alert is; levels escalate with the time spent degraded.
@@ -102,6 +103,8 @@ pub enum Event {
     },
     /// The worker's assignment changed.
     AssignmentChanged {
+        /// The worker it is about.
+        worker: WorkerId,
         /// Partitions gained.
         added: Vec<Partition>,
         /// Partitions lost.
@@ -145,20 +148,37 @@ impl EventSink {
     }
 }
 
-/// Starts the dispatcher task: it calls `hooks` for each event, in order, then broadcasts it.
+/// The JetStream consumer the dispatcher keeps pointed at the assignment; taken out (and
+/// closed) by a graceful stop.
+pub(crate) type SharedConsumer = Arc<tokio::sync::Mutex<Option<WorkerConsumer>>>;
+
+/// Starts the dispatcher task: for each event, in order, it updates the consumer (assignment
+/// changes), calls `hooks`, then broadcasts the event.
 pub(crate) fn spawn_dispatcher(
     hooks: Arc<dyn Hooks>,
     broadcast: broadcast::Sender<Event>,
+    consumer: SharedConsumer,
+    consumer_timeout: Duration,
 ) -> (EventSink, JoinHandle<()>) {
     let (queue, mut rx) = mpsc::unbounded_channel::<Event>();
     let task = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
+            if let Event::AssignmentChanged {
+                worker, assignment, ..
+            } = &event
+                && let Some(error) = update_consumer(&consumer, worker, assignment, consumer_timeout).await
+            {
+                tracing::warn!(%error, "consumer update failed");
+                hooks.on_error(&error).await;
+                let _ = broadcast.send(Event::Error(Arc::new(error)));
+            }
             match &event {
                 Event::StateChanged { from, to, .. } => hooks.on_state_changed(*from, *to).await,
                 Event::AssignmentChanged {
                     added,
                     removed,
                     assignment,
+                    ..
                 } => {
                     hooks
                         .on_assignment_changed(added, removed, assignment)
@@ -177,6 +197,26 @@ pub(crate) fn spawn_dispatcher(
         }
     });
     (EventSink { queue }, task)
+}
+
+/// Points the consumer (if any) at the new assignment before the hooks hear of it. Bounded:
+/// with NATS down the consumer keeps retrying in the background.
+async fn update_consumer(
+    consumer: &SharedConsumer,
+    worker: &WorkerId,
+    assignment: &Assignment,
+    timeout: Duration,
+) -> Option<Error> {
+    let guard = consumer.lock().await;
+    let consumer = guard.as_ref()?;
+    match tokio::time::timeout(timeout, consumer.update_assignment(worker, assignment)).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(Error::Consumer(format!(
+            "consumer update to v{} still pending after {timeout:?}; it keeps retrying",
+            assignment.version
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +254,7 @@ mod tests {
     async fn hooks_run_sequentially_in_order() {
         let recorder = Arc::new(Recorder::default());
         let (tx, mut rx) = broadcast::channel(16);
-        let (sink, task) = spawn_dispatcher(recorder.clone(), tx);
+        let (sink, task) = spawn_dispatcher(recorder.clone(), tx, Arc::default(), Duration::from_secs(1));
         let steps = [
             (State::Init, State::ClaimingId),
             (State::ClaimingId, State::Election),

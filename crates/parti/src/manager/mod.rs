@@ -57,6 +57,7 @@ pub struct Manager {
     cancel: CancellationToken,
     shutdown_timeout: Duration,
     runtime: Mutex<Option<AbortOnDropHandle<Result<()>>>>,
+    consumer: hooks::SharedConsumer,
     dispatcher: Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
@@ -128,6 +129,15 @@ impl Manager {
     /// Stops gracefully: stop processing, hand over leadership, delete the heartbeat, release
     /// the ID. Idempotent; bounded by `shutdownTimeout` (after which tasks are aborted).
     pub async fn stop(&self) -> Result<()> {
+        // Stop processing first: the consumer releases its subjects for the next owner.
+        let consumer = self.consumer.lock().await.take();
+        if let Some(consumer) = consumer
+            && let Err(e) = tokio::time::timeout(self.shutdown_timeout, consumer.close())
+                .await
+                .unwrap_or(Err(Error::Shutdown))
+        {
+            tracing::warn!(error = %e, "closing the consumer");
+        }
         self.cancel.cancel();
         let Some(runtime) = self.runtime.lock().await.take() else {
             return Ok(());
@@ -158,6 +168,11 @@ impl Manager {
         if let Some(runtime) = self.runtime.lock().await.take() {
             runtime.abort();
         }
+        if let Some(dispatcher) = self.dispatcher.lock().await.take() {
+            dispatcher.abort();
+        }
+        // Dropped without closing, like a killed process: its messages are redelivered.
+        drop(self.consumer.lock().await.take());
         self.cancel.cancel();
     }
 }

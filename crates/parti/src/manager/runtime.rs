@@ -397,6 +397,7 @@ impl Runtime {
                 if changed {
                     tracing::info!(worker = %id, version = next.version, added = added.len(), removed = removed.len(), "assignment changed");
                     self.events.emit(Event::AssignmentChanged {
+                        worker: id.clone(),
                         added,
                         removed,
                         assignment: next,
@@ -448,7 +449,9 @@ impl Runtime {
             self.out.assignment.send_replace(Arc::clone(&cleared));
             metrics::gauge!("parti_partitions_owned").set(0.0);
             metrics::gauge!("parti_owned_weight").set(0.0);
+            let worker = self.out.worker_id.borrow().clone().unwrap_or_else(|| WorkerId::new(""));
             self.events.emit(Event::AssignmentChanged {
+                worker,
                 added: Vec::new(),
                 removed: held.partitions.clone(),
                 assignment: cleared,

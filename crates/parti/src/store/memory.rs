@@ -7,24 +7,26 @@
 //! construction, so a run is reproducible.
 
 mod faults;
+mod names;
+mod state;
 mod watch;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use faults::Faults;
 
-use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchEvent, WatchStream, key_matches};
+use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchStream};
 use faults::merge_cut_offs;
+use names::{check_compatible, check_key, check_pattern, valid_bucket_name};
+use state::{BucketCore, BucketState, Kind, Watcher};
 
 /// An in-memory [`Store`]: bucket-wide increasing revisions, CAS writes, tombstones, `max_age`
 /// expiry with `Expired` events, snapshot-then-watch, and injectable [`Faults`].
@@ -203,267 +205,6 @@ fn disconnected(op: &'static str, bucket: &str) -> StoreError {
     }
 }
 
-fn valid_bucket_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-/// The same rules as the NATS store (see `nats.rs`), so a name valid here is valid there.
-fn check_key(key: &str) -> Result<(), StoreError> {
-    let valid = !key.is_empty()
-        && !key.starts_with('.')
-        && !key.ends_with('.')
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName {
-            name: key.to_owned(),
-            reason: "keys are made of A-Z, a-z, 0-9 and -/_=. and do not start or end with '.'"
-                .into(),
-        })
-    }
-}
-
-fn check_pattern(pattern: &str) -> Result<(), StoreError> {
-    let count = pattern.split('.').count();
-    let ok = !pattern.is_empty()
-        && pattern.split('.').enumerate().all(|(i, token)| {
-            !token.is_empty()
-                && (token == "*" || (token == ">" && i == count - 1) || !token.contains(['*', '>']))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName {
-            name: pattern.to_owned(),
-            reason: "a pattern is a key, or tokens with '*' and a final '>'".into(),
-        })
-    }
-}
-
-/// The settings that change behaviour, compared as the NATS store compares them.
-fn check_compatible(want: &BucketSpec, have: &BucketSpec) -> Result<(), StoreError> {
-    let mut diffs = Vec::new();
-    if want.max_age != have.max_age {
-        diffs.push(format!(
-            "max_age is {:?}, expected {:?}",
-            have.max_age.unwrap_or_default(),
-            want.max_age.unwrap_or_default()
-        ));
-    }
-    if want.history != have.history {
-        diffs.push(format!(
-            "history is {}, expected {}",
-            have.history, want.history
-        ));
-    }
-    if want.replicas.max(1) != have.replicas.max(1) {
-        diffs.push(format!(
-            "replicas is {}, expected {}",
-            have.replicas, want.replicas
-        ));
-    }
-    if want.limit_markers && !have.limit_markers {
-        diffs.push("limit markers are off, expected on (expiries would be invisible)".into());
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::IncompatibleBucket {
-            bucket: want.name.clone(),
-            reason: format!(
-                "{} (delete the bucket or align the configuration)",
-                diffs.join(", ")
-            ),
-        })
-    }
-}
-
-/// One bucket of the backend, shared by every client.
-struct BucketCore {
-    spec: BucketSpec,
-    state: Mutex<BucketState>,
-    /// Wakes the expiry task after a write.
-    wake: Arc<Notify>,
-    /// Stops the expiry task with the bucket.
-    _reaper: Option<DropGuard>,
-}
-
-impl BucketCore {
-    fn create(spec: BucketSpec) -> Arc<Self> {
-        let wake = Arc::new(Notify::new());
-        let stop = CancellationToken::new();
-        let max_age = spec.max_age;
-        let core = Arc::new(Self {
-            spec,
-            state: Mutex::new(BucketState::default()),
-            wake: Arc::clone(&wake),
-            _reaper: max_age.map(|_| stop.clone().drop_guard()),
-        });
-        // Outside a tokio runtime expiries still apply, lazily, at the next call.
-        if let (Some(max_age), Ok(runtime)) = (max_age, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(reap(Arc::downgrade(&core), wake, stop, max_age));
-        }
-        core
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BucketState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Emits expiry events on time, even when nobody calls the bucket.
-async fn reap(
-    core: std::sync::Weak<BucketCore>,
-    wake: Arc<Notify>,
-    stop: CancellationToken,
-    max_age: Duration,
-) {
-    loop {
-        let next = {
-            let Some(core) = core.upgrade() else { return };
-            let mut state = core.lock();
-            state.expire_due(&core.spec, Instant::now());
-            state.next_expiry(max_age)
-        };
-        let timer = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = wake.notified() => {}
-            () = timer => {}
-        }
-    }
-}
-
-#[derive(Default)]
-struct BucketState {
-    revision: u64,
-    keys: BTreeMap<String, Slot>,
-    watchers: Vec<Watcher>,
-}
-
-/// The last message of a key: a value, or a delete/expiry tombstone (`value: None`).
-struct Slot {
-    value: Option<Bytes>,
-    revision: u64,
-    written_at: Instant,
-}
-
-struct Watcher {
-    pattern: String,
-    tx: mpsc::UnboundedSender<WatchEvent>,
-}
-
-impl BucketState {
-    fn live(&self, key: &str) -> Option<(&Bytes, u64)> {
-        self.keys
-            .get(key)
-            .and_then(|s| s.value.as_ref().map(|v| (v, s.revision)))
-    }
-
-    fn write(&mut self, key: &str, value: Option<Bytes>, now: Instant, event: Kind) -> u64 {
-        self.revision += 1;
-        let revision = self.revision;
-        let key = key.to_owned();
-        let event = match (&value, event) {
-            (Some(v), _) => WatchEvent::Put(Entry {
-                key: key.clone(),
-                value: v.clone(),
-                revision,
-            }),
-            (None, Kind::Expired) => WatchEvent::Expired {
-                key: key.clone(),
-                revision,
-            },
-            (None, _) => WatchEvent::Deleted {
-                key: key.clone(),
-                revision,
-            },
-        };
-        self.watchers
-            .retain(|w| !key_matches(&w.pattern, &key) || w.tx.send(event.clone()).is_ok());
-        self.keys.insert(
-            key,
-            Slot {
-                value,
-                revision,
-                written_at: now,
-            },
-        );
-        revision
-    }
-
-    /// Turns every value older than `max_age` into an expiry tombstone, oldest first.
-    fn expire_due(&mut self, spec: &BucketSpec, now: Instant) {
-        let Some(max_age) = spec.max_age else { return };
-        let mut due: Vec<(u64, String)> = self
-            .keys
-            .iter()
-            .filter(|(_, s)| s.value.is_some() && s.written_at + max_age <= now)
-            .map(|(k, s)| (s.revision, k.clone()))
-            .collect();
-        due.sort_unstable();
-        for (_, key) in due {
-            if spec.limit_markers {
-                self.write(&key, None, now, Kind::Expired);
-            } else {
-                // Without markers NATS drops the value silently.
-                self.keys.remove(&key);
-            }
-        }
-    }
-
-    fn next_expiry(&self, max_age: Duration) -> Option<Instant> {
-        self.keys
-            .values()
-            .filter(|s| s.value.is_some())
-            .map(|s| s.written_at + max_age)
-            .min()
-    }
-
-    /// Live entries matching `pattern`, in revision order (as NATS delivers them).
-    fn entries(&self, pattern: &str) -> Vec<Entry> {
-        let mut entries: Vec<Entry> = self
-            .keys
-            .iter()
-            .filter(|(k, _)| key_matches(pattern, k))
-            .filter_map(|(k, s)| {
-                s.value.as_ref().map(|v| Entry {
-                    key: k.clone(),
-                    value: v.clone(),
-                    revision: s.revision,
-                })
-            })
-            .collect();
-        entries.sort_unstable_by_key(|e| e.revision);
-        entries
-    }
-
-    fn snapshot(&self, pattern: &str) -> VecDeque<WatchEvent> {
-        std::iter::once(WatchEvent::Init)
-            .chain(self.entries(pattern).into_iter().map(WatchEvent::InitApply))
-            .chain(std::iter::once(WatchEvent::InitDone))
-            .collect()
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Write,
-    Delete,
-    Expired,
-}
-
 /// A bucket as one client sees it.
 struct MemoryBucket {
     core: Arc<BucketCore>,
@@ -601,6 +342,7 @@ impl Bucket for MemoryBucket {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = self
             .call("watch", false, |state, _| {
+                state.watchers.retain(|w| !w.tx.is_closed());
                 state.watchers.push(Watcher {
                     pattern: pattern.to_owned(),
                     tx,

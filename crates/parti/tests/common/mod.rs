@@ -91,12 +91,17 @@ impl TestCluster {
     /// Starts `n` workers concurrently (within one cold-start window).
     pub async fn workers(&self, n: usize) -> Vec<(Manager, Recorder)> {
         let started = futures::future::join_all((0..n).map(|_| self.worker())).await;
-        started.into_iter().map(|r| r.expect("worker start")).collect()
+        started
+            .into_iter()
+            .map(|r| r.expect("worker start"))
+            .collect()
     }
 
     /// The committed state of the assignment bucket.
     pub async fn published(&self) -> Published {
-        read_published(&*self.assignment).await.expect("read published")
+        read_published(&*self.assignment)
+            .await
+            .expect("read published")
     }
 
     pub async fn record(&self) -> ClusterRecord {
@@ -109,15 +114,19 @@ impl TestCluster {
         let parts = self.source_partitions().await;
         let mut workers = workers.to_vec();
         workers.sort();
-        wait_until(deadline, "the published map to cover the live workers", || {
-            let parts = parts.clone();
-            let workers = workers.clone();
-            async move {
-                let p = self.published().await;
-                p.map.workers().cloned().collect::<Vec<_>>() == workers
-                    && p.map.verify(&workers, &parts).is_ok()
-            }
-        })
+        wait_until(
+            deadline,
+            "the published map to cover the live workers",
+            || {
+                let parts = parts.clone();
+                let workers = workers.clone();
+                async move {
+                    let p = self.published().await;
+                    p.map.workers().cloned().collect::<Vec<_>>() == workers
+                        && p.map.verify(&workers, &parts).is_ok()
+                }
+            },
+        )
         .await
         .expect("map converged");
         self.published().await
@@ -152,15 +161,23 @@ pub fn moved(before: &AssignmentMap, after: &AssignmentMap) -> usize {
 }
 
 /// Waits until every manager is Stable and holds what the published map says.
-pub async fn wait_all_stable(cluster: &TestCluster, managers: &[(Manager, Recorder)], deadline: Duration) {
-    wait_until(deadline, "every worker Stable with the published assignment", || async {
-        let published = cluster.published().await;
-        managers.iter().all(|(m, _)| {
-            m.state() == parti::State::Stable
-                && published.map.contains_worker(&m.worker_id())
-                && m.assignment().partitions == published.map.partitions_of(&m.worker_id())
-        })
-    })
+pub async fn wait_all_stable(
+    cluster: &TestCluster,
+    managers: &[(Manager, Recorder)],
+    deadline: Duration,
+) {
+    wait_until(
+        deadline,
+        "every worker Stable with the published assignment",
+        || async {
+            let published = cluster.published().await;
+            managers.iter().all(|(m, _)| {
+                m.state() == parti::State::Stable
+                    && published.map.contains_worker(&m.worker_id())
+                    && m.assignment().partitions == published.map.partitions_of(&m.worker_id())
+            })
+        },
+    )
     .await
     .expect("all stable");
 }
