@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{run, status_until};
-use parti::records::{CLUSTER_KEY, ClusterRecord, WorkerRecord, worker_key};
+use parti::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, worker_key};
 use parti::store::{BucketSpec, NatsStore, Store, codec};
 use parti::{ClusterPhase, Config, Lifecycle, Manager, Partition, WorkerId};
 use parti_testkit::NatsServer;
@@ -158,7 +158,7 @@ async fn status_flags_two_owners_and_garbage_with_exit_code_2() {
         };
         let id = WorkerId::new(id);
         let rev = assignment
-            .put(&worker_key(&id), codec::encode(&record).unwrap())
+            .put(&worker_key(&id, Slot::A), codec::encode(&record).unwrap())
             .await
             .unwrap();
         revisions.insert(id, rev);

@@ -20,12 +20,67 @@ pub const REFRESH_KEY: &str = "refresh";
 /// Prefix of the per-worker assignment keys.
 pub const WORKER_KEY_PREFIX: &str = "worker.";
 
-/// The assignment key of a worker: `worker.{id}`.
-pub fn worker_key(id: &WorkerId) -> String {
-    format!("{WORKER_KEY_PREFIX}{id}")
+/// One of the two keys a worker's assignment alternates between.
+///
+/// A publish writes the slot that is *not* committed, then commits with the `cluster` record:
+/// a publish that fails half-way (store outage, lost lease) leaves the committed values
+/// untouched, so the committed map always stays readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// `worker.{id}.a`
+    A,
+    /// `worker.{id}.b`
+    B,
 }
 
-/// `worker.{id}`: one worker's partitions.
+impl Slot {
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+}
+
+/// The assignment key of a worker's slot: `worker.{id}.{a|b}`.
+///
+/// ```
+/// use parti::{WorkerId, records::{Slot, parse_worker_key, worker_key}};
+/// let key = worker_key(&WorkerId::new("worker-3"), Slot::B);
+/// assert_eq!(key, "worker.worker-3.b");
+/// assert_eq!(parse_worker_key(&key), Some((WorkerId::new("worker-3"), Slot::B)));
+/// assert_eq!(parse_worker_key("worker.worker-3"), None);
+/// ```
+pub fn worker_key(id: &WorkerId, slot: Slot) -> String {
+    format!("{WORKER_KEY_PREFIX}{id}.{}", slot.suffix())
+}
+
+/// The pattern matching both slots of a worker.
+pub fn worker_pattern(id: &WorkerId) -> String {
+    format!("{WORKER_KEY_PREFIX}{id}.*")
+}
+
+/// The worker and slot of an assignment key, if it is one.
+pub fn parse_worker_key(key: &str) -> Option<(WorkerId, Slot)> {
+    let rest = key.strip_prefix(WORKER_KEY_PREFIX)?;
+    let (id, slot) = rest.rsplit_once('.')?;
+    let slot = match slot {
+        "a" => Slot::A,
+        "b" => Slot::B,
+        _ => return None,
+    };
+    (!id.is_empty() && !id.contains('.')).then(|| (WorkerId::new(id), slot))
+}
+
+/// `worker.{id}.{slot}`: one worker's partitions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerRecord {
@@ -96,6 +151,8 @@ pub struct Published {
     pub map: AssignmentMap,
     /// Worker → (revision, value) of the committed values.
     pub workers: BTreeMap<WorkerId, (u64, WorkerRecord)>,
+    /// Worker → the slot holding its committed value.
+    pub slots: BTreeMap<WorkerId, Slot>,
     /// Keys whose values did not decode.
     pub garbage: Vec<String>,
 }
@@ -145,13 +202,13 @@ pub async fn read_published(bucket: &dyn Bucket) -> Result<Published> {
     };
     let pattern = format!("{WORKER_KEY_PREFIX}>");
     for entry in bucket.list(&pattern).await? {
-        let Some(id) = entry.key.strip_prefix(WORKER_KEY_PREFIX) else {
+        let Some((worker, slot)) = parse_worker_key(&entry.key) else {
             continue;
         };
-        let worker = WorkerId::new(id);
         match codec::decode::<WorkerRecord>(bucket.name(), &entry.key, &entry.value) {
             Ok(rec) if record.workers.get(&worker) == Some(&entry.revision) => {
                 published.map.set(worker.clone(), rec.partitions.clone());
+                published.slots.insert(worker.clone(), slot);
                 published.workers.insert(worker, (entry.revision, rec));
             }
             Ok(_) => {}

@@ -1,7 +1,8 @@
 //! Fenced, versioned publication of the assignment map (SPEC §5.4).
 //!
-//! A publish writes every changed `worker.{id}` key, then commits with the `cluster` record,
-//! written with a revision check. The record lists the revision of each worker's value, so a
+//! A publish writes every changed worker's value into the slot of `worker.{id}.{a|b}` that is not
+//! committed, then commits with the `cluster` record, written with a revision check: a publish
+//! that fails half-way leaves the committed map intact. The record lists the revision of each worker's value, so a
 //! worker applies only committed values: a deposed leader may still write a worker key, but it
 //! cannot commit, and its write is never applied. Keys of departed workers are deleted after
 //! the commit. Versions continue from the committed record, across leaders.
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
-use crate::records::{CLUSTER_KEY, ClusterRecord, WorkerRecord, unix_ms, worker_key};
+use crate::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, unix_ms, worker_key};
 use crate::state::ClusterPhase;
 use crate::store::{Bucket, codec};
 
@@ -82,12 +83,15 @@ impl Publisher {
 
         let mut revisions = BTreeMap::new();
         let mut records = BTreeMap::new();
+        let mut slots = BTreeMap::new();
         for (worker, partitions) in map.iter() {
             if let Some((rev, rec)) = self.committed.workers.get(worker)
+                && let Some(slot) = self.committed.slots.get(worker)
                 && rec.partitions == partitions
             {
                 revisions.insert(worker.clone(), *rev);
                 records.insert(worker.clone(), (*rev, rec.clone()));
+                slots.insert(worker.clone(), *slot);
                 continue;
             }
             let record = WorkerRecord {
@@ -96,12 +100,19 @@ impl Publisher {
                 lifecycle: meta.lifecycle,
                 partitions: partitions.to_vec(),
             };
+            // Never overwrite the committed value: write the other slot.
+            let slot = self
+                .committed
+                .slots
+                .get(worker)
+                .map_or(Slot::A, |s| s.other());
             let rev = self
                 .bucket
-                .put(&worker_key(worker), codec::encode(&record)?)
+                .put(&worker_key(worker, slot), codec::encode(&record)?)
                 .await?;
             revisions.insert(worker.clone(), rev);
             records.insert(worker.clone(), (rev, record));
+            slots.insert(worker.clone(), slot);
         }
 
         let first_assignment_at = current
@@ -132,12 +143,15 @@ impl Publisher {
             cluster_revision: Some(revision),
             map: map.clone(),
             workers: records,
+            slots,
             garbage: Vec::new(),
         };
         for worker in departed {
             // Best effort: a leftover key is ignored by everyone (not in the record).
-            if let Err(e) = self.bucket.delete(&worker_key(&worker), None).await {
-                tracing::debug!(%worker, error = %e, "could not delete a departed worker's key");
+            for slot in [Slot::A, Slot::B] {
+                if let Err(e) = self.bucket.delete(&worker_key(&worker, slot), None).await {
+                    tracing::debug!(%worker, error = %e, "could not delete a departed worker's key");
+                }
             }
         }
         Ok(version)

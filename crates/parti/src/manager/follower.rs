@@ -4,6 +4,7 @@
 //! record commits its revision (see [`controller::publisher`](crate::controller)); garbage
 //! values are logged, counted and ignored.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -13,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assignment::Assignment;
 use crate::partition::WorkerId;
-use crate::records::{CLUSTER_KEY, ClusterRecord, WorkerRecord, garbage_seen, worker_key};
+use crate::records::{
+    CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, garbage_seen, parse_worker_key, worker_pattern,
+};
 use crate::store::{Bucket, Entry, WatchEvent, codec};
 
 /// What the follower knows of the published state.
@@ -21,8 +24,8 @@ use crate::store::{Bucket, Entry, WatchEvent, codec};
 pub(crate) struct FollowerView {
     /// The latest cluster record (`None` before the first one, or while it is garbage).
     pub(crate) cluster: Option<ClusterRecord>,
-    /// This worker's latest value and its revision.
-    pub(crate) mine: Option<(u64, WorkerRecord)>,
+    /// This worker's latest value in each slot, with its revision.
+    pub(crate) mine: BTreeMap<Slot, (u64, WorkerRecord)>,
     /// True once both watches delivered their first snapshot.
     pub(crate) synced: bool,
 }
@@ -40,8 +43,8 @@ impl FollowerView {
         }
         match cluster.workers.get(me) {
             Some(rev) => {
-                let (mine_rev, record) = self.mine.as_ref()?;
-                (mine_rev == rev).then(|| Assignment {
+                let (_, record) = self.mine.values().find(|(r, _)| r == rev)?;
+                Some(Assignment {
                     version: record.version,
                     lifecycle: record.lifecycle,
                     partitions: record.partitions.clone(),
@@ -88,11 +91,12 @@ fn decode_cluster(bucket: &str, entry: &Entry) -> Option<ClusterRecord> {
         .ok()
 }
 
-fn decode_worker(bucket: &str, entry: &Entry) -> Option<(u64, WorkerRecord)> {
+fn decode_worker(bucket: &str, entry: &Entry) -> Option<(Slot, (u64, WorkerRecord))> {
+    let (_, slot) = parse_worker_key(&entry.key)?;
     codec::decode(bucket, &entry.key, &entry.value)
         .inspect_err(garbage_seen)
         .ok()
-        .map(|record| (entry.revision, record))
+        .map(|record| (slot, (entry.revision, record)))
 }
 
 async fn run(
@@ -102,7 +106,7 @@ async fn run(
     cancel: CancellationToken,
 ) {
     let name = bucket.name().to_owned();
-    let my_key = worker_key(&me);
+    let my_keys = worker_pattern(&me);
     // Watches are retried until they open; once open they recover by themselves.
     let open = |key: String| {
         let bucket = Arc::clone(&bucket);
@@ -125,13 +129,13 @@ async fn run(
         }
     };
     let (Some(mut cluster_watch), Some(mut mine_watch)) =
-        (open(CLUSTER_KEY.to_owned()).await, open(my_key).await)
+        (open(CLUSTER_KEY.to_owned()).await, open(my_keys).await)
     else {
         return;
     };
     let (mut cluster_synced, mut mine_synced) = (false, false);
     // Snapshot values are staged and applied on InitDone, so a resnapshot replaces the view.
-    let (mut cluster_stage, mut mine_stage) = (None, None);
+    let (mut cluster_stage, mut mine_stage) = (None, BTreeMap::new());
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -160,20 +164,26 @@ async fn run(
                 let Some(event) = event else { return };
                 let Ok(event) = event else { continue };
                 match event {
-                    WatchEvent::Init => mine_stage = None,
-                    WatchEvent::InitApply(e) => mine_stage = decode_worker(&name, &e),
+                    WatchEvent::Init => mine_stage.clear(),
+                    WatchEvent::InitApply(e) => {
+                        if let Some((slot, value)) = decode_worker(&name, &e) {
+                            mine_stage.insert(slot, value);
+                        }
+                    }
                     WatchEvent::InitDone => {
                         mine_synced = true;
-                        let staged = mine_stage.take();
+                        let staged = std::mem::take(&mut mine_stage);
                         tx.send_modify(|v| { v.mine = staged; v.synced = cluster_synced && mine_synced; });
                     }
                     WatchEvent::Put(e) => {
-                        if let Some(mine) = decode_worker(&name, &e) {
-                            tx.send_modify(|v| v.mine = Some(mine));
+                        if let Some((slot, value)) = decode_worker(&name, &e) {
+                            tx.send_modify(|v| { v.mine.insert(slot, value); });
                         }
                     }
-                    WatchEvent::Deleted { .. } | WatchEvent::Expired { .. } => {
-                        tx.send_modify(|v| v.mine = None);
+                    WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
+                        if let Some((_, slot)) = parse_worker_key(&key) {
+                            tx.send_modify(|v| { v.mine.remove(&slot); });
+                        }
                     }
                 }
             }
@@ -218,7 +228,7 @@ mod tests {
         let me = WorkerId::new("w-0");
         let view = FollowerView {
             cluster: Some(cluster(3, &[("w-0", 10)])),
-            mine: Some((11, mine(4))),
+            mine: [(Slot::A, (11, mine(4)))].into(),
             synced: true,
         };
         assert_eq!(
@@ -227,7 +237,7 @@ mod tests {
             "uncommitted write (deposed leader)"
         );
         let view = FollowerView {
-            mine: Some((10, mine(3))),
+            mine: [(Slot::A, (11, mine(4))), (Slot::B, (10, mine(3)))].into(),
             ..view
         };
         assert_eq!(view.committed(&me, false).unwrap().version, 3);
@@ -238,7 +248,7 @@ mod tests {
         let me = WorkerId::new("w-0");
         let view = FollowerView {
             cluster: Some(cluster(5, &[("w-1", 10)])),
-            mine: None,
+            mine: BTreeMap::new(),
             synced: true,
         };
         assert_eq!(view.committed(&me, false), None);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use parti::records::{CLUSTER_KEY, ClusterRecord, WORKER_KEY_PREFIX, WorkerRecord};
+use parti::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, worker_key};
 use parti::store::{Bucket, WatchEvent, codec};
 use parti::{Partition, WorkerId};
 use tokio::time::Instant;
@@ -179,19 +179,17 @@ impl View {
         let mut map = BTreeMap::new();
         let mut seen = BTreeSet::new();
         for (worker, rev) in &record.workers {
-            let key = format!("{WORKER_KEY_PREFIX}{worker}");
-            let Some((held, value)) = self.keys.get(&key) else {
+            // The committed revision must still be held by one of the worker's two slots.
+            let slots = [Slot::A, Slot::B].map(|slot| worker_key(worker, slot));
+            let Some((key, (_, value))) = slots
+                .iter()
+                .find_map(|key| self.keys.get(key).filter(|(held, _)| held == rev).map(|v| (key, v)))
+            else {
                 return shared.violate(format!(
-                    "v{} commits {key}@{rev} but the key is absent",
+                    "v{} commits {worker}@{rev} but neither slot holds that revision",
                     record.version
                 ));
             };
-            if held != rev {
-                return shared.violate(format!(
-                    "v{} commits {key}@{rev} but the key holds rev {held}",
-                    record.version
-                ));
-            }
             let Ok(value) = codec::decode::<WorkerRecord>("assignment", &key, value) else {
                 return shared.violate(format!("undecodable committed value {key}"));
             };
