@@ -119,7 +119,8 @@ pub struct Config {
     /// Alias: `electionTimeout` (Go).
     #[serde(with = "duration", alias = "electionTimeout")]
     pub election_ttl: Duration,
-    /// Bound on `start()` reaching `Stable` (default 30s; `> 0`).
+    /// Bound on `start()` reaching `Stable` (default 60s; `> coldStartWindow`, since a cold
+    /// start is not Stable before its window closes).
     #[serde(with = "duration")]
     pub startup_timeout: Duration,
     /// Bound on a graceful `stop()` (default 10s; `> 0`).
@@ -153,7 +154,7 @@ impl Default for Config {
             restart_detection_ratio: 0.5,
             restart_min_workers: 10,
             election_ttl: Duration::from_secs(10),
-            startup_timeout: Duration::from_secs(30),
+            startup_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(5),
             assignment: AssignmentConfig::default(),

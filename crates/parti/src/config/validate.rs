@@ -163,6 +163,18 @@ impl Config {
         v.bucket_max_age(self.election_ttl, "electionTtl");
 
         v.positive(self.startup_timeout, "startupTimeout");
+        // `start()` returns once Stable, and a cold start is not Stable before its window
+        // closes: a shorter bound could never be met.
+        v.check(
+            self.startup_timeout.is_zero() || self.startup_timeout > self.cold_start_window,
+            "startupTimeout",
+            || {
+                format!(
+                    "must exceed coldStartWindow ({}), or a cold start can never finish in time",
+                    format(self.cold_start_window)
+                )
+            },
+        );
         v.positive(self.shutdown_timeout, "shutdownTimeout");
         v.positive(self.operation_timeout, "operationTimeout");
 

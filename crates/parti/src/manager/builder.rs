@@ -14,7 +14,7 @@ use crate::assignment::Assignment;
 use crate::config::Config;
 use crate::consumer::WorkerConsumer;
 use crate::election::{self, ElectionAgent};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreError};
 use crate::source::{PartitionSource, Static};
 use crate::state::State;
 use crate::store::{BucketSpec, Store};
@@ -125,12 +125,27 @@ impl ManagerBuilder {
         };
         let deadline = tokio::time::Instant::now() + config.startup_timeout;
         let b = &config.kv_buckets;
+        // NATS may still be coming up: retry transient failures until the start-up deadline;
+        // a misconfigured bucket is reported at once.
         let open = |spec: BucketSpec| {
             let store = Arc::clone(&store);
             async move {
-                match tokio::time::timeout_at(deadline, store.bucket(&spec)).await {
-                    Ok(result) => result.map_err(Error::from),
-                    Err(_) => Err(Error::StartupTimeout { state: State::Init }),
+                let mut delay = std::time::Duration::from_millis(50);
+                loop {
+                    let error = match tokio::time::timeout_at(deadline, store.bucket(&spec)).await {
+                        Ok(Ok(bucket)) => return Ok(bucket),
+                        Ok(Err(e @ (StoreError::IncompatibleBucket { .. } | StoreError::InvalidName { .. }))) => {
+                            return Err(Error::from(e));
+                        }
+                        Ok(Err(e)) => e,
+                        Err(_) => return Err(Error::StartupTimeout { state: State::Init }),
+                    };
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        return Err(Error::from(error));
+                    }
+                    tracing::warn!(bucket = %spec.name, %error, "cannot open bucket yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 }
             }
         };

@@ -190,7 +190,7 @@ impl View {
                     record.version
                 ));
             };
-            let Ok(value) = codec::decode::<WorkerRecord>("assignment", &key, value) else {
+            let Ok(value) = codec::decode::<WorkerRecord>("assignment", key, value) else {
                 return shared.violate(format!("undecodable committed value {key}"));
             };
             for p in &value.partitions {

@@ -50,7 +50,7 @@ emergencyGracePeriod: 750ms
 restartDetectionRatio: 0.75
 restartMinWorkers: 4
 electionTtl: 3s
-startupTimeout: 45s
+startupTimeout: 2m
 shutdownTimeout: 5s
 operationTimeout: 2s
 assignment:
@@ -91,7 +91,8 @@ fn defaults_match_the_table() {
     assert_eq!(c.restart_detection_ratio, 0.5);
     assert_eq!(c.restart_min_workers, 10);
     assert_eq!(c.election_ttl, s(10));
-    assert_eq!(c.startup_timeout, s(30));
+    // 60 s rather than the table's 30 s: it must exceed the 30 s cold-start window.
+    assert_eq!(c.startup_timeout, s(60));
     assert_eq!(c.shutdown_timeout, s(10));
     assert_eq!(c.operation_timeout, s(5));
     assert_eq!(c.assignment.min_rebalance_interval, s(10));

@@ -46,6 +46,7 @@ fn each_rule_reports_its_field() {
             (c.heartbeat_interval, c.election_ttl) = (ms(10), ms(50))
         }),
         ("startupTimeout", |c| c.startup_timeout = Duration::ZERO),
+        ("startupTimeout", |c| c.startup_timeout = s(30)),
         ("shutdownTimeout", |c| c.shutdown_timeout = Duration::ZERO),
         ("operationTimeout", |c| c.operation_timeout = Duration::ZERO),
         ("assignment.minRebalanceInterval", |c| {

@@ -20,7 +20,7 @@ fn a_file_with_every_key_round_trips() {
     assert_eq!(c.election_ttl, s(3));
     assert_eq!(
         (c.startup_timeout, c.shutdown_timeout, c.operation_timeout),
-        (s(45), s(5), s(2))
+        (s(120), s(5), s(2))
     );
     assert_eq!(c.assignment.min_rebalance_interval, s(15));
     assert_eq!(c.assignment.min_rebalance_threshold, 0.3);
