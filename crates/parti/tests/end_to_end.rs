@@ -1,0 +1,186 @@
+//! SPEC §11 scenario 12: messages end to end. A producer publishes sequenced messages to 200
+//! partitions of a work-queue stream while 5 workers (Manager + WorkerConsumer) process them,
+//! and the test crashes a worker, adds two, removes one gracefully and kills the leader. When
+//! the producer has stopped and the cluster is quiet, every message was processed at least once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{self, RetentionPolicy};
+use async_nats::jetstream::{self, Message};
+use common::*;
+use parti::error::BoxError;
+use parti::{Config, Manager, WorkerConsumer};
+use parti_testkit::wait_until;
+
+const PARTITIONS: usize = 200;
+const STREAM: &str = "E2E";
+
+/// (partition, sequence) → how many times it was processed.
+#[derive(Clone, Default)]
+struct Processed(Arc<Mutex<BTreeMap<(String, u64), u32>>>);
+
+impl Processed {
+    fn record(&self, subject: &str, payload: &[u8]) {
+        let partition = subject.trim_start_matches("e2e.").to_owned();
+        let seq = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX);
+        *self.0.lock().unwrap().entry((partition, seq)).or_default() += 1;
+    }
+    fn seen(&self) -> BTreeSet<(String, u64)> {
+        self.0.lock().unwrap().keys().cloned().collect()
+    }
+    fn duplicates(&self) -> u64 {
+        self.0.lock().unwrap().values().map(|n| u64::from(n - 1)).sum()
+    }
+}
+
+async fn worker(cluster: &TestCluster, processed: &Processed) -> Manager {
+    let client = cluster.server.client().await.unwrap();
+    let js = jetstream::new(client);
+    let processed = processed.clone();
+    let consumer = WorkerConsumer::builder(js.clone(), STREAM)
+        .subject_template("e2e.{partition}")
+        .consumer_prefix("e2e")
+        .check_interval(Duration::from_millis(300))
+        .ack_wait(Duration::from_secs(2))
+        .takeover_after(Duration::from_secs(2))
+        .handler(move |msg: Message| {
+            let processed = processed.clone();
+            async move {
+                processed.record(&msg.subject, &msg.payload);
+                Ok::<(), BoxError>(())
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    Manager::builder(js)
+        .config(cluster.config.clone())
+        .source(cluster.source.clone())
+        .consumer(consumer)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
+    let config = Config::fast_for_tests();
+    let cluster = TestCluster::start(config, partitions(PARTITIONS)).await;
+    let js = jetstream::new(cluster.server.client().await.unwrap());
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["e2e.>".into()],
+        retention: RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let processed = Processed::default();
+    let mut workers = Vec::new();
+    for w in futures::future::join_all((0..5).map(|_| worker(&cluster, &processed))).await {
+        workers.push(w);
+    }
+
+    // The producer: round-robin over the partitions, each message acknowledged by the stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn({
+        let (js, stop, sent) = (js.clone(), stop.clone(), sent.clone());
+        async move {
+            let mut published = BTreeSet::new();
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for p in 0..PARTITIONS {
+                    let subject = format!("e2e.p{p}");
+                    // Retry until stored: a message counts only once the stream has it.
+                    loop {
+                        let ack = match js.publish(subject.clone(), seq.to_string().into()).await {
+                            Ok(ack) => ack.await,
+                            Err(e) => Err(e),
+                        };
+                        if ack.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    published.insert((format!("p{p}"), seq));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            published
+        }
+    });
+    let progress = |n: u64| {
+        let sent = sent.clone();
+        async move {
+            let target = sent.load(Ordering::Relaxed) + n;
+            wait_until(Duration::from_secs(20), "the producer to make progress", || {
+                let sent = sent.clone();
+                async move { sent.load(Ordering::Relaxed) >= target }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    progress(400).await;
+
+    // Crash a follower.
+    let victim = workers.iter().position(|m| !m.is_leader()).unwrap();
+    workers.remove(victim).kill().await;
+    progress(400).await;
+    // Add two.
+    for w in futures::future::join_all((0..2).map(|_| worker(&cluster, &processed))).await {
+        workers.push(w);
+    }
+    progress(400).await;
+    // Remove one gracefully.
+    let leaving = workers.iter().position(|m| !m.is_leader()).unwrap();
+    workers.remove(leaving).stop().await.unwrap();
+    progress(400).await;
+    // Kill the leader.
+    let leader = workers.iter().position(|m| m.is_leader()).unwrap();
+    workers.remove(leader).kill().await;
+    progress(400).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let published = producer.await.unwrap();
+    let ids: Vec<_> = {
+        let mut ids: Vec<_> = workers.iter().map(Manager::worker_id).collect();
+        ids.sort();
+        ids
+    };
+    cluster.wait_for_map(&ids, Duration::from_secs(30)).await;
+
+    let missing = || {
+        let seen = processed.seen();
+        published.iter().filter(|m| !seen.contains(*m)).count()
+    };
+    let drained = wait_until(Duration::from_secs(60), "every published message processed", || async {
+        missing() == 0
+    })
+    .await;
+    let duplicates = processed.duplicates();
+    println!(
+        "s12: sent {}, processed {} distinct, duplicates {duplicates}, missing {}",
+        published.len(),
+        processed.seen().len(),
+        missing()
+    );
+    assert!(drained.is_ok(), "{} messages were never processed", missing());
+    for m in &workers {
+        m.stop().await.unwrap();
+    }
+}
