@@ -13,7 +13,11 @@ use parti::{Config, Manager, Partition, source::Static};
 
 /// Runs one worker until Ctrl-C (or for `run_for`), printing every assignment it gets.
 /// Returns the number of partitions it held last.
-pub async fn run(url: &str, config: Config, run_for: Option<Duration>) -> Result<usize, Box<dyn std::error::Error>> {
+pub async fn run(
+    url: &str,
+    config: Config,
+    run_for: Option<Duration>,
+) -> Result<usize, Box<dyn std::error::Error>> {
     let nats = async_nats::connect(url).await?;
     let partitions = (0..32)
         .map(|i| Partition::new(["sensor", &format!("s{i:02}")], 100))
@@ -23,15 +27,28 @@ pub async fn run(url: &str, config: Config, run_for: Option<Duration>) -> Result
         .source(Static::new(partitions))
         .start()
         .await?;
-    println!("{} started (leader: {})", manager.worker_id(), manager.is_leader());
+    println!(
+        "{} started (leader: {})",
+        manager.worker_id(),
+        manager.is_leader()
+    );
 
     let mut assignment = manager.watch_assignment();
     let deadline = tokio::time::sleep(run_for.unwrap_or(Duration::MAX));
     tokio::pin!(deadline);
     loop {
         let current = assignment.borrow_and_update().clone();
-        let keys: Vec<_> = current.partitions.iter().map(Partition::subject_key).collect();
-        println!("v{} {:?}: {}", current.version, manager.state(), keys.join(" "));
+        let keys: Vec<_> = current
+            .partitions
+            .iter()
+            .map(Partition::subject_key)
+            .collect();
+        println!(
+            "v{} {:?}: {}",
+            current.version,
+            manager.state(),
+            keys.join(" ")
+        );
         tokio::select! {
             changed = assignment.changed() => changed?,
             _ = tokio::signal::ctrl_c() => break,
@@ -46,7 +63,9 @@ pub async fn run(url: &str, config: Config, run_for: Option<Duration>) -> Result
 #[tokio::main]
 #[allow(dead_code)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     let config = Config::default().with_env_overrides()?;
     run(&url, config, None).await?;
     Ok(())

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use parti::{AssignmentMap, AssignmentStrategy, Config, Error, Manager, Partition, WorkerId, source::Static};
+use parti::{
+    AssignmentMap, AssignmentStrategy, Config, Error, Manager, Partition, WorkerId, source::Static,
+};
 
 /// Places whole tenants (the first key of a partition), heaviest first, on the least loaded
 /// worker. Pure and deterministic, as the trait requires.
@@ -58,7 +60,11 @@ impl AssignmentStrategy for TenantAffinity {
 }
 
 /// Runs one worker with the custom strategy; returns the tenants it was given.
-pub async fn run(url: &str, config: Config, run_for: Duration) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+pub async fn run(
+    url: &str,
+    config: Config,
+    run_for: Duration,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let nats = async_nats::connect(url).await?;
     let partitions = ["acme", "globex", "initech", "umbrella"]
         .iter()
@@ -86,7 +92,14 @@ pub async fn run(url: &str, config: Config, run_for: Duration) -> Result<Vec<Str
 #[tokio::main]
 #[allow(dead_code)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    run(&url, Config::default().with_env_overrides()?, Duration::from_secs(60)).await?;
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    run(
+        &url,
+        Config::default().with_env_overrides()?,
+        Duration::from_secs(60),
+    )
+    .await?;
     Ok(())
 }

@@ -13,9 +13,14 @@ use parti::store::{BucketSpec, NatsStore, Store, WatchEvent};
 
 /// Prints a line per published version until `versions` were seen (or for ever); returns the
 /// versions seen.
-pub async fn run(url: &str, bucket: &str, versions: Option<usize>) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+pub async fn run(
+    url: &str,
+    bucket: &str,
+    versions: Option<usize>,
+) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
     let nats = async_nats::connect(url).await?;
-    let store = NatsStore::new(async_nats::jetstream::new(nats)).with_operation_timeout(Duration::from_secs(2));
+    let store = NatsStore::new(async_nats::jetstream::new(nats))
+        .with_operation_timeout(Duration::from_secs(2));
     let bucket = store.bucket(&BucketSpec::new(bucket)).await?;
     let mut watch = bucket.watch("cluster").await?;
     let mut seen = Vec::new();
@@ -29,7 +34,9 @@ pub async fn run(url: &str, bucket: &str, versions: Option<usize>) -> Result<Vec
             }
         }
         let published = read_published(&*bucket).await?;
-        let Some((record, _)) = &published.record else { continue };
+        let Some((record, _)) = &published.record else {
+            continue;
+        };
         if record.version == 0 || seen.last() == Some(&record.version) {
             continue; // a phase change (the cold-start window), not a publish
         }
@@ -57,7 +64,9 @@ pub async fn run(url: &str, bucket: &str, versions: Option<usize>) -> Result<Vec
 #[tokio::main]
 #[allow(dead_code)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
     run(&url, "parti-assignment", None).await?;
     Ok(())
 }

@@ -39,7 +39,12 @@ impl Processed {
         self.0.lock().unwrap().keys().cloned().collect()
     }
     fn duplicates(&self) -> u64 {
-        self.0.lock().unwrap().values().map(|n| u64::from(n - 1)).sum()
+        self.0
+            .lock()
+            .unwrap()
+            .values()
+            .map(|n| u64::from(n - 1))
+            .sum()
     }
 }
 
@@ -127,10 +132,14 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
         let sent = sent.clone();
         async move {
             let target = sent.load(Ordering::Relaxed) + n;
-            wait_until(Duration::from_secs(20), "the producer to make progress", || {
-                let sent = sent.clone();
-                async move { sent.load(Ordering::Relaxed) >= target }
-            })
+            wait_until(
+                Duration::from_secs(20),
+                "the producer to make progress",
+                || {
+                    let sent = sent.clone();
+                    async move { sent.load(Ordering::Relaxed) >= target }
+                },
+            )
             .await
             .unwrap();
         }
@@ -168,9 +177,11 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
         let seen = processed.seen();
         published.iter().filter(|m| !seen.contains(*m)).count()
     };
-    let drained = wait_until(Duration::from_secs(60), "every published message processed", || async {
-        missing() == 0
-    })
+    let drained = wait_until(
+        Duration::from_secs(60),
+        "every published message processed",
+        || async { missing() == 0 },
+    )
     .await;
     let duplicates = processed.duplicates();
     println!(
@@ -179,7 +190,11 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
         processed.seen().len(),
         missing()
     );
-    assert!(drained.is_ok(), "{} messages were never processed", missing());
+    assert!(
+        drained.is_ok(),
+        "{} messages were never processed",
+        missing()
+    );
     for m in &workers {
         m.stop().await.unwrap();
     }

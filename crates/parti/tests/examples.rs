@@ -21,13 +21,20 @@ async fn basic_worker_gets_every_partition_alone_and_the_watcher_sees_the_publis
     let url = server.url();
     let watcher = tokio::spawn({
         let url = url.clone();
-        async move { kv_watcher::run(&url, "parti-assignment", Some(1)).await.unwrap() }
+        async move {
+            kv_watcher::run(&url, "parti-assignment", Some(1))
+                .await
+                .unwrap()
+        }
     });
     let held = basic::run(&url, Config::fast_for_tests(), Some(Duration::from_secs(2)))
         .await
         .unwrap();
     assert_eq!(held, 32, "a lone worker owns every partition");
-    let versions = tokio::time::timeout(Duration::from_secs(10), watcher).await.unwrap().unwrap();
+    let versions = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(versions, [1]);
 }
 
@@ -40,14 +47,24 @@ async fn custom_strategy_keeps_tenants_together() {
         custom_strategy::run(&url, Config::fast_for_tests(), Duration::from_secs(3)),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.len() + b.len(), 4, "each tenant served by exactly one worker: {a:?} {b:?}");
+    assert_eq!(
+        a.len() + b.len(),
+        4,
+        "each tenant served by exactly one worker: {a:?} {b:?}"
+    );
     assert!(a.iter().all(|t| !b.contains(t)));
 
     let parts: Vec<_> = (0..6)
         .map(|i| parti::Partition::new([format!("t{}", i % 3), format!("p{i}")], 1).unwrap())
         .collect();
     let workers = [WorkerId::new("w1"), WorkerId::new("w0")];
-    let map = custom_strategy::TenantAffinity.assign(&workers, &parts, None).unwrap();
+    let map = custom_strategy::TenantAffinity
+        .assign(&workers, &parts, None)
+        .unwrap();
     map.verify(&workers, &parts).unwrap();
-    assert!(custom_strategy::TenantAffinity.assign(&[], &parts, None).is_err());
+    assert!(
+        custom_strategy::TenantAffinity
+            .assign(&[], &parts, None)
+            .is_err()
+    );
 }

@@ -58,11 +58,17 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
     .unwrap();
     let to_degraded = killed_at.elapsed();
     for ((m, _), before) in workers.iter().zip(&held) {
-        assert_eq!(m.assignment(), *before, "a degraded worker keeps its assignment");
+        assert_eq!(
+            m.assignment(),
+            *before,
+            "a degraded worker keeps its assignment"
+        );
     }
     // Stay down long enough for the alerts to escalate to critical (3 s in these timings).
     wait_until(SETTLE, "alerts to reach critical", || async {
-        alerts.iter().all(|a| a.lock().unwrap().contains(&AlertLevel::Critical))
+        alerts
+            .iter()
+            .all(|a| a.lock().unwrap().contains(&AlertLevel::Critical))
     })
     .await
     .unwrap();
@@ -76,7 +82,12 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
         }
         assert_eq!(
             firsts,
-            [AlertLevel::Info, AlertLevel::Warn, AlertLevel::Error, AlertLevel::Critical],
+            [
+                AlertLevel::Info,
+                AlertLevel::Warn,
+                AlertLevel::Error,
+                AlertLevel::Critical
+            ],
             "alerts escalate in order"
         );
     }
@@ -86,7 +97,11 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
     wait_all_stable(&cluster, &workers, SETTLE).await;
     let to_stable = healed_at.elapsed();
     let after = cluster.published().await;
-    assert_eq!(moved(&before.map, &after.map), 0, "nothing moved: nobody died");
+    assert_eq!(
+        moved(&before.map, &after.map),
+        0,
+        "nothing moved: nobody died"
+    );
     println!("s09a: fault→Degraded {to_degraded:?}, heal→Stable {to_stable:?}, moved 0");
     for (m, _) in &workers {
         m.stop().await.unwrap();
@@ -131,11 +146,17 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
 
     proxy.blackhole();
     let cut_at = Instant::now();
-    wait_until(SETTLE, "the cut-off worker to degrade", || async { cut.state() == State::Degraded })
-        .await
-        .unwrap();
+    wait_until(SETTLE, "the cut-off worker to degrade", || async {
+        cut.state() == State::Degraded
+    })
+    .await
+    .unwrap();
     let to_degraded = cut_at.elapsed();
-    assert_eq!(cut.assignment(), owned, "it keeps working on its last assignment");
+    assert_eq!(
+        cut.assignment(),
+        owned,
+        "it keeps working on its last assignment"
+    );
     // The leader treats it as crashed and hands its partitions to the others.
     let others = ids(&workers);
     let after = cluster.wait_for_map(&others, SETTLE).await;
@@ -143,12 +164,24 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
 
     proxy.pass();
     let healed_at = Instant::now();
-    wait_until(SETTLE, "the worker to learn it lost its partitions and rejoin", || async {
-        cut.state() == State::Stable
-            && cluster.published().await.map.contains_worker(&cut.worker_id())
-            && cut.assignment().partitions
-                == cluster.published().await.map.partitions_of(&cut.worker_id())
-    })
+    wait_until(
+        SETTLE,
+        "the worker to learn it lost its partitions and rejoin",
+        || async {
+            cut.state() == State::Stable
+                && cluster
+                    .published()
+                    .await
+                    .map
+                    .contains_worker(&cut.worker_id())
+                && cut.assignment().partitions
+                    == cluster
+                        .published()
+                        .await
+                        .map
+                        .partitions_of(&cut.worker_id())
+        },
+    )
     .await
     .unwrap();
     println!(
@@ -180,27 +213,38 @@ async fn s09c_cut_off_leader_is_replaced_and_fenced() {
 
     proxy.blackhole();
     let cut_at = Instant::now();
-    wait_until(failover_budget + SETTLE, "a new leader among the others", || async {
-        workers.iter().any(|(m, _)| m.is_leader())
-    })
+    wait_until(
+        failover_budget + SETTLE,
+        "a new leader among the others",
+        || async { workers.iter().any(|(m, _)| m.is_leader()) },
+    )
     .await
     .unwrap();
     let failover = cut_at.elapsed();
     assert!(failover <= failover_budget, "failover took {failover:?}");
     // The old leader stepped down by itself: its lease could not be renewed.
-    wait_until(SETTLE, "the cut-off leader to step down", || async { !leader.is_leader() })
-        .await
-        .unwrap();
+    wait_until(SETTLE, "the cut-off leader to step down", || async {
+        !leader.is_leader()
+    })
+    .await
+    .unwrap();
     let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     assert!(after.version() > before.version());
     let term_after = after.record.as_ref().unwrap().0.term;
-    assert!(term_after > before.record.as_ref().unwrap().0.term, "a new term publishes");
+    assert!(
+        term_after > before.record.as_ref().unwrap().0.term,
+        "a new term publishes"
+    );
 
     proxy.pass();
     wait_until(SETTLE, "the old leader to rejoin as a follower", || async {
         leader.state() == State::Stable
             && !leader.is_leader()
-            && cluster.published().await.map.contains_worker(&leader.worker_id())
+            && cluster
+                .published()
+                .await
+                .map
+                .contains_worker(&leader.worker_id())
     })
     .await
     .unwrap();
@@ -261,11 +305,14 @@ async fn s10_three_node_nats_cluster_survives_losing_a_node() {
         p.map.verify(&live, &partitions(90)).is_ok()
     };
     wait_until(SETTLE, "a map over all six workers", || async {
-        published().await.is_ok_and(|p| p.map.len() == 6 && covers_all(&p))
+        published()
+            .await
+            .is_ok_and(|p| p.map.len() == 6 && covers_all(&p))
     })
     .await
     .unwrap();
-    let leader_node = |workers: &[(Manager, usize)]| workers.iter().find(|(m, _)| m.is_leader()).map(|(_, n)| *n);
+    let leader_node =
+        |workers: &[(Manager, usize)]| workers.iter().find(|(m, _)| m.is_leader()).map(|(_, n)| *n);
 
     // Case 1: a node the leader is not connected to dies; a worker on another node crashes
     // meanwhile and is handled.
@@ -291,13 +338,17 @@ async fn s10_three_node_nats_cluster_survives_losing_a_node() {
     let leader_at = leader_node(&workers).expect("a leader");
     nats.kill(leader_at).await.unwrap();
     wait_until(SETTLE * 2, "a leader on a surviving node", || async {
-        workers.iter().any(|(m, n)| *n != leader_at && m.is_leader())
+        workers
+            .iter()
+            .any(|(m, n)| *n != leader_at && m.is_leader())
     })
     .await
     .unwrap();
-    wait_until(SETTLE * 2, "every partition still owned exactly once", || async {
-        published().await.is_ok_and(|p| covers_all(&p))
-    })
+    wait_until(
+        SETTLE * 2,
+        "every partition still owned exactly once",
+        || async { published().await.is_ok_and(|p| covers_all(&p)) },
+    )
     .await
     .unwrap();
     nats.restart(leader_at).await.unwrap();
@@ -313,8 +364,11 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
     let err = Config::from_yaml_str("heartbeatIntervall: 1s").unwrap_err();
     assert!(err.to_string().contains("heartbeatIntervall"), "{err}");
-    let err = Config::from_yaml_str("workerIdMin: 5\nworkerIdMax: 1\nheartbeatTtl: 1ms").unwrap_err();
-    let Error::InvalidConfig { violations } = &err else { panic!("{err}") };
+    let err =
+        Config::from_yaml_str("workerIdMin: 5\nworkerIdMax: 1\nheartbeatTtl: 1ms").unwrap_err();
+    let Error::InvalidConfig { violations } = &err else {
+        panic!("{err}")
+    };
     assert!(violations.len() >= 2, "{err}");
 
     let mut cluster_config = Config::fast_for_tests();
@@ -338,34 +392,61 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
     let b = &cluster_config.kv_buckets;
     let garbage = Bytes::from_static(b"\x00\xffnot json{");
     let stable = store
-        .bucket(&parti::stable_id::bucket_spec(&b.stable_id, cluster_config.worker_id_ttl, 1))
+        .bucket(&parti::stable_id::bucket_spec(
+            &b.stable_id,
+            cluster_config.worker_id_ttl,
+            1,
+        ))
         .await
         .unwrap();
     stable.put("worker-2", garbage.clone()).await.unwrap();
     let heartbeat = store
-        .bucket(&parti::heartbeat::bucket_spec(&b.heartbeat, cluster_config.heartbeat_ttl, 1))
+        .bucket(&parti::heartbeat::bucket_spec(
+            &b.heartbeat,
+            cluster_config.heartbeat_ttl,
+            1,
+        ))
         .await
         .unwrap();
     heartbeat.put("ghost", garbage.clone()).await.unwrap();
-    let assignment = store.bucket(&BucketSpec::new(b.assignment.clone())).await.unwrap();
+    let assignment = store
+        .bucket(&BucketSpec::new(b.assignment.clone()))
+        .await
+        .unwrap();
     assignment.put("cluster", garbage.clone()).await.unwrap();
-    assignment.put("worker.worker-0", garbage.clone()).await.unwrap();
+    assignment
+        .put("worker.worker-0", garbage.clone())
+        .await
+        .unwrap();
 
     // Two workers fit (worker-2 holds garbage: taken until it expires).
     let workers = cluster.workers(2).await;
     let published = cluster.wait_for_map(&ids(&workers), SETTLE).await;
-    assert_eq!(published.map.partition_count(), 30, "the garbage was healed by a good publish");
+    assert_eq!(
+        published.map.partition_count(),
+        30,
+        "the garbage was healed by a good publish"
+    );
     wait_all_stable(&cluster, &workers, SETTLE).await;
 
     // Garbage in the election bucket while running: the leader keeps (or regains) its lease.
     let election = store
-        .bucket(&parti::election::bucket_spec(&b.election, cluster_config.election_ttl, 1))
+        .bucket(&parti::election::bucket_spec(
+            &b.election,
+            cluster_config.election_ttl,
+            1,
+        ))
         .await
         .unwrap();
     election.put("garbage-key", garbage.clone()).await.unwrap();
 
     // A source with duplicates: the leader keeps the last good map and reports the error.
-    let mut errors = workers.iter().find(|(m, _)| m.is_leader()).unwrap().0.events();
+    let mut errors = workers
+        .iter()
+        .find(|(m, _)| m.is_leader())
+        .unwrap()
+        .0
+        .events();
     let mut dup = partitions(30);
     dup.push(dup[0].clone());
     cluster.source.set(dup).await;
@@ -383,7 +464,11 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
     })
     .await;
     assert_eq!(reported, Ok(true), "the duplicate is reported");
-    assert_eq!(cluster.published().await.map, published.map, "the last good map stays");
+    assert_eq!(
+        cluster.published().await.map,
+        published.map,
+        "the last good map stays"
+    );
 
     // An exhausted pool: the third worker takes worker-2 only once its garbage expired; a
     // fourth gets IdPoolExhausted.
@@ -393,9 +478,18 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
     })
     .await
     .unwrap();
-    let third = cluster.worker().await.expect("third worker after the garbage ID expired");
-    let err = cluster.worker().await.expect_err("a fourth worker must fail");
-    assert!(matches!(err, Error::IdPoolExhausted { min: 0, max: 2 }), "{err}");
+    let third = cluster
+        .worker()
+        .await
+        .expect("third worker after the garbage ID expired");
+    let err = cluster
+        .worker()
+        .await
+        .expect_err("a fourth worker must fail");
+    assert!(
+        matches!(err, Error::IdPoolExhausted { min: 0, max: 2 }),
+        "{err}"
+    );
     third.0.stop().await.unwrap();
     for (m, _) in &workers {
         m.stop().await.unwrap();

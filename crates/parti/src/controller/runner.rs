@@ -98,7 +98,11 @@ async fn lead(
     // What the inherited map covers, so that the source check notices a change made before
     // this term (a refresh request lost while the old leader was going away).
     let mut partitions: Option<Vec<Partition>> = (!committed.map.is_empty()).then(|| {
-        let mut covered: Vec<Partition> = committed.map.iter().flat_map(|(_, ps)| ps.iter().cloned()).collect();
+        let mut covered: Vec<Partition> = committed
+            .map
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().cloned())
+            .collect();
         covered.sort();
         covered
     });

@@ -134,7 +134,10 @@ impl ManagerBuilder {
                 loop {
                     let error = match tokio::time::timeout_at(deadline, store.bucket(&spec)).await {
                         Ok(Ok(bucket)) => return Ok(bucket),
-                        Ok(Err(e @ (StoreError::IncompatibleBucket { .. } | StoreError::InvalidName { .. }))) => {
+                        Ok(Err(
+                            e @ (StoreError::IncompatibleBucket { .. }
+                            | StoreError::InvalidName { .. }),
+                        )) => {
                             return Err(Error::from(e));
                         }
                         Ok(Err(e)) => e,

@@ -15,8 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::assignment::Assignment;
-use crate::error::Error;
 use crate::consumer::WorkerConsumer;
+use crate::error::Error;
 use crate::partition::{Partition, WorkerId};
 use crate::state::State;
 
@@ -166,7 +166,8 @@ pub(crate) fn spawn_dispatcher(
             if let Event::AssignmentChanged {
                 worker, assignment, ..
             } = &event
-                && let Some(error) = update_consumer(&consumer, worker, assignment, consumer_timeout).await
+                && let Some(error) =
+                    update_consumer(&consumer, worker, assignment, consumer_timeout).await
             {
                 tracing::warn!(%error, "consumer update failed");
                 hooks.on_error(&error).await;
@@ -254,7 +255,8 @@ mod tests {
     async fn hooks_run_sequentially_in_order() {
         let recorder = Arc::new(Recorder::default());
         let (tx, mut rx) = broadcast::channel(16);
-        let (sink, task) = spawn_dispatcher(recorder.clone(), tx, Arc::default(), Duration::from_secs(1));
+        let (sink, task) =
+            spawn_dispatcher(recorder.clone(), tx, Arc::default(), Duration::from_secs(1));
         let steps = [
             (State::Init, State::ClaimingId),
             (State::ClaimingId, State::Election),

@@ -449,7 +449,12 @@ impl Runtime {
             self.out.assignment.send_replace(Arc::clone(&cleared));
             metrics::gauge!("parti_partitions_owned").set(0.0);
             metrics::gauge!("parti_owned_weight").set(0.0);
-            let worker = self.out.worker_id.borrow().clone().unwrap_or_else(|| WorkerId::new(""));
+            let worker = self
+                .out
+                .worker_id
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| WorkerId::new(""));
             self.events.emit(Event::AssignmentChanged {
                 worker,
                 added: Vec::new(),

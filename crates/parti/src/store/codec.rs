@@ -1,7 +1,7 @@
 //! JSON encoding of KV values with a schema version (`"v": 1`).
 //!
 //! A value that does not parse, or carries another schema version, is a
-//! [`Error::Decode`](crate::Error::Decode): callers log it, count it and ignore it, never panic
+//! [`Error::Decode`]: callers log it, count it and ignore it, never panic
 //! and never take it as valid.
 
 use bytes::Bytes;

@@ -181,10 +181,12 @@ impl View {
         for (worker, rev) in &record.workers {
             // The committed revision must still be held by one of the worker's two slots.
             let slots = [Slot::A, Slot::B].map(|slot| worker_key(worker, slot));
-            let Some((key, (_, value))) = slots
-                .iter()
-                .find_map(|key| self.keys.get(key).filter(|(held, _)| held == rev).map(|v| (key, v)))
-            else {
+            let Some((key, (_, value))) = slots.iter().find_map(|key| {
+                self.keys
+                    .get(key)
+                    .filter(|(held, _)| held == rev)
+                    .map(|v| (key, v))
+            }) else {
                 return shared.violate(format!(
                     "v{} commits {worker}@{rev} but neither slot holds that revision",
                     record.version
