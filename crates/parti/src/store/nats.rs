@@ -135,6 +135,26 @@ impl NatsStore {
     }
 }
 
+/// A revision check that failed. async-nats maps only code 10071 to `WrongLastSequence`;
+/// clustered servers answer the same condition with 10164 (`wrong last sequence`, constant form).
+fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(js) = err.downcast_ref::<jetstream::Error>() {
+            return matches!(
+                js.error_code(),
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            );
+        }
+        source = err.source();
+    }
+    false
+}
+
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(
         e.kind(),
@@ -297,7 +317,7 @@ impl NatsBucket {
         e: jetstream::context::PublishError,
     ) -> StoreError {
         match e.kind() {
-            PublishErrorKind::WrongLastSequence => StoreError::Conflict {
+            _ if is_wrong_last_sequence(&e) => StoreError::Conflict {
                 bucket: self.name.clone(),
                 key: key.to_owned(),
             },
