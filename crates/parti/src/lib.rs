@@ -6,6 +6,7 @@
 //! See the README for the architecture and the quick start.
 
 pub mod assignment;
+mod clock;
 pub mod config;
 pub mod consumer;
 pub mod controller;

@@ -130,14 +130,6 @@ pub struct RefreshRequest {
     pub at: u64,
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// The committed state of an assignment bucket, as [`read_published`] finds it.
 #[derive(Debug, Clone, Default)]
 pub struct Published {

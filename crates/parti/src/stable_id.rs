@@ -9,7 +9,9 @@
 //! [`StableIdLease::failures`] counts consecutive failures so the caller can judge degradation.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_ms;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -382,11 +384,4 @@ impl Renewer {
             "stable ID renewal failed; retrying at the next tick"
         );
     }
-}
-
-/// Now, in Unix milliseconds (0 if the clock is before 1970).
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

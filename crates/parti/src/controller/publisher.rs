@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::assignment::{AssignmentMap, Lifecycle};
+use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
-use crate::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, unix_ms, worker_key};
+use crate::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, worker_key};
 use crate::state::ClusterPhase;
 use crate::store::{Bucket, codec};
 

@@ -14,12 +14,13 @@ use super::planner::{
 };
 use super::publisher::{PublishMeta, Publisher};
 use crate::assignment::{AssignmentMap, Lifecycle};
+use crate::clock::unix_ms;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
 use crate::heartbeat::{MembershipEvent, MembershipWatcher};
 use crate::manager::hooks::EventSink;
 use crate::partition::{Partition, WorkerId};
-use crate::records::{REFRESH_KEY, unix_ms};
+use crate::records::REFRESH_KEY;
 use crate::source::{PartitionSource, load_checked};
 use crate::store::{Bucket, WatchEvent};
 use crate::strategy::AssignmentStrategy;

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::ElectionAgent;
+use crate::clock::unix_ms;
 use crate::error::Result;
 use crate::partition::WorkerId;
-use crate::stable_id::{Ownership, ownership, unix_ms};
+use crate::stable_id::{Ownership, ownership};
 use crate::store::Bucket;
 use crate::store::codec;
 

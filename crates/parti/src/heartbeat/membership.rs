@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::HeartbeatValue;
+use crate::clock::unix_ms;
 use crate::partition::WorkerId;
-use crate::stable_id::unix_ms;
 use crate::store::codec;
 use crate::store::{Bucket, Entry, WatchEvent};
 

@@ -15,9 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::clock::unix_ms;
 use crate::error::Result;
 use crate::partition::WorkerId;
-use crate::stable_id::unix_ms;
 use crate::state::State;
 use crate::store::codec;
 use crate::store::{Bucket, BucketSpec};

@@ -7,7 +7,6 @@
 //! construction, so a run is reproducible.
 
 mod faults;
-mod names;
 mod state;
 mod watch;
 
@@ -23,9 +22,9 @@ use tokio::time::Instant;
 
 pub use faults::Faults;
 
+use super::names::{check_compatible, check_key, check_pattern, valid_bucket_name};
 use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchStream};
 use faults::merge_cut_offs;
-use names::{check_compatible, check_key, check_pattern, valid_bucket_name};
 use state::{BucketCore, BucketState, Kind, Watcher};
 
 /// An in-memory [`Store`]: bucket-wide increasing revisions, CAS writes, tombstones, `max_age`

@@ -19,6 +19,7 @@
 
 pub mod codec;
 mod memory;
+mod names;
 mod nats;
 mod pattern;
 

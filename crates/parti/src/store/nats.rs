@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::names::{check_compatible, check_key, check_pattern, valid_bucket_name};
 use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchEvent, WatchStream};
 
 /// Default bound on a single KV call.
@@ -92,7 +93,7 @@ impl NatsStore {
                     .info()
                     .await
                     .map_err(|e| backend("stream info", &e))?;
-                check_compatible(spec, &info.config)?;
+                check_compatible(spec, &existing_spec(name, &info.config))?;
                 self.js
                     .get_key_value(name)
                     .await
@@ -122,7 +123,7 @@ impl NatsStore {
                             .info()
                             .await
                             .map_err(|e| backend("stream info", &e))?;
-                        check_compatible(spec, &info.config)?;
+                        check_compatible(spec, &existing_spec(name, &info.config))?;
                         self.js
                             .get_key_value(name)
                             .await
@@ -162,42 +163,14 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
-/// Compares the settings that change behaviour; reports every difference at once.
-fn check_compatible(spec: &BucketSpec, config: &stream::Config) -> Result<(), StoreError> {
-    let mut diffs = Vec::new();
-    let want_age = spec.max_age.unwrap_or_default();
-    if config.max_age != want_age {
-        diffs.push(format!(
-            "max_age is {:?}, expected {:?}",
-            config.max_age, want_age
-        ));
-    }
-    if config.max_messages_per_subject != i64::from(spec.history) {
-        diffs.push(format!(
-            "history is {}, expected {}",
-            config.max_messages_per_subject, spec.history
-        ));
-    }
-    if config.num_replicas.max(1) != spec.replicas.max(1) {
-        diffs.push(format!(
-            "replicas is {}, expected {}",
-            config.num_replicas, spec.replicas
-        ));
-    }
-    let has_markers = config.allow_message_ttl && config.subject_delete_marker_ttl.is_some();
-    if spec.limit_markers && !has_markers {
-        diffs.push("limit markers are off, expected on (expiries would be invisible)".into());
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::IncompatibleBucket {
-            bucket: spec.name.clone(),
-            reason: format!(
-                "{} (delete the bucket or align the configuration)",
-                diffs.join(", ")
-            ),
-        })
+/// What an existing bucket's stream is configured with, as a spec to compare.
+fn existing_spec(name: &str, config: &stream::Config) -> BucketSpec {
+    BucketSpec {
+        name: name.to_owned(),
+        max_age: (!config.max_age.is_zero()).then_some(config.max_age),
+        history: u8::try_from(config.max_messages_per_subject).unwrap_or(u8::MAX),
+        replicas: config.num_replicas,
+        limit_markers: config.allow_message_ttl && config.subject_delete_marker_ttl.is_some(),
     }
 }
 
@@ -223,13 +196,6 @@ impl Store for NatsStore {
     fn is_connected(&self) -> bool {
         self.js.client().connection_state() == async_nats::connection::State::Connected
     }
-}
-
-fn valid_bucket_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Runs a store call under the operation timeout.
@@ -265,24 +231,6 @@ impl std::fmt::Debug for NatsBucket {
 }
 
 impl NatsBucket {
-    fn check_key(&self, key: &str) -> Result<(), StoreError> {
-        let valid = !key.is_empty()
-            && !key.starts_with('.')
-            && !key.ends_with('.')
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '_' | '=' | '.'));
-        if valid {
-            Ok(())
-        } else {
-            Err(StoreError::InvalidName {
-                name: key.to_owned(),
-                reason: "keys are made of A-Z, a-z, 0-9 and -/_=. and do not start or end with '.'"
-                    .into(),
-            })
-        }
-    }
-
     fn backend(&self, op: &'static str, e: impl std::fmt::Display) -> StoreError {
         StoreError::Backend {
             op,
@@ -299,7 +247,7 @@ impl NatsBucket {
         headers: HeaderMap,
         value: Bytes,
     ) -> Result<u64, StoreError> {
-        self.check_key(key)?;
+        check_key(key)?;
         let subject = format!("{}{}", self.subject_prefix, key);
         let ack = self
             .js
@@ -343,7 +291,7 @@ impl NatsBucket {
 
     /// The last message on the key's subject, tombstones and markers included.
     async fn last_raw(&self, key: &str) -> Result<Option<kv::Entry>, StoreError> {
-        self.check_key(key)?;
+        check_key(key)?;
         self.kv.entry(key).await.map_err(|e| self.backend("get", e))
     }
 
@@ -405,24 +353,6 @@ impl NatsBucket {
             op_timeout: self.op_timeout,
         }
         .into_stream())
-    }
-}
-
-fn check_pattern(pattern: &str) -> Result<(), StoreError> {
-    let ok = !pattern.is_empty()
-        && pattern.split('.').enumerate().all(|(i, token)| {
-            !token.is_empty()
-                && (token == "*"
-                    || (token == ">" && i == pattern.split('.').count() - 1)
-                    || !token.contains(['*', '>']))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::InvalidName {
-            name: pattern.to_owned(),
-            reason: "a pattern is a key, or tokens with '*' and a final '>'".into(),
-        })
     }
 }
 

@@ -1,16 +1,16 @@
-//! Name rules and bucket compatibility: the same as the NATS store's (see `nats.rs`), so a name
-//! or spec accepted here is accepted there.
+//! Name rules and bucket compatibility shared by every store, so that a name or a spec the
+//! in-memory store accepts is accepted by NATS too.
 
 use crate::store::{BucketSpec, StoreError};
 
-pub(super) fn valid_bucket_name(name: &str) -> bool {
+pub(crate) fn valid_bucket_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-pub(super) fn check_key(key: &str) -> Result<(), StoreError> {
+pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     let valid = !key.is_empty()
         && !key.starts_with('.')
         && !key.ends_with('.')
@@ -28,7 +28,7 @@ pub(super) fn check_key(key: &str) -> Result<(), StoreError> {
     }
 }
 
-pub(super) fn check_pattern(pattern: &str) -> Result<(), StoreError> {
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), StoreError> {
     let count = pattern.split('.').count();
     let ok = !pattern.is_empty()
         && pattern.split('.').enumerate().all(|(i, token)| {
@@ -45,8 +45,8 @@ pub(super) fn check_pattern(pattern: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The settings that change behaviour, compared as the NATS store compares them.
-pub(super) fn check_compatible(want: &BucketSpec, have: &BucketSpec) -> Result<(), StoreError> {
+/// Compares the settings that change behaviour; reports every difference at once.
+pub(crate) fn check_compatible(want: &BucketSpec, have: &BucketSpec) -> Result<(), StoreError> {
     let mut diffs = Vec::new();
     if want.max_age != have.max_age {
         diffs.push(format!(
