@@ -1,9 +1,42 @@
 //! # Parti
 //!
-//! Weighted partitions handed to a changing set of workers, coordinated only through NATS
-//! JetStream key-value buckets.
+//! Weighted partitions (work units: a sensor, a tenant, a message subject) handed to a changing
+//! set of worker processes, coordinated only through NATS JetStream key-value buckets.
 //!
-//! See the README for the architecture and the quick start.
+//! Each worker embeds a [`Manager`]. It claims a stable ID ([`stable_id`]), heartbeats
+//! ([`heartbeat`]), takes part in a leader election ([`election`]), and follows the assignment
+//! the leader's [`controller`] publishes with a pluggable [`strategy`]. The application hears of
+//! changes through [`hooks`], [`Manager::watch_assignment`] and [`Manager::events`]; a
+//! [`WorkerConsumer`] can keep a JetStream consumer pointed at exactly its partitions.
+//!
+//! The example runs three workers in one process over the in-memory store (the same code runs
+//! over NATS with [`Manager::builder`]):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use parti::{Config, Manager, Partition, source::Static, store::MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> parti::Result<()> {
+//! let partitions = (0..30)
+//!     .map(|i| Partition::new([format!("p{i}")], 100))
+//!     .collect::<parti::Result<Vec<_>>>()?;
+//! let store = MemoryStore::new();
+//! let start = || {
+//!     Manager::builder_with_store(Arc::new(store.client()))
+//!         .config(Config::fast_for_tests())
+//!         .source(Static::new(partitions.clone()))
+//!         .start()
+//! };
+//! let (a, b, c) = tokio::try_join!(start(), start(), start())?;
+//! let owned: usize = [&a, &b, &c].iter().map(|m| m.assignment().partitions.len()).sum();
+//! assert_eq!(owned, 30); // every partition exactly once
+//! assert_eq!([&a, &b, &c].iter().filter(|m| m.is_leader()).count(), 1);
+//! for m in [a, b, c] {
+//!     m.stop().await?;
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod assignment;
 mod clock;
