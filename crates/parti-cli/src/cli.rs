@@ -29,6 +29,12 @@ pub(crate) enum Command {
     Watch(crate::watch::WatchArgs),
     /// Run one worker from a config and a partition list; stops gracefully on SIGTERM/SIGINT.
     Worker(crate::worker::WorkerArgs),
+    /// The demo: N workers over M partitions with a producer and a chaos schedule (crash,
+    /// graceful leave, join, leader kill, NATS restart), a live view and a final report.
+    ///
+    /// Starts its own nats-server (or, with --memory or when none is found, uses the in-memory
+    /// store). Exit codes: 0 every invariant held and no message was lost, 2 otherwise, 1 error.
+    Sim(crate::sim::SimArgs),
 }
 
 /// Options every subcommand accepts (before or after the subcommand name).

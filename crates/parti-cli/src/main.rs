@@ -3,8 +3,9 @@
 //! - `parti status [--json]` — who owns what, who leads, what is wrong (see [`status`]).
 //! - `parti watch` — the same view, redrawn live on KV events.
 //! - `parti worker` — one worker process from a config and a partition list.
+//! - `parti sim` — the demo: workers, messages and chaos in one process, then a report.
 //!
-//! Every subcommand lives in its own module (`status`, `watch`, `worker`, later `sim/`) with an
+//! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
 //! one means a module, a variant of [`cli::Command`] and a line in [`run`].
 //!
@@ -20,6 +21,7 @@ mod partitions;
 mod render;
 mod report;
 mod signal;
+mod sim;
 mod status;
 mod watch;
 mod worker;
@@ -58,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args, &cli.global).await,
         Command::Watch(args) => watch::run(args, &cli.global).await,
         Command::Worker(args) => worker::run(args, &cli.global).await,
+        Command::Sim(args) => sim::run(args, &cli.global).await,
     }
 }
 

@@ -1,0 +1,256 @@
+//! `parti sim`: the demo. N workers in this process over M partitions, a producer of sequenced
+//! messages, a chaos schedule, a live view on stderr and a report on stdout.
+//!
+//! - Transport: a local `nats-server` started for the run (found by [`server::find`]) with a
+//!   JetStream stream `sim-events` (work-queue retention: a message is stored until a worker
+//!   acks it) and a `WorkerConsumer` per worker; or, with `--memory` or when no server is
+//!   found, the in-memory store and an in-process log (see `memlog`).
+//! - Chaos, spread over the run, each fault once the previous one healed: a worker crash, a
+//!   graceful leave, a join, a leader kill, a NATS restart (SIGKILL, down for 1 s, then the same
+//!   port and store; in memory: every store client cut off for 2 s).
+//! - Recovery time of a fault: until the committed map covers exactly the live workers and
+//!   every partition, every live worker is `Stable` with its share, one leads — and that held
+//!   for a second.
+//! - Exit codes: 0 when every invariant held and no message was lost, 2 otherwise, 1 on error.
+
+mod cluster;
+mod driver;
+mod ledger;
+mod memlog;
+mod observer;
+mod producer;
+mod report;
+mod server;
+mod shared;
+mod transport;
+mod view;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use parti::{Config, Partition};
+
+use crate::cli::Global;
+use crate::output::print;
+use crate::signal::stop_requested;
+
+use driver::Driver;
+use ledger::Ledger;
+use report::{Header, SimReport};
+use shared::{Shared, millis};
+use transport::Transport;
+
+/// Highest worker count: the IDs of the default pool (100) must cover the joins too.
+const MAX_WORKERS: usize = 90;
+
+/// Options of `parti sim`.
+#[derive(Debug, Args)]
+pub(crate) struct SimArgs {
+    /// Workers at the start.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=MAX_WORKERS as i64))]
+    pub(crate) workers: u16,
+    /// Partitions (`p0`, `p1`, …, weight 100 each).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) partitions: u32,
+    /// How long the producer runs; faults are spread over it (the run lasts longer when a
+    /// fault takes long to heal, plus the final drain).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Messages published per second, round-robin over the partitions (at most 20 a second
+    /// per partition).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) rate: u32,
+    /// Use the in-memory store (and an in-process message log) instead of a nats-server.
+    #[arg(long)]
+    pub(crate) memory: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json_report: Option<PathBuf>,
+    /// Seed of the chaos schedule's choices (random by default; printed in the report).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+/// The settings the driver uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) workers: usize,
+    pub(crate) partitions: usize,
+    pub(crate) duration: Duration,
+    pub(crate) rate: u32,
+}
+
+/// Runs the demo. The global connection options do not apply: the demo starts its own server.
+pub(crate) async fn run(args: SimArgs, _global: &Global) -> anyhow::Result<ExitCode> {
+    let settings = Settings {
+        workers: usize::from(args.workers),
+        partitions: usize::try_from(args.partitions)?,
+        duration: args.duration,
+        rate: args.rate,
+    };
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let transport = if args.memory {
+        Transport::memory(seed, settings.partitions)
+    } else {
+        match server::find() {
+            Ok(binary) => Transport::nats(binary).await?,
+            Err(tried) => {
+                let tried: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+                eprintln!(
+                    "no nats-server found (tried {}; run scripts/setup or set {}): using the in-memory store",
+                    tried.join(", "),
+                    server::NATS_SERVER_ENV
+                );
+                Transport::memory(seed, settings.partitions)
+            }
+        }
+    };
+    let header = Header {
+        transport: transport.name(),
+        transport_detail: transport.detail(),
+        seed,
+        workers: settings.workers,
+        partitions: settings.partitions,
+        rate: settings.rate,
+        duration_ms: millis(settings.duration),
+    };
+    eprintln!("transport: {}", header.transport_detail);
+
+    let partitions: Vec<Partition> = (0..settings.partitions)
+        .map(|i| Partition::new([format!("p{i}")], 100))
+        .collect::<Result<_, _>>()?;
+    let shared = Arc::new(Shared::new());
+    let ledger = Arc::new(Ledger::new(settings.partitions));
+    let workers = Arc::new(cluster::Workers::default());
+    let view = view::View::spawn(
+        transport.name(),
+        Arc::clone(&shared),
+        Arc::clone(&workers),
+        Arc::clone(&ledger),
+    );
+    let driver = Driver {
+        settings,
+        rng: SplitMix(seed),
+        config: demo_config(),
+        source: parti::source::Static::new(partitions),
+        transport,
+        ledger,
+        shared: Arc::clone(&shared),
+        workers,
+        next_n: 0,
+    };
+    let outcome = tokio::select! {
+        outcome = driver.run() => outcome,
+        signal = stop_requested() => {
+            view.finish().await;
+            eprintln!("{signal}: stopped (workers and server killed, no report)");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    view.finish().await;
+    let outcome = outcome?;
+    let report = SimReport::build(
+        header,
+        outcome,
+        shared.publishes(),
+        shared.unobserved_count(),
+        shared.violations(),
+    );
+    print(&report.human())?;
+    if let Some(path) = &args.json_report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Timings that make the demo readable: heartbeats every 500 ms, a crash noticed within about
+/// two seconds, a 2 s cold-start window and 1 s planned-scale window.
+fn demo_config() -> Config {
+    let ms = Duration::from_millis;
+    let mut config = Config::fast_for_tests();
+    config.worker_id_ttl = ms(3_000);
+    config.heartbeat_interval = ms(500);
+    config.heartbeat_ttl = ms(1_500);
+    config.cold_start_window = ms(2_000);
+    config.planned_scale_window = ms(1_000);
+    config.election_ttl = ms(2_000);
+    config.startup_timeout = ms(20_000);
+    config.shutdown_timeout = ms(5_000);
+    config.operation_timeout = ms(1_000);
+    config.assignment.min_rebalance_interval = ms(200);
+    config
+}
+
+/// The index of a demo partition (`p7` → 7).
+pub(crate) fn partition_index(partition: &Partition) -> Option<usize> {
+    partition.keys().first()?.strip_prefix('p')?.parse().ok()
+}
+
+fn random_seed() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    SplitMix(u64::from(now.subsec_nanos()) ^ now.as_secs() ^ u64::from(std::process::id())).next()
+}
+
+/// SplitMix64: a small seeded generator for the schedule's choices.
+#[derive(Debug, Clone)]
+pub(crate) struct SplitMix(pub(crate) u64);
+
+impl SplitMix {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// One of `items` (`None` when empty).
+    pub(crate) fn choose<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        let len = u64::try_from(items.len()).ok().filter(|&l| l > 0)?;
+        let at = usize::try_from(self.next() % len).ok()?;
+        items.get(at).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_configuration_is_valid() {
+        demo_config().validate().unwrap();
+    }
+
+    #[test]
+    fn partition_indexes_come_from_the_key() {
+        let p = Partition::new(["p42"], 100).unwrap();
+        assert_eq!(partition_index(&p), Some(42));
+        assert_eq!(partition_index(&Partition::new(["x"], 1).unwrap()), None);
+    }
+
+    #[test]
+    fn choices_follow_the_seed() {
+        let items = [1, 2, 3, 4, 5];
+        let a: Vec<_> = (0..20)
+            .scan(SplitMix(9), |r, _| Some(r.choose(&items)))
+            .collect();
+        let b: Vec<_> = (0..20)
+            .scan(SplitMix(9), |r, _| Some(r.choose(&items)))
+            .collect();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|x| x.is_some()));
+        assert_eq!(SplitMix(1).choose::<u8>(&[]), None);
+    }
+}
