@@ -173,7 +173,23 @@ pub async fn claim(
                     cfg.renew_interval,
                 ));
             }
-            Err(e) if e.is_conflict() => continue,
+            Err(e) if e.is_conflict() => {
+                // A create of ours whose reply was lost (a retried claim) left our own instance
+                // there: that ID is ours, and it is the lowest free one.
+                if let Some(entry) = bucket.get(&key).await.ok().flatten()
+                    && codec::decode::<StableIdValue>(bucket.name(), &key, &entry.value)
+                        .is_ok_and(|held| held.instance == instance)
+                {
+                    tracing::info!(id = %key, revision = entry.revision, instance, "re-adopted stable ID left by a lost reply");
+                    return Ok(StableIdLease::spawn(
+                        bucket,
+                        WorkerId::new(key),
+                        entry.value,
+                        entry.revision,
+                        cfg.renew_interval,
+                    ));
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -383,5 +399,45 @@ impl Renewer {
             error = %e,
             "stable ID renewal failed; retrying at the next tick"
         );
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+
+    #[tokio::test]
+    async fn a_retried_claim_adopts_the_id_its_lost_reply_left() {
+        let store = MemoryStore::new();
+        let bucket = store
+            .bucket(&bucket_spec("ids", Duration::from_secs(30), 1))
+            .await
+            .unwrap();
+        let cfg = StableIdConfig {
+            prefix: "worker".into(),
+            min: 0,
+            max: 3,
+            renew_interval: Duration::from_secs(10),
+        };
+        // What a create whose reply was lost leaves behind.
+        let left = codec::encode(&StableIdValue {
+            instance: "me".into(),
+            host: "h".into(),
+            claimed_at: 1,
+        })
+        .unwrap();
+        bucket.create("worker-0", left).await.unwrap();
+
+        let mine = claim(bucket.clone(), &cfg, "me").await.unwrap();
+        assert_eq!(
+            mine.id().as_str(),
+            "worker-0",
+            "our own ID, not the next one"
+        );
+        let other = claim(bucket.clone(), &cfg, "someone-else").await.unwrap();
+        assert_eq!(other.id().as_str(), "worker-1");
+        mine.abort();
+        other.abort();
     }
 }
