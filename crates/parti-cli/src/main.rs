@@ -35,7 +35,14 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo's live view and report tell its story; the library's retry warnings (which
+    // its chaos provokes on purpose) would only scroll through it.
+    let default_level = if matches!(cli.command, Command::Sim(_)) {
+        "error"
+    } else {
+        "warn"
+    };
+    init_tracing(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,8 +91,9 @@ fn error_chain(error: &anyhow::Error) -> String {
 }
 
 /// Logs go to stderr (stdout is the command's output); `RUST_LOG` overrides the default `warn`.
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+fn init_tracing(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
