@@ -5,6 +5,8 @@
 
 #[path = "../examples/basic.rs"]
 mod basic;
+#[path = "../examples/consumer.rs"]
+mod consumer;
 #[path = "../examples/custom_strategy.rs"]
 mod custom_strategy;
 #[path = "../examples/kv_watcher.rs"]
@@ -66,5 +68,42 @@ async fn custom_strategy_keeps_tenants_together() {
         custom_strategy::TenantAffinity
             .assign(&[], &parts, None)
             .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_example_processes_messages_published_before_and_after_it_starts() {
+    let server = NatsServer::start().await.unwrap();
+    let url = server.url();
+    let worker = tokio::spawn({
+        let url = url.clone();
+        async move {
+            consumer::run(&url, Config::fast_for_tests(), Some(Duration::from_secs(4)))
+                .await
+                .unwrap()
+        }
+    });
+    let js = async_nats::jetstream::new(server.client().await.unwrap());
+    // Publish once the example has created its stream.
+    parti_testkit::wait_until(Duration::from_secs(10), "the EVENTS stream", || {
+        let js = js.clone();
+        async move { js.get_stream("EVENTS").await.is_ok() }
+    })
+    .await
+    .unwrap();
+    for i in 0..8 {
+        js.publish(format!("events.orders.o{i}"), "hello".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let processed = tokio::time::timeout(Duration::from_secs(20), worker)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        processed, 8,
+        "every message of its partitions processed once"
     );
 }
