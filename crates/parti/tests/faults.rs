@@ -532,3 +532,84 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
         m.stop().await.unwrap();
     }
 }
+
+/// A source that can be made to fail.
+#[derive(Debug, Clone)]
+struct Flaky {
+    inner: Static,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl parti::source::PartitionSource for Flaky {
+    async fn list_partitions(&self) -> parti::Result<Vec<parti::Partition>> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Source("inventory service unavailable".into()));
+        }
+        self.inner.list_partitions().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_a_failing_source_keeps_the_map_and_does_not_block_crash_handling() {
+    use parti::source::PartitionSource;
+    let cluster = TestCluster::start(Config::fast_for_tests(), partitions(60)).await;
+    let source = Flaky {
+        inner: cluster.source.clone(),
+        failing: Arc::default(),
+    };
+    let start = || async {
+        let client = cluster.server.client().await.unwrap();
+        Manager::builder(async_nats::jetstream::new(client))
+            .config(cluster.config.clone())
+            .source(source.clone())
+            .start()
+            .await
+            .unwrap()
+    };
+    let (a, b, c) = tokio::join!(start(), start(), start());
+    let mut workers = vec![a, b, c];
+    let ids = |ws: &[Manager]| {
+        let mut ids: Vec<_> = ws.iter().map(Manager::worker_id).collect();
+        ids.sort();
+        ids
+    };
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    let leader = workers.iter().find(|m| m.is_leader()).unwrap();
+    let mut events = leader.events();
+
+    source
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(source.list_partitions().await.is_err());
+    // A refresh while the source fails: reported, the map stays.
+    leader.refresh_partitions().await.unwrap();
+    let reported = tokio::time::timeout(SETTLE, async {
+        while let Ok(event) = events.recv().await {
+            if let Event::Error(e) = event
+                && matches!(*e, Error::Source(_))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(reported, Ok(true), "the source error is reported");
+    assert_eq!(
+        cluster.published().await.map,
+        before.map,
+        "the last good map stays"
+    );
+
+    // A crash is still handled, over the last good partition list.
+    let victim = workers.iter().position(|m| !m.is_leader()).unwrap();
+    let victim = workers.remove(victim);
+    victim.kill().await;
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(after.map.partition_count(), 60);
+    assert_eq!(after.record.unwrap().0.reason, "emergency");
+    for m in &workers {
+        m.stop().await.unwrap();
+    }
+}

@@ -305,7 +305,24 @@ async fn publish_once(
     if !ctx.agent.is_leader() || ctx.agent.term() != Some(publisher.term()) {
         return Err(Error::LeadershipLost);
     }
-    let fresh = load_checked(&*ctx.source).await?;
+    let fresh = match load_checked(&*ctx.source).await {
+        Ok(fresh) => fresh,
+        // A refresh cannot happen without the source: report it, keep the map; the periodic
+        // source check notices the change once the source answers again.
+        Err(e) if reason == RebalanceReason::PartitionChange.as_str() => {
+            ctx.events.error(e);
+            return Ok(publisher.committed().version());
+        }
+        // Membership changes (a crash above all) must not wait for the source: place the last
+        // good partition list over the new workers.
+        Err(e) => match partitions.clone() {
+            Some(last_good) => {
+                ctx.events.error(e);
+                last_good
+            }
+            None => return Err(e),
+        },
+    };
     let previous = &publisher.committed().map;
     let map = if orphans_only && !previous.is_empty() {
         reassign_orphans(&*ctx.strategy, previous, workers, &fresh)?
