@@ -179,6 +179,7 @@ impl Beat {
             }
             Err(e) => {
                 self.failures.send_modify(|n| *n = n.saturating_add(1));
+                metrics::counter!("parti_heartbeat_failures_total").increment(1);
                 tracing::warn!(
                     worker = %self.worker,
                     failures = *self.failures.borrow(),

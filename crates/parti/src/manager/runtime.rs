@@ -393,6 +393,7 @@ impl Runtime {
                 let next = Arc::new(next);
                 self.out.assignment.send_replace(Arc::clone(&next));
                 *had_assignment = true;
+                metrics::gauge!("parti_applied_version").set(next.version as f64);
                 metrics::gauge!("parti_partitions_owned").set(next.partitions.len() as f64);
                 metrics::gauge!("parti_owned_weight").set(next.weight() as f64);
                 if changed {
