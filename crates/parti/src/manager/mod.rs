@@ -129,10 +129,12 @@ impl Manager {
     /// Stops gracefully: stop processing, hand over leadership, delete the heartbeat, release
     /// the ID. Idempotent; bounded by `shutdownTimeout` (after which tasks are aborted).
     pub async fn stop(&self) -> Result<()> {
+        // One bound for the whole stop.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         // Stop processing first: the consumer releases its subjects for the next owner.
         let consumer = self.consumer.lock().await.take();
         if let Some(consumer) = consumer
-            && let Err(e) = tokio::time::timeout(self.shutdown_timeout, consumer.close())
+            && let Err(e) = tokio::time::timeout_at(deadline, consumer.close())
                 .await
                 .unwrap_or(Err(Error::Shutdown))
         {
@@ -143,7 +145,7 @@ impl Manager {
             return Ok(());
         };
         let abort = runtime.abort_handle();
-        let result = match tokio::time::timeout(self.shutdown_timeout, runtime).await {
+        let result = match tokio::time::timeout_at(deadline, runtime).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => {
                 tracing::error!(error = %join, "worker task failed");
@@ -157,7 +159,7 @@ impl Manager {
         };
         if let Some(dispatcher) = self.dispatcher.lock().await.take() {
             // Let queued hooks finish, within what is left of the bound.
-            let _ = tokio::time::timeout(Duration::from_millis(500), dispatcher).await;
+            let _ = tokio::time::timeout_at(deadline, dispatcher).await;
         }
         result
     }
