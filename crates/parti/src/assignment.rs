@@ -104,7 +104,7 @@ impl AssignmentMap {
 
     /// Replaces a worker's partitions.
     pub fn set(&mut self, worker: WorkerId, mut partitions: Vec<Partition>) {
-        partitions.sort();
+        partitions.sort_unstable();
         self.workers.insert(worker, partitions);
     }
 
@@ -116,7 +116,7 @@ impl AssignmentMap {
     /// Sorts every worker's partitions, so equal assignments compare equal.
     pub fn normalize(&mut self) {
         for list in self.workers.values_mut() {
-            list.sort();
+            list.sort_unstable();
         }
     }
 

@@ -3,6 +3,7 @@
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -31,7 +32,9 @@ pub const DEFAULT_WEIGHT: u64 = 100;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawPartition", into = "RawPartition")]
 pub struct Partition {
-    keys: Vec<String>,
+    /// Shared: partitions are cloned into every map a strategy builds, and a clone must not
+    /// copy the strings.
+    keys: Arc<[String]>,
     weight: u64,
 }
 
@@ -53,7 +56,7 @@ impl TryFrom<RawPartition> for Partition {
 impl From<Partition> for RawPartition {
     fn from(p: Partition) -> Self {
         RawPartition {
-            keys: p.keys,
+            keys: p.keys.to_vec(),
             weight: p.weight,
         }
     }
@@ -87,7 +90,10 @@ impl Partition {
                 )));
             }
         }
-        Ok(Self { keys, weight })
+        Ok(Self {
+            keys: keys.into(),
+            weight,
+        })
     }
 
     /// The keys, in order.
