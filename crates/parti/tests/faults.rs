@@ -475,7 +475,23 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
         ))
         .await
         .unwrap();
-    election.put("garbage-key", garbage.clone()).await.unwrap();
+    // Garbage over the lease itself: the leader's next renewal fails its revision check, it
+    // steps down, and once the garbage expires (electionTtl) a worker leads again.
+    election.put("leader", garbage.clone()).await.unwrap();
+    wait_until(
+        SETTLE,
+        "the leader to step down from a lease it no longer holds",
+        || async { workers.iter().all(|(m, _)| !m.is_leader()) },
+    )
+    .await
+    .unwrap();
+    wait_until(
+        SETTLE,
+        "a worker to lead again after the garbage expired",
+        || async { workers.iter().filter(|(m, _)| m.is_leader()).count() == 1 },
+    )
+    .await
+    .unwrap();
 
     // A source with duplicates: the leader keeps the last good map and reports the error.
     let mut errors = workers
