@@ -218,6 +218,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A failure of the store behind `bucket` while doing `op`.
+    pub fn backend(op: &'static str, bucket: &str, error: impl fmt::Display) -> Self {
+        Self::Backend {
+            op,
+            bucket: bucket.to_owned(),
+            source: error.to_string().into(),
+        }
+    }
+
     /// True for the outcome of a lost race (CAS conflict or create on an existing key), as
     /// opposed to a failure of the store.
     pub fn is_conflict(&self) -> bool {

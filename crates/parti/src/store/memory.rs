@@ -136,11 +136,7 @@ impl MemoryStore {
             self.faults.fails(&mut rng) || self.backend.faults.fails(&mut rng)
         };
         if failed {
-            return Err(StoreError::Backend {
-                op,
-                bucket: bucket.to_owned(),
-                source: "injected failure".into(),
-            });
+            return Err(StoreError::backend(op, bucket, "injected failure"));
         }
         Ok(())
     }
@@ -197,11 +193,7 @@ impl Store for MemoryStore {
 }
 
 fn disconnected(op: &'static str, bucket: &str) -> StoreError {
-    StoreError::Backend {
-        op,
-        bucket: bucket.to_owned(),
-        source: "disconnected from the store".into(),
-    }
+    StoreError::backend(op, bucket, "disconnected from the store")
 }
 
 /// A bucket as one client sees it.

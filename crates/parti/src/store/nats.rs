@@ -82,11 +82,7 @@ impl NatsStore {
 
     async fn open(&self, spec: &BucketSpec) -> Result<kv::Store, StoreError> {
         let name = spec.name.as_str();
-        let backend = |op, e: &dyn std::fmt::Display| StoreError::Backend {
-            op,
-            bucket: name.to_owned(),
-            source: e.to_string().into(),
-        };
+        let backend = |op, e: &dyn std::fmt::Display| StoreError::backend(op, name, e);
         match self.js.get_stream(format!("KV_{name}")).await {
             Ok(mut stream) => {
                 let info = stream
@@ -232,11 +228,7 @@ impl std::fmt::Debug for NatsBucket {
 
 impl NatsBucket {
     fn backend(&self, op: &'static str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Backend {
-            op,
-            bucket: self.name.clone(),
-            source: e.to_string().into(),
-        }
+        StoreError::backend(op, &self.name, e)
     }
 
     /// Publishes to the key's subject, optionally fenced on the key's last revision.
@@ -509,11 +501,11 @@ impl NatsWatch {
                     // The consumer is gone for good: start over with a fresh snapshot.
                     None => {
                         state.session = None;
-                        Err(StoreError::Backend {
-                            op: "watch",
-                            bucket: state.watch.bucket.clone(),
-                            source: "watch consumer ended; re-snapshotting".into(),
-                        })
+                        Err(StoreError::backend(
+                            "watch",
+                            &state.watch.bucket,
+                            "watch consumer ended; re-snapshotting",
+                        ))
                     }
                 },
             };
@@ -537,11 +529,7 @@ impl NatsWatch {
     }
 
     async fn start(&self) -> Result<WatchSession, StoreError> {
-        let backend = |e: &dyn std::fmt::Display| StoreError::Backend {
-            op: "watch",
-            bucket: self.bucket.clone(),
-            source: e.to_string().into(),
-        };
+        let backend = |e: &dyn std::fmt::Display| StoreError::backend("watch", &self.bucket, e);
         let create = self.stream.create_consumer(OrderedConfig {
             deliver_subject: self.client.new_inbox(),
             description: Some("parti watch".into()),
@@ -593,11 +581,7 @@ impl WatchSession {
             let message = match self.messages.next().await? {
                 Ok(message) => message,
                 Err(e) => {
-                    return Some(Err(StoreError::Backend {
-                        op: "watch",
-                        bucket: watch.bucket.clone(),
-                        source: e.to_string().into(),
-                    }));
+                    return Some(Err(StoreError::backend("watch", &watch.bucket, e)));
                 }
             };
             let Ok(info) = message.info() else {
