@@ -382,3 +382,87 @@ async fn s08_partition_refresh_from_follower_and_leader() {
         m.stop().await.unwrap();
     }
 }
+
+/// An election agent that grants leadership to one chosen worker only.
+#[derive(Debug)]
+struct Appointed {
+    leader: bool,
+    held: std::sync::atomic::AtomicBool,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl Appointed {
+    fn new(leader: bool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            leader,
+            held: Default::default(),
+            requests: Default::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl parti::ElectionAgent for Appointed {
+    async fn request(&self) -> parti::Result<Option<u64>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.requests.fetch_add(1, SeqCst);
+        self.held.store(self.leader, SeqCst);
+        Ok(self.leader.then_some(42))
+    }
+    async fn renew(&self) -> parti::Result<bool> {
+        Ok(self.leader)
+    }
+    async fn release(&self) -> parti::Result<()> {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn is_leader(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn term(&self) -> Option<u64> {
+        self.is_leader().then_some(42)
+    }
+    fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05b_a_user_supplied_election_agent_is_really_used() {
+    let cluster = TestCluster::start(config(), partitions(40)).await;
+    let start = |agent: std::sync::Arc<Appointed>| async {
+        let client = cluster.server.client().await.unwrap();
+        parti::Manager::builder(async_nats::jetstream::new(client))
+            .config(cluster.config.clone())
+            .source(cluster.source.clone())
+            .election_agent(agent)
+            .start()
+            .await
+            .unwrap()
+    };
+    // The worker that starts first would win a KV lease; the agent appoints the second.
+    let (first_agent, second_agent) = (Appointed::new(false), Appointed::new(true));
+    let first = start(first_agent.clone());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        start(second_agent.clone()).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    let mut ids = vec![first.worker_id(), second.worker_id()];
+    ids.sort();
+    let published = cluster.wait_for_map(&ids, SETTLE).await;
+    assert!(second.is_leader() && !first.is_leader());
+    assert_eq!(
+        published.record.unwrap().0.term,
+        42,
+        "the agent's term fences the publish"
+    );
+    assert!(
+        first_agent
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+    first.stop().await.unwrap();
+    second.stop().await.unwrap();
+}
