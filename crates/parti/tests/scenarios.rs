@@ -466,3 +466,71 @@ async fn s05b_a_user_supplied_election_agent_is_really_used() {
     first.stop().await.unwrap();
     second.stop().await.unwrap();
 }
+
+/// Hooks that take far longer than any coordination timer.
+#[derive(Debug, Default)]
+struct SlowHooks {
+    entered: std::sync::atomic::AtomicU32,
+    finished: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl parti::Hooks for SlowHooks {
+    async fn on_assignment_changed(&self, _: &[Partition], _: &[Partition], _: &parti::Assignment) {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        self.finished
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_hooks_never_delay_coordination() {
+    let cluster = TestCluster::start(config(), partitions(30)).await;
+    let hooks = std::sync::Arc::new(SlowHooks::default());
+    let client = cluster.server.client().await.unwrap();
+    let slow = parti::Manager::builder(async_nats::jetstream::new(client))
+        .config(cluster.config.clone())
+        .source(cluster.source.clone())
+        .hooks(SharedHooks(hooks.clone()))
+        .start()
+        .await
+        .unwrap();
+    // Stable, with its assignment applied and published, while its hook is still running.
+    assert!(!slow.assignment().partitions.is_empty());
+    assert_eq!(hooks.finished.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The cluster keeps moving: a second worker joins and gets its share.
+    let (other, _) = cluster.worker().await.unwrap();
+    let mut ids = vec![slow.worker_id(), other.worker_id()];
+    ids.sort();
+    cluster.wait_for_map(&ids, SETTLE).await;
+    wait_until(SETTLE, "the slow worker to apply the new map", || async {
+        slow.assignment().partitions
+            == cluster
+                .published()
+                .await
+                .map
+                .partitions_of(&slow.worker_id())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        hooks.finished.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "all of this happened while the first hook was still running"
+    );
+    other.stop().await.unwrap();
+    slow.kill().await;
+}
+
+/// Lets a test keep a handle on the hooks it gives away.
+#[derive(Debug)]
+struct SharedHooks(std::sync::Arc<SlowHooks>);
+
+#[async_trait::async_trait]
+impl parti::Hooks for SharedHooks {
+    async fn on_assignment_changed(&self, a: &[Partition], r: &[Partition], x: &parti::Assignment) {
+        self.0.on_assignment_changed(a, r, x).await;
+    }
+}
