@@ -70,3 +70,8 @@ pub use partition::{Partition, WorkerId};
 pub use stable_id::{IdStatus, StableIdConfig, StableIdLease};
 pub use state::{ClusterPhase, ScalingReason, State};
 pub use strategy::{AssignmentStrategy, ConsistentHash, RoundRobin, WeightedConsistentHash};
+
+/// The README's code, compiled as a doc test so that it cannot rot.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
