@@ -525,9 +525,12 @@ async fn work_queue_subjects_of_a_crashed_worker_are_taken_over() {
     b.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_deleted_externally_is_recreated_and_consumption_resumes() {
-    let (_server, js) = setup(RetentionPolicy::Limits).await;
+/// A server, a consumer for `worker-0` assigned partition `a`, and one message ("before")
+/// already processed through it.
+async fn consuming_partition_a(
+    retention: RetentionPolicy,
+) -> (NatsServer, jetstream::Context, Seen, WorkerConsumer) {
+    let (server, js) = setup(retention).await;
     let seen = Seen::default();
     let c = consumer(&js, &seen).await;
     let w = WorkerId::new("worker-0");
@@ -538,6 +541,12 @@ async fn consumer_deleted_externally_is_recreated_and_consumption_resumes() {
     })
     .await
     .unwrap();
+    (server, js, seen, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_deleted_externally_is_recreated_and_consumption_resumes() {
+    let (_server, js, seen, c) = consuming_partition_a(RetentionPolicy::Limits).await;
 
     let stream = js.get_stream(STREAM).await.unwrap();
     stream.delete_consumer("parti-worker-0").await.unwrap();
@@ -560,17 +569,7 @@ async fn consumer_deleted_externally_is_recreated_and_consumption_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumption_resumes_after_a_server_restart() {
-    let (mut server, js) = setup(RetentionPolicy::WorkQueue).await;
-    let seen = Seen::default();
-    let c = consumer(&js, &seen).await;
-    let w = WorkerId::new("worker-0");
-    c.update_assignment(&w, &assignment(&["a"])).await.unwrap();
-    publish(&js, "a", "before").await;
-    wait_until(DEADLINE, "the first message", || async {
-        seen.has_all(&set(&["before"]))
-    })
-    .await
-    .unwrap();
+    let (mut server, js, seen, c) = consuming_partition_a(RetentionPolicy::WorkQueue).await;
 
     server.restart().await.unwrap();
     wait_until(
