@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+pub mod checker;
 mod cluster;
 pub mod conformance;
 mod error;

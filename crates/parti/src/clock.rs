@@ -8,3 +8,19 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+/// Now, in Unix nanoseconds, from one clock per process: the wall clock read once, advanced by
+/// tokio's monotonic clock. Processes on one host agree (up to how their wall clocks agreed at
+/// start), a stopped process sees the time it lost, and the paused test clock drives it.
+pub(crate) fn unix_ns() -> u64 {
+    use std::sync::OnceLock;
+    static BASE: OnceLock<(u64, tokio::time::Instant)> = OnceLock::new();
+    let (base_ns, base) = *BASE.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        (wall, tokio::time::Instant::now())
+    });
+    let elapsed = tokio::time::Instant::now().saturating_duration_since(base);
+    base_ns.saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+}

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::clock::unix_ms;
+use crate::clock::{unix_ms, unix_ns};
 use crate::error::Result;
 use crate::partition::WorkerId;
 use crate::state::State;
@@ -65,6 +65,7 @@ pub struct Heartbeater {
     bucket: Arc<dyn Bucket>,
     worker: WorkerId,
     failures: watch::Receiver<u32>,
+    renewed: watch::Receiver<Option<u64>>,
     cancel: CancellationToken,
     task: AbortOnDropHandle<()>,
 }
@@ -83,6 +84,7 @@ impl Heartbeater {
         info: watch::Receiver<(State, u64)>,
     ) -> Self {
         let (failures_tx, failures) = watch::channel(0);
+        let (renewed_tx, renewed) = watch::channel(None);
         let cancel = CancellationToken::new();
         let beat = Beat {
             bucket: bucket.clone(),
@@ -91,15 +93,25 @@ impl Heartbeater {
             interval: interval.max(MIN_INTERVAL),
             info,
             failures: failures_tx,
+            renewed: renewed_tx,
         };
         let task = AbortOnDropHandle::new(tokio::spawn(beat.run(cancel.clone())));
         Self {
             bucket,
             worker,
             failures,
+            renewed,
             cancel,
             task,
         }
+    }
+
+    /// When the last successful put *started*, in Unix nanoseconds of the
+    /// [ownership clock](crate::ownership) (`None` before the first success). The key cannot
+    /// expire before that instant plus the heartbeat TTL, so it bounds how long this worker may
+    /// claim to be alive.
+    pub fn renewed(&self) -> watch::Receiver<Option<u64>> {
+        self.renewed.clone()
     }
 
     /// Consecutive failed puts (0 when healthy).
@@ -131,6 +143,7 @@ struct Beat {
     interval: Duration,
     info: watch::Receiver<(State, u64)>,
     failures: watch::Sender<u32>,
+    renewed: watch::Sender<Option<u64>>,
 }
 
 impl Beat {
@@ -164,6 +177,7 @@ impl Beat {
     }
 
     async fn put(&self, value: &HeartbeatValue) {
+        let started = unix_ns();
         let result = match codec::encode(value) {
             Ok(bytes) => self
                 .bucket
@@ -174,6 +188,7 @@ impl Beat {
         };
         match result {
             Ok(_) => {
+                self.renewed.send_replace(Some(started));
                 self.failures
                     .send_if_modified(|n| std::mem::replace(n, 0) != 0);
             }

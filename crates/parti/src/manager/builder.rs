@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Manager;
-use super::hooks::{Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
+use super::hooks::{DispatcherParts, Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
+use crate::ownership::{Holdings, OwnershipLog, OwnershipSink};
 use super::runtime::{Buckets, Outputs, Runtime};
 use super::state_cell::StateCell;
 use crate::assignment::Assignment;
@@ -43,6 +44,7 @@ pub struct ManagerBuilder {
     hooks: Arc<dyn Hooks>,
     election: Option<Arc<dyn ElectionAgent>>,
     consumer: Option<WorkerConsumer>,
+    ownership: Option<Arc<dyn OwnershipSink>>,
 }
 
 impl ManagerBuilder {
@@ -55,6 +57,7 @@ impl ManagerBuilder {
             hooks: Arc::new(NoHooks),
             election: None,
             consumer: None,
+            ownership: None,
         }
     }
 
@@ -106,6 +109,15 @@ impl ManagerBuilder {
     /// nothing or is fenced; closed by [`Manager::stop`].
     pub fn consumer(mut self, consumer: WorkerConsumer) -> Self {
         self.consumer = Some(consumer);
+        self
+    }
+
+    /// Where to send this worker's [ownership records](crate::ownership) as they happen
+    /// (for example an [`OwnershipRecorder`](crate::OwnershipRecorder) in tests, or the
+    /// `--ownership-log` file of `parti worker`).
+    #[must_use]
+    pub fn ownership_sink(mut self, sink: Arc<dyn OwnershipSink>) -> Self {
+        self.ownership = Some(sink);
         self
     }
 
@@ -176,11 +188,18 @@ impl ManagerBuilder {
 
         let (events, _) = broadcast::channel(1024);
         let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
+        let instance = new_instance_id();
+        let ownership = OwnershipLog::new(self.ownership, &instance);
+        let (lease, lease_rx) = watch::channel(0);
         let (sink, dispatcher) = spawn_dispatcher(
             self.hooks,
-            events.clone(),
-            Arc::clone(&consumer),
-            config.operation_timeout,
+            DispatcherParts {
+                broadcast: events.clone(),
+                consumer: Arc::clone(&consumer),
+                consumer_timeout: config.operation_timeout,
+                holdings: Holdings::new(ownership.clone()),
+                lease: lease_rx,
+            },
         );
         let (state, state_rx) = StateCell::new(sink.clone());
         let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
@@ -195,8 +214,10 @@ impl ManagerBuilder {
             strategy: self.strategy,
             source: self.source,
             election: self.election,
-            instance: new_instance_id(),
+            instance,
             events: sink,
+            ownership,
+            lease,
             out: Outputs {
                 state,
                 assignment,

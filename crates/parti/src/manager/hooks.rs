@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::assignment::Assignment;
 use crate::consumer::WorkerConsumer;
 use crate::error::Error;
+use crate::ownership::{Holdings, OwnershipRecord};
 use crate::partition::{Partition, WorkerId};
 use crate::state::State;
 
@@ -80,6 +81,10 @@ pub trait Hooks: Send + Sync + fmt::Debug + 'static {
     async fn on_degraded_alert(&self, _level: AlertLevel, _duration: Duration) {}
     /// Something failed that the application may want to know about (the manager carries on).
     async fn on_error(&self, _error: &Error) {}
+    /// This worker started or stopped holding partitions, renewed its lease or applied a
+    /// version (see [`ownership`](crate::ownership)). The records carry the time they
+    /// happened; this hook hears of them after the hooks called before it returned.
+    async fn on_ownership(&self, _records: &[OwnershipRecord]) {}
 }
 
 /// Hooks that do nothing.
@@ -128,6 +133,9 @@ pub enum Event {
     },
     /// An error the manager recovered from (or is retrying).
     Error(Arc<Error>),
+    /// Changes of what this worker holds, in the order they happened (see
+    /// [`ownership`](crate::ownership)).
+    Ownership(Arc<[OwnershipRecord]>),
 }
 
 /// Enqueues events for the dispatcher; cheap to clone.
@@ -152,17 +160,45 @@ impl EventSink {
 /// closed) by a graceful stop.
 pub(crate) type SharedConsumer = Arc<tokio::sync::Mutex<Option<WorkerConsumer>>>;
 
+/// What the dispatcher needs besides the hooks.
+#[derive(Debug)]
+pub(crate) struct DispatcherParts {
+    pub(crate) broadcast: broadcast::Sender<Event>,
+    pub(crate) consumer: SharedConsumer,
+    pub(crate) consumer_timeout: Duration,
+    /// This worker's holdings, recorded as the application is told.
+    pub(crate) holdings: Holdings,
+    /// The current lease deadline (Unix ns), for the holdings that start.
+    pub(crate) lease: watch::Receiver<u64>,
+}
+
 /// Starts the dispatcher task: for each event, in order, it updates the consumer (assignment
-/// changes), calls `hooks`, then broadcasts the event.
+/// changes), calls `hooks`, then broadcasts the event; it records what this worker holds.
 pub(crate) fn spawn_dispatcher(
     hooks: Arc<dyn Hooks>,
-    broadcast: broadcast::Sender<Event>,
-    consumer: SharedConsumer,
-    consumer_timeout: Duration,
+    parts: DispatcherParts,
 ) -> (EventSink, JoinHandle<()>) {
+    let DispatcherParts {
+        broadcast,
+        consumer,
+        consumer_timeout,
+        mut holdings,
+        lease,
+    } = parts;
     let (queue, mut rx) = mpsc::unbounded_channel::<Event>();
     let task = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
+            // A gained partition is held from the moment the consumer may deliver it; a lost
+            // one until the consumer stopped and the hooks returned.
+            let held = match &event {
+                Event::AssignmentChanged {
+                    worker,
+                    added,
+                    assignment,
+                    ..
+                } => holdings.hold(worker, added, assignment.version, *lease.borrow()),
+                _ => Vec::new(),
+            };
             if let Event::AssignmentChanged {
                 worker, assignment, ..
             } = &event
@@ -192,9 +228,28 @@ pub(crate) fn spawn_dispatcher(
                     hooks.on_degraded_alert(*level, *duration).await
                 }
                 Event::Error(error) => hooks.on_error(error).await,
+                Event::Ownership(records) => hooks.on_ownership(records).await,
             }
+            let released = match &event {
+                Event::AssignmentChanged { removed, .. } => holdings.release(removed),
+                _ => Vec::new(),
+            };
             // No subscribers is fine.
             let _ = broadcast.send(event);
+            for records in [held, released] {
+                if !records.is_empty() {
+                    let records: Arc<[OwnershipRecord]> = records.into();
+                    hooks.on_ownership(&records).await;
+                    let _ = broadcast.send(Event::Ownership(records));
+                }
+            }
+        }
+        // The queue closes on a graceful stop, after the consumer was closed: nothing is
+        // processed any more.
+        let released: Arc<[OwnershipRecord]> = holdings.release_all().into();
+        if !released.is_empty() {
+            hooks.on_ownership(&released).await;
+            let _ = broadcast.send(Event::Ownership(released));
         }
     });
     (EventSink { queue }, task)
@@ -255,8 +310,15 @@ mod tests {
     async fn hooks_run_sequentially_in_order() {
         let recorder = Arc::new(Recorder::default());
         let (tx, mut rx) = broadcast::channel(16);
-        let (sink, task) =
-            spawn_dispatcher(recorder.clone(), tx, Arc::default(), Duration::from_secs(1));
+        let (_lease_tx, lease) = watch::channel(0);
+        let parts = DispatcherParts {
+            broadcast: tx,
+            consumer: Arc::default(),
+            consumer_timeout: Duration::from_secs(1),
+            holdings: Holdings::new(crate::ownership::OwnershipLog::new(None, "i")),
+            lease,
+        };
+        let (sink, task) = spawn_dispatcher(recorder.clone(), parts);
         let steps = [
             (State::Init, State::ClaimingId),
             (State::ClaimingId, State::Election),

@@ -22,6 +22,7 @@ use crate::controller::{LeaderContext, PlannerConfig, run_leader};
 use crate::election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
 use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeater;
+use crate::ownership::{OwnershipEvent, OwnershipLog};
 use crate::partition::{Partition, WorkerId};
 use crate::records::{REFRESH_KEY, RefreshRequest};
 use crate::source::PartitionSource;
@@ -68,6 +69,10 @@ pub(crate) struct Runtime {
     pub(crate) election: Option<Arc<dyn ElectionAgent>>,
     pub(crate) instance: String,
     pub(crate) events: EventSink,
+    /// Stamps this worker's ownership records (here: lease extensions).
+    pub(crate) ownership: OwnershipLog,
+    /// The lease deadline (Unix ns) holdings are valid until; the dispatcher reads it.
+    pub(crate) lease: watch::Sender<u64>,
     pub(crate) out: Outputs,
     pub(crate) refresh: mpsc::UnboundedReceiver<()>,
 }
@@ -205,6 +210,7 @@ impl Runtime {
         let mut leadership = elector.leadership();
         let mut view = follower.view();
         let mut hb_failures = heartbeater.failures();
+        let mut renewed = heartbeater.renewed();
         let mut id_failures = lease.failures();
         let (suppress_tx, suppress_rx) = watch::channel(None);
         let mut leader: Option<LeaderTask> = None;
@@ -244,6 +250,13 @@ impl Runtime {
                             self.events.emit(Event::LeadershipChanged { is_leader: false, term: None });
                         }
                         _ => {}
+                    }
+                }
+                changed = renewed.changed() => {
+                    if changed.is_err() { continue; }
+                    let started = *renewed.borrow_and_update();
+                    if let Some(started) = started {
+                        self.extend_lease(&id, started);
                     }
                 }
                 changed = view.changed() => {
@@ -348,10 +361,23 @@ impl Runtime {
                 heartbeater.abort();
                 follower.stop().await;
                 lease.abort();
+                self.lease.send_replace(0);
                 self.clear_assignment();
                 IdExit::Lost
             }
         }
+    }
+
+    /// A heartbeat that started at `started` (Unix ns) succeeded: holdings stay valid until the
+    /// key could first expire.
+    fn extend_lease(&self, id: &WorkerId, started: u64) {
+        let ttl = u64::try_from(self.config.heartbeat_ttl.as_nanos()).unwrap_or(u64::MAX);
+        let valid_until_ns = started.saturating_add(ttl);
+        self.lease.send_replace(valid_until_ns);
+        let record = self
+            .ownership
+            .record(id, OwnershipEvent::Extend { valid_until_ns });
+        self.events.emit(Event::Ownership(Arc::new([record])));
     }
 
     fn spawn_leader(

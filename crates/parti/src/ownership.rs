@@ -1,0 +1,313 @@
+//! The ownership history: when this worker starts and stops *holding* each partition.
+//!
+//! A worker **holds** a partition while the application may process it: the consumer may
+//! deliver its messages and the hooks have been (or are being) told. Every change of holding is
+//! an [`OwnershipRecord`], timestamped when it happened, with the holding's **epoch** (today the
+//! assignment version that granted it) and the **lease deadline** the worker promised: a holding
+//! is valid only until `validUntilNs`, pushed forward by an [`OwnershipEvent::Extend`] record on
+//! each successful heartbeat renewal.
+//!
+//! Records reach the application three ways:
+//! - an [`OwnershipSink`] given to [`ManagerBuilder::ownership_sink`], called synchronously at
+//!   the moment of the change (an [`OwnershipRecorder`] keeps them in memory for tests; the
+//!   `parti worker --ownership-log FILE` command writes them as JSON lines);
+//! - [`Event::Ownership`] on [`Manager::events`];
+//! - [`Hooks::on_ownership`].
+//!
+//! The JSON form of a record is one object with camelCase keys, for example
+//! `{"atNs":1764480000000000000,"worker":"worker-3","instance":"9f…","event":"hold",
+//! "partition":"tenant-7","epoch":12,"validUntilNs":1764480006000000000}`; `docs/ownership-log.md`
+//! documents every field.
+//!
+//! Timestamps come from one clock per process: the wall clock read once, advanced by the
+//! monotonic clock (tokio's, so the paused test clock drives it too). Processes on one host can
+//! therefore be compared, and a process stopped by `SIGSTOP` sees the time it lost.
+//!
+//! [`ManagerBuilder::ownership_sink`]: crate::ManagerBuilder::ownership_sink
+//! [`Event::Ownership`]: crate::Event::Ownership
+//! [`Manager::events`]: crate::Manager::events
+//! [`Hooks::on_ownership`]: crate::Hooks::on_ownership
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::unix_ns;
+use crate::partition::{Partition, WorkerId};
+
+/// One change of what a worker holds, as written to the ownership log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnershipRecord {
+    /// When it happened, in Unix nanoseconds (see the module docs for the clock).
+    pub at_ns: u64,
+    /// The worker's stable ID at the time.
+    pub worker: WorkerId,
+    /// The process behind the worker (fresh for each start); a killed process's holdings end
+    /// with it.
+    pub instance: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: OwnershipEvent,
+}
+
+/// What an [`OwnershipRecord`] says happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum OwnershipEvent {
+    /// The worker started holding `partition`.
+    #[serde(rename_all = "camelCase")]
+    Hold {
+        /// The partition's [`id`](Partition::id).
+        partition: String,
+        /// The holding's epoch: a fencing token that increases from one holder to the next.
+        epoch: u64,
+        /// The lease deadline at the start of the holding, in Unix nanoseconds.
+        valid_until_ns: u64,
+    },
+    /// The worker stopped holding `partition`.
+    #[serde(rename_all = "camelCase")]
+    Release {
+        /// The partition's [`id`](Partition::id).
+        partition: String,
+        /// The epoch of the holding that ended.
+        epoch: u64,
+    },
+    /// The worker renewed its lease: every holding is valid until `valid_until_ns`.
+    #[serde(rename_all = "camelCase")]
+    Extend {
+        /// The new lease deadline, in Unix nanoseconds.
+        valid_until_ns: u64,
+    },
+    /// The worker applied assignment `version` (versions a worker applies never go back).
+    #[serde(rename_all = "camelCase")]
+    Applied {
+        /// The assignment version.
+        version: u64,
+    },
+}
+
+/// Receives ownership records synchronously, at the moment each change happens.
+///
+/// Implementations must be quick and must not block for long (a file append is fine): they run
+/// on the manager's tasks.
+pub trait OwnershipSink: Send + Sync + fmt::Debug + 'static {
+    /// One record, in the order they happened for this worker.
+    fn record(&self, record: &OwnershipRecord);
+}
+
+/// An [`OwnershipSink`] that keeps every record in memory; cheap to clone (clones share the
+/// records). Meant for tests and simulations.
+///
+/// ```
+/// use std::sync::Arc;
+/// use parti::ownership::OwnershipRecorder;
+///
+/// let recorder = OwnershipRecorder::default();
+/// # let store = parti::store::MemoryStore::new();
+/// let builder = parti::Manager::builder_with_store(Arc::new(store.client()))
+///     .ownership_sink(Arc::new(recorder.clone()));
+/// // … start, run, stop; then check `recorder.records()`.
+/// # drop(builder);
+/// assert!(recorder.records().is_empty());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct OwnershipRecorder {
+    records: Arc<Mutex<Vec<OwnershipRecord>>>,
+}
+
+impl OwnershipRecorder {
+    /// Every record so far, in arrival order.
+    pub fn records(&self) -> Vec<OwnershipRecord> {
+        self.records
+            .lock()
+            .map(|records| records.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl OwnershipSink for OwnershipRecorder {
+    fn record(&self, record: &OwnershipRecord) {
+        if let Ok(mut records) = self.records.lock() {
+            records.push(record.clone());
+        }
+    }
+}
+
+/// Stamps records for one process and hands them to the sink (if any).
+#[derive(Debug, Clone)]
+pub(crate) struct OwnershipLog {
+    sink: Option<Arc<dyn OwnershipSink>>,
+    instance: Arc<str>,
+}
+
+impl OwnershipLog {
+    pub(crate) fn new(sink: Option<Arc<dyn OwnershipSink>>, instance: &str) -> Self {
+        Self {
+            sink,
+            instance: instance.into(),
+        }
+    }
+
+    /// Stamps `event` with the time now and hands it to the sink.
+    pub(crate) fn record(&self, worker: &WorkerId, event: OwnershipEvent) -> OwnershipRecord {
+        let record = OwnershipRecord {
+            at_ns: unix_ns(),
+            worker: worker.clone(),
+            instance: self.instance.to_string(),
+            event,
+        };
+        if let Some(sink) = &self.sink {
+            sink.record(&record);
+        }
+        record
+    }
+}
+
+/// What this worker holds now, keyed by partition ID, with each holding's epoch. Owned by the
+/// event dispatcher, which is where the application is told.
+#[derive(Debug)]
+pub(crate) struct Holdings {
+    log: OwnershipLog,
+    held: BTreeMap<String, (WorkerId, u64)>,
+}
+
+impl Holdings {
+    pub(crate) fn new(log: OwnershipLog) -> Self {
+        Self {
+            log,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Starts holding `gained` at `epoch`, valid until `valid_until_ns`.
+    pub(crate) fn hold(
+        &mut self,
+        worker: &WorkerId,
+        gained: &[Partition],
+        epoch: u64,
+        valid_until_ns: u64,
+    ) -> Vec<OwnershipRecord> {
+        let mut out = Vec::with_capacity(gained.len() + 1);
+        out.push(self.log.record(worker, OwnershipEvent::Applied { version: epoch }));
+        for partition in gained {
+            let id = partition.id();
+            if self.held.contains_key(&id) {
+                continue;
+            }
+            self.held.insert(id.clone(), (worker.clone(), epoch));
+            out.push(self.log.record(
+                worker,
+                OwnershipEvent::Hold {
+                    partition: id,
+                    epoch,
+                    valid_until_ns,
+                },
+            ));
+        }
+        out
+    }
+
+    /// Stops holding `lost`.
+    pub(crate) fn release(&mut self, lost: &[Partition]) -> Vec<OwnershipRecord> {
+        lost.iter()
+            .filter_map(|p| {
+                let id = p.id();
+                let (worker, epoch) = self.held.remove(&id)?;
+                Some(self.log.record(
+                    &worker,
+                    OwnershipEvent::Release {
+                        partition: id,
+                        epoch,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Stops holding everything (a graceful stop).
+    pub(crate) fn release_all(&mut self) -> Vec<OwnershipRecord> {
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .map(|(partition, (worker, epoch))| {
+                self.log
+                    .record(&worker, OwnershipEvent::Release { partition, epoch })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_form_is_the_documented_one() {
+        let record = OwnershipRecord {
+            at_ns: 5,
+            worker: WorkerId::new("worker-3"),
+            instance: "i1".into(),
+            event: OwnershipEvent::Hold {
+                partition: "t-7".into(),
+                epoch: 12,
+                valid_until_ns: 9,
+            },
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            json,
+            r#"{"atNs":5,"worker":"worker-3","instance":"i1","event":"hold","partition":"t-7","epoch":12,"validUntilNs":9}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<OwnershipRecord>(&json).unwrap(),
+            record
+        );
+        let extend = r#"{"atNs":6,"worker":"worker-3","instance":"i1","event":"extend","validUntilNs":10}"#;
+        let parsed: OwnershipRecord = serde_json::from_str(extend).unwrap();
+        assert_eq!(
+            parsed.event,
+            OwnershipEvent::Extend { valid_until_ns: 10 }
+        );
+    }
+
+    #[test]
+    fn holdings_record_each_change_once() {
+        let recorder = OwnershipRecorder::default();
+        let mut holdings =
+            Holdings::new(OwnershipLog::new(Some(Arc::new(recorder.clone())), "i"));
+        let w = WorkerId::new("w-0");
+        let p = |k: &str| Partition::new([k], 1).unwrap();
+        holdings.hold(&w, &[p("a"), p("b")], 3, 100);
+        holdings.hold(&w, &[p("a")], 4, 100); // already held: no new holding
+        holdings.release(&[p("a"), p("zz")]);
+        holdings.release_all();
+        let kinds: Vec<String> = recorder
+            .records()
+            .iter()
+            .map(|r| match &r.event {
+                OwnershipEvent::Hold {
+                    partition, epoch, ..
+                } => format!("hold {partition}@{epoch}"),
+                OwnershipEvent::Release { partition, epoch } => {
+                    format!("release {partition}@{epoch}")
+                }
+                OwnershipEvent::Applied { version } => format!("applied {version}"),
+                OwnershipEvent::Extend { .. } => "extend".into(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "applied 3",
+                "hold a@3",
+                "hold b@3",
+                "applied 4",
+                "release a@3",
+                "release b@3"
+            ]
+        );
+    }
+}
