@@ -35,6 +35,13 @@ pub(crate) enum Command {
     /// Starts its own nats-server (or, with --memory or when none is found, uses the in-memory
     /// store). Exit codes: 0 every invariant held and no message was lost, 2 otherwise, 1 error.
     Sim(crate::sim::SimArgs),
+    /// Real `parti worker` processes under real faults (kill -9, SIGSTOP, cut links, NATS
+    /// restarts, garbage in the buckets, rolling restarts), judged by the ownership checker.
+    ///
+    /// Starts its own nats-server (or with --cluster a 3-node cluster) and runs each worker
+    /// behind its own fault proxy; reports every fault with its recovery time and every
+    /// violation of the ownership contract. Exit codes: 0 no violation, 2 violations, 1 error.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 /// Options every subcommand accepts (before or after the subcommand name).

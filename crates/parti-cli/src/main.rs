@@ -4,8 +4,9 @@
 //! - `parti watch` — the same view, redrawn live on KV events.
 //! - `parti worker` — one worker process from a config and a partition list.
 //! - `parti sim` — the demo: workers, messages and chaos in one process, then a report.
+//! - `parti chaos` — real worker processes under real faults, judged by the ownership checker.
 //!
-//! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`) with an
+//! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`, `chaos/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
 //! one means a module, a variant of [`cli::Command`] and a line in [`run`].
 //!
@@ -13,6 +14,7 @@
 //! is flagged, 3 when no Parti cluster exists on the server (see [`status`]).
 
 mod buckets;
+mod chaos;
 mod cli;
 mod connect;
 mod metrics_server;
@@ -37,7 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live view and report tell its story; the library's retry warnings (which
     // its chaos provokes on purpose) would only scroll through it.
-    let default_level = if matches!(cli.command, Command::Sim(_)) {
+    let default_level = if matches!(cli.command, Command::Sim(_) | Command::Chaos(_)) {
         "error"
     } else {
         "warn"
@@ -68,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(args, &cli.global).await,
         Command::Worker(args) => worker::run(args, &cli.global).await,
         Command::Sim(args) => sim::run(args, &cli.global).await,
+        Command::Chaos(args) => chaos::run(args, &cli.global).await,
     }
 }
 

@@ -6,18 +6,36 @@
 //! `shutdownTimeout`; a second signal during the stop exits at once. A signal during start-up
 //! exits without a graceful stop (nothing was handed out yet; the ID expires by TTL).
 //!
+//! With `--ownership-log FILE` every change of what the worker *holds* is appended to `FILE` as
+//! one JSON object per line (the library's [`OwnershipRecord`]; format in
+//! `docs/ownership-log.md`). With `--stream NAME` the worker also consumes that JetStream stream
+//! through a [`WorkerConsumer`] kept on its partitions' subjects, and with `--process-log FILE`
+//! appends one line per message handled (`{"atNs","worker","instance","partition","seq"}`).
+//! Each line is one `write_all` on an unbuffered append-mode file, so a `kill -9` loses at most
+//! a partial last line; a failed write is logged and the worker carries on.
+//!
 //! Exit codes: 0 after a graceful stop, 1 on any error (start-up failure, a failed stop, the
 //! worker shutting down on its own).
 
 use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::jetstream::{self, Message};
 use clap::Args;
-use parti::{Assignment, Event, Manager, State};
+use parti::error::BoxError;
+use parti::ownership::{OwnershipRecord, OwnershipSink, now_ns};
+use parti::{Assignment, Event, Manager, Partition, State, WorkerConsumer};
+use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Global;
@@ -39,6 +57,37 @@ pub(crate) struct WorkerArgs {
     /// the bound address is printed).
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Append every change of what this worker holds (hold, release, extend, applied) to this
+    /// file, one JSON object per line (see docs/ownership-log.md).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ownership_log: Option<PathBuf>,
+    /// Consume this JetStream stream (it must exist): one durable consumer kept on the subjects
+    /// of the partitions this worker holds.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) stream: Option<String>,
+    /// The subject of a partition's messages; `{partition}` becomes its keys joined with `.`.
+    #[arg(
+        long,
+        default_value = "events.{partition}",
+        requires = "stream",
+        value_name = "TEMPLATE"
+    )]
+    pub(crate) subject_template: String,
+    /// Append one JSON object per message handled to this file:
+    /// `{"atNs","worker","instance","partition","seq"}` (seq: the stream sequence).
+    #[arg(long, value_name = "FILE", requires = "stream")]
+    pub(crate) process_log: Option<PathBuf>,
+    /// How long JetStream waits for a message's ack before redelivering it (with --stream).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, requires = "stream", value_name = "DURATION")]
+    pub(crate) ack_wait: Duration,
+    /// On a work-queue stream, how long another worker's consumer may keep a subject this
+    /// worker was assigned before it is taken over (with --stream).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "stream", value_name = "DURATION")]
+    pub(crate) takeover_after: Duration,
+    /// Use only the servers given with --nats, never those a server advertises (a client
+    /// behind a proxy must not reconnect around it).
+    #[arg(long)]
+    pub(crate) ignore_discovered_servers: bool,
 }
 
 /// Runs `parti worker` until SIGTERM/SIGINT.
@@ -63,9 +112,45 @@ pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<Exi
         None => None,
     };
 
-    let client = global.connect.connect("parti worker").await?;
-    let start = Manager::builder(async_nats::jetstream::new(client))
+    let identity = Identity::default();
+    let ownership_log = match &args.ownership_log {
+        Some(path) => Some(JsonLines::open(path)?),
+        None => None,
+    };
+    let process_log = match &args.process_log {
+        Some(path) => Some(JsonLines::open(path)?),
+        None => None,
+    };
+    let client = connect(global, args.ignore_discovered_servers).await?;
+    let js = jetstream::new(client);
+    let mut builder = Manager::builder(js.clone())
         .config(config)
+        .ownership_sink(Arc::new(OwnershipLogSink {
+            file: ownership_log,
+            identity: identity.clone(),
+        }));
+    if let Some(stream) = &args.stream {
+        let handler = ProcessLogger {
+            template: SubjectTemplate::new(&args.subject_template)?,
+            identity,
+            log: process_log.map(Arc::new),
+        };
+        let consumer = WorkerConsumer::builder(js, stream)
+            .subject_template(args.subject_template.clone())
+            .max_subjects(partitions.len().max(500))
+            .ack_wait(args.ack_wait)
+            .takeover_after(args.takeover_after)
+            .check_interval(args.takeover_after.min(Duration::from_secs(10)) / 2)
+            .handler(move |message: Message| {
+                let handler = handler.clone();
+                async move { handler.handle(&message).await }
+            })
+            .build()
+            .await
+            .with_context(|| format!("cannot consume the stream {stream:?}"))?;
+        builder = builder.consumer(consumer);
+    }
+    let start = builder
         .source(parti::source::Static::new(partitions))
         .start();
     let manager = tokio::select! {
@@ -90,6 +175,25 @@ pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<Exi
     }
     say("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connects with the global options; with `ignore_discovered` only to the servers given.
+async fn connect(global: &Global, ignore_discovered: bool) -> anyhow::Result<async_nats::Client> {
+    if !ignore_discovered {
+        return global.connect.connect("parti worker").await;
+    }
+    let urls = global.connect.urls();
+    if urls.is_empty() {
+        anyhow::bail!("--nats is empty: give at least one server URL");
+    }
+    global
+        .connect
+        .options("parti worker")
+        .await?
+        .ignore_discovered_servers()
+        .connect(urls)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", global.connect.nats))
 }
 
 /// Prints what happens until a stop signal (its name is returned) or the worker's own end.
@@ -217,11 +321,186 @@ fn describe(previous: &Assignment, next: &Assignment) -> String {
     line
 }
 
+/// A file that receives one JSON object per line, each line with a single `write_all` on an
+/// unbuffered append-mode handle: lines of concurrent writers never interleave, and a process
+/// killed mid-write leaves at most a partial last line.
+#[derive(Debug)]
+struct JsonLines {
+    path: PathBuf,
+    file: File,
+    failures: AtomicU64,
+}
+
+impl JsonLines {
+    /// Opens (creating if needed) `path` for appending.
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends `value` as one line. A failure is logged (the 1st, 2nd, 4th, 8th… of them, so a
+    /// full disk does not flood the log) and otherwise ignored.
+    fn append(&self, value: &impl Serialize) {
+        let written = serde_json::to_vec(value)
+            .map_err(std::io::Error::from)
+            .and_then(|mut line| {
+                line.push(b'\n');
+                (&self.file).write_all(&line)
+            });
+        if let Err(e) = written {
+            let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if failures.is_power_of_two() {
+                tracing::warn!(file = %self.path.display(), error = %e, failures, "cannot append a log line");
+            }
+        }
+    }
+}
+
+/// Who this process is, as its ownership records say: `(worker ID, instance ID)`, the latest
+/// seen. Written by the ownership sink, read by the message logger (the consumer is built before
+/// the manager exists, so the records are where the handler learns its identity).
+#[derive(Debug, Clone)]
+struct Identity(Arc<watch::Sender<Option<(String, String)>>>);
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(None)))
+    }
+}
+
+impl Identity {
+    /// Takes the identity from a record (a no-op when unchanged).
+    fn learn(&self, record: &OwnershipRecord) {
+        self.0.send_if_modified(|known| {
+            let changed = known.as_ref().is_none_or(|(worker, instance)| {
+                worker != record.worker.as_str() || *instance != record.instance
+            });
+            if changed {
+                *known = Some((record.worker.to_string(), record.instance.clone()));
+            }
+            changed
+        });
+    }
+
+    /// The identity, waiting up to `wait` for the first record (empty strings if none came).
+    async fn get(&self, wait: Duration) -> (String, String) {
+        let mut rx = self.0.subscribe();
+        let known = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
+        let value = match known {
+            Ok(Ok(value)) => value.clone(),
+            _ => None,
+        };
+        value.unwrap_or_default()
+    }
+}
+
+/// The [`OwnershipSink`] of `parti worker`: the `--ownership-log` file (if any) and the
+/// process's [`Identity`].
+#[derive(Debug)]
+struct OwnershipLogSink {
+    file: Option<JsonLines>,
+    identity: Identity,
+}
+
+impl OwnershipSink for OwnershipLogSink {
+    fn record(&self, record: &OwnershipRecord) {
+        self.identity.learn(record);
+        if let Some(file) = &self.file {
+            file.append(record);
+        }
+    }
+}
+
+/// One line of `--process-log` (the checker's `ProcessedRecord`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessedLine<'a> {
+    at_ns: u64,
+    worker: &'a str,
+    instance: &'a str,
+    partition: &'a str,
+    seq: u64,
+}
+
+/// How long the first message waits for the first ownership record (which names the process).
+const IDENTITY_WAIT: Duration = Duration::from_secs(5);
+
+/// The message handler of `--stream`: logs each message to `--process-log` and acks it.
+#[derive(Debug, Clone)]
+struct ProcessLogger {
+    template: SubjectTemplate,
+    identity: Identity,
+    log: Option<Arc<JsonLines>>,
+}
+
+impl ProcessLogger {
+    async fn handle(&self, message: &Message) -> Result<(), BoxError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let at_ns = now_ns();
+        let (worker, instance) = self.identity.get(IDENTITY_WAIT).await;
+        let partition = self.template.partition_id(message.subject.as_str());
+        let seq = message.info().map(|info| info.stream_sequence);
+        match (partition, seq) {
+            (Some(partition), Ok(seq)) => log.append(&ProcessedLine {
+                at_ns,
+                worker: &worker,
+                instance: &instance,
+                partition: &partition,
+                seq,
+            }),
+            _ => {
+                tracing::warn!(subject = %message.subject, "a message that is not a partition's: not logged")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A subject template split around `{partition}`, to map a subject back to its partition.
+#[derive(Debug, Clone)]
+struct SubjectTemplate {
+    prefix: String,
+    suffix: String,
+}
+
+impl SubjectTemplate {
+    /// Splits `template`, which must contain `{partition}` once.
+    fn new(template: &str) -> anyhow::Result<Self> {
+        match template.split_once("{partition}") {
+            Some((prefix, suffix)) if !suffix.contains("{partition}") => Ok(Self {
+                prefix: prefix.to_owned(),
+                suffix: suffix.to_owned(),
+            }),
+            _ => anyhow::bail!(
+                "--subject-template {template:?} must contain {{partition}} exactly once"
+            ),
+        }
+    }
+
+    /// The [`Partition::id`] of a subject (its keys joined with `-`): the subject key between
+    /// the template's prefix and suffix, with `.` (which no key contains) turned into `-`.
+    fn partition_id(&self, subject: &str) -> Option<String> {
+        let key = subject
+            .strip_prefix(&self.prefix)?
+            .strip_suffix(&self.suffix)?;
+        let partition = Partition::new(key.split('.'), 0).ok()?;
+        Some(partition.id())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use parti::Partition;
+    use parti::ownership::OwnershipEvent;
 
     use super::*;
 
@@ -244,5 +523,50 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let line = describe(&Assignment::default(), &assignment(1, &many));
         assert!(line.ends_with("+p09 (+2 more)"), "{line}");
+    }
+
+    #[test]
+    fn subjects_map_back_to_partition_ids() {
+        let template = SubjectTemplate::new("events.{partition}.v1").unwrap();
+        assert_eq!(
+            template.partition_id("events.tenant.o-7.v1").as_deref(),
+            Some("tenant-o-7")
+        );
+        assert_eq!(template.partition_id("events.p3.v2"), None);
+        assert_eq!(template.partition_id("other.p3.v1"), None);
+        assert!(SubjectTemplate::new("events").is_err());
+        assert!(SubjectTemplate::new("{partition}.{partition}").is_err());
+    }
+
+    #[test]
+    fn json_lines_are_appended_whole_and_the_identity_is_learned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("own.jsonl");
+        std::fs::write(&path, "{\"earlier\":1}\n").unwrap();
+        let identity = Identity::default();
+        let sink = OwnershipLogSink {
+            file: Some(JsonLines::open(&path).unwrap()),
+            identity: identity.clone(),
+        };
+        let record = OwnershipRecord {
+            at_ns: 7,
+            worker: parti::WorkerId::new("worker-2"),
+            instance: "i9".into(),
+            event: OwnershipEvent::Applied { version: 4 },
+        };
+        sink.record(&record);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let parsed: OwnershipRecord = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(parsed, record);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (worker, instance) = runtime.block_on(identity.get(Duration::from_millis(10)));
+        assert_eq!((worker.as_str(), instance.as_str()), ("worker-2", "i9"));
+        let unknown = runtime.block_on(Identity::default().get(Duration::from_millis(10)));
+        assert_eq!(unknown, (String::new(), String::new()));
     }
 }

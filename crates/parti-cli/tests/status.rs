@@ -155,6 +155,7 @@ async fn status_flags_two_owners_and_garbage_with_exit_code_2() {
             term: 1,
             lifecycle: Lifecycle::Running,
             partitions: keys.into_iter().map(part).collect(),
+            pending: Default::default(),
         };
         let id = WorkerId::new(id);
         let rev = assignment
@@ -172,6 +173,7 @@ async fn status_flags_two_owners_and_garbage_with_exit_code_2() {
         partition_count: 3,
         lifecycle: Lifecycle::Running,
         first_assignment_at: None,
+        lineages: Default::default(),
     };
     assignment
         .put(CLUSTER_KEY, codec::encode(&cluster).unwrap())

@@ -141,3 +141,86 @@ async fn a_bad_partition_list_is_a_clear_error() {
     assert_eq!(worker.wait_exit().await, Some(1));
     assert!(worker.stderr().contains("has space"), "{}", worker.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_logs_what_it_holds_and_every_message_it_handles() {
+    use async_nats::jetstream::{self, stream};
+
+    let server = NatsServer::start().await.unwrap();
+    let url = server.url();
+    let js = jetstream::new(server.client().await.unwrap());
+    js.create_stream(stream::Config {
+        name: "EV".into(),
+        subjects: vec!["ev.>".into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let files = Files::new(4);
+    let ownership = files.dir.path().join("own.jsonl");
+    let processed = files.dir.path().join("proc.jsonl");
+    let mut worker = Proc::worker(
+        &url,
+        &files,
+        &[
+            "--ownership-log",
+            ownership.to_str().unwrap(),
+            "--stream",
+            "EV",
+            "--subject-template",
+            "ev.{partition}.x",
+            "--process-log",
+            processed.to_str().unwrap(),
+            "--ack-wait",
+            "2s",
+        ],
+    );
+    let id = worker.id().await;
+    let ack = js
+        .publish("ev.p2.x", "hello".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let read = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until(DEADLINE, "the message to be logged", || {
+        let lines = read(&processed);
+        async move { !lines.is_empty() }
+    })
+    .await
+    .unwrap();
+    worker.signal(Signal::TERM);
+    assert_eq!(worker.wait_exit().await, Some(0), "{}", worker.stderr());
+
+    let records = read(&ownership);
+    let instance = records[0]["instance"].as_str().unwrap().to_owned();
+    assert!(
+        records
+            .iter()
+            .all(|r| r["worker"] == id.as_str() && r["instance"] == instance.as_str())
+    );
+    let events = |kind: &str| records.iter().filter(|r| r["event"] == kind).count();
+    assert!(events("applied") >= 1, "{records:?}");
+    assert_eq!(events("hold"), 4, "{records:?}");
+    // The graceful stop releases everything held.
+    assert_eq!(events("release"), 4, "{records:?}");
+    let hold = records.iter().find(|r| r["event"] == "hold").unwrap();
+    assert!(hold["validUntilNs"].as_u64().unwrap() > hold["atNs"].as_u64().unwrap());
+    assert!(hold["epoch"].is_u64() && hold["partition"].is_string());
+
+    let handled = read(&processed);
+    assert_eq!(handled.len(), 1, "{handled:?}");
+    let line = &handled[0];
+    assert_eq!(line["partition"], "p2");
+    assert_eq!(line["seq"], ack.sequence);
+    assert_eq!(line["worker"], id.as_str());
+    assert_eq!(line["instance"], instance.as_str());
+    assert!(line["atNs"].as_u64().unwrap() >= hold["atNs"].as_u64().unwrap());
+}

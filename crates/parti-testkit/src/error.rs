@@ -54,6 +54,17 @@ pub enum TestkitError {
         /// How long it was waited for.
         waited: Duration,
     },
+    /// A line of a JSON-lines log did not decode (a last line cut short is skipped instead).
+    #[error("{}:{line}: {source}", path.display())]
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+        /// What was wrong with it.
+        #[source]
+        source: serde_json::Error,
+    },
     /// A NATS client could not connect.
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] async_nats::ConnectError),

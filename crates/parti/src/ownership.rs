@@ -37,6 +37,12 @@ use serde::{Deserialize, Serialize};
 use crate::clock::unix_ns;
 use crate::partition::{Partition, WorkerId};
 
+/// Now, in Unix nanoseconds of the clock ownership records use (see the module docs): for
+/// records of one's own — messages handled, faults injected — that must line up with them.
+pub fn now_ns() -> u64 {
+    unix_ns()
+}
+
 /// One change of what a worker holds, as written to the ownership log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -168,11 +174,11 @@ impl OwnershipLog {
 }
 
 /// What this worker holds now, keyed by partition ID, with each holding's epoch. Owned by the
-/// event dispatcher, which is where the application is told.
+/// manager's fence task, which is where the application is told.
 #[derive(Debug)]
 pub(crate) struct Holdings {
     log: OwnershipLog,
-    held: BTreeMap<String, (WorkerId, u64)>,
+    held: BTreeMap<String, (Partition, WorkerId, u64)>,
 }
 
 impl Holdings {
@@ -192,13 +198,17 @@ impl Holdings {
         valid_until_ns: u64,
     ) -> Vec<OwnershipRecord> {
         let mut out = Vec::with_capacity(gained.len() + 1);
-        out.push(self.log.record(worker, OwnershipEvent::Applied { version: epoch }));
+        out.push(
+            self.log
+                .record(worker, OwnershipEvent::Applied { version: epoch }),
+        );
         for partition in gained {
             let id = partition.id();
             if self.held.contains_key(&id) {
                 continue;
             }
-            self.held.insert(id.clone(), (worker.clone(), epoch));
+            self.held
+                .insert(id.clone(), (partition.clone(), worker.clone(), epoch));
             out.push(self.log.record(
                 worker,
                 OwnershipEvent::Hold {
@@ -216,7 +226,7 @@ impl Holdings {
         lost.iter()
             .filter_map(|p| {
                 let id = p.id();
-                let (worker, epoch) = self.held.remove(&id)?;
+                let (_, worker, epoch) = self.held.remove(&id)?;
                 Some(self.log.record(
                     &worker,
                     OwnershipEvent::Release {
@@ -228,15 +238,9 @@ impl Holdings {
             .collect()
     }
 
-    /// Stops holding everything (a graceful stop).
-    pub(crate) fn release_all(&mut self) -> Vec<OwnershipRecord> {
-        std::mem::take(&mut self.held)
-            .into_iter()
-            .map(|(partition, (worker, epoch))| {
-                self.log
-                    .record(&worker, OwnershipEvent::Release { partition, epoch })
-            })
-            .collect()
+    /// What is held now.
+    pub(crate) fn held(&self) -> impl Iterator<Item = &Partition> {
+        self.held.values().map(|(p, _, _)| p)
     }
 }
 
@@ -265,25 +269,22 @@ mod tests {
             serde_json::from_str::<OwnershipRecord>(&json).unwrap(),
             record
         );
-        let extend = r#"{"atNs":6,"worker":"worker-3","instance":"i1","event":"extend","validUntilNs":10}"#;
+        let extend =
+            r#"{"atNs":6,"worker":"worker-3","instance":"i1","event":"extend","validUntilNs":10}"#;
         let parsed: OwnershipRecord = serde_json::from_str(extend).unwrap();
-        assert_eq!(
-            parsed.event,
-            OwnershipEvent::Extend { valid_until_ns: 10 }
-        );
+        assert_eq!(parsed.event, OwnershipEvent::Extend { valid_until_ns: 10 });
     }
 
     #[test]
     fn holdings_record_each_change_once() {
         let recorder = OwnershipRecorder::default();
-        let mut holdings =
-            Holdings::new(OwnershipLog::new(Some(Arc::new(recorder.clone())), "i"));
+        let mut holdings = Holdings::new(OwnershipLog::new(Some(Arc::new(recorder.clone())), "i"));
         let w = WorkerId::new("w-0");
         let p = |k: &str| Partition::new([k], 1).unwrap();
         holdings.hold(&w, &[p("a"), p("b")], 3, 100);
         holdings.hold(&w, &[p("a")], 4, 100); // already held: no new holding
         holdings.release(&[p("a"), p("zz")]);
-        holdings.release_all();
+        holdings.release(&[p("b")]);
         let kinds: Vec<String> = recorder
             .records()
             .iter()

@@ -92,6 +92,26 @@ pub struct WorkerRecord {
     pub lifecycle: Lifecycle,
     /// The partitions, sorted.
     pub partitions: Vec<Partition>,
+    /// Partitions of `partitions` this worker must not hold yet, by partition ID: each maps the
+    /// workers that may still hold it to the version at which they lost it. The worker holds
+    /// such a partition only once a later commit lists it without them — after each released
+    /// it (its heartbeat's `released` reached that version) or provably stopped (its heartbeat
+    /// expired). Release-then-acquire (SPEC §13).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending: BTreeMap<String, BTreeMap<WorkerId, u64>>,
+}
+
+/// Which run of a worker a commit speaks to: the process (`instance`) and how many times its
+/// lease lapsed (`lapses`). A worker holds what a commit gives it only when the commit names
+/// its current lineage, so after a lapse it holds nothing until a leader that has seen it come
+/// back commits again.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lineage {
+    /// The process's instance ID.
+    pub instance: String,
+    /// How many times its lease lapsed.
+    pub lapses: u64,
 }
 
 /// `cluster`: the commit record of a publish, written last with a revision check.
@@ -118,6 +138,10 @@ pub struct ClusterRecord {
     pub lifecycle: Lifecycle,
     /// When the first assignment of this cluster was published (Unix ms), if it was.
     pub first_assignment_at: Option<u64>,
+    /// Worker → the lineage this commit speaks to (from its heartbeat when the leader
+    /// published). A worker whose lineage differs holds nothing under this commit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lineages: BTreeMap<WorkerId, Lineage>,
 }
 
 /// `refresh`: a follower's request for a partition refresh.

@@ -70,6 +70,24 @@ impl StableIdConfig {
         format!("{}-{n}", self.prefix)
     }
 
+    /// Whether `key` is a worker ID of this pool: `{prefix}-{n}` with `n` in `[min, max]`,
+    /// written as [`key`](Self::key) writes it (no sign, no leading zeros).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let cfg = parti::stable_id::StableIdConfig {
+    ///     prefix: "worker".into(), min: 0, max: 9, renew_interval: Duration::from_secs(10),
+    /// };
+    /// assert!(cfg.is_pool_id("worker-9"));
+    /// assert!(!cfg.is_pool_id("worker-10") && !cfg.is_pool_id("worker-07") && !cfg.is_pool_id("ghost"));
+    /// ```
+    pub fn is_pool_id(&self, key: &str) -> bool {
+        key.strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|n| n.parse::<u32>().ok().filter(|v| v.to_string() == n))
+            .is_some_and(|n| (self.min..=self.max).contains(&n))
+    }
+
     fn validate(&self) -> Result<()> {
         let mut violations = Vec::new();
         if self.min > self.max {

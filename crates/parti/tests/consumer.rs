@@ -12,7 +12,8 @@ use async_nats::jetstream::{self, Message};
 use futures::TryStreamExt;
 use parti::error::BoxError;
 use parti::{Assignment, ConsumerStatus, Error, Partition, WorkerConsumer, WorkerId};
-use parti_testkit::{NatsServer, wait_until};
+use parti_testkit::{FaultProxy, NatsServer, wait_until};
+use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const STREAM: &str = "EVENTS";
@@ -711,4 +712,265 @@ async fn build_checks_the_configuration_and_the_stream() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Consumer(_)), "{err}");
+}
+
+/// One handler call as the handler itself saw it.
+#[derive(Debug, Clone)]
+struct Call {
+    subject: String,
+    payload: String,
+    start: Instant,
+    end: Option<Instant>,
+}
+
+/// The handler's own log of its calls, with timestamps taken inside the handler.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<Vec<Call>>>);
+
+impl Calls {
+    fn all(&self) -> Vec<Call> {
+        self.0.lock().unwrap().clone()
+    }
+    fn payloads(&self) -> BTreeSet<String> {
+        self.all().into_iter().map(|c| c.payload).collect()
+    }
+    fn started(&self, payload: &str) -> bool {
+        self.all().iter().any(|c| c.payload == payload)
+    }
+    /// Calls for `subject`, each of which must have started and ended by `by`.
+    fn assert_all_done_by(&self, subject: &str, by: Instant) {
+        for call in self.all().iter().filter(|c| c.subject == subject) {
+            assert!(
+                call.start < by,
+                "a call started after the release: {call:?}"
+            );
+            let end = call.end.expect("every call has returned");
+            assert!(end <= by, "a call ended after the release: {call:?}");
+        }
+    }
+}
+
+/// A consumer whose handler logs each call's start and end and takes `pause` (a payload
+/// starting with `slow` takes `slow` instead).
+fn logging_builder(
+    js: &jetstream::Context,
+    calls: &Calls,
+    pause: Duration,
+    slow: Duration,
+) -> parti::WorkerConsumerBuilder {
+    let calls = calls.clone();
+    WorkerConsumer::builder(js.clone(), STREAM)
+        .check_interval(Duration::from_millis(300))
+        .ack_wait(Duration::from_secs(2))
+        .nak_delay(Duration::from_millis(200))
+        .handler(move |msg: Message| {
+            let calls = calls.clone();
+            async move {
+                let payload = String::from_utf8_lossy(&msg.payload).into_owned();
+                let delay = if payload.starts_with("slow") {
+                    slow
+                } else {
+                    pause
+                };
+                let index = {
+                    let mut log = calls.0.lock().unwrap();
+                    log.push(Call {
+                        subject: msg.subject.to_string(),
+                        payload,
+                        start: Instant::now(),
+                        end: None,
+                    });
+                    log.len() - 1
+                };
+                tokio::time::sleep(delay).await;
+                calls.0.lock().unwrap()[index].end = Some(Instant::now());
+                Ok::<(), BoxError>(())
+            }
+        })
+}
+
+fn partitions(keys: &[&str]) -> Vec<Partition> {
+    assignment(keys).partitions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_partitions_get_no_handler_call_even_with_nats_cut_off() {
+    let (server, js) = setup(RetentionPolicy::Limits).await;
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let through_proxy = jetstream::new(
+        parti_testkit::connect_options()
+            .ignore_discovered_servers()
+            .connect(proxy.url())
+            .await
+            .unwrap(),
+    );
+    let calls = Calls::default();
+    let c = logging_builder(
+        &through_proxy,
+        &calls,
+        Duration::from_millis(10),
+        Duration::ZERO,
+    )
+    .build()
+    .await
+    .unwrap();
+    let w = WorkerId::new("worker-0");
+    c.update_assignment(&w, &assignment(&["a", "b"]))
+        .await
+        .unwrap();
+    c.set_held(&partitions(&["a", "b"])).await;
+    for i in 0..100 {
+        publish(&js, "a", &format!("a-{i}")).await;
+        publish(&js, "b", &format!("b-{i}")).await;
+    }
+    // The client has pulled a batch and hands it over one message at a time.
+    wait_until(DEADLINE, "the first calls", || async {
+        calls.all().len() >= 5
+    })
+    .await
+    .unwrap();
+
+    // NATS cut off: releasing `a` is local and immediate.
+    proxy.blackhole();
+    tokio::time::timeout(Duration::from_secs(1), c.set_held(&partitions(&["b"])))
+        .await
+        .expect("set_held needs no NATS");
+    let released_at = Instant::now();
+    // The loop goes on through the messages already pulled: `b` is handled, `a` gated.
+    wait_until(
+        DEADLINE,
+        "b handled and a gated after the release",
+        || async {
+            let later_b = calls
+                .all()
+                .iter()
+                .any(|c| c.subject == "events.b" && c.start > released_at);
+            later_b && c.health().gated > 0
+        },
+    )
+    .await
+    .unwrap();
+    calls.assert_all_done_by("events.a", released_at);
+
+    // NATS back: releasing everything.
+    proxy.pass();
+    c.set_held(&[]).await;
+    let released_at = Instant::now();
+    let gated = c.health().gated;
+    for i in 100..110 {
+        publish(&js, "a", &format!("a-{i}")).await;
+        publish(&js, "b", &format!("b-{i}")).await;
+    }
+    wait_until(DEADLINE, "the new messages to be gated", || async {
+        c.health().gated >= gated + 20
+    })
+    .await
+    .unwrap();
+    calls.assert_all_done_by("events.a", released_at);
+    calls.assert_all_done_by("events.b", released_at);
+    assert!(!calls.payloads().iter().any(|p| p.ends_with("-105")));
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_held_waits_for_the_running_call_of_a_released_partition() {
+    let (_server, js) = setup(RetentionPolicy::WorkQueue).await;
+    let calls = Calls::default();
+    let c = logging_builder(&js, &calls, Duration::ZERO, Duration::from_millis(800))
+        .build()
+        .await
+        .unwrap();
+    let w = WorkerId::new("worker-0");
+    c.update_assignment(&w, &assignment(&["a"])).await.unwrap();
+    c.set_held(&partitions(&["a"])).await;
+    publish(&js, "a", "slow-1").await;
+    wait_until(DEADLINE, "the slow call to start", || async {
+        calls.started("slow-1")
+    })
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    c.set_held(&[]).await;
+    let returned = Instant::now();
+    let call = calls
+        .all()
+        .into_iter()
+        .find(|c| c.payload == "slow-1")
+        .unwrap();
+    let end = call
+        .end
+        .expect("the call has finished when set_held returns");
+    assert!(call.start <= asked);
+    assert!(end <= returned, "{call:?} ended after set_held returned");
+    assert!(
+        returned - asked >= Duration::from_millis(200),
+        "set_held waited for the call"
+    );
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gated_message_is_processed_by_the_worker_that_gains_the_partition() {
+    let (_server, js) = setup(RetentionPolicy::WorkQueue).await;
+    let (calls_a, calls_b) = (Calls::default(), Calls::default());
+    let a = logging_builder(&js, &calls_a, Duration::ZERO, Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let b = logging_builder(&js, &calls_b, Duration::ZERO, Duration::ZERO)
+        .build()
+        .await
+        .unwrap();
+    let (wa, wb) = (WorkerId::new("worker-a"), WorkerId::new("worker-b"));
+    a.update_assignment(&wa, &assignment(&["p"])).await.unwrap();
+    a.set_held(&partitions(&["p"])).await;
+    b.update_assignment(&wb, &assignment(&["q"])).await.unwrap();
+    b.set_held(&partitions(&["q"])).await;
+    let before: BTreeSet<String> = (0..5).map(|i| format!("m-{i}")).collect();
+    for m in &before {
+        publish(&js, "p", m).await;
+    }
+    wait_until(DEADLINE, "a to handle the first messages", || async {
+        calls_a.payloads().is_superset(&before)
+    })
+    .await
+    .unwrap();
+
+    // Hand-off: a stops holding p first; its filter still delivers p.
+    a.set_held(&[]).await;
+    let released_at = Instant::now();
+    let after: BTreeSet<String> = (5..15).map(|i| format!("m-{i}")).collect();
+    for m in &after {
+        publish(&js, "p", m).await;
+    }
+    wait_until(DEADLINE, "a to gate p's new messages", || async {
+        a.health().gated >= 10
+    })
+    .await
+    .unwrap();
+    // Then the filters move, and b holds p.
+    a.update_assignment(&wa, &assignment(&[])).await.unwrap();
+    wait_until(DEADLINE, "a to stop redelivering p", || async {
+        info(&js, "parti-worker-a").await.num_ack_pending == 0
+    })
+    .await
+    .unwrap();
+    b.update_assignment(&wb, &assignment(&["p", "q"]))
+        .await
+        .unwrap();
+    b.set_held(&partitions(&["p", "q"])).await;
+    wait_until(DEADLINE, "b to handle what a gated", || async {
+        calls_b.payloads().is_superset(&after)
+    })
+    .await
+    .unwrap();
+    wait_until(DEADLINE, "the work queue to be empty", || async {
+        stream_messages(&js).await == 0
+    })
+    .await
+    .unwrap();
+    calls_a.assert_all_done_by("events.p", released_at);
+    assert!(calls_a.payloads().is_disjoint(&after));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }

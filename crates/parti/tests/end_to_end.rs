@@ -1,13 +1,15 @@
 //! SPEC §11 scenario 12: messages end to end. A producer publishes sequenced messages to 200
 //! partitions of a work-queue stream while 5 workers (Manager + WorkerConsumer) process them,
 //! and the test crashes a worker, adds two, removes one gracefully and kills the leader. When
-//! the producer has stopped and the cluster is quiet, every message was processed at least once.
+//! the producer has stopped and the cluster is quiet, every message was processed at least once,
+//! each by a worker that held its partition at that instant (the ownership checker judges the
+//! holdings and the handled messages of every worker).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,34 +19,69 @@ use async_nats::jetstream::{self, Message};
 use common::*;
 use parti::error::BoxError;
 use parti::{Config, Manager, WorkerConsumer};
+use parti_testkit::checker::{History, ProcessedRecord, SentRecord};
 use parti_testkit::wait_until;
 
 const PARTITIONS: usize = 200;
 const STREAM: &str = "E2E";
 
-/// (partition, sequence) → how many times it was processed.
+/// One handled message: the worker's slot, when (ns), its partition and sequence.
+type Handled = (usize, u64, String, u64);
+/// A started worker: its ID and instance.
+type Started = Option<(String, String)>;
+
+/// Every message handled: by which worker (its slot in `instances`), when, which one.
 #[derive(Clone, Default)]
-struct Processed(Arc<Mutex<BTreeMap<(String, u64), u32>>>);
+struct Processed {
+    handled: Arc<Mutex<Vec<Handled>>>,
+    /// The worker ID and instance of each worker, by slot, once started.
+    instances: Arc<Mutex<Vec<Started>>>,
+}
 
 impl Processed {
-    fn record(&self, subject: &str, payload: &[u8]) {
+    /// A slot for a new worker.
+    fn slot(&self) -> usize {
+        let mut instances = self.instances.lock().unwrap();
+        instances.push(None);
+        instances.len() - 1
+    }
+    fn started(&self, slot: usize, manager: &Manager) {
+        self.instances.lock().unwrap()[slot] = Some((
+            manager.worker_id().to_string(),
+            manager.instance_id().to_owned(),
+        ));
+    }
+    fn record(&self, slot: usize, subject: &str, payload: &[u8]) {
         let partition = subject.trim_start_matches("e2e.").to_owned();
         let seq = std::str::from_utf8(payload)
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(u64::MAX);
-        *self.0.lock().unwrap().entry((partition, seq)).or_default() += 1;
-    }
-    fn seen(&self) -> BTreeSet<(String, u64)> {
-        self.0.lock().unwrap().keys().cloned().collect()
-    }
-    fn duplicates(&self) -> u64 {
-        self.0
+        self.handled
             .lock()
             .unwrap()
-            .values()
-            .map(|n| u64::from(n - 1))
-            .sum()
+            .push((slot, parti::ownership::now_ns(), partition, seq));
+    }
+    fn seen(&self) -> BTreeSet<(String, u64)> {
+        let handled = self.handled.lock().unwrap();
+        handled.iter().map(|(_, _, p, s)| (p.clone(), *s)).collect()
+    }
+    fn records(&self) -> Vec<ProcessedRecord> {
+        let instances = self.instances.lock().unwrap();
+        let handled = self.handled.lock().unwrap();
+        handled
+            .iter()
+            .map(|(slot, at_ns, partition, seq)| {
+                let (worker, instance) = instances[*slot].clone().unwrap_or_default();
+                ProcessedRecord {
+                    at_ns: *at_ns,
+                    worker,
+                    instance,
+                    partition: partition.clone(),
+                    seq: *seq,
+                }
+            })
+            .collect()
     }
 }
 
@@ -52,6 +89,8 @@ async fn worker(cluster: &TestCluster, processed: &Processed) -> Manager {
     let client = cluster.server.client().await.unwrap();
     let js = jetstream::new(client);
     let processed = processed.clone();
+    let slot = processed.slot();
+    let recorder = processed.clone();
     let consumer = WorkerConsumer::builder(js.clone(), STREAM)
         .subject_template("e2e.{partition}")
         .consumer_prefix("e2e")
@@ -61,20 +100,21 @@ async fn worker(cluster: &TestCluster, processed: &Processed) -> Manager {
         .handler(move |msg: Message| {
             let processed = processed.clone();
             async move {
-                processed.record(&msg.subject, &msg.payload);
+                processed.record(slot, &msg.subject, &msg.payload);
                 Ok::<(), BoxError>(())
             }
         })
         .build()
         .await
         .unwrap();
-    Manager::builder(js)
-        .config(cluster.config.clone())
-        .source(cluster.source.clone())
+    let manager = cluster
+        .builder(cluster.server.client().await.unwrap())
         .consumer(consumer)
         .start()
         .await
-        .unwrap()
+        .unwrap();
+    recorder.started(slot, &manager);
+    manager
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +136,7 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
     for w in futures::future::join_all((0..5).map(|_| worker(&cluster, &processed))).await {
         workers.push(w);
     }
+    let settled_ns = parti::ownership::now_ns();
 
     // The producer: round-robin over the partitions, each message acknowledged by the stream.
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,7 +144,7 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
     let producer = tokio::spawn({
         let (js, stop, sent) = (js.clone(), stop.clone(), sent.clone());
         async move {
-            let mut published = BTreeSet::new();
+            let mut published = Vec::new();
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for p in 0..PARTITIONS {
@@ -119,7 +160,11 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    published.insert((format!("p{p}"), seq));
+                    published.push(SentRecord {
+                        at_ns: parti::ownership::now_ns(),
+                        partition: format!("p{p}"),
+                        seq,
+                    });
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
                 seq += 1;
@@ -148,7 +193,7 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
 
     // Crash a follower.
     let victim = workers.iter().position(|m| !m.is_leader()).unwrap();
-    workers.remove(victim).kill().await;
+    cluster.kill(&workers.remove(victim)).await;
     progress(400).await;
     // Add two.
     for w in futures::future::join_all((0..2).map(|_| worker(&cluster, &processed))).await {
@@ -161,7 +206,7 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
     progress(400).await;
     // Kill the leader.
     let leader = workers.iter().position(|m| m.is_leader()).unwrap();
-    workers.remove(leader).kill().await;
+    cluster.kill(&workers.remove(leader)).await;
     progress(400).await;
 
     stop.store(true, Ordering::Relaxed);
@@ -175,7 +220,10 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
 
     let missing = || {
         let seen = processed.seen();
-        published.iter().filter(|m| !seen.contains(*m)).count()
+        published
+            .iter()
+            .filter(|m| !seen.contains(&(m.partition.clone(), m.seq)))
+            .count()
     };
     let drained = wait_until(
         Duration::from_secs(60),
@@ -183,9 +231,8 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
         || async { missing() == 0 },
     )
     .await;
-    let duplicates = processed.duplicates();
     println!(
-        "s12: sent {}, processed {} distinct, duplicates {duplicates}, missing {}",
+        "s12: sent {}, processed {} distinct, missing {}",
         published.len(),
         processed.seen().len(),
         missing()
@@ -195,6 +242,18 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
         "{} messages were never processed",
         missing()
     );
+    // Each message handled by the worker that held its partition at that instant, holdings
+    // exclusive, nothing lost.
+    let report = cluster
+        .check_history(History {
+            processed: processed.records(),
+            sent: published,
+            window: (settled_ns, parti::ownership::now_ns()),
+            ..History::default()
+        })
+        .await;
+    println!("{report}");
+    assert!(report.is_clean(), "the ownership checker found violations");
     for m in &workers {
         m.stop().await.unwrap();
     }

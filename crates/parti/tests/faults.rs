@@ -629,3 +629,92 @@ async fn s11_a_failing_source_keeps_the_map_and_does_not_block_crash_handling() 
         m.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_garbage_under_live_keys_of_every_bucket_is_never_taken_as_valid() {
+    let config = Config::fast_for_tests();
+    let cluster = TestCluster::start(config.clone(), partitions(60)).await;
+    let mut workers = cluster.workers(4).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let b = &config.kv_buckets;
+    let open = |spec: BucketSpec| {
+        let store = &store;
+        async move { store.bucket(&spec).await.unwrap() }
+    };
+    let stable = open(parti::stable_id::bucket_spec(
+        &b.stable_id,
+        config.worker_id_ttl,
+        1,
+    ))
+    .await;
+    let heartbeat = open(parti::heartbeat::bucket_spec(
+        &b.heartbeat,
+        config.heartbeat_ttl,
+        1,
+    ))
+    .await;
+    let election = open(parti::election::bucket_spec(
+        &b.election,
+        config.election_ttl,
+        1,
+    ))
+    .await;
+    let assignment = open(BucketSpec::new(b.assignment.clone())).await;
+
+    let followers: Vec<String> = workers
+        .iter()
+        .filter(|(m, _)| !m.is_leader())
+        .map(|(m, _)| m.worker_id().to_string())
+        .collect();
+    let garbage = Bytes::from_static(b"\x00\xffnot json{");
+    let at = parti::ownership::now_ns();
+    // Keys that are not worker IDs of the pool, and one that is but nobody claimed.
+    for key in ["ghost", "worker-77"] {
+        heartbeat.put(key, garbage.clone()).await.unwrap();
+    }
+    heartbeat.put(&followers[0], garbage.clone()).await.unwrap();
+    assignment.put("cluster", garbage.clone()).await.unwrap();
+    for slot in ["a", "b"] {
+        let key = format!("worker.{}.{slot}", followers[1]);
+        assignment.put(&key, garbage.clone()).await.unwrap();
+    }
+    election.put("leader", garbage.clone()).await.unwrap();
+    stable.put(&followers[2], garbage.clone()).await.unwrap();
+    cluster.fault("garbage", at);
+
+    // A crash makes the next leader publish over the garbage.
+    let victim = workers
+        .iter()
+        .position(|(m, _)| m.worker_id().as_str() == followers[0])
+        .unwrap();
+    let (victim, _) = workers.remove(victim);
+    cluster.kill(&victim).await;
+
+    wait_until(SETTLE, "a map over exactly the live workers", || async {
+        let published = cluster.published().await;
+        let mut live = ids(&workers);
+        live.sort();
+        published.map.workers().cloned().collect::<Vec<_>>() == live
+            && workers.iter().all(|(m, _)| {
+                m.assignment().partitions == published.map.partitions_of(&m.worker_id())
+            })
+    })
+    .await
+    .unwrap();
+    let published = cluster.published().await;
+    for ghost in ["ghost", "worker-77"] {
+        assert!(
+            !published.map.contains_worker(&parti::WorkerId::new(ghost)),
+            "a garbage heartbeat under {ghost} was taken as a worker"
+        );
+    }
+    cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}

@@ -31,8 +31,8 @@ fn beat(
     bucket: Arc<dyn Bucket>,
     id: &str,
     interval: Duration,
-) -> (Heartbeater, watch::Sender<(State, u64)>) {
-    let (info_tx, info) = watch::channel((State::Stable, 0));
+) -> (Heartbeater, watch::Sender<parti::heartbeat::HeartbeatInfo>) {
+    let (info_tx, info) = watch::channel(parti::heartbeat::HeartbeatInfo::new(State::Stable, 0));
     let hb = Heartbeater::spawn(
         bucket,
         WorkerId::new(id),
@@ -91,7 +91,7 @@ async fn heartbeats_carry_state_and_version_and_follow_changes_at_once() {
         "{json}"
     );
 
-    info.send_replace((State::Rebalancing, 7));
+    info.send_replace(parti::heartbeat::HeartbeatInfo::new(State::Rebalancing, 7));
     wait_until(
         Duration::from_secs(2),
         "the changed state to be written",
@@ -200,24 +200,55 @@ async fn a_graceful_stop_is_reported_left_within_1s() {
 }
 
 #[tokio::test]
-async fn an_undecodable_heartbeat_counts_as_live_and_is_counted() {
+async fn undecodable_heartbeats_and_keys_outside_the_pool_are_never_workers() {
     let server = NatsServer::start().await.unwrap();
     let bucket = bucket(&server, Duration::from_secs(3)).await;
-    let (watcher, mut events) = MembershipWatcher::spawn(bucket.clone(), Duration::from_secs(3));
-    bucket
-        .put("worker-9", Bytes::from_static(b"\xff not json"))
-        .await
-        .unwrap();
+    let pool = parti::stable_id::StableIdConfig {
+        prefix: "worker".into(),
+        min: 0,
+        max: 9,
+        renew_interval: Duration::from_secs(1),
+    };
+    let (watcher, mut events) = MembershipWatcher::spawn_for_pool(
+        bucket.clone(),
+        Duration::from_secs(3),
+        Duration::from_secs(3),
+        pool,
+    );
+    let value = |ts: u64| {
+        codec::encode(&HeartbeatValue {
+            instance: "i".into(),
+            ts,
+            state: State::Stable,
+            applied_version: 1,
+            released: 1,
+            lapses: 0,
+        })
+        .unwrap()
+    };
+    let garbage = Bytes::from_static(b"\xff not json");
+    // Garbage under a pool ID, a good value under keys outside the pool: none is a worker.
+    bucket.put("worker-9", garbage.clone()).await.unwrap();
+    bucket.put("ghost", value(1)).await.unwrap();
+    bucket.put("worker-10", value(1)).await.unwrap();
+    bucket.put("worker-07", value(1)).await.unwrap();
+    // A real one, over which garbage then proves nothing: it stays until its key expires.
+    bucket.put("worker-3", value(1)).await.unwrap();
     assert_eq!(
         next_event(&mut events, Duration::from_secs(2)).await,
-        MembershipEvent::Joined("worker-9".into())
+        MembershipEvent::Joined("worker-3".into()),
+        "the first event is the real worker's join"
     );
-    assert_eq!(watcher.decode_errors(), 1);
-    bucket.delete("worker-9", None).await.unwrap();
+    assert_eq!(watcher.decode_errors(), 4);
+    assert_eq!(*watcher.live().borrow(), ["worker-3".into()].into());
+    bucket.put("worker-3", garbage).await.unwrap();
+    // The garbage put restarted the key's clock: it expires one TTL (3 s) later.
     assert_eq!(
-        next_event(&mut events, Duration::from_secs(2)).await,
-        MembershipEvent::Left("worker-9".into())
+        next_event(&mut events, Duration::from_secs(5)).await,
+        MembershipEvent::Expired("worker-3".into())
     );
+    assert!(watcher.decode_errors() >= 5);
+    assert!(watcher.live().borrow().is_empty());
     watcher.stop().await;
 }
 

@@ -214,3 +214,147 @@ async fn expiry_follows_the_paused_clock_and_counts_as_absent() {
     assert!(bucket.list(">").await.unwrap().is_empty());
     bucket.create("w", Bytes::new()).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_reply_hides_an_applied_write_so_a_retried_cas_conflicts() {
+    let store = MemoryStore::with_seed(5);
+    let bucket = store.bucket(&BucketSpec::new("b")).await.unwrap();
+    let rev = bucket.create("k", Bytes::from_static(b"1")).await.unwrap();
+    store.faults().set_lost_reply_rate(1.0);
+    let lost = bucket.update("k", Bytes::from_static(b"2"), rev).await;
+    assert!(matches!(lost, Err(StoreError::Timeout { .. })), "{lost:?}");
+    store.faults().set_lost_reply_rate(0.0);
+    let retried = bucket.update("k", Bytes::from_static(b"2"), rev).await;
+    assert!(
+        matches!(retried, Err(StoreError::Conflict { .. })),
+        "the first attempt was applied: {retried:?}"
+    );
+    let now = bucket.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        (now.value, now.revision),
+        (Bytes::from_static(b"2"), rev + 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_client_blocks_every_call_and_watch_until_it_resumes() {
+    let store = MemoryStore::with_seed(2);
+    let (paused, other) = (store.client(), store.client());
+    let spec = BucketSpec::new("hb").expiring(Duration::from_secs(6));
+    let (bp, bo) = (
+        paused.bucket(&spec).await.unwrap(),
+        other.bucket(&spec).await.unwrap(),
+    );
+    let rev = bp.create("w", Bytes::new()).await.unwrap();
+    let mut watch = bp.watch(">").await.unwrap();
+    skip_snapshot(&mut watch).await;
+
+    let paused_at = tokio::time::Instant::now();
+    paused.faults().pause_for(Duration::from_secs(10));
+    assert!(paused.faults().is_paused() && paused.is_connected());
+    let renewal = tokio::spawn(async move {
+        let result = bp.update("w", Bytes::new(), rev).await;
+        (result, tokio::time::Instant::now())
+    });
+    let written = bo.put("x", Bytes::new()).await.unwrap();
+    assert_eq!(
+        next_within(&mut watch, Duration::from_secs(9)).await,
+        None,
+        "a paused watch delivers nothing, not even an error"
+    );
+    let (result, at) = renewal.await.unwrap();
+    assert_eq!(
+        at - paused_at,
+        Duration::from_secs(10),
+        "blocked until resumed"
+    );
+    assert!(
+        matches!(result, Err(StoreError::Conflict { .. })),
+        "the lease expired during the pause: {result:?}"
+    );
+    // The watch resumes with what it missed, in order.
+    let mut seen = Vec::new();
+    while let Some(event) = next_within(&mut watch, Duration::from_millis(1)).await {
+        seen.push(event);
+    }
+    assert!(
+        seen.contains(&WatchEvent::Put(parti::store::Entry {
+            key: "x".into(),
+            value: Bytes::new(),
+            revision: written,
+        })),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, WatchEvent::Expired { key, .. } if key == "w")),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_client_finishes_a_write_it_began_before_the_pause() {
+    let store = MemoryStore::new();
+    let client = store.client();
+    let bucket = client.bucket(&BucketSpec::new("b")).await.unwrap();
+    client
+        .faults()
+        .set_latency(Duration::from_secs(1), Duration::from_secs(1));
+    let write = tokio::spawn(async move { bucket.put("k", Bytes::new()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.faults().pause();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!write.is_finished(), "the reply waits for the resume");
+    client.faults().resume();
+    write.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_bucket_fails_calls_until_recreated_and_watches_move_on() {
+    let store = MemoryStore::new();
+    let spec = BucketSpec::new("b");
+    let bucket = store.client().bucket(&spec).await.unwrap();
+    let old = bucket.put("k", Bytes::from_static(b"old")).await.unwrap();
+    bucket.put("k2", Bytes::new()).await.unwrap();
+    let mut watch = bucket.watch(">").await.unwrap();
+    skip_snapshot(&mut watch).await;
+
+    assert!(store.delete_bucket("b"));
+    assert!(!store.delete_bucket("b"), "already gone");
+    assert!(
+        matches!(bucket.get("k").await, Err(StoreError::Backend { .. })),
+        "calls fail while the bucket is missing"
+    );
+    assert!(matches!(watch.next().await, Some(Err(_))), "one error item");
+    assert_eq!(
+        next_within(&mut watch, Duration::from_secs(5)).await,
+        None,
+        "nothing while missing"
+    );
+
+    // Re-created (by anyone opening it): empty, revisions from the start.
+    let fresh = store.client().bucket(&spec).await.unwrap();
+    assert!(
+        bucket.get("k").await.unwrap().is_none(),
+        "the old handle sees the new bucket"
+    );
+    let new = fresh.put("k", Bytes::from_static(b"new")).await.unwrap();
+    assert!(new <= old, "revisions start again: {new} after {old}");
+    let mut events = Vec::new();
+    while let Some(event) = next_within(&mut watch, Duration::from_millis(1)).await {
+        events.push(event);
+    }
+    assert_eq!(events.first(), Some(&WatchEvent::Init), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, WatchEvent::InitDone | WatchEvent::Put(_))),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(
+            |e| matches!(e, WatchEvent::InitApply(entry) | WatchEvent::Put(entry) if entry.key == "k2")
+        ),
+        "nothing of the old bucket: {events:?}"
+    );
+}

@@ -48,6 +48,7 @@ async fn a_map_of_100k_partitions_over_1000_workers_fits_in_nats_values() {
             term: 1,
             lifecycle: Lifecycle::Running,
             partitions: parts.to_vec(),
+            pending: Default::default(),
         })
         .unwrap();
         largest = largest.max(value.len());
@@ -66,6 +67,7 @@ async fn a_map_of_100k_partitions_over_1000_workers_fits_in_nats_values() {
         partition_count: partitions.len(),
         lifecycle: Lifecycle::Running,
         first_assignment_at: Some(1),
+        lineages: Default::default(),
     })
     .unwrap();
     largest = largest.max(cluster.len());

@@ -1,26 +1,34 @@
 //! The deterministic cluster simulation (DESIGN.md "Time, tests and the two stores"): many
-//! managers over one in-memory store on tokio's paused clock, seeded faults, invariants checked
-//! all along. See `sim/mod.rs` for the schedule and the checks.
+//! managers over one in-memory store on tokio's paused clock, seeded faults, and at the end of
+//! each seed the ownership checker (`parti_testkit::checker`) over what every worker *held*.
+//! See `sim/mod.rs` for the schedule and the checks, `sim/known.rs` for the failures today's
+//! protocol is known to show.
 //!
 //! - `PARTI_SIM_SEEDS=N` runs seeds `0..N` (default 500), split over the shard tests so that a
 //!   parallel runner uses every core;
-//! - `PARTI_SIM_SEED=S` runs seed `S` alone and prints its trace as it goes;
-//! - `PARTI_SIM_SLOW_STORE=1` gives one seed in five a slow store (see `sim/mod.rs`: it finds a
-//!   known publisher weakness, so it is off by default).
+//! - `PARTI_SIM_SEED=S` runs seed `S` alone, prints its trace as it goes and the checker's
+//!   report at the end.
 //!
-//! A failure prints the seed and the event trace. The schedule, the store's faults and the
-//! partitions follow from the seed; tokio's `select!` branch order follows from it too when
-//! built with `RUSTFLAGS="--cfg tokio_unstable"` (tokio seeds it at random otherwise).
+//! A shard fails on a violation that `known.rs` does not explain, printing the seed, the
+//! violations and the event trace. At its end it prints how many seeds showed known violations,
+//! by kind, with the first few seeds of each kind to replay. The schedule, the store's faults
+//! and the partitions follow from the seed; tokio's `select!` branch order follows from it too
+//! only when built with `RUSTFLAGS="--cfg tokio_unstable"` (tokio seeds it at random
+//! otherwise), so which seeds show a known violation varies from run to run: the gate is on
+//! kinds, not on seeds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unexpected_cfgs)]
 
 mod sim;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_SEEDS: u64 = 500;
 const SHARDS: u64 = 4;
+/// Seeds listed per violation kind in a shard's summary.
+const LISTED_SEEDS: usize = 8;
 /// Wall time one seed may take before the run is declared hung (a task that spins without
 /// yielding stops the paused clock).
 const SEED_WALL_LIMIT: Duration = Duration::from_secs(120);
@@ -65,6 +73,7 @@ fn run_shard(shard: u64) {
     let started = Instant::now();
     let (mut simulated, mut events, mut publishes) = (Duration::ZERO, 0, 0);
     let mut failures = Vec::new();
+    let mut known = Known::default();
     for &seed in &seeds {
         progress.send(Some(seed)).unwrap();
         match sim::run_seed(seed, verbose) {
@@ -72,6 +81,7 @@ fn run_shard(shard: u64) {
                 simulated += outcome.simulated;
                 events += outcome.events;
                 publishes += outcome.publishes;
+                known.add(seed, &outcome);
             }
             Err(report) => {
                 eprintln!("{report}");
@@ -87,7 +97,72 @@ fn run_shard(shard: u64) {
         simulated.as_secs_f64() / 3600.0,
         started.elapsed().as_secs_f64()
     );
+    println!("{}", known.summary(shard));
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
+
+/// The known violations a shard saw: per kind, the seeds and the faults those seeds injected.
+#[derive(Default)]
+struct Known {
+    seeds: usize,
+    by_kind: BTreeMap<String, KindTally>,
+}
+
+#[derive(Default)]
+struct KindTally {
+    seeds: Vec<u64>,
+    violations: usize,
+    /// Fault kind → how many of those seeds injected it.
+    faults: BTreeMap<String, usize>,
+}
+
+impl Known {
+    fn add(&mut self, seed: u64, outcome: &sim::Outcome) {
+        if outcome.known.is_empty() {
+            return;
+        }
+        self.seeds += 1;
+        for (kind, &count) in &outcome.known {
+            let tally = self.by_kind.entry(kind.clone()).or_default();
+            tally.seeds.push(seed);
+            tally.violations += count;
+            for fault in &outcome.faults {
+                *tally.faults.entry(fault.clone()).or_default() += 1;
+            }
+        }
+    }
+
+    fn summary(&self, shard: u64) -> String {
+        let mut out = format!(
+            "shard {shard}: {} seeds with known violations (sim/known.rs)",
+            self.seeds
+        );
+        for (kind, tally) in &self.by_kind {
+            let first: Vec<String> = tally
+                .seeds
+                .iter()
+                .take(LISTED_SEEDS)
+                .map(u64::to_string)
+                .collect();
+            let mut faults: Vec<(&String, &usize)> = tally.faults.iter().collect();
+            faults.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let faults: BTreeSet<String> = faults
+                .iter()
+                .take(4)
+                .map(|(f, n)| format!("{f} in {n}"))
+                .collect();
+            out.push_str(&format!(
+                "\n  {kind}: {} violations in {} seeds (replay with PARTI_SIM_SEED=S: {}); \
+                 most common faults: {}\n    why: {}",
+                tally.violations,
+                tally.seeds.len(),
+                first.join(", "),
+                faults.into_iter().collect::<Vec<_>>().join(", "),
+                sim::known::reason(kind).unwrap_or("?")
+            ));
+        }
+        out
+    }
 }
 
 #[test]

@@ -69,6 +69,8 @@ impl World {
             ts: NOW - age_ms,
             state: State::Stable,
             applied_version: 3,
+            released: 3,
+            lapses: 0,
         };
         let bytes = codec::encode(&value).unwrap();
         self.snapshot
@@ -111,6 +113,7 @@ impl World {
                 term: 7,
                 lifecycle: Lifecycle::Running,
                 partitions: keys.iter().map(|k| part(k)).collect(),
+                pending: Default::default(),
             };
             record_workers.insert(worker.clone(), revision);
             published.map.set(worker.clone(), rec.partitions.clone());
@@ -125,6 +128,7 @@ impl World {
             partition_count: self.partition_count,
             lifecycle: Lifecycle::Running,
             first_assignment_at: Some(NOW - 10_000),
+            lineages: Default::default(),
         };
         published.record = Some((record, 200));
         published.cluster_revision = Some(200);

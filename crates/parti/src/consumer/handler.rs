@@ -7,6 +7,7 @@ use async_nats::jetstream::{AckKind, Message};
 use async_trait::async_trait;
 
 use super::config::AckMode;
+use super::gate::Permit;
 use super::health::HealthCell;
 use crate::error::BoxError;
 
@@ -53,14 +54,28 @@ pub(crate) struct Settle {
     pub(crate) nak_delay: Option<Duration>,
 }
 
-/// Runs the handler on one message and settles it; true when the handler succeeded.
+/// Redelivery delay of a gated message when no `nak_delay` is configured: a message of a
+/// partition this worker does not hold comes back at most this often until the filters move.
+pub(crate) const GATED_NAK_DELAY: Duration = Duration::from_secs(1);
+
+impl Settle {
+    /// The redelivery delay of a message the gate kept from the handler.
+    pub(crate) fn gated_delay(self) -> Duration {
+        self.nak_delay.unwrap_or(GATED_NAK_DELAY)
+    }
+}
+
+/// Runs the handler on one message admitted by the gate and settles it; true when the
+/// handler succeeded. The call counts as running (the `permit`) until the handler returns.
 pub(crate) async fn dispatch(
     handler: &dyn MessageHandler,
     settle: Settle,
     message: &Message,
     health: &HealthCell,
+    permit: Permit<'_>,
 ) -> bool {
     let result = handler.handle(message).await;
+    drop(permit);
     let ok = result.is_ok();
     let ack = match (&result, settle.mode) {
         (Ok(()), AckMode::Auto) => Some(AckKind::Ack),
@@ -81,4 +96,23 @@ pub(crate) async fn dispatch(
         tracing::debug!(subject = %message.subject, error = %e, "ack failed");
     }
     ok
+}
+
+/// Settles a message the gate kept from the handler (its partition is not held): nak'ed with
+/// [`Settle::gated_delay`], whatever the [`AckMode`], so that JetStream redelivers it — to
+/// whoever consumes its subject by then.
+pub(crate) async fn gated(settle: Settle, message: &Message, health: &HealthCell) {
+    health.gated();
+    nak_gated(settle, message).await;
+}
+
+/// The nak of [`gated`], uncounted.
+pub(crate) async fn nak_gated(settle: Settle, message: &Message) {
+    tracing::trace!(subject = %message.subject, "partition not held: message nak'ed");
+    if let Err(e) = message
+        .ack_with(AckKind::Nak(Some(settle.gated_delay())))
+        .await
+    {
+        tracing::debug!(subject = %message.subject, error = %e, "nak of a gated message failed");
+    }
 }

@@ -11,9 +11,12 @@
 //! - **other** streams keep processed messages: a short-lived catch-up consumer on the gained
 //!   subjects replays each one from its lower bound (see [`markers`](super::markers)) up to
 //!   `upto` into the same handler, then is deleted. Messages above `upto` that the previous
-//!   owners already processed are skipped by the durable ([`Known`]).
+//!   owners already processed are skipped by the durable ([`Known`]). A message of a
+//!   partition the [gate](super::gate) does not let through is nak'ed and the drain does not
+//!   finish without it — unless its subject leaves the durable's filter: the release then
+//!   records the drain's start as where the next owner resumes, so it is acked unhandled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +28,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use futures::StreamExt;
 
 use super::api::{self, ApiError};
-use super::handler::dispatch;
+use super::handler::{dispatch, gated};
 use super::{Mode, Shared, backoff, markers};
 
 /// A catch-up consumer left behind by a crash disappears after this long.
@@ -219,6 +222,8 @@ async fn drain(shared: &Shared, gain: &Gain, consumer: &PullConsumer) -> Result<
         .map_err(|e| ApiError::Other(format!("catch-up pull: {e}")))?;
     let mut since_check = 0usize;
     let mut passed_upto = false;
+    // Needed messages the gate kept from the handler, by stream sequence.
+    let mut held_back: HashSet<u64> = HashSet::new();
     loop {
         let check = match tokio::time::timeout(DRAIN_IDLE, messages.next()).await {
             Ok(Some(Ok(msg))) => {
@@ -228,8 +233,23 @@ async fn drain(shared: &Shared, gain: &Gain, consumer: &PullConsumer) -> Result<
                         .from
                         .get(msg.subject.as_str())
                         .is_none_or(|from| seq >= *from);
-                if needed {
-                    let _ = dispatch(&*shared.handler, shared.settle, &msg, &shared.health).await;
+                let admitted = needed
+                    .then(|| shared.gate.admit(msg.subject.as_str()))
+                    .flatten();
+                held_back.remove(&seq);
+                if let Some(permit) = admitted {
+                    let _ = dispatch(
+                        &*shared.handler,
+                        shared.settle,
+                        &msg,
+                        &shared.health,
+                        permit,
+                    )
+                    .await;
+                } else if needed && shared.in_filter(msg.subject.as_str()) {
+                    // Not held (yet): kept until it is, or until the subject is released.
+                    held_back.insert(seq);
+                    gated(shared.settle, &msg, &shared.health).await;
                 } else if let Err(e) = msg.ack().await {
                     tracing::debug!(error = %e, "catch-up ack failed");
                 }
@@ -242,6 +262,10 @@ async fn drain(shared: &Shared, gain: &Gain, consumer: &PullConsumer) -> Result<
             Ok(None) => return Err(ApiError::Other("catch-up pull ended".into())),
             Err(_idle) => true,
         };
+        if !held_back.is_empty() {
+            // A message the gate kept back is still to be handled: not done.
+            continue;
+        }
         if check {
             since_check = 0;
             let info = consumer

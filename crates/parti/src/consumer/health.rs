@@ -38,6 +38,9 @@ pub struct ConsumerHealth {
     pub processed: u64,
     /// Messages the handler failed (nak'ed in [`AckMode::Auto`](super::AckMode::Auto)).
     pub failed: u64,
+    /// Messages kept from the handler because their partition was not held (see
+    /// [`WorkerConsumer::set_held`](super::WorkerConsumer::set_held)); nak'ed for redelivery.
+    pub gated: u64,
     /// Consumer configuration changes sent to the server.
     pub updates: u64,
     /// Times the message loop had to reopen its pull subscription after an error.
@@ -76,6 +79,7 @@ pub(crate) struct HealthCell {
     closed: AtomicBool,
     processed: AtomicU64,
     failed: AtomicU64,
+    gated: AtomicU64,
     updates: AtomicU64,
     restarts: AtomicU64,
 }
@@ -87,6 +91,11 @@ impl HealthCell {
 
     pub(crate) fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gated(&self) {
+        self.gated.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("parti_consumer_gated_total").increment(1);
     }
 
     pub(crate) fn updated(&self) {
@@ -147,6 +156,7 @@ impl HealthCell {
             catching_up: config.catching_up,
             processed: self.processed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            gated: self.gated.load(Ordering::Relaxed),
             updates: self.updates.load(Ordering::Relaxed),
             loop_restarts: self.restarts.load(Ordering::Relaxed),
             last_error: config.error.or(loop_error),

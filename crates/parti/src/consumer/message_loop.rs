@@ -10,13 +10,16 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::api::{self, ApiError};
 use super::config::AckMode;
-use super::handler::dispatch;
+use super::handler::{dispatch, gated, nak_gated};
 use super::{Mode, Shared, backoff};
 
 /// Lifetime of one pull request; the library re-pulls before it ends.
@@ -33,6 +36,8 @@ pub(crate) async fn run(
     cancel: CancellationToken,
 ) {
     let mut delays = backoff(MAX_BACKOFF);
+    // When the durable was last reset to let go of gated messages (work queue).
+    let mut last_reset: Option<Instant> = None;
     // A rewind redelivers what this loop had in flight; handling it once is enough.
     let mut handled =
         (shared.mode == Mode::WorkQueue && shared.settle.mode == AckMode::Auto).then(|| {
@@ -86,7 +91,11 @@ pub(crate) async fn run(
                                     }
                                     continue;
                                 }
-                                let ok = dispatch(&*shared.handler, shared.settle, &msg, &shared.health).await;
+                                let Some(permit) = shared.gate.admit(msg.subject.as_str()) else {
+                                    not_held(&shared, &current, &msg, &mut last_reset).await;
+                                    continue;
+                                };
+                                let ok = dispatch(&*shared.handler, shared.settle, &msg, &shared.health, permit).await;
                                 if let (Some(handled), Some(seq), true) = (handled.as_mut(), seq, ok) {
                                     handled.insert(seq);
                                 }
@@ -108,6 +117,62 @@ pub(crate) async fn run(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// A message whose partition is not held: the handler never sees it.
+///
+/// While its subject is in the filter it is nak'ed for redelivery ([`gated`]). JetStream
+/// redelivers a pending message even after its subject left the filter, so once it has:
+/// - on a work queue, where a message pending here is never delivered to the gainer, the
+///   durable is reset to its ack floor + 1, which drops that pending state (see
+///   [`Reconciler`](super::reconcile::Reconciler), which normally does so right after the
+///   release); messages delivered before that reset are left alone;
+/// - on other streams it is acked unhandled: the release recorded an ack floor below it as
+///   where the next owner resumes (see [`markers`](super::markers)).
+async fn not_held(
+    shared: &Shared,
+    consumer: &PullConsumer,
+    msg: &Message,
+    last_reset: &mut Option<Instant>,
+) {
+    let subject = msg.subject.as_str();
+    if shared.in_filter(subject) {
+        if shared.mode == Mode::WorkQueue {
+            shared.note_gated(subject);
+        }
+        gated(shared.settle, msg, &shared.health).await;
+        return;
+    }
+    shared.health.gated();
+    if shared.mode == Mode::Replay {
+        if let Err(e) = msg.ack().await {
+            tracing::debug!(error = %e, "ack of a released message failed");
+        }
+        return;
+    }
+    if last_reset.is_some_and(|at| at.elapsed() < shared.settle.gated_delay()) {
+        return;
+    }
+    let name = &consumer.cached_info().name;
+    let floor = match api::get(&shared.stream, name).await {
+        Ok(Some(current)) => Some(current.cached_info().ack_floor.stream_sequence),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e.message(), "consumer info failed");
+            None
+        }
+    };
+    let reset = match floor {
+        Some(floor) => api::reset(&shared.stream, name, floor + 1).await,
+        None => Err(ApiError::NotFound),
+    };
+    match reset {
+        Ok(()) => {
+            tracing::debug!(consumer = %name, subject, "released the gated messages of a released subject");
+            *last_reset = Some(Instant::now());
+        }
+        Err(_) => nak_gated(shared.settle, msg).await,
     }
 }
 

@@ -61,6 +61,12 @@
 //! crashed or stuck worker — is taken from it. Consumers outside the group are never touched:
 //! their subjects wait ([`ConsumerHealth::waiting_subjects`]).
 //!
+//! **Holding gate.** [`set_held`](WorkerConsumer::set_held) names the partitions whose
+//! messages may reach the handler, locally and at once (no NATS call); others are nak'ed for
+//! redelivery to whoever holds them once the filters move. Its future completes when the
+//! handler calls already running for released partitions have returned (SPEC §13: the loser
+//! stops holding, then says so). Never called: every delivered message is handled.
+//!
 //! **Never unfiltered.** An empty assignment pauses the consumer: its filter becomes
 //! `_parti.paused.{consumer}`, which matches nothing.
 //!
@@ -70,6 +76,7 @@
 
 mod api;
 mod config;
+mod gate;
 mod handler;
 mod handoff;
 mod health;
@@ -79,7 +86,7 @@ mod reconcile;
 mod subjects;
 mod takeover;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,13 +100,14 @@ pub use config::{AckMode, ConsumerConfig, WorkerConsumerBuilder};
 pub use handler::MessageHandler;
 pub use health::{ConsumerHealth, ConsumerStatus};
 
+use gate::Gate;
 use handler::Settle;
 use health::HealthCell;
 use reconcile::{Command, Reconciler};
 
 use crate::assignment::Assignment;
 use crate::error::{Error, Result};
-use crate::partition::WorkerId;
+use crate::partition::{Partition, WorkerId};
 
 /// How gained subjects are drained, by stream retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +127,59 @@ pub(crate) struct Shared {
     pub(crate) settle: Settle,
     pub(crate) health: HealthCell,
     pub(crate) known: handoff::Known,
+    /// Which partitions the handler may run for (see [`WorkerConsumer::set_held`]).
+    pub(crate) gate: Gate,
+    /// The subjects in the durable's server-side filter, as last applied by the reconciler.
+    filter: std::sync::Mutex<BTreeSet<String>>,
+    /// Work queue: subjects of which the message loop nak'ed a gated message (see
+    /// [`message_loop`]): their release is followed by a reset of the durable.
+    gated_subjects: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    /// Records the server-side filter (called by the reconciler before it relies on it).
+    pub(crate) fn set_filter(&self, subjects: &BTreeSet<String>) {
+        let mut filter = self
+            .filter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *filter != *subjects {
+            filter.clone_from(subjects);
+        }
+    }
+
+    /// Whether `subject` matches the durable's server-side filter (only asked for gated
+    /// messages, off the hot path).
+    pub(crate) fn in_filter(&self, subject: &str) -> bool {
+        let filter = self
+            .filter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        filter.contains(subject) || filter.iter().any(|f| subjects::is_match(f, subject))
+    }
+
+    /// Work queue: the message loop nak'ed a gated message of `subject`.
+    pub(crate) fn note_gated(&self, subject: &str) {
+        let mut gated = self
+            .gated_subjects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !gated.contains(subject) {
+            gated.insert(subject.to_owned());
+        }
+    }
+
+    /// Work queue: whether gated messages were nak'ed for any of these released filter
+    /// subjects (forgetting them).
+    pub(crate) fn take_gated(&self, released: &BTreeSet<String>) -> bool {
+        let mut gated = self
+            .gated_subjects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = gated.len();
+        gated.retain(|s| !released.iter().any(|f| subjects::is_match(f, s)));
+        gated.len() != before
+    }
 }
 
 /// Jittered exponential delays from 50 ms up to `max`, for ever.
@@ -176,6 +237,7 @@ impl WorkerConsumer {
             RetentionPolicy::WorkQueue => Mode::WorkQueue,
             _ => Mode::Replay,
         };
+        let config_template = config.subject_template.clone();
         let settle = Settle {
             mode: config.ack_mode,
             nak_delay: config.nak_delay,
@@ -188,6 +250,9 @@ impl WorkerConsumer {
             settle,
             health: HealthCell::default(),
             known: handoff::Known::default(),
+            gate: Gate::new(&config_template),
+            filter: std::sync::Mutex::default(),
+            gated_subjects: std::sync::Mutex::default(),
         });
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (consumer_tx, consumer_rx) = watch::channel(None);
@@ -263,6 +328,45 @@ impl WorkerConsumer {
             })
             .map_err(|_| Error::Shutdown)?;
         answer.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Sets the partitions this worker *holds* now: the only ones whose messages may reach the
+    /// handler (SPEC §13). Local and immediate, independent of the server-side filter that
+    /// [`update_assignment`](Self::update_assignment) moves through NATS.
+    ///
+    /// The change is made when this is called (not when the future is first polled), under one
+    /// lock, with no NATS call, so it works while NATS is unreachable: from then on no handler
+    /// call starts for a partition not in `held`, and partitions in `held` are deliverable at
+    /// once. A message of a partition not held (found from its subject through the subject
+    /// template) is nak'ed with [`nak_delay`](ConsumerConfig::nak_delay) (1 s when none is
+    /// set), whatever the [`AckMode`], so that JetStream redelivers it — to the worker that
+    /// holds it once the filters have moved — and counted in [`ConsumerHealth::gated`].
+    ///
+    /// The returned future completes once every handler call that was already running for a
+    /// partition released by this call has returned (the ack of its message may still be on
+    /// its way), so that the caller may then announce the release. Dropping it does not undo
+    /// the change.
+    ///
+    /// Until the first call, every message the filter delivers is handled (a consumer whose
+    /// user never calls this behaves as before); the first call waits for every call running
+    /// at that moment. `set_held` does not follow `update_assignment`: a worker that uses it
+    /// calls it on every change of what it holds (on a release, before narrowing the filter;
+    /// a gained partition is handled once it is both held and in the filter).
+    ///
+    /// On a work-queue stream, JetStream keeps redelivering a nak'ed message to this durable
+    /// even after its subject left the filter, and gives no other consumer a message pending
+    /// here; so after a filter update that releases such a subject the durable is reset to
+    /// its ack floor + 1 (its own in-flight messages come again and are acked without a second
+    /// handling in [`AckMode::Auto`], handled again in [`AckMode::Manual`]).
+    pub fn set_held(&self, held: &[Partition]) -> impl Future<Output = ()> + Send + 'static {
+        let template = &self.shared.config.subject_template;
+        let releases = self.shared.gate.set_held(held.iter().map(|p| {
+            let key = p.subject_key();
+            let filter = template.replace(subjects::PLACEHOLDER, &key);
+            (key, filter)
+        }));
+        let shared = Arc::clone(&self.shared);
+        async move { shared.gate.wait(releases).await }
     }
 
     /// A snapshot of the consumer's health.

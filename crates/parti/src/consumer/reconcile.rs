@@ -262,6 +262,12 @@ impl Reconciler {
                     );
                     self.shared.health.updated();
                     tracing::info!(consumer = %durable, subjects = target.len(), gained = gained.len(), released = applied.subjects.difference(&target).count(), "consumer filter updated");
+                    self.shared.set_filter(&target);
+                    let released: BTreeSet<String> =
+                        applied.subjects.difference(&target).cloned().collect();
+                    if self.shared.mode == Mode::WorkQueue && self.shared.take_gated(&released) {
+                        self.release_gated(&durable, floor).await;
+                    }
                     self.applied = Some(Applied {
                         exists: true,
                         subjects: target.clone(),
@@ -331,6 +337,24 @@ impl Reconciler {
         Ok(consumer)
     }
 
+    /// Work queue: messages of released subjects that the gate nak'ed are still pending on the
+    /// durable, and a work queue delivers no pending message to another consumer (the gainer
+    /// would wait for them until the durable's redeliveries, which JetStream makes even after
+    /// the subject left the filter, stop). A reset to the ack floor + 1 drops that pending
+    /// state; the durable's own in-flight messages come again and are acked without a second
+    /// handling ([`AckMode::Auto`](super::AckMode::Auto)). If it fails, the message loop
+    /// resets when such a message comes back.
+    async fn release_gated(&self, durable: &str, floor: u64) {
+        match api::reset(&self.shared.stream, durable, floor + 1).await {
+            Ok(()) => {
+                tracing::debug!(consumer = %durable, to = floor + 1, "released the gated messages of released subjects");
+            }
+            Err(e) => {
+                tracing::debug!(consumer = %durable, error = %e.message(), "reset after a release failed; the message loop retries");
+            }
+        }
+    }
+
     /// Keeps as blocked only the desired subjects still held elsewhere.
     fn settle_blocked(&mut self, held: &BTreeSet<String>) {
         self.blocked.retain(|s, _| held.contains(s));
@@ -358,6 +382,7 @@ impl Reconciler {
                 (s, from)
             })
             .collect();
+        self.shared.set_filter(&subjects);
         self.applied = Some(Applied {
             exists: true,
             subjects,
@@ -565,6 +590,10 @@ impl Reconciler {
     }
 
     fn publish_health(&self) {
+        match &self.applied {
+            Some(applied) => self.shared.set_filter(&applied.subjects),
+            None => self.shared.set_filter(&BTreeSet::new()),
+        }
         self.shared.health.set_config(ConfigState {
             consumer: self.durable.clone(),
             subjects: self.applied.as_ref().map_or(0, |a| a.subjects.len()),

@@ -93,6 +93,21 @@ pub(crate) fn overlaps(a: &str, b: &str) -> bool {
     a.len() == b.len()
 }
 
+/// Whether the literal `subject` matches `filter` (`*`: one token, `>`: one or more).
+pub(crate) fn is_match(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for f in filter.split('.') {
+        match (f, subject.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(_)) => {}
+            (f, Some(s)) if f == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +185,18 @@ mod tests {
         assert!(overlaps(">", "x"));
         assert!(overlaps("*.b", "a.*"));
         assert!(!overlaps("_parti.paused.w", "events.>"));
+    }
+
+    #[test]
+    fn subjects_match_filters() {
+        assert!(is_match("a.b", "a.b"));
+        assert!(!is_match("a.b", "a.c"));
+        assert!(!is_match("a.b", "a.b.c"));
+        assert!(!is_match("a.b.c", "a.b"));
+        assert!(is_match("a.*", "a.x"));
+        assert!(!is_match("a.*", "a.x.y"));
+        assert!(is_match("a.>", "a.x.y"));
+        assert!(!is_match("a.>", "a"));
+        assert!(is_match("*.b.>", "x.b.c"));
     }
 }

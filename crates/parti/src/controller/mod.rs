@@ -5,6 +5,7 @@
 //! does the I/O: it feeds each event, carries out the decisions in order, feeds the result
 //! back and sleeps until [`Planner::next_wakeup`].
 
+pub(crate) mod handoff;
 pub(crate) mod planner;
 pub(crate) mod publisher;
 mod runner;

@@ -7,9 +7,10 @@
 //! cannot commit, and its write is never applied. Keys of departed workers are deleted after
 //! the commit. Versions continue from the committed record, across leaders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::handoff::{self, Members};
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
 use crate::error::{Error, Result};
@@ -74,21 +75,54 @@ impl Publisher {
 
     /// Publishes `map`; returns the new version. `Error::LeadershipLost` when the term is no
     /// longer current (nothing was committed); other errors are retryable.
-    pub(crate) async fn publish(&mut self, map: &AssignmentMap, meta: PublishMeta) -> Result<u64> {
+    ///
+    /// `members` (from the heartbeats) decides which moved partitions stay pending on their
+    /// gainers ([`handoff`](super::handoff)) and which lineages the commit names; its `floor`
+    /// keeps versions from going back when the `cluster` record was lost.
+    pub(crate) async fn publish(
+        &mut self,
+        map: &AssignmentMap,
+        meta: PublishMeta,
+        members: &Members,
+    ) -> Result<u64> {
         let (current, cluster_rev) = self.fence().await?;
+        if cluster_rev != self.committed.cluster_revision {
+            // Someone committed since we last read or wrote (a deposed leader's late write, a
+            // retried commit whose reply was lost, garbage): build on what is there now.
+            self.committed = crate::records::read_published(&*self.bucket).await?;
+        }
+        let records_floor = self
+            .committed
+            .workers
+            .values()
+            .map(|(_, r)| r.version)
+            .max()
+            .unwrap_or(0);
         let base_version = current
             .as_ref()
             .map_or(0, |r| r.version)
-            .max(self.committed.version());
-        let version = base_version + 1;
+            .max(self.committed.version())
+            .max(records_floor)
+            .max(members.floor);
+        let version = base_version.saturating_add(1);
+        let committed_records: BTreeMap<WorkerId, WorkerRecord> = self
+            .committed
+            .workers
+            .iter()
+            .map(|(w, (_, r))| (w.clone(), r.clone()))
+            .collect();
+        let unknown = self.unknown_holders(members).await?;
+        let mut pending = handoff::plan(&committed_records, map, version, members, &unknown);
 
         let mut revisions = BTreeMap::new();
         let mut records = BTreeMap::new();
         let mut slots = BTreeMap::new();
         for (worker, partitions) in map.iter() {
+            let pending = pending.remove(worker).unwrap_or_default();
             if let Some((rev, rec)) = self.committed.workers.get(worker)
                 && let Some(slot) = self.committed.slots.get(worker)
                 && rec.partitions == partitions
+                && rec.pending == pending
             {
                 revisions.insert(worker.clone(), *rev);
                 records.insert(worker.clone(), (*rev, rec.clone()));
@@ -100,6 +134,7 @@ impl Publisher {
                 term: self.term,
                 lifecycle: meta.lifecycle,
                 partitions: partitions.to_vec(),
+                pending,
             };
             // Never overwrite the committed value: write the other slot.
             let slot = self
@@ -129,6 +164,7 @@ impl Publisher {
             partition_count: map.partition_count(),
             lifecycle: meta.lifecycle,
             first_assignment_at,
+            lineages: handoff::lineages(map.workers(), members),
         };
         let revision = self.commit(&record, cluster_rev).await?;
 
@@ -158,6 +194,34 @@ impl Publisher {
         Ok(version)
     }
 
+    /// Live members whose holdings the committed state does not tell: all of them when the
+    /// commit is garbage, or gone while worker values remain; otherwise those whose committed
+    /// value is garbage or missing.
+    async fn unknown_holders(&self, members: &Members) -> Result<BTreeSet<WorkerId>> {
+        let live = || members.released.keys().cloned().collect::<BTreeSet<_>>();
+        if self.committed.garbage.iter().any(|k| k == CLUSTER_KEY) {
+            return Ok(live());
+        }
+        match &self.committed.record {
+            None => {
+                let pattern = format!("{}>", crate::records::WORKER_KEY_PREFIX);
+                let values = self.bucket.list(&pattern).await?;
+                Ok(if values.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    live()
+                })
+            }
+            Some((record, _)) => Ok(record
+                .workers
+                .keys()
+                .filter(|w| !self.committed.workers.contains_key(*w))
+                .filter(|w| members.released.contains_key(*w))
+                .cloned()
+                .collect()),
+        }
+    }
+
     /// Rewrites the cluster record with a new phase, same version (followers mirror phases).
     pub(crate) async fn set_phase(&mut self, phase: ClusterPhase) -> Result<()> {
         let (current, cluster_rev) = self.fence().await?;
@@ -173,6 +237,7 @@ impl Publisher {
                 partition_count: 0,
                 lifecycle: Lifecycle::ColdStart,
                 first_assignment_at: None,
+                lineages: BTreeMap::new(),
             };
             let revision = self.commit(&record, cluster_rev).await?;
             self.committed.record = Some((record, revision));

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::handoff::{self, Members};
 use super::planner::{
     ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,
 };
@@ -17,13 +18,18 @@ use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
+use crate::heartbeat::HeartbeatValue;
 use crate::heartbeat::{MembershipEvent, MembershipWatcher};
 use crate::manager::hooks::EventSink;
 use crate::partition::{Partition, WorkerId};
 use crate::records::REFRESH_KEY;
+use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
+use crate::stable_id::StableIdConfig;
+use crate::state::ScalingReason;
 use crate::store::{Bucket, WatchEvent};
 use crate::strategy::AssignmentStrategy;
+use std::collections::BTreeMap;
 
 /// Everything the leader needs; built by the manager.
 #[derive(Debug, Clone)]
@@ -38,6 +44,8 @@ pub(crate) struct LeaderContext {
     pub(crate) agent: Arc<dyn ElectionAgent>,
     pub(crate) planner: PlannerConfig,
     pub(crate) membership_resync: Duration,
+    /// The stable-ID pool: only its IDs can be members.
+    pub(crate) id_pool: StableIdConfig,
     pub(crate) min_rebalance_threshold: f64,
     pub(crate) events: EventSink,
     /// Set by the manager when it recovers from Degraded: no crash is declared before it.
@@ -56,8 +64,12 @@ pub(crate) async fn run(
     })
     .await
     .ok_or(Error::Shutdown)?;
-    let (membership, mut members) =
-        MembershipWatcher::spawn(Arc::clone(&ctx.heartbeat_bucket), ctx.membership_resync);
+    let (membership, mut members) = MembershipWatcher::spawn_for_pool(
+        Arc::clone(&ctx.heartbeat_bucket),
+        ctx.membership_resync,
+        ctx.membership_resync,
+        ctx.id_pool.clone(),
+    );
     let result = lead(
         &ctx,
         &mut publisher,
@@ -107,7 +119,10 @@ async fn lead(
         covered.sort();
         covered
     });
+    let mut values = membership.values();
     let mut state = RunnerState {
+        members: members_from(&values.borrow_and_update()),
+        handoff_ready_since: None,
         last_map: committed.map.clone(),
         lifecycle: committed
             .record
@@ -167,7 +182,15 @@ async fn lead(
         if !decisions.is_empty() {
             continue;
         }
-        let wake = planner.next_wakeup();
+        decisions = complete_handoffs(ctx, publisher, &mut planner, &mut state).await?;
+        if !decisions.is_empty() {
+            continue;
+        }
+        let handoff_due = state.handoff_ready_since.map(|since| since + HANDOFF_BATCH);
+        let wake = match (planner.next_wakeup(), handoff_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let input = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = sleep_until(wake) => Input::Tick { now: now() },
@@ -184,6 +207,13 @@ async fn lead(
             event = next_refresh(&mut refresh_watch) => match event {
                 Some(()) => Input::PartitionsChanged { now: now() },
                 None => { refresh_watch = None; continue; }
+            },
+            changed = values.changed() => {
+                if changed.is_err() { return Err(Error::Shutdown); }
+                let members = members_from(&values.borrow_and_update());
+                if members == state.members { continue; }
+                state.members = members;
+                continue;
             },
             changed = suppress.changed() => {
                 if changed.is_err() { return Err(Error::Shutdown); }
@@ -208,6 +238,112 @@ async fn lead(
 struct RunnerState {
     last_map: AssignmentMap,
     lifecycle: Lifecycle,
+    /// What the live workers' heartbeats say: released versions, lineages, the version floor.
+    members: Members,
+    /// Since when some hand-offs could be completed (waiting for the rest of the batch).
+    handoff_ready_since: Option<Instant>,
+}
+
+/// The longest a completed release waits for the others of its batch before its gainer is
+/// let in alone.
+const HANDOFF_BATCH: Duration = Duration::from_millis(100);
+
+/// Released versions, lineages and the version floor from the members' heartbeats.
+fn members_from(values: &BTreeMap<WorkerId, HeartbeatValue>) -> Members {
+    Members {
+        released: values
+            .iter()
+            .map(|(w, v)| (w.clone(), v.released))
+            .collect(),
+        lineages: values
+            .iter()
+            .map(|(w, v)| {
+                let lineage = Lineage {
+                    instance: v.instance.clone(),
+                    lapses: v.lapses,
+                };
+                (w.clone(), lineage)
+            })
+            .collect(),
+        floor: values
+            .values()
+            .map(|v| v.applied_version.max(v.released))
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+/// Republishes the committed map when that lets someone hold more: a moved partition whose
+/// previous holders all released, or a worker back with a new lineage (SPEC §13).
+async fn complete_handoffs(
+    ctx: &LeaderContext,
+    publisher: &mut Publisher,
+    planner: &mut Planner,
+    state: &mut RunnerState,
+) -> Result<Vec<Decision>> {
+    let committed = publisher.committed();
+    let Some((record, _)) = &committed.record else {
+        return Ok(Vec::new());
+    };
+    if committed.map.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records: BTreeMap<WorkerId, WorkerRecord> = committed
+        .workers
+        .iter()
+        .map(|(w, (_, r))| (w.clone(), r.clone()))
+        .collect();
+    // A cold start (or full restart) window ends in one publish that names every lineage:
+    // republishing the old map for returning workers meanwhile would only add moves.
+    let cold = matches!(
+        planner.phase(),
+        Phase::Scaling {
+            reason: ScalingReason::ColdStart | ScalingReason::Restart,
+            ..
+        }
+    );
+    let stale = !cold && handoff::lineage_stale(&records, &record.lineages, &state.members);
+    // Losers of one publish release within moments of each other: complete their hand-offs in
+    // one commit, unless some keep the others waiting for longer than `HANDOFF_BATCH`.
+    let (ready, pending) = handoff::resolvable(&records, &state.members);
+    let batch_due = match (ready, state.handoff_ready_since) {
+        (0, _) => {
+            state.handoff_ready_since = None;
+            false
+        }
+        (_, None) => {
+            state.handoff_ready_since = Some(now());
+            ready == pending
+        }
+        (_, Some(since)) => ready == pending || now() >= since + HANDOFF_BATCH,
+    };
+    if !stale && !batch_due {
+        return Ok(Vec::new());
+    }
+    state.handoff_ready_since = None;
+    let map = committed.map.clone();
+    let workers: Vec<WorkerId> = map.workers().cloned().collect();
+    let meta = PublishMeta {
+        phase: planner.phase().to_cluster_phase(now(), unix_ms()),
+        reason: "handoff".to_owned(),
+        lifecycle: state.lifecycle,
+    };
+    match publisher.publish(&map, meta, &state.members).await {
+        Ok(version) => {
+            tracing::debug!(version, "hand-off completed");
+            Ok(planner.handle(Input::Published {
+                version,
+                workers,
+                now: now(),
+            }))
+        }
+        Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
+        Err(e) => {
+            // Tried again at the next heartbeat change or decision.
+            ctx.events.error(e);
+            Ok(Vec::new())
+        }
+    }
 }
 
 async fn execute(
@@ -357,6 +493,7 @@ async fn publish_once(
                 reason: reason.to_owned(),
                 lifecycle,
             },
+            &state.members,
         )
         .await?;
     metrics::histogram!("parti_rebalance_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -9,10 +9,22 @@
 //! `list` has against events still queued on the stream (a stale queued put after a list would
 //! resurrect a departed worker).
 //!
-//! An ID that vanished between two snapshots (no event seen) is `Expired` when its last heartbeat
-//! `ts` is at least the TTL old (or unreadable), `Left` otherwise. A heartbeat value that does not
-//! decode still counts as a live member (a worker is writing there), is logged and counted in
-//! [`MembershipWatcher::decode_errors`].
+//! # Removal needs proof (SPEC §13)
+//! The controller hands a departed worker's partitions to others at once, so a worker leaves the
+//! live set only when it provably holds nothing:
+//! - an **expiry** marker: the server expired the key, which happens no earlier than the
+//!   worker's own lease deadline (it stops holding at its last successful put's start + TTL);
+//! - a **delete** after the worker's own `Shutdown` heartbeat: a graceful stop, which releases
+//!   everything before it says so;
+//! - anything else — a delete by someone else, a key missing from a resync snapshot — only
+//!   makes the member *doubtful*: it is reported `Expired` after one more heartbeat TTL of
+//!   silence, measured on this process's clock (a live worker puts again long before).
+//!
+//! Input hygiene: a heartbeat value that does not decode is never a member — it is logged and
+//! counted in [`MembershipWatcher::decode_errors`]; over a known member's key it changes
+//! nothing (the member's own next put or the key's expiry decides). With a pool
+//! ([`spawn_for_pool`](MembershipWatcher::spawn_for_pool)), a key that is not a worker ID of the
+//! pool is never a member either.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::HeartbeatValue;
-use crate::clock::unix_ms;
 use crate::partition::WorkerId;
+use crate::stable_id::StableIdConfig;
+use crate::state::State;
 use crate::store::codec;
 use crate::store::{Bucket, Entry, WatchEvent};
 
@@ -60,6 +73,7 @@ impl MembershipEvent {
 #[derive(Debug)]
 pub struct MembershipWatcher {
     live: watch::Receiver<BTreeSet<WorkerId>>,
+    values: watch::Receiver<BTreeMap<WorkerId, HeartbeatValue>>,
     synced: watch::Receiver<bool>,
     decode_errors: Arc<AtomicU64>,
     cancel: CancellationToken,
@@ -82,18 +96,43 @@ impl MembershipWatcher {
         resync_interval: Duration,
         heartbeat_ttl: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<MembershipEvent>) {
+        Self::spawn_inner(bucket, resync_interval, heartbeat_ttl, None)
+    }
+
+    /// Starts watching, counting only keys that are worker IDs of `pool` (what the controller
+    /// uses: anything else in the bucket is logged, counted and ignored).
+    pub fn spawn_for_pool(
+        bucket: Arc<dyn Bucket>,
+        resync_interval: Duration,
+        heartbeat_ttl: Duration,
+        pool: StableIdConfig,
+    ) -> (Self, mpsc::UnboundedReceiver<MembershipEvent>) {
+        Self::spawn_inner(bucket, resync_interval, heartbeat_ttl, Some(pool))
+    }
+
+    fn spawn_inner(
+        bucket: Arc<dyn Bucket>,
+        resync_interval: Duration,
+        heartbeat_ttl: Duration,
+        pool: Option<StableIdConfig>,
+    ) -> (Self, mpsc::UnboundedReceiver<MembershipEvent>) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (live_tx, live) = watch::channel(BTreeSet::new());
+        let (values_tx, values) = watch::channel(BTreeMap::new());
         let (synced_tx, synced) = watch::channel(false);
         let decode_errors = Arc::new(AtomicU64::new(0));
         let cancel = CancellationToken::new();
         let tracker = Tracker {
             bucket_name: bucket.name().to_owned(),
-            ttl_ms: u64::try_from(heartbeat_ttl.as_millis()).unwrap_or(u64::MAX),
+            ttl: heartbeat_ttl,
+            pool,
             known: BTreeMap::new(),
+            doubtful: BTreeMap::new(),
+            reported: BTreeSet::new(),
             snapshot: None,
             events: events_tx,
             live: live_tx,
+            values: values_tx,
             synced: synced_tx,
             decode_errors: decode_errors.clone(),
         };
@@ -102,6 +141,7 @@ impl MembershipWatcher {
             AbortOnDropHandle::new(tokio::spawn(run(bucket, resync, tracker, cancel.clone())));
         let watcher = Self {
             live,
+            values,
             synced,
             decode_errors,
             cancel,
@@ -115,12 +155,19 @@ impl MembershipWatcher {
         self.live.clone()
     }
 
+    /// The last good heartbeat value of every live member (what leaders read released
+    /// versions and lineages from).
+    pub fn values(&self) -> watch::Receiver<BTreeMap<WorkerId, HeartbeatValue>> {
+        self.values.clone()
+    }
+
     /// Becomes `true` once the first snapshot has been applied.
     pub fn synced(&self) -> watch::Receiver<bool> {
         self.synced.clone()
     }
 
-    /// Heartbeat values seen that did not decode (their keys still count as live).
+    /// Heartbeat values seen that did not decode, or under keys that are not worker IDs of the
+    /// pool (none of them counts as live).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors.load(Ordering::Relaxed)
     }
@@ -161,8 +208,10 @@ async fn run(
         retry = WATCH_RETRY;
         let mut resync_at = Instant::now() + resync;
         loop {
+            let doubt = tracker.next_doubt();
             tokio::select! {
                 () = cancel.cancelled() => return,
+                () = sleep_until_some(doubt) => tracker.expire_doubtful(Instant::now()),
                 () = tokio::time::sleep_until(resync_at) => {
                     // Never cut a snapshot short: a huge one would restart for ever.
                     if tracker.snapshot.is_none() {
@@ -185,23 +234,38 @@ async fn run(
     }
 }
 
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What is known about one live member.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Member {
     revision: u64,
-    /// The heartbeat's `ts`, `None` when the value did not decode.
-    ts: Option<u64>,
+    /// Its last good value.
+    value: HeartbeatValue,
 }
 
 /// The pure part: applies watch events to the known set and emits membership events.
 struct Tracker {
     bucket_name: String,
-    ttl_ms: u64,
+    ttl: Duration,
+    /// When set, only its worker IDs can be members.
+    pool: Option<StableIdConfig>,
     known: BTreeMap<WorkerId, Member>,
+    /// Members whose key went away without proof that they stopped: reported `Expired` at the
+    /// instant given unless they put again.
+    doubtful: BTreeMap<WorkerId, Instant>,
+    /// The members already reported (`Joined`), so a resnapshot reports only news.
+    reported: BTreeSet<WorkerId>,
     /// Entries of a snapshot in progress.
     snapshot: Option<BTreeMap<WorkerId, Member>>,
     events: mpsc::UnboundedSender<MembershipEvent>,
     live: watch::Sender<BTreeSet<WorkerId>>,
+    values: watch::Sender<BTreeMap<WorkerId, HeartbeatValue>>,
     synced: watch::Sender<bool>,
     decode_errors: Arc<AtomicU64>,
 }
@@ -211,7 +275,9 @@ impl Tracker {
         match event {
             WatchEvent::Init => self.snapshot = Some(BTreeMap::new()),
             WatchEvent::InitApply(entry) => {
-                let member = self.member(&entry);
+                let Some(member) = self.member(&entry) else {
+                    return;
+                };
                 match &mut self.snapshot {
                     Some(snapshot) => {
                         snapshot.insert(WorkerId::new(entry.key), member);
@@ -225,11 +291,25 @@ impl Tracker {
                 }
             }
             WatchEvent::Put(entry) => {
-                let member = self.member(&entry);
-                self.put(WorkerId::new(entry.key), member);
+                // Garbage over a member's key proves nothing either way: ignore it.
+                if let Some(member) = self.member(&entry) {
+                    self.put(WorkerId::new(entry.key), member);
+                }
             }
             WatchEvent::Deleted { key, revision } => {
-                self.remove(&key, revision, MembershipEvent::Left);
+                let graceful = self
+                    .known
+                    .get(key.as_str())
+                    .is_some_and(|m| m.value.state == State::Shutdown);
+                if graceful {
+                    self.remove(&key, revision, MembershipEvent::Left);
+                } else if self
+                    .known
+                    .get(key.as_str())
+                    .is_some_and(|m| m.revision < revision)
+                {
+                    self.doubt(WorkerId::new(key), Instant::now());
+                }
             }
             WatchEvent::Expired { key, revision } => {
                 self.remove(&key, revision, MembershipEvent::Expired);
@@ -237,27 +317,66 @@ impl Tracker {
         }
     }
 
-    fn member(&self, entry: &Entry) -> Member {
-        let ts = match codec::decode::<HeartbeatValue>(&self.bucket_name, &entry.key, &entry.value)
+    /// The member an entry stands for; `None` (logged, counted) for a key outside the pool or a
+    /// value that does not decode.
+    fn member(&self, entry: &Entry) -> Option<Member> {
+        if let Some(pool) = &self.pool
+            && !pool.is_pool_id(&entry.key)
         {
-            Ok(value) => Some(value.ts),
+            self.decode_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(key = %entry.key, bucket = %self.bucket_name, "heartbeat under a key that is not a worker ID of the pool; ignored");
+            return None;
+        }
+        match codec::decode::<HeartbeatValue>(&self.bucket_name, &entry.key, &entry.value) {
+            Ok(value) => Some(Member {
+                revision: entry.revision,
+                value,
+            }),
             Err(e) => {
                 self.decode_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "undecodable heartbeat; the key still counts as live");
+                tracing::warn!(error = %e, "undecodable heartbeat; not a live worker");
                 None
             }
-        };
-        Member {
-            revision: entry.revision,
-            ts,
         }
     }
 
     fn put(&mut self, id: WorkerId, member: Member) {
+        self.doubtful.remove(&id);
         if self.known.insert(id.clone(), member).is_none() {
             self.emit(MembershipEvent::Joined(id));
-            self.publish();
         }
+        self.publish();
+    }
+
+    /// `id` went away without proof that it stopped: it expires one TTL from `now` unless it
+    /// puts again.
+    fn doubt(&mut self, id: WorkerId, now: Instant) {
+        if self.known.contains_key(&id) {
+            tracing::debug!(worker = %id, "heartbeat gone without proof; expiring it after one TTL");
+            self.doubtful.entry(id).or_insert(now + self.ttl);
+        }
+    }
+
+    /// When the next doubtful member is due.
+    fn next_doubt(&self) -> Option<Instant> {
+        self.doubtful.values().min().copied()
+    }
+
+    /// Reports the doubtful members that stayed silent for a TTL as `Expired`.
+    fn expire_doubtful(&mut self, now: Instant) {
+        let due: Vec<WorkerId> = self
+            .doubtful
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.doubtful.remove(&id);
+            if self.known.remove(&id).is_some() {
+                self.emit(MembershipEvent::Expired(id));
+            }
+        }
+        self.publish();
     }
 
     fn remove(&mut self, key: &str, revision: u64, event: fn(WorkerId) -> MembershipEvent) {
@@ -266,28 +385,34 @@ impl Tracker {
             return;
         }
         if let Some((id, _)) = self.known.remove_entry(key) {
+            self.doubtful.remove(&id);
             self.emit(event(id));
             self.publish();
         }
     }
 
     fn replace(&mut self, snapshot: BTreeMap<WorkerId, Member>) {
-        let now = unix_ms();
+        let now = Instant::now();
         let old = std::mem::replace(&mut self.known, snapshot);
-        for (id, member) in old.iter().filter(|(id, _)| !self.known.contains_key(*id)) {
-            let expired = member
-                .ts
-                .is_none_or(|ts| now.saturating_sub(ts) >= self.ttl_ms);
-            let event = if expired {
-                MembershipEvent::Expired(id.clone())
+        for (id, member) in old {
+            if self.known.contains_key(&id) {
+                continue;
+            }
+            if member.value.state == State::Shutdown {
+                // Its last word was a graceful stop.
+                self.emit(MembershipEvent::Left(id));
             } else {
-                MembershipEvent::Left(id.clone())
-            };
-            self.emit(event);
+                // Missed events: keep it until a TTL of silence proves it stopped.
+                self.known.insert(id.clone(), member);
+                self.doubt(id, now);
+            }
         }
-        for id in self.known.keys().filter(|id| !old.contains_key(*id)) {
-            self.emit(MembershipEvent::Joined(id.clone()));
+        for id in self.known.keys() {
+            if !self.doubtful.contains_key(id) && !self.reported.contains(id) {
+                self.emit(MembershipEvent::Joined(id.clone()));
+            }
         }
+        self.reported = self.known.keys().cloned().collect();
         self.publish();
         self.synced
             .send_if_modified(|s| !std::mem::replace(s, true));
@@ -299,11 +424,22 @@ impl Tracker {
         let _ = self.events.send(event);
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
         let live: BTreeSet<WorkerId> = self.known.keys().cloned().collect();
+        self.reported.clone_from(&live);
         self.live.send_if_modified(|current| {
             let changed = *current != live;
             *current = live;
+            changed
+        });
+        let values: BTreeMap<WorkerId, HeartbeatValue> = self
+            .known
+            .iter()
+            .map(|(id, m)| (id.clone(), m.value.clone()))
+            .collect();
+        self.values.send_if_modified(|current| {
+            let changed = *current != values;
+            *current = values;
             changed
         });
     }
@@ -314,35 +450,46 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::state::State;
+
+    const TTL: Duration = Duration::from_secs(2);
 
     fn tracker() -> (Tracker, mpsc::UnboundedReceiver<MembershipEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let tracker = Tracker {
             bucket_name: "hb".into(),
-            ttl_ms: 2_000,
+            ttl: TTL,
+            pool: None,
             known: BTreeMap::new(),
+            doubtful: BTreeMap::new(),
+            reported: BTreeSet::new(),
             snapshot: None,
             events,
             live: watch::channel(BTreeSet::new()).0,
+            values: watch::channel(BTreeMap::new()).0,
             synced: watch::channel(false).0,
             decode_errors: Arc::new(AtomicU64::new(0)),
         };
         (tracker, rx)
     }
 
-    fn entry(key: &str, revision: u64, ts: u64) -> Entry {
+    fn entry_in(key: &str, revision: u64, state: State) -> Entry {
         let value = HeartbeatValue {
             instance: "i".into(),
-            ts,
-            state: State::Stable,
+            ts: 0,
+            state,
             applied_version: 0,
+            released: 0,
+            lapses: 0,
         };
         Entry {
             key: key.into(),
             value: codec::encode(&value).unwrap(),
             revision,
         }
+    }
+
+    fn entry(key: &str, revision: u64) -> Entry {
+        entry_in(key, revision, State::Stable)
     }
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<MembershipEvent>) -> Vec<MembershipEvent> {
@@ -352,14 +499,13 @@ mod tests {
     #[test]
     fn snapshot_then_live_events() {
         let (mut t, mut rx) = tracker();
-        let now = unix_ms();
         t.apply(WatchEvent::Init);
-        t.apply(WatchEvent::InitApply(entry("w-0", 1, now)));
+        t.apply(WatchEvent::InitApply(entry("w-0", 1)));
         assert!(drain(&mut rx).is_empty(), "nothing before InitDone");
         t.apply(WatchEvent::InitDone);
         assert_eq!(drain(&mut rx), [MembershipEvent::Joined("w-0".into())]);
-        t.apply(WatchEvent::Put(entry("w-0", 2, now)));
-        t.apply(WatchEvent::Put(entry("w-1", 3, now)));
+        t.apply(WatchEvent::Put(entry_in("w-0", 2, State::Shutdown)));
+        t.apply(WatchEvent::Put(entry("w-1", 3)));
         t.apply(WatchEvent::Deleted {
             key: "w-0".into(),
             revision: 4,
@@ -383,42 +529,83 @@ mod tests {
         assert!(t.known.is_empty());
     }
 
-    #[test]
-    fn resnapshot_classifies_vanished_ids_by_age() {
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_without_a_shutdown_heartbeat_expires_only_after_a_ttl_of_silence() {
         let (mut t, mut rx) = tracker();
-        let now = unix_ms();
-        t.apply(WatchEvent::Put(entry("fresh", 1, now)));
-        t.apply(WatchEvent::Put(entry("stale", 2, now - 5_000)));
+        t.apply(WatchEvent::Put(entry("w", 1)));
+        t.apply(WatchEvent::Put(entry("back", 2)));
+        drain(&mut rx);
+        for (key, revision) in [("w", 3), ("back", 4)] {
+            t.apply(WatchEvent::Deleted {
+                key: key.into(),
+                revision,
+            });
+        }
+        assert!(drain(&mut rx).is_empty(), "no proof yet: both still live");
+        assert_eq!(t.known.len(), 2);
+        // One comes back within the TTL: it never left.
+        t.apply(WatchEvent::Put(entry("back", 5)));
+        tokio::time::advance(TTL).await;
+        assert_eq!(t.next_doubt(), Some(Instant::now()));
+        t.expire_doubtful(Instant::now());
+        assert_eq!(drain(&mut rx), [MembershipEvent::Expired("w".into())]);
+        assert_eq!(t.known.keys().cloned().collect::<Vec<_>>(), ["back".into()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resnapshot_trusts_only_a_shutdown_heartbeat_for_vanished_ids() {
+        let (mut t, mut rx) = tracker();
+        t.apply(WatchEvent::Put(entry_in("left", 1, State::Shutdown)));
+        t.apply(WatchEvent::Put(entry("silent", 2)));
         t.apply(WatchEvent::Put(Entry {
             key: "junk".into(),
             value: "{".into(),
             revision: 3,
         }));
-        t.apply(WatchEvent::Put(entry("stays", 4, now)));
+        t.apply(WatchEvent::Put(entry("stays", 4)));
         drain(&mut rx);
         assert_eq!(t.decode_errors.load(Ordering::Relaxed), 1);
+        assert!(!t.known.contains_key("junk"), "garbage is never a member");
         t.apply(WatchEvent::Init);
-        t.apply(WatchEvent::InitApply(entry("stays", 4, now)));
-        t.apply(WatchEvent::InitApply(entry("new", 5, now)));
+        t.apply(WatchEvent::InitApply(entry("stays", 4)));
+        t.apply(WatchEvent::InitApply(entry("new", 5)));
         t.apply(WatchEvent::InitDone);
         let mut events = drain(&mut rx);
         events.sort_by_key(|e| e.worker().clone());
         assert_eq!(
             events,
             [
-                MembershipEvent::Left("fresh".into()),
-                MembershipEvent::Expired("junk".into()),
+                MembershipEvent::Left("left".into()),
                 MembershipEvent::Joined("new".into()),
-                MembershipEvent::Expired("stale".into()),
             ]
         );
+        assert!(
+            t.known.contains_key("silent"),
+            "kept until a TTL of silence"
+        );
+        tokio::time::advance(TTL).await;
+        t.expire_doubtful(Instant::now());
+        assert_eq!(drain(&mut rx), [MembershipEvent::Expired("silent".into())]);
+    }
+
+    #[test]
+    fn garbage_over_a_member_changes_nothing() {
+        let (mut t, mut rx) = tracker();
+        t.apply(WatchEvent::Put(entry("w", 1)));
+        t.apply(WatchEvent::Put(Entry {
+            key: "w".into(),
+            value: "{".into(),
+            revision: 2,
+        }));
+        assert_eq!(drain(&mut rx), [MembershipEvent::Joined("w".into())]);
+        assert!(t.known.contains_key("w"));
     }
 
     #[test]
     fn stale_removal_does_not_remove_a_newer_incarnation() {
         let (mut t, mut rx) = tracker();
-        t.apply(WatchEvent::Put(entry("w", 10, unix_ms())));
-        t.apply(WatchEvent::Deleted {
+        t.apply(WatchEvent::Put(entry("w", 10)));
+        t.apply(WatchEvent::Expired {
             key: "w".into(),
             revision: 7,
         });

@@ -57,6 +57,41 @@ pub struct HeartbeatValue {
     pub state: State,
     /// The assignment version the worker has applied.
     pub applied_version: u64,
+    /// The highest version whose removals the worker has finished: it holds nothing that
+    /// commit does not let it hold (consumer gated, in-flight calls done, hooks returned). A
+    /// leader hands a moved partition to its gainer once the loser's `released` reaches the
+    /// version of the move.
+    #[serde(default)]
+    pub released: u64,
+    /// How many times this process's lease lapsed (see
+    /// [`Lineage`](crate::records::Lineage)).
+    #[serde(default)]
+    pub lapses: u64,
+}
+
+/// What a worker tells the cluster through its heartbeat value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatInfo {
+    /// The worker's state.
+    pub state: State,
+    /// The assignment version the worker has applied.
+    pub applied_version: u64,
+    /// See [`HeartbeatValue::released`].
+    pub released: u64,
+    /// See [`HeartbeatValue::lapses`].
+    pub lapses: u64,
+}
+
+impl HeartbeatInfo {
+    /// A worker in `state` that has applied and released `version` and never lapsed.
+    pub fn new(state: State, version: u64) -> Self {
+        Self {
+            state,
+            applied_version: version,
+            released: version,
+            lapses: 0,
+        }
+    }
 }
 
 /// Puts this worker's heartbeat in the background until stopped.
@@ -64,6 +99,8 @@ pub struct HeartbeatValue {
 pub struct Heartbeater {
     bucket: Arc<dyn Bucket>,
     worker: WorkerId,
+    instance: String,
+    info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Receiver<u32>,
     renewed: watch::Receiver<Option<u64>>,
     cancel: CancellationToken,
@@ -72,7 +109,7 @@ pub struct Heartbeater {
 
 impl Heartbeater {
     /// Starts putting the heartbeat: at once, then every `interval`, and right after `info`
-    /// (state, applied version) changes.
+    /// changes.
     ///
     /// Dropping the returned value stops the task without deleting the key (like
     /// [`abort`](Self::abort)).
@@ -81,15 +118,16 @@ impl Heartbeater {
         worker: WorkerId,
         instance: String,
         interval: Duration,
-        info: watch::Receiver<(State, u64)>,
+        info: watch::Receiver<HeartbeatInfo>,
     ) -> Self {
         let (failures_tx, failures) = watch::channel(0);
         let (renewed_tx, renewed) = watch::channel(None);
         let cancel = CancellationToken::new();
+        let last_info = info.clone();
         let beat = Beat {
             bucket: bucket.clone(),
             worker: worker.clone(),
-            instance,
+            instance: instance.clone(),
             interval: interval.max(MIN_INTERVAL),
             info,
             failures: failures_tx,
@@ -99,6 +137,8 @@ impl Heartbeater {
         Self {
             bucket,
             worker,
+            instance,
+            info: last_info,
             failures,
             renewed,
             cancel,
@@ -119,12 +159,35 @@ impl Heartbeater {
         self.failures.clone()
     }
 
-    /// Stops the task, then deletes the key: a graceful *leave*, seen as `Left` by the watcher.
+    /// Stops the task, puts a last value with `state: Shutdown` (this worker holds nothing any
+    /// more), then deletes the key: a graceful *leave*, seen as `Left` by the watcher.
     pub async fn stop(self) -> Result<()> {
+        let last = HeartbeatInfo {
+            state: State::Shutdown,
+            ..*self.info.borrow()
+        };
+        self.stop_with(last).await
+    }
+
+    /// Stops the task, puts `last` (a worker's last word, normally `state: Shutdown` once it
+    /// released everything), then deletes the key. A leader hands a departed worker's
+    /// partitions on at once only when its last value said `Shutdown`.
+    pub async fn stop_with(self, last: HeartbeatInfo) -> Result<()> {
         self.cancel.cancel();
         if let Err(e) = self.task.await {
             tracing::error!(worker = %self.worker, error = %e, "heartbeat task failed");
         }
+        let value = HeartbeatValue {
+            instance: self.instance.clone(),
+            ts: unix_ms(),
+            state: last.state,
+            applied_version: last.applied_version,
+            released: last.released,
+            lapses: last.lapses,
+        };
+        self.bucket
+            .put(self.worker.as_str(), codec::encode(&value)?)
+            .await?;
         self.bucket.delete(self.worker.as_str(), None).await?;
         tracing::info!(worker = %self.worker, "heartbeat deleted (graceful leave)");
         Ok(())
@@ -141,7 +204,7 @@ struct Beat {
     worker: WorkerId,
     instance: String,
     interval: Duration,
-    info: watch::Receiver<(State, u64)>,
+    info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Sender<u32>,
     renewed: watch::Sender<Option<u64>>,
 }
@@ -150,12 +213,14 @@ impl Beat {
     async fn run(mut self, cancel: CancellationToken) {
         let mut info_open = true;
         loop {
-            let (state, applied_version) = *self.info.borrow_and_update();
+            let info = *self.info.borrow_and_update();
             let value = HeartbeatValue {
                 instance: self.instance.clone(),
                 ts: unix_ms(),
-                state,
-                applied_version,
+                state: info.state,
+                applied_version: info.applied_version,
+                released: info.released,
+                lapses: info.lapses,
             };
             tokio::select! {
                 () = cancel.cancelled() => return,

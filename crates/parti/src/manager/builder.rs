@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::Manager;
-use super::hooks::{DispatcherParts, Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
-use crate::ownership::{Holdings, OwnershipLog, OwnershipSink};
+use super::fence::{FenceParts, spawn_fence};
+use super::hooks::{Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
 use super::runtime::{Buckets, Outputs, Runtime};
 use super::state_cell::StateCell;
 use crate::assignment::Assignment;
@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::consumer::WorkerConsumer;
 use crate::election::{self, ElectionAgent};
 use crate::error::{Error, Result, StoreError};
+use crate::ownership::{Holdings, OwnershipLog, OwnershipSink};
 use crate::source::{PartitionSource, Static};
 use crate::state::State;
 use crate::store::{BucketSpec, Store};
@@ -191,16 +192,16 @@ impl ManagerBuilder {
         let instance = new_instance_id();
         let ownership = OwnershipLog::new(self.ownership, &instance);
         let (lease, lease_rx) = watch::channel(0);
-        let (sink, dispatcher) = spawn_dispatcher(
-            self.hooks,
-            DispatcherParts {
-                broadcast: events.clone(),
-                consumer: Arc::clone(&consumer),
-                consumer_timeout: config.operation_timeout,
-                holdings: Holdings::new(ownership.clone()),
-                lease: lease_rx,
-            },
-        );
+        let (released_tx, released) = watch::channel(0);
+        let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
+        let (fence, fence_task) = spawn_fence(FenceParts {
+            consumer: Arc::clone(&consumer),
+            consumer_timeout: config.operation_timeout,
+            events: sink.clone(),
+            holdings: Holdings::new(ownership.clone()),
+            lease: lease_rx,
+            released: released_tx,
+        });
         let (state, state_rx) = StateCell::new(sink.clone());
         let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
         let (worker_id, worker_id_rx) = watch::channel(None);
@@ -214,10 +215,13 @@ impl ManagerBuilder {
             strategy: self.strategy,
             source: self.source,
             election: self.election,
-            instance,
+            instance: instance.clone(),
             events: sink,
             ownership,
             lease,
+            fence,
+            released,
+            holder: None,
             out: Outputs {
                 state,
                 assignment,
@@ -232,6 +236,7 @@ impl ManagerBuilder {
             assignment: assignment_rx,
             worker_id: worker_id_rx,
             leader: leader_rx,
+            instance,
             events,
             refresh,
             cancel,
@@ -239,6 +244,7 @@ impl ManagerBuilder {
             runtime: Mutex::new(Some(task)),
             consumer,
             dispatcher: Mutex::new(Some(AbortOnDropHandle::new(dispatcher))),
+            fence: Mutex::new(Some(AbortOnDropHandle::new(fence_task))),
         };
         match manager.wait_started(state_rx, deadline).await {
             Ok(()) => Ok(manager),

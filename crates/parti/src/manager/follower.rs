@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::holding::MyCommit;
 use crate::assignment::Assignment;
 use crate::partition::WorkerId;
 use crate::records::{
@@ -57,6 +58,44 @@ impl FollowerView {
             }),
             None => None,
         }
+    }
+}
+
+impl FollowerView {
+    /// The latest commit as it concerns `me`: its version, my assignment in it (empty when it
+    /// does not list me), what is pending, the lineage it names for me. `None` before the
+    /// first commit, while the `cluster` record is garbage, or while my committed value has not
+    /// arrived yet.
+    pub(crate) fn my_commit(&self, me: &WorkerId) -> Option<MyCommit> {
+        let cluster = self.cluster.as_ref()?;
+        if cluster.version == 0 {
+            return None;
+        }
+        let (assignment, pending) = match cluster.workers.get(me) {
+            Some(rev) => {
+                let (_, record) = self.mine.values().find(|(r, _)| r == rev)?;
+                let assignment = Assignment {
+                    version: record.version,
+                    lifecycle: record.lifecycle,
+                    partitions: record.partitions.clone(),
+                };
+                (assignment, record.pending.keys().cloned().collect())
+            }
+            None => (
+                Assignment {
+                    version: cluster.version,
+                    lifecycle: cluster.lifecycle,
+                    partitions: Vec::new(),
+                },
+                Default::default(),
+            ),
+        };
+        Some(MyCommit {
+            version: cluster.version,
+            assignment: Arc::new(assignment),
+            pending,
+            lineage: cluster.lineages.get(me).cloned(),
+        })
     }
 }
 
@@ -211,6 +250,7 @@ mod tests {
             partition_count: 1,
             lifecycle: Lifecycle::Running,
             first_assignment_at: None,
+            lineages: BTreeMap::new(),
         }
     }
 
@@ -220,6 +260,7 @@ mod tests {
             term: 1,
             lifecycle: Lifecycle::Running,
             partitions: vec![Partition::new(["p"], 1).unwrap()],
+            pending: BTreeMap::new(),
         }
     }
 

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::assignment::Assignment;
 use crate::consumer::WorkerConsumer;
 use crate::error::Error;
-use crate::ownership::{Holdings, OwnershipRecord};
+use crate::ownership::OwnershipRecord;
 use crate::partition::{Partition, WorkerId};
 use crate::state::State;
 
@@ -141,13 +141,20 @@ pub enum Event {
 /// Enqueues events for the dispatcher; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct EventSink {
-    queue: mpsc::UnboundedSender<Event>,
+    queue: mpsc::UnboundedSender<(Event, Option<oneshot::Sender<()>>)>,
 }
 
 impl EventSink {
     pub(crate) fn emit(&self, event: Event) {
         // The dispatcher outlives every sender; a failed send only happens after shutdown.
-        let _ = self.queue.send(event);
+        let _ = self.queue.send((event, None));
+    }
+
+    /// Enqueues `event`; the answer comes once the hooks returned from it.
+    pub(crate) fn emit_and_wait(&self, event: Event) -> oneshot::Receiver<()> {
+        let (done, told) = oneshot::channel();
+        let _ = self.queue.send((event, Some(done)));
+        told
     }
 
     pub(crate) fn error(&self, error: Error) {
@@ -156,59 +163,19 @@ impl EventSink {
     }
 }
 
-/// The JetStream consumer the dispatcher keeps pointed at the assignment; taken out (and
-/// closed) by a graceful stop.
+/// The JetStream consumer kept pointed at what the worker holds; taken out (and closed) by a
+/// graceful stop.
 pub(crate) type SharedConsumer = Arc<tokio::sync::Mutex<Option<WorkerConsumer>>>;
 
-/// What the dispatcher needs besides the hooks.
-#[derive(Debug)]
-pub(crate) struct DispatcherParts {
-    pub(crate) broadcast: broadcast::Sender<Event>,
-    pub(crate) consumer: SharedConsumer,
-    pub(crate) consumer_timeout: Duration,
-    /// This worker's holdings, recorded as the application is told.
-    pub(crate) holdings: Holdings,
-    /// The current lease deadline (Unix ns), for the holdings that start.
-    pub(crate) lease: watch::Receiver<u64>,
-}
-
-/// Starts the dispatcher task: for each event, in order, it updates the consumer (assignment
-/// changes), calls `hooks`, then broadcasts the event; it records what this worker holds.
+/// Starts the dispatcher task: for each event, in order, it calls `hooks`, then broadcasts the
+/// event. It ends once every [`EventSink`] is gone.
 pub(crate) fn spawn_dispatcher(
     hooks: Arc<dyn Hooks>,
-    parts: DispatcherParts,
+    broadcast: broadcast::Sender<Event>,
 ) -> (EventSink, JoinHandle<()>) {
-    let DispatcherParts {
-        broadcast,
-        consumer,
-        consumer_timeout,
-        mut holdings,
-        lease,
-    } = parts;
-    let (queue, mut rx) = mpsc::unbounded_channel::<Event>();
+    let (queue, mut rx) = mpsc::unbounded_channel::<(Event, Option<oneshot::Sender<()>>)>();
     let task = tokio::spawn(async move {
-        while let Some(event) = rx.recv().await {
-            // A gained partition is held from the moment the consumer may deliver it; a lost
-            // one until the consumer stopped and the hooks returned.
-            let held = match &event {
-                Event::AssignmentChanged {
-                    worker,
-                    added,
-                    assignment,
-                    ..
-                } => holdings.hold(worker, added, assignment.version, *lease.borrow()),
-                _ => Vec::new(),
-            };
-            if let Event::AssignmentChanged {
-                worker, assignment, ..
-            } = &event
-                && let Some(error) =
-                    update_consumer(&consumer, worker, assignment, consumer_timeout).await
-            {
-                tracing::warn!(%error, "consumer update failed");
-                hooks.on_error(&error).await;
-                let _ = broadcast.send(Event::Error(Arc::new(error)));
-            }
+        while let Some((event, done)) = rx.recv().await {
             match &event {
                 Event::StateChanged { from, to, .. } => hooks.on_state_changed(*from, *to).await,
                 Event::AssignmentChanged {
@@ -230,49 +197,14 @@ pub(crate) fn spawn_dispatcher(
                 Event::Error(error) => hooks.on_error(error).await,
                 Event::Ownership(records) => hooks.on_ownership(records).await,
             }
-            let released = match &event {
-                Event::AssignmentChanged { removed, .. } => holdings.release(removed),
-                _ => Vec::new(),
-            };
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
             // No subscribers is fine.
             let _ = broadcast.send(event);
-            for records in [held, released] {
-                if !records.is_empty() {
-                    let records: Arc<[OwnershipRecord]> = records.into();
-                    hooks.on_ownership(&records).await;
-                    let _ = broadcast.send(Event::Ownership(records));
-                }
-            }
-        }
-        // The queue closes on a graceful stop, after the consumer was closed: nothing is
-        // processed any more.
-        let released: Arc<[OwnershipRecord]> = holdings.release_all().into();
-        if !released.is_empty() {
-            hooks.on_ownership(&released).await;
-            let _ = broadcast.send(Event::Ownership(released));
         }
     });
     (EventSink { queue }, task)
-}
-
-/// Points the consumer (if any) at the new assignment before the hooks hear of it. Bounded:
-/// with NATS down the consumer keeps retrying in the background.
-async fn update_consumer(
-    consumer: &SharedConsumer,
-    worker: &WorkerId,
-    assignment: &Assignment,
-    timeout: Duration,
-) -> Option<Error> {
-    let guard = consumer.lock().await;
-    let consumer = guard.as_ref()?;
-    match tokio::time::timeout(timeout, consumer.update_assignment(worker, assignment)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(_) => Some(Error::Consumer(format!(
-            "consumer update to v{} still pending after {timeout:?}; it keeps retrying",
-            assignment.version
-        ))),
-    }
 }
 
 #[cfg(test)]
@@ -310,15 +242,7 @@ mod tests {
     async fn hooks_run_sequentially_in_order() {
         let recorder = Arc::new(Recorder::default());
         let (tx, mut rx) = broadcast::channel(16);
-        let (_lease_tx, lease) = watch::channel(0);
-        let parts = DispatcherParts {
-            broadcast: tx,
-            consumer: Arc::default(),
-            consumer_timeout: Duration::from_secs(1),
-            holdings: Holdings::new(crate::ownership::OwnershipLog::new(None, "i")),
-            lease,
-        };
-        let (sink, task) = spawn_dispatcher(recorder.clone(), parts);
+        let (sink, task) = spawn_dispatcher(recorder.clone(), tx);
         let steps = [
             (State::Init, State::ClaimingId),
             (State::ClaimingId, State::Election),

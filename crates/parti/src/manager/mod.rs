@@ -21,7 +21,9 @@
 
 mod builder;
 mod degraded;
+mod fence;
 pub(crate) mod follower;
+mod holding;
 pub mod hooks;
 mod runtime;
 mod state_cell;
@@ -52,6 +54,8 @@ pub struct Manager {
     assignment: watch::Receiver<Arc<Assignment>>,
     worker_id: watch::Receiver<Option<WorkerId>>,
     leader: watch::Receiver<bool>,
+    /// This process start's random ID (as in heartbeats and ownership records).
+    instance: String,
     events: broadcast::Sender<Event>,
     refresh: mpsc::UnboundedSender<()>,
     cancel: CancellationToken,
@@ -59,6 +63,8 @@ pub struct Manager {
     runtime: Mutex<Option<AbortOnDropHandle<Result<()>>>>,
     consumer: hooks::SharedConsumer,
     dispatcher: Mutex<Option<AbortOnDropHandle<()>>>,
+    /// Carries out holding changes (gate, hooks, records, release acknowledgements).
+    fence: Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
 impl Manager {
@@ -80,6 +86,12 @@ impl Manager {
             .borrow()
             .clone()
             .unwrap_or_else(|| WorkerId::new(""))
+    }
+
+    /// This worker process's instance ID: random, fresh for each start; it names the process in
+    /// heartbeats, the stable-ID claim and [ownership records](crate::ownership).
+    pub fn instance_id(&self) -> &str {
+        &self.instance
     }
 
     /// The current state.
@@ -157,6 +169,9 @@ impl Manager {
                 Err(Error::Shutdown)
             }
         };
+        if let Some(fence) = self.fence.lock().await.take() {
+            let _ = tokio::time::timeout_at(deadline, fence).await;
+        }
         if let Some(dispatcher) = self.dispatcher.lock().await.take() {
             // Let queued hooks finish, within what is left of the bound.
             let _ = tokio::time::timeout_at(deadline, dispatcher).await;
@@ -169,6 +184,9 @@ impl Manager {
     pub async fn kill(&self) {
         if let Some(runtime) = self.runtime.lock().await.take() {
             runtime.abort();
+        }
+        if let Some(fence) = self.fence.lock().await.take() {
+            fence.abort();
         }
         if let Some(dispatcher) = self.dispatcher.lock().await.take() {
             dispatcher.abort();

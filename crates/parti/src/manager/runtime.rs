@@ -12,18 +12,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::degraded::{DegradedTracker, Verdict};
+use super::fence::FenceCommand;
 use super::follower::{Follower, FollowerView};
+use super::holding::{Holder, HoldingChange};
 use super::hooks::{Event, EventSink};
 use super::state_cell::StateCell;
 use crate::assignment::Assignment;
 use crate::clock::unix_ms;
+use crate::clock::unix_ns;
 use crate::config::Config;
 use crate::controller::{LeaderContext, PlannerConfig, run_leader};
 use crate::election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
 use crate::error::{Error, Result};
+use crate::heartbeat::HeartbeatInfo;
 use crate::heartbeat::Heartbeater;
 use crate::ownership::{OwnershipEvent, OwnershipLog};
-use crate::partition::{Partition, WorkerId};
+use crate::partition::WorkerId;
 use crate::records::{REFRESH_KEY, RefreshRequest};
 use crate::source::PartitionSource;
 use crate::stable_id::{self, IdStatus, StableIdConfig, StableIdLease};
@@ -49,6 +53,39 @@ pub(crate) struct Outputs {
     pub(crate) leader: watch::Sender<bool>,
 }
 
+/// The lease is held for `heartbeatTtl − heartbeatTtl / LEASE_MARGIN_DIVISOR` after a renewal
+/// started: room for clocks that run at slightly different rates.
+const LEASE_MARGIN_DIVISOR: u64 = 20;
+
+/// The state of one stable ID's run that the loop's handlers share.
+#[derive(Debug)]
+struct Session {
+    id: WorkerId,
+    /// What the heartbeat says.
+    info: watch::Sender<HeartbeatInfo>,
+    /// Whether a commit gave this worker an assignment yet.
+    had_assignment: bool,
+    /// Whether the hooks heard of the first assignment.
+    told: bool,
+    /// The highest commit version handed to the fence task.
+    sent_version: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Sleeps until `at` on the ownership clock (Unix ns), for ever when `None`.
+async fn sleep_until_ns(at: Option<u64>) {
+    match at {
+        Some(at) => {
+            let wait = Duration::from_nanos(at.saturating_sub(unix_ns()));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// While degraded, crash declarations are held back "for ever"; leaving degraded mode replaces
 /// this with `recoveryGracePeriod`.
 const SUPPRESS_WHILE_DEGRADED: Duration = Duration::from_secs(24 * 3600);
@@ -71,8 +108,14 @@ pub(crate) struct Runtime {
     pub(crate) events: EventSink,
     /// Stamps this worker's ownership records (here: lease extensions).
     pub(crate) ownership: OwnershipLog,
-    /// The lease deadline (Unix ns) holdings are valid until; the dispatcher reads it.
+    /// The lease deadline (Unix ns) holdings are valid until; the fence task reads it.
     pub(crate) lease: watch::Sender<u64>,
+    /// Carries out holding changes, in order.
+    pub(crate) fence: mpsc::UnboundedSender<FenceCommand>,
+    /// The highest commit version the fence task finished releasing for.
+    pub(crate) released: watch::Receiver<u64>,
+    /// What this process may hold (self-fencing); created on the first claim.
+    pub(crate) holder: Option<Holder>,
     pub(crate) out: Outputs,
     pub(crate) refresh: mpsc::UnboundedReceiver<()>,
 }
@@ -118,13 +161,17 @@ impl Runtime {
         }
     }
 
-    async fn claim(&self, cancel: &CancellationToken, first: bool) -> Result<StableIdLease> {
-        let cfg = StableIdConfig {
+    fn id_pool(&self) -> StableIdConfig {
+        StableIdConfig {
             prefix: self.config.worker_id_prefix.clone(),
             min: self.config.worker_id_min,
             max: self.config.worker_id_max,
             renew_interval: self.config.stable_id_renew_interval(),
-        };
+        }
+    }
+
+    async fn claim(&self, cancel: &CancellationToken, first: bool) -> Result<StableIdLease> {
+        let cfg = self.id_pool();
         let mut delay = Duration::from_millis(50);
         loop {
             match stable_id::claim(Arc::clone(&self.buckets.stable_id), &cfg, &self.instance).await
@@ -176,6 +223,7 @@ impl Runtime {
             agent,
             planner: PlannerConfig::from(&**c),
             membership_resync: c.heartbeat_ttl,
+            id_pool: self.id_pool(),
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,
             events: self.events.clone(),
             suppress_crashes_until: suppress,
@@ -189,7 +237,25 @@ impl Runtime {
         self.out.worker_id.send_replace(Some(id.clone()));
         self.out.state.set(State::Election);
 
-        let (info_tx, info_rx) = watch::channel((State::Election, 0u64));
+        let ttl_ns = nanos(self.config.heartbeat_ttl);
+        let holder = self.holder.get_or_insert_with(|| {
+            Holder::new(&self.instance, ttl_ns, ttl_ns / LEASE_MARGIN_DIVISOR)
+        });
+        // A new stable ID is a new lineage: commits naming this process under an older ID
+        // must not be held again.
+        holder.restart();
+        let lapses = holder.lapses();
+        let (info_tx, info_rx) = watch::channel(HeartbeatInfo {
+            lapses,
+            ..HeartbeatInfo::new(State::Election, 0)
+        });
+        let mut session = Session {
+            id: id.clone(),
+            info: info_tx,
+            had_assignment: false,
+            told: false,
+            sent_version: 0,
+        };
         let heartbeater = Heartbeater::spawn(
             Arc::clone(&self.buckets.heartbeat),
             id.clone(),
@@ -214,7 +280,7 @@ impl Runtime {
         let mut id_failures = lease.failures();
         let (suppress_tx, suppress_rx) = watch::channel(None);
         let mut leader: Option<LeaderTask> = None;
-        let mut had_assignment = false;
+        let mut released = self.released.clone();
         let mut degraded =
             DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
         let mut tick =
@@ -222,8 +288,18 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let exit = loop {
+            self.report(&session);
+            let deadline = self.holder.as_ref().and_then(Holder::next_deadline);
             tokio::select! {
                 () = cancel.cancelled() => break IdExit::Shutdown,
+                () = sleep_until_ns(deadline) => {
+                    let change = self.holder_mut().tick(unix_ns());
+                    self.send_change(&mut session, change);
+                }
+                changed = released.changed() => {
+                    if changed.is_err() { break IdExit::Shutdown; }
+                    released.borrow_and_update();
+                }
                 changed = id_status.changed() => {
                     let lost = changed.is_err() || matches!(*id_status.borrow_and_update(), IdStatus::Lost { .. });
                     if lost {
@@ -256,13 +332,13 @@ impl Runtime {
                     if changed.is_err() { continue; }
                     let started = *renewed.borrow_and_update();
                     if let Some(started) = started {
-                        self.extend_lease(&id, started);
+                        self.extend_lease(&mut session, started);
                     }
                 }
                 changed = view.changed() => {
                     if changed.is_err() { continue; }
                     let snapshot = view.borrow_and_update().clone();
-                    self.apply(&id, &snapshot, &mut had_assignment, degraded.is_degraded(), &info_tx);
+                    self.apply(&mut session, &snapshot, degraded.is_degraded());
                 }
                 request = self.refresh.recv() => {
                     if request.is_none() { continue; }
@@ -298,7 +374,7 @@ impl Runtime {
                             let until = tokio::time::Instant::now().into_std() + self.config.degraded_behavior.recovery_grace_period;
                             suppress_tx.send_replace(Some(until));
                             let snapshot = view.borrow().clone();
-                            self.apply(&id, &snapshot, &mut had_assignment, false, &info_tx);
+                            self.apply(&mut session, &snapshot, false);
                         }
                         Verdict::Unchanged => {}
                     }
@@ -344,7 +420,18 @@ impl Runtime {
                 tracing::debug!(worker = %id, "stop: election released");
                 follower.stop().await;
                 tracing::debug!(worker = %id, "stop: follower stopped");
-                if let Err(e) = heartbeater.stop().await {
+                // Release everything (consumer gated, in-flight calls done, hooks told), then
+                // say so in a last heartbeat before leaving: the leader hands our partitions
+                // on at once only on that word.
+                let change = self.holder_mut().close();
+                self.send_change(&mut session, change);
+                self.flush_fence().await;
+                let last = HeartbeatInfo {
+                    state: State::Shutdown,
+                    released: *self.released.borrow(),
+                    ..*session.info.borrow()
+                };
+                if let Err(e) = heartbeater.stop_with(last).await {
                     self.events.error(e);
                 }
                 tracing::debug!(worker = %id, "stop: heartbeat deleted");
@@ -362,22 +449,71 @@ impl Runtime {
                 follower.stop().await;
                 lease.abort();
                 self.lease.send_replace(0);
+                let change = self.holder_mut().close();
+                self.send_change(&mut session, change);
                 self.clear_assignment();
                 IdExit::Lost
             }
         }
     }
 
-    /// A heartbeat that started at `started` (Unix ns) succeeded: holdings stay valid until the
-    /// key could first expire.
-    fn extend_lease(&self, id: &WorkerId, started: u64) {
-        let ttl = u64::try_from(self.config.heartbeat_ttl.as_nanos()).unwrap_or(u64::MAX);
-        let valid_until_ns = started.saturating_add(ttl);
+    /// A heartbeat that started at `started` (Unix ns) succeeded: the lease runs until the key
+    /// could first expire (less the margin), unless it had lapsed already.
+    fn extend_lease(&mut self, session: &mut Session, started: u64) {
+        let change = self.holder_mut().renewed(started, unix_ns());
+        let valid_until_ns = self.holder_mut().lease_until();
         self.lease.send_replace(valid_until_ns);
         let record = self
             .ownership
-            .record(id, OwnershipEvent::Extend { valid_until_ns });
+            .record(&session.id, OwnershipEvent::Extend { valid_until_ns });
         self.events.emit(Event::Ownership(Arc::new([record])));
+        self.send_change(session, change);
+    }
+
+    fn holder_mut(&mut self) -> &mut Holder {
+        let ttl_ns = nanos(self.config.heartbeat_ttl);
+        let instance = &self.instance;
+        self.holder
+            .get_or_insert_with(|| Holder::new(instance, ttl_ns, ttl_ns / LEASE_MARGIN_DIVISOR))
+    }
+
+    /// Hands a change of holdings to the fence task (the first one always: the hooks hear of
+    /// the initial assignment).
+    fn send_change(&mut self, session: &mut Session, change: HoldingChange) {
+        let first = !session.told && session.had_assignment;
+        if change.is_empty() && !first && change.version <= session.sent_version {
+            return;
+        }
+        session.told |= first;
+        session.sent_version = session.sent_version.max(change.version);
+        let _ = self.fence.send(FenceCommand::Change {
+            worker: session.id.clone(),
+            change,
+            first,
+        });
+    }
+
+    /// Waits until the fence task carried out everything sent so far.
+    async fn flush_fence(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.fence.send(FenceCommand::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
+    /// Keeps the heartbeat value current: state, versions, lineage.
+    fn report(&self, session: &Session) {
+        let info = HeartbeatInfo {
+            state: self.out.state.get(),
+            applied_version: self.out.assignment.borrow().version,
+            released: *self.released.borrow(),
+            lapses: self.holder.as_ref().map_or(0, Holder::lapses),
+        };
+        session.info.send_if_modified(|current| {
+            let changed = *current != info;
+            *current = info;
+            changed
+        });
     }
 
     fn spawn_leader(
@@ -402,40 +538,28 @@ impl Runtime {
         }
     }
 
-    /// Applies the committed assignment if it is newer, then mirrors the cluster phase.
-    fn apply(
-        &mut self,
-        id: &WorkerId,
-        view: &FollowerView,
-        had_assignment: &mut bool,
-        degraded: bool,
-        info: &watch::Sender<(State, u64)>,
-    ) {
-        if let Some(next) = view.committed(id, *had_assignment) {
+    /// Follows the latest commit: the assignment it gives this worker (when newer), what this
+    /// worker may hold under it, and the cluster phase mirrored as this worker's state.
+    fn apply(&mut self, session: &mut Session, view: &FollowerView, degraded: bool) {
+        if let Some(next) = view.committed(&session.id, session.had_assignment) {
             let held = self.out.assignment.borrow().clone();
-            if !*had_assignment || next.version > held.version {
-                let (added, removed) = diff(&held.partitions, &next.partitions);
-                let changed = !*had_assignment || !added.is_empty() || !removed.is_empty();
+            if !session.had_assignment || next.version > held.version {
                 let next = Arc::new(next);
                 self.out.assignment.send_replace(Arc::clone(&next));
-                *had_assignment = true;
+                session.had_assignment = true;
                 metrics::gauge!("parti_applied_version").set(next.version as f64);
                 metrics::gauge!("parti_partitions_owned").set(next.partitions.len() as f64);
                 metrics::gauge!("parti_owned_weight").set(next.weight() as f64);
-                if changed {
-                    tracing::info!(worker = %id, version = next.version, added = added.len(), removed = removed.len(), "assignment changed");
-                    self.events.emit(Event::AssignmentChanged {
-                        worker: id.clone(),
-                        added,
-                        removed,
-                        assignment: next,
-                    });
-                }
+                tracing::info!(worker = %session.id, version = next.version, partitions = next.partitions.len(), "assignment applied");
             }
+        }
+        if let Some(commit) = view.my_commit(&session.id) {
+            let change = self.holder_mut().committed(commit, unix_ns());
+            self.send_change(session, change);
         }
         let target = if degraded {
             State::Degraded
-        } else if !*had_assignment {
+        } else if !session.had_assignment {
             State::WaitingAssignment
         } else {
             view.cluster
@@ -444,8 +568,6 @@ impl Runtime {
                 .worker_state()
         };
         self.move_to(target);
-        let version = self.out.assignment.borrow().version;
-        info.send_replace((self.out.state.get(), version));
     }
 
     /// Moves to `target`, through Stable when the table has no direct edge (for example
@@ -466,29 +588,17 @@ impl Runtime {
         self.out.state.set(target);
     }
 
+    /// Forgets the assignment of a lost ID (the fence task already released its holdings).
     fn clear_assignment(&mut self) {
         let held = self.out.assignment.borrow().clone();
         if !held.partitions.is_empty() {
-            let cleared = Arc::new(Assignment {
+            self.out.assignment.send_replace(Arc::new(Assignment {
                 version: held.version,
                 lifecycle: held.lifecycle,
                 partitions: Vec::new(),
-            });
-            self.out.assignment.send_replace(Arc::clone(&cleared));
+            }));
             metrics::gauge!("parti_partitions_owned").set(0.0);
             metrics::gauge!("parti_owned_weight").set(0.0);
-            let worker = self
-                .out
-                .worker_id
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| WorkerId::new(""));
-            self.events.emit(Event::AssignmentChanged {
-                worker,
-                added: Vec::new(),
-                removed: held.partitions.clone(),
-                assignment: cleared,
-            });
         }
         self.out.state.set(State::ClaimingId);
     }
@@ -511,21 +621,4 @@ impl Runtime {
             self.events.error(e);
         }
     }
-}
-
-/// Partitions in `next` but not `held`, and in `held` but not `next` (matched by keys).
-fn diff(held: &[Partition], next: &[Partition]) -> (Vec<Partition>, Vec<Partition>) {
-    let had: std::collections::BTreeSet<&[String]> = held.iter().map(Partition::keys).collect();
-    let has: std::collections::BTreeSet<&[String]> = next.iter().map(Partition::keys).collect();
-    let added = next
-        .iter()
-        .filter(|p| !had.contains(p.keys()))
-        .cloned()
-        .collect();
-    let removed = held
-        .iter()
-        .filter(|p| !has.contains(p.keys()))
-        .cloned()
-        .collect();
-    (added, removed)
 }

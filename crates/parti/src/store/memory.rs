@@ -5,6 +5,12 @@
 //! others carry on. Time is tokio's clock: under `tokio::time::pause()` expiries, latencies and
 //! timed cut-offs cost no wall time. Random faults draw from one generator seeded at
 //! construction, so a run is reproducible.
+//!
+//! Besides the [`Faults`] of a client or of the backend, a bucket can be deleted
+//! ([`MemoryStore::delete_bucket`], as `nats kv rm` would): calls through existing handles fail
+//! until it is created again (by any [`Store::bucket`] call), and then reach the new, empty
+//! bucket, whose revisions start again from 1; watches report one error and re-snapshot the new
+//! bucket.
 
 mod faults;
 mod state;
@@ -17,15 +23,15 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::mpsc;
+use tokio::sync::watch as signal;
 use tokio::time::Instant;
 
 pub use faults::Faults;
 
 use super::names::{check_compatible, check_key, check_pattern, valid_bucket_name};
 use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchStream};
-use faults::merge_cut_offs;
-use state::{BucketCore, BucketState, Kind, Watcher};
+use faults::{merge_cut_offs, wait_unpaused};
+use state::{BucketCore, BucketState, Kind};
 
 /// An in-memory [`Store`]: bucket-wide increasing revisions, CAS writes, tombstones, `max_age`
 /// expiry with `Expired` events, snapshot-then-watch, and injectable [`Faults`].
@@ -55,8 +61,21 @@ pub struct MemoryStore {
 
 struct Backend {
     buckets: Mutex<BTreeMap<String, Arc<BucketCore>>>,
+    /// Bumped whenever a bucket is created or deleted, so watches of a deleted bucket re-check.
+    buckets_changed: signal::Sender<()>,
     faults: Faults,
     rng: Mutex<StdRng>,
+}
+
+impl Backend {
+    fn buckets(&self) -> MutexGuard<'_, BTreeMap<String, Arc<BucketCore>>> {
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bucket named `name` now, if it exists.
+    fn core(&self, name: &str) -> Option<Arc<BucketCore>> {
+        self.buckets().get(name).cloned()
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -84,6 +103,7 @@ impl MemoryStore {
         Self {
             backend: Arc::new(Backend {
                 buckets: Mutex::new(BTreeMap::new()),
+                buckets_changed: signal::channel(()).0,
                 faults: Faults::default(),
                 rng: Mutex::new(StdRng::seed_from_u64(seed)),
             }),
@@ -109,6 +129,20 @@ impl MemoryStore {
         &self.backend.faults
     }
 
+    /// Deletes the bucket `name` with its data, as `nats kv rm` would; `false` if there was none.
+    ///
+    /// Calls through existing handles fail with a backend error until the bucket is created
+    /// again by a [`Store::bucket`] call; they then reach the new, empty bucket. Open watches
+    /// yield one error, then a fresh snapshot of the new bucket once there is one.
+    pub fn delete_bucket(&self, name: &str) -> bool {
+        let Some(core) = self.backend.buckets().remove(name) else {
+            return false;
+        };
+        core.delete();
+        self.backend.buckets_changed.send_replace(());
+        true
+    }
+
     fn rng(&self) -> MutexGuard<'_, StdRng> {
         self.backend
             .rng
@@ -116,8 +150,9 @@ impl MemoryStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Latency, then the cut-off and injected failures: what every call goes through.
+    /// A pause, latency, then the cut-off and injected failures: what every call goes through.
     async fn gate(&self, op: &'static str, bucket: &str) -> Result<(), StoreError> {
+        self.wait_unpaused().await;
         let delay = {
             let mut rng = self.rng();
             self.faults.latency(&mut rng) + self.backend.faults.latency(&mut rng)
@@ -141,6 +176,11 @@ impl MemoryStore {
         Ok(())
     }
 
+    /// Returns once this client is not paused (a stopped process makes no progress).
+    async fn wait_unpaused(&self) {
+        wait_unpaused(&self.faults, &self.backend.faults).await;
+    }
+
     /// After a write was applied: whether its reply is lost.
     fn reply_lost(&self) -> bool {
         let mut rng = self.rng();
@@ -158,26 +198,24 @@ impl Store for MemoryStore {
             });
         }
         self.gate("open bucket", &spec.name).await?;
-        let core = {
-            let mut buckets = self
-                .backend
-                .buckets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+        let created = {
+            let mut buckets = self.backend.buckets();
             match buckets.get(&spec.name) {
                 Some(core) => {
                     check_compatible(spec, &core.spec)?;
-                    Arc::clone(core)
+                    false
                 }
                 None => {
-                    let core = BucketCore::create(spec.clone());
-                    buckets.insert(spec.name.clone(), Arc::clone(&core));
-                    core
+                    buckets.insert(spec.name.clone(), BucketCore::create(spec.clone()));
+                    true
                 }
             }
         };
+        if created {
+            self.backend.buckets_changed.send_replace(());
+        }
         Ok(Arc::new(MemoryBucket {
-            core,
+            name: spec.name.clone(),
             client: self.clone(),
         }))
     }
@@ -196,23 +234,36 @@ fn disconnected(op: &'static str, bucket: &str) -> StoreError {
     StoreError::backend(op, bucket, "disconnected from the store")
 }
 
-/// A bucket as one client sees it.
+fn not_found(op: &'static str, bucket: &str) -> StoreError {
+    StoreError::backend(op, bucket, "bucket not found")
+}
+
+/// A bucket as one client sees it: a name, resolved at each call (like a NATS handle, it reaches
+/// a bucket that was deleted and created again).
 struct MemoryBucket {
-    core: Arc<BucketCore>,
+    name: String,
     client: MemoryStore,
 }
 
 impl std::fmt::Debug for MemoryBucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBucket")
-            .field("name", &self.core.spec.name)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryBucket {
     fn name_owned(&self) -> String {
-        self.core.spec.name.clone()
+        self.name.clone()
+    }
+
+    /// The bucket as it is now, or the error a call meets when it was deleted.
+    fn core(&self, op: &'static str) -> Result<Arc<BucketCore>, StoreError> {
+        self.client
+            .backend
+            .core(&self.name)
+            .ok_or_else(|| not_found(op, &self.name))
     }
 
     fn conflict(&self, key: &str) -> StoreError {
@@ -223,28 +274,31 @@ impl MemoryBucket {
     }
 
     /// Runs one call: validation, the client's faults, then `f` on the state with expiries
-    /// applied. A write may report a lost reply after it was applied.
+    /// applied. A write may report a lost reply after it was applied; a reply due while the
+    /// client is paused arrives when the pause ends.
     async fn call<T>(
         &self,
         op: &'static str,
         write: bool,
         f: impl FnOnce(&mut BucketState, Instant) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.client.gate(op, &self.core.spec.name).await?;
+        self.client.gate(op, &self.name).await?;
+        let core = self.core(op)?;
         let now = Instant::now();
         let result = {
-            let mut state = self.core.lock();
-            state.expire_due(&self.core.spec, now);
+            let mut state = core.lock();
+            state.expire_due(&core.spec, now);
             f(&mut state, now)
         };
         if write {
-            self.core.wake.notify_one();
-            if result.is_ok() && self.client.reply_lost() {
-                return Err(StoreError::Timeout {
-                    op,
-                    bucket: self.name_owned(),
-                });
-            }
+            core.wake.notify_one();
+        }
+        self.client.wait_unpaused().await;
+        if write && result.is_ok() && self.client.reply_lost() {
+            return Err(StoreError::Timeout {
+                op,
+                bucket: self.name_owned(),
+            });
         }
         result
     }
@@ -253,7 +307,7 @@ impl MemoryBucket {
 #[async_trait]
 impl Bucket for MemoryBucket {
     fn name(&self) -> &str {
-        &self.core.spec.name
+        &self.name
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
@@ -330,21 +384,15 @@ impl Bucket for MemoryBucket {
 
     async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
         check_pattern(pattern)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = self
-            .call("watch", false, |state, _| {
-                state.watchers.retain(|w| !w.tx.is_closed());
-                state.watchers.push(Watcher {
-                    pattern: pattern.to_owned(),
-                    tx,
-                });
-                Ok(state.snapshot(pattern))
-            })
-            .await?;
+        self.client.gate("watch", &self.name).await?;
+        let core = self.core("watch")?;
+        let (rx, queued) = core.subscribe(pattern);
         let client = self.client.faults.clone();
         let backend = self.client.backend.faults.clone();
         Ok(watch::Watch {
-            core: Arc::clone(&self.core),
+            core,
+            buckets: Arc::clone(&self.client.backend),
+            buckets_changed: self.client.backend.buckets_changed.subscribe(),
             pattern: pattern.to_owned(),
             rx,
             queued,

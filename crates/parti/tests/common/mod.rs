@@ -8,11 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use parti::hooks::Hooks;
+use parti::ownership::{OwnershipRecorder, now_ns};
 use parti::records::{ClusterRecord, Published, read_published};
 use parti::source::Static;
 use parti::store::{Bucket, BucketSpec, NatsStore, Store};
 use parti::{Assignment, AssignmentMap, Config, Manager, Partition, WorkerId};
+use parti_testkit::checker::{CheckConfig, FaultRecord, History, Report, VersionRecord, check};
 use parti_testkit::{NatsServer, wait_until};
+
+/// `d` in nanoseconds.
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
@@ -52,6 +59,13 @@ pub struct TestCluster {
     pub config: Config,
     pub source: Static,
     assignment: Arc<dyn Bucket>,
+    /// What every worker of this cluster held (each worker started by it reports here).
+    pub ownership: OwnershipRecorder,
+    /// What the test did to the workers (kills), for the ownership checker.
+    pub faults: Mutex<Vec<FaultRecord>>,
+    /// Every commit seen on the `cluster` key: (when, version, reason).
+    pub commits: Arc<Mutex<Vec<(u64, u64, String)>>>,
+    _commit_watch: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl TestCluster {
@@ -67,24 +81,129 @@ impl TestCluster {
             )
             .await
             .expect("assignment bucket");
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let commit_watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_commits(
+            Arc::clone(&assignment),
+            Arc::clone(&commits),
+        )));
         Self {
             server,
             config,
             source: Static::new(partitions),
             assignment,
+            ownership: OwnershipRecorder::default(),
+            faults: Mutex::new(Vec::new()),
+            commits,
+            _commit_watch: commit_watch,
         }
+    }
+
+    /// The reasons of the commits seen after version `after`, in order.
+    pub fn reasons_after(&self, after: u64) -> Vec<String> {
+        self.commits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v, _)| *v > after)
+            .map(|(_, _, r)| r.clone())
+            .collect()
+    }
+
+    /// A builder for a worker of this cluster over `client`: its config, source and ownership
+    /// recorder.
+    pub fn builder(&self, client: async_nats::Client) -> parti::ManagerBuilder {
+        Manager::builder(async_nats::jetstream::new(client))
+            .config(self.config.clone())
+            .source(self.source.clone())
+            .ownership_sink(Arc::new(self.ownership.clone()))
+    }
+
+    /// Kills `manager` (no stop path, like `kill -9`) and records it for the checker.
+    pub async fn kill(&self, manager: &Manager) {
+        let at = now_ns();
+        manager.kill().await;
+        self.faults.lock().unwrap().push(FaultRecord {
+            kind: "kill".into(),
+            worker: Some(manager.worker_id().to_string()),
+            instance: Some(manager.instance_id().to_owned()),
+            start_ns: at,
+            end_ns: at,
+            ends_process: true,
+        });
+    }
+
+    /// Records a fault the test injected between `start_ns` and now (for the gap bound).
+    pub fn fault(&self, kind: &str, start_ns: u64) {
+        self.faults.lock().unwrap().push(FaultRecord {
+            kind: kind.into(),
+            worker: None,
+            instance: None,
+            start_ns,
+            end_ns: now_ns(),
+            ends_process: false,
+        });
+    }
+
+    /// Runs the ownership checker over everything this cluster's workers held so far, with
+    /// tolerance 0: gaps count from `from_ns` (when every partition should be held: after the
+    /// cold start) until now, bounded by heartbeatTtl + grace + electionTtl + 2 s.
+    pub async fn check_holdings(&self, from_ns: u64) -> Report {
+        self.check_history(History {
+            window: (from_ns, now_ns()),
+            ..History::default()
+        })
+        .await
+    }
+
+    /// Runs the ownership checker over `history` (processed and sent messages, the window)
+    /// completed with what this cluster recorded: ownership records, faults, partitions.
+    pub async fn check_history(&self, mut history: History) -> Report {
+        let c = &self.config;
+        let bound =
+            c.heartbeat_ttl + c.emergency_grace_period() + c.election_ttl + Duration::from_secs(2);
+        history.ownership = self.ownership.records();
+        history.versions = self
+            .commits
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at_ns, version, _)| VersionRecord {
+                at_ns: *at_ns,
+                source: "cluster".into(),
+                version: *version,
+            })
+            .collect();
+        history.faults = self.faults.lock().unwrap().clone();
+        history.partitions = self
+            .source_partitions()
+            .await
+            .iter()
+            .map(Partition::id)
+            .collect();
+        check(
+            &history,
+            &CheckConfig {
+                tolerance_ns: 0,
+                gap_bound_ns: nanos(bound),
+            },
+        )
+    }
+
+    /// Asserts the checker finds nothing, printing its report either way.
+    pub async fn assert_holdings_clean(&self, from_ns: u64) {
+        let report = self.check_holdings(from_ns).await;
+        println!("{report}");
+        assert!(
+            report.is_clean(),
+            "the ownership checker found violations:\n{report}"
+        );
     }
 
     /// Starts one worker; returns once it is Stable.
     pub async fn worker(&self) -> parti::Result<(Manager, Recorder)> {
         let recorder = Recorder::default();
         let client = self.server.client().await.expect("connect");
-        let manager = Manager::builder(async_nats::jetstream::new(client))
-            .config(self.config.clone())
-            .source(self.source.clone())
-            .hooks(recorder.clone())
-            .start()
-            .await?;
+        let manager = self.builder(client).hooks(recorder.clone()).start().await?;
         Ok((manager, recorder))
     }
 
@@ -132,9 +251,44 @@ impl TestCluster {
         self.published().await
     }
 
+    /// Waits until no committed worker value has pending partitions; returns the state.
+    pub async fn wait_for_handoffs(&self, deadline: Duration) -> Published {
+        wait_until(deadline, "every hand-off completed", || async {
+            let p = self.published().await;
+            p.record.is_some() && p.workers.values().all(|(_, r)| r.pending.is_empty())
+        })
+        .await
+        .expect("hand-offs completed");
+        self.published().await
+    }
+
     pub async fn source_partitions(&self) -> Vec<Partition> {
         use parti::source::PartitionSource;
         self.source.list_partitions().await.unwrap()
+    }
+}
+
+/// Records every commit of the `cluster` key (a phase-only rewrite of a version is kept once).
+async fn watch_commits(bucket: Arc<dyn Bucket>, commits: Arc<Mutex<Vec<(u64, u64, String)>>>) {
+    use futures::StreamExt;
+    use parti::store::WatchEvent;
+    let Ok(mut stream) = bucket.watch(parti::records::CLUSTER_KEY).await else {
+        return;
+    };
+    while let Some(event) = stream.next().await {
+        let entry = match event {
+            Ok(WatchEvent::Put(entry) | WatchEvent::InitApply(entry)) => entry,
+            _ => continue,
+        };
+        let Ok(record) =
+            parti::store::codec::decode::<ClusterRecord>(bucket.name(), &entry.key, &entry.value)
+        else {
+            continue;
+        };
+        let mut commits = commits.lock().unwrap();
+        if commits.last().is_none_or(|(_, v, _)| *v != record.version) {
+            commits.push((now_ns(), record.version, record.reason));
+        }
     }
 }
 

@@ -3,12 +3,70 @@
 use std::time::Duration;
 
 use parti::WorkerId;
+use parti::ownership::now_ns;
+use parti_testkit::checker::FaultRecord;
 use rand::Rng;
 
 use super::observer::{self, ids};
 use super::{MAX_WORKERS, Sim, partition};
 
+/// One event of a chaos burst.
+#[derive(Debug, Clone, Copy)]
+enum Chaos {
+    Join,
+    Leave,
+    Crash,
+    LeaderCrash,
+    /// A cut-off shorter than the grace period.
+    Flap,
+    Refresh,
+    /// A worker cut off for 5–60 s.
+    WorkerOutage,
+    /// Every worker cut off for 1–40 s.
+    StoreOutage,
+    RollingRestart,
+    FullRestart,
+    /// A worker stopped (`SIGSTOP`) past its leases, then resumed.
+    Pause,
+    /// A worker cut off past `workerIdTtl` while another takes its stable ID.
+    StealId,
+    Garbage,
+    RecreateBucket,
+    ErrorBurst,
+}
+
+/// How often each chaos event is drawn (weights out of their sum).
+const CHAOS: &[(Chaos, u32)] = &[
+    (Chaos::Join, 16),
+    (Chaos::Leave, 10),
+    (Chaos::Crash, 10),
+    (Chaos::LeaderCrash, 6),
+    (Chaos::Flap, 10),
+    (Chaos::Refresh, 10),
+    (Chaos::WorkerOutage, 6),
+    (Chaos::StoreOutage, 6),
+    (Chaos::RollingRestart, 4),
+    (Chaos::FullRestart, 3),
+    (Chaos::Pause, 5),
+    (Chaos::StealId, 4),
+    (Chaos::Garbage, 7),
+    (Chaos::RecreateBucket, 3),
+    (Chaos::ErrorBurst, 3),
+];
+
 impl Sim {
+    fn draw_chaos(&mut self) -> Chaos {
+        let total: u32 = CHAOS.iter().map(|(_, w)| w).sum();
+        let mut pick = self.rng.random_range(0..total);
+        for &(chaos, weight) in CHAOS {
+            if pick < weight {
+                return chaos;
+            }
+            pick -= weight;
+        }
+        unreachable!("the draw is below the sum of the weights")
+    }
+
     pub(super) async fn chaos_event(&mut self) {
         let alive = self.alive().len()
             + self
@@ -19,56 +77,68 @@ impl Sim {
         let flap_max = (self.config.heartbeat_ttl + self.config.emergency_grace_period())
             .saturating_sub(self.config.heartbeat_interval * 2)
             .max(Duration::from_secs(1));
-        match self.rng.random_range(0..100) {
-            0..20 if alive < MAX_WORKERS => {
+        match self.draw_chaos() {
+            Chaos::Join if alive < MAX_WORKERS => {
                 for _ in 0..self.rng.random_range(1..=3) {
                     self.join();
                 }
             }
-            20..32 if alive > 1 => {
+            Chaos::Leave if alive > 1 => {
                 if let Some(n) = self.random_alive() {
                     self.leave(n);
                 }
             }
-            32..44 if alive > 1 => {
+            Chaos::Crash if alive > 1 => {
                 if let Some(n) = self.random_alive() {
                     self.crash(n).await;
                 }
             }
-            44..50 if alive > 1 => {
+            Chaos::LeaderCrash if alive > 1 => {
                 if let Some(n) = self.leader() {
                     self.shared.log("leader crash");
                     self.crash(n).await;
                 }
             }
-            50..64 => {
+            Chaos::Flap => {
                 if let Some(n) = self.random_alive() {
                     let ms = self.rng.random_range(500..=flap_max.as_millis() as u64);
                     self.cut_off(n, Duration::from_millis(ms), "flap");
                 }
             }
-            64..76 => self.refresh().await,
-            76..84 => {
+            Chaos::Refresh => self.refresh().await,
+            Chaos::WorkerOutage => {
                 if let Some(n) = self.random_alive() {
                     let secs = self.rng.random_range(5..=60);
                     self.cut_off(n, Duration::from_secs(secs), "worker outage");
                 }
             }
-            84..92 => {
+            Chaos::StoreOutage => {
                 self.events += 1;
-                let ms = self.rng.random_range(1_000..=40_000);
-                self.shared.log(format!("store outage for {ms}ms"));
-                let duration = Duration::from_millis(ms);
+                let duration = Duration::from_millis(self.rng.random_range(1_000..=40_000));
+                self.record_fault("storeOutage", None, duration);
                 self.store.backend_faults().cut_off_for(duration);
                 self.faults_until = self
                     .faults_until
                     .max(tokio::time::Instant::now() + duration);
             }
-            92..97 => {
+            Chaos::RollingRestart => {
                 self.rolling_restart().await;
             }
-            97..100 => self.full_restart().await,
-            _ => {}
+            Chaos::FullRestart => self.full_restart().await,
+            Chaos::Pause => {
+                if let Some(n) = self.random_alive() {
+                    self.pause(n);
+                }
+            }
+            Chaos::StealId => {
+                if let Some(n) = self.random_alive() {
+                    self.steal_id(n).await;
+                }
+            }
+            Chaos::Garbage => self.garbage().await,
+            Chaos::RecreateBucket => self.recreate_bucket(),
+            Chaos::ErrorBurst => self.error_burst(),
+            Chaos::Join | Chaos::Leave | Chaos::Crash | Chaos::LeaderCrash => {}
         }
     }
 
@@ -97,10 +167,14 @@ impl Sim {
                 let owners = after.owners();
                 for (p, owner) in before.owners() {
                     if Some(&owner) != id.as_ref() && owners.get(&p) != Some(&owner) {
-                        self.shared.violate(format!(
-                            "a crash of {id:?} moved {p} from {owner} to {:?} (only orphans may move)",
-                            owners.get(&p)
-                        ));
+                        self.shared.violate(
+                            "crashMovedOthers",
+                            format!(
+                                "a crash of {id:?} moved {p} from {owner} to {:?} (only orphans \
+                                 may move)",
+                                owners.get(&p)
+                            ),
+                        );
                     }
                 }
             }
@@ -111,10 +185,13 @@ impl Sim {
                 let after = self.shared.committed.lock().unwrap().clone();
                 let moved = observer::moved(&before, &after);
                 if same_ids && moved > 0 {
-                    self.shared.violate(format!(
-                        "a rolling restart moved {moved} partitions (v{} → v{})",
-                        before.version, after.version
-                    ));
+                    self.shared.violate(
+                        "rollingRestartMoved",
+                        format!(
+                            "a rolling restart moved {moved} partitions (v{} → v{})",
+                            before.version, after.version
+                        ),
+                    );
                 }
             }
         }
@@ -152,12 +229,14 @@ impl Sim {
         same
     }
 
-    /// Stops every worker gracefully, then starts as many again.
+    /// Stops every worker gracefully, then starts as many again: nothing is held from the
+    /// first stop until the new workers have started (recorded as a `fullRestart` fault).
     async fn full_restart(&mut self) {
         self.finish_pending().await;
         let alive = self.alive();
         self.shared
             .log(format!("full restart of {} workers", alive.len()));
+        let start_ns = now_ns();
         for (n, _) in &alive {
             self.leave(*n);
         }
@@ -165,6 +244,15 @@ impl Sim {
         for _ in 0..alive.len().max(1) {
             self.join();
         }
+        self.finish_pending().await;
+        self.shared.fault(FaultRecord {
+            kind: "fullRestart".into(),
+            worker: None,
+            instance: None,
+            start_ns,
+            end_ns: now_ns(),
+            ends_process: false,
+        });
     }
 
     /// Adds, removes and re-weights partitions, then asks a random worker to refresh.

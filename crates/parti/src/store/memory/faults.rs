@@ -17,6 +17,10 @@ use tokio::time::Instant;
 /// cut-off ends, either where they stopped or, with [`resnapshot_on_reconnect`], with a fresh
 /// snapshot.
 ///
+/// While paused (a model of a process stopped by `SIGSTOP`), every call blocks until the pause
+/// ends and then goes on as if nothing happened; a reply due during the pause is delivered after
+/// it; watches deliver nothing during the pause, and no error either.
+///
 /// [`resnapshot_on_reconnect`]: Faults::resnapshot_on_reconnect
 #[derive(Debug, Clone)]
 pub struct Faults {
@@ -33,6 +37,7 @@ struct Inner {
 #[derive(Debug, Default)]
 struct FaultState {
     cut_off: Option<CutOff>,
+    paused: Option<CutOff>,
     fail_next: u32,
     failure_rate: f64,
     lost_reply_rate: f64,
@@ -40,6 +45,7 @@ struct FaultState {
     resnapshot: bool,
 }
 
+/// How long a cut-off or a pause lasts.
 #[derive(Debug, Clone, Copy)]
 enum CutOff {
     UntilReconnect,
@@ -79,18 +85,33 @@ impl Faults {
     /// one).
     pub fn cut_off_for(&self, duration: Duration) {
         let until = Instant::now() + duration;
-        self.update(|s| {
-            s.cut_off = match s.cut_off {
-                Some(CutOff::UntilReconnect) => Some(CutOff::UntilReconnect),
-                Some(CutOff::Until(t)) if t >= until => Some(CutOff::Until(t)),
-                _ => Some(CutOff::Until(until)),
-            }
-        });
+        self.update(|s| s.cut_off = extend(s.cut_off, until));
     }
 
     /// Ends a cut-off at once.
     pub fn reconnect(&self) {
         self.update(|s| s.cut_off = None);
+    }
+
+    /// Pauses the client until [`resume`](Self::resume): every call blocks (see the type docs).
+    pub fn pause(&self) {
+        self.update(|s| s.paused = Some(CutOff::UntilReconnect));
+    }
+
+    /// Pauses the client for `duration` from now (extends a shorter pause, never shortens one).
+    pub fn pause_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        self.update(|s| s.paused = extend(s.paused, until));
+    }
+
+    /// Ends a pause at once: blocked calls go on.
+    pub fn resume(&self) {
+        self.update(|s| s.paused = None);
+    }
+
+    /// Whether the client is paused now.
+    pub fn is_paused(&self) -> bool {
+        self.paused_until(Instant::now()).is_some()
     }
 
     /// Whether the client is cut off now.
@@ -130,11 +151,12 @@ impl Faults {
     /// `Some(None)` while cut off until a reconnect, `Some(Some(t))` while cut off until `t`,
     /// `None` when connected.
     pub(super) fn cut_off_until(&self, now: Instant) -> Option<Option<Instant>> {
-        match self.state().cut_off {
-            Some(CutOff::UntilReconnect) => Some(None),
-            Some(CutOff::Until(t)) if now < t => Some(Some(t)),
-            _ => None,
-        }
+        active(self.state().cut_off, now)
+    }
+
+    /// Like [`cut_off_until`](Self::cut_off_until), for the pause.
+    pub(super) fn paused_until(&self, now: Instant) -> Option<Option<Instant>> {
+        active(self.state().paused, now)
     }
 
     pub(super) fn resnapshots(&self) -> bool {
@@ -167,6 +189,49 @@ impl Faults {
     pub(super) fn loses_reply(&self, rng: &mut StdRng) -> bool {
         let p = self.state().lost_reply_rate;
         p > 0.0 && rng.random_bool(p)
+    }
+}
+
+/// `current` extended to last at least until `until`.
+fn extend(current: Option<CutOff>, until: Instant) -> Option<CutOff> {
+    match current {
+        Some(CutOff::UntilReconnect) => Some(CutOff::UntilReconnect),
+        Some(CutOff::Until(t)) if t >= until => Some(CutOff::Until(t)),
+        _ => Some(CutOff::Until(until)),
+    }
+}
+
+/// `Some(None)` while `span` lasts until it is ended by hand, `Some(Some(t))` while it lasts
+/// until `t`, `None` when it is over.
+fn active(span: Option<CutOff>, now: Instant) -> Option<Option<Instant>> {
+    match span {
+        Some(CutOff::UntilReconnect) => Some(None),
+        Some(CutOff::Until(t)) if now < t => Some(Some(t)),
+        _ => None,
+    }
+}
+
+/// Waits until neither `a` nor `b` is paused (at once when neither is).
+pub(super) async fn wait_unpaused(a: &Faults, b: &Faults) {
+    let (mut a_changes, mut b_changes) = (a.subscribe(), b.subscribe());
+    loop {
+        a_changes.borrow_and_update();
+        b_changes.borrow_and_update();
+        let now = Instant::now();
+        let Some(until) = merge_cut_offs(a.paused_until(now), b.paused_until(now)) else {
+            return;
+        };
+        let timer = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = timer => {}
+            _ = a_changes.changed() => {}
+            _ = b_changes.changed() => {}
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! the watchers' queues.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub(super) struct BucketCore {
     state: Mutex<BucketState>,
     /// Wakes the expiry task after a write.
     pub(super) wake: Arc<Notify>,
+    /// The bucket was deleted (watches of it move on to its successor).
+    deleted: AtomicBool,
     /// Stops the expiry task with the bucket.
     _reaper: Option<DropGuard>,
 }
@@ -31,6 +34,7 @@ impl BucketCore {
             spec,
             state: Mutex::new(BucketState::default()),
             wake: Arc::clone(&wake),
+            deleted: AtomicBool::new(false),
             _reaper: max_age.map(|_| stop.clone().drop_guard()),
         });
         // Outside a tokio runtime expiries still apply, lazily, at the next call.
@@ -42,6 +46,35 @@ impl BucketCore {
 
     pub(super) fn lock(&self) -> MutexGuard<'_, BucketState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a watcher of `pattern`: its live events, and the snapshot to deliver first.
+    pub(super) fn subscribe(
+        &self,
+        pattern: &str,
+    ) -> (mpsc::UnboundedReceiver<WatchEvent>, VecDeque<WatchEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        state.expire_due(&self.spec, Instant::now());
+        state.watchers.retain(|w| !w.tx.is_closed());
+        state.watchers.push(Watcher {
+            pattern: pattern.to_owned(),
+            tx,
+        });
+        (rx, state.snapshot(pattern))
+    }
+
+    /// Marks the bucket deleted and drops its data; its watchers' channels close.
+    pub(super) fn delete(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+        let mut state = self.lock();
+        state.watchers.clear();
+        state.keys.clear();
+    }
+
+    /// Whether the bucket was deleted.
+    pub(super) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
     }
 }
 

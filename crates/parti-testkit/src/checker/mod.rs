@@ -18,10 +18,52 @@
 //! `--ownership-log` files), [`ProcessedRecord`]s (`--process-log`), [`SentRecord`]s (from the
 //! producer), [`FaultRecord`]s (from the runner) and [`VersionRecord`]s (an observer of the
 //! `cluster` key).
+//!
+//! [`check`] is pure: give it a [`History`] (load the files with [`read_jsonl`]) and a
+//! [`CheckConfig`], read the [`Report`]:
+//!
+//! ```
+//! use parti_testkit::checker::{check, CheckConfig, History, OwnershipEvent, OwnershipRecord};
+//!
+//! let hold = OwnershipRecord {
+//!     at_ns: 10,
+//!     worker: parti::WorkerId::new("w-0"),
+//!     instance: "i-0".into(),
+//!     event: OwnershipEvent::Hold { partition: "p".into(), epoch: 1, valid_until_ns: 100 },
+//! };
+//! let history = History {
+//!     ownership: vec![hold],
+//!     partitions: vec!["p".into()],
+//!     window: (10, 100),
+//!     ..History::default()
+//! };
+//! let report = check(&history, &CheckConfig { tolerance_ns: 0, gap_bound_ns: 1_000 });
+//! assert!(report.is_clean(), "{report}");
+//! ```
+//!
+//! # How holdings are read
+//!
+//! A *holding* starts at an instance's `hold` record and ends at the earliest of its `release`,
+//! its lease deadline (the hold's `validUntilNs`, pushed forward by the instance's `extend`
+//! records that arrive in time), the kill of its process (a [`FaultRecord`] with
+//! `ends_process`; records stamped after the kill are ignored) and the end of the history. An
+//! `extend` arriving after a holding's deadline (+ tolerance) *revives* it: a violation, and a new
+//! segment of the holding from the extend on. Holdings belong to instances (processes), not to
+//! worker IDs. Every time is in Unix ns; segments are half-open, `[from, to)`.
+
+mod load;
+mod report;
+mod rules;
+mod timeline;
+
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use load::{JsonlFile, load_jsonl, read_jsonl};
 pub use parti::ownership::{OwnershipEvent, OwnershipRecord};
+pub use report::{Counts, HoldingRef, Report, SegmentEnd, Span, Violation};
 
 /// A message a worker handled, as written to `--process-log`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,4 +156,41 @@ pub struct CheckConfig {
     /// The longest a partition may go unheld after the last fault healed (SPEC: heartbeatTtl +
     /// grace + electionTtl + 2 s unless the scenario says more).
     pub gap_bound_ns: u64,
+}
+
+/// Judges `history`: every violation of the ownership contract (SPEC §13) with its evidence,
+/// and counts of what was seen. Pure and deterministic; never panics.
+pub fn check(history: &History, config: &CheckConfig) -> Report {
+    let timeline = timeline::Timeline::build(history, config.tolerance_ns);
+    let mut violations = timeline.violations.clone();
+    violations.extend(rules::overlaps(&timeline, config.tolerance_ns));
+    violations.extend(rules::epochs(&timeline));
+    violations.extend(rules::gaps(&timeline, history, config.gap_bound_ns));
+    violations.extend(rules::processed_without_holding(
+        &timeline,
+        &history.processed,
+        config.tolerance_ns,
+    ));
+    let messages = rules::Messages::tally(&history.sent, &history.processed);
+    violations.extend(messages.lost.iter().map(|record| Violation::Lost {
+        record: (*record).clone(),
+    }));
+    violations.extend(rules::version_regressions(&timeline, &history.versions));
+    violations.sort_by_key(Violation::at_ns);
+    Report {
+        counts: Counts {
+            holdings: timeline.holdings.len(),
+            instances: timeline.instances,
+            partitions: timeline.partition_count(&history.partitions),
+            messages_sent: messages.sent,
+            messages_handled: messages.handled,
+            handler_calls: history.processed.len(),
+            messages_lost: messages.lost.len(),
+            messages_duplicated: messages.duplicated,
+            faults: history.faults.len(),
+            unmatched_releases: timeline.unmatched_releases,
+            records_after_kill: timeline.records_after_kill,
+        },
+        violations,
+    }
 }

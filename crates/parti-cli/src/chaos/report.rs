@@ -1,0 +1,249 @@
+//! The report of a chaos run: what ran, each fault with its recovery time, and the checker's
+//! verdict with its counts of violations by kind.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use parti_testkit::checker::{FaultRecord, Report};
+use serde::Serialize;
+
+use super::recovery::Recovery;
+
+/// Lines of the checker's own report shown in the text report (one per violation).
+const CHECK_LINES_SHOWN: usize = 30;
+
+/// What a run was.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Header {
+    /// Servers used.
+    pub(crate) nats: String,
+    /// Whether it was a 3-node cluster.
+    pub(crate) cluster: bool,
+    /// The schedule's seed.
+    pub(crate) seed: u64,
+    /// Worker processes kept running.
+    pub(crate) workers: usize,
+    /// Partitions.
+    pub(crate) partitions: usize,
+    /// Planned duration of the fault schedule and the producer.
+    pub(crate) duration_ms: u64,
+    /// Wall time of the whole run, start-up and drain included.
+    pub(crate) elapsed_ms: u64,
+    /// Where the logs are (removed after the run unless `--keep-dir`).
+    pub(crate) run_dir: String,
+    /// Whether the run directory was kept.
+    pub(crate) kept: bool,
+    /// The checker's tolerance.
+    pub(crate) tolerance_ms: u64,
+    /// The checker's gap bound.
+    pub(crate) gap_bound_ms: u64,
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FaultLine {
+    /// The fault as recorded for the checker.
+    #[serde(flatten)]
+    pub(crate) record: FaultRecord,
+    /// What exactly was done (which process or node).
+    pub(crate) detail: String,
+    /// When it started, since the fleet first settled.
+    pub(crate) at_ms: u64,
+    /// How long it lasted (0 for an instant fault).
+    pub(crate) lasted_ms: u64,
+    /// Until every partition was held again.
+    pub(crate) recovery: Recovery,
+}
+
+/// Everything a run found.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ChaosReport {
+    pub(crate) header: Header,
+    pub(crate) faults: Vec<FaultLine>,
+    /// Fault kinds the schedule held.
+    pub(crate) scheduled: Vec<String>,
+    /// Worker processes that exited on their own (restarted by the runner).
+    pub(crate) unexpected_exits: Vec<String>,
+    /// Worker processes that did not stop within the bound at the end (killed).
+    pub(crate) unstopped: Vec<String>,
+    /// Whether, before the workers were stopped, every message sent had been handled or the
+    /// stream had emptied.
+    pub(crate) drained: bool,
+    /// Violations by kind (`overlap`, `gap`, `lost`, `versionRegression`, …).
+    pub(crate) violations_by_kind: BTreeMap<String, usize>,
+    /// The checker's report.
+    pub(crate) check: Report,
+    /// No violation was found.
+    pub(crate) clean: bool,
+}
+
+impl ChaosReport {
+    /// Assembles the report; counts the checker's violations by their `kind` tag.
+    pub(crate) fn new(
+        header: Header,
+        faults: Vec<FaultLine>,
+        scheduled: Vec<String>,
+        unexpected_exits: Vec<String>,
+        unstopped: Vec<String>,
+        drained: bool,
+        check: Report,
+    ) -> Self {
+        let mut violations_by_kind = BTreeMap::new();
+        for violation in &check.violations {
+            let kind = serde_json::to_value(violation)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_owned)))
+                .unwrap_or_else(|| "other".into());
+            *violations_by_kind.entry(kind).or_insert(0) += 1;
+        }
+        let clean = check.is_clean();
+        Self {
+            header,
+            faults,
+            scheduled,
+            unexpected_exits,
+            unstopped,
+            drained,
+            violations_by_kind,
+            check,
+            clean,
+        }
+    }
+
+    /// How many violations of `kind`.
+    fn count(&self, kind: &str) -> usize {
+        self.violations_by_kind.get(kind).copied().unwrap_or(0)
+    }
+}
+
+/// Milliseconds as seconds with one decimal.
+fn secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+impl fmt::Display for ChaosReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.header;
+        writeln!(f, "parti chaos report")?;
+        writeln!(f, "  nats:        {}", h.nats)?;
+        writeln!(
+            f,
+            "  run:         {} worker processes, {} partitions, seed {}, schedule {}, wall time {}",
+            h.workers,
+            h.partitions,
+            h.seed,
+            secs(h.duration_ms),
+            secs(h.elapsed_ms)
+        )?;
+        writeln!(
+            f,
+            "  logs:        {}{}",
+            h.run_dir,
+            if h.kept {
+                ""
+            } else {
+                " (removed; --keep-dir keeps them)"
+            }
+        )?;
+        writeln!(
+            f,
+            "  checker:     tolerance {} ms, gap bound {}",
+            h.tolerance_ms,
+            secs(h.gap_bound_ms)
+        )?;
+        writeln!(f)?;
+        writeln!(f, "faults ({}):", self.faults.len())?;
+        writeln!(
+            f,
+            "  {:>8}  {:<15} {:>7}  {:<14} target",
+            "at", "kind", "lasted", "recovery"
+        )?;
+        for line in &self.faults {
+            writeln!(
+                f,
+                "  {:>8}  {:<15} {:>7}  {:<14} {}",
+                secs(line.at_ms),
+                line.record.kind,
+                secs(line.lasted_ms),
+                line.recovery.to_string(),
+                line.detail
+            )?;
+        }
+        if !self.unexpected_exits.is_empty() {
+            writeln!(
+                f,
+                "  exited on their own (restarted): {}",
+                self.unexpected_exits.join(", ")
+            )?;
+        }
+        if !self.unstopped.is_empty() {
+            writeln!(
+                f,
+                "  did not stop gracefully at the end (killed): {}",
+                self.unstopped.join(", ")
+            )?;
+        }
+        let c = &self.check.counts;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "holdings:      {} over {} processes",
+            c.holdings, c.instances
+        )?;
+        writeln!(
+            f,
+            "overlaps:      {}   revived: {}   gaps: {}   epochs: {}   version regressions: {}",
+            self.count("overlap"),
+            self.count("revived"),
+            self.count("gap"),
+            self.count("epochNotIncreasing"),
+            self.count("versionRegression")
+        )?;
+        writeln!(
+            f,
+            "messages:      sent {}, handled {}, lost {}, duplicated {}, handled without holding {}{}",
+            c.messages_sent,
+            c.messages_handled,
+            c.messages_lost,
+            c.messages_duplicated,
+            self.count("processedWithoutHolding"),
+            if self.drained {
+                ""
+            } else {
+                " (the stream was not drained in time)"
+            }
+        )?;
+        writeln!(f)?;
+        let check = self.check.to_string();
+        let lines: Vec<&str> = check.lines().collect();
+        for line in lines.iter().take(CHECK_LINES_SHOWN) {
+            writeln!(f, "{line}")?;
+        }
+        if lines.len() > CHECK_LINES_SHOWN {
+            writeln!(
+                f,
+                "  … {} more lines (every violation is in --json-report)",
+                lines.len() - CHECK_LINES_SHOWN
+            )?;
+        }
+        writeln!(f)?;
+        if self.clean {
+            writeln!(f, "result: CLEAN — no violation of the ownership contract")
+        } else {
+            let kinds: Vec<String> = self
+                .violations_by_kind
+                .iter()
+                .map(|(kind, n)| format!("{n} {kind}"))
+                .collect();
+            writeln!(
+                f,
+                "result: {} VIOLATIONS ({})",
+                self.check.violations.len(),
+                kinds.join(", ")
+            )
+        }
+    }
+}

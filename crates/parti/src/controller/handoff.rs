@@ -1,0 +1,246 @@
+//! Release-then-acquire (SPEC §13): which moved partitions a gainer must not hold yet.
+//!
+//! A commit gives each worker its partitions and, for some of them, the workers that may still
+//! hold them ([`WorkerRecord::pending`]). This module decides those sets, purely:
+//!
+//! - a partition that moves from a worker that held it becomes pending on the gainer, waiting
+//!   for the loser, at the version of the move;
+//! - a partition already pending keeps waiting for the same workers, wherever it goes next;
+//! - a worker stops being waited for once its heartbeat says it released that version
+//!   (`released ≥ version`), or once it is no longer a live member — the membership watcher
+//!   drops a member only on proof that it holds nothing (key expired, or deleted after its own
+//!   `Shutdown` heartbeat).
+//!
+//! A gainer holds a pending partition only after a later commit lists it with nobody left to
+//! wait for, so at any instant at most one worker holds a partition: the previous holder
+//! released (or provably stopped) before the commit that lets the next one start.
+//!
+//! [`WorkerRecord::pending`]: crate::records::WorkerRecord::pending
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::assignment::AssignmentMap;
+use crate::partition::WorkerId;
+use crate::records::{Lineage, WorkerRecord};
+
+/// Partition ID → the workers that may still hold it → the version at which they lost it.
+pub(crate) type Pending = BTreeMap<String, BTreeMap<WorkerId, u64>>;
+
+/// What the leader knows of the live workers, from their heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Members {
+    /// Live member → the highest commit version it finished releasing for.
+    pub(crate) released: BTreeMap<WorkerId, u64>,
+    /// Live member → its current lineage.
+    pub(crate) lineages: BTreeMap<WorkerId, Lineage>,
+    /// The highest version any member applied: a floor for the next version, so versions never
+    /// go back even when the `cluster` record is lost or garbage.
+    pub(crate) floor: u64,
+}
+
+impl Members {
+    /// Whether `worker` may still hold a partition it lost at `lost_at`.
+    fn may_hold(&self, worker: &WorkerId, lost_at: u64) -> bool {
+        self.released.get(worker).is_some_and(|r| *r < lost_at)
+    }
+}
+
+/// The pending sets of `next`, published as `version` over the committed `records` (each
+/// worker's committed record), given what the members reported. `unknown` are workers whose
+/// holdings cannot be read (their committed value, or the commit itself, is garbage or gone):
+/// every partition waits for them, wherever it goes, until they release this version.
+pub(crate) fn plan(
+    records: &BTreeMap<WorkerId, WorkerRecord>,
+    next: &AssignmentMap,
+    version: u64,
+    members: &Members,
+    unknown: &BTreeSet<WorkerId>,
+) -> BTreeMap<WorkerId, Pending> {
+    // Who may hold each partition now, by the committed records.
+    let mut holders: BTreeMap<String, BTreeMap<WorkerId, u64>> = BTreeMap::new();
+    for (worker, record) in records {
+        for partition in &record.partitions {
+            let id = partition.id();
+            let waits = holders.entry(id.clone()).or_default();
+            match record.pending.get(&id) {
+                Some(earlier) => waits.extend(earlier.iter().map(|(w, v)| (w.clone(), *v))),
+                // It held (or may hold) it: losing it now means waiting for it.
+                None => {
+                    waits.insert(worker.clone(), version);
+                }
+            }
+        }
+    }
+    next.iter()
+        .map(|(worker, partitions)| {
+            let pending: Pending = partitions
+                .iter()
+                .filter_map(|p| {
+                    let id = p.id();
+                    let known = holders.get(&id).into_iter().flatten();
+                    let unknown = unknown.iter().map(|w| (w, &version));
+                    let waits: BTreeMap<WorkerId, u64> = known
+                        .chain(unknown)
+                        .filter(|(w, lost_at)| *w != worker && members.may_hold(w, **lost_at))
+                        .map(|(w, v)| (w.clone(), *v))
+                        .collect();
+                    (!waits.is_empty()).then_some((id, waits))
+                })
+                .collect();
+            (worker.clone(), pending)
+        })
+        .collect()
+}
+
+/// Whether a mapped live worker has a lineage the commit does not name (it came back after a
+/// lapse, or restarted).
+pub(crate) fn lineage_stale(
+    records: &BTreeMap<WorkerId, WorkerRecord>,
+    committed_lineages: &BTreeMap<WorkerId, Lineage>,
+    members: &Members,
+) -> bool {
+    records.keys().any(|w| {
+        members
+            .lineages
+            .get(w)
+            .is_some_and(|l| committed_lineages.get(w) != Some(l))
+    })
+}
+
+/// How many pending entries a republish would resolve, and how many are pending in all.
+pub(crate) fn resolvable(
+    records: &BTreeMap<WorkerId, WorkerRecord>,
+    members: &Members,
+) -> (usize, usize) {
+    let waits = records.values().flat_map(|r| r.pending.values());
+    let (mut ready, mut total) = (0, 0);
+    for waiting_for in waits {
+        total += 1;
+        if waiting_for.iter().all(|(w, v)| !members.may_hold(w, *v)) {
+            ready += 1;
+        }
+    }
+    (ready, total)
+}
+
+/// The lineages a commit over `workers` names: those of the live members among them.
+pub(crate) fn lineages<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerId>,
+    members: &Members,
+) -> BTreeMap<WorkerId, Lineage> {
+    let workers: BTreeSet<&WorkerId> = workers.into_iter().collect();
+    members
+        .lineages
+        .iter()
+        .filter(|(w, _)| workers.contains(w))
+        .map(|(w, l)| (w.clone(), l.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assignment::Lifecycle;
+    use crate::partition::Partition;
+
+    fn p(k: &str) -> Partition {
+        Partition::new([k], 1).unwrap()
+    }
+    fn w(s: &str) -> WorkerId {
+        WorkerId::new(s)
+    }
+    fn record(parts: &[&str], pending: Pending) -> WorkerRecord {
+        WorkerRecord {
+            version: 1,
+            term: 1,
+            lifecycle: Lifecycle::Running,
+            partitions: parts.iter().map(|k| p(k)).collect(),
+            pending,
+        }
+    }
+    fn members(released: &[(&str, u64)]) -> Members {
+        Members {
+            released: released.iter().map(|(id, v)| (w(id), *v)).collect(),
+            lineages: BTreeMap::new(),
+            floor: 0,
+        }
+    }
+    fn map(entries: &[(&str, &[&str])]) -> AssignmentMap {
+        let mut m = AssignmentMap::default();
+        for (id, parts) in entries {
+            m.set(w(id), parts.iter().map(|k| p(k)).collect());
+        }
+        m
+    }
+
+    #[test]
+    fn a_move_from_a_live_holder_waits_for_it() {
+        let records = [(w("a"), record(&["x", "y"], Pending::new()))].into();
+        let next = map(&[("a", &["x"]), ("b", &["y"])]);
+        let plan = plan(
+            &records,
+            &next,
+            5,
+            &members(&[("a", 4), ("b", 4)]),
+            &BTreeSet::new(),
+        );
+        assert!(plan[&w("a")].is_empty(), "a keeps x: nothing to wait for");
+        assert_eq!(plan[&w("b")]["y"], [(w("a"), 5)].into());
+    }
+
+    #[test]
+    fn a_move_from_a_departed_holder_or_a_new_partition_is_immediate() {
+        let records = [(w("gone"), record(&["x"], Pending::new()))].into();
+        let next = map(&[("b", &["x", "fresh"])]);
+        let plan = plan(&records, &next, 5, &members(&[("b", 4)]), &BTreeSet::new());
+        assert!(plan[&w("b")].is_empty());
+    }
+
+    #[test]
+    fn waiting_survives_further_moves_and_ends_with_the_release() {
+        // y went a → b at v5 and is still pending; now it moves on to c at v6.
+        let pending: Pending = [("y".to_owned(), [(w("a"), 5)].into())].into();
+        let records = [
+            (w("a"), record(&["x"], Pending::new())),
+            (w("b"), record(&["y"], pending)),
+        ]
+        .into();
+        let next = map(&[("a", &["x"]), ("b", &[]), ("c", &["y"])]);
+        let m = members(&[("a", 4), ("b", 5), ("c", 5)]);
+        let planned = plan(&records, &next, 6, &m, &BTreeSet::new());
+        assert_eq!(
+            planned[&w("c")]["y"],
+            [(w("a"), 5)].into(),
+            "b never held y: only a is waited for"
+        );
+        assert_eq!(resolvable(&records, &m), (0, 1));
+        let released = members(&[("a", 5), ("b", 5), ("c", 5)]);
+        assert_eq!(resolvable(&records, &released), (1, 1));
+        assert!(plan(&records, &next, 6, &released, &BTreeSet::new())[&w("c")].is_empty());
+    }
+
+    #[test]
+    fn unknown_holders_are_waited_for_everywhere_but_by_themselves() {
+        let next = map(&[("a", &["x"]), ("b", &["y"])]);
+        let m = members(&[("a", 2), ("b", 2)]);
+        let unknown = [w("a"), w("b")].into();
+        let plan = plan(&BTreeMap::new(), &next, 3, &m, &unknown);
+        assert_eq!(plan[&w("a")]["x"], [(w("b"), 3)].into());
+        assert_eq!(plan[&w("b")]["y"], [(w("a"), 3)].into());
+    }
+
+    #[test]
+    fn a_stale_lineage_needs_a_republish() {
+        let records = [(w("a"), record(&["x"], Pending::new()))].into();
+        let lineage = |n| Lineage {
+            instance: "i".into(),
+            lapses: n,
+        };
+        let mut m = members(&[("a", 3)]);
+        m.lineages.insert(w("a"), lineage(1));
+        let committed = [(w("a"), lineage(0))].into();
+        assert!(lineage_stale(&records, &committed, &m));
+        let committed = lineages([&w("a")], &m);
+        assert!(!lineage_stale(&records, &committed, &m));
+    }
+}

