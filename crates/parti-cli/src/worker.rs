@@ -392,6 +392,9 @@ impl Identity {
 
     /// The identity, waiting up to `wait` for the first record (empty strings if none came).
     async fn get(&self, wait: Duration) -> (String, String) {
+        if let Some(known) = self.0.borrow().clone() {
+            return known;
+        }
         let mut rx = self.0.subscribe();
         let known = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
         let value = match known {

@@ -247,3 +247,85 @@ impl fmt::Display for ChaosReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use parti_testkit::checker::{CheckConfig, History, SentRecord, check};
+
+    use super::*;
+
+    fn report(history: &History) -> ChaosReport {
+        let header = Header {
+            nats: "single nats-server".into(),
+            cluster: false,
+            seed: 1,
+            workers: 2,
+            partitions: 1,
+            duration_ms: 1_000,
+            elapsed_ms: 2_000,
+            run_dir: "/tmp/x".into(),
+            kept: false,
+            tolerance_ms: 50,
+            gap_bound_ms: 4_875,
+        };
+        let fault = FaultLine {
+            record: FaultRecord {
+                kind: "kill".into(),
+                worker: Some("worker-0".into()),
+                instance: Some("i0".into()),
+                start_ns: 10,
+                end_ns: 10,
+                ends_process: true,
+            },
+            detail: "w0-1".into(),
+            at_ms: 0,
+            lasted_ms: 0,
+            recovery: Recovery::Recovered { after_ms: 1_250 },
+        };
+        let config = CheckConfig {
+            tolerance_ns: 0,
+            gap_bound_ns: 1,
+        };
+        ChaosReport::new(
+            header,
+            vec![fault],
+            vec!["kill".into()],
+            Vec::new(),
+            Vec::new(),
+            true,
+            check(history, &config),
+        )
+    }
+
+    #[test]
+    fn a_clean_run_says_so() {
+        let r = report(&History::default());
+        assert!(r.clean);
+        let text = r.to_string();
+        assert!(text.contains("kill") && text.contains("1.2 s"), "{text}");
+        assert!(text.contains("result: CLEAN"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["faults"][0]["kind"], "kill");
+        assert_eq!(json["faults"][0]["endsProcess"], true);
+        assert_eq!(json["faults"][0]["recovery"]["outcome"], "recovered");
+        assert_eq!(json["clean"], true);
+    }
+
+    #[test]
+    fn violations_are_counted_by_kind() {
+        let history = History {
+            sent: vec![SentRecord {
+                at_ns: 5,
+                partition: "p0".into(),
+                seq: 1,
+            }],
+            ..History::default()
+        };
+        let r = report(&history);
+        assert!(!r.clean);
+        assert_eq!(r.violations_by_kind.get("lost"), Some(&1));
+        let text = r.to_string();
+        assert!(text.contains("lost 1"), "{text}");
+        assert!(text.contains("result: 1 VIOLATIONS (1 lost)"), "{text}");
+    }
+}

@@ -256,10 +256,16 @@ impl Reconciler {
             match result {
                 Ok(consumer) => {
                     let info = consumer.cached_info();
-                    let (upto, floor) = (
-                        info.delivered.stream_sequence,
-                        info.ack_floor.stream_sequence,
-                    );
+                    // A paused durable's reported position stays at its last delivery while the
+                    // server moves it past everything stored meanwhile: on a work queue, treat
+                    // anything stored before this gain as possibly behind it.
+                    let was_paused = applied.exists && applied.subjects.is_empty();
+                    let upto = if self.shared.mode == Mode::WorkQueue && was_paused {
+                        u64::MAX
+                    } else {
+                        info.delivered.stream_sequence
+                    };
+                    let floor = info.ack_floor.stream_sequence;
                     self.shared.health.updated();
                     tracing::info!(consumer = %durable, subjects = target.len(), gained = gained.len(), released = applied.subjects.difference(&target).count(), "consumer filter updated");
                     self.shared.set_filter(&target);

@@ -87,7 +87,7 @@ impl FenceParts {
             .holdings
             .hold(worker, &gained, change.version, valid_until);
         if !change.is_empty() {
-            self.gate(worker).await;
+            self.gate(worker, &lost).await;
         }
         if !records.is_empty() {
             self.publish(std::mem::take(&mut records));
@@ -113,14 +113,20 @@ impl FenceParts {
         });
     }
 
-    /// Points the consumer at what is held: the local gate at once, then the filter.
-    async fn gate(&self, worker: &WorkerId) {
-        let held: Vec<Partition> = self.holdings.held().cloned().collect();
+    /// Points the consumer at what is held once `lost` is let go: the local gate at once
+    /// (waiting for handler calls of `lost` still running), then the filter.
+    async fn gate(&self, worker: &WorkerId, lost: &[Partition]) {
+        let held: Vec<Partition> = self
+            .holdings
+            .held()
+            .filter(|p| !lost.contains(p))
+            .cloned()
+            .collect();
         let guard = self.consumer.lock().await;
         let Some(consumer) = guard.as_ref() else {
             return;
         };
-        // GATE: consumer.set_held(&held).await;
+        consumer.set_held(&held).await;
         let assignment = Assignment {
             partitions: held,
             ..Assignment::default()
