@@ -52,7 +52,9 @@ pub(crate) struct Identity {
 pub(crate) struct WorkerProcess {
     /// `w{slot}-{generation}`: names its files in the run directory.
     pub(crate) name: String,
+    /// The process (killed when dropped).
     child: Child,
+    /// Its `--ownership-log`.
     ownership_log: PathBuf,
     /// Its instance ID, once its log named it (it never changes).
     instance: Option<String>,
@@ -207,12 +209,14 @@ pub(crate) struct Slot {
     pub(crate) link: Link,
     /// The process running now (none between a kill and the restart).
     pub(crate) process: Option<WorkerProcess>,
+    /// How many processes the slot has started.
     generation: u32,
 }
 
 /// N slots of worker processes.
 #[derive(Debug)]
 pub(crate) struct Fleet {
+    /// How to start a worker.
     launch: Launch,
     /// The slots, in order.
     pub(crate) slots: Vec<Slot>,

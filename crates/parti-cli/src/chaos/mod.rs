@@ -35,6 +35,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use clap::Args;
+use futures::StreamExt as _;
 use parti::Config;
 use parti::ownership::{OwnershipRecord, now_ns};
 use parti::records::ClusterRecord;
@@ -53,7 +54,7 @@ use crate::sim::SplitMix;
 use fleet::{Fleet, Launch, OWNERSHIP_SUFFIX, PROCESS_SUFFIX};
 use nats::Backend;
 use plan::{FaultKind, Timings};
-use report::{ChaosReport, FaultLine, Header};
+use report::{ChaosReport, ConsumerLeft, FaultLine, Header, Leftover};
 
 /// The stream the workers consume.
 const STREAM: &str = "chaos-events";
@@ -144,10 +145,15 @@ pub(crate) async fn run(args: ChaosArgs, _global: &Global) -> anyhow::Result<Exi
 /// Everything a run needs while faults are injected. Owns the servers, the fleet and the
 /// generator; the producer and the observer are tasks owned by [`execute`].
 pub(crate) struct Runner {
+    /// The servers.
     backend: Backend,
+    /// The worker processes and their links.
     fleet: Fleet,
+    /// Every choice of the run (schedule order, targets) comes from it.
     rng: SplitMix,
+    /// How long faults last and waits may take.
     timings: Timings,
+    /// The workers' configuration (bucket names, timeouts).
     config: Config,
     /// The runner's own (direct) connection.
     js: jetstream::Context,
@@ -253,7 +259,7 @@ async fn execute(args: &ChaosArgs, seed: u64, dir: &Path) -> anyhow::Result<Chao
 
     cancel_producer.cancel();
     let sent = producer.await.context("the producer failed")?;
-    let drained = drain(&js, dir, &sent).await;
+    let leftover = drain(&js, dir, &sent).await;
     let window_end = now_ns();
     let unstopped = runner.fleet.stop_all(timings.stop).await;
     cancel_observer.cancel();
@@ -318,7 +324,7 @@ async fn execute(args: &ChaosArgs, seed: u64, dir: &Path) -> anyhow::Result<Chao
         gap_bound_ms: millis(timings.gap_bound),
     };
     Ok(ChaosReport::new(
-        header, lines, scheduled, exits, unstopped, drained, check,
+        header, lines, scheduled, exits, unstopped, leftover, check,
     ))
 }
 
@@ -393,19 +399,14 @@ fn write_files(dir: &Path, config: &Config, partitions: &[String]) -> anyhow::Re
 }
 
 /// Waits until every message sent was handled (the process logs name it) or the work-queue
-/// stream is empty, within [`DRAIN_TIMEOUT`]; returns whether it was drained.
-async fn drain(js: &jetstream::Context, dir: &Path, sent: &[SentRecord]) -> bool {
+/// stream is empty, within [`DRAIN_TIMEOUT`]. Returns `None` when drained, otherwise what the
+/// stream still holds.
+async fn drain(js: &jetstream::Context, dir: &Path, sent: &[SentRecord]) -> Option<Leftover> {
     let wanted: BTreeSet<(&str, u64)> =
         sent.iter().map(|s| (s.partition.as_str(), s.seq)).collect();
     let end = Instant::now() + DRAIN_TIMEOUT;
     loop {
-        let empty = match js.get_stream(STREAM).await {
-            Ok(mut stream) => stream
-                .info()
-                .await
-                .is_ok_and(|info| info.state.messages == 0),
-            Err(_) => false,
-        };
+        let left = leftover(js).await;
         let handled = || -> bool {
             let Ok((_, processed)) = read_logs(dir) else {
                 return false;
@@ -416,14 +417,56 @@ async fn drain(js: &jetstream::Context, dir: &Path, sent: &[SentRecord]) -> bool
                 .collect();
             wanted.is_subset(&seen)
         };
-        if empty || handled() {
-            return true;
+        if left.as_ref().is_some_and(|l| l.messages == 0) || handled() {
+            return None;
         }
         if Instant::now() >= end {
-            return false;
+            return Some(left.unwrap_or_default());
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }
+}
+
+/// What the stream holds now, and where (`None` when it cannot be read).
+async fn leftover(js: &jetstream::Context) -> Option<Leftover> {
+    let mut stream = js.get_stream(STREAM).await.ok()?;
+    let messages = stream.info().await.ok()?.state.messages;
+    let mut left = Leftover {
+        messages,
+        ..Leftover::default()
+    };
+    if messages == 0 {
+        return Some(left);
+    }
+    let mut filtered = BTreeSet::new();
+    let mut infos = stream.consumers();
+    while let Some(Ok(info)) = infos.next().await {
+        let mut filters = info.config.filter_subjects;
+        filters
+            .extend((!info.config.filter_subject.is_empty()).then_some(info.config.filter_subject));
+        left.consumers.push(ConsumerLeft {
+            name: info.name,
+            subjects: filters.len(),
+            ack_pending: info.num_ack_pending,
+            pending: info.num_pending,
+        });
+        filtered.extend(filters);
+    }
+    if let Ok(mut subjects) = stream.info_with_subjects(">").await {
+        while let Some(Ok((subject, count))) = subjects.next().await {
+            if count == 0 {
+                continue;
+            }
+            left.subjects += 1;
+            if !filtered.contains(&subject) {
+                left.uncovered_count += 1;
+                if left.uncovered.len() < report::SUBJECTS_SHOWN {
+                    left.uncovered.push(subject);
+                }
+            }
+        }
+    }
+    Some(left)
 }
 
 /// Every ownership and process record in the run directory.
@@ -460,10 +503,12 @@ fn random_seed() -> u64 {
     SplitMix(u64::from(now.subsec_nanos()) ^ now.as_secs() ^ u64::from(std::process::id())).next()
 }
 
+/// Whole milliseconds of `d` (saturating).
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Nanoseconds of `d` (saturating).
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use super::recovery::Recovery;
 
+/// Subjects named in [`Leftover::uncovered`].
+pub(crate) const SUBJECTS_SHOWN: usize = 10;
+
 /// Lines of the checker's own report shown in the text report (one per violation).
 const CHECK_LINES_SHOWN: usize = 30;
 
@@ -57,11 +60,45 @@ pub(crate) struct FaultLine {
     pub(crate) recovery: Recovery,
 }
 
+/// What was still in the stream when the final drain gave up: where undelivered or unacked
+/// messages sit (a durable nobody pulls any more strands its messages).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Leftover {
+    /// Messages still stored (on a work queue: not acknowledged by anyone).
+    pub(crate) messages: u64,
+    /// Subjects that still hold messages.
+    pub(crate) subjects: usize,
+    /// Those of them in no consumer's filter (nobody will ever deliver them): up to
+    /// [`SUBJECTS_SHOWN`] names.
+    pub(crate) uncovered: Vec<String>,
+    /// How many subjects with messages are in no consumer's filter.
+    pub(crate) uncovered_count: usize,
+    /// Every consumer of the stream then.
+    pub(crate) consumers: Vec<ConsumerLeft>,
+}
+
+/// One consumer of the stream when the drain gave up.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ConsumerLeft {
+    /// Its durable name (`{prefix}-{workerId}`).
+    pub(crate) name: String,
+    /// How many filter subjects it has.
+    pub(crate) subjects: usize,
+    /// Messages delivered to it and not acknowledged.
+    pub(crate) ack_pending: usize,
+    /// Messages matching its filter not yet delivered.
+    pub(crate) pending: u64,
+}
+
 /// Everything a run found.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ChaosReport {
+    /// What ran.
     pub(crate) header: Header,
+    /// Every fault injected, in order.
     pub(crate) faults: Vec<FaultLine>,
     /// Fault kinds the schedule held.
     pub(crate) scheduled: Vec<String>,
@@ -72,6 +109,8 @@ pub(crate) struct ChaosReport {
     /// Whether, before the workers were stopped, every message sent had been handled or the
     /// stream had emptied.
     pub(crate) drained: bool,
+    /// When not drained: what the stream still held.
+    pub(crate) leftover: Option<Leftover>,
     /// Violations by kind (`overlap`, `gap`, `lost`, `versionRegression`, …).
     pub(crate) violations_by_kind: BTreeMap<String, usize>,
     /// The checker's report.
@@ -88,7 +127,7 @@ impl ChaosReport {
         scheduled: Vec<String>,
         unexpected_exits: Vec<String>,
         unstopped: Vec<String>,
-        drained: bool,
+        leftover: Option<Leftover>,
         check: Report,
     ) -> Self {
         let mut violations_by_kind = BTreeMap::new();
@@ -106,7 +145,8 @@ impl ChaosReport {
             scheduled,
             unexpected_exits,
             unstopped,
-            drained,
+            drained: leftover.is_none(),
+            leftover,
             violations_by_kind,
             check,
             clean,
@@ -216,6 +256,39 @@ impl fmt::Display for ChaosReport {
                 " (the stream was not drained in time)"
             }
         )?;
+        if let Some(left) = &self.leftover {
+            let consumers: Vec<String> = left
+                .consumers
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({} subjects, {} unacked, {} undelivered)",
+                        c.name, c.subjects, c.ack_pending, c.pending
+                    )
+                })
+                .collect();
+            writeln!(
+                f,
+                "stream after the drain: {} messages left on {} subjects, {} of them in no consumer's filter{}",
+                left.messages,
+                left.subjects,
+                left.uncovered_count,
+                if left.uncovered.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", left.uncovered.join(", "))
+                }
+            )?;
+            writeln!(
+                f,
+                "  consumers: {}",
+                if consumers.is_empty() {
+                    "none".to_owned()
+                } else {
+                    consumers.join(", ")
+                }
+            )?;
+        }
         writeln!(f)?;
         let check = self.check.to_string();
         let lines: Vec<&str> = check.lines().collect();
@@ -292,7 +365,7 @@ mod tests {
             vec!["kill".into()],
             Vec::new(),
             Vec::new(),
-            true,
+            None,
             check(history, &config),
         )
     }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -60,6 +61,10 @@ struct State {
 pub(crate) struct Gate {
     derive: Derive,
     state: Mutex<State>,
+    /// The holder's lease deadline (ownership clock, Unix ns; 0: none). Past it nothing is
+    /// admitted, whatever the held set says: a worker whose lease lapsed stops at once, even
+    /// before its manager gets round to releasing.
+    valid_until: Arc<AtomicU64>,
     /// Woken when the last call of a released partition (or of the open gate) finishes.
     finished: Notify,
 }
@@ -94,8 +99,21 @@ impl Gate {
         Self {
             derive,
             state: Mutex::new(State::default()),
+            valid_until: Arc::new(AtomicU64::new(0)),
             finished: Notify::new(),
         }
+    }
+
+    /// The lease deadline cell (see [`Gate::valid_until`]): the manager stores each renewal's
+    /// deadline in it.
+    pub(crate) fn lease(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.valid_until)
+    }
+
+    /// Whether the lease (if one was given) has run out.
+    fn lapsed(&self) -> bool {
+        let until = self.valid_until.load(Ordering::Acquire);
+        until != 0 && crate::clock::unix_ns() >= until
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -106,6 +124,9 @@ impl Gate {
     /// (the message must not reach the handler).
     pub(crate) fn admit(&self, subject: &str) -> Option<Permit<'_>> {
         let mut state = self.lock();
+        if state.closed && self.lapsed() {
+            return None;
+        }
         if !state.closed {
             state.open_running += 1;
             return Some(Permit {

@@ -369,6 +369,12 @@ impl WorkerConsumer {
         async move { shared.gate.wait(releases).await }
     }
 
+    /// The cell holding the lease deadline the gate enforces (Unix ns of the ownership clock;
+    /// 0: none): the [`Manager`](crate::Manager) stores each renewal's deadline there.
+    pub(crate) fn lease_cell(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.shared.gate.lease()
+    }
+
     /// A snapshot of the consumer's health.
     pub fn health(&self) -> ConsumerHealth {
         self.shared.health.snapshot()

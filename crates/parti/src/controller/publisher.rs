@@ -226,6 +226,11 @@ impl Publisher {
     pub(crate) async fn set_phase(&mut self, phase: ClusterPhase) -> Result<()> {
         let (current, cluster_rev) = self.fence().await?;
         let Some(mut record) = current else {
+            if cluster_rev.is_some() || self.committed.version() > 0 {
+                // The record is garbage or was lost after maps were published: a stub would
+                // take the version back. The next publish heals it; skip the announcement.
+                return Ok(());
+            }
             // Nothing published yet: a phase-only record would have no map; write a stub with
             // version 0 so followers see the cold-start window.
             let record = ClusterRecord {

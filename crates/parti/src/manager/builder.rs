@@ -188,6 +188,7 @@ impl ManagerBuilder {
         };
 
         let (events, _) = broadcast::channel(1024);
+        let gate_lease = self.consumer.as_ref().map(WorkerConsumer::lease_cell);
         let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
         let instance = new_instance_id();
         let ownership = OwnershipLog::new(self.ownership, &instance);
@@ -222,6 +223,7 @@ impl ManagerBuilder {
             fence,
             released,
             holder: None,
+            gate_lease,
             out: Outputs {
                 state,
                 assignment,

@@ -116,6 +116,8 @@ pub(crate) struct Runtime {
     pub(crate) released: watch::Receiver<u64>,
     /// What this process may hold (self-fencing); created on the first claim.
     pub(crate) holder: Option<Holder>,
+    /// The consumer gate's lease deadline (if a consumer was given): enforced per message.
+    pub(crate) gate_lease: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub(crate) out: Outputs,
     pub(crate) refresh: mpsc::UnboundedReceiver<()>,
 }
@@ -463,6 +465,9 @@ impl Runtime {
         let change = self.holder_mut().renewed(started, unix_ns());
         let valid_until_ns = self.holder_mut().lease_until();
         self.lease.send_replace(valid_until_ns);
+        if let Some(cell) = &self.gate_lease {
+            cell.store(valid_until_ns, std::sync::atomic::Ordering::Release);
+        }
         let record = self
             .ownership
             .record(&session.id, OwnershipEvent::Extend { valid_until_ns });

@@ -71,9 +71,16 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         violation: "notConverged",
-        faults: MAP_LOST,
+        faults: &["garbage", "bucketDeleted", "idStolen"],
         reason: "after the version restarted lower, workers holding a higher one never apply \
-                 the new map (§5.4 version floor)",
+                 the new map (§5.4 version floor); a worker that lost its ID and re-claimed \
+                 another is not always taken back into the map (§13 stable ID loss)",
+    },
+    Known {
+        violation: "crashMovedOthers",
+        faults: MAP_LOST,
+        reason: "a leader that lost the committed map assigns from scratch, so a crash moves \
+                 partitions of survivors too (§5.4 version floor)",
     },
     Known {
         violation: "gap",
