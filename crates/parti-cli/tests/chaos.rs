@@ -102,6 +102,12 @@ async fn chaos(args: &[&str]) -> serde_json::Value {
         stdout.contains("faults (") && stdout.contains("result: "),
         "{stdout}"
     );
+    // A drain that gave up says where the messages were left.
+    assert_eq!(
+        report["drained"] == false,
+        report["leftover"]["messages"].is_u64(),
+        "{report:#}"
+    );
     println!(
         "chaos {args:?}: {} faults, {} violations {:?} (expected until the ownership contract is met)",
         faults.len(),

@@ -44,7 +44,7 @@ impl Assignment {
         self.partitions
             .iter()
             .map(Partition::effective_weight)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -160,7 +160,7 @@ impl AssignmentMap {
         self.partitions_of(worker)
             .iter()
             .map(Partition::effective_weight)
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     /// The owner of a partition (matched by keys), if any. Linear; build an index with

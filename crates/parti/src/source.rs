@@ -60,8 +60,19 @@ impl PartitionSource for Static {
 }
 
 /// Lists partitions from a source and checks them (no duplicates), as the leader does.
-pub(crate) async fn load_checked(source: &dyn PartitionSource) -> Result<Vec<Partition>> {
-    let mut partitions = source.list_partitions().await.map_err(|e| match e {
+pub(crate) async fn load_checked(
+    source: &dyn PartitionSource,
+    deadline: std::time::Duration,
+) -> Result<Vec<Partition>> {
+    // A source that hangs must not stall the controller (crash handling above all).
+    let listed = tokio::time::timeout(deadline, source.list_partitions())
+        .await
+        .map_err(|_| {
+            crate::Error::Source(format!(
+                "the partition source did not answer within {deadline:?}"
+            ))
+        })?;
+    let mut partitions = listed.map_err(|e| match e {
         crate::Error::Source(_) | crate::Error::InvalidPartition { .. } => e,
         other => crate::Error::Source(other.to_string()),
     })?;

@@ -89,6 +89,7 @@ impl State {
             Rebalancing => &[Stable, Emergency, Degraded, ClaimingId, Shutdown],
             Emergency => &[Stable, Rebalancing, Degraded, ClaimingId, Shutdown],
             Degraded => &[
+                WaitingAssignment,
                 Stable,
                 Scaling,
                 Rebalancing,
@@ -250,6 +251,7 @@ mod tests {
             (
                 Degraded,
                 &[
+                    WaitingAssignment,
                     Stable,
                     Scaling,
                     Rebalancing,

@@ -549,16 +549,20 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
     }
 }
 
-/// A source that can be made to fail.
+/// A source that can be made to fail, or to hang.
 #[derive(Debug, Clone)]
 struct Flaky {
     inner: Static,
     failing: Arc<std::sync::atomic::AtomicBool>,
+    hanging: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait::async_trait]
 impl parti::source::PartitionSource for Flaky {
     async fn list_partitions(&self) -> parti::Result<Vec<parti::Partition>> {
+        if self.hanging.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Source("inventory service unavailable".into()));
         }
@@ -573,6 +577,7 @@ async fn s11_a_failing_source_keeps_the_map_and_does_not_block_crash_handling() 
     let source = Flaky {
         inner: cluster.source.clone(),
         failing: Arc::default(),
+        hanging: Arc::default(),
     };
     let start = || async {
         let client = cluster.server.client().await.unwrap();
@@ -625,6 +630,24 @@ async fn s11_a_failing_source_keeps_the_map_and_does_not_block_crash_handling() 
     let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     assert_eq!(after.map.partition_count(), 60);
     assert_eq!(after.record.unwrap().0.reason, "emergency");
+
+    // A source that hangs (no answer at all) must not stall crash handling either: its calls
+    // are cut off at operationTimeout.
+    source
+        .hanging
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let leader = workers.iter().find(|m| m.is_leader()).unwrap();
+    leader.refresh_partitions().await.unwrap();
+    let victim = workers.iter().position(|m| !m.is_leader()).unwrap();
+    let victim = workers.remove(victim);
+    let crashed = Instant::now();
+    victim.kill().await;
+    let hung = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(hung.map.partition_count(), 60);
+    println!(
+        "s11: crash handled {:?} after the kill with a hung source",
+        crashed.elapsed()
+    );
     for m in &workers {
         m.stop().await.unwrap();
     }

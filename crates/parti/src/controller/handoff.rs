@@ -93,17 +93,29 @@ pub(crate) fn plan(
 }
 
 /// Whether a mapped live worker has a lineage the commit does not name (it came back after a
-/// lapse, or restarted).
+/// lapse, or restarted) and may be named now.
+///
+/// A lapse of the same process is safe at once (a lapsed process holds nothing). A *new
+/// process* under the same stable ID is not: the previous one (cut off while its ID expired and
+/// was claimed again) may still hold the ID's partitions until its lease runs out, and it
+/// cannot say when it released — its heartbeat key now belongs to the newcomer. `settled`
+/// tells whether a worker's current lineage has been seen for a full heartbeat TTL, by which
+/// time the previous process's lease has provably ended.
 pub(crate) fn lineage_stale(
     records: &BTreeMap<WorkerId, WorkerRecord>,
     committed_lineages: &BTreeMap<WorkerId, Lineage>,
     members: &Members,
+    settled: impl Fn(&WorkerId) -> bool,
 ) -> bool {
     records.keys().any(|w| {
-        members
-            .lineages
-            .get(w)
-            .is_some_and(|l| committed_lineages.get(w) != Some(l))
+        let Some(current) = members.lineages.get(w) else {
+            return false;
+        };
+        match committed_lineages.get(w) {
+            Some(named) if named == current => false,
+            Some(named) if named.instance == current.instance => true,
+            _ => settled(w),
+        }
     })
 }
 
@@ -239,8 +251,19 @@ mod tests {
         let mut m = members(&[("a", 3)]);
         m.lineages.insert(w("a"), lineage(1));
         let committed = [(w("a"), lineage(0))].into();
-        assert!(lineage_stale(&records, &committed, &m));
+        assert!(lineage_stale(&records, &committed, &m, |_| false));
         let committed = lineages([&w("a")], &m);
-        assert!(!lineage_stale(&records, &committed, &m));
+        assert!(!lineage_stale(&records, &committed, &m, |_| true));
+        // Another process under the same ID: only once its lineage has settled.
+        let other = [(
+            w("a"),
+            Lineage {
+                instance: "j".into(),
+                lapses: 0,
+            },
+        )]
+        .into();
+        assert!(!lineage_stale(&records, &other, &m, |_| false));
+        assert!(lineage_stale(&records, &other, &m, |_| true));
     }
 }

@@ -46,6 +46,8 @@ pub(crate) struct LeaderContext {
     pub(crate) membership_resync: Duration,
     /// The stable-ID pool: only its IDs can be members.
     pub(crate) id_pool: StableIdConfig,
+    /// Bound on one partition-source call (`operationTimeout`).
+    pub(crate) source_timeout: Duration,
     pub(crate) min_rebalance_threshold: f64,
     pub(crate) events: EventSink,
     /// Set by the manager when it recovers from Degraded: no crash is declared before it.
@@ -120,9 +122,19 @@ async fn lead(
         covered
     });
     let mut values = membership.values();
+    let known = members_from(&values.borrow_and_update());
+    let takeover = now();
+    let lineage_seen = known
+        .lineages
+        .iter()
+        .map(|(w, l)| (w.clone(), (l.clone(), takeover)))
+        .collect();
     let mut state = RunnerState {
-        members: members_from(&values.borrow_and_update()),
+        members: known,
         handoff_ready_since: None,
+        last_handoff: None,
+        lineage_seen,
+        left_gracefully: std::collections::BTreeSet::new(),
         last_map: committed.map.clone(),
         lifecycle: committed
             .record
@@ -167,7 +179,9 @@ async fn lead(
 
     loop {
         for decision in std::mem::take(&mut decisions) {
-            let follow_up = execute(
+            // Cancellation (leadership lost, stop) cuts through a slow source or store call:
+            // an interrupted publish leaves the committed map as it was.
+            let executed = execute(
                 ctx,
                 publisher,
                 &mut planner,
@@ -175,14 +189,20 @@ async fn lead(
                 &mut state,
                 decision,
                 cancel,
-            )
-            .await?;
+            );
+            let follow_up = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                follow_up = executed => follow_up?,
+            };
             decisions.extend(follow_up);
         }
         if !decisions.is_empty() {
             continue;
         }
-        decisions = complete_handoffs(ctx, publisher, &mut planner, &mut state).await?;
+        decisions = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            done = complete_handoffs(ctx, publisher, &mut planner, &mut state) => done?,
+        };
         if !decisions.is_empty() {
             continue;
         }
@@ -196,8 +216,14 @@ async fn lead(
             () = sleep_until(wake) => Input::Tick { now: now() },
             event = members.recv() => match event {
                 Some(MembershipEvent::Joined(worker)) => Input::Joined { worker, now: now() },
-                Some(MembershipEvent::Left(worker)) => Input::Left { worker, now: now() },
-                Some(MembershipEvent::Expired(worker)) => Input::Expired { worker, now: now() },
+                Some(MembershipEvent::Left(worker)) => {
+                    state.left_gracefully.insert(worker.clone());
+                    Input::Left { worker, now: now() }
+                }
+                Some(MembershipEvent::Expired(worker)) => {
+                    state.left_gracefully.remove(&worker);
+                    Input::Expired { worker, now: now() }
+                }
                 None => return Err(Error::Shutdown),
             },
             request = refresh.recv() => match request {
@@ -212,6 +238,13 @@ async fn lead(
                 if changed.is_err() { return Err(Error::Shutdown); }
                 let members = members_from(&values.borrow_and_update());
                 if members == state.members { continue; }
+                let seen_at = now();
+                for (worker, lineage) in &members.lineages {
+                    let fresh = state.lineage_seen.get(worker).is_none_or(|(l, _)| l != lineage);
+                    if fresh {
+                        state.lineage_seen.insert(worker.clone(), (lineage.clone(), seen_at));
+                    }
+                }
                 state.members = members;
                 continue;
             },
@@ -224,7 +257,11 @@ async fn lead(
             },
             _ = source_check.tick() => {
                 // A source may change by itself: compare with what the map was built from.
-                match load_checked(&*ctx.source).await {
+                let checked = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    checked = load_checked(&*ctx.source, ctx.source_timeout) => checked,
+                };
+                match checked {
                     Ok(fresh) if partitions.as_ref().is_some_and(|p| *p != fresh) => Input::PartitionsChanged { now: now() },
                     Ok(_) => continue,
                     Err(e) => { ctx.events.error(e); continue; }
@@ -242,6 +279,13 @@ struct RunnerState {
     members: Members,
     /// Since when some hand-offs could be completed (waiting for the rest of the batch).
     handoff_ready_since: Option<Instant>,
+    /// When the last hand-off commit was made.
+    last_handoff: Option<Instant>,
+    /// Each member's current lineage and since when this leader has seen it.
+    lineage_seen: BTreeMap<WorkerId, (Lineage, Instant)>,
+    /// IDs whose last process left gracefully (released everything): a newcomer under one of
+    /// them is named at once.
+    left_gracefully: std::collections::BTreeSet<WorkerId>,
 }
 
 /// The longest a completed release waits for the others of its batch before its gainer is
@@ -302,7 +346,29 @@ async fn complete_handoffs(
             ..
         }
     );
-    let stale = !cold && handoff::lineage_stale(&records, &record.lineages, &state.members);
+    let ttl = ctx.membership_resync;
+    let now_at = now();
+    let settled = |w: &WorkerId| {
+        state.left_gracefully.contains(w)
+            || state
+                .lineage_seen
+                .get(w)
+                .is_some_and(|(_, since)| now_at >= *since + ttl)
+    };
+    let stale =
+        !cold && handoff::lineage_stale(&records, &record.lineages, &state.members, settled);
+    if !stale
+        && !cold
+        && handoff::lineage_stale(&records, &record.lineages, &state.members, |_| true)
+    {
+        // A newcomer under a mapped ID waits out the previous process's lease: look again then.
+        let due = state.lineage_seen.values().map(|(_, since)| *since).max();
+        if let Some(due) = due {
+            state
+                .handoff_ready_since
+                .get_or_insert(due + ttl - HANDOFF_BATCH.min(ttl));
+        }
+    }
     // Losers of one publish release within moments of each other: complete their hand-offs in
     // one commit, unless some keep the others waiting for longer than `HANDOFF_BATCH`.
     let (ready, pending) = handoff::resolvable(&records, &state.members);
@@ -320,7 +386,17 @@ async fn complete_handoffs(
     if !stale && !batch_due {
         return Ok(Vec::new());
     }
+    // At most one such commit per `HANDOFF_BATCH`: lineages that keep changing (a worker whose
+    // lease keeps lapsing) must not turn into a stream of publishes.
+    if let Some(last) = state.last_handoff
+        && now() < last + HANDOFF_BATCH
+    {
+        state.handoff_ready_since.get_or_insert(last);
+        return Ok(Vec::new());
+    }
+    tracing::debug!(stale, ready, pending, "completing hand-offs");
     state.handoff_ready_since = None;
+    state.last_handoff = Some(now());
     let map = committed.map.clone();
     let workers: Vec<WorkerId> = map.workers().cloned().collect();
     let meta = PublishMeta {
@@ -438,10 +514,10 @@ async fn publish_once(
     reason: &str,
     orphans_only: bool,
 ) -> Result<u64> {
-    if !ctx.agent.is_leader() || ctx.agent.term() != Some(publisher.term()) {
+    if !ctx.agent.is_leader() || ctx.agent.term() != Some(publisher.agent_term()) {
         return Err(Error::LeadershipLost);
     }
-    let fresh = match load_checked(&*ctx.source).await {
+    let fresh = match load_checked(&*ctx.source, ctx.source_timeout).await {
         Ok(fresh) => fresh,
         // A refresh cannot happen without the source: report it, keep the map; the periodic
         // source check notices the change once the source answers again.

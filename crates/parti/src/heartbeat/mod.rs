@@ -185,10 +185,19 @@ impl Heartbeater {
             released: last.released,
             lapses: last.lapses,
         };
-        self.bucket
-            .put(self.worker.as_str(), codec::encode(&value)?)
-            .await?;
+        // The last word matters less than leaving: delete even when the put failed (a leader
+        // that missed the `Shutdown` value waits one TTL before handing our partitions on).
+        let said = match codec::encode(&value) {
+            Ok(bytes) => self
+                .bucket
+                .put(self.worker.as_str(), bytes)
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
+            Err(e) => Err(e),
+        };
         self.bucket.delete(self.worker.as_str(), None).await?;
+        said?;
         tracing::info!(worker = %self.worker, "heartbeat deleted (graceful leave)");
         Ok(())
     }

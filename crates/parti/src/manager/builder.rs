@@ -192,16 +192,20 @@ impl ManagerBuilder {
         let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
         let instance = new_instance_id();
         let ownership = OwnershipLog::new(self.ownership, &instance);
-        let (lease, lease_rx) = watch::channel(0);
+        let (lease, _) = watch::channel(0);
         let (released_tx, released) = watch::channel(0);
+        let lapse_pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
         let (fence, fence_task) = spawn_fence(FenceParts {
             consumer: Arc::clone(&consumer),
             consumer_timeout: config.operation_timeout,
             events: sink.clone(),
             holdings: Holdings::new(ownership.clone()),
-            lease: lease_rx,
+            lease: lease.clone(),
             released: released_tx,
+            lapse_pending: Arc::clone(&lapse_pending),
+            gate_lease: gate_lease.clone(),
+            log: ownership.clone(),
         });
         let (state, state_rx) = StateCell::new(sink.clone());
         let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
@@ -224,6 +228,7 @@ impl ManagerBuilder {
             released,
             holder: None,
             gate_lease,
+            lapse_pending,
             out: Outputs {
                 state,
                 assignment,

@@ -25,8 +25,9 @@ use super::holding::HoldingChange;
 use super::hooks::{Event, EventSink, SharedConsumer};
 use crate::assignment::Assignment;
 use crate::error::Error;
-use crate::ownership::{Holdings, OwnershipRecord};
+use crate::ownership::{Holdings, OwnershipEvent, OwnershipLog, OwnershipRecord};
 use crate::partition::{Partition, WorkerId};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What the runtime asks of the fence task.
 #[derive(Debug)]
@@ -37,6 +38,13 @@ pub(crate) enum FenceCommand {
         change: HoldingChange,
         /// The first change for this worker: the hooks hear of it even when empty.
         first: bool,
+    },
+    /// The lease was renewed after a lapse whose release is still queued here: extend it (the
+    /// consumer gate's deadline, the record) only once that release is carried out, so the
+    /// lapsed holdings are never valid again.
+    Extend {
+        worker: WorkerId,
+        valid_until_ns: u64,
     },
     /// Answer once every earlier command was carried out.
     Flush(oneshot::Sender<()>),
@@ -50,9 +58,15 @@ pub(crate) struct FenceParts {
     pub(crate) events: EventSink,
     pub(crate) holdings: Holdings,
     /// The lease deadline, for the holdings that start.
-    pub(crate) lease: watch::Receiver<u64>,
+    pub(crate) lease: watch::Sender<u64>,
     /// The highest commit version whose removals were carried out.
     pub(crate) released: watch::Sender<u64>,
+    /// Set by the runtime when it queues a lapse; cleared once its release is carried out.
+    pub(crate) lapse_pending: Arc<AtomicBool>,
+    /// The consumer gate's lease deadline (if a consumer was given).
+    pub(crate) gate_lease: Option<Arc<AtomicU64>>,
+    /// Stamps the extend records queued here.
+    pub(crate) log: OwnershipLog,
 }
 
 /// Starts the fence task; it ends when every sender of the returned queue is gone.
@@ -69,6 +83,10 @@ pub(crate) fn spawn_fence(
                     change,
                     first,
                 } => parts.carry_out(&worker, change, first).await,
+                FenceCommand::Extend {
+                    worker,
+                    valid_until_ns,
+                } => parts.extend(&worker, valid_until_ns),
                 FenceCommand::Flush(done) => {
                     let _ = done.send(());
                 }
@@ -104,6 +122,9 @@ impl FenceParts {
         }
         let released = self.holdings.release(&lost);
         self.publish(released);
+        if change.lapse {
+            self.lapse_pending.store(false, Ordering::Release);
+        }
         self.released.send_if_modified(|v| {
             let newer = change.version > *v;
             if newer {
@@ -148,9 +169,39 @@ impl FenceParts {
         self.events.error(error);
     }
 
+    /// Extends the lease after a lapse was released (see [`FenceCommand::Extend`]).
+    fn extend(&self, worker: &WorkerId, valid_until_ns: u64) {
+        extend_lease(
+            &self.lease,
+            self.gate_lease.as_deref(),
+            &self.log,
+            &self.events,
+            worker,
+            valid_until_ns,
+        );
+    }
+
     fn publish(&self, records: Vec<OwnershipRecord>) {
         if !records.is_empty() {
             self.events.emit(Event::Ownership(records.into()));
         }
     }
+}
+
+/// Makes a lease deadline current: for the holdings that start, for the consumer gate, and in
+/// the ownership record.
+pub(crate) fn extend_lease(
+    lease: &watch::Sender<u64>,
+    gate: Option<&AtomicU64>,
+    log: &OwnershipLog,
+    events: &EventSink,
+    worker: &WorkerId,
+    valid_until_ns: u64,
+) {
+    lease.send_replace(valid_until_ns);
+    if let Some(cell) = gate {
+        cell.store(valid_until_ns, Ordering::Release);
+    }
+    let record = log.record(worker, OwnershipEvent::Extend { valid_until_ns });
+    events.emit(Event::Ownership(Arc::new([record])));
 }

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::holding::MyCommit;
 use crate::assignment::Assignment;
@@ -18,7 +20,7 @@ use crate::partition::WorkerId;
 use crate::records::{
     CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, garbage_seen, parse_worker_key, worker_pattern,
 };
-use crate::store::{Bucket, Entry, WatchEvent, codec};
+use crate::store::{Bucket, Entry, WatchEvent, WatchStream, codec};
 
 /// What the follower knows of the published state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,18 +101,32 @@ impl FollowerView {
     }
 }
 
-/// The follower task; stops on cancel or drop of the handle's token.
+/// The follower task; stops on cancel, or when dropped (the task is aborted with it).
 #[derive(Debug)]
 pub(crate) struct Follower {
     view: watch::Receiver<FollowerView>,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    task: AbortOnDropHandle<()>,
 }
 
 impl Follower {
-    pub(crate) fn spawn(bucket: Arc<dyn Bucket>, me: WorkerId, cancel: CancellationToken) -> Self {
+    /// Follows `me`'s assignment in `bucket`. Both watches are re-opened (a fresh snapshot)
+    /// whenever one ends, and every `resync` anyway: a watch that went quiet — a cluster node
+    /// lost under it, a reconnect it missed — is replaced within one interval.
+    pub(crate) fn spawn(
+        bucket: Arc<dyn Bucket>,
+        me: WorkerId,
+        resync: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
         let (tx, view) = watch::channel(FollowerView::default());
-        let task = tokio::spawn(run(bucket, me, tx, cancel.clone()));
+        let task = AbortOnDropHandle::new(tokio::spawn(run(
+            bucket,
+            me,
+            tx,
+            resync.max(MIN_RESYNC),
+            cancel.clone(),
+        )));
         Self { view, cancel, task }
     }
 
@@ -123,6 +139,9 @@ impl Follower {
         let _ = self.task.await;
     }
 }
+
+/// The shortest resync interval accepted.
+const MIN_RESYNC: Duration = Duration::from_millis(100);
 
 fn decode_cluster(bucket: &str, entry: &Entry) -> Option<ClusterRecord> {
     codec::decode(bucket, &entry.key, &entry.value)
@@ -138,92 +157,130 @@ fn decode_worker(bucket: &str, entry: &Entry) -> Option<(Slot, (u64, WorkerRecor
         .map(|record| (slot, (entry.revision, record)))
 }
 
+/// Opens a watch, retrying with backoff until it opens or `cancel` fires.
+async fn open(bucket: &dyn Bucket, key: &str, cancel: &CancellationToken) -> Option<WatchStream> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match bucket.watch(key).await {
+            Ok(stream) => return Some(stream),
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "opening assignment watch");
+                tokio::select! {
+                    () = cancel.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// What one watch pair has applied: snapshots are staged and applied on `InitDone`, so a
+/// resnapshot replaces the view.
+#[derive(Default)]
+struct Staging {
+    cluster: Option<ClusterRecord>,
+    mine: BTreeMap<Slot, (u64, WorkerRecord)>,
+    cluster_synced: bool,
+    mine_synced: bool,
+}
+
 async fn run(
     bucket: Arc<dyn Bucket>,
     me: WorkerId,
     tx: watch::Sender<FollowerView>,
+    resync: Duration,
     cancel: CancellationToken,
 ) {
     let name = bucket.name().to_owned();
     let my_keys = worker_pattern(&me);
-    // Watches are retried until they open; once open they recover by themselves.
-    let open = |key: String| {
-        let bucket = Arc::clone(&bucket);
-        let cancel = cancel.clone();
-        async move {
-            let mut delay = std::time::Duration::from_millis(50);
-            loop {
-                match bucket.watch(&key).await {
-                    Ok(stream) => return Some(stream),
-                    Err(e) => {
-                        tracing::debug!(%key, error = %e, "opening assignment watch");
-                        tokio::select! {
-                            () = cancel.cancelled() => return None,
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
-                    }
+    let mut stage = Staging::default();
+    loop {
+        let (Some(mut cluster_watch), Some(mut mine_watch)) = (
+            open(&*bucket, CLUSTER_KEY, &cancel).await,
+            open(&*bucket, &my_keys, &cancel).await,
+        ) else {
+            return;
+        };
+        let resync_at = tokio::time::Instant::now() + resync;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(resync_at) => break,
+                event = cluster_watch.next() => {
+                    let Some(event) = event else { break };
+                    let Ok(event) = event else { continue };
+                    stage.cluster_event(&name, event, &tx);
+                }
+                event = mine_watch.next() => {
+                    let Some(event) = event else { break };
+                    let Ok(event) = event else { continue };
+                    stage.mine_event(&name, event, &tx);
                 }
             }
         }
-    };
-    let (Some(mut cluster_watch), Some(mut mine_watch)) =
-        (open(CLUSTER_KEY.to_owned()).await, open(my_keys).await)
-    else {
-        return;
-    };
-    let (mut cluster_synced, mut mine_synced) = (false, false);
-    // Snapshot values are staged and applied on InitDone, so a resnapshot replaces the view.
-    let (mut cluster_stage, mut mine_stage) = (None, BTreeMap::new());
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            event = cluster_watch.next() => {
-                let Some(event) = event else { return };
-                let Ok(event) = event else { continue };
-                match event {
-                    WatchEvent::Init => cluster_stage = None,
-                    WatchEvent::InitApply(e) => cluster_stage = decode_cluster(&name, &e),
-                    WatchEvent::InitDone => {
-                        cluster_synced = true;
-                        let staged = cluster_stage.take();
-                        tx.send_modify(|v| { v.cluster = staged; v.synced = cluster_synced && mine_synced; });
-                    }
-                    WatchEvent::Put(e) => {
-                        if let Some(record) = decode_cluster(&name, &e) {
-                            tx.send_modify(|v| v.cluster = Some(record));
-                        }
-                    }
-                    WatchEvent::Deleted { .. } | WatchEvent::Expired { .. } => {
-                        tx.send_modify(|v| v.cluster = None);
-                    }
+        tracing::trace!(worker = %me, "re-opening the assignment watches");
+    }
+}
+
+impl Staging {
+    fn synced(&self) -> bool {
+        self.cluster_synced && self.mine_synced
+    }
+
+    fn cluster_event(&mut self, name: &str, event: WatchEvent, tx: &watch::Sender<FollowerView>) {
+        match event {
+            WatchEvent::Init => self.cluster = None,
+            WatchEvent::InitApply(e) => self.cluster = decode_cluster(name, &e),
+            WatchEvent::InitDone => {
+                self.cluster_synced = true;
+                let staged = self.cluster.take();
+                let synced = self.synced();
+                tx.send_modify(|v| {
+                    v.cluster = staged;
+                    v.synced = synced;
+                });
+            }
+            WatchEvent::Put(e) => {
+                if let Some(record) = decode_cluster(name, &e) {
+                    tx.send_modify(|v| v.cluster = Some(record));
                 }
             }
-            event = mine_watch.next() => {
-                let Some(event) = event else { return };
-                let Ok(event) = event else { continue };
-                match event {
-                    WatchEvent::Init => mine_stage.clear(),
-                    WatchEvent::InitApply(e) => {
-                        if let Some((slot, value)) = decode_worker(&name, &e) {
-                            mine_stage.insert(slot, value);
-                        }
-                    }
-                    WatchEvent::InitDone => {
-                        mine_synced = true;
-                        let staged = std::mem::take(&mut mine_stage);
-                        tx.send_modify(|v| { v.mine = staged; v.synced = cluster_synced && mine_synced; });
-                    }
-                    WatchEvent::Put(e) => {
-                        if let Some((slot, value)) = decode_worker(&name, &e) {
-                            tx.send_modify(|v| { v.mine.insert(slot, value); });
-                        }
-                    }
-                    WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
-                        if let Some((_, slot)) = parse_worker_key(&key) {
-                            tx.send_modify(|v| { v.mine.remove(&slot); });
-                        }
-                    }
+            WatchEvent::Deleted { .. } | WatchEvent::Expired { .. } => {
+                tx.send_modify(|v| v.cluster = None);
+            }
+        }
+    }
+
+    fn mine_event(&mut self, name: &str, event: WatchEvent, tx: &watch::Sender<FollowerView>) {
+        match event {
+            WatchEvent::Init => self.mine.clear(),
+            WatchEvent::InitApply(e) => {
+                if let Some((slot, value)) = decode_worker(name, &e) {
+                    self.mine.insert(slot, value);
+                }
+            }
+            WatchEvent::InitDone => {
+                self.mine_synced = true;
+                let staged = std::mem::take(&mut self.mine);
+                let synced = self.synced();
+                tx.send_modify(|v| {
+                    v.mine = staged;
+                    v.synced = synced;
+                });
+            }
+            WatchEvent::Put(e) => {
+                if let Some((slot, value)) = decode_worker(name, &e) {
+                    tx.send_modify(|v| {
+                        v.mine.insert(slot, value);
+                    });
+                }
+            }
+            WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
+                if let Some((_, slot)) = parse_worker_key(&key) {
+                    tx.send_modify(|v| {
+                        v.mine.remove(&slot);
+                    });
                 }
             }
         }

@@ -44,6 +44,8 @@ pub(crate) struct HoldingChange {
     pub(crate) version: u64,
     /// The assignment of that commit (for the hooks).
     pub(crate) assignment: Arc<Assignment>,
+    /// The lease lapsed with this change: what it releases ended at the deadline already.
+    pub(crate) lapse: bool,
 }
 
 impl HoldingChange {
@@ -129,6 +131,7 @@ impl Holder {
         let more = self.reconcile(now_ns);
         change.gained = more.gained;
         change.lost.extend(more.lost);
+        change.lapse &= !change.lost.is_empty();
         change
     }
 
@@ -151,6 +154,7 @@ impl Holder {
         let more = self.reconcile(now_ns);
         change.lost.extend(more.lost);
         change.gained = more.gained;
+        change.lapse &= !change.lost.is_empty();
         change
     }
 
@@ -174,7 +178,8 @@ impl Holder {
 
     /// Marks a lapse once the lease ran out; the lineage changes with it.
     fn expire(&mut self, now_ns: u64) -> HoldingChange {
-        if self.lease_until != 0 && now_ns >= self.lease_until && !self.lapsed {
+        let lapse = self.lease_until != 0 && now_ns >= self.lease_until && !self.lapsed;
+        if lapse {
             self.lapsed = true;
             self.lapses = self.lapses.saturating_add(1);
             tracing::warn!(
@@ -185,6 +190,7 @@ impl Holder {
         HoldingChange {
             version: self.version(),
             assignment: self.assignment(),
+            lapse,
             ..HoldingChange::default()
         }
     }
@@ -237,6 +243,7 @@ impl Holder {
             gained,
             version,
             assignment: self.assignment(),
+            lapse: false,
         }
     }
 }
@@ -302,6 +309,7 @@ mod tests {
         assert_eq!(h.next_deadline(), Some(900));
         let c = h.tick(900);
         assert_eq!(ids(&c.lost), ["a@3"], "lapsed at start + ttl - margin");
+        assert!(c.lapse, "the change says it is a lapse");
         assert_eq!(h.lapses(), 1);
         let c = h.renewed(950, 960);
         assert!(
@@ -320,6 +328,7 @@ mod tests {
         // The process was stopped past its deadline; the late renewal must not revive.
         let c = h.renewed(500, 2_000);
         assert_eq!(ids(&c.lost), ["a@3"]);
+        assert!(c.lapse);
         assert!(c.gained.is_empty());
         assert_eq!(h.lapses(), 1);
     }

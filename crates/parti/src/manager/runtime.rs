@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::degraded::{DegradedTracker, Verdict};
-use super::fence::FenceCommand;
+use super::fence::{FenceCommand, extend_lease};
 use super::follower::{Follower, FollowerView};
 use super::holding::{Holder, HoldingChange};
 use super::hooks::{Event, EventSink};
@@ -26,7 +26,7 @@ use crate::election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
 use crate::error::{Error, Result};
 use crate::heartbeat::HeartbeatInfo;
 use crate::heartbeat::Heartbeater;
-use crate::ownership::{OwnershipEvent, OwnershipLog};
+use crate::ownership::OwnershipLog;
 use crate::partition::WorkerId;
 use crate::records::{REFRESH_KEY, RefreshRequest};
 use crate::source::PartitionSource;
@@ -118,6 +118,8 @@ pub(crate) struct Runtime {
     pub(crate) holder: Option<Holder>,
     /// The consumer gate's lease deadline (if a consumer was given): enforced per message.
     pub(crate) gate_lease: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// A lapse's release is queued in the fence task (lease extensions wait behind it).
+    pub(crate) lapse_pending: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) out: Outputs,
     pub(crate) refresh: mpsc::UnboundedReceiver<()>,
 }
@@ -226,6 +228,7 @@ impl Runtime {
             planner: PlannerConfig::from(&**c),
             membership_resync: c.heartbeat_ttl,
             id_pool: self.id_pool(),
+            source_timeout: c.operation_timeout,
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,
             events: self.events.clone(),
             suppress_crashes_until: suppress,
@@ -270,6 +273,7 @@ impl Runtime {
         let follower = Follower::spawn(
             Arc::clone(&self.buckets.assignment),
             id.clone(),
+            self.config.heartbeat_ttl,
             cancel.child_token(),
         );
         self.out.state.set(State::WaitingAssignment);
@@ -282,6 +286,7 @@ impl Runtime {
         let mut id_failures = lease.failures();
         let (suppress_tx, suppress_rx) = watch::channel(None);
         let mut leader: Option<LeaderTask> = None;
+        let mut restart_delay = Duration::from_millis(100);
         let mut released = self.released.clone();
         let mut degraded =
             DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
@@ -313,6 +318,7 @@ impl Runtime {
                     let now_leading = *leadership.borrow_and_update();
                     match now_leading {
                         Leadership::Leader { term } if leader.is_none() => {
+                            restart_delay = Duration::from_millis(100);
                             leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
                             self.out.leader.send_replace(true);
                             metrics::gauge!("parti_leader").set(1.0);
@@ -394,7 +400,10 @@ impl Runtime {
                     }
                     let still_leading = *leadership.borrow();
                     if let Leadership::Leader { term } = still_leading {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // Back off between restarts (a controller failing at once would
+                        // otherwise spin), up to the heartbeat TTL.
+                        tokio::time::sleep(restart_delay).await;
+                        restart_delay = (restart_delay * 2).min(self.config.heartbeat_ttl);
                         leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
                     }
                 }
@@ -460,19 +469,30 @@ impl Runtime {
     }
 
     /// A heartbeat that started at `started` (Unix ns) succeeded: the lease runs until the key
-    /// could first expire (less the margin), unless it had lapsed already.
+    /// could first expire (less the margin), unless it had lapsed already. After a lapse whose
+    /// release is still queued, the extension waits behind it in the fence task.
     fn extend_lease(&mut self, session: &mut Session, started: u64) {
         let change = self.holder_mut().renewed(started, unix_ns());
         let valid_until_ns = self.holder_mut().lease_until();
-        self.lease.send_replace(valid_until_ns);
-        if let Some(cell) = &self.gate_lease {
-            cell.store(valid_until_ns, std::sync::atomic::Ordering::Release);
-        }
-        let record = self
-            .ownership
-            .record(&session.id, OwnershipEvent::Extend { valid_until_ns });
-        self.events.emit(Event::Ownership(Arc::new([record])));
         self.send_change(session, change);
+        if self
+            .lapse_pending
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let _ = self.fence.send(FenceCommand::Extend {
+                worker: session.id.clone(),
+                valid_until_ns,
+            });
+        } else {
+            extend_lease(
+                &self.lease,
+                self.gate_lease.as_deref(),
+                &self.ownership,
+                &self.events,
+                &session.id,
+                valid_until_ns,
+            );
+        }
     }
 
     fn holder_mut(&mut self) -> &mut Holder {
@@ -491,6 +511,10 @@ impl Runtime {
         }
         session.told |= first;
         session.sent_version = session.sent_version.max(change.version);
+        if change.lapse {
+            self.lapse_pending
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let _ = self.fence.send(FenceCommand::Change {
             worker: session.id.clone(),
             change,

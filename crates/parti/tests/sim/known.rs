@@ -19,49 +19,24 @@ pub struct Known {
     pub reason: &'static str,
 }
 
-/// Fault kinds that leave a worker unable to renew while it still believes it holds.
-const SILENCED: &[&str] = &[
-    "pause",
-    "cut",
-    "idStolen",
-    "storeOutage",
-    "bucketDeleted",
-    "garbage",
-];
-
 /// Fault kinds that wipe or corrupt the committed `cluster` record.
 const MAP_LOST: &[&str] = &["garbage", "bucketDeleted"];
-
-/// No fault needed: today's protocol shows it in a fault-free run.
-const ALWAYS: &[&str] = &[];
 
 /// Every known failure.
 pub const KNOWN: &[Known] = &[
     Known {
         violation: "epochNotIncreasing",
-        faults: ALWAYS,
-        reason: "a holding's epoch is the assignment version, so a worker restarted in a rolling \
-                 update holds its partitions again at the same epoch (§13 epochs)",
+        faults: &["bucketDeleted"],
+        reason: "the version floor lives in the assignment bucket and the heartbeats: losing the \
+                 bucket while every worker restarts starts versions (and so epochs) again; a \
+                 floor kept in a second bucket would survive it (§13 durable floor)",
     },
     Known {
-        violation: "noLease",
-        faults: ALWAYS,
-        reason: "a worker starts holding against its last renewal's deadline without checking \
-                 it is still ahead (after a crash's emergency publish, a cut-off) (§13 \
-                 self-fencing)",
-    },
-    Known {
-        violation: "revived",
-        faults: ALWAYS,
-        reason: "a worker whose renewal came late (slow or failed calls, a cut-off, a pause) \
-                 extends holdings whose lease lapsed instead of re-verifying first (§13 \
-                 self-fencing)",
-    },
-    Known {
-        violation: "overlap",
-        faults: SILENCED,
-        reason: "holdings are not fenced at the lease deadline: a silent worker keeps holding \
-                 while its partitions are reassigned (§13 self-fencing)",
+        violation: "gap",
+        faults: &["storeOutage"],
+        reason: "an outage longer than workerIdTtl expires every stable ID: workers re-claim, \
+                 elect and wait out a window, which takes longer than the default gap bound; \
+                 the scenario's bound should include workerIdTtl (§13 liveness)",
     },
     Known {
         violation: "versionRegression",
@@ -90,9 +65,11 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         violation: "twoLeaders",
-        faults: &["pause"],
-        reason: "a paused leader believes it leads until its blocked renewal returns: \
-                 leadership has no local deadline (§13 self-fencing)",
+        faults: &["pause", "bucketDeleted"],
+        reason: "a paused leader believes it leads until its blocked renewal returns \
+                 (leadership has no local deadline), and terms restart in a recreated election \
+                 bucket; publishes stay fenced by the `cluster` revision check, and holdings are \
+                 judged by the ownership checker, not by leadership (§13 terms floor)",
     },
 ];
 
