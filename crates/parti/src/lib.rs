@@ -9,6 +9,20 @@
 //! changes through [`hooks`], [`Manager::watch_assignment`] and [`Manager::events`]; a
 //! [`WorkerConsumer`] can keep a JetStream consumer pointed at exactly its partitions.
 //!
+//! # Ownership
+//!
+//! The promise that matters most: **at most one worker holds a partition at any instant**. A
+//! worker *holds* a partition while the application may process it; every change of holding
+//! is an [ownership record](ownership) with an **epoch** (strictly increasing per partition
+//! from one holder to the next: use it as a fencing token in your own stores). Holdings end at
+//! the worker's lease deadline unless renewed (self-fencing, with NATS reachable or not), moves
+//! are release-then-acquire (the gainer starts only after the loser released or provably
+//! stopped), and versions never go back. The contract and the protocol are in
+//! `docs/ownership.md`; where it differs from SPEC §5, §7 and §9 (the `worker.{id}` values carry
+//! pending partitions, the `cluster` record names each worker's lineage, heartbeats carry the
+//! released version), the contract wins. A [`WorkerConsumer`] handed to the manager is gated:
+//! its handler runs only for partitions held at that instant.
+//!
 //! The example runs three workers in one process over the in-memory store (the same code runs
 //! over NATS with [`Manager::builder`]):
 //!

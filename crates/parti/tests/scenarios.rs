@@ -378,14 +378,20 @@ async fn s08_partition_refresh_from_follower_and_leader() {
 #[derive(Debug)]
 struct Appointed {
     leader: bool,
+    term: u64,
     held: std::sync::atomic::AtomicBool,
     requests: std::sync::atomic::AtomicU64,
 }
 
 impl Appointed {
     fn new(leader: bool) -> std::sync::Arc<Self> {
+        Self::with_term(leader, 42)
+    }
+
+    fn with_term(leader: bool, term: u64) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
             leader,
+            term,
             held: Default::default(),
             requests: Default::default(),
         })
@@ -398,7 +404,7 @@ impl parti::ElectionAgent for Appointed {
         use std::sync::atomic::Ordering::SeqCst;
         self.requests.fetch_add(1, SeqCst);
         self.held.store(self.leader, SeqCst);
-        Ok(self.leader.then_some(42))
+        Ok(self.leader.then_some(self.term))
     }
     async fn renew(&self) -> parti::Result<bool> {
         Ok(self.leader)
@@ -411,7 +417,7 @@ impl parti::ElectionAgent for Appointed {
         self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
     fn term(&self) -> Option<u64> {
-        self.is_leader().then_some(42)
+        self.is_leader().then_some(self.term)
     }
     fn lease_ttl(&self) -> Duration {
         Duration::from_secs(1)
@@ -456,6 +462,60 @@ async fn s05b_a_user_supplied_election_agent_is_really_used() {
     );
     first.stop().await.unwrap();
     second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05c_a_deposed_leader_that_keeps_trying_never_commits() {
+    let cluster = TestCluster::start(config(), partitions(40)).await;
+    let start = |agent: std::sync::Arc<Appointed>| async {
+        let client = cluster.server.client().await.unwrap();
+        cluster
+            .builder(client)
+            .election_agent(agent)
+            .start()
+            .await
+            .unwrap()
+    };
+    // The old leader's agent never lets go of term 100: it believes it leads for ever.
+    let old = start(Appointed::with_term(true, 100)).await;
+    let follower = start(Appointed::new(false)).await;
+    let mut ids = vec![old.worker_id(), follower.worker_id()];
+    ids.sort();
+    cluster.wait_for_map(&ids, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+
+    // A new leader with a higher term joins; the old one keeps publishing when asked.
+    let new = start(Appointed::with_term(true, 200)).await;
+    let mut all = vec![old.worker_id(), follower.worker_id(), new.worker_id()];
+    all.sort();
+    wait_until(SETTLE, "a commit by the new leader", || async {
+        cluster.record().await.term == 200
+    })
+    .await
+    .unwrap();
+    let taken_over = cluster.record().await.version;
+    for _ in 0..5 {
+        old.refresh_partitions().await.unwrap();
+        cluster.source.set(partitions(40)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.wait_for_map(&all, SETTLE).await;
+    let commits = cluster.commits.lock().unwrap().clone();
+    let first_new = commits.iter().position(|c| c.term == 200).unwrap();
+    let late = &commits[first_new..];
+    assert!(
+        late.iter().all(|c| c.term == 200),
+        "the deposed leader committed after the new one: {late:?}"
+    );
+    assert!(
+        late.windows(2).all(|w| w[0].version < w[1].version),
+        "versions only go up: {late:?}"
+    );
+    assert!(late.iter().all(|c| c.version >= taken_over));
+    cluster.assert_holdings_clean(settled_ns).await;
+    for m in [&old, &follower, &new] {
+        m.stop().await.unwrap();
+    }
 }
 
 /// Hooks that take far longer than any coordination timer.

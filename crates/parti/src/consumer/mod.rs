@@ -300,6 +300,24 @@ impl WorkerConsumer {
         worker: &WorkerId,
         assignment: &Assignment,
     ) -> Result<()> {
+        let allow = self.shared.config.allow_worker_id_change;
+        self.assign(worker, assignment, allow).await
+    }
+
+    /// What the [`Manager`](crate::Manager) calls: like
+    /// [`update_assignment`](Self::update_assignment), but a change of worker ID is always
+    /// followed (the manager re-claimed after losing its ID: the old ID's durable may belong to
+    /// another process now and is left alone).
+    pub(crate) async fn follow(&self, worker: &WorkerId, assignment: &Assignment) -> Result<()> {
+        self.assign(worker, assignment, true).await
+    }
+
+    async fn assign(
+        &self,
+        worker: &WorkerId,
+        assignment: &Assignment,
+        allow_id_change: bool,
+    ) -> Result<()> {
         let cfg = &self.shared.config;
         let subjects = subjects::render(
             &cfg.subject_template,
@@ -308,7 +326,7 @@ impl WorkerConsumer {
         )?;
         let mut last = self.last.lock().await;
         if let Some((current, current_subjects)) = &*last {
-            if current != worker && !cfg.allow_worker_id_change {
+            if current != worker && !allow_id_change {
                 return Err(Error::WorkerIdChanged {
                     from: current.clone(),
                     to: worker.clone(),

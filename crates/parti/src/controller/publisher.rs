@@ -33,12 +33,10 @@ pub(crate) struct PublishMeta {
 #[derive(Debug)]
 pub(crate) struct Publisher {
     bucket: Arc<dyn Bucket>,
-    /// The term this leader publishes with: the election's term, raised above the committed
-    /// one when the election bucket was recreated and its terms started again (terms never go
-    /// back).
+    /// The term this leader publishes with: the election's term. A commit with a higher term
+    /// fences this leader out for good (terms restart when the election bucket is recreated,
+    /// which leaves every later leader fenced until an operator clears `cluster`: known).
     term: u64,
-    /// The term the election agent granted.
-    agent_term: u64,
     committed: Committed,
 }
 
@@ -46,21 +44,9 @@ impl Publisher {
     /// Reads what is committed. Garbage values are logged and treated as absent.
     pub(crate) async fn load(bucket: Arc<dyn Bucket>, agent_term: u64) -> Result<Self> {
         let committed = crate::records::read_published(&*bucket).await?;
-        let floor = committed.record.as_ref().map_or(0, |(r, _)| r.term);
-        let term = if floor >= agent_term {
-            tracing::warn!(
-                agent_term,
-                committed_term = floor,
-                "the election's term is not above the committed one (election bucket recreated?): publishing above it"
-            );
-            floor.saturating_add(1)
-        } else {
-            agent_term
-        };
         Ok(Self {
             bucket,
-            term,
-            agent_term,
+            term: agent_term,
             committed,
         })
     }
@@ -71,7 +57,7 @@ impl Publisher {
 
     /// The term the election agent granted this leader.
     pub(crate) fn agent_term(&self) -> u64 {
-        self.agent_term
+        self.term
     }
 
     /// Checks that nobody with a newer term committed since; returns the current record and

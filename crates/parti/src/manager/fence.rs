@@ -152,11 +152,8 @@ impl FenceParts {
             partitions: held,
             ..Assignment::default()
         };
-        let result = tokio::time::timeout(
-            self.consumer_timeout,
-            consumer.update_assignment(worker, &assignment),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(self.consumer_timeout, consumer.follow(worker, &assignment)).await;
         let error = match result {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,

@@ -63,8 +63,8 @@ pub struct TestCluster {
     pub ownership: OwnershipRecorder,
     /// What the test did to the workers (kills), for the ownership checker.
     pub faults: Mutex<Vec<FaultRecord>>,
-    /// Every commit seen on the `cluster` key: (when, version, reason).
-    pub commits: Arc<Mutex<Vec<(u64, u64, String)>>>,
+    /// Every commit seen on the `cluster` key.
+    pub commits: Arc<Mutex<Vec<Commit>>>,
     _commit_watch: tokio_util::task::AbortOnDropHandle<()>,
 }
 
@@ -104,8 +104,8 @@ impl TestCluster {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, v, _)| *v > after)
-            .map(|(_, _, r)| r.clone())
+            .filter(|c| c.version > after)
+            .map(|c| c.reason.clone())
             .collect()
     }
 
@@ -167,10 +167,10 @@ impl TestCluster {
             .lock()
             .unwrap()
             .iter()
-            .map(|(at_ns, version, _)| VersionRecord {
-                at_ns: *at_ns,
+            .map(|c| VersionRecord {
+                at_ns: c.at_ns,
                 source: "cluster".into(),
-                version: *version,
+                version: c.version,
             })
             .collect();
         history.faults = self.faults.lock().unwrap().clone();
@@ -268,8 +268,17 @@ impl TestCluster {
     }
 }
 
+/// A commit seen on the `cluster` key.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub at_ns: u64,
+    pub version: u64,
+    pub term: u64,
+    pub reason: String,
+}
+
 /// Records every commit of the `cluster` key (a phase-only rewrite of a version is kept once).
-async fn watch_commits(bucket: Arc<dyn Bucket>, commits: Arc<Mutex<Vec<(u64, u64, String)>>>) {
+async fn watch_commits(bucket: Arc<dyn Bucket>, commits: Arc<Mutex<Vec<Commit>>>) {
     use futures::StreamExt;
     use parti::store::WatchEvent;
     let Ok(mut stream) = bucket.watch(parti::records::CLUSTER_KEY).await else {
@@ -286,8 +295,13 @@ async fn watch_commits(bucket: Arc<dyn Bucket>, commits: Arc<Mutex<Vec<(u64, u64
             continue;
         };
         let mut commits = commits.lock().unwrap();
-        if commits.last().is_none_or(|(_, v, _)| *v != record.version) {
-            commits.push((now_ns(), record.version, record.reason));
+        if commits.last().is_none_or(|c| c.version != record.version) {
+            commits.push(Commit {
+                at_ns: now_ns(),
+                version: record.version,
+                term: record.term,
+                reason: record.reason,
+            });
         }
     }
 }

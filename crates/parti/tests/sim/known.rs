@@ -33,7 +33,7 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         violation: "gap",
-        faults: &["storeOutage"],
+        faults: &["storeOutage", "bucketDeleted"],
         reason: "an outage longer than workerIdTtl expires every stable ID: workers re-claim, \
                  elect and wait out a window, which takes longer than the default gap bound; \
                  the scenario's bound should include workerIdTtl (§13 liveness)",

@@ -21,7 +21,7 @@
 //!   manager's ownership records (each manager has an `OwnershipRecorder` as its sink), the
 //!   faults injected (a kill ends its process's holdings; every fault excuses gaps until it
 //!   heals), and the committed `cluster` versions the observer saw; tolerance 0, gap bound
-//!   heartbeatTtl + grace + electionTtl + 2 s, window from the end of the cold start to the
+//!   2 × heartbeatTtl + grace + electionTtl + 2 s, window from the end of the cold start to the
 //!   start of the final stop, gaps over the partitions the source served all along;
 //! - the simulation's own checks, which the checker does not make: every phase ends by
 //!   settling (the cluster converges within [`quiet`] of the last fault and stays so:
@@ -305,11 +305,16 @@ impl Sim {
     }
 
     /// Tolerance 0 (one clock), and a partition may go unheld for heartbeatTtl + grace +
-    /// electionTtl + 2 s after the last fault before it healed.
+    /// electionTtl + 2 s after the last fault before it healed, plus one heartbeat TTL: a
+    /// worker that comes back as a new process under a mapped ID is named only once its
+    /// predecessor's lease has provably ended, and the moves a new leader makes right after a
+    /// crash are release-then-acquire.
     fn check_config(&self) -> CheckConfig {
         let c = &self.config;
-        let bound =
-            c.heartbeat_ttl + c.emergency_grace_period() + c.election_ttl + Duration::from_secs(2);
+        let bound = c.heartbeat_ttl * 2
+            + c.emergency_grace_period()
+            + c.election_ttl
+            + Duration::from_secs(2);
         CheckConfig {
             tolerance_ns: 0,
             gap_bound_ns: u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX),
