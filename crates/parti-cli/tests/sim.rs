@@ -1,5 +1,6 @@
 //! `parti sim`: a short run of the demo, with a real nats-server and with the in-memory store,
-//! finishes with every invariant held and no message lost, and says so in its JSON report.
+//! finishes with every invariant held, the ownership checker's report clean and no message
+//! lost, and says so in its JSON report.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,6 +57,16 @@ fn assert_clean_run(out: &Output, report: &serde_json::Value, transport: &str) {
         "{context}"
     );
     assert_eq!(report["messages_lost"], 0, "{context}");
+    // The ownership checker's verdict, on what the workers actually held and handled.
+    assert_eq!(
+        report["check"]["violations"].as_array().map(Vec::len),
+        Some(0),
+        "{context}"
+    );
+    let counts = &report["check"]["counts"];
+    assert!(counts["holdings"].as_u64() >= Some(200), "{context}");
+    assert_eq!(counts["faults"], 5, "{context}");
+    assert!(out.stdout.contains("ownership check: clean"), "{context}");
     let sent = report["messages_sent"].as_u64().unwrap();
     assert!(sent > 0, "{context}");
     assert_eq!(

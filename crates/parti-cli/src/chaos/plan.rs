@@ -118,14 +118,17 @@ fn shuffle<T>(rng: &mut SplitMix, items: &mut [T]) {
 }
 
 /// The workers' configuration: short timings so that faults heal in seconds, and replicas 3
-/// on a cluster.
+/// on a cluster. On a cluster the leases are three times longer: losing a node stalls the
+/// replicated buckets while their streams elect new leaders (seconds), and a lease shorter
+/// than that fences every worker at once — correct, but then every partition waits.
 pub(crate) fn worker_config(cluster: bool) -> Config {
     let ms = Duration::from_millis;
+    let scale = if cluster { 3 } else { 1 };
     let mut config = Config::fast_for_tests();
-    config.heartbeat_interval = ms(250);
-    config.heartbeat_ttl = ms(1_000);
-    config.worker_id_ttl = ms(2_000);
-    config.election_ttl = ms(1_500);
+    config.heartbeat_interval = ms(250) * scale;
+    config.heartbeat_ttl = ms(1_000) * scale;
+    config.worker_id_ttl = ms(2_000) * scale;
+    config.election_ttl = ms(1_500) * scale;
     config.cold_start_window = ms(2_000);
     config.planned_scale_window = ms(1_000);
     config.startup_timeout = ms(20_000);

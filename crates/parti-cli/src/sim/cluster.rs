@@ -16,8 +16,11 @@ use super::transport::Attachment;
 pub(crate) struct Worker {
     /// Its start number (worker IDs can be reused after a crash; this cannot).
     pub(crate) n: usize,
+    /// Its manager.
     pub(crate) manager: Arc<Manager>,
+    /// What else it runs (the in-memory reader).
     attachment: Attachment,
+    /// Follows its events (the terms it leads under).
     _listener: AbortOnDropHandle<()>,
 }
 
@@ -37,8 +40,12 @@ impl Worker {
         }
     }
 
-    /// Everything stops at once, nothing is released (as a killed process).
+    /// Everything stops at once, nothing is released (as a killed process). Returns once
+    /// nothing of the worker runs any more: a kill stamped after it is after its last handling.
     pub(crate) async fn crash(self) {
+        if let Attachment::Memory(reader) = self.attachment {
+            reader.kill().await;
+        }
         self.manager.kill().await;
     }
 

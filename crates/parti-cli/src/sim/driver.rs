@@ -1,20 +1,24 @@
 //! One run: cold start, the chaos schedule with the recovery time of each fault, the final
-//! drain of messages, the end-of-run checks and the graceful stop.
+//! drain of messages, the end-of-run checks and the graceful stop; and the [`History`] the
+//! ownership checker judges (every worker's ownership records, every message sent and handled,
+//! every fault, every committed version).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use parti::Config;
+use parti::ownership::{OwnershipRecorder, now_ns};
 use parti::source::Static;
 use parti::store::Bucket;
+use parti_testkit::checker::{self, History};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::cluster::{Worker, Workers, problems};
-use super::ledger::{Ledger, Tally};
+use super::ledger::{Ledger, partition_id};
 use super::shared::{Shared, millis};
 use super::transport::Transport;
 use super::{Settings, SplitMix, observer};
@@ -43,6 +47,7 @@ pub(crate) enum Fault {
     Outage,
 }
 
+/// The order the [`Fault`]s are injected in.
 pub(crate) const SCHEDULE: [Fault; 5] = [
     Fault::Crash,
     Fault::Leave,
@@ -51,9 +56,10 @@ pub(crate) const SCHEDULE: [Fault; 5] = [
     Fault::Outage,
 ];
 
-/// One injected fault.
+/// One injected fault, as the report shows it.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct FaultRecord {
+pub(crate) struct FaultLine {
+    /// `crash`, `graceful_leave`, `join`, `leader_kill`, `nats_restart` or `store_outage`.
     pub(crate) kind: String,
     /// The worker it hit, if one.
     pub(crate) target: Option<String>,
@@ -61,6 +67,7 @@ pub(crate) struct FaultRecord {
     pub(crate) at_ms: u64,
     /// From the fault until the cluster converged again (`None`: skipped or not recovered).
     pub(crate) recovered_ms: Option<u64>,
+    /// Why it was skipped, or what went wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
 }
@@ -68,25 +75,44 @@ pub(crate) struct FaultRecord {
 /// What a run produced besides what [`Shared`] holds.
 #[derive(Debug)]
 pub(crate) struct Outcome {
+    /// From the start until the first convergence.
     pub(crate) cold_start_ms: Option<u64>,
-    pub(crate) faults: Vec<FaultRecord>,
-    pub(crate) tally: Tally,
+    /// The faults injected, in order.
+    pub(crate) faults: Vec<FaultLine>,
+    /// What the ownership checker judges.
+    pub(crate) history: History,
+    /// Wall time of the run.
     pub(crate) elapsed_ms: u64,
 }
 
+/// Runs the workers, the producer, the observer and the chaos schedule.
 pub(crate) struct Driver {
+    /// What to run.
     pub(crate) settings: Settings,
+    /// Every choice of the schedule.
     pub(crate) rng: SplitMix,
+    /// The workers' configuration.
     pub(crate) config: Config,
+    /// The partitions.
     pub(crate) source: Static,
+    /// Where coordination and messages go.
     pub(crate) transport: Transport,
+    /// Messages sent and handled.
     pub(crate) ledger: Arc<Ledger>,
+    /// What the observer, the listeners and the view share.
     pub(crate) shared: Arc<Shared>,
+    /// The live workers.
     pub(crate) workers: Arc<Workers>,
+    /// The start number of the next worker.
     pub(crate) next_n: usize,
+    /// Every worker's ownership records.
+    pub(crate) recorder: OwnershipRecorder,
+    /// The faults as the checker reads them.
+    pub(crate) faults: Vec<checker::FaultRecord>,
 }
 
 impl Driver {
+    /// The whole run; the workers and the server are stopped when it returns.
     pub(crate) async fn run(mut self) -> anyhow::Result<Outcome> {
         let bucket = self
             .transport
@@ -112,6 +138,8 @@ impl Driver {
             self.workers.add(started.context("a worker did not start")?);
         }
         let cold_start_ms = self.recover(start, "cold start", &*bucket).await;
+        // From here on every partition must be held (but for the faults' gaps).
+        let window_start = now_ns();
         let end = start + self.settings.duration;
         let faults = self.chaos(end, &*bucket).await;
         self.shared.set_phase("steady");
@@ -127,19 +155,30 @@ impl Driver {
         self.final_check(&*bucket).await;
         // What the final stop publishes is not part of the run.
         drop(observer);
+        let window_end = now_ns();
         self.stop_all().await;
         self.shared.set_phase("done");
+        let (sent, processed) = self.ledger.records();
+        let history = History {
+            ownership: self.recorder.records(),
+            processed,
+            sent,
+            faults: std::mem::take(&mut self.faults),
+            versions: self.shared.versions(),
+            partitions: (0..self.settings.partitions).map(partition_id).collect(),
+            window: (window_start, window_end),
+        };
         Ok(Outcome {
             cold_start_ms,
             faults,
-            tally: self.ledger.tally(),
+            history,
             elapsed_ms: self.shared.elapsed_ms(),
         })
     }
 
     /// The faults of [`SCHEDULE`], spread evenly between now and a little before `end`, each
     /// one no sooner than the previous one healed.
-    async fn chaos(&mut self, end: Instant, bucket: &dyn Bucket) -> Vec<FaultRecord> {
+    async fn chaos(&mut self, end: Instant, bucket: &dyn Bucket) -> Vec<FaultLine> {
         let chaos_start = Instant::now();
         let tail = (self.settings.duration / 6).max(Duration::from_secs(2));
         let span = end.saturating_duration_since(chaos_start + tail);
@@ -175,20 +214,41 @@ impl Driver {
         self.next_n += 1;
         let (config, source) = (self.config.clone(), self.source.clone());
         let ledger = Arc::clone(&self.ledger);
+        let recorder = self.recorder.clone();
         let shared = Arc::clone(&self.shared);
         let partitions = self.settings.partitions;
         let transport = self.transport.starter();
         async move {
             let (manager, attachment) = transport
-                .start_worker(config, source, &ledger, partitions)
+                .start_worker(config, source, &ledger, &recorder, partitions)
                 .await
                 .with_context(|| format!("worker #{n}"))?;
             Ok(Worker::new(n, manager, attachment, shared))
         }
     }
 
+    /// Records a fault for the checker: `kind` done to `target` (worker ID, instance ID) from
+    /// `start_ns` until `end_ns`.
+    fn record_fault(
+        &mut self,
+        kind: &str,
+        target: Option<(String, String)>,
+        (start_ns, end_ns): (u64, u64),
+        ends_process: bool,
+    ) {
+        let (worker, instance) = target.unzip();
+        self.faults.push(checker::FaultRecord {
+            kind: kind.to_owned(),
+            worker,
+            instance,
+            start_ns,
+            end_ns,
+            ends_process,
+        });
+    }
+
     /// Injects one fault and waits for the cluster to recover from it.
-    async fn inject(&mut self, fault: Fault, bucket: &dyn Bucket) -> FaultRecord {
+    async fn inject(&mut self, fault: Fault, bucket: &dyn Bucket) -> FaultLine {
         let kind = match fault {
             Fault::Crash => "crash",
             Fault::Leave => "graceful_leave",
@@ -196,7 +256,7 @@ impl Driver {
             Fault::LeaderKill => "leader_kill",
             Fault::Outage => self.transport.outage_name(),
         };
-        let mut record = FaultRecord {
+        let mut record = FaultLine {
             kind: kind.to_owned(),
             target: None,
             at_ms: self.shared.elapsed_ms(),
@@ -214,22 +274,36 @@ impl Driver {
                 let victim = self.pick(|m| !m.is_leader());
                 if let Some(worker) = victim.and_then(|n| self.workers.take(n)) {
                     let id = worker.manager.worker_id().to_string();
+                    let instance = worker.manager.instance_id().to_owned();
                     self.shared.set_phase(format!("{kind} {id}"));
-                    record.target = Some(id);
-                    if fault == Fault::Crash {
+                    record.target = Some(id.clone());
+                    let start_ns = now_ns();
+                    let crash = fault == Fault::Crash;
+                    if crash {
                         worker.crash().await;
                     } else if let Err(e) = worker.stop().await {
                         record.note = Some(format!("the stop failed: {e}"));
                     }
+                    // A kill is stamped once nothing of the worker runs any more.
+                    let end_ns = now_ns();
+                    let span = if crash {
+                        (end_ns, end_ns)
+                    } else {
+                        (start_ns, end_ns)
+                    };
+                    self.record_fault(kind, Some((id, instance)), span, crash);
                 }
             }
             Fault::LeaderKill => {
                 let leader = self.pick(|m| m.is_leader());
                 if let Some(worker) = leader.and_then(|n| self.workers.take(n)) {
                     let id = worker.manager.worker_id().to_string();
+                    let instance = worker.manager.instance_id().to_owned();
                     self.shared.set_phase(format!("{kind} {id}"));
-                    record.target = Some(id);
+                    record.target = Some(id.clone());
                     worker.crash().await;
+                    let at_ns = now_ns();
+                    self.record_fault(kind, Some((id, instance)), (at_ns, at_ns), true);
                 } else {
                     record.note = Some("skipped: no leader to kill".into());
                     return record;
@@ -237,10 +311,15 @@ impl Driver {
             }
             Fault::Join => {
                 self.shared.set_phase("join");
+                let start_ns = now_ns();
                 match self.start_worker().await {
                     Ok(worker) => {
-                        record.target = Some(worker.manager.worker_id().to_string());
+                        let id = worker.manager.worker_id().to_string();
+                        let instance = worker.manager.instance_id().to_owned();
+                        record.target = Some(id.clone());
                         self.workers.add(worker);
+                        let span = (start_ns, now_ns());
+                        self.record_fault(kind, Some((id, instance)), span, false);
                     }
                     Err(e) => {
                         self.shared
@@ -251,9 +330,16 @@ impl Driver {
             }
             Fault::Outage => {
                 self.shared.set_phase(kind);
-                if let Err(e) = self.transport.outage().await {
-                    self.shared.violate(format!("{kind} failed: {e:#}"));
-                    return record;
+                let start_ns = now_ns();
+                match self.transport.outage().await {
+                    Ok(lasts) => {
+                        let end_ns = now_ns().saturating_add(nanos(lasts));
+                        self.record_fault(kind, None, (start_ns, end_ns), false);
+                    }
+                    Err(e) => {
+                        self.shared.violate(format!("{kind} failed: {e:#}"));
+                        return record;
+                    }
                 }
             }
         }
@@ -328,4 +414,9 @@ impl Driver {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// Nanoseconds of `d` (saturating).
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -167,7 +167,12 @@ mod tests {
         let seqs: Vec<(String, u64)> = sent.into_iter().map(|s| (s.partition, s.seq)).collect();
         assert_eq!(
             seqs,
-            [("p0".into(), 0), ("p0".into(), 1), ("p0".into(), 2), ("p1".into(), 0)]
+            [
+                ("p0".into(), 0),
+                ("p0".into(), 1),
+                ("p0".into(), 2),
+                ("p1".into(), 0)
+            ]
         );
         assert_eq!(processed.len(), 6, "every handling, duplicates included");
     }
@@ -179,6 +184,10 @@ mod tests {
         ledger.sent(5);
         assert_eq!((ledger.sent_total(), ledger.processed_total()), (0, 0));
         assert!(ledger.drained());
-        assert_eq!(ledger.records().1.len(), 1, "recorded for the checker all the same");
+        assert_eq!(
+            ledger.records().1.len(),
+            1,
+            "recorded for the checker all the same"
+        );
     }
 }

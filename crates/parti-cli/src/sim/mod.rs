@@ -11,10 +11,19 @@
 //! - Recovery time of a fault: until the committed map covers exactly the live workers and
 //!   every partition, every live worker is `Stable` with its share, one leads — and that held
 //!   for a second.
-//! - Exit codes: 0 when every invariant held and no message was lost, 2 otherwise, 1 on error.
+//! - The verdict on ownership is the one checker's, `parti_testkit::checker::check`, as for
+//!   `parti chaos`: every worker's ownership records (one shared recorder), every message
+//!   handled (with the handling worker's instance) and sent, every fault, every committed
+//!   version. Tolerance 0 in memory (one clock, one process), [`NATS_TOLERANCE`] on NATS; gap
+//!   bound [`gap_bound`]. The sim itself checks what the checker does not: recovery within a
+//!   bound, convergence at the end, one leader per term, the terms and size of the published
+//!   maps, and counts partitions moved against the minimum.
+//! - Exit codes: 0 when the checker found nothing and every other check held, 2 otherwise, 1
+//!   on error.
 
 mod cluster;
 mod driver;
+mod holdings;
 mod ledger;
 mod memlog;
 mod observer;
@@ -32,13 +41,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use parti::ownership::OwnershipRecorder;
 use parti::{Config, Partition};
+use parti_testkit::checker::{self, CheckConfig};
 
 use crate::cli::Global;
 use crate::output::print;
 use crate::signal::stop_requested;
 
-use driver::Driver;
+use driver::{Driver, nanos};
 use ledger::Ledger;
 use report::{Header, SimReport};
 use shared::{Shared, millis};
@@ -46,6 +57,9 @@ use transport::Transport;
 
 /// Highest worker count: the IDs of the default pool (100) must cover the joins too.
 const MAX_WORKERS: usize = 90;
+/// The checker's tolerance on NATS: the workers share this process's clock, but a handler's
+/// stamp and the gate it passed are not one instant.
+const NATS_TOLERANCE: Duration = Duration::from_millis(20);
 
 /// Options of `parti sim`.
 #[derive(Debug, Args)]
@@ -109,6 +123,16 @@ pub(crate) async fn run(args: SimArgs, _global: &Global) -> anyhow::Result<ExitC
             }
         }
     };
+    let config = demo_config();
+    let tolerance = if transport.name() == "memory" {
+        Duration::ZERO
+    } else {
+        NATS_TOLERANCE
+    };
+    let check_config = CheckConfig {
+        tolerance_ns: nanos(tolerance),
+        gap_bound_ns: nanos(gap_bound(&config)),
+    };
     let header = Header {
         transport: transport.name(),
         transport_detail: transport.detail(),
@@ -117,6 +141,8 @@ pub(crate) async fn run(args: SimArgs, _global: &Global) -> anyhow::Result<ExitC
         partitions: settings.partitions,
         rate: settings.rate,
         duration_ms: millis(settings.duration),
+        tolerance_ms: millis(tolerance),
+        gap_bound_ms: millis(gap_bound(&config)),
     };
     eprintln!("transport: {}", header.transport_detail);
 
@@ -135,13 +161,15 @@ pub(crate) async fn run(args: SimArgs, _global: &Global) -> anyhow::Result<ExitC
     let driver = Driver {
         settings,
         rng: SplitMix(seed),
-        config: demo_config(),
+        config,
         source: parti::source::Static::new(partitions),
         transport,
         ledger,
         shared: Arc::clone(&shared),
         workers,
         next_n: 0,
+        recorder: OwnershipRecorder::default(),
+        faults: Vec::new(),
     };
     let outcome = tokio::select! {
         outcome = driver.run() => outcome,
@@ -153,12 +181,14 @@ pub(crate) async fn run(args: SimArgs, _global: &Global) -> anyhow::Result<ExitC
     };
     view.finish().await;
     let outcome = outcome?;
+    let check = checker::check(&outcome.history, &check_config);
     let report = SimReport::build(
         header,
         outcome,
         shared.publishes(),
         shared.unobserved_count(),
         shared.violations(),
+        check,
     );
     print(&report.human())?;
     if let Some(path) = &args.json_report {
@@ -189,6 +219,16 @@ fn demo_config() -> Config {
     config.operation_timeout = ms(1_000);
     config.assignment.min_rebalance_interval = ms(200);
     config
+}
+
+/// The checker's gap bound for workers running `config`: the longest a partition may stay
+/// unheld after the last fault healed — two heartbeat TTLs, the emergency grace period, the
+/// election TTL and 2 s.
+fn gap_bound(config: &Config) -> Duration {
+    config.heartbeat_ttl * 2
+        + config.emergency_grace_period()
+        + config.election_ttl
+        + Duration::from_secs(2)
 }
 
 /// The index of a demo partition (`p7` → 7).

@@ -1,12 +1,18 @@
 //! The final report of `parti sim`: a human summary on stdout and the same as JSON
-//! (`--json-report`). Field names are snake_case; [`SCHEMA`] is bumped on incompatible changes.
+//! (`--json-report`). Field names are snake_case (but inside `check`, the ownership checker's
+//! own report, camelCase); [`SCHEMA`] is bumped on incompatible changes.
+//!
+//! The message figures come from the checker's counts; the run passes when the checker found
+//! no violation and none of the sim's own checks (recovery, convergence, terms, the published
+//! maps) failed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use parti_testkit::checker::{Report, Violation};
 use serde::Serialize;
 
-use super::driver::{FaultRecord, Outcome};
+use super::driver::{FaultLine, Outcome};
 use super::observer::Publish;
 use crate::render::{age, table};
 
@@ -19,66 +25,123 @@ fn short(ms: u64) -> String {
     }
 }
 
-/// Version of the JSON document.
-pub(crate) const SCHEMA: u32 = 1;
+/// Version of the JSON document (2: the ownership checker's report, message figures from it).
+pub(crate) const SCHEMA: u32 = 2;
+
+/// Lost messages named in [`SimReport::lost_examples`].
+const LOST_EXAMPLES: usize = 10;
+
+/// Lines of the checker's own report shown in the text report (one per violation).
+const CHECK_LINES_SHOWN: usize = 30;
 
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct SimReport {
+    /// [`SCHEMA`].
     pub(crate) schema: u32,
-    /// True when no invariant failed and no message was lost (the exit code is then 0).
+    /// True when the ownership checker found nothing and no other check failed (the exit code
+    /// is then 0).
     pub(crate) passed: bool,
     /// `nats` or `memory`.
     pub(crate) transport: &'static str,
+    /// What exactly the transport was.
     pub(crate) transport_detail: String,
+    /// The schedule's seed.
     pub(crate) seed: u64,
+    /// Workers at the start.
     pub(crate) workers: usize,
+    /// Partitions.
     pub(crate) partitions: usize,
     /// Messages a second the producer aimed at.
     pub(crate) rate: u32,
+    /// How long the producer ran.
     pub(crate) duration_ms: u64,
+    /// Wall time of the run.
     pub(crate) elapsed_ms: u64,
     /// From the start until the first convergence.
     pub(crate) cold_start_ms: Option<u64>,
+    /// Distinct messages sent (acknowledged to the producer).
     pub(crate) messages_sent: u64,
     /// Distinct sent messages handled at least once.
     pub(crate) messages_processed: u64,
+    /// Sent, never handled (each one a `lost` violation of the checker).
     pub(crate) messages_lost: u64,
-    /// Handlings beyond the first.
+    /// Messages handled more than once (allowed: delivery is at least once).
     pub(crate) duplicates: u64,
     /// Handled, but the producer never saw the publish acknowledged.
     pub(crate) messages_unconfirmed: u64,
+    /// A few lost messages, `{partition}#{seq}`.
     pub(crate) lost_examples: Vec<String>,
     /// Publishes seen, plus those missed while the observer reconnected (`unobserved`).
     pub(crate) publishes: u64,
+    /// Publishes by their reason.
     pub(crate) publishes_by_reason: BTreeMap<String, u64>,
     /// Summed over the publishes that could be compared with the previous map.
     pub(crate) partitions_moved: u64,
+    /// The fewest moves those publishes needed.
     pub(crate) partitions_moved_minimum: u64,
+    /// Every publish seen.
     pub(crate) publish_log: Vec<Publish>,
-    pub(crate) faults: Vec<FaultRecord>,
+    /// Every fault injected.
+    pub(crate) faults: Vec<FaultLine>,
+    /// Failures of the sim's own checks (recovery, convergence, terms, published maps).
     pub(crate) invariant_violations: Vec<String>,
+    /// The checker's slack for processing near a holding's edges and overlaps.
+    pub(crate) tolerance_ms: u64,
+    /// The longest a partition may stay unheld after a fault healed.
+    pub(crate) gap_bound_ms: u64,
+    /// The checker's violations by kind (`overlap`, `gap`, `lost`, …).
+    pub(crate) ownership_violations_by_kind: BTreeMap<String, usize>,
+    /// The ownership checker's report.
+    pub(crate) check: Report,
 }
 
 /// The run's settings, for the report.
 #[derive(Debug, Clone)]
 pub(crate) struct Header {
+    /// `nats` or `memory`.
     pub(crate) transport: &'static str,
+    /// What exactly the transport was.
     pub(crate) transport_detail: String,
+    /// The schedule's seed.
     pub(crate) seed: u64,
+    /// Workers at the start.
     pub(crate) workers: usize,
+    /// Partitions.
     pub(crate) partitions: usize,
+    /// Messages a second.
     pub(crate) rate: u32,
+    /// How long the producer ran.
     pub(crate) duration_ms: u64,
+    /// The checker's tolerance.
+    pub(crate) tolerance_ms: u64,
+    /// The checker's gap bound.
+    pub(crate) gap_bound_ms: u64,
+}
+
+/// The `kind` tag of a violation, as serialized (`overlap`, `lost`, …).
+fn kind_of(violation: &Violation) -> String {
+    serde_json::to_value(violation)
+        .ok()
+        .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_owned)))
+        .unwrap_or_else(|| "other".into())
+}
+
+/// The number `n` as a `u64` (saturating).
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl SimReport {
+    /// Assembles the report from the run, what the observer saw, the sim's own violations and
+    /// the checker's report.
     pub(crate) fn build(
         header: Header,
         outcome: Outcome,
         publish_log: Vec<Publish>,
         unobserved: u64,
         invariant_violations: Vec<String>,
+        check: Report,
     ) -> Self {
         let mut publishes_by_reason: BTreeMap<String, u64> = BTreeMap::new();
         for p in &publish_log {
@@ -87,10 +150,26 @@ impl SimReport {
         if unobserved > 0 {
             publishes_by_reason.insert("unobserved".into(), unobserved);
         }
-        let tally = outcome.tally;
+        let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+        for violation in &check.violations {
+            *by_kind.entry(kind_of(violation)).or_default() += 1;
+        }
+        let lost_examples = check
+            .violations
+            .iter()
+            .filter_map(|v| match v {
+                Violation::Lost { record, .. } => {
+                    Some(format!("{}#{}", record.partition, record.seq))
+                }
+                _ => None,
+            })
+            .take(LOST_EXAMPLES)
+            .collect();
+        let c = &check.counts;
+        let processed = c.messages_sent.saturating_sub(c.messages_lost);
         Self {
             schema: SCHEMA,
-            passed: invariant_violations.is_empty() && tally.lost == 0,
+            passed: invariant_violations.is_empty() && check.is_clean(),
             transport: header.transport,
             transport_detail: header.transport_detail,
             seed: header.seed,
@@ -100,12 +179,12 @@ impl SimReport {
             duration_ms: header.duration_ms,
             elapsed_ms: outcome.elapsed_ms,
             cold_start_ms: outcome.cold_start_ms,
-            messages_sent: tally.sent,
-            messages_processed: tally.processed,
-            messages_lost: tally.lost,
-            duplicates: tally.duplicates,
-            messages_unconfirmed: tally.unconfirmed,
-            lost_examples: tally.lost_examples,
+            messages_sent: count(c.messages_sent),
+            messages_processed: count(processed),
+            messages_lost: count(c.messages_lost),
+            duplicates: count(c.messages_duplicated),
+            messages_unconfirmed: count(c.messages_handled.saturating_sub(processed)),
+            lost_examples,
             publishes: u64::try_from(publish_log.len()).unwrap_or(u64::MAX) + unobserved,
             publishes_by_reason,
             partitions_moved: publish_log.iter().filter_map(|p| p.moved).sum(),
@@ -113,6 +192,10 @@ impl SimReport {
             publish_log,
             faults: outcome.faults,
             invariant_violations,
+            tolerance_ms: header.tolerance_ms,
+            gap_bound_ms: header.gap_bound_ms,
+            ownership_violations_by_kind: by_kind,
+            check,
         }
     }
 
@@ -212,6 +295,25 @@ impl SimReport {
             let _ = writeln!(out, "  lost, e.g.: {}", self.lost_examples.join(" "));
         }
 
+        let _ = writeln!(
+            out,
+            "\nownership checker (tolerance {} ms, gap bound {}):",
+            self.tolerance_ms,
+            short(self.gap_bound_ms)
+        );
+        let check = self.check.to_string();
+        let lines: Vec<&str> = check.lines().collect();
+        for line in lines.iter().take(CHECK_LINES_SHOWN) {
+            let _ = writeln!(out, "  {line}");
+        }
+        if lines.len() > CHECK_LINES_SHOWN {
+            let _ = writeln!(
+                out,
+                "  … {} more lines (every violation is in --json-report)",
+                lines.len() - CHECK_LINES_SHOWN
+            );
+        }
+
         if self.invariant_violations.is_empty() {
             let _ = writeln!(out, "\ninvariant violations: none");
         } else {
@@ -224,10 +326,20 @@ impl SimReport {
                 let _ = writeln!(out, "  {v}");
             }
         }
+        let kinds: Vec<String> = self
+            .ownership_violations_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
         let _ = writeln!(
             out,
-            "\nresult: {}",
-            if self.passed { "PASS" } else { "FAIL" }
+            "\nresult: {}{}",
+            if self.passed { "PASS" } else { "FAIL" },
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" (ownership: {})", kinds.join(", "))
+            }
         );
         out
     }
@@ -245,8 +357,9 @@ fn push_indented(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
+    use parti_testkit::checker::{CheckConfig, History, SentRecord, check};
+
     use super::*;
-    use crate::sim::ledger::Tally;
 
     fn publish(version: u64, reason: &str, moved: Option<u64>, minimum: Option<u64>) -> Publish {
         Publish {
@@ -261,6 +374,31 @@ mod tests {
     }
 
     fn report(lost: u64, violations: Vec<String>) -> SimReport {
+        let sent = (0..10)
+            .map(|seq| SentRecord {
+                at_ns: 5,
+                partition: "p0".into(),
+                seq,
+            })
+            .collect();
+        let processed = (lost..10)
+            .map(|seq| parti_testkit::checker::ProcessedRecord {
+                at_ns: 6,
+                worker: "worker-0".into(),
+                instance: "i0".into(),
+                partition: "p0".into(),
+                seq,
+            })
+            .collect();
+        let history = History {
+            sent,
+            processed,
+            ..History::default()
+        };
+        let config = CheckConfig {
+            tolerance_ns: 0,
+            gap_bound_ns: 1,
+        };
         let header = Header {
             transport: "memory",
             transport_detail: "in-memory".into(),
@@ -269,23 +407,19 @@ mod tests {
             partitions: 200,
             rate: 100,
             duration_ms: 15_000,
+            tolerance_ms: 0,
+            gap_bound_ms: 8_375,
         };
         let outcome = Outcome {
             cold_start_ms: Some(2_500),
-            faults: vec![FaultRecord {
+            faults: vec![FaultLine {
                 kind: "crash".into(),
                 target: Some("worker-2".into()),
                 at_ms: 5_000,
                 recovered_ms: Some(2_100),
                 note: None,
             }],
-            tally: Tally {
-                sent: 10,
-                processed: 10 - lost,
-                duplicates: 1,
-                lost,
-                ..Tally::default()
-            },
+            history: History::default(),
             elapsed_ms: 16_000,
         };
         let log = vec![
@@ -293,7 +427,12 @@ mod tests {
             publish(2, "emergency", Some(50), Some(50)),
             publish(4, "scale_up", Some(40), Some(38)),
         ];
-        SimReport::build(header, outcome, log, 1, violations)
+        let mut checked = check(&history, &config);
+        // The handlings have no holding behind them: keep only what the tests are about.
+        checked
+            .violations
+            .retain(|v| matches!(v, Violation::Lost { .. }));
+        SimReport::build(header, outcome, log, 1, violations, checked)
     }
 
     #[test]
@@ -330,6 +469,11 @@ mod tests {
         assert_eq!(json["faults"][0]["recovered_ms"], 2_100);
         let text = r.human();
         assert!(text.contains("result: PASS"), "{text}");
+        assert!(text.contains("ownership check: clean"), "{text}");
+        assert_eq!(
+            json["check"]["violations"].as_array().map(Vec::len),
+            Some(0)
+        );
         assert!(
             text.contains("partitions moved: 90 (minimum needed: 88)"),
             "{text}"
@@ -338,7 +482,15 @@ mod tests {
 
     #[test]
     fn a_lost_message_or_a_violation_fails_the_run() {
-        assert!(!report(1, Vec::new()).passed);
+        let lost = report(1, Vec::new());
+        assert!(!lost.passed);
+        assert_eq!(
+            (lost.messages_lost, lost.messages_processed),
+            (1, 9),
+            "{lost:?}"
+        );
+        assert_eq!(lost.lost_examples, ["p0#0"]);
+        assert!(lost.human().contains("result: FAIL (ownership: 1 lost)"));
         let r = report(0, vec!["two leaders in term 3".into()]);
         assert!(!r.passed);
         assert!(r.human().contains("result: FAIL"));

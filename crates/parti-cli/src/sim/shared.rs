@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use parti_testkit::checker::VersionRecord;
 use tokio::time::Instant;
 
 use super::observer::{Latest, Publish};
@@ -16,6 +17,8 @@ pub(crate) struct Shared {
     violations: Mutex<Vec<String>>,
     publishes: Mutex<Vec<Publish>>,
     unobserved: Mutex<u64>,
+    /// Every committed version the observer saw, for the checker.
+    versions: Mutex<Vec<VersionRecord>>,
     latest: Mutex<Latest>,
     /// Leader term → the simulated worker (by start number) that led under it.
     terms: Mutex<BTreeMap<u64, usize>>,
@@ -33,6 +36,7 @@ impl Shared {
             violations: Mutex::default(),
             publishes: Mutex::default(),
             unobserved: Mutex::default(),
+            versions: Mutex::default(),
             latest: Mutex::default(),
             terms: Mutex::default(),
         }
@@ -82,6 +86,16 @@ impl Shared {
 
     pub(crate) fn unobserved_count(&self) -> u64 {
         *lock(&self.unobserved)
+    }
+
+    /// The observer saw a committed version.
+    pub(crate) fn version(&self, record: VersionRecord) {
+        lock(&self.versions).push(record);
+    }
+
+    /// Every committed version seen so far.
+    pub(crate) fn versions(&self) -> Vec<VersionRecord> {
+        lock(&self.versions).clone()
     }
 
     pub(crate) fn set_latest(&self, latest: Latest) {

@@ -8,13 +8,16 @@ use anyhow::Context as _;
 use async_nats::jetstream::stream::{self, RetentionPolicy};
 use async_nats::jetstream::{self, Message};
 use parti::error::BoxError;
+use parti::ownership::{OwnershipRecorder, now_ns};
 use parti::store::{Bucket, BucketSpec, MemoryStore, NatsStore, Store};
 use parti::{Config, Manager, WorkerConsumer};
+use parti_testkit::checker::ProcessedRecord;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::ledger::Ledger;
-use super::memlog::{MemLog, Reader};
+use super::holdings::{Holdings, WorkerSink};
+use super::ledger::{Ledger, partition_id};
+use super::memlog::{LetGo, MemLog, Reader};
 use super::producer::{self, Sink};
 use super::server::NatsProcess;
 
@@ -156,12 +159,16 @@ impl Transport {
     }
 
     /// The outage fault: the server killed and started again, or every store client cut off.
-    pub(crate) async fn outage(&mut self) -> anyhow::Result<()> {
+    /// Returns how long after the return the outage still lasts (0 when it already healed).
+    pub(crate) async fn outage(&mut self) -> anyhow::Result<Duration> {
         match self {
-            Self::Nats(nats) => nats.server.restart(NATS_DOWNTIME).await,
+            Self::Nats(nats) => {
+                nats.server.restart(NATS_DOWNTIME).await?;
+                Ok(Duration::ZERO)
+            }
             Self::Memory { store, .. } => {
                 store.backend_faults().cut_off_for(MEMORY_OUTAGE);
-                Ok(())
+                Ok(MEMORY_OUTAGE)
             }
         }
     }
@@ -187,14 +194,18 @@ pub(crate) enum Starter {
 }
 
 impl Starter {
-    /// Starts one worker; returns once it is `Stable`.
+    /// Starts one worker, its ownership records going to `recorder`; returns once it is
+    /// `Stable`.
     pub(crate) async fn start_worker(
         &self,
         config: Config,
         source: parti::source::Static,
         ledger: &Arc<Ledger>,
+        recorder: &OwnershipRecorder,
         partitions: usize,
     ) -> anyhow::Result<(Arc<Manager>, Attachment)> {
+        let holdings = Arc::new(Holdings::default());
+        let sink = Arc::new(WorkerSink::new(recorder.clone(), Arc::clone(&holdings)));
         match self {
             Self::Nats { url } => {
                 let client = connect(url).await?;
@@ -207,12 +218,13 @@ impl Starter {
                     .takeover_after(Duration::from_secs(2))
                     .check_interval(Duration::from_secs(1))
                     .close_timeout(Duration::from_secs(3))
-                    .handler(handler(Arc::clone(ledger)))
+                    .handler(handler(Arc::clone(ledger), holdings))
                     .build()
                     .await?;
                 let manager = Manager::builder(js)
                     .config(config)
                     .source(source)
+                    .ownership_sink(sink)
                     .consumer(consumer)
                     .start()
                     .await?;
@@ -220,9 +232,15 @@ impl Starter {
             }
             Self::Memory { store, log } => {
                 let client = store.client();
+                let let_go = LetGo {
+                    holdings: Arc::clone(&holdings),
+                    log: Arc::clone(log),
+                };
                 let manager = Manager::builder_with_store(Arc::new(client.clone()))
                     .config(config)
                     .source(source)
+                    .ownership_sink(sink)
+                    .hooks(let_go)
                     .start()
                     .await?;
                 let manager = Arc::new(manager);
@@ -230,6 +248,7 @@ impl Starter {
                     Arc::clone(log),
                     Arc::clone(ledger),
                     Arc::clone(&manager),
+                    holdings,
                     client,
                 );
                 Ok((manager, Attachment::Memory(reader)))
@@ -248,11 +267,14 @@ async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("cannot connect to {url}"))
 }
 
-/// Records every message handled: partition from the subject, sequence from the payload.
+/// Records every message handled: when, by whom (as the worker's ownership records name it),
+/// partition from the subject, sequence from the payload.
 fn handler(
     ledger: Arc<Ledger>,
+    holdings: Arc<Holdings>,
 ) -> impl Fn(Message) -> std::future::Ready<Result<(), BoxError>> + Send + Sync + 'static {
     move |msg: Message| {
+        let at_ns = now_ns();
         let partition = msg
             .subject
             .as_str()
@@ -263,7 +285,14 @@ fn handler(
             .ok()
             .and_then(|s| s.parse::<u64>().ok());
         if let (Some(partition), Some(seq)) = (partition, seq) {
-            ledger.handled(partition, seq);
+            let (worker, instance) = holdings.identity();
+            ledger.handled([ProcessedRecord {
+                at_ns,
+                worker,
+                instance,
+                partition: partition_id(partition),
+                seq,
+            }]);
         }
         std::future::ready(Ok(()))
     }
