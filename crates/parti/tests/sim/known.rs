@@ -25,6 +25,27 @@ const MAP_LOST: &[&str] = &["garbage", "bucketDeleted"];
 /// Every known failure.
 pub const KNOWN: &[Known] = &[
     Known {
+        violation: "overlap",
+        faults: &["bucketDeleted"],
+        reason: "a bucket deleted and recreated under a running cluster restarts its revisions: \
+                 membership's replay guard and the proof-of-departure rules assume revisions \
+                 only grow, so a live worker can be taken for gone (§13, bucket recreated: the \
+                 fleet issue's bucket-loss detection)",
+    },
+    Known {
+        violation: "revived",
+        faults: &["bucketDeleted"],
+        reason: "the same: a recreated bucket restarts revisions and its watches replay from \
+                 scratch (§13, bucket recreated)",
+    },
+    Known {
+        violation: "rollingRestartMoved",
+        faults: &["pause", "idStolen"],
+        reason: "a restarted worker whose old ID is still held (by a paused process, or one that \
+                 took it while the owner was cut off) comes back under another ID, so its \
+                 partitions move; the check assumes every ID comes back",
+    },
+    Known {
         violation: "epochNotIncreasing",
         faults: &["bucketDeleted"],
         reason: "the version floor lives in the assignment bucket and the heartbeats: losing the \
