@@ -177,6 +177,7 @@ pub fn check(history: &History, config: &CheckConfig) -> Report {
     }));
     violations.extend(rules::version_regressions(&timeline, &history.versions));
     violations.sort_by_key(Violation::at_ns);
+    let handoffs = rules::handoff_gaps(&timeline);
     Report {
         counts: Counts {
             holdings: timeline.holdings.len(),
@@ -190,6 +191,9 @@ pub fn check(history: &History, config: &CheckConfig) -> Report {
             faults: history.faults.len(),
             unmatched_releases: timeline.unmatched_releases,
             records_after_kill: timeline.records_after_kill,
+            handoffs: handoffs.len(),
+            handoff_gap_median_ns: handoffs.get(handoffs.len() / 2).copied().unwrap_or(0),
+            handoff_gap_max_ns: handoffs.last().copied().unwrap_or(0),
         },
         violations,
     }

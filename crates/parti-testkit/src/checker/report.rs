@@ -55,6 +55,13 @@ pub struct Counts {
     pub unmatched_releases: usize,
     /// Ownership records stamped after their process was killed (ignored).
     pub records_after_kill: usize,
+    /// Hand-offs: a holding that ended by its `release`, followed by another process's holding
+    /// of the partition.
+    pub handoffs: usize,
+    /// The median time from such a release to the next holder's `hold`, in ns.
+    pub handoff_gap_median_ns: u64,
+    /// The longest such time, in ns.
+    pub handoff_gap_max_ns: u64,
 }
 
 /// A time interval `[from_ns, to_ns)` in Unix ns.
@@ -408,6 +415,15 @@ impl fmt::Display for Report {
             c.messages_lost,
             c.messages_duplicated
         )?;
+        if c.handoffs > 0 {
+            writeln!(
+                f,
+                "  hand-offs: {} (release → next hold: median {:.1} ms, max {:.1} ms)",
+                c.handoffs,
+                c.handoff_gap_median_ns as f64 / 1e6,
+                c.handoff_gap_max_ns as f64 / 1e6
+            )?;
+        }
         if c.unmatched_releases > 0 || c.records_after_kill > 0 {
             writeln!(
                 f,

@@ -68,6 +68,33 @@ pub(super) fn epochs(timeline: &Timeline<'_>) -> Vec<Violation> {
     violations
 }
 
+/// Every release followed by another process's hold of the partition: the release → acquire
+/// gaps of hand-offs, in ns, sorted.
+pub(super) fn handoff_gaps(timeline: &Timeline<'_>) -> Vec<u64> {
+    let mut by_partition: BTreeMap<&str, Vec<&Holding<'_>>> = BTreeMap::new();
+    for holding in &timeline.holdings {
+        by_partition
+            .entry(holding.partition)
+            .or_default()
+            .push(holding);
+    }
+    let mut gaps = Vec::new();
+    for (_, mut holdings) in by_partition {
+        holdings.sort_by_key(|holding| (holding.held_at_ns, holding.epoch));
+        for pair in holdings.windows(2) {
+            if let [previous, next] = pair
+                && previous.instance != next.instance
+                && let Some(released) = previous.released_at_ns
+                && next.held_at_ns >= released
+            {
+                gaps.push(next.held_at_ns - released);
+            }
+        }
+    }
+    gaps.sort_unstable();
+    gaps
+}
+
 /// Per required partition, every stretch of the window nobody held, longer than `bound_ns`
 /// past the faults that excuse it.
 pub(super) fn gaps(timeline: &Timeline<'_>, history: &History, bound_ns: u64) -> Vec<Violation> {

@@ -793,3 +793,33 @@ proptest! {
         let _ = parse_jsonl::<OwnershipRecord>(&bytes);
     }
 }
+
+#[test]
+fn hand_off_gaps_are_measured_from_release_to_the_next_hold() {
+    let history = History {
+        ownership: vec![
+            hold(0, "a", "p", 1, 1_000),
+            release(10, "a", "p", 1),
+            hold(15, "b", "p", 2, 1_000),
+            hold(0, "a", "q", 1, 1_000),
+            release(20, "a", "q", 1),
+            hold(60, "b", "q", 3, 1_000),
+            // A kill is not a hand-off.
+            hold(0, "c", "r", 1, 1_000),
+            hold(900, "b", "r", 4, 1_000),
+        ],
+        faults: vec![kill(100, "c")],
+        window: (0, 0),
+        ..History::default()
+    };
+    let report = check(
+        &history,
+        &CheckConfig {
+            tolerance_ns: 0,
+            gap_bound_ns: u64::MAX,
+        },
+    );
+    assert_eq!(report.counts.handoffs, 2);
+    assert_eq!(report.counts.handoff_gap_median_ns, 40);
+    assert_eq!(report.counts.handoff_gap_max_ns, 40);
+}
