@@ -130,14 +130,7 @@ impl ChaosReport {
         leftover: Option<Leftover>,
         check: Report,
     ) -> Self {
-        let mut violations_by_kind = BTreeMap::new();
-        for violation in &check.violations {
-            let kind = serde_json::to_value(violation)
-                .ok()
-                .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_owned)))
-                .unwrap_or_else(|| "other".into());
-            *violations_by_kind.entry(kind).or_insert(0) += 1;
-        }
+        let violations_by_kind = check.violations_by_kind();
         let clean = check.is_clean();
         Self {
             header,

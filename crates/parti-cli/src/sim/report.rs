@@ -119,14 +119,6 @@ pub(crate) struct Header {
     pub(crate) gap_bound_ms: u64,
 }
 
-/// The `kind` tag of a violation, as serialized (`overlap`, `lost`, …).
-fn kind_of(violation: &Violation) -> String {
-    serde_json::to_value(violation)
-        .ok()
-        .and_then(|v| v.get("kind").and_then(|k| k.as_str().map(str::to_owned)))
-        .unwrap_or_else(|| "other".into())
-}
-
 /// The number `n` as a `u64` (saturating).
 fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -150,10 +142,7 @@ impl SimReport {
         if unobserved > 0 {
             publishes_by_reason.insert("unobserved".into(), unobserved);
         }
-        let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
-        for violation in &check.violations {
-            *by_kind.entry(kind_of(violation)).or_default() += 1;
-        }
+        let by_kind = check.violations_by_kind();
         let lost_examples = check
             .violations
             .iter()

@@ -22,6 +22,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// How many violations of each kind (the `kind` tag of their JSON form).
+    pub fn violations_by_kind(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_kind = std::collections::BTreeMap::new();
+        for violation in &self.violations {
+            *by_kind.entry(violation.kind().to_owned()).or_insert(0) += 1;
+        }
+        by_kind
+    }
+
     /// No violation was found. Duplicated messages are allowed (at-least-once) and only counted.
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty()
@@ -274,6 +283,20 @@ pub enum Violation {
 }
 
 impl Violation {
+    /// The kind, as its JSON `kind` tag says it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Violation::Overlap { .. } => "overlap",
+            Violation::Revived { .. } => "revived",
+            Violation::NoLease { .. } => "noLease",
+            Violation::EpochNotIncreasing { .. } => "epochNotIncreasing",
+            Violation::Gap { .. } => "gap",
+            Violation::ProcessedWithoutHolding { .. } => "processedWithoutHolding",
+            Violation::Lost { .. } => "lost",
+            Violation::VersionRegression { .. } => "versionRegression",
+        }
+    }
+
     /// When it happened (the start of the overlap or gap, the time of the offending record):
     /// what reports are ordered by.
     pub fn at_ns(&self) -> u64 {
