@@ -287,6 +287,7 @@ impl Runtime {
         let (suppress_tx, suppress_rx) = watch::channel(None);
         let mut leader: Option<LeaderTask> = None;
         let mut restart_delay = Duration::from_millis(100);
+        let mut restart_at: Option<tokio::time::Instant> = None;
         let mut released = self.released.clone();
         let mut degraded =
             DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
@@ -299,6 +300,13 @@ impl Runtime {
             let deadline = self.holder.as_ref().and_then(Holder::next_deadline);
             tokio::select! {
                 () = cancel.cancelled() => break IdExit::Shutdown,
+                () = async { match restart_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                    restart_at = None;
+                    let still_leading = *leadership.borrow();
+                    if let (Leadership::Leader { term }, None) = (still_leading, &leader) {
+                        leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
+                    }
+                }
                 () = sleep_until_ns(deadline) => {
                     let change = self.holder_mut().tick(unix_ns());
                     self.send_change(&mut session, change);
@@ -399,12 +407,12 @@ impl Runtime {
                         self.events.error(e);
                     }
                     let still_leading = *leadership.borrow();
-                    if let Leadership::Leader { term } = still_leading {
+                    if let Leadership::Leader { .. } = still_leading {
                         // Back off between restarts (a controller failing at once would
-                        // otherwise spin), up to the heartbeat TTL.
-                        tokio::time::sleep(restart_delay).await;
+                        // otherwise spin), up to the heartbeat TTL — on a timer, so that this
+                        // loop keeps renewing and following meanwhile.
+                        restart_at = Some(tokio::time::Instant::now() + restart_delay);
                         restart_delay = (restart_delay * 2).min(self.config.heartbeat_ttl);
-                        leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
                     }
                 }
             }
