@@ -137,6 +137,7 @@ impl FenceParts {
     /// Points the consumer at what is held once `lost` is let go: the local gate at once
     /// (waiting for handler calls of `lost` still running), then the filter.
     async fn gate(&self, worker: &WorkerId, lost: &[Partition]) {
+        let lost: std::collections::BTreeSet<&Partition> = lost.iter().collect();
         let held: Vec<Partition> = self
             .holdings
             .held()
