@@ -95,13 +95,7 @@ impl Publisher {
             // retried commit whose reply was lost, garbage): build on what is there now.
             self.committed = crate::records::read_published(&*self.bucket).await?;
         }
-        let records_floor = self
-            .committed
-            .workers
-            .values()
-            .map(|(_, r)| r.version)
-            .max()
-            .unwrap_or(0);
+        let records_floor = self.records_floor().await?;
         let base_version = current
             .as_ref()
             .map_or(0, |r| r.version)
@@ -196,6 +190,33 @@ impl Publisher {
             }
         }
         Ok(version)
+    }
+
+    /// The highest version any worker value carries: the committed ones, or — when the commit
+    /// is garbage or gone — every value left in the bucket, so that versions (and the epochs
+    /// built on them) never start again below what workers may have held.
+    async fn records_floor(&self) -> Result<u64> {
+        let committed = self
+            .committed
+            .workers
+            .values()
+            .map(|(_, r)| r.version)
+            .max();
+        if self.committed.record.is_some() {
+            return Ok(committed.unwrap_or(0));
+        }
+        let pattern = format!("{}>", crate::records::WORKER_KEY_PREFIX);
+        let listed = self
+            .bucket
+            .list(&pattern)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                codec::decode::<WorkerRecord>(self.bucket.name(), &e.key, &e.value).ok()
+            })
+            .map(|r| r.version)
+            .max();
+        Ok(committed.max(listed).unwrap_or(0))
     }
 
     /// Live members whose holdings the committed state does not tell: all of them when the
