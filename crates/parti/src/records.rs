@@ -17,6 +17,18 @@ use crate::store::{Bucket, codec};
 pub const CLUSTER_KEY: &str = "cluster";
 /// Key a follower writes to ask the leader for a partition refresh.
 pub const REFRESH_KEY: &str = "refresh";
+/// Key of the version floor: each publish writes its version here before it commits, so that
+/// versions (and the epochs built on them) never start again below it when the `cluster`
+/// record is lost or garbage.
+pub const FLOOR_KEY: &str = "floor";
+
+/// `floor`: the highest version a publish may have committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionFloor {
+    /// The version.
+    pub version: u64,
+}
 /// Prefix of the per-worker assignment keys.
 pub const WORKER_KEY_PREFIX: &str = "worker.";
 

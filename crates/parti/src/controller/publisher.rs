@@ -15,7 +15,9 @@ use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
-use crate::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, worker_key};
+use crate::records::{
+    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, Slot, VersionFloor, WorkerRecord, worker_key,
+};
 use crate::state::ClusterPhase;
 use crate::store::{Bucket, codec};
 
@@ -164,6 +166,9 @@ impl Publisher {
             first_assignment_at,
             lineages: handoff::lineages(map.workers(), members),
         };
+        // The floor first: a commit may land even when its reply is lost.
+        let floor = codec::encode(&VersionFloor { version })?;
+        self.bucket.put(FLOOR_KEY, floor).await?;
         let revision = self.commit(&record, cluster_rev).await?;
 
         let departed: Vec<WorkerId> = self
@@ -202,6 +207,16 @@ impl Publisher {
             .values()
             .map(|(_, r)| r.version)
             .max();
+        let floor = match self.bucket.get(FLOOR_KEY).await? {
+            Some(entry) => {
+                codec::decode::<VersionFloor>(self.bucket.name(), FLOOR_KEY, &entry.value)
+                    .inspect_err(crate::records::garbage_seen)
+                    .ok()
+                    .map(|f| f.version)
+            }
+            None => None,
+        };
+        let committed = committed.max(floor);
         if self.committed.record.is_some() {
             return Ok(committed.unwrap_or(0));
         }
