@@ -62,27 +62,29 @@ pub const KNOWN: &[Known] = &[
     Known {
         violation: "versionRegression",
         faults: MAP_LOST,
-        reason: "no durable version floor: over a garbage or recreated `cluster` record the \
-                 next leader publishes from version 1 again (§5.4)",
+        reason: "the observer sees a phase-only stub or a first commit in a recreated bucket \
+                 (floor key gone with it) below what it saw before (§13 durable floor across \
+                 bucket loss)",
     },
     Known {
         violation: "notConverged",
         faults: &["garbage", "bucketDeleted", "idStolen"],
-        reason: "after the version restarted lower, workers holding a higher one never apply \
-                 the new map (§5.4 version floor); a worker that lost its ID and re-claimed \
-                 another is not always taken back into the map (§13 stable ID loss)",
+        reason: "with the commit lost or garbage, or a recreated bucket, recovery goes through \
+                 a cold-start window and may outlast the settle time; a worker that lost its ID \
+                 and re-claimed another is not always taken back into the map in time (§13 \
+                 stable ID loss)",
     },
     Known {
         violation: "crashMovedOthers",
         faults: MAP_LOST,
         reason: "a leader that lost the committed map assigns from scratch, so a crash moves \
-                 partitions of survivors too (§5.4 version floor)",
+                 partitions of survivors too (the map itself is not kept anywhere else)",
     },
     Known {
         violation: "gap",
         faults: MAP_LOST,
-        reason: "the same: partitions moved by a map workers refuse to apply stay unheld \
-                 (§5.4 version floor)",
+        reason: "with the commit lost, every partition waits for every live worker to release \
+                 and the next leader starts with a window: the gap outlasts the default bound",
     },
     Known {
         violation: "twoLeaders",
