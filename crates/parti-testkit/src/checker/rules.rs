@@ -40,8 +40,9 @@ pub(super) fn overlaps(timeline: &Timeline<'_>, tolerance_ns: u64) -> Vec<Violat
     violations
 }
 
-/// Per partition, holdings ordered by start must have strictly increasing epochs.
-pub(super) fn epochs(timeline: &Timeline<'_>) -> Vec<Violation> {
+/// Per partition, its holdings in the order they started (on a tie in time, the lower epoch
+/// first: only a real step back counts as one).
+fn successions<'t, 'a>(timeline: &'t Timeline<'a>) -> BTreeMap<&'a str, Vec<&'t Holding<'a>>> {
     let mut by_partition: BTreeMap<&str, Vec<&Holding<'_>>> = BTreeMap::new();
     for holding in &timeline.holdings {
         by_partition
@@ -49,10 +50,16 @@ pub(super) fn epochs(timeline: &Timeline<'_>) -> Vec<Violation> {
             .or_default()
             .push(holding);
     }
-    let mut violations = Vec::new();
-    for (partition, mut holdings) in by_partition {
-        // On a tie in time, the lower epoch first: only a real step back is reported.
+    for holdings in by_partition.values_mut() {
         holdings.sort_by_key(|holding| (holding.held_at_ns, holding.epoch));
+    }
+    by_partition
+}
+
+/// Per partition, holdings ordered by start must have strictly increasing epochs.
+pub(super) fn epochs(timeline: &Timeline<'_>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for (partition, holdings) in successions(timeline) {
         for pair in holdings.windows(2) {
             if let [previous, next] = pair
                 && next.epoch <= previous.epoch
@@ -71,16 +78,8 @@ pub(super) fn epochs(timeline: &Timeline<'_>) -> Vec<Violation> {
 /// Every release followed by another process's hold of the partition: the release → acquire
 /// gaps of hand-offs, in ns, sorted.
 pub(super) fn handoff_gaps(timeline: &Timeline<'_>) -> Vec<u64> {
-    let mut by_partition: BTreeMap<&str, Vec<&Holding<'_>>> = BTreeMap::new();
-    for holding in &timeline.holdings {
-        by_partition
-            .entry(holding.partition)
-            .or_default()
-            .push(holding);
-    }
     let mut gaps = Vec::new();
-    for (_, mut holdings) in by_partition {
-        holdings.sort_by_key(|holding| (holding.held_at_ns, holding.epoch));
+    for (_, holdings) in successions(timeline) {
         for pair in holdings.windows(2) {
             if let [previous, next] = pair
                 && previous.instance != next.instance
