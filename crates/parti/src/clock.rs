@@ -24,3 +24,12 @@ pub(crate) fn unix_ns() -> u64 {
     let elapsed = tokio::time::Instant::now().saturating_duration_since(base);
     base_ns.saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
 }
+
+/// Sleeps until `at`, or for ever when there is nothing to wait for (a `select!` branch that
+/// only fires when a deadline is set).
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

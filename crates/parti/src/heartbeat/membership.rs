@@ -211,7 +211,7 @@ async fn run(
             let doubt = tracker.next_doubt();
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = sleep_until_some(doubt) => tracker.expire_doubtful(Instant::now()),
+                () = crate::clock::sleep_until_opt(doubt) => tracker.expire_doubtful(Instant::now()),
                 () = tokio::time::sleep_until(resync_at) => {
                     // Never cut a snapshot short: a huge one would restart for ever.
                     if tracker.snapshot.is_none() {
@@ -231,13 +231,6 @@ async fn run(
                 },
             }
         }
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

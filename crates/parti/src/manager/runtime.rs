@@ -300,7 +300,7 @@ impl Runtime {
             let deadline = self.holder.as_ref().and_then(Holder::next_deadline);
             tokio::select! {
                 () = cancel.cancelled() => break IdExit::Shutdown,
-                () = async { match restart_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => {
+                () = crate::clock::sleep_until_opt(restart_at) => {
                     restart_at = None;
                     let still_leading = *leadership.borrow();
                     if let (Leadership::Leader { term }, None) = (still_leading, &leader) {

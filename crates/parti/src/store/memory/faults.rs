@@ -221,12 +221,7 @@ pub(super) async fn wait_unpaused(a: &Faults, b: &Faults) {
         let Some(until) = merge_cut_offs(a.paused_until(now), b.paused_until(now)) else {
             return;
         };
-        let timer = async {
-            match until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = crate::clock::sleep_until_opt(until);
         tokio::select! {
             () = timer => {}
             _ = a_changes.changed() => {}

@@ -107,12 +107,7 @@ impl Watch {
 
     /// Waits until `until` (if any) or until the faults or the set of buckets change.
     async fn changes_or(&mut self, until: Option<tokio::time::Instant>) {
-        let timer = async {
-            match until {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = crate::clock::sleep_until_opt(until);
         tokio::select! {
             () = timer => {}
             _ = self.client_changes.changed() => {}
