@@ -173,12 +173,65 @@ impl OwnershipLog {
     }
 }
 
+/// The partitions a worker holds at one instant, each with its holding's **epoch**: what
+/// [`Manager::held`](crate::Manager::held) and
+/// [`Manager::watch_held`](crate::Manager::watch_held) give the application.
+///
+/// The epoch is a fencing token: it is strictly greater than the epoch of every earlier holding
+/// of the same partition, by any worker. Pass it to the stores the application writes to and
+/// let them refuse writes that carry an older one (`UPDATE … SET epoch = $1 WHERE id = $2 AND
+/// epoch <= $1`): a worker that was paused past its lease and resumes mid-write is then turned
+/// away even before it notices it lost the partition. `docs/ownership.md` shows the pattern.
+///
+/// ```
+/// use parti::ownership::Held;
+/// use parti::Partition;
+/// let held = Held::default();
+/// assert!(held.is_empty());
+/// assert_eq!(held.epoch(&Partition::new(["tenant-7"], 1)?), None);
+/// # Ok::<(), parti::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Partition ID → (partition, epoch).
+    partitions: BTreeMap<String, (Partition, u64)>,
+}
+
+impl Held {
+    /// The epoch of the holding of `partition`, or `None` when it is not held.
+    pub fn epoch(&self, partition: &Partition) -> Option<u64> {
+        self.partitions.get(&partition.id()).map(|(_, e)| *e)
+    }
+
+    /// Whether `partition` is held.
+    pub fn contains(&self, partition: &Partition) -> bool {
+        self.partitions.contains_key(&partition.id())
+    }
+
+    /// Every held partition with its epoch, ordered by partition ID.
+    pub fn iter(&self) -> impl Iterator<Item = (&Partition, u64)> {
+        self.partitions.values().map(|(p, e)| (p, *e))
+    }
+
+    /// How many partitions are held.
+    pub fn len(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+}
+
 /// What this worker holds now, keyed by partition ID, with each holding's epoch. Owned by the
 /// manager's fence task, which is where the application is told.
 #[derive(Debug)]
 pub(crate) struct Holdings {
     log: OwnershipLog,
     held: BTreeMap<String, (Partition, WorkerId, u64)>,
+    /// The application's view, sent on every change.
+    view: tokio::sync::watch::Sender<Arc<Held>>,
 }
 
 impl Holdings {
@@ -186,7 +239,22 @@ impl Holdings {
         Self {
             log,
             held: BTreeMap::new(),
+            view: tokio::sync::watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// A receiver of the application's view of the holdings.
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<Arc<Held>> {
+        self.view.subscribe()
+    }
+
+    fn send_view(&self) {
+        let partitions = self
+            .held
+            .iter()
+            .map(|(id, (p, _, e))| (id.clone(), (p.clone(), *e)))
+            .collect();
+        self.view.send_replace(Arc::new(Held { partitions }));
     }
 
     /// Starts holding `gained` at `epoch`, valid until `valid_until_ns`.
@@ -218,12 +286,16 @@ impl Holdings {
                 },
             ));
         }
+        if out.len() > 1 {
+            self.send_view();
+        }
         out
     }
 
     /// Stops holding `lost`.
     pub(crate) fn release(&mut self, lost: &[Partition]) -> Vec<OwnershipRecord> {
-        lost.iter()
+        let records: Vec<OwnershipRecord> = lost
+            .iter()
             .filter_map(|p| {
                 let id = p.id();
                 let (_, worker, epoch) = self.held.remove(&id)?;
@@ -235,7 +307,11 @@ impl Holdings {
                     },
                 ))
             })
-            .collect()
+            .collect();
+        if !records.is_empty() {
+            self.send_view();
+        }
+        records
     }
 
     /// What is held now.
@@ -273,6 +349,30 @@ mod tests {
             r#"{"atNs":6,"worker":"worker-3","instance":"i1","event":"extend","validUntilNs":10}"#;
         let parsed: OwnershipRecord = serde_json::from_str(extend).unwrap();
         assert_eq!(parsed.event, OwnershipEvent::Extend { valid_until_ns: 10 });
+    }
+
+    #[test]
+    fn the_held_view_follows_holds_and_releases_with_epochs() {
+        let mut holdings = Holdings::new(OwnershipLog::new(None, "i"));
+        let view = holdings.watch();
+        let w = WorkerId::new("w-0");
+        let p = |k: &str| Partition::new([k], 1).unwrap();
+        holdings.hold(&w, &[p("a"), p("b")], 3, 100);
+        holdings.hold(&w, &[p("a"), p("c")], 4, 100);
+        let held = view.borrow().clone();
+        assert_eq!(
+            held.epoch(&p("a")),
+            Some(3),
+            "a keeps the epoch it was gained at"
+        );
+        assert_eq!(held.epoch(&p("c")), Some(4));
+        assert_eq!(held.len(), 3);
+        holdings.release(&[p("a")]);
+        let held = view.borrow().clone();
+        assert_eq!(held.epoch(&p("a")), None);
+        assert!(!held.contains(&p("a")) && held.contains(&p("b")));
+        let listed: Vec<(String, u64)> = held.iter().map(|(p, e)| (p.id(), e)).collect();
+        assert_eq!(listed, [("b".to_owned(), 3), ("c".to_owned(), 4)]);
     }
 
     #[test]

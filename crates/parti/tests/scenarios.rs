@@ -56,6 +56,7 @@ async fn s02_planned_scale_up_and_down_publish_once_per_batch_and_move_little() 
     assert_eq!(before.version(), 1);
     wait_all_stable(&cluster, &workers, SETTLE).await;
     let settled_ns = parti::ownership::now_ns();
+    let epochs_before = held_epochs(&workers, 240).await;
 
     // Scale up by 3 inside one window: one rebalance, then one commit that completes the
     // hand-offs once the losers released (release-then-acquire).
@@ -76,6 +77,24 @@ async fn s02_planned_scale_up_and_down_publish_once_per_batch_and_move_little() 
         "scale-up moved {moved_up}, minimum {minimum_up}"
     );
     wait_all_stable(&cluster, &workers, SETTLE).await;
+    // The application sees each holding's epoch: a moved partition's new epoch is above its
+    // old one (a fencing token), an unmoved one keeps its epoch.
+    let epochs_after = held_epochs(&workers, 240).await;
+    let before_owners = owners(&before.map);
+    let after_owners = owners(&after_up.map);
+    for (id, (owner, epoch)) in &epochs_after {
+        let (old_owner, old_epoch) = &epochs_before[id];
+        assert_eq!(owner, &after_owners[id], "{id} held by its assignee");
+        if old_owner == owner {
+            assert_eq!(epoch, old_epoch, "{id} did not move, its epoch stays");
+        } else {
+            assert_eq!(old_owner, &before_owners[id]);
+            assert!(
+                epoch > old_epoch,
+                "{id} moved: epoch {old_epoch} -> {epoch}"
+            );
+        }
+    }
 
     // Scale down by 3, gracefully, inside one window: the leavers released everything before
     // leaving, so nothing waits.
@@ -102,6 +121,33 @@ async fn s02_planned_scale_up_and_down_publish_once_per_batch_and_move_little() 
     cluster.assert_holdings_clean(settled_ns).await;
     for (m, _) in &workers {
         m.stop().await.unwrap();
+    }
+}
+
+/// Partition ID → (holder, epoch) over every worker's [`Manager::held`], once all `n`
+/// partitions are held (within `SETTLE`).
+async fn held_epochs(
+    workers: &[(parti::Manager, common::Recorder)],
+    n: usize,
+) -> std::collections::BTreeMap<String, (parti::WorkerId, u64)> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let mut all = std::collections::BTreeMap::new();
+        for (m, _) in workers {
+            for (p, epoch) in m.held().iter() {
+                let previous = all.insert(p.id(), (m.worker_id(), epoch));
+                assert!(previous.is_none(), "{} held twice", p.id());
+            }
+        }
+        if all.len() == n {
+            return all;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} partitions held",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

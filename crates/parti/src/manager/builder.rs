@@ -196,11 +196,13 @@ impl ManagerBuilder {
         let (released_tx, released) = watch::channel(0);
         let lapse_pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
+        let holdings = Holdings::new(ownership.clone());
+        let held = holdings.watch();
         let (fence, fence_task) = spawn_fence(FenceParts {
             consumer: Arc::clone(&consumer),
             consumer_timeout: config.operation_timeout,
             events: sink.clone(),
-            holdings: Holdings::new(ownership.clone()),
+            holdings,
             lease: lease.clone(),
             released: released_tx,
             lapse_pending: Arc::clone(&lapse_pending),
@@ -243,6 +245,7 @@ impl ManagerBuilder {
             assignment: assignment_rx,
             worker_id: worker_id_rx,
             leader: leader_rx,
+            held,
             instance,
             events,
             refresh,

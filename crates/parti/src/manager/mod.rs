@@ -54,6 +54,8 @@ pub struct Manager {
     assignment: watch::Receiver<Arc<Assignment>>,
     worker_id: watch::Receiver<Option<WorkerId>>,
     leader: watch::Receiver<bool>,
+    /// What is held now, with epochs (sent by the fence task).
+    held: watch::Receiver<Arc<crate::ownership::Held>>,
     /// This process start's random ID (as in heartbeats and ownership records).
     instance: String,
     events: broadcast::Sender<Event>,
@@ -107,6 +109,26 @@ impl Manager {
     /// The current assignment (a cheap clone).
     pub fn assignment(&self) -> Arc<Assignment> {
         Arc::clone(&self.assignment.borrow())
+    }
+
+    /// What this worker *holds* now — the partitions the application may process — each with
+    /// its epoch, the fencing token to hand to the application's own stores (see
+    /// [`Held`](crate::ownership::Held)).
+    ///
+    /// This is narrower than [`assignment`](Self::assignment): a partition assigned here is
+    /// not held yet while its previous holder releases it, and nothing is held once the lease
+    /// ran out (a pause, a cut-off) until a new commit names this worker again.
+    pub fn held(&self) -> Arc<crate::ownership::Held> {
+        Arc::clone(&self.held.borrow())
+    }
+
+    /// A receiver that sees every change of [`held`](Self::held).
+    ///
+    /// Like every watch receiver it sees the latest value, not every one in between: a
+    /// partition released and held again between two reads shows only its new epoch. The
+    /// [ownership records](crate::ownership) list every change.
+    pub fn watch_held(&self) -> watch::Receiver<Arc<crate::ownership::Held>> {
+        self.held.clone()
     }
 
     /// A receiver that sees every assignment change.
