@@ -223,6 +223,7 @@ async fn undecodable_heartbeats_and_keys_outside_the_pool_are_never_workers() {
             applied_version: 1,
             released: 1,
             lapses: 0,
+            expelled: false,
         })
         .unwrap()
     };

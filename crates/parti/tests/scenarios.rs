@@ -631,3 +631,70 @@ impl parti::Hooks for SharedHooks {
         self.0.on_assignment_changed(a, r, x).await;
     }
 }
+
+/// Hooks that never return once a partition is taken away: a loser that cannot release.
+#[derive(Debug, Default)]
+struct StuckOnRelease;
+
+#[async_trait::async_trait]
+impl parti::Hooks for StuckOnRelease {
+    async fn on_assignment_changed(
+        &self,
+        _: &[Partition],
+        removed: &[Partition],
+        _: &parti::Assignment,
+    ) {
+        if !removed.is_empty() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loser_that_never_releases_is_expelled_and_the_gainer_holds_after_its_fence() {
+    let cluster = TestCluster::start(config(), partitions(30)).await;
+    let client = cluster.server.client().await.unwrap();
+    let stuck = cluster
+        .builder(client)
+        .hooks(StuckOnRelease)
+        .start()
+        .await
+        .unwrap();
+    wait_until(SETTLE, "the first worker to hold everything", || async {
+        stuck.held().len() == 30
+    })
+    .await
+    .unwrap();
+    let settled_ns = parti::ownership::now_ns();
+
+    // A second worker joins; the first never finishes releasing what moves to it.
+    let joined = Instant::now();
+    let (gainer, _) = cluster.worker().await.unwrap();
+    let c = &cluster.config;
+    let bound = c.planned_scale_window + c.handoff_timeout + c.heartbeat_ttl + SETTLE;
+    wait_until(bound, "the gainer to hold its share", || async {
+        let share = cluster
+            .published()
+            .await
+            .map
+            .partitions_of(&gainer.worker_id())
+            .len();
+        share > 0 && gainer.held().len() == share
+    })
+    .await
+    .unwrap();
+    let took = joined.elapsed();
+    assert!(
+        took >= c.handoff_timeout,
+        "the gainer held after {took:?}: before handoffTimeout, so not through an expulsion"
+    );
+    // Never two holders: the stuck worker's lease was revoked and ran out first.
+    let report = cluster.check_holdings(settled_ns).await;
+    println!("{report}");
+    let kinds = report.violations_by_kind();
+    for kind in ["overlap", "revived", "noLease", "epochNotIncreasing"] {
+        assert!(!kinds.contains_key(kind), "{kind}:\n{report}");
+    }
+    gainer.stop().await.unwrap();
+    stuck.kill().await;
+}

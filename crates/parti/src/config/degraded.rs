@@ -97,6 +97,33 @@ impl FromStr for DegradedPreset {
     }
 }
 
+/// What a worker may still process once its lease ran out (`degradedHolding`): NATS has been
+/// unreachable, or the process was paused, for longer than the lease.
+///
+/// ```
+/// use parti::config::DegradedHolding;
+/// let keep: DegradedHolding = serde_json::from_str("\"keep\"")?;
+/// assert_eq!(keep, DegradedHolding::Keep);
+/// assert_eq!(DegradedHolding::default(), DegradedHolding::Fence);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DegradedHolding {
+    /// Hold nothing past the lease (the default): the worker stops processing before anyone
+    /// else may start, so each partition has one holder at a time. After the outage it holds
+    /// again once it re-verified its ID and a commit names it.
+    #[default]
+    Fence,
+    /// Keep processing the last assignment for as long as the outage lasts: availability over
+    /// exclusivity. **This gives up the ownership guarantee**: the leader hands a silent
+    /// worker's partitions on after `heartbeatTtl` + grace, and from then on two workers
+    /// process them until the silent one hears of the new map. Choose it only when the
+    /// application tolerates that (idempotent, commutative processing).
+    Keep,
+}
+
 /// When a worker enters and leaves degraded mode (`degradedBehavior`).
 ///
 /// In YAML this is either a preset name, or a mapping of thresholds laid over a base preset

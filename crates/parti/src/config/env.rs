@@ -283,6 +283,8 @@ mod tests {
             "PARTI_DEGRADED_BEHAVIOR",
             "PARTI_DEGRADED_BEHAVIOR_KV_ERROR_WINDOW",
             "PARTI_DEGRADED_ALERT_ALERT_INTERVAL",
+            "PARTI_HANDOFF_TIMEOUT",
+            "PARTI_DEGRADED_HOLDING",
         ] {
             assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
         }
@@ -290,8 +292,8 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
-        // 14 top-level scalars + emergencyGracePeriod, 2 + 5 + (1 + 5) + 5 in the sections.
-        assert_eq!(vars.len(), 15 + 2 + 5 + 6 + 5);
+        // 16 top-level scalars + emergencyGracePeriod, 2 + 5 + (1 + 5) + 5 in the sections.
+        assert_eq!(vars.len(), 17 + 2 + 5 + 6 + 5);
     }
 
     #[test]

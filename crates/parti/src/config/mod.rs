@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use degraded::{DegradedAlertConfig, DegradedBehaviorConfig, DegradedPreset};
+pub use degraded::{DegradedAlertConfig, DegradedBehaviorConfig, DegradedHolding, DegradedPreset};
 pub use sections::{AssignmentConfig, KvBucketConfig};
 
 /// Everything a worker's coordination can be tuned with.
@@ -129,6 +129,15 @@ pub struct Config {
     /// Bound on every single KV call (default 5s; `> 0`).
     #[serde(with = "duration")]
     pub operation_timeout: Duration,
+    /// How long the leader waits for a worker to release a partition it moved elsewhere
+    /// (default 30s; `> 0`). A worker that has not released by then (a handler call or hook
+    /// that does not return) is *expelled*: its lease is revoked, and the partition goes to its
+    /// new holder once that lease has provably run out, one `heartbeatTtl` later.
+    #[serde(with = "duration")]
+    pub handoff_timeout: Duration,
+    /// What a worker whose lease ran out (NATS unreachable, paused) may still process
+    /// (default `fence`, see [`DegradedHolding`]).
+    pub degraded_holding: DegradedHolding,
     /// Rebalancing cadence.
     pub assignment: AssignmentConfig,
     /// KV bucket names and replicas.
@@ -157,6 +166,8 @@ impl Default for Config {
             startup_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(5),
+            handoff_timeout: Duration::from_secs(30),
+            degraded_holding: DegradedHolding::Fence,
             assignment: AssignmentConfig::default(),
             kv_buckets: KvBucketConfig::default(),
             degraded_behavior: DegradedBehaviorConfig::default(),
@@ -181,6 +192,7 @@ impl Config {
             startup_timeout: ms(10_000),
             shutdown_timeout: ms(2_000),
             operation_timeout: ms(1_000),
+            handoff_timeout: ms(2_000),
             assignment: AssignmentConfig {
                 min_rebalance_interval: ms(100),
                 ..AssignmentConfig::default()

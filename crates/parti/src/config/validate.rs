@@ -177,6 +177,7 @@ impl Config {
         );
         v.positive(self.shutdown_timeout, "shutdownTimeout");
         v.positive(self.operation_timeout, "operationTimeout");
+        v.positive(self.handoff_timeout, "handoffTimeout");
 
         let cooldown = self.assignment.min_rebalance_interval;
         v.positive(cooldown, "assignment.minRebalanceInterval");

@@ -43,6 +43,31 @@ impl Members {
     fn may_hold(&self, worker: &WorkerId, lost_at: u64) -> bool {
         self.released.get(worker).is_some_and(|r| *r < lost_at)
     }
+
+    /// `worker` holds nothing it lost up to `version`: its lease was revoked and has provably
+    /// run out (an expulsion), whatever its heartbeat still says.
+    pub(crate) fn fenced(&mut self, worker: &WorkerId, version: u64) {
+        if let Some(released) = self.released.get_mut(worker) {
+            *released = (*released).max(version);
+        }
+    }
+}
+
+/// The live losers that keep some gainer waiting, each with the highest version it has yet to
+/// release: what a leader expels once they have kept it waiting for `handoffTimeout`.
+pub(crate) fn waited_on(
+    records: &BTreeMap<WorkerId, WorkerRecord>,
+    members: &Members,
+) -> BTreeMap<WorkerId, u64> {
+    let mut out: BTreeMap<WorkerId, u64> = BTreeMap::new();
+    let waits = records.values().flat_map(|r| r.pending.values()).flatten();
+    for (worker, lost_at) in waits {
+        if members.may_hold(worker, *lost_at) {
+            let highest = out.entry(worker.clone()).or_default();
+            *highest = (*highest).max(*lost_at);
+        }
+    }
+    out
 }
 
 /// The pending sets of `next`, published as `version` over the committed `records` (each
@@ -239,6 +264,28 @@ mod tests {
         let plan = plan(&BTreeMap::new(), &next, 3, &m, &unknown);
         assert_eq!(plan[&w("a")]["x"], [(w("b"), 3)].into());
         assert_eq!(plan[&w("b")]["y"], [(w("a"), 3)].into());
+    }
+
+    #[test]
+    fn a_fenced_loser_is_waited_for_no_more() {
+        let records = BTreeMap::from([
+            (w("a"), record(&["x"], Pending::new())),
+            (
+                w("b"),
+                record(
+                    &["y"],
+                    BTreeMap::from([("y".into(), BTreeMap::from([(w("a"), 3)]))]),
+                ),
+            ),
+        ]);
+        let mut m = members(&[("a", 2), ("b", 3)]);
+        assert_eq!(waited_on(&records, &m), BTreeMap::from([(w("a"), 3)]));
+        assert_eq!(resolvable(&records, &m), (0, 1));
+        m.fenced(&w("a"), 3);
+        assert!(waited_on(&records, &m).is_empty());
+        assert_eq!(resolvable(&records, &m), (1, 1));
+        let next = map(&[("a", &["x"]), ("b", &["y"])]);
+        assert!(plan(&records, &next, 4, &m, &BTreeSet::new())[&w("b")].is_empty());
     }
 
     #[test]

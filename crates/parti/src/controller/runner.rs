@@ -48,6 +48,8 @@ pub(crate) struct LeaderContext {
     pub(crate) id_pool: StableIdConfig,
     /// Bound on one partition-source call (`operationTimeout`).
     pub(crate) source_timeout: Duration,
+    /// How long a loser may keep a gainer waiting before it is expelled (`handoffTimeout`).
+    pub(crate) handoff_timeout: Duration,
     pub(crate) min_rebalance_threshold: f64,
     pub(crate) events: EventSink,
     /// Set by the manager when it recovers from Degraded: no crash is declared before it.
@@ -131,6 +133,8 @@ async fn lead(
         .collect();
     let mut state = RunnerState {
         members: known,
+        waiting_since: BTreeMap::new(),
+        expelled: BTreeMap::new(),
         handoff_ready_since: None,
         last_handoff: None,
         lineage_seen,
@@ -207,10 +211,14 @@ async fn lead(
             continue;
         }
         let handoff_due = state.handoff_ready_since.map(|since| since + HANDOFF_BATCH);
-        let wake = match (planner.next_wakeup(), handoff_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake = [
+            planner.next_wakeup(),
+            handoff_due,
+            state.expulsion_due(ctx.handoff_timeout, now()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let input = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             () = sleep_until(wake) => Input::Tick { now: now() },
@@ -286,6 +294,44 @@ struct RunnerState {
     /// IDs whose last process left gracefully (released everything): a newcomer under one of
     /// them is named at once.
     left_gracefully: std::collections::BTreeSet<WorkerId>,
+    /// Since when each live loser has kept some gainer waiting (see [`handoff::waited_on`]).
+    waiting_since: BTreeMap<WorkerId, Instant>,
+    /// Losers whose lease this leader revoked.
+    expelled: BTreeMap<WorkerId, Expulsion>,
+}
+
+/// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
+/// on — one heartbeat TTL after the revocation was written, since every renewal it made
+/// before then started before the write, and none can succeed after it.
+#[derive(Debug, Clone, Copy)]
+struct Expulsion {
+    version: u64,
+    fenced_at: Instant,
+}
+
+impl RunnerState {
+    /// The members as hand-offs see them: an expelled loser whose lease has provably run out
+    /// counts as having released, whatever its heartbeat says.
+    fn members(&self, now: Instant) -> Members {
+        let mut members = self.members.clone();
+        for (worker, expulsion) in &self.expelled {
+            if now >= expulsion.fenced_at {
+                members.fenced(worker, expulsion.version);
+            }
+        }
+        members
+    }
+
+    /// When an expulsion falls due or a revoked lease runs out.
+    fn expulsion_due(&self, timeout: Duration, now: Instant) -> Option<Instant> {
+        let overdue = self.waiting_since.values().map(|since| *since + timeout);
+        let fenced = self
+            .expelled
+            .values()
+            .map(|e| e.fenced_at)
+            .filter(|at| *at > now);
+        overdue.chain(fenced).min()
+    }
 }
 
 /// The longest a completed release waits for the others of its batch before its gainer is
@@ -371,7 +417,9 @@ async fn complete_handoffs(
     }
     // Losers of one publish release within moments of each other: complete their hand-offs in
     // one commit, unless some keep the others waiting for longer than `HANDOFF_BATCH`.
-    let (ready, pending) = handoff::resolvable(&records, &state.members);
+    expel_overdue(ctx, &records, record.version, state).await;
+    let members = state.members(now());
+    let (ready, pending) = handoff::resolvable(&records, &members);
     let batch_due = match (ready, state.handoff_ready_since) {
         (0, _) => {
             state.handoff_ready_since = None;
@@ -404,7 +452,7 @@ async fn complete_handoffs(
         reason: "handoff".to_owned(),
         lifecycle: state.lifecycle,
     };
-    match publisher.publish(&map, meta, &state.members).await {
+    match publisher.publish(&map, meta, &members).await {
         Ok(version) => {
             tracing::debug!(version, "hand-off completed");
             Ok(planner.handle(Input::Published {
@@ -420,6 +468,76 @@ async fn complete_handoffs(
             Ok(Vec::new())
         }
     }
+}
+
+/// Revokes the lease of every live loser that has kept a gainer waiting for `handoffTimeout`
+/// (SPEC §13, expulsion): an expulsion marker written over its heartbeat, revision-checked
+/// against the value read, so that no renewal of that lineage can succeed after it. One
+/// heartbeat TTL later the loser holds nothing it lost up to `committed` (the latest commit,
+/// which names no later lineage of it: a later lineage would have shown in the heartbeat the
+/// write was checked against).
+async fn expel_overdue(
+    ctx: &LeaderContext,
+    records: &BTreeMap<WorkerId, WorkerRecord>,
+    committed: u64,
+    state: &mut RunnerState,
+) {
+    let now_at = now();
+    let waited = handoff::waited_on(records, &state.members(now_at));
+    state.waiting_since.retain(|w, _| waited.contains_key(w));
+    let raw = &state.members;
+    state
+        .expelled
+        .retain(|w, e| now_at < e.fenced_at || raw.released.get(w).is_some_and(|r| *r < e.version));
+    for (worker, version) in waited {
+        let since = *state.waiting_since.entry(worker.clone()).or_insert(now_at);
+        let covered = state
+            .expelled
+            .get(&worker)
+            .is_some_and(|e| e.version >= version);
+        if covered || now_at < since + ctx.handoff_timeout {
+            continue;
+        }
+        match revoke_lease(&*ctx.heartbeat_bucket, &worker).await {
+            Ok(true) => {
+                tracing::warn!(
+                    %worker,
+                    version,
+                    "hand-off not released within handoffTimeout: lease revoked"
+                );
+                metrics::counter!("parti_expulsions_total").increment(1);
+                state.expelled.insert(
+                    worker,
+                    Expulsion {
+                        version: committed,
+                        fenced_at: now() + ctx.membership_resync,
+                    },
+                );
+            }
+            Ok(false) => {}
+            // Tried again at the next wake-up.
+            Err(e) => tracing::debug!(%worker, error = %e, "lease revocation failed"),
+        }
+    }
+}
+
+/// Writes the expulsion marker over `worker`'s heartbeat, checked against the revision read.
+/// `false` when there is no live heartbeat to revoke (the membership watcher deals with it).
+async fn revoke_lease(bucket: &dyn Bucket, worker: &WorkerId) -> Result<bool> {
+    let key = worker.as_str();
+    let Some(entry) = bucket.get(key).await? else {
+        return Ok(false);
+    };
+    let Ok(value) = crate::store::codec::decode::<HeartbeatValue>(bucket.name(), key, &entry.value)
+    else {
+        return Ok(false);
+    };
+    if value.expelled {
+        return Ok(true);
+    }
+    let marker = crate::store::codec::encode(&value.expel())?;
+    bucket.update(key, marker, entry.revision).await?;
+    Ok(true)
 }
 
 async fn execute(
@@ -569,7 +687,7 @@ async fn publish_once(
                 reason: reason.to_owned(),
                 lifecycle,
             },
-            &state.members,
+            &state.members(now()),
         )
         .await?;
     metrics::histogram!("parti_rebalance_duration_seconds").record(started.elapsed().as_secs_f64());

@@ -473,6 +473,7 @@ mod tests {
             applied_version: 0,
             released: 0,
             lapses: 0,
+            expelled: false,
         };
         Entry {
             key: key.into(),

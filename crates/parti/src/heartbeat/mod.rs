@@ -67,6 +67,23 @@ pub struct HeartbeatValue {
     /// [`Lineage`](crate::records::Lineage)).
     #[serde(default)]
     pub lapses: u64,
+    /// Written by a leader, not by the worker: the lease of this lineage is revoked (the worker
+    /// did not release a hand-off within `handoffTimeout`). The worker's next revision-checked
+    /// renewal fails, so its lease runs out by the heartbeat TTL; it lapses at once and comes
+    /// back under a new lineage, holding nothing until a commit names it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expelled: bool,
+}
+
+impl HeartbeatValue {
+    /// The expulsion marker a leader writes over `self` (see [`expelled`](Self::expelled)).
+    pub(crate) fn expel(&self) -> Self {
+        Self {
+            ts: unix_ms(),
+            expelled: true,
+            ..self.clone()
+        }
+    }
 }
 
 /// What a worker tells the cluster through its heartbeat value.
@@ -103,6 +120,7 @@ pub struct Heartbeater {
     info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Receiver<u32>,
     renewed: watch::Receiver<Option<u64>>,
+    revoked: watch::Receiver<u64>,
     cancel: CancellationToken,
     task: AbortOnDropHandle<()>,
 }
@@ -122,6 +140,7 @@ impl Heartbeater {
     ) -> Self {
         let (failures_tx, failures) = watch::channel(0);
         let (renewed_tx, renewed) = watch::channel(None);
+        let (revoked_tx, revoked) = watch::channel(0);
         let cancel = CancellationToken::new();
         let last_info = info.clone();
         let beat = Beat {
@@ -132,6 +151,9 @@ impl Heartbeater {
             info,
             failures: failures_tx,
             renewed: renewed_tx,
+            revoked: revoked_tx,
+            revision: None,
+            revoked_lineage: None,
         };
         let task = AbortOnDropHandle::new(tokio::spawn(beat.run(cancel.clone())));
         Self {
@@ -141,9 +163,18 @@ impl Heartbeater {
             info: last_info,
             failures,
             renewed,
+            revoked,
             cancel,
             task,
         }
+    }
+
+    /// The lapse count of the last lineage whose lease a leader revoked (an
+    /// [expulsion marker](HeartbeatValue::expelled) under this worker's key); 0 before any.
+    /// The worker must lapse (report `lapses` above it) before its heartbeat is renewed again:
+    /// until then the renewals stop and the lease runs out.
+    pub fn revoked(&self) -> watch::Receiver<u64> {
+        self.revoked.clone()
     }
 
     /// When the last successful put *started*, in Unix nanoseconds of the
@@ -184,6 +215,7 @@ impl Heartbeater {
             applied_version: last.applied_version,
             released: last.released,
             lapses: last.lapses,
+            expelled: false,
         };
         // The last word matters less than leaving: delete even when the put failed (a leader
         // that missed the `Shutdown` value waits one TTL before handing our partitions on).
@@ -216,6 +248,12 @@ struct Beat {
     info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Sender<u32>,
     renewed: watch::Sender<Option<u64>>,
+    revoked: watch::Sender<u64>,
+    /// The revision of our last write, when known: renewals are revision-checked, so that a
+    /// leader's expulsion marker is never overwritten unseen.
+    revision: Option<u64>,
+    /// The lineage (lapse count) whose lease was revoked: no renewal until the worker lapsed.
+    revoked_lineage: Option<u64>,
 }
 
 impl Beat {
@@ -230,6 +268,7 @@ impl Beat {
                 applied_version: info.applied_version,
                 released: info.released,
                 lapses: info.lapses,
+                expelled: false,
             };
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -250,21 +289,33 @@ impl Beat {
         }
     }
 
-    async fn put(&self, value: &HeartbeatValue) {
+    async fn put(&mut self, value: &HeartbeatValue) {
+        if self.revoked_lineage.is_some_and(|l| value.lapses <= l) {
+            // Revoked: the lease must run out; renew only once the worker lapsed.
+            return;
+        }
         let started = unix_ns();
         let result = match codec::encode(value) {
-            Ok(bytes) => self
-                .bucket
-                .put(self.worker.as_str(), bytes)
-                .await
-                .map_err(Into::into),
+            Ok(bytes) => {
+                let key = self.worker.as_str();
+                match self.revision {
+                    Some(expected) => self.bucket.update(key, bytes, expected).await,
+                    None => self.bucket.put(key, bytes).await,
+                }
+                .map_err(crate::Error::from)
+            }
             Err(e) => Err(e),
         };
         match result {
-            Ok(_) => {
+            Ok(revision) => {
+                self.revision = Some(revision);
+                self.revoked_lineage = None;
                 self.renewed.send_replace(Some(started));
                 self.failures
                     .send_if_modified(|n| std::mem::replace(n, 0) != 0);
+            }
+            Err(crate::Error::Nats(crate::error::StoreError::Conflict { .. })) => {
+                self.conflict(value).await;
             }
             Err(e) => {
                 self.failures.send_modify(|n| *n = n.saturating_add(1));
@@ -276,6 +327,38 @@ impl Beat {
                     "heartbeat put failed"
                 );
             }
+        }
+    }
+
+    /// Someone else wrote our key since our last write (or our write landed but its reply was
+    /// lost). An expulsion marker for our current lineage revokes the lease; anything else —
+    /// our own value, garbage, an older marker, an expired key — is written over at the next
+    /// beat.
+    async fn conflict(&mut self, ours: &HeartbeatValue) {
+        let current = match self.bucket.get(self.worker.as_str()).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::debug!(worker = %self.worker, error = %e, "heartbeat re-read failed");
+                self.revision = None;
+                return;
+            }
+        };
+        let Some(entry) = current else {
+            self.revision = None;
+            return;
+        };
+        self.revision = Some(entry.revision);
+        let marker = codec::decode::<HeartbeatValue>(self.bucket.name(), &entry.key, &entry.value)
+            .ok()
+            .filter(|v| v.expelled && v.instance == ours.instance && v.lapses == ours.lapses);
+        if marker.is_some() {
+            tracing::warn!(
+                worker = %self.worker,
+                lapses = ours.lapses,
+                "lease revoked by the leader (a hand-off was not released in time)"
+            );
+            self.revoked_lineage = Some(ours.lapses);
+            self.revoked.send_replace(ours.lapses);
         }
     }
 }

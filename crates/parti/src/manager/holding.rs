@@ -73,6 +73,8 @@ pub(crate) struct Holder {
     held: BTreeMap<String, (Partition, u64)>,
     /// Stopped for good (graceful stop, ID lost): hold nothing any more.
     closed: bool,
+    /// `degradedHolding: keep`: a renewed lease never runs out (the guarantee is given up).
+    keep: bool,
 }
 
 impl Holder {
@@ -87,7 +89,16 @@ impl Holder {
             commit: None,
             held: BTreeMap::new(),
             closed: false,
+            keep: false,
         }
+    }
+
+    /// `degradedHolding: keep`: once renewed, the lease never runs out — holdings end only by
+    /// a commit, a revocation, a lost ID or a stop. Gives up exclusivity (see
+    /// [`DegradedHolding::Keep`](crate::config::DegradedHolding::Keep)).
+    pub(crate) fn keep_past_lease(mut self) -> Self {
+        self.keep = true;
+        self
     }
 
     /// This process's current lineage.
@@ -121,9 +132,13 @@ impl Holder {
     /// A heartbeat that started at `started_ns` succeeded; it is `now_ns`.
     pub(crate) fn renewed(&mut self, started_ns: u64, now_ns: u64) -> HoldingChange {
         let mut change = self.expire(now_ns);
-        let until = started_ns
-            .saturating_add(self.ttl_ns)
-            .saturating_sub(self.margin_ns);
+        let until = if self.keep {
+            u64::MAX
+        } else {
+            started_ns
+                .saturating_add(self.ttl_ns)
+                .saturating_sub(self.margin_ns)
+        };
         if until > self.lease_until {
             self.lease_until = until;
         }
@@ -158,6 +173,21 @@ impl Holder {
         change
     }
 
+    /// A leader revoked the lease of lineage `lapses` (this worker did not release a hand-off
+    /// in time): lapse now, as if the lease had run out. A revocation of an earlier lineage
+    /// changes nothing — that lineage lapsed already.
+    pub(crate) fn revoked(&mut self, lapses: u64, now_ns: u64) -> HoldingChange {
+        if lapses != self.lapses || self.lapsed {
+            return self.tick(now_ns);
+        }
+        let mut change = self.lapse();
+        let more = self.reconcile(now_ns);
+        change.lost.extend(more.lost);
+        change.gained = more.gained;
+        change.lapse &= !change.lost.is_empty();
+        change
+    }
+
     /// Starts over under a new stable ID: a new lineage, no commit, nothing held (whatever was
     /// held was released by [`close`](Self::close) first).
     pub(crate) fn restart(&mut self) {
@@ -178,19 +208,28 @@ impl Holder {
 
     /// Marks a lapse once the lease ran out; the lineage changes with it.
     fn expire(&mut self, now_ns: u64) -> HoldingChange {
-        let lapse = self.lease_until != 0 && now_ns >= self.lease_until && !self.lapsed;
-        if lapse {
-            self.lapsed = true;
-            self.lapses = self.lapses.saturating_add(1);
-            tracing::warn!(
-                lapses = self.lapses,
-                "lease lapsed: holding nothing until a commit names this worker again"
-            );
+        if self.lease_until != 0 && now_ns >= self.lease_until && !self.lapsed {
+            return self.lapse();
         }
         HoldingChange {
             version: self.version(),
             assignment: self.assignment(),
-            lapse,
+            ..HoldingChange::default()
+        }
+    }
+
+    /// Ends the current lineage: nothing is held until a commit names the next one.
+    fn lapse(&mut self) -> HoldingChange {
+        self.lapsed = true;
+        self.lapses = self.lapses.saturating_add(1);
+        tracing::warn!(
+            lapses = self.lapses,
+            "lease lapsed: holding nothing until a commit names this worker again"
+        );
+        HoldingChange {
+            version: self.version(),
+            assignment: self.assignment(),
+            lapse: true,
             ..HoldingChange::default()
         }
     }
@@ -331,6 +370,49 @@ mod tests {
         assert!(c.lapse);
         assert!(c.gained.is_empty());
         assert_eq!(h.lapses(), 1);
+    }
+
+    #[test]
+    fn a_revoked_lease_lapses_at_once_and_only_for_the_revoked_lineage() {
+        let mut h = Holder::new("i", TTL, 100);
+        h.renewed(0, 0);
+        h.committed(commit(3, &["a", "b"], &[], Some(0)), 1);
+        let c = h.revoked(0, 10);
+        assert_eq!(
+            ids(&c.lost),
+            ["a@3", "b@3"],
+            "well before the lease deadline"
+        );
+        assert!(c.lapse);
+        assert_eq!(h.lapses(), 1);
+        assert!(
+            h.revoked(0, 20).is_empty(),
+            "the same revocation seen twice"
+        );
+        assert!(
+            h.renewed(30, 40).is_empty(),
+            "the commit names the revoked lineage"
+        );
+        let c = h.committed(commit(4, &["b"], &[], Some(1)), 50);
+        assert_eq!(ids(&c.gained), ["b@4"]);
+        assert!(
+            h.revoked(0, 60).is_empty(),
+            "an older lineage's revocation is stale"
+        );
+        assert_eq!(h.lapses(), 1);
+    }
+
+    #[test]
+    fn keep_holds_past_the_lease_until_a_commit_says_otherwise() {
+        let mut h = Holder::new("i", TTL, 100).keep_past_lease();
+        h.renewed(0, 0);
+        h.committed(commit(3, &["a", "b"], &[], Some(0)), 1);
+        assert!(
+            h.tick(10 * TTL).is_empty(),
+            "no lapse however long the silence"
+        );
+        let c = h.committed(commit(4, &["b"], &[], Some(0)), 10 * TTL + 1);
+        assert_eq!(ids(&c.lost), ["a@3"]);
     }
 
     #[test]

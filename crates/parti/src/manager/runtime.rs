@@ -229,6 +229,7 @@ impl Runtime {
             membership_resync: c.heartbeat_ttl,
             id_pool: self.id_pool(),
             source_timeout: c.operation_timeout,
+            handoff_timeout: c.handoff_timeout,
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,
             events: self.events.clone(),
             suppress_crashes_until: suppress,
@@ -242,10 +243,7 @@ impl Runtime {
         self.out.worker_id.send_replace(Some(id.clone()));
         self.out.state.set(State::Election);
 
-        let ttl_ns = nanos(self.config.heartbeat_ttl);
-        let holder = self.holder.get_or_insert_with(|| {
-            Holder::new(&self.instance, ttl_ns, ttl_ns / LEASE_MARGIN_DIVISOR)
-        });
+        let holder = self.holder_mut();
         // A new stable ID is a new lineage: commits naming this process under an older ID
         // must not be held again.
         holder.restart();
@@ -283,6 +281,7 @@ impl Runtime {
         let mut view = follower.view();
         let mut hb_failures = heartbeater.failures();
         let mut renewed = heartbeater.renewed();
+        let mut revoked = heartbeater.revoked();
         let mut id_failures = lease.failures();
         let (suppress_tx, suppress_rx) = watch::channel(None);
         let mut leader: Option<LeaderTask> = None;
@@ -350,6 +349,12 @@ impl Runtime {
                     if let Some(started) = started {
                         self.extend_lease(&mut session, started);
                     }
+                }
+                changed = revoked.changed() => {
+                    if changed.is_err() { continue; }
+                    let lapses = *revoked.borrow_and_update();
+                    let change = self.holder_mut().revoked(lapses, unix_ns());
+                    self.send_change(&mut session, change);
                 }
                 changed = view.changed() => {
                     if changed.is_err() { continue; }
@@ -505,9 +510,16 @@ impl Runtime {
 
     fn holder_mut(&mut self) -> &mut Holder {
         let ttl_ns = nanos(self.config.heartbeat_ttl);
+        let keep = self.config.degraded_holding == crate::config::DegradedHolding::Keep;
         let instance = &self.instance;
-        self.holder
-            .get_or_insert_with(|| Holder::new(instance, ttl_ns, ttl_ns / LEASE_MARGIN_DIVISOR))
+        self.holder.get_or_insert_with(|| {
+            let holder = Holder::new(instance, ttl_ns, ttl_ns / LEASE_MARGIN_DIVISOR);
+            if keep {
+                holder.keep_past_lease()
+            } else {
+                holder
+            }
+        })
     }
 
     /// Hands a change of holdings to the fence task (the first one always: the hooks hear of
