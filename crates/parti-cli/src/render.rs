@@ -84,6 +84,10 @@ pub(crate) fn human(report: &Report, server: &str) -> String {
             let _ = writeln!(out, "leader     none");
         }
     }
+    let flags = flags(report);
+    if !flags.is_empty() {
+        let _ = writeln!(out, "flags      {} (see the issues)", flags.join(", "));
+    }
     out.push('\n');
     if report.workers.is_empty() {
         out.push_str("no workers\n");
@@ -125,6 +129,19 @@ pub(crate) fn human(report: &Report, server: &str) -> String {
         }
     }
     out
+}
+
+/// The flags raised, by name and count: `lagging 1`, `undecodable 3`, `belowFloor 1`.
+fn flags(report: &Report) -> Vec<String> {
+    [
+        ("lagging", report.lagging.len()),
+        ("undecodable", report.undecodable.len()),
+        ("belowFloor", report.below_floor.len()),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, n)| format!("{name} {n}"))
+    .collect()
 }
 
 fn workers_table(report: &Report) -> String {

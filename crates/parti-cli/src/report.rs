@@ -17,17 +17,29 @@
 //! - Warnings: expired, stale, late and unclaimed workers; a heartbeat whose instance differs
 //!   from the stable ID's; no leader while workers run; a leader without a heartbeat; a map but
 //!   no live worker (the cluster is stopped); a missing bucket.
+//! - Flags, each also a top-level field of the document (see [`flags`]): `lagging` (a live
+//!   worker behind the committed state; warning), `undecodable` (a key of any bucket that does
+//!   not hold what it must; the `undecodableValue` error), `belowFloor` (a committed version
+//!   below its floor, a warning; a leader term below a recorded term, an error).
+//! - Values under keys that are not worker IDs of the pool, and values that do not decode, are
+//!   never taken as a worker, a lease or a commit: no worker row comes from them alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use parti::records::Published;
+use parti::records::{CLUSTER_KEY, FLOOR_KEY, Published, worker_key};
+use parti::stable_id::StableIdConfig;
 use parti::store::Entry;
 use parti::store::codec;
 use parti::{ClusterPhase, Lifecycle};
 use serde::Serialize;
 
 use crate::buckets::Role;
+
+mod flags;
+
+use flags::{Below, BelowFloor, Flags, Lag, LagInput, Undecodable};
+pub(crate) use flags::{HoldBack, floor_version};
 
 /// Version of the JSON document; bumped on incompatible changes only.
 pub(crate) const SCHEMA: u32 = 1;
@@ -43,10 +55,15 @@ pub(crate) struct Snapshot {
     pub(crate) stable_ids: BTreeMap<String, Entry>,
     /// Live heartbeat entries by key.
     pub(crate) heartbeats: BTreeMap<String, Entry>,
-    /// The `leader` entry of the election bucket.
-    pub(crate) leader: Option<Entry>,
+    /// Every live entry of the election bucket by key (the lease is `leader`).
+    pub(crate) election: BTreeMap<String, Entry>,
     /// The committed assignment (`None` when the bucket does not exist).
     pub(crate) published: Option<Published>,
+    /// Every live entry of the assignment bucket by key (for the checks of each key and the
+    /// `floor`; the committed map itself comes from `published`).
+    pub(crate) assignment: BTreeMap<String, Entry>,
+    /// The worker-ID pool: keys outside it are never workers. `None` accepts any key.
+    pub(crate) pool: Option<StableIdConfig>,
     /// Whether the partition keys of each worker go into the report.
     pub(crate) with_partitions: bool,
 }
@@ -76,6 +93,12 @@ pub(crate) struct Report {
     pub(crate) leader: Option<LeaderReport>,
     pub(crate) workers: Vec<WorkerReport>,
     pub(crate) issues: Vec<Issue>,
+    /// Live workers behind the committed state.
+    pub(crate) lagging: Vec<Lag>,
+    /// Keys of any bucket that do not hold what they must.
+    pub(crate) undecodable: Vec<Undecodable>,
+    /// Versions and terms below a floor recorded elsewhere.
+    pub(crate) below_floor: Vec<BelowFloor>,
 }
 
 /// One bucket.
@@ -165,6 +188,8 @@ pub(crate) struct WorkerReport {
     pub(crate) state: Option<&'static str>,
     pub(crate) heartbeat_age_ms: Option<u64>,
     pub(crate) applied_version: Option<u64>,
+    /// From the heartbeat: the latest commit it has carried out.
+    pub(crate) released: Option<u64>,
     /// Version of the publish that last changed its partitions.
     pub(crate) assigned_version: Option<u64>,
     pub(crate) in_map: bool,
@@ -226,6 +251,7 @@ struct Facts {
 /// Builds the report.
 pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
     let mut issues = Vec::new();
+    let mut flags = Flags::default();
     let found = snapshot.buckets.iter().any(|b| b.exists);
     if found {
         for bucket in snapshot.buckets.iter().filter(|b| !b.exists) {
@@ -240,17 +266,50 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         }
     }
 
-    let facts = collect_facts(snapshot, &mut issues);
-    let leader = leader_report(snapshot, &mut issues);
+    let pool = snapshot.pool.as_ref();
+    let facts = collect_facts(snapshot, &mut flags.undecodable);
+    let leader = leader_report(snapshot, &mut flags.undecodable);
+    let assignment_name = snapshot.bucket_name(Role::Assignment);
+    let floor = flags::check_assignment(
+        assignment_name,
+        &snapshot.assignment,
+        pool,
+        &mut flags.undecodable,
+    );
+    let published = snapshot.published.as_ref().map(|p| pool_only(p, pool));
+    if let Some(p) = &published {
+        // What the committed read found undecodable and the key checks did not (yet) see.
+        for key in &p.garbage {
+            let listed = flags
+                .undecodable
+                .iter()
+                .any(|u| u.role == Role::Assignment && &u.key == key);
+            if !listed {
+                flags.undecodable.push(Undecodable {
+                    role: Role::Assignment,
+                    bucket: assignment_name.to_owned(),
+                    key: key.clone(),
+                    reason: "does not decode (see the workers' logs)".to_owned(),
+                });
+            }
+        }
+    }
+    let published = published.as_ref();
+    let record = published.and_then(|p| p.record.as_ref()).map(|(r, _)| r);
     let heartbeat_ttl = snapshot
         .bucket(Role::Heartbeat)
         .and_then(|b| b.max_age_ms)
         .map(Duration::from_millis);
 
-    let published = snapshot.published.as_ref();
     let mut workers: Vec<WorkerReport> = Vec::new();
-    let mut ids: BTreeSet<&str> = facts.keys().map(String::as_str).collect();
-    if let Some((record, _)) = published.and_then(|p| p.record.as_ref()) {
+    // A worker is known from a value that decodes, or from the committed map; never from
+    // garbage alone.
+    let mut ids: BTreeSet<&str> = facts
+        .iter()
+        .filter(|(_, f)| f.stable_id.is_some() || f.heartbeat.is_some())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    if let Some(record) = record {
         ids.extend(record.workers.keys().map(|w| w.as_str()));
     }
     for id in ids {
@@ -260,9 +319,7 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         let has_id = stable.is_some() || fact.is_some_and(|f| f.stable_id_garbage);
         let has_beat = beat.is_some() || fact.is_some_and(|f| f.heartbeat_garbage);
         let committed = published.and_then(|p| p.workers.get(id));
-        let in_map = published
-            .and_then(|p| p.record.as_ref())
-            .is_some_and(|(r, _)| r.workers.contains_key(id));
+        let in_map = record.is_some_and(|r| r.workers.contains_key(id));
         let age = beat.map(|b| snapshot.now_ms.saturating_sub(b.ts));
         let health = match (has_beat, has_id) {
             (false, true) => Health::Expired,
@@ -285,6 +342,7 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
             state: beat.map(|b| b.state.as_str()),
             heartbeat_age_ms: age,
             applied_version: beat.map(|b| b.applied_version),
+            released: beat.map(|b| b.released),
             assigned_version: committed.map(|(_, rec)| rec.version),
             in_map,
             partitions: committed.map(|(_, rec)| rec.partitions.len()),
@@ -298,6 +356,19 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
                 .filter(|_| snapshot.with_partitions)
                 .map(|(_, rec)| rec.partitions.iter().map(|p| p.subject_key()).collect()),
         };
+        // An expulsion marker is the leader's word, not the worker's.
+        if let (Some(beat), Some(record)) = (beat, record)
+            && matches!(health, Health::Live | Health::Late)
+            && !beat.expelled
+            && let Some(lag) = flags::lag(&LagInput {
+                worker: id,
+                beat,
+                assigned_version: row.assigned_version,
+                committed_version: record.version,
+            })
+        {
+            flags.lagging.push(lag);
+        }
         worker_issues(&row, stable, beat, &mut issues);
         workers.push(row);
     }
@@ -334,7 +405,16 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
             "no worker is running: the map shown is the last one published",
         ));
     }
-    issues.sort_by(|a, b| (a.severity, a.kind, &a.subject).cmp(&(b.severity, b.kind, &b.subject)));
+    flags.below_floor = below_floor(
+        snapshot,
+        published,
+        floor,
+        leader.as_ref(),
+        &workers,
+        &facts,
+    );
+    issues.extend(flags::issues(&flags));
+    sort_issues(&mut issues);
     Report {
         schema: SCHEMA,
         generated_at_ms: snapshot.now_ms,
@@ -345,67 +425,215 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         leader,
         workers,
         issues,
+        lagging: flags.lagging,
+        undecodable: flags.undecodable,
+        below_floor: flags.below_floor,
     }
 }
 
-/// Decodes stable IDs and heartbeats; garbage is an issue, never a panic.
-fn collect_facts(snapshot: &Snapshot, issues: &mut Vec<Issue>) -> BTreeMap<String, Facts> {
-    let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
-    let name = snapshot.bucket_name(Role::StableId);
-    for (key, entry) in &snapshot.stable_ids {
-        let fact = facts.entry(key.clone()).or_default();
-        match codec::decode(name, key, &entry.value) {
-            Ok(value) => fact.stable_id = Some(value),
-            Err(e) => {
-                fact.stable_id_garbage = true;
-                issues.push(garbage(name, key, &e));
-            }
+/// Errors first, then by kind and subject.
+fn sort_issues(issues: &mut [Issue]) {
+    issues.sort_by(|a, b| (a.severity, a.kind, &a.subject).cmp(&(b.severity, b.kind, &b.subject)));
+}
+
+/// The committed state without values under keys that are not worker IDs of the pool (the key
+/// checks report those).
+fn pool_only(published: &Published, pool: Option<&StableIdConfig>) -> Published {
+    let mut published = published.clone();
+    let foreign: Vec<parti::WorkerId> = published
+        .workers
+        .keys()
+        .filter(|w| flags::pool_reason(pool, w.as_str()).is_some())
+        .cloned()
+        .collect();
+    for worker in foreign {
+        published.workers.remove(&worker);
+        published.slots.remove(&worker);
+        published.map.remove_worker(&worker);
+    }
+    published
+}
+
+/// The `belowFloor` findings: the committed version against the `floor` key and the versions
+/// live workers report; the leader's term against the terms of the assignment bucket.
+fn below_floor(
+    snapshot: &Snapshot,
+    published: Option<&Published>,
+    floor: Option<flags::Floor>,
+    leader: Option<&LeaderReport>,
+    workers: &[WorkerReport],
+    facts: &BTreeMap<String, Facts>,
+) -> Vec<BelowFloor> {
+    let assignment = snapshot.bucket_name(Role::Assignment);
+    let mut found = Vec::new();
+    let record = published.and_then(|p| p.record.as_ref()).map(|(r, _)| r);
+    if let Some(record) = record {
+        let subject = format!("{assignment}/{CLUSTER_KEY}");
+        if let Some(floor) = floor.filter(|f| f.version > record.version) {
+            found.push(BelowFloor {
+                what: Below::Version,
+                subject: subject.clone(),
+                value: record.version,
+                floor: floor.version,
+                floor_source: format!("{assignment}/{FLOOR_KEY}"),
+            });
+        }
+        // The highest version a live worker reports (it read it from a commit).
+        let heartbeat = snapshot.bucket_name(Role::Heartbeat);
+        let reported = workers
+            .iter()
+            .filter(|w| matches!(w.health, Health::Live | Health::Late))
+            .filter_map(|w| {
+                let beat = facts.get(&w.id)?.heartbeat.as_ref()?;
+                Some((beat.applied_version.max(beat.released), &w.id))
+            })
+            .max();
+        if let Some((version, worker)) = reported.filter(|(v, _)| *v > record.version) {
+            found.push(BelowFloor {
+                what: Below::Version,
+                subject,
+                value: record.version,
+                floor: version,
+                floor_source: format!("{heartbeat}/{worker}"),
+            });
         }
     }
-    let name = snapshot.bucket_name(Role::Heartbeat);
-    for (key, entry) in &snapshot.heartbeats {
-        let fact = facts.entry(key.clone()).or_default();
-        match codec::decode(name, key, &entry.value) {
-            Ok(value) => fact.heartbeat = Some(value),
-            Err(e) => {
-                fact.heartbeat_garbage = true;
-                issues.push(garbage(name, key, &e));
+    if let Some(leader) = leader {
+        // Every term the assignment bucket records; the highest (first found on ties) counts.
+        let mut terms: Vec<(u64, String)> = Vec::new();
+        if let Some(record) = record {
+            terms.push((record.term, format!("{assignment}/{CLUSTER_KEY}")));
+        }
+        if let Some(p) = published {
+            for (worker, (_, rec)) in &p.workers {
+                if let Some(slot) = p.slots.get(worker) {
+                    terms.push((
+                        rec.term,
+                        format!("{assignment}/{}", worker_key(worker, *slot)),
+                    ));
+                }
+            }
+        }
+        if let Some(term) = floor.and_then(|f| f.term) {
+            terms.push((term, format!("{assignment}/{FLOOR_KEY}")));
+        }
+        let highest = terms
+            .into_iter()
+            .reduce(|best, next| if next.0 > best.0 { next } else { best });
+        if let Some((term, source)) = highest.filter(|(t, _)| *t > leader.term) {
+            found.push(BelowFloor {
+                what: Below::Term,
+                subject: format!(
+                    "{}/{}",
+                    snapshot.bucket_name(Role::Election),
+                    parti::election::LEADER_KEY
+                ),
+                value: leader.term,
+                floor: term,
+                floor_source: source,
+            });
+        }
+    }
+    found
+}
+
+/// Decodes stable IDs and heartbeats; garbage and keys outside the pool are flagged, never a
+/// panic, and keys outside the pool are left out.
+fn collect_facts(snapshot: &Snapshot, out: &mut Vec<Undecodable>) -> BTreeMap<String, Facts> {
+    let mut facts: BTreeMap<String, Facts> = BTreeMap::new();
+    let pool = snapshot.pool.as_ref();
+    for role in [Role::StableId, Role::Heartbeat] {
+        let name = snapshot.bucket_name(role);
+        let entries = match role {
+            Role::StableId => &snapshot.stable_ids,
+            _ => &snapshot.heartbeats,
+        };
+        let mut bad = |key: &str, reason: String| {
+            out.push(Undecodable {
+                role,
+                bucket: name.to_owned(),
+                key: key.to_owned(),
+                reason,
+            });
+        };
+        for (key, entry) in entries {
+            if let Some(reason) = flags::pool_reason(pool, key) {
+                bad(key, reason);
+                continue;
+            }
+            let fact = facts.entry(key.clone()).or_default();
+            if role == Role::StableId {
+                match codec::decode(name, key, &entry.value) {
+                    Ok(value) => fact.stable_id = Some(value),
+                    Err(e) => {
+                        fact.stable_id_garbage = true;
+                        bad(key, format!("not a stable-ID value: {}", flags::short(&e)));
+                    }
+                }
+            } else {
+                match codec::decode(name, key, &entry.value) {
+                    Ok(value) => fact.heartbeat = Some(value),
+                    Err(e) => {
+                        fact.heartbeat_garbage = true;
+                        bad(key, format!("not a heartbeat: {}", flags::short(&e)));
+                    }
+                }
             }
         }
     }
     facts
 }
 
-fn garbage(bucket: &str, key: &str, error: &dyn std::fmt::Display) -> Issue {
-    Issue::error(
-        "undecodableValue",
-        format!("{bucket}/{key}"),
-        format!("value does not decode (ignored by workers): {error}"),
-    )
-}
-
-fn leader_report(snapshot: &Snapshot, issues: &mut Vec<Issue>) -> Option<LeaderReport> {
-    let entry = snapshot.leader.as_ref()?;
+/// The leader lease; every other key of the election bucket, a value that does not decode and
+/// a lease naming a key outside the pool are flagged.
+fn leader_report(snapshot: &Snapshot, out: &mut Vec<Undecodable>) -> Option<LeaderReport> {
     let name = snapshot.bucket_name(Role::Election);
-    match codec::decode::<parti::election::LeaderRecord>(name, &entry.key, &entry.value) {
-        Ok(record) => Some(LeaderReport {
-            worker: record.worker.to_string(),
-            instance: record.instance,
-            // 0 only in the instant between winning the lease and writing the term into it;
-            // the term is that winning revision.
-            term: if record.term == 0 {
-                entry.revision
-            } else {
-                record.term
-            },
-            acquired_at_ms: record.acquired_at,
-            held_for_ms: snapshot.now_ms.saturating_sub(record.acquired_at),
-        }),
-        Err(e) => {
-            issues.push(garbage(name, &entry.key, &e));
-            None
+    let mut bad = |key: &str, reason: String| {
+        out.push(Undecodable {
+            role: Role::Election,
+            bucket: name.to_owned(),
+            key: key.to_owned(),
+            reason,
+        });
+    };
+    let mut leader = None;
+    for (key, entry) in &snapshot.election {
+        if key != parti::election::LEADER_KEY {
+            bad(
+                key,
+                format!(
+                    "unexpected key: the election bucket holds only {:?}",
+                    parti::election::LEADER_KEY
+                ),
+            );
+            continue;
+        }
+        match codec::decode::<parti::election::LeaderRecord>(name, key, &entry.value) {
+            Ok(record) => {
+                if let Some(reason) =
+                    flags::pool_reason(snapshot.pool.as_ref(), record.worker.as_str())
+                {
+                    bad(key, format!("the lease names a non-worker: {reason}"));
+                    continue;
+                }
+                leader = Some(LeaderReport {
+                    worker: record.worker.to_string(),
+                    instance: record.instance,
+                    // 0 only in the instant between winning the lease and writing the term
+                    // into it; the term is that winning revision.
+                    term: if record.term == 0 {
+                        entry.revision
+                    } else {
+                        record.term
+                    },
+                    acquired_at_ms: record.acquired_at,
+                    held_for_ms: snapshot.now_ms.saturating_sub(record.acquired_at),
+                });
+            }
+            Err(e) => bad(key, format!("not a leader lease: {}", flags::short(&e))),
         }
     }
+    leader
 }
 
 /// The issues of one worker row; `stable` and `beat` are its decoded values.
@@ -479,9 +707,6 @@ fn cluster_report(
     issues: &mut Vec<Issue>,
 ) -> Option<ClusterReport> {
     let name = snapshot.bucket_name(Role::Assignment);
-    for key in &published.garbage {
-        issues.push(garbage(name, key, &"see the workers' logs"));
-    }
     let (record, _) = published.record.as_ref()?;
 
     // Who owns each partition, by keys (equal keys are the same partition whatever the weight).

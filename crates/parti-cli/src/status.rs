@@ -9,18 +9,22 @@
 //!   worker do not change the code: they are a normal part of a crash being handled);
 //! - `1` — an error: NATS unreachable, a bad config, a bucket that cannot be read;
 //! - `2` — an inconsistency is flagged (an issue of severity `error`: a partition with two
-//!   owners or none, an incomplete map, a value that does not decode);
+//!   owners or none, an incomplete map, a key of any bucket that does not hold what it must
+//!   (`undecodable`), a leader term below a committed term (`belowFloor`)); the warnings
+//!   `lagging` and a version `belowFloor` leave the code as it is;
 //! - `3` — no Parti cluster: none of the four buckets exists on the server.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use parti::records::{Published, read_published};
+use parti::stable_id::StableIdConfig;
 use parti::store::Entry;
 
-use crate::buckets::{ClusterBuckets, Role};
+use crate::buckets::{ClusterBuckets, Found, Role};
 use crate::cli::Global;
 use crate::report::{BucketReport, Report, Snapshot, analyze};
 
@@ -46,7 +50,7 @@ pub(crate) async fn run(args: StatusArgs, global: &Global) -> anyhow::Result<Exi
     let client = global.connect.connect("parti status").await?;
     let js = async_nats::jetstream::new(client);
     let buckets = ClusterBuckets::open(&js, &config.kv_buckets, config.operation_timeout).await?;
-    let snapshot = read_snapshot(&buckets, args.partitions).await?;
+    let snapshot = read_snapshot(&buckets, args.partitions, pool(&config)).await?;
     let report = analyze(&snapshot);
     let text = if args.json {
         let mut json = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
@@ -100,44 +104,85 @@ pub(crate) fn bucket_reports(buckets: &ClusterBuckets) -> Vec<BucketReport> {
 }
 
 /// Reads everything the report needs.
+///
+/// The order matters for a cluster that changes while it is read: heartbeats before the
+/// assignment (a worker cannot report a version committed after its heartbeat was read), the
+/// assignment before the leader lease (a leader elected meanwhile has a higher term, not a
+/// lower one).
 async fn read_snapshot(
     buckets: &ClusterBuckets,
     with_partitions: bool,
+    pool: StableIdConfig,
 ) -> anyhow::Result<Snapshot> {
-    let list = |role: Role| async move {
-        let found = buckets.get(role);
-        match &found.bucket {
-            Some(bucket) => bucket
-                .list(">")
-                .await
-                .with_context(|| format!("cannot read the bucket {}", found.name))
-                .map(|entries| entries.into_iter().map(|e| (e.key.clone(), e)).collect()),
-            None => Ok(Default::default()),
+    let stable_ids = list_all(buckets.get(Role::StableId)).await?;
+    let heartbeats = list_all(buckets.get(Role::Heartbeat)).await?;
+    let (published, assignment) = match &buckets.get(Role::Assignment).bucket {
+        Some(bucket) => {
+            let (published, entries) = read_assignment(&**bucket).await?;
+            (Some(published), entries)
         }
+        None => (None, BTreeMap::new()),
     };
-    let stable_ids = list(Role::StableId).await?;
-    let heartbeats = list(Role::Heartbeat).await?;
-    let election = buckets.get(Role::Election);
-    let leader: Option<Entry> = match &election.bucket {
-        Some(bucket) => bucket
-            .get(parti::election::LEADER_KEY)
-            .await
-            .with_context(|| format!("cannot read the bucket {}", election.name))?,
-        None => None,
-    };
-    let published = match &buckets.get(Role::Assignment).bucket {
-        Some(bucket) => Some(read_committed(&**bucket).await?),
-        None => None,
-    };
+    let election = list_all(buckets.get(Role::Election)).await?;
     Ok(Snapshot {
         now_ms: unix_ms(),
         buckets: bucket_reports(buckets),
         stable_ids,
         heartbeats,
-        leader,
+        election,
         published,
+        assignment,
+        pool: Some(pool),
         with_partitions,
     })
+}
+
+/// Every live entry of a bucket by key (none when it does not exist).
+async fn list_all(found: &Found) -> anyhow::Result<BTreeMap<String, Entry>> {
+    match &found.bucket {
+        Some(bucket) => bucket
+            .list(">")
+            .await
+            .with_context(|| format!("cannot read the bucket {}", found.name))
+            .map(|entries| entries.into_iter().map(|e| (e.key.clone(), e)).collect()),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// The committed map and every entry of the assignment bucket. A publish writes the `floor`
+/// before it commits: a committed version below the floor is read again before it is reported.
+async fn read_assignment(
+    bucket: &dyn parti::store::Bucket,
+) -> anyhow::Result<(Published, BTreeMap<String, Entry>)> {
+    let mut attempt = 0;
+    loop {
+        let published = read_committed(bucket).await?;
+        let entries: BTreeMap<String, Entry> = bucket
+            .list(">")
+            .await
+            .with_context(|| format!("cannot read the bucket {}", bucket.name()))?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
+        let below = published.record.as_ref().is_some_and(|(record, _)| {
+            crate::report::floor_version(&entries).is_some_and(|floor| floor > record.version)
+        });
+        attempt += 1;
+        if !below || attempt == 3 {
+            return Ok((published, entries));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The worker-ID pool of a configuration: keys outside it are never workers.
+pub(crate) fn pool(config: &parti::Config) -> StableIdConfig {
+    StableIdConfig {
+        prefix: config.worker_id_prefix.clone(),
+        min: config.worker_id_min,
+        max: config.worker_id_max,
+        renew_interval: config.stable_id_renew_interval(),
+    }
 }
 
 /// Reads the committed map. A publish landing between the read of `cluster` and of the worker

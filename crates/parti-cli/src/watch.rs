@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::buckets::{ClusterBuckets, Role};
 use crate::cli::Global;
-use crate::report::{Snapshot, analyze};
-use crate::status::{bucket_reports, not_found, read_committed, unix_ms};
+use crate::report::{HoldBack, Snapshot, analyze};
+use crate::status::{bucket_reports, not_found, pool, read_committed, unix_ms};
 
 /// Options of `parti watch`.
 #[derive(Debug, Args)]
@@ -43,7 +43,10 @@ pub(crate) async fn run(args: WatchArgs, global: &Global) -> anyhow::Result<Exit
     let client = global.connect.connect("parti watch").await?;
     let js = async_nats::jetstream::new(client);
     let server = global.connect.nats.as_str();
-    let mut screen = Screen::new(args.json);
+    // A worker lags for an instant after each publish, and the mirrored buckets are read at
+    // slightly different instants: lag and floors must last a heartbeat interval to show.
+    let mut screen = Screen::new(args.json, HoldBack::new(config.heartbeat_interval));
+    let pool = pool(&config);
     let stop = crate::signal::stop_requested();
     tokio::pin!(stop);
 
@@ -84,13 +87,9 @@ pub(crate) async fn run(args: WatchArgs, global: &Global) -> anyhow::Result<Exit
         let Some(bucket) = &found.bucket else {
             continue;
         };
-        let pattern = match found.role {
-            Role::Election => parti::election::LEADER_KEY,
-            _ => ">",
-        };
         let role = found.role;
         let stream = bucket
-            .watch(pattern)
+            .watch(">")
             .await
             .with_context(|| format!("cannot watch the bucket {}", found.name))?;
         streams.push(stream.map(move |event| (role, event)).boxed());
@@ -121,7 +120,8 @@ pub(crate) async fn run(args: WatchArgs, global: &Global) -> anyhow::Result<Exit
                     }
                     assignment_dirty = false;
                 }
-                screen.draw(&mirror, &buckets, published.clone(), &args, server)?;
+                let view = View { buckets: &buckets, args: &args, server, pool: &pool };
+                screen.draw(&mirror, published.clone(), &view)?;
                 dirty = false;
                 next_draw = Instant::now() + args.interval;
             }
@@ -191,44 +191,53 @@ impl Mirror {
     }
 }
 
+/// What a frame is drawn with, besides the buckets' contents.
+struct View<'a> {
+    buckets: &'a ClusterBuckets,
+    args: &'a WatchArgs,
+    server: &'a str,
+    pool: &'a parti::stable_id::StableIdConfig,
+}
+
 /// Where the view goes: a redrawn terminal screen, or appended frames.
 struct Screen {
     json: bool,
     terminal: bool,
+    hold_back: HoldBack,
 }
 
 impl Screen {
-    fn new(json: bool) -> Self {
+    fn new(json: bool, hold_back: HoldBack) -> Self {
         Self {
             json,
             terminal: std::io::stdout().is_terminal(),
+            hold_back,
         }
     }
 
     fn draw(
         &mut self,
         mirror: &Mirror,
-        buckets: &ClusterBuckets,
         published: Option<Published>,
-        args: &WatchArgs,
-        server: &str,
+        view: &View<'_>,
     ) -> anyhow::Result<()> {
         let snapshot = Snapshot {
             now_ms: unix_ms(),
-            buckets: bucket_reports(buckets),
+            buckets: bucket_reports(view.buckets),
             stable_ids: mirror.entries(Role::StableId),
             heartbeats: mirror.entries(Role::Heartbeat),
-            leader: mirror
-                .entries(Role::Election)
-                .remove(parti::election::LEADER_KEY),
+            election: mirror.entries(Role::Election),
             published,
-            with_partitions: args.partitions,
+            assignment: mirror.entries(Role::Assignment),
+            pool: Some(view.pool.clone()),
+            with_partitions: view.args.partitions,
         };
-        let report = analyze(&snapshot);
+        let mut report = analyze(&snapshot);
+        self.hold_back.apply(&mut report);
         if self.json {
             return self.show(&serde_json::to_string(&report)?);
         }
-        let mut text = crate::render::human(&report, server);
+        let mut text = crate::render::human(&report, view.server);
         if let Some(error) = &mirror.error {
             text.push_str(&format!("\nwatch error: {error}\n"));
         }

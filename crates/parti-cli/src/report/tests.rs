@@ -71,6 +71,7 @@ impl World {
             applied_version: 3,
             released: 3,
             lapses: 0,
+            expelled: false,
         };
         let bytes = codec::encode(&value).unwrap();
         self.snapshot
@@ -92,7 +93,9 @@ impl World {
             acquired_at: NOW - 60_000,
         };
         let bytes = codec::encode(&value).unwrap();
-        self.snapshot.leader = Some(entry("leader", bytes, 7));
+        self.snapshot
+            .election
+            .insert("leader".into(), entry("leader", bytes, 7));
         self
     }
 
@@ -298,7 +301,10 @@ fn garbage_is_reported_never_a_panic() {
         .snapshot
         .stable_ids
         .insert("w-1".into(), entry("w-1", "{}".into(), 4));
-    world.snapshot.leader = Some(entry("leader", r#"{"v":2}"#.into(), 5));
+    world
+        .snapshot
+        .election
+        .insert("leader".into(), entry("leader", r#"{"v":2}"#.into(), 5));
     let mut published = Published::default();
     published.garbage.push("cluster".into());
     published.cluster_revision = Some(8);
@@ -321,8 +327,9 @@ fn garbage_is_reported_never_a_panic() {
     );
     assert!(!report.consistent);
     assert!(report.leader.is_none() && report.cluster.is_none());
-    // The garbage worker is still listed, with what is known.
-    assert_eq!(worker(&report, "w-1").state, None);
+    // Garbage alone never makes a worker.
+    assert!(report.workers.iter().all(|w| w.id != "w-1"), "{report:?}");
+    assert_eq!(report.undecodable.len(), 4);
 }
 
 #[test]
@@ -361,14 +368,17 @@ fn json_field_names_are_the_documented_ones() {
     assert_eq!(
         keys(&json),
         [
+            "belowFloor",
             "buckets",
             "cluster",
             "consistent",
             "found",
             "generatedAtMs",
             "issues",
+            "lagging",
             "leader",
             "schema",
+            "undecodable",
             "workers"
         ]
     );
@@ -409,6 +419,7 @@ fn json_field_names_are_the_documented_ones() {
             "instance",
             "leader",
             "partitions",
+            "released",
             "state",
             "weight"
         ]
@@ -424,4 +435,304 @@ fn json_field_names_are_the_documented_ones() {
         ["exists", "maxAgeMs", "name", "role"]
     );
     assert_eq!(json["buckets"][0]["role"], "stableId");
+}
+
+fn pool() -> StableIdConfig {
+    StableIdConfig {
+        prefix: "w".into(),
+        min: 0,
+        max: 9,
+        renew_interval: std::time::Duration::from_secs(1),
+    }
+}
+
+impl World {
+    fn beat_versions(mut self, id: &str, applied: u64, released: u64) -> Self {
+        self = self.beat(id, &format!("i-{id}"), 100);
+        let mut value: HeartbeatValue =
+            codec::decode("b", id, &self.snapshot.heartbeats[id].value).unwrap();
+        value.applied_version = applied;
+        value.released = released;
+        let bytes = codec::encode(&value).unwrap();
+        self.snapshot
+            .heartbeats
+            .insert(id.into(), entry(id, bytes, 2));
+        self
+    }
+
+    fn raw(mut self, role: Role, key: &str, value: &str) -> Self {
+        let map = match role {
+            Role::StableId => &mut self.snapshot.stable_ids,
+            Role::Heartbeat => &mut self.snapshot.heartbeats,
+            Role::Election => &mut self.snapshot.election,
+            Role::Assignment => &mut self.snapshot.assignment,
+        };
+        map.insert(key.into(), entry(key, value.to_owned().into(), 9));
+        self
+    }
+
+    fn floor(self, version: u64) -> Self {
+        let value = format!(r#"{{"v":1,"version":{version}}}"#);
+        self.raw(Role::Assignment, "floor", &value)
+    }
+}
+
+fn flag_kinds(report: &Report) -> (usize, usize, usize) {
+    (
+        report.lagging.len(),
+        report.undecodable.len(),
+        report.below_floor.len(),
+    )
+}
+
+fn healthy() -> World {
+    let mut world = World::new()
+        .worker("w-0")
+        .worker("w-1")
+        .leader("w-1", 7)
+        .owns("w-0", vec!["a", "b"])
+        .owns("w-1", vec!["c"])
+        .floor(3);
+    world.snapshot.pool = Some(pool());
+    world
+}
+
+#[test]
+fn a_healthy_cluster_raises_no_flag() {
+    let report = healthy().report();
+    assert_eq!(flag_kinds(&report), (0, 0, 0), "{:?}", report.issues);
+    assert!(report.issues.is_empty() && report.consistent);
+    assert_eq!(worker(&report, "w-0").released, Some(3));
+    // The worker value's version may be older than the commit: not a lag while released is
+    // the committed version.
+    let mut world = healthy();
+    let mut published = world.published();
+    published.record.as_mut().unwrap().0.version = 5;
+    world.snapshot.published = Some(published);
+    let world = world.beat_versions("w-0", 3, 5).beat_versions("w-1", 3, 5);
+    let report = analyze(&world.snapshot);
+    assert_eq!(flag_kinds(&report), (0, 0, 0), "{:?}", report.issues);
+}
+
+#[test]
+fn a_live_worker_behind_the_commit_is_lagging() {
+    let mut world = healthy();
+    let mut published = world.published();
+    published.record.as_mut().unwrap().0.version = 6;
+    if let Some((_, rec)) = published.workers.get_mut(&WorkerId::new("w-1")) {
+        rec.version = 6;
+    }
+    world.snapshot.published = Some(published);
+    let world = world
+        .beat_versions("w-0", 3, 6)
+        .beat_versions("w-1", 4, 4)
+        .floor(6);
+    let report = analyze(&world.snapshot);
+    assert_eq!(
+        report.lagging,
+        [Lag {
+            worker: "w-1".into(),
+            applied_version: 4,
+            assigned_version: Some(6),
+            released: 4,
+            committed_version: 6,
+            behind: 2,
+        }]
+    );
+    let issue = report.issues.iter().find(|i| i.kind == "lagging").unwrap();
+    assert_eq!(
+        (issue.severity, issue.subject.as_str()),
+        (Severity::Warning, "w-1")
+    );
+    assert!(
+        issue.message.starts_with("2 version(s) behind"),
+        "{}",
+        issue.message
+    );
+    assert!(report.consistent, "a lag is a warning");
+
+    // Only live workers lag: an expired one is reported as expired.
+    let mut world = healthy();
+    world.snapshot.heartbeats.remove("w-0");
+    assert!(analyze(&world.snapshot).lagging.is_empty());
+}
+
+#[test]
+fn keys_outside_the_pool_and_garbage_in_every_bucket_are_undecodable() {
+    let world = healthy()
+        .raw(
+            Role::StableId,
+            "ghost",
+            r#"{"v":1,"instance":"i","host":"h","claimedAt":1}"#,
+        )
+        .raw(Role::Heartbeat, "w-10", "{}")
+        .raw(Role::Heartbeat, "w-2", "not json")
+        .raw(Role::Election, "junk", "{}")
+        .raw(Role::Assignment, "floor", "[1]")
+        .raw(Role::Assignment, "cluster", "{")
+        .raw(Role::Assignment, "worker.w-0", "{}")
+        .raw(Role::Assignment, "worker.ghost.a", "{}")
+        .raw(Role::Assignment, "worker.w-5.b", r#"{"v":1}"#)
+        .raw(
+            Role::Assignment,
+            "refresh",
+            r#"{"v":1,"requestedBy":"w-1","at":1}"#,
+        )
+        .raw(Role::Assignment, "other", "{}");
+    let report = world.report();
+    let listed: Vec<String> = report
+        .undecodable
+        .iter()
+        .map(|u| format!("{:?}/{}", u.role, u.key))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "StableId/ghost",
+            "Heartbeat/w-10",
+            "Heartbeat/w-2",
+            "Election/junk",
+            "Assignment/cluster",
+            "Assignment/floor",
+            "Assignment/other",
+            "Assignment/worker.ghost.a",
+            "Assignment/worker.w-0",
+            "Assignment/worker.w-5.b",
+        ]
+    );
+    let reason = |key: &str| {
+        report
+            .undecodable
+            .iter()
+            .find(|u| u.key == key)
+            .map(|u| u.reason.as_str())
+            .unwrap()
+    };
+    assert!(reason("ghost").contains("not a worker ID of the pool w-0…w-9"));
+    assert!(reason("w-2").starts_with("not a heartbeat: "));
+    assert!(reason("junk").starts_with("unexpected key"));
+    assert!(reason("floor").starts_with("not a version floor"));
+    assert!(reason("other").starts_with("unexpected key"));
+    // Never a worker: no row for ghost, w-10 or w-2.
+    let ids: Vec<&str> = report.workers.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["w-0", "w-1"]);
+    assert!(!report.consistent);
+    assert_eq!(
+        report
+            .issues
+            .iter()
+            .filter(|i| i.kind == "undecodableValue")
+            .count(),
+        10
+    );
+
+    // A lease naming a key outside the pool is no lease.
+    let mut world = healthy();
+    world.snapshot.pool = Some(StableIdConfig {
+        prefix: "other".into(),
+        ..pool()
+    });
+    let report = world.report();
+    assert!(report.leader.is_none());
+    // Its IDs and heartbeats are no workers, its worker values no commit; only the names of
+    // the cluster record remain, without partitions.
+    assert!(
+        report
+            .workers
+            .iter()
+            .all(|w| w.health == Health::Stale && w.partitions.is_none()),
+        "{:?}",
+        report.workers
+    );
+    assert!(report.undecodable.iter().any(|u| u.key == "leader"));
+}
+
+#[test]
+fn versions_and_terms_below_their_floor_are_flagged() {
+    // The floor key above the committed version: a warning.
+    let report = healthy().floor(9).report();
+    assert_eq!(
+        report.below_floor,
+        [BelowFloor {
+            what: Below::Version,
+            subject: "b-Assignment/cluster".into(),
+            value: 3,
+            floor: 9,
+            floor_source: "b-Assignment/floor".into(),
+        }]
+    );
+    assert!(report.consistent);
+    assert!(kinds(&report).contains(&"belowFloor"));
+
+    // A live worker reports a version above the commit.
+    let report = healthy().beat_versions("w-0", 3, 8).report();
+    assert_eq!(report.below_floor.len(), 1);
+    assert_eq!(report.below_floor[0].floor, 8);
+    assert_eq!(report.below_floor[0].floor_source, "b-Heartbeat/w-0");
+
+    // A leader term below the cluster record's: an error (that leader is fenced out).
+    let report = healthy().leader("w-1", 2).report();
+    assert_eq!(report.below_floor.len(), 1, "{:?}", report.below_floor);
+    let b = &report.below_floor[0];
+    assert_eq!(
+        (
+            b.what,
+            b.value,
+            b.floor,
+            b.subject.as_str(),
+            b.floor_source.as_str()
+        ),
+        (
+            Below::Term,
+            2,
+            7,
+            "b-Election/leader",
+            "b-Assignment/cluster"
+        )
+    );
+    assert!(!report.consistent);
+
+    // A term recorded in the floor key counts too.
+    let report = healthy()
+        .raw(
+            Role::Assignment,
+            "floor",
+            r#"{"v":1,"version":3,"term":11}"#,
+        )
+        .report();
+    assert_eq!(report.below_floor.len(), 1);
+    assert_eq!(
+        (report.below_floor[0].floor, report.below_floor[0].value),
+        (11, 7)
+    );
+}
+
+#[test]
+fn watch_holds_lag_back_for_one_heartbeat_interval() {
+    let lagging = |now: u64| {
+        let mut world = healthy().beat_versions("w-0", 3, 2);
+        world.snapshot.now_ms = now;
+        world.report()
+    };
+    let mut hold = HoldBack::new(std::time::Duration::from_millis(500));
+    let mut first = lagging(NOW);
+    assert_eq!(first.lagging.len(), 1);
+    hold.apply(&mut first);
+    assert!(first.lagging.is_empty() && !kinds(&first).contains(&"lagging"));
+    let mut later = lagging(NOW + 501);
+    hold.apply(&mut later);
+    assert_eq!(later.lagging.len(), 1);
+    assert!(kinds(&later).contains(&"lagging"));
+    // Caught up: forgotten, and held back again from scratch.
+    let mut fine = healthy().report();
+    hold.apply(&mut fine);
+    let mut again = lagging(NOW + 600);
+    hold.apply(&mut again);
+    assert!(again.lagging.is_empty());
+
+    // A term below is an error only once it lasted.
+    let mut hold = HoldBack::new(std::time::Duration::from_millis(500));
+    let mut report = healthy().leader("w-1", 2).report();
+    hold.apply(&mut report);
+    assert!(report.consistent && report.below_floor.is_empty());
 }
