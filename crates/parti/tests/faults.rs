@@ -110,6 +110,11 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
 
 /// A worker whose NATS link goes through a proxy.
 async fn proxied_worker(cluster: &TestCluster, proxy: &FaultProxy) -> Manager {
+    proxied_worker_with(cluster, proxy, cluster.config.clone()).await
+}
+
+/// A worker whose NATS link goes through a proxy, with its own configuration.
+async fn proxied_worker_with(cluster: &TestCluster, proxy: &FaultProxy, config: Config) -> Manager {
     let client = parti_testkit::connect_options()
         .ignore_discovered_servers()
         .ping_interval(Duration::from_millis(200))
@@ -117,7 +122,7 @@ async fn proxied_worker(cluster: &TestCluster, proxy: &FaultProxy) -> Manager {
         .await
         .unwrap();
     Manager::builder(async_nats::jetstream::new(client))
-        .config(cluster.config.clone())
+        .config(config)
         .source(cluster.source.clone())
         .start()
         .await
@@ -157,10 +162,17 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
         owned,
         "it keeps working on its last assignment"
     );
-    // The leader treats it as crashed and hands its partitions to the others.
+    // The leader treats it as crashed and hands its partitions to the others — by then the
+    // cut-off worker holds nothing (self-fencing at its lease deadline), though it keeps its
+    // assignment for when it comes back.
     let others = ids(&workers);
     let after = cluster.wait_for_map(&others, SETTLE).await;
     assert_eq!(after.record.as_ref().unwrap().0.reason, "emergency");
+    assert!(
+        cut.held().is_empty(),
+        "still holding {} partitions while they were handed on",
+        cut.held().len()
+    );
 
     proxy.pass();
     let healed_at = Instant::now();
@@ -191,6 +203,40 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
     );
     workers.push((cut, Recorder::default()));
     wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09b_with_degraded_holding_keep_a_cut_off_worker_keeps_holding_past_its_lease() {
+    let cluster = TestCluster::start(outage_config(), partitions(30)).await;
+    let workers = cluster.workers(2).await;
+    let proxy = FaultProxy::start(cluster.server.addr()).await.unwrap();
+    let keep = Config {
+        degraded_holding: parti::config::DegradedHolding::Keep,
+        ..cluster.config.clone()
+    };
+    let cut = proxied_worker_with(&cluster, &proxy, keep).await;
+    let mut all = ids(&workers);
+    all.push(cut.worker_id());
+    all.sort();
+    cluster.wait_for_map(&all, SETTLE).await;
+    wait_until(SETTLE, "the proxied worker to hold its share", || async {
+        let held = cut.held();
+        !held.is_empty() && held.len() == cut.assignment().partitions.len()
+    })
+    .await
+    .unwrap();
+    let held_before = cut.held();
+
+    proxy.blackhole();
+    // Its partitions are handed on after heartbeatTtl + grace; it holds them all the same —
+    // the overlap `keep` documents.
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert_eq!(cut.held(), held_before, "keep: holdings outlive the lease");
+    proxy.pass();
+    cut.kill().await;
     for (m, _) in &workers {
         m.stop().await.unwrap();
     }
