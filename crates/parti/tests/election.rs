@@ -192,6 +192,8 @@ async fn a_leader_whose_lease_is_taken_steps_down_at_once() {
 struct FlakyBucket {
     inner: Arc<dyn Bucket>,
     failing: AtomicBool,
+    /// Writes are applied but report a timeout (a lost reply).
+    losing_replies: AtomicBool,
 }
 
 #[async_trait]
@@ -204,7 +206,9 @@ impl Bucket for FlakyBucket {
     }
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
         self.check("create")?;
-        self.inner.create(key, value).await
+        let created = self.inner.create(key, value).await?;
+        self.reply("create")?;
+        Ok(created)
     }
     async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
         self.check("update")?;
@@ -227,6 +231,24 @@ impl Bucket for FlakyBucket {
 }
 
 impl FlakyBucket {
+    fn new(inner: Arc<dyn Bucket>) -> Self {
+        Self {
+            inner,
+            failing: AtomicBool::new(false),
+            losing_replies: AtomicBool::new(false),
+        }
+    }
+
+    fn reply(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.losing_replies.load(Ordering::SeqCst) {
+            return Err(StoreError::Timeout {
+                op,
+                bucket: self.name().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     fn check(&self, op: &'static str) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Timeout {
@@ -241,10 +263,7 @@ impl FlakyBucket {
 #[tokio::test]
 async fn transient_renewal_errors_are_retried_within_the_lease_and_never_trusted_past_it() {
     let server = NatsServer::start().await.unwrap();
-    let flaky = Arc::new(FlakyBucket {
-        inner: bucket(&server).await,
-        failing: AtomicBool::new(false),
-    });
+    let flaky = Arc::new(FlakyBucket::new(bucket(&server).await));
     let agent = Arc::new(NatsLeaseElection::new(
         flaky.clone(),
         "worker-0".into(),
@@ -343,4 +362,27 @@ async fn one_leader_again_after_a_server_restart() {
     for e in electors.into_iter().flatten() {
         e.stop().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_create_whose_reply_was_lost_still_wins_the_lease() {
+    let server = NatsServer::start().await.unwrap();
+    let flaky = Arc::new(FlakyBucket::new(bucket(&server).await));
+    let agent = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-0"), "i-0".into(), TTL);
+    flaky.losing_replies.store(true, Ordering::SeqCst);
+    assert!(agent.request().await.is_err(), "the reply was lost");
+    flaky.losing_replies.store(false, Ordering::SeqCst);
+    let created = flaky.get(LEADER_KEY).await.unwrap().unwrap().revision;
+    // The key is ours: the next request takes it at once instead of waiting out the TTL.
+    let term = agent.request().await.unwrap();
+    assert_eq!(
+        term,
+        Some(created),
+        "the term is the revision of our create"
+    );
+    assert!(agent.is_leader());
+    assert!(agent.renew().await.unwrap());
+    // Another contender still sees a leader.
+    let other = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-1"), "i-1".into(), TTL);
+    assert_eq!(other.request().await.unwrap(), None);
 }

@@ -94,6 +94,18 @@ impl NatsLeaseElection {
         }
     }
 
+    /// The revision and acquisition time of a create of this agent's that is still the current
+    /// value (its term not written yet): a create whose reply was lost.
+    async fn own_create(&self) -> Result<Option<(u64, u64)>> {
+        let Some(entry) = self.bucket.get(LEADER_KEY).await? else {
+            return Ok(None);
+        };
+        let ours = codec::decode::<LeaderRecord>(self.bucket.name(), LEADER_KEY, &entry.value)
+            .ok()
+            .filter(|r| r.worker == self.worker && r.instance == self.instance && r.term == 0);
+        Ok(ours.map(|r| (entry.revision, r.acquired_at)))
+    }
+
     fn record(&self, term: u64, acquired_at: u64) -> Result<Bytes> {
         codec::encode(&LeaderRecord {
             worker: self.worker.clone(),
@@ -110,14 +122,21 @@ impl ElectionAgent for NatsLeaseElection {
         if let Some(term) = self.term() {
             return Ok(Some(term));
         }
-        let acquired_at = unix_ms();
+        let mut acquired_at = unix_ms();
         let revision = match self
             .bucket
             .create(LEADER_KEY, self.record(0, acquired_at)?)
             .await
         {
             Ok(revision) => revision,
-            Err(e) if e.is_conflict() => return Ok(None),
+            Err(e) if e.is_conflict() => match self.own_create().await? {
+                // An earlier create of ours landed although its reply was lost: it won.
+                Some((revision, at)) => {
+                    acquired_at = at;
+                    revision
+                }
+                None => return Ok(None),
+            },
             Err(e) => return Err(e.into()),
         };
         let term = revision;
