@@ -82,6 +82,7 @@ mod handoff;
 mod health;
 mod markers;
 mod message_loop;
+mod plan;
 mod reconcile;
 mod subjects;
 mod takeover;
@@ -103,7 +104,7 @@ pub use health::{ConsumerHealth, ConsumerStatus};
 use gate::Gate;
 use handler::Settle;
 use health::HealthCell;
-use reconcile::{Command, Reconciler};
+use reconcile::{Reconciler, Request};
 
 use crate::assignment::Assignment;
 use crate::error::{Error, Result};
@@ -197,7 +198,7 @@ pub(crate) fn backoff(max: Duration) -> ExponentialBackoff {
 /// See the [module documentation](self) for what it guarantees.
 pub struct WorkerConsumer {
     shared: Arc<Shared>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::UnboundedSender<Request>,
     /// The last worker and subjects asked for (identical requests make no server call).
     last: Mutex<Option<(WorkerId, BTreeSet<String>)>>,
     loop_cancel: CancellationToken,
@@ -339,7 +340,7 @@ impl WorkerConsumer {
         *last = Some((worker.clone(), subjects.clone()));
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Assign {
+            .send(Request::Assign {
                 worker: worker.clone(),
                 subjects,
                 reply,
@@ -425,7 +426,7 @@ impl WorkerConsumer {
             message_loop.abort();
         }
         let (reply, answer) = oneshot::channel();
-        let result = if commands.send(Command::Close { reply }).is_ok() {
+        let result = if commands.send(Request::Close { reply }).is_ok() {
             match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(Error::Shutdown),

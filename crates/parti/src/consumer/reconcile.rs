@@ -5,12 +5,20 @@
 //! the metadata, drains for gained subjects, retries with jittered backoff, re-creation after
 //! a deletion, and on work-queue streams the wait for (and, after `takeoverAfter`, the
 //! takeover of) subjects still held by another consumer of the group.
+//!
+//! # Layout
+//!
+//! This is the I/O shell around [`plan`]: the decisions (what to write, which markers, which
+//! drains, what to take over) are pure functions there, returning [`plan::Command`]s. Here:
+//! reading what a decision needs, executing the commands in order, and everything around
+//! them — retries with backoff, re-planning after an overlap or a deletion, the drain tasks,
+//! errors, logging and health.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{PullConsumer, pull};
 use backon::ExponentialBackoff;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinSet};
@@ -19,9 +27,10 @@ use tokio::time::Instant;
 use super::api::{self, ApiError};
 use super::handoff::{self, Gain};
 use super::health::ConfigState;
-use super::subjects::{durable_name, paused_subject};
+use super::plan::{self, Applied, Command, Write};
+use super::subjects::durable_name;
 use super::takeover;
-use super::{Mode, Shared, backoff, markers};
+use super::{Shared, backoff};
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 
@@ -33,73 +42,88 @@ const SYNC_ATTEMPTS: usize = 4;
 const RECREATE_DELAY: Duration = Duration::from_millis(250);
 
 /// Requests from the [`WorkerConsumer`](super::WorkerConsumer) handle.
-pub(crate) enum Command {
+pub(crate) enum Request {
     /// Follow this worker's subjects; replies after the first attempt.
     Assign {
+        /// The worker (names the durable).
         worker: WorkerId,
+        /// Its rendered filter subjects.
         subjects: BTreeSet<String>,
+        /// Answered with the first attempt's outcome.
         reply: oneshot::Sender<Result<()>>,
     },
     /// Release every subject and stop.
-    Close { reply: oneshot::Sender<Result<()>> },
+    Close {
+        /// Answered with the release's outcome.
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
-/// The durable as last seen on, or written to, the server.
-#[derive(Debug, Clone)]
-struct Applied {
-    exists: bool,
-    subjects: BTreeSet<String>,
-    metadata: HashMap<String, String>,
-    deliver: DeliverPolicy,
+/// What executing a plan did, beyond the state it updated.
+#[derive(Debug, Default)]
+struct Executed {
+    /// Subjects taken over from their holders ([`Command::TakeOver`]).
+    freed: BTreeSet<String>,
+}
+
+/// What the last write of an executed plan reported.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// The durable's delivered stream position ([`plan::Upto::Delivered`]).
+    delivered: u64,
+    /// Its ack floor ([`Command::ReleaseGated`] resets to it + 1).
     floor: u64,
 }
 
-impl Applied {
-    fn missing() -> Self {
-        Self {
-            exists: false,
-            subjects: BTreeSet::new(),
-            metadata: HashMap::new(),
-            deliver: DeliverPolicy::All,
-            floor: 0,
-        }
-    }
-}
-
+/// The reconciler task's state.
 pub(crate) struct Reconciler {
+    /// What every task of the consumer shares (stream, config, health, filter, gate).
     shared: Arc<Shared>,
-    commands: mpsc::UnboundedReceiver<Command>,
+    /// Requests from the handle.
+    requests: mpsc::UnboundedReceiver<Request>,
+    /// The message loop failed: check the durable now.
     loop_failed: Arc<Notify>,
+    /// The durable the message loop reads from (`None`: none).
     consumer_tx: watch::Sender<Option<PullConsumer>>,
+    /// The worker whose subjects we follow (set by the first assignment).
     worker: Option<WorkerId>,
+    /// Its durable's name.
     durable: Option<String>,
+    /// The subjects assigned.
     desired: BTreeSet<String>,
+    /// The durable as last seen or written (`None`: not read yet, adopt it first).
     applied: Option<Applied>,
     /// Desired subjects held by another consumer of a work-queue stream, since when.
     blocked: BTreeMap<String, Instant>,
+    /// The running drains.
     gains: JoinSet<Gain>,
+    /// The next drain's ID.
     next_gain: u64,
     /// Subject → the gain draining it.
     draining: HashMap<String, u64>,
     /// Drained subjects whose pending marker is still to be removed.
     drained: BTreeSet<String>,
+    /// When to sync again after a failure or while subjects are blocked.
     retry_at: Option<Instant>,
+    /// The delays between those retries.
     delays: ExponentialBackoff,
+    /// The last sync's failure, for health.
     error: Option<String>,
     /// The durable was deleted behind our back and must be re-created.
     recreate: bool,
 }
 
 impl Reconciler {
+    /// A reconciler following nothing yet.
     pub(crate) fn new(
         shared: Arc<Shared>,
-        commands: mpsc::UnboundedReceiver<Command>,
+        requests: mpsc::UnboundedReceiver<Request>,
         loop_failed: Arc<Notify>,
         consumer_tx: watch::Sender<Option<PullConsumer>>,
     ) -> Self {
         Self {
             shared,
-            commands,
+            requests,
             loop_failed,
             consumer_tx,
             worker: None,
@@ -118,20 +142,21 @@ impl Reconciler {
         }
     }
 
+    /// Runs until closed or the handle is dropped.
     pub(crate) async fn run(mut self) {
         let mut check = tokio::time::interval(self.shared.config.check_interval);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry_at = self.retry_at;
             tokio::select! {
-                command = self.commands.recv() => match command {
+                request = self.requests.recv() => match request {
                     None => return,
-                    Some(Command::Assign { worker, subjects, reply }) => {
+                    Some(Request::Assign { worker, subjects, reply }) => {
                         let result = self.assign(worker, subjects).await;
                         self.publish_health();
                         let _ = reply.send(result);
                     }
-                    Some(Command::Close { reply }) => {
+                    Some(Request::Close { reply }) => {
                         let result = self.close().await;
                         self.publish_health();
                         let _ = reply.send(result);
@@ -150,6 +175,7 @@ impl Reconciler {
         }
     }
 
+    /// Follows `subjects` of `worker` (a new worker ID: its durable, left to be adopted).
     async fn assign(&mut self, worker: WorkerId, subjects: BTreeSet<String>) -> Result<()> {
         if self.worker.as_ref() != Some(&worker) {
             if let Some(old) = &self.worker {
@@ -192,108 +218,70 @@ impl Reconciler {
         result
     }
 
+    /// The next sync after the next backoff delay.
     fn schedule_retry(&mut self) {
         let delay = self.delays.next().unwrap_or(MAX_BACKOFF);
         self.retry_at = Some(Instant::now() + delay);
     }
 
+    /// Reads what [`plan::sync`] needs, executes its commands; re-plans after an overlap
+    /// (leaving out, or taking over, the subjects held elsewhere) or a deletion.
     async fn try_sync(&mut self) -> Result<()> {
-        let Some(durable) = self.durable.clone() else {
+        let (Some(durable), Some(worker)) = (self.durable.clone(), self.worker.clone()) else {
             return Ok(());
         };
         if self.applied.is_none() {
             self.adopt(&durable).await?;
         }
+        let mode = self.shared.mode;
         // Subjects found held by another consumer during this sync.
         let mut held: BTreeSet<String> = BTreeSet::new();
         for _ in 0..SYNC_ATTEMPTS {
             let mut applied = self.applied.clone().unwrap_or_else(Applied::missing);
-            let target: BTreeSet<String> = self.desired.difference(&held).cloned().collect();
-            if applied.exists
-                && self.shared.mode == Mode::Replay
-                && !applied.subjects.is_subset(&target)
-            {
+            let target = plan::target(&self.desired, &held);
+            let reads = plan::reads(mode, &applied, &target);
+            if reads.ack_floor {
                 // Released subjects record the ack floor: read it fresh, not from the last check.
                 if let Some(current) = api::get(&self.shared.stream, &durable).await? {
                     applied.floor = current.cached_info().ack_floor.stream_sequence;
                 }
             }
-            let gained: BTreeSet<String> = target.difference(&applied.subjects).cloned().collect();
-            let fresh = !applied.exists;
-            let from = self.lower_bounds(&durable, &applied, &gained).await?;
-            let deliver = match (fresh, self.shared.mode) {
-                (false, _) => applied.deliver,
-                (true, Mode::WorkQueue) => DeliverPolicy::All,
-                // Nobody processed any of these yet: the durable itself starts from the start.
-                (true, Mode::Replay) if from.values().all(|n| *n == 0) => DeliverPolicy::All,
-                (true, Mode::Replay) => DeliverPolicy::New,
-            };
-            // A fresh durable that delivers everything has no backlog behind it.
-            let drain = !(gained.is_empty() || fresh && deliver == DeliverPolicy::All);
-            let drained_from = if drain { from } else { BTreeMap::new() };
-            let metadata = self.next_metadata(&applied, &target, &drained_from);
-            if !fresh
-                && gained.is_empty()
-                && target == applied.subjects
-                && metadata == applied.metadata
-            {
-                self.settle_blocked(&held);
-                return Ok(());
-            }
-            if self.shared.mode == Mode::Replay {
-                for s in &gained {
-                    self.shared
-                        .known
-                        .set(s, drained_from.get(s).copied().unwrap_or(0));
-                }
-            }
-            let config = self.consumer_config(&durable, &target, metadata.clone(), deliver);
-            let result = if fresh {
-                self.create(&durable, config).await
+            let consumers = if reads.consumers {
+                api::list(&self.shared.stream).await?
             } else {
-                api::update(&self.shared.stream, config).await
+                Vec::new()
             };
-            match result {
-                Ok(consumer) => {
-                    let info = consumer.cached_info();
-                    // A paused durable's reported position stays at its last delivery while the
-                    // server moves it past everything stored meanwhile: on a work queue, treat
-                    // anything stored before this gain as possibly behind it.
-                    let was_paused = applied.exists && applied.subjects.is_empty();
-                    let upto = if self.shared.mode == Mode::WorkQueue && was_paused {
-                        u64::MAX
-                    } else {
-                        info.delivered.stream_sequence
-                    };
-                    let floor = info.ack_floor.stream_sequence;
-                    self.shared.health.updated();
-                    tracing::info!(consumer = %durable, subjects = target.len(), gained = gained.len(), released = applied.subjects.difference(&target).count(), "consumer filter updated");
-                    self.shared.set_filter(&target);
-                    let released: BTreeSet<String> =
-                        applied.subjects.difference(&target).cloned().collect();
-                    if self.shared.mode == Mode::WorkQueue && self.shared.take_gated(&released) {
-                        self.release_gated(&durable, floor).await;
-                    }
-                    self.applied = Some(Applied {
-                        exists: true,
-                        subjects: target.clone(),
-                        metadata,
-                        deliver,
-                        floor,
-                    });
-                    self.drained.clear();
-                    self.draining.retain(|s, _| target.contains(s));
-                    if fresh {
-                        self.consumer_tx.send_replace(Some(consumer));
-                    }
-                    if drain {
-                        self.spawn_gain(&durable, drained_from, upto);
-                    }
+            let cfg = &self.shared.config;
+            let desired = plan::Desired {
+                mode,
+                group: &cfg.consumer_prefix,
+                durable: &durable,
+                worker: &worker,
+                target: &target,
+                max_released: cfg.max_subjects,
+            };
+            let observed = plan::Observed {
+                applied: &applied,
+                consumers: &consumers,
+                draining: &self.draining,
+                drained: &self.drained,
+                recreate: self.recreate,
+            };
+            let commands = plan::sync(&desired, &observed);
+            match self.execute(&durable, &applied, &target, commands).await {
+                Ok(_) => {
                     self.settle_blocked(&held);
                     return Ok(());
                 }
                 Err(ApiError::Overlap) => {
-                    let holders = takeover::holders(&self.shared, &durable, &gained).await?;
+                    let gained = plan::gained(&applied, &target);
+                    let consumers = api::list(&self.shared.stream).await?;
+                    let holders = takeover::holders(
+                        &self.shared.config.consumer_prefix,
+                        &durable,
+                        consumers,
+                        &gained,
+                    );
                     if holders.is_empty() {
                         // Whoever held it is gone already: try again.
                         continue;
@@ -303,8 +291,18 @@ impl Reconciler {
                     for s in holders.keys() {
                         self.blocked.entry(s.clone()).or_insert(now);
                     }
-                    for s in takeover::take_over(&self.shared, &self.blocked, &holders).await {
-                        held.remove(&s);
+                    let takeovers = plan::takeover(
+                        &self.blocked,
+                        &holders,
+                        Instant::now(),
+                        self.shared.config.takeover_after,
+                    );
+                    // Takeover failures are logged and leave their subjects held: no error.
+                    if let Ok(executed) = self.execute(&durable, &applied, &target, takeovers).await
+                    {
+                        for s in executed.freed {
+                            held.remove(&s);
+                        }
                     }
                 }
                 Err(ApiError::NotFound) => {
@@ -320,16 +318,120 @@ impl Reconciler {
         )))
     }
 
-    /// Creates the durable; after a deletion, waits for the server to finish it and checks that
-    /// the new consumer's store works (a no-op update), deleting it to retry if not.
-    async fn create(
+    /// Executes a plan in order, moving from `applied` to `target`; stops at a failed write
+    /// (a failed takeover only leaves its subjects held).
+    async fn execute(
         &mut self,
         durable: &str,
-        config: pull::Config,
-    ) -> std::result::Result<PullConsumer, ApiError> {
-        if !self.recreate {
-            return api::create(&self.shared.stream, config).await;
+        applied: &Applied,
+        target: &BTreeSet<String>,
+        commands: Vec<Command>,
+    ) -> std::result::Result<Executed, ApiError> {
+        let mut written: Option<Written> = None;
+        let mut executed = Executed::default();
+        let mut still_held = BTreeSet::new();
+        let due = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::TakeOver { subjects, .. } => Some(subjects),
+                _ => None,
+            })
+            .flatten()
+            .collect::<BTreeSet<_>>()
+            .len();
+        for command in commands {
+            match command {
+                Command::SkipBelow { subject, below } => self.shared.known.set(&subject, below),
+                Command::Create(write) => {
+                    let config = self.consumer_config(durable, write.clone());
+                    let consumer = api::create(&self.shared.stream, config).await?;
+                    written = Some(self.written(durable, applied, target, write, &consumer));
+                    self.consumer_tx.send_replace(Some(consumer));
+                }
+                Command::Recreate(write) => {
+                    let consumer = self.recreate(durable, write.clone()).await?;
+                    written = Some(self.written(durable, applied, target, write, &consumer));
+                    self.consumer_tx.send_replace(Some(consumer));
+                }
+                Command::Update(write) => {
+                    let config = self.consumer_config(durable, write.clone());
+                    let consumer = api::update(&self.shared.stream, config).await?;
+                    written = Some(self.written(durable, applied, target, write, &consumer));
+                }
+                Command::ReleaseGated { released } => {
+                    if self.shared.take_gated(&released) {
+                        let floor = written.map_or(applied.floor, |w| w.floor);
+                        self.release_gated(durable, floor).await;
+                    }
+                }
+                Command::Drain { from, upto } => {
+                    let upto = upto.resolve(written.map(|w| w.delivered));
+                    self.spawn_gain(durable, from, upto);
+                }
+                Command::TakeOver {
+                    from,
+                    config,
+                    subjects,
+                } => {
+                    let after = self.shared.config.takeover_after;
+                    tracing::warn!(from = %from, subjects = due, after = ?after, "taking over assigned subjects still held by another worker's consumer");
+                    match api::update(&self.shared.stream, *config).await {
+                        Ok(_) | Err(ApiError::NotFound) => {}
+                        Err(e) => {
+                            tracing::warn!(from = %from, error = %e.message(), "takeover failed");
+                            still_held.extend(subjects.iter().cloned());
+                        }
+                    }
+                    executed.freed.extend(subjects);
+                }
+            }
         }
+        executed.freed.retain(|s| !still_held.contains(s));
+        Ok(executed)
+    }
+
+    /// Bookkeeping after a successful write: the durable now has `write` for `target`.
+    fn written(
+        &mut self,
+        durable: &str,
+        applied: &Applied,
+        target: &BTreeSet<String>,
+        write: Write,
+        consumer: &PullConsumer,
+    ) -> Written {
+        let info = consumer.cached_info();
+        let floor = info.ack_floor.stream_sequence;
+        self.shared.health.updated();
+        tracing::info!(consumer = %durable, subjects = target.len(), gained = target.difference(&applied.subjects).count(), released = applied.subjects.difference(target).count(), "consumer filter updated");
+        self.shared.set_filter(target);
+        self.applied = Some(Applied {
+            exists: true,
+            subjects: target.clone(),
+            metadata: write.metadata,
+            deliver: write.deliver,
+            floor,
+        });
+        self.drained.clear();
+        self.draining.retain(|s, _| target.contains(s));
+        Written {
+            delivered: info.delivered.stream_sequence,
+            floor,
+        }
+    }
+
+    /// The full configuration of a planned write.
+    fn consumer_config(&self, durable: &str, write: Write) -> pull::Config {
+        plan::consumer_config(durable, &self.shared.config, write)
+    }
+
+    /// Creates the durable after a deletion: waits for the server to finish it and checks that
+    /// the new consumer's store works (a no-op update), deleting it to retry if not.
+    async fn recreate(
+        &mut self,
+        durable: &str,
+        write: Write,
+    ) -> std::result::Result<PullConsumer, ApiError> {
+        let config = self.consumer_config(durable, write);
         tokio::time::sleep(RECREATE_DELAY).await;
         let consumer = api::create(&self.shared.stream, config.clone()).await?;
         if let Err(e) = api::update(&self.shared.stream, config).await {
@@ -378,127 +480,27 @@ impl Reconciler {
             self.applied = Some(Applied::missing());
             return Ok(());
         };
-        let info = consumer.cached_info().clone();
-        let subjects = server_subjects(durable, &info.config);
-        let resume: BTreeMap<String, u64> = markers::pending_subjects(&info.config.metadata)
-            .into_iter()
-            .filter(|s| subjects.contains(s))
-            .map(|s| {
-                let from = markers::pending(&info.config.metadata, &s).unwrap_or(0);
-                (s, from)
+        let (applied, resume) = plan::adopt(durable, consumer.cached_info());
+        self.shared.set_filter(&applied.subjects);
+        let resuming: usize = resume
+            .iter()
+            .map(|c| match c {
+                Command::Drain { from, .. } => from.len(),
+                _ => 0,
             })
-            .collect();
-        self.shared.set_filter(&subjects);
-        self.applied = Some(Applied {
-            exists: true,
-            subjects,
-            metadata: markers::ours(&info.config.metadata),
-            deliver: info.config.deliver_policy,
-            floor: info.ack_floor.stream_sequence,
-        });
-        if !resume.is_empty() {
-            tracing::info!(consumer = %durable, subjects = resume.len(), "resuming unfinished drains");
-            self.spawn_gain(durable, resume, info.delivered.stream_sequence);
+            .sum();
+        if resuming > 0 {
+            tracing::info!(consumer = %durable, subjects = resuming, "resuming unfinished drains");
         }
+        // Only drains (nothing that can fail).
+        self.execute(durable, &applied, &applied.subjects, resume)
+            .await?;
+        self.applied = Some(applied);
         self.consumer_tx.send_replace(Some(consumer));
         Ok(())
     }
 
-    /// Where the drain of each gained subject starts (work queues need no bound: they only
-    /// store what was not processed).
-    async fn lower_bounds(
-        &self,
-        durable: &str,
-        applied: &Applied,
-        gained: &BTreeSet<String>,
-    ) -> Result<BTreeMap<String, u64>> {
-        if gained.is_empty() || self.shared.mode == Mode::WorkQueue {
-            return Ok(gained.iter().map(|s| (s.clone(), 0)).collect());
-        }
-        let consumers = api::list(&self.shared.stream).await?;
-        Ok(markers::lower_bounds(
-            &self.shared.config.consumer_prefix,
-            durable,
-            &consumers,
-            &applied.metadata,
-            gained,
-        ))
-    }
-
-    /// The metadata after moving from `applied` to `target`: released subjects get a released
-    /// marker (their drain start if still draining, else the ack floor + 1), gained ones a
-    /// pending marker, drained ones lose theirs.
-    fn next_metadata(
-        &self,
-        applied: &Applied,
-        target: &BTreeSet<String>,
-        gained: &BTreeMap<String, u64>,
-    ) -> HashMap<String, String> {
-        let cfg = &self.shared.config;
-        let mut m = applied.metadata.clone();
-        m.insert(markers::GROUP.into(), cfg.consumer_prefix.clone());
-        if let Some(worker) = &self.worker {
-            m.insert(markers::WORKER.into(), worker.to_string());
-        }
-        let releasing: BTreeSet<String> = applied
-            .subjects
-            .difference(target)
-            .cloned()
-            .chain(
-                markers::pending_subjects(&m)
-                    .into_iter()
-                    .filter(|s| !target.contains(s)),
-            )
-            .collect();
-        for s in &releasing {
-            let from = markers::pending(&m, s);
-            m.remove(&markers::pending_key(s));
-            if self.shared.mode == Mode::Replay {
-                m.insert(
-                    markers::released_key(s),
-                    from.unwrap_or(applied.floor + 1).to_string(),
-                );
-            }
-        }
-        for s in &self.drained {
-            if target.contains(s) && !self.draining.contains_key(s) {
-                m.remove(&markers::pending_key(s));
-            }
-        }
-        for (s, from) in gained {
-            m.remove(&markers::released_key(s));
-            m.insert(markers::pending_key(s), from.to_string());
-        }
-        markers::prune_released(&mut m, cfg.max_subjects);
-        m
-    }
-
-    fn consumer_config(
-        &self,
-        durable: &str,
-        target: &BTreeSet<String>,
-        metadata: HashMap<String, String>,
-        deliver: DeliverPolicy,
-    ) -> pull::Config {
-        let cfg = &self.shared.config;
-        let filter_subjects = if target.is_empty() {
-            vec![paused_subject(durable)]
-        } else {
-            target.iter().cloned().collect()
-        };
-        pull::Config {
-            durable_name: Some(durable.to_owned()),
-            description: Some("parti: the partitions of one worker".into()),
-            deliver_policy: deliver,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: cfg.ack_wait,
-            max_ack_pending: cfg.max_ack_pending,
-            filter_subjects,
-            metadata,
-            ..Default::default()
-        }
-    }
-
+    /// Starts draining `from` up to `upto` in the background.
     fn spawn_gain(&mut self, durable: &str, from: BTreeMap<String, u64>, upto: u64) {
         let id = self.next_gain;
         self.next_gain += 1;
@@ -515,6 +517,7 @@ impl Reconciler {
             .spawn(handoff::run(Arc::clone(&self.shared), gain));
     }
 
+    /// A drain finished: its subjects lose their pending markers (at the next sync, now).
     async fn gain_done(&mut self, done: std::result::Result<Gain, JoinError>) {
         let gain = match done {
             Ok(gain) => gain,
@@ -557,17 +560,15 @@ impl Reconciler {
                 let _ = self.sync().await;
             }
             Ok(Some(consumer)) => {
-                let info = consumer.cached_info();
-                let server = server_subjects(&durable, &info.config);
+                let seen = plan::seen(&durable, consumer.cached_info());
                 let Some(applied) = self.applied.as_mut() else {
                     return;
                 };
-                applied.floor = info.ack_floor.stream_sequence;
-                let metadata = markers::ours(&info.config.metadata);
-                if server != applied.subjects || metadata != applied.metadata {
+                applied.floor = seen.floor;
+                if seen.subjects != applied.subjects || seen.metadata != applied.metadata {
                     tracing::warn!(consumer = %durable, "consumer configuration changed behind our back: restoring it");
-                    applied.subjects = server;
-                    applied.metadata = metadata;
+                    applied.subjects = seen.subjects;
+                    applied.metadata = seen.metadata;
                     let _ = self.sync().await;
                 } else if self.error.is_some() {
                     let _ = self.sync().await;
@@ -595,6 +596,7 @@ impl Reconciler {
         result
     }
 
+    /// Publishes the filter and the configuration state to health.
     fn publish_health(&self) {
         match &self.applied {
             Some(applied) => self.shared.set_filter(&applied.subjects),
@@ -610,15 +612,7 @@ impl Reconciler {
     }
 }
 
-/// The subjects in a durable's server-side filter, without the paused placeholder.
-fn server_subjects(durable: &str, config: &consumer::Config) -> BTreeSet<String> {
-    let paused = paused_subject(durable);
-    api::info_filters(config)
-        .into_iter()
-        .filter(|s| *s != paused)
-        .collect()
-}
-
+/// Sleeps until `at`; for ever when `None`.
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
