@@ -355,7 +355,10 @@ impl Buckets {
 
     async fn floor(&self, version: u64) {
         self.assignment
-            .put(FLOOR_KEY, codec::encode(&VersionFloor { version }).unwrap())
+            .put(
+                FLOOR_KEY,
+                codec::encode(&VersionFloor { version, term: 0 }).unwrap(),
+            )
             .await
             .unwrap();
     }

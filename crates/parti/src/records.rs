@@ -22,12 +22,35 @@ pub const REFRESH_KEY: &str = "refresh";
 /// record is lost or garbage.
 pub const FLOOR_KEY: &str = "floor";
 
-/// `floor`: the highest version a publish may have committed.
+/// `floor`: the highest version a publish may have committed, and the term it was made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionFloor {
     /// The version.
     pub version: u64,
+    /// The publishing leader's term (0 in floors written before terms were recorded here).
+    #[serde(default)]
+    pub term: u64,
+}
+
+/// The highest leader term recorded in the assignment bucket (the `cluster` record and the
+/// `floor` key; an undecodable value counts as none): new terms must start above it, even when
+/// the election bucket was recreated and its revisions started again.
+pub(crate) async fn term_floor(bucket: &dyn Bucket) -> Result<u64> {
+    let name = bucket.name();
+    let cluster = match bucket.get(CLUSTER_KEY).await? {
+        Some(e) => codec::decode::<ClusterRecord>(name, CLUSTER_KEY, &e.value)
+            .inspect_err(garbage_seen)
+            .map_or(0, |r| r.term),
+        None => 0,
+    };
+    let floor = match bucket.get(FLOOR_KEY).await? {
+        Some(e) => codec::decode::<VersionFloor>(name, FLOOR_KEY, &e.value)
+            .inspect_err(garbage_seen)
+            .map_or(0, |f| f.term),
+        None => 0,
+    };
+    Ok(cluster.max(floor))
 }
 /// Prefix of the per-worker assignment keys.
 pub const WORKER_KEY_PREFIX: &str = "worker.";

@@ -698,3 +698,43 @@ async fn a_loser_that_never_releases_is_expelled_and_the_gainer_holds_after_its_
     gainer.stop().await.unwrap();
     stuck.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_keep_increasing_when_the_election_bucket_is_recreated() {
+    let cluster = TestCluster::start(config(), partitions(30)).await;
+    let mut workers = cluster.workers(3).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    // A leader crash first, so that the committed term is well above 1.
+    let leader = workers.iter().position(|(m, _)| m.is_leader()).unwrap();
+    let (crashed, _) = workers.remove(leader);
+    cluster.kill(&crashed).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    let before = cluster.record().await.term;
+    assert!(before > 1, "term {before} after a failover");
+
+    // An operator deletes the election bucket and provisions it again: revisions start at 1.
+    let name = cluster.config.kv_buckets.election.clone();
+    let js = async_nats::jetstream::new(cluster.server.client().await.unwrap());
+    js.delete_key_value(&name).await.unwrap();
+    let store = parti::store::NatsStore::new(js);
+    parti::store::Store::bucket(
+        &store,
+        &parti::election::bucket_spec(&name, cluster.config.election_ttl, 1),
+    )
+    .await
+    .unwrap();
+
+    // A new leader is elected with a term above every term committed before, and it
+    // publishes: a worker that joins now gets its share.
+    workers.extend(cluster.workers(1).await);
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE * 2).await;
+    let term = after.record.as_ref().unwrap().0.term;
+    assert!(
+        term > before,
+        "term {term} after the recreation, {before} before"
+    );
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}

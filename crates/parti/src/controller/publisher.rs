@@ -167,7 +167,10 @@ impl Publisher {
             lineages: handoff::lineages(map.workers(), members),
         };
         // The floor first: a commit may land even when its reply is lost.
-        let floor = codec::encode(&VersionFloor { version })?;
+        let floor = codec::encode(&VersionFloor {
+            version,
+            term: self.term,
+        })?;
         self.bucket.put(FLOOR_KEY, floor).await?;
         let revision = self.commit(&record, cluster_rev).await?;
 

@@ -1,7 +1,9 @@
 //! The default election agent: a lease on the `leader` key of the election bucket.
 //!
 //! Acquire = create-if-absent (a deleted or expired key counts as absent); the term is the
-//! revision of that winning create, written into the value right after and kept across renewals.
+//! revision of that winning create — plus, with [`with_term_floor`](NatsLeaseElection::with_term_floor),
+//! the highest term recorded in the assignment bucket — written into the value right after and
+//! kept across renewals.
 //! Renew = update with the expected revision; release = delete with the expected revision.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,8 +32,8 @@ pub struct LeaderRecord {
     pub worker: WorkerId,
     /// Its instance (process).
     pub instance: String,
-    /// The term: the revision of the create that won the lease (0 for the instant between that
-    /// create and the write of the term).
+    /// The term: the revision of the create that won the lease, plus the term floor if the
+    /// agent has one (0 for the instant between that create and the write of the term).
     pub term: u64,
     /// When the lease was acquired, in Unix milliseconds.
     pub acquired_at: u64,
@@ -68,6 +70,9 @@ pub struct NatsLeaseElection {
     instance: String,
     ttl: Duration,
     held: Mutex<Option<Held>>,
+    /// Where the highest recorded term is read (the assignment bucket), so that terms keep
+    /// increasing when the election bucket is recreated and its revisions start again.
+    term_floor: Option<Arc<dyn Bucket>>,
 }
 
 impl NatsLeaseElection {
@@ -80,7 +85,20 @@ impl NatsLeaseElection {
             instance,
             ttl,
             held: Mutex::new(None),
+            term_floor: None,
         }
+    }
+
+    /// Terms start above the highest term recorded in `assignment` (the assignment bucket):
+    /// each term is the winning create's revision plus that floor, read after the create won.
+    /// Successive leaders still get increasing terms (the floor never decreases and revisions
+    /// increase), and a recreated election bucket — whose revisions start again at 1 — no longer
+    /// yields terms that every commit already made would fence out. The manager's default
+    /// agent uses it.
+    #[must_use]
+    pub fn with_term_floor(mut self, assignment: Arc<dyn Bucket>) -> Self {
+        self.term_floor = Some(assignment);
+        self
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
@@ -139,7 +157,12 @@ impl ElectionAgent for NatsLeaseElection {
             },
             Err(e) => return Err(e.into()),
         };
-        let term = revision;
+        let floor = match &self.term_floor {
+            // Read after the create won: a leader before us committed with a term in it.
+            Some(bucket) => crate::records::term_floor(&**bucket).await?,
+            None => 0,
+        };
+        let term = floor.saturating_add(revision);
         let value = self.record(term, acquired_at)?;
         // Write the term into the value now; if this fails transiently, the first renewal does.
         let revision = match self

@@ -152,7 +152,7 @@ impl Heartbeater {
             failures: failures_tx,
             renewed: renewed_tx,
             revoked: revoked_tx,
-            revision: None,
+            revision: KeyRevision::Start,
             revoked_lineage: None,
         };
         let task = AbortOnDropHandle::new(tokio::spawn(beat.run(cancel.clone())));
@@ -240,6 +240,18 @@ impl Heartbeater {
     }
 }
 
+/// What a heartbeat write is checked against.
+#[derive(Debug, Clone, Copy)]
+enum KeyRevision {
+    /// The session's first write: a plain put (a new session is a new lineage, so whatever
+    /// the key held belongs to an earlier one).
+    Start,
+    /// The key's revision as last written or read.
+    Known(u64),
+    /// The key was found gone: create it.
+    Absent,
+}
+
 struct Beat {
     bucket: Arc<dyn Bucket>,
     worker: WorkerId,
@@ -249,9 +261,9 @@ struct Beat {
     failures: watch::Sender<u32>,
     renewed: watch::Sender<Option<u64>>,
     revoked: watch::Sender<u64>,
-    /// The revision of our last write, when known: renewals are revision-checked, so that a
-    /// leader's expulsion marker is never overwritten unseen.
-    revision: Option<u64>,
+    /// What the next write is checked against: renewals are revision-checked, so that a
+    /// leader's expulsion marker (or anyone's write) is never overwritten unseen.
+    revision: KeyRevision,
     /// The lineage (lapse count) whose lease was revoked: no renewal until the worker lapsed.
     revoked_lineage: Option<u64>,
 }
@@ -294,71 +306,91 @@ impl Beat {
             // Revoked: the lease must run out; renew only once the worker lapsed.
             return;
         }
-        let started = unix_ns();
-        let result = match codec::encode(value) {
-            Ok(bytes) => {
-                let key = self.worker.as_str();
-                match self.revision {
-                    Some(expected) => self.bucket.update(key, bytes, expected).await,
-                    None => self.bucket.put(key, bytes).await,
-                }
-                .map_err(crate::Error::from)
-            }
-            Err(e) => Err(e),
+        let bytes = match codec::encode(value) {
+            Ok(bytes) => bytes,
+            Err(e) => return self.failed(&e),
         };
-        match result {
-            Ok(revision) => {
-                self.revision = Some(revision);
-                self.revoked_lineage = None;
-                self.renewed.send_replace(Some(started));
-                self.failures
-                    .send_if_modified(|n| std::mem::replace(n, 0) != 0);
-            }
-            Err(crate::Error::Nats(crate::error::StoreError::Conflict { .. })) => {
-                self.conflict(value).await;
-            }
-            Err(e) => {
-                self.failures.send_modify(|n| *n = n.saturating_add(1));
-                metrics::counter!("parti_heartbeat_failures_total").increment(1);
-                tracing::warn!(
-                    worker = %self.worker,
-                    failures = *self.failures.borrow(),
-                    error = %e,
-                    "heartbeat put failed"
-                );
+        // A second attempt only right after finding our own write (a lost reply): the lease
+        // must not wait a whole interval for it.
+        for _ in 0..2 {
+            let started = unix_ns();
+            let key = self.worker.as_str();
+            let result = match self.revision {
+                KeyRevision::Known(expected) => {
+                    self.bucket.update(key, bytes.clone(), expected).await
+                }
+                KeyRevision::Absent => self.bucket.create(key, bytes.clone()).await,
+                KeyRevision::Start => self.bucket.put(key, bytes.clone()).await,
+            };
+            match result {
+                Ok(revision) => {
+                    self.revision = KeyRevision::Known(revision);
+                    self.revoked_lineage = None;
+                    self.renewed.send_replace(Some(started));
+                    self.failures
+                        .send_if_modified(|n| std::mem::replace(n, 0) != 0);
+                    return;
+                }
+                Err(e) if e.is_conflict() => {
+                    if !self.reread(value).await {
+                        return;
+                    }
+                }
+                Err(e) => return self.failed(&e.into()),
             }
         }
     }
 
-    /// Someone else wrote our key since our last write (or our write landed but its reply was
-    /// lost). An expulsion marker for our current lineage revokes the lease; anything else —
-    /// our own value, garbage, an older marker, an expired key — is written over at the next
-    /// beat.
-    async fn conflict(&mut self, ours: &HeartbeatValue) {
+    fn failed(&self, error: &crate::Error) {
+        self.failures.send_modify(|n| *n = n.saturating_add(1));
+        metrics::counter!("parti_heartbeat_failures_total").increment(1);
+        tracing::warn!(
+            worker = %self.worker,
+            failures = *self.failures.borrow(),
+            %error,
+            "heartbeat put failed"
+        );
+    }
+
+    /// Someone wrote our key since our last write, or our write landed but its reply was lost.
+    /// True when the key holds our own value of this lineage (write again at once). Anything
+    /// else — an expulsion marker, garbage, another process's value, a key gone — ends this
+    /// lineage's lease: no renewal of it can be trusted to follow a write we did not see, so
+    /// the worker lapses (revocation) and renews under its next lineage. A failed re-read
+    /// keeps the revision: the next beat conflicts and reads again, and never writes blindly.
+    async fn reread(&mut self, ours: &HeartbeatValue) -> bool {
         let current = match self.bucket.get(self.worker.as_str()).await {
             Ok(current) => current,
             Err(e) => {
                 tracing::debug!(worker = %self.worker, error = %e, "heartbeat re-read failed");
-                self.revision = None;
-                return;
+                return false;
             }
         };
-        let Some(entry) = current else {
-            self.revision = None;
-            return;
+        let found = match current {
+            Some(entry) => {
+                self.revision = KeyRevision::Known(entry.revision);
+                codec::decode::<HeartbeatValue>(self.bucket.name(), &entry.key, &entry.value).ok()
+            }
+            None => {
+                self.revision = KeyRevision::Absent;
+                None
+            }
         };
-        self.revision = Some(entry.revision);
-        let marker = codec::decode::<HeartbeatValue>(self.bucket.name(), &entry.key, &entry.value)
-            .ok()
-            .filter(|v| v.expelled && v.instance == ours.instance && v.lapses == ours.lapses);
-        if marker.is_some() {
-            tracing::warn!(
-                worker = %self.worker,
-                lapses = ours.lapses,
-                "lease revoked by the leader (a hand-off was not released in time)"
-            );
-            self.revoked_lineage = Some(ours.lapses);
-            self.revoked.send_replace(ours.lapses);
+        let own = found
+            .as_ref()
+            .is_some_and(|v| !v.expelled && v.instance == ours.instance && v.lapses == ours.lapses);
+        if own {
+            return true;
         }
+        let expelled = found.as_ref().is_some_and(|v| v.expelled);
+        tracing::warn!(
+            worker = %self.worker,
+            lapses = ours.lapses,
+            expelled,
+            "heartbeat key written by someone else: this lineage's lease is revoked"
+        );
+        self.revoked_lineage = Some(ours.lapses);
+        self.revoked.send_replace(ours.lapses);
+        false
     }
 }

@@ -194,7 +194,7 @@ impl ManagerBuilder {
         let ownership = OwnershipLog::new(self.ownership, &instance);
         let (lease, _) = watch::channel(0);
         let (released_tx, released) = watch::channel(0);
-        let lapse_pending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lapse_pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
         let holdings = Holdings::new(ownership.clone());
         let held = holdings.watch();

@@ -27,7 +27,7 @@ use crate::assignment::Assignment;
 use crate::error::Error;
 use crate::ownership::{Holdings, OwnershipEvent, OwnershipLog, OwnershipRecord};
 use crate::partition::{Partition, WorkerId};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the runtime asks of the fence task.
 #[derive(Debug)]
@@ -61,8 +61,8 @@ pub(crate) struct FenceParts {
     pub(crate) lease: watch::Sender<u64>,
     /// The highest commit version whose removals were carried out.
     pub(crate) released: watch::Sender<u64>,
-    /// Set by the runtime when it queues a lapse; cleared once its release is carried out.
-    pub(crate) lapse_pending: Arc<AtomicBool>,
+    /// Lapses queued by the runtime and not carried out yet (lease extensions wait behind them).
+    pub(crate) lapse_pending: Arc<AtomicU64>,
     /// The consumer gate's lease deadline (if a consumer was given).
     pub(crate) gate_lease: Option<Arc<AtomicU64>>,
     /// Stamps the extend records queued here.
@@ -123,7 +123,7 @@ impl FenceParts {
         let released = self.holdings.release(&lost);
         self.publish(released);
         if change.lapse {
-            self.lapse_pending.store(false, Ordering::Release);
+            self.lapse_pending.fetch_sub(1, Ordering::AcqRel);
         }
         self.released.send_if_modified(|v| {
             let newer = change.version > *v;

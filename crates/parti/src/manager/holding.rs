@@ -146,7 +146,6 @@ impl Holder {
         let more = self.reconcile(now_ns);
         change.gained = more.gained;
         change.lost.extend(more.lost);
-        change.lapse &= !change.lost.is_empty();
         change
     }
 
@@ -169,22 +168,21 @@ impl Holder {
         let more = self.reconcile(now_ns);
         change.lost.extend(more.lost);
         change.gained = more.gained;
-        change.lapse &= !change.lost.is_empty();
         change
     }
 
     /// A leader revoked the lease of lineage `lapses` (this worker did not release a hand-off
-    /// in time): lapse now, as if the lease had run out. A revocation of an earlier lineage
-    /// changes nothing — that lineage lapsed already.
+    /// in time, or someone else wrote its heartbeat key): lapse now, as if the lease had run
+    /// out — even when that lineage had lapsed already and was about to be renewed. A
+    /// revocation of an earlier lineage changes nothing.
     pub(crate) fn revoked(&mut self, lapses: u64, now_ns: u64) -> HoldingChange {
-        if lapses != self.lapses || self.lapsed {
+        if lapses != self.lapses {
             return self.tick(now_ns);
         }
         let mut change = self.lapse();
         let more = self.reconcile(now_ns);
         change.lost.extend(more.lost);
         change.gained = more.gained;
-        change.lapse &= !change.lost.is_empty();
         change
     }
 
@@ -400,6 +398,26 @@ mod tests {
             "an older lineage's revocation is stale"
         );
         assert_eq!(h.lapses(), 1);
+    }
+
+    #[test]
+    fn a_revocation_of_a_lineage_that_already_lapsed_still_ends_it() {
+        let mut h = Holder::new("i", TTL, 100);
+        h.renewed(0, 0);
+        h.committed(commit(3, &["a"], &[], Some(0)), 1);
+        assert!(h.tick(900).lapse);
+        assert_eq!(h.lapses(), 1);
+        // The heartbeat of lineage 1 was revoked before its renewal was seen here.
+        let c = h.revoked(1, 910);
+        assert!(
+            c.lapse && c.lost.is_empty(),
+            "a lapse, though nothing was held"
+        );
+        assert_eq!(
+            h.lapses(),
+            2,
+            "lineage 1 is over: the heartbeat renews as 2"
+        );
     }
 
     #[test]

@@ -118,8 +118,8 @@ pub(crate) struct Runtime {
     pub(crate) holder: Option<Holder>,
     /// The consumer gate's lease deadline (if a consumer was given): enforced per message.
     pub(crate) gate_lease: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// A lapse's release is queued in the fence task (lease extensions wait behind it).
-    pub(crate) lapse_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// How many lapses are queued in the fence task (lease extensions wait behind them).
+    pub(crate) lapse_pending: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) out: Outputs,
     pub(crate) refresh: mpsc::UnboundedReceiver<()>,
 }
@@ -203,12 +203,15 @@ impl Runtime {
     fn agent_for(&self, id: &WorkerId) -> Arc<dyn ElectionAgent> {
         match &self.election {
             Some(agent) => Arc::clone(agent),
-            None => Arc::new(NatsLeaseElection::new(
-                Arc::clone(&self.buckets.election),
-                id.clone(),
-                self.instance.clone(),
-                self.config.election_ttl,
-            )),
+            None => Arc::new(
+                NatsLeaseElection::new(
+                    Arc::clone(&self.buckets.election),
+                    id.clone(),
+                    self.instance.clone(),
+                    self.config.election_ttl,
+                )
+                .with_term_floor(Arc::clone(&self.buckets.assignment)),
+            ),
         }
     }
 
@@ -491,6 +494,7 @@ impl Runtime {
         if self
             .lapse_pending
             .load(std::sync::atomic::Ordering::Acquire)
+            > 0
         {
             let _ = self.fence.send(FenceCommand::Extend {
                 worker: session.id.clone(),
@@ -526,14 +530,16 @@ impl Runtime {
     /// the initial assignment).
     fn send_change(&mut self, session: &mut Session, change: HoldingChange) {
         let first = !session.told && session.had_assignment;
-        if change.is_empty() && !first && change.version <= session.sent_version {
+        // A lapse goes through even when this side held nothing: the fence task may still be
+        // releasing earlier holdings, and lease extensions must queue behind the lapse.
+        if change.is_empty() && !change.lapse && !first && change.version <= session.sent_version {
             return;
         }
         session.told |= first;
         session.sent_version = session.sent_version.max(change.version);
         if change.lapse {
             self.lapse_pending
-                .store(true, std::sync::atomic::Ordering::Release);
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
         let _ = self.fence.send(FenceCommand::Change {
             worker: session.id.clone(),
