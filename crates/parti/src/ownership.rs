@@ -230,6 +230,8 @@ impl Held {
 pub(crate) struct Holdings {
     log: OwnershipLog,
     held: BTreeMap<String, (Partition, WorkerId, u64)>,
+    /// The highest version recorded as applied: `applied` records only go up.
+    applied: u64,
     /// The application's view, sent on every change.
     view: tokio::sync::watch::Sender<Arc<Held>>,
 }
@@ -239,6 +241,7 @@ impl Holdings {
         Self {
             log,
             held: BTreeMap::new(),
+            applied: 0,
             view: tokio::sync::watch::Sender::new(Arc::default()),
         }
     }
@@ -266,10 +269,16 @@ impl Holdings {
         valid_until_ns: u64,
     ) -> Vec<OwnershipRecord> {
         let mut out = Vec::with_capacity(gained.len() + 1);
-        out.push(
-            self.log
-                .record(worker, OwnershipEvent::Applied { version: epoch }),
-        );
+        // A change carried out without a newer commit (a lapse before any commit of a new
+        // session) applies nothing new.
+        if epoch > self.applied {
+            self.applied = epoch;
+            out.push(
+                self.log
+                    .record(worker, OwnershipEvent::Applied { version: epoch }),
+            );
+        }
+        let before = out.len();
         for partition in gained {
             let id = partition.id();
             if self.held.contains_key(&id) {
@@ -286,7 +295,7 @@ impl Holdings {
                 },
             ));
         }
-        if out.len() > 1 {
+        if out.len() > before {
             self.send_view();
         }
         out

@@ -4,13 +4,28 @@
 //! time go in, [`Decision`]s (announce a phase, publish a map) come out. The runner around it
 //! does the I/O: it feeds each event, carries out the decisions in order, feeds the result
 //! back and sleeps until [`Planner::next_wakeup`].
+//!
+//! # Layout
+//!
+//! - `planner` (pure) decides when to announce a phase and when to publish; `handoff` (pure)
+//!   decides which moved partitions stay pending and when a republish or an expulsion is due.
+//! - `leader::Leader` owns one term's state: its context, the `Publisher` (the fenced writer
+//!   and the commit it last read or made), the `Planner`, the partitions the map was last built
+//!   from, and the hand-off bookkeeping (members' heartbeats, lineages seen, batching,
+//!   expulsions). It has one method per operation: feed an input, execute a decision, complete
+//!   hand-offs, expel overdue losers, say when to wake next.
+//! - `runner` is the thin I/O shell: it owns the membership watcher and the channels (its
+//!   `Feeds`), turns each event into one `Leader` call, and races the `Leader`'s store and
+//!   source calls against the term's cancellation.
 
 pub(crate) mod handoff;
+mod leader;
 pub(crate) mod planner;
 pub(crate) mod publisher;
 mod runner;
 
-pub(crate) use runner::{LeaderContext, run as run_leader};
+pub(crate) use leader::LeaderContext;
+pub(crate) use runner::run as run_leader;
 
 pub use planner::{
     ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,

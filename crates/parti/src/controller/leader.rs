@@ -1,0 +1,679 @@
+//! One leader term's state and its operations: the [`Leader`].
+//!
+//! The [`runner`](super::runner) reads the channels and turns each event into one call here;
+//! everything those calls decide from lives in the `Leader`. The decisions themselves are the
+//! [`Planner`]'s and [`handoff`]'s; a `Leader` only feeds them, carries out what they decide
+//! (phase writes, fenced publishes, hand-off republishes, lease revocations) and feeds the
+//! results back.
+//!
+//! The `async` methods make the store and source calls. The runner races each of them against
+//! the term's cancellation (all but [`Leader::departed_gracefully`], whose stable-ID reads at
+//! takeover never were): one dropped mid-way leaves the committed map as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::handoff::{self, Members};
+use super::planner::{
+    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,
+};
+use super::publisher::{PublishMeta, Publisher};
+use crate::assignment::{AssignmentMap, Lifecycle};
+use crate::clock::unix_ms;
+use crate::election::ElectionAgent;
+use crate::error::{Error, Result};
+use crate::heartbeat::{HeartbeatValue, MembershipEvent};
+use crate::manager::hooks::EventSink;
+use crate::partition::{Partition, WorkerId};
+use crate::records::{Lineage, WorkerRecord};
+use crate::source::{PartitionSource, load_checked};
+use crate::stable_id::StableIdConfig;
+use crate::state::ScalingReason;
+use crate::store::Bucket;
+use crate::strategy::AssignmentStrategy;
+
+/// Everything the leader needs; built by the manager.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaderContext {
+    pub(crate) assignment_bucket: Arc<dyn Bucket>,
+    pub(crate) heartbeat_bucket: Arc<dyn Bucket>,
+    /// Tells a graceful leave (ID released) from a crash (ID still held) for workers that
+    /// were already gone when this leader took over.
+    pub(crate) stable_id_bucket: Arc<dyn Bucket>,
+    pub(crate) strategy: Arc<dyn AssignmentStrategy>,
+    pub(crate) source: Arc<dyn PartitionSource>,
+    pub(crate) agent: Arc<dyn ElectionAgent>,
+    pub(crate) planner: PlannerConfig,
+    pub(crate) membership_resync: Duration,
+    /// The stable-ID pool: only its IDs can be members.
+    pub(crate) id_pool: StableIdConfig,
+    /// Bound on one partition-source call (`operationTimeout`).
+    pub(crate) source_timeout: Duration,
+    /// How long a loser may keep a gainer waiting before it is expelled (`handoffTimeout`).
+    pub(crate) handoff_timeout: Duration,
+    pub(crate) min_rebalance_threshold: f64,
+    pub(crate) events: EventSink,
+    /// Set by the manager when it recovers from Degraded: no crash is declared before it.
+    pub(crate) suppress_crashes_until: watch::Receiver<Option<Instant>>,
+}
+
+/// The longest a completed release waits for the others of its batch before its gainer is
+/// let in alone.
+const HANDOFF_BATCH: Duration = Duration::from_millis(100);
+
+/// The leader of one term: what it decides from, and the operations that act on it.
+pub(crate) struct Leader {
+    /// Buckets, source, strategy and settings: fixed for the term.
+    ctx: LeaderContext,
+    /// Ends a retry back-off at once when the term ends (stop or leadership lost), so that a
+    /// decision being retried does not outlive the term.
+    cancel: CancellationToken,
+    /// The term's fenced writer, and the commit it last read or made: the base every publish
+    /// and hand-off republish builds on.
+    publisher: Publisher,
+    /// When to announce a phase and when to publish: fed every event, asked after every wake.
+    planner: Planner,
+    /// The partition list the last publish was built from (at takeover: what the inherited map
+    /// covers). The source check compares the source with it, and a membership publish places
+    /// it over the new workers when the source is down. `None` until there is one.
+    partitions: Option<Vec<Partition>>,
+    /// The map this leader last published (at takeover: the inherited one): moves are counted
+    /// against it.
+    last_map: AssignmentMap,
+    /// The lifecycle of the last publish: a hand-off republish must not change it.
+    lifecycle: Lifecycle,
+    /// What the live workers' heartbeats say: released versions, lineages, the version floor.
+    members: Members,
+    /// Since when some hand-offs could be completed (waiting for the rest of the batch).
+    handoff_ready_since: Option<Instant>,
+    /// When the last hand-off commit was made: at most one per [`HANDOFF_BATCH`].
+    last_handoff: Option<Instant>,
+    /// Each member's current lineage and since when this leader has seen it: a newcomer under
+    /// a mapped ID is named only once the previous process's lease has provably run out.
+    lineage_seen: BTreeMap<WorkerId, (Lineage, Instant)>,
+    /// IDs whose last process left gracefully (released everything): a newcomer under one of
+    /// them is named at once.
+    left_gracefully: BTreeSet<WorkerId>,
+    /// Since when each live loser has kept some gainer waiting (see [`handoff::waited_on`]):
+    /// it is expelled once that lasts `handoffTimeout`.
+    waiting_since: BTreeMap<WorkerId, Instant>,
+    /// Losers whose lease this leader revoked: once it has run out they count as released.
+    expelled: BTreeMap<WorkerId, Expulsion>,
+}
+
+/// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
+/// on — one heartbeat TTL after the revocation was written, since every renewal it made
+/// before then started before the write, and none can succeed after it.
+#[derive(Debug, Clone, Copy)]
+struct Expulsion {
+    version: u64,
+    fenced_at: Instant,
+}
+
+impl Leader {
+    /// A leader over what `publisher` read and what the heartbeats say (`members`); feed it
+    /// [`take_over`](Self::take_over) first.
+    pub(crate) fn new(
+        ctx: LeaderContext,
+        publisher: Publisher,
+        members: Members,
+        cancel: CancellationToken,
+    ) -> Self {
+        let planner = Planner::new(ctx.planner.clone());
+        let committed = publisher.committed();
+        // What the inherited map covers, so that the source check notices a change made
+        // before this term (a refresh request lost while the old leader was going away).
+        let partitions = (!committed.map.is_empty()).then(|| {
+            let mut covered: Vec<Partition> = committed
+                .map
+                .iter()
+                .flat_map(|(_, ps)| ps.iter().cloned())
+                .collect();
+            covered.sort();
+            covered
+        });
+        let last_map = committed.map.clone();
+        let lifecycle = committed
+            .record
+            .as_ref()
+            .map_or(Lifecycle::ColdStart, |(r, _)| r.lifecycle);
+        let takeover = now();
+        let lineage_seen = members
+            .lineages
+            .iter()
+            .map(|(w, l)| (w.clone(), (l.clone(), takeover)))
+            .collect();
+        Self {
+            ctx,
+            cancel,
+            publisher,
+            planner,
+            partitions,
+            last_map,
+            lifecycle,
+            members,
+            handoff_ready_since: None,
+            last_handoff: None,
+            lineage_seen,
+            left_gracefully: BTreeSet::new(),
+            waiting_since: BTreeMap::new(),
+            expelled: BTreeMap::new(),
+        }
+    }
+
+    /// Starts the planner's term from the committed record and the `live` set.
+    pub(crate) fn take_over(&mut self, live: &BTreeSet<WorkerId>) -> Vec<Decision> {
+        let cluster = self
+            .publisher
+            .committed()
+            .record
+            .as_ref()
+            .map(|(r, _)| ClusterView {
+                version: r.version,
+                lifecycle: r.lifecycle,
+                workers: r.workers.keys().cloned().collect(),
+            });
+        self.planner.handle(Input::BecameLeader {
+            cluster,
+            live: live.iter().cloned().collect(),
+            now: now(),
+        })
+    }
+
+    /// A published worker that is gone (not in `live`) and released its stable ID left
+    /// gracefully (a rolling update in progress): a planned change, not a crash.
+    pub(crate) async fn departed_gracefully(&mut self, live: &BTreeSet<WorkerId>) -> Vec<Decision> {
+        let absent: Vec<WorkerId> = self
+            .publisher
+            .committed()
+            .record
+            .as_ref()
+            .map(|(r, _)| {
+                r.workers
+                    .keys()
+                    .filter(|w| !live.contains(*w))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut decisions = Vec::new();
+        for worker in absent {
+            if let Ok(None) = self.ctx.stable_id_bucket.get(worker.as_str()).await {
+                decisions.extend(self.planner.handle(Input::Left { worker, now: now() }));
+            }
+        }
+        decisions
+    }
+
+    /// Feeds one input to the planner.
+    pub(crate) fn handle(&mut self, input: Input) -> Vec<Decision> {
+        self.planner.handle(input)
+    }
+
+    /// The planner input for a membership event; remembers which IDs left gracefully.
+    pub(crate) fn on_membership(&mut self, event: MembershipEvent) -> Input {
+        match event {
+            MembershipEvent::Joined(worker) => Input::Joined { worker, now: now() },
+            MembershipEvent::Left(worker) => {
+                self.left_gracefully.insert(worker.clone());
+                Input::Left { worker, now: now() }
+            }
+            MembershipEvent::Expired(worker) => {
+                self.left_gracefully.remove(&worker);
+                Input::Expired { worker, now: now() }
+            }
+        }
+    }
+
+    /// Takes in what the heartbeats now say (nothing for the planner: hand-offs read it),
+    /// noting since when each new lineage has been seen.
+    pub(crate) fn on_heartbeats(&mut self, members: Members) {
+        if members == self.members {
+            return;
+        }
+        let seen_at = now();
+        for (worker, lineage) in &members.lineages {
+            let fresh = self
+                .lineage_seen
+                .get(worker)
+                .is_none_or(|(l, _)| l != lineage);
+            if fresh {
+                self.lineage_seen
+                    .insert(worker.clone(), (lineage.clone(), seen_at));
+            }
+        }
+        self.members = members;
+    }
+
+    /// Asks the source whether it changed by itself since the map was built: the input to
+    /// feed when it did. A source error is reported and counts as no change.
+    pub(crate) async fn source_changed(&self) -> Option<Input> {
+        match load_checked(&*self.ctx.source, self.ctx.source_timeout).await {
+            Ok(fresh) if self.partitions.as_ref().is_some_and(|p| *p != fresh) => {
+                Some(Input::PartitionsChanged { now: now() })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                self.ctx.events.error(e);
+                None
+            }
+        }
+    }
+
+    /// When the leader must look again by itself: the planner's next deadline, a hand-off
+    /// batch falling due, an expulsion falling due or a revoked lease running out.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        let handoff_due = self.handoff_ready_since.map(|since| since + HANDOFF_BATCH);
+        [
+            self.planner.next_wakeup(),
+            handoff_due,
+            self.expulsion_due(now()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Carries out one decision; returns what the planner decides on its result.
+    /// `Error::LeadershipLost` ends the term; `Error::Shutdown` when cancelled in a back-off.
+    pub(crate) async fn execute(&mut self, decision: Decision) -> Result<Vec<Decision>> {
+        match decision {
+            Decision::SetPhase(phase) => {
+                let published = phase.to_cluster_phase(now(), unix_ms());
+                let mut delay = Duration::from_millis(50);
+                loop {
+                    match self.publisher.set_phase(published).await {
+                        Ok(()) => return Ok(Vec::new()),
+                        Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
+                        // A phase write is informational: give up after a few tries, the next
+                        // publish carries the phase anyway.
+                        Err(e) if delay > Duration::from_millis(400) => {
+                            self.ctx.events.error(e);
+                            return Ok(Vec::new());
+                        }
+                        Err(_) => {
+                            tokio::select! {
+                                () = self.cancel.cancelled() => return Err(Error::Shutdown),
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            delay *= 2;
+                        }
+                    }
+                }
+            }
+            Decision::Publish {
+                workers,
+                reason,
+                orphans_only,
+            } => {
+                let mut delay = Duration::from_millis(50);
+                loop {
+                    match self.publish(&workers, reason.as_str(), orphans_only).await {
+                        Ok(version) => {
+                            metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
+                                .increment(1);
+                            return Ok(self.planner.handle(Input::Published {
+                                version,
+                                workers,
+                                now: now(),
+                            }));
+                        }
+                        Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
+                        Err(e) => {
+                            // Retried with backoff until it succeeds or leadership is lost; the
+                            // last good map stays in force meanwhile.
+                            self.ctx.events.error(e);
+                            if !self.ctx.agent.is_leader() {
+                                return Err(Error::LeadershipLost);
+                            }
+                            tokio::select! {
+                                () = self.cancel.cancelled() => return Err(Error::Shutdown),
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt at publishing a map over `workers` from a fresh partition list; returns the
+    /// committed version (unchanged when the publish was skipped).
+    async fn publish(
+        &mut self,
+        workers: &[WorkerId],
+        reason: &str,
+        orphans_only: bool,
+    ) -> Result<u64> {
+        let phase = self.planner.phase();
+        if !self.ctx.agent.is_leader() || self.ctx.agent.term() != Some(self.publisher.agent_term())
+        {
+            return Err(Error::LeadershipLost);
+        }
+        let fresh = match load_checked(&*self.ctx.source, self.ctx.source_timeout).await {
+            Ok(fresh) => fresh,
+            // A refresh cannot happen without the source: report it, keep the map; the periodic
+            // source check notices the change once the source answers again.
+            Err(e) if reason == RebalanceReason::PartitionChange.as_str() => {
+                self.ctx.events.error(e);
+                return Ok(self.publisher.committed().version());
+            }
+            // Membership changes (a crash above all) must not wait for the source: place the
+            // last good partition list over the new workers.
+            Err(e) => match self.partitions.clone() {
+                Some(last_good) => {
+                    self.ctx.events.error(e);
+                    last_good
+                }
+                None => return Err(e),
+            },
+        };
+        let previous = &self.publisher.committed().map;
+        let map = if orphans_only && !previous.is_empty() {
+            reassign_orphans(&*self.ctx.strategy, previous, workers, &fresh)?
+        } else {
+            let previous = (!previous.is_empty()).then_some(previous);
+            self.ctx.strategy.assign(workers, &fresh, previous)?
+        };
+        // Never publish a broken map, whatever the strategy returned.
+        map.verify(workers, &fresh)?;
+        if reason == RebalanceReason::PartitionChange.as_str()
+            && let Some(gain) = reweight_gain(previous, &map, &fresh)
+            && gain < self.ctx.min_rebalance_threshold
+        {
+            // Only weights changed, and rebalancing would improve the worst load by less than
+            // `minRebalanceThreshold`: keep the map as it is.
+            tracing::info!(
+                gain,
+                threshold = self.ctx.min_rebalance_threshold,
+                "re-weight below threshold; rebalance skipped"
+            );
+            self.partitions = Some(fresh);
+            return Ok(self.publisher.committed().version());
+        }
+        let started = std::time::Instant::now();
+        let moved = moved_partitions(&self.last_map, &map);
+        let lifecycle = Lifecycle::Running;
+        let meta = PublishMeta {
+            phase: phase.to_cluster_phase(now(), unix_ms()),
+            reason: reason.to_owned(),
+            lifecycle,
+        };
+        let members = self.members_at(now());
+        let version = self.publisher.publish(&map, meta, &members).await?;
+        metrics::histogram!("parti_rebalance_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("parti_partitions_moved_total").increment(moved as u64);
+        metrics::gauge!("parti_assignment_version").set(version as f64);
+        tracing::info!(
+            version,
+            reason,
+            moved,
+            workers = workers.len(),
+            partitions = fresh.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "published assignment"
+        );
+        self.last_map = map;
+        self.lifecycle = lifecycle;
+        self.partitions = Some(fresh);
+        Ok(version)
+    }
+
+    /// Republishes the committed map when that lets someone hold more: a moved partition whose
+    /// previous holders all released, or a worker back with a new lineage (SPEC §13). Expels
+    /// the losers that keep a gainer waiting too long on the way.
+    pub(crate) async fn complete_handoffs(&mut self) -> Result<Vec<Decision>> {
+        let committed = self.publisher.committed();
+        let Some((record, _)) = &committed.record else {
+            return Ok(Vec::new());
+        };
+        if committed.map.is_empty() {
+            return Ok(Vec::new());
+        }
+        let committed_version = record.version;
+        let records: BTreeMap<WorkerId, WorkerRecord> = committed
+            .workers
+            .iter()
+            .map(|(w, (_, r))| (w.clone(), r.clone()))
+            .collect();
+        // A cold start (or full restart) window ends in one publish that names every lineage:
+        // republishing the old map for returning workers meanwhile would only add moves.
+        let cold = matches!(
+            self.planner.phase(),
+            Phase::Scaling {
+                reason: ScalingReason::ColdStart | ScalingReason::Restart,
+                ..
+            }
+        );
+        let ttl = self.ctx.membership_resync;
+        let now_at = now();
+        let settled = |w: &WorkerId| {
+            self.left_gracefully.contains(w)
+                || self
+                    .lineage_seen
+                    .get(w)
+                    .is_some_and(|(_, since)| now_at >= *since + ttl)
+        };
+        let stale =
+            !cold && handoff::lineage_stale(&records, &record.lineages, &self.members, settled);
+        if !stale
+            && !cold
+            && handoff::lineage_stale(&records, &record.lineages, &self.members, |_| true)
+        {
+            // A newcomer under a mapped ID waits out the previous process's lease: look again
+            // then.
+            let due = self.lineage_seen.values().map(|(_, since)| *since).max();
+            if let Some(due) = due {
+                self.handoff_ready_since
+                    .get_or_insert(due + ttl - HANDOFF_BATCH.min(ttl));
+            }
+        }
+        // Losers of one publish release within moments of each other: complete their hand-offs
+        // in one commit, unless some keep the others waiting for longer than `HANDOFF_BATCH`.
+        self.expel_overdue(&records, committed_version).await;
+        let members = self.members_at(now());
+        let (ready, pending) = handoff::resolvable(&records, &members);
+        let batch_due = match (ready, self.handoff_ready_since) {
+            (0, _) => {
+                self.handoff_ready_since = None;
+                false
+            }
+            (_, None) => {
+                self.handoff_ready_since = Some(now());
+                ready == pending
+            }
+            (_, Some(since)) => ready == pending || now() >= since + HANDOFF_BATCH,
+        };
+        if !stale && !batch_due {
+            return Ok(Vec::new());
+        }
+        // At most one such commit per `HANDOFF_BATCH`: lineages that keep changing (a worker
+        // whose lease keeps lapsing) must not turn into a stream of publishes.
+        if let Some(last) = self.last_handoff
+            && now() < last + HANDOFF_BATCH
+        {
+            self.handoff_ready_since.get_or_insert(last);
+            return Ok(Vec::new());
+        }
+        tracing::debug!(stale, ready, pending, "completing hand-offs");
+        self.handoff_ready_since = None;
+        self.last_handoff = Some(now());
+        let map = self.publisher.committed().map.clone();
+        let workers: Vec<WorkerId> = map.workers().cloned().collect();
+        let meta = PublishMeta {
+            phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
+            reason: "handoff".to_owned(),
+            lifecycle: self.lifecycle,
+        };
+        match self.publisher.publish(&map, meta, &members).await {
+            Ok(version) => {
+                tracing::debug!(version, "hand-off completed");
+                Ok(self.planner.handle(Input::Published {
+                    version,
+                    workers,
+                    now: now(),
+                }))
+            }
+            Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
+            Err(e) => {
+                // Tried again at the next heartbeat change or decision.
+                self.ctx.events.error(e);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Revokes the lease of every live loser that has kept a gainer waiting for
+    /// `handoffTimeout` (SPEC §13, expulsion): an expulsion marker written over its heartbeat,
+    /// revision-checked against the value read, so that no renewal of that lineage can succeed
+    /// after it. One heartbeat TTL later the loser holds nothing it lost up to `committed` (the
+    /// latest commit, which names no later lineage of it: a later lineage would have shown in
+    /// the heartbeat the write was checked against).
+    async fn expel_overdue(&mut self, records: &BTreeMap<WorkerId, WorkerRecord>, committed: u64) {
+        let now_at = now();
+        let waited = handoff::waited_on(records, &self.members_at(now_at));
+        self.waiting_since.retain(|w, _| waited.contains_key(w));
+        let raw = &self.members;
+        self.expelled.retain(|w, e| {
+            now_at < e.fenced_at || raw.released.get(w).is_some_and(|r| *r < e.version)
+        });
+        for (worker, version) in waited {
+            let since = *self.waiting_since.entry(worker.clone()).or_insert(now_at);
+            let covered = self
+                .expelled
+                .get(&worker)
+                .is_some_and(|e| e.version >= version);
+            if covered || now_at < since + self.ctx.handoff_timeout {
+                continue;
+            }
+            match revoke_lease(&*self.ctx.heartbeat_bucket, &worker).await {
+                Ok(true) => {
+                    tracing::warn!(
+                        %worker,
+                        version,
+                        "hand-off not released within handoffTimeout: lease revoked"
+                    );
+                    metrics::counter!("parti_expulsions_total").increment(1);
+                    self.expelled.insert(
+                        worker,
+                        Expulsion {
+                            version: committed,
+                            fenced_at: now() + self.ctx.membership_resync,
+                        },
+                    );
+                }
+                Ok(false) => {}
+                // Tried again at the next wake-up.
+                Err(e) => tracing::debug!(%worker, error = %e, "lease revocation failed"),
+            }
+        }
+    }
+
+    /// The members as hand-offs see them: an expelled loser whose lease has provably run out
+    /// counts as having released, whatever its heartbeat says.
+    fn members_at(&self, now: Instant) -> Members {
+        let mut members = self.members.clone();
+        for (worker, expulsion) in &self.expelled {
+            if now >= expulsion.fenced_at {
+                members.fenced(worker, expulsion.version);
+            }
+        }
+        members
+    }
+
+    /// When an expulsion falls due or a revoked lease runs out.
+    fn expulsion_due(&self, now: Instant) -> Option<Instant> {
+        let timeout = self.ctx.handoff_timeout;
+        let overdue = self.waiting_since.values().map(|since| *since + timeout);
+        let fenced = self
+            .expelled
+            .values()
+            .map(|e| e.fenced_at)
+            .filter(|at| *at > now);
+        overdue.chain(fenced).min()
+    }
+}
+
+/// Writes the expulsion marker over `worker`'s heartbeat, checked against the revision read.
+/// `false` when there is no live heartbeat to revoke (the membership watcher deals with it).
+async fn revoke_lease(bucket: &dyn Bucket, worker: &WorkerId) -> Result<bool> {
+    let key = worker.as_str();
+    let Some(entry) = bucket.get(key).await? else {
+        return Ok(false);
+    };
+    let Ok(value) = crate::store::codec::decode::<HeartbeatValue>(bucket.name(), key, &entry.value)
+    else {
+        return Ok(false);
+    };
+    if value.expelled {
+        return Ok(true);
+    }
+    let marker = crate::store::codec::encode(&value.expel())?;
+    bucket.update(key, marker, entry.revision).await?;
+    Ok(true)
+}
+
+/// For a change that only re-weights partitions (same keys, same workers): how much the
+/// proposed map lowers the worst worker's load relative to the mean, compared with keeping the
+/// current placement under the new weights. `None` when keys or workers changed.
+fn reweight_gain(
+    current: &AssignmentMap,
+    proposed: &AssignmentMap,
+    fresh: &[Partition],
+) -> Option<f64> {
+    let current_keys: BTreeSet<&[String]> = current
+        .iter()
+        .flat_map(|(_, ps)| ps.iter().map(Partition::keys))
+        .collect();
+    let fresh_keys: BTreeSet<&[String]> = fresh.iter().map(Partition::keys).collect();
+    if current_keys != fresh_keys || !current.workers().eq(proposed.workers()) || current.is_empty()
+    {
+        return None;
+    }
+    let weight: BTreeMap<&[String], u64> = fresh
+        .iter()
+        .map(|p| (p.keys(), p.effective_weight()))
+        .collect();
+    let total: u64 = weight.values().sum();
+    let mean = total as f64 / current.len() as f64;
+    if mean == 0.0 {
+        return None;
+    }
+    let worst = |map: &AssignmentMap| {
+        map.iter()
+            .map(|(_, ps)| {
+                ps.iter()
+                    .map(|p| weight.get(p.keys()).copied().unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0) as f64
+            / mean
+    };
+    Some(worst(current) - worst(proposed))
+}
+
+/// Partitions whose owner differs between two maps (new partitions count, removed do not).
+pub(crate) fn moved_partitions(before: &AssignmentMap, after: &AssignmentMap) -> usize {
+    let owners = before.owners();
+    after
+        .iter()
+        .map(|(worker, parts)| {
+            parts
+                .iter()
+                .filter(|p| owners.get(p.keys()).is_some_and(|w| *w != worker))
+                .count()
+        })
+        .sum()
+}
+
+/// Now, on tokio's clock (the paused test clock drives it).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
