@@ -98,11 +98,20 @@ pub(crate) struct Leader {
     /// IDs whose last process left gracefully (released everything): a newcomer under one of
     /// them is named at once.
     left_gracefully: BTreeSet<WorkerId>,
-    /// Since when each live loser has kept some gainer waiting (see [`handoff::waited_on`]):
-    /// it is expelled once that lasts `handoffTimeout`.
-    waiting_since: BTreeMap<WorkerId, Instant>,
-    /// Losers whose lease this leader revoked: once it has run out they count as released.
-    expelled: BTreeMap<WorkerId, Expulsion>,
+    /// Each live loser that keeps some gainer waiting (see [`handoff::waited_on`]): since
+    /// when, and the highest version it has yet to release. It is expelled once that lasts
+    /// `handoffTimeout`.
+    waiting: BTreeMap<WorkerId, (Instant, u64)>,
+    /// Losers whose lease this leader revoked: once a revocation has run out, the loser counts
+    /// as released up to its version. Each is kept (not replaced by a later one), so a later
+    /// revocation never delays what an earlier one already covers.
+    expelled: BTreeMap<WorkerId, Vec<Expulsion>>,
+    /// Revocations whose write failed or could not be made: not before then again.
+    retry_at: BTreeMap<WorkerId, Instant>,
+    /// Revocations whose outcome is unknown (the write may have landed): the lineage aimed at
+    /// and the version it would cover. Seeing that worker under a later lineage of the same
+    /// process settles it without another marker.
+    attempted: BTreeMap<WorkerId, (Lineage, u64)>,
 }
 
 /// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
@@ -160,8 +169,10 @@ impl Leader {
             last_handoff: None,
             lineage_seen,
             left_gracefully: BTreeSet::new(),
-            waiting_since: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             expelled: BTreeMap::new(),
+            retry_at: BTreeMap::new(),
+            attempted: BTreeMap::new(),
         }
     }
 
@@ -537,86 +548,143 @@ impl Leader {
     /// the heartbeat the write was checked against).
     async fn expel_overdue(&mut self, records: &BTreeMap<WorkerId, WorkerRecord>, committed: u64) {
         let now_at = now();
+        let ttl = self.ctx.membership_resync;
+        self.settle_attempts(now_at);
         let waited = handoff::waited_on(records, &self.members_at(now_at));
-        self.waiting_since.retain(|w, _| waited.contains_key(w));
+        self.waiting.retain(|w, _| waited.contains_key(w));
+        self.retry_at
+            .retain(|w, at| waited.contains_key(w) && *at > now_at);
         let raw = &self.members;
-        self.expelled.retain(|w, e| {
-            now_at < e.fenced_at || raw.released.get(w).is_some_and(|r| *r < e.version)
+        self.expelled.retain(|w, list| {
+            list.retain(|e| {
+                now_at < e.fenced_at || raw.released.get(w).is_some_and(|r| *r < e.version)
+            });
+            !list.is_empty()
         });
         for (worker, version) in waited {
-            let since = *self.waiting_since.entry(worker.clone()).or_insert(now_at);
-            let covered = self
-                .expelled
-                .get(&worker)
-                .is_some_and(|e| e.version >= version);
-            if covered || now_at < since + self.ctx.handoff_timeout {
+            let entry = self
+                .waiting
+                .entry(worker.clone())
+                .or_insert((now_at, version));
+            entry.1 = version;
+            let due = self.attempt_due(&worker);
+            if due.is_none_or(|at| now_at < at) {
                 continue;
             }
+            let lineage = self.members.lineages.get(&worker).cloned();
             match revoke_lease(&*self.ctx.heartbeat_bucket, &worker).await {
-                Ok(true) => {
+                Ok(Some(revoked)) => {
                     tracing::warn!(
                         %worker,
                         version,
+                        lapses = revoked.lapses,
                         "hand-off not released within handoffTimeout: lease revoked"
                     );
                     metrics::counter!("parti_expulsions_total").increment(1);
-                    self.expelled.insert(
-                        worker,
-                        Expulsion {
-                            version: committed,
-                            fenced_at: now() + self.ctx.membership_resync,
-                        },
-                    );
+                    self.attempted.remove(&worker);
+                    self.expelled.entry(worker).or_default().push(Expulsion {
+                        version: committed,
+                        fenced_at: now() + ttl,
+                    });
                 }
-                Ok(false) => {}
-                // Tried again at the next wake-up.
-                Err(e) => tracing::debug!(%worker, error = %e, "lease revocation failed"),
+                Ok(None) => {
+                    self.retry_at.insert(worker, now() + ttl / 4);
+                }
+                Err(e) => {
+                    // The marker may have landed: a later lineage of the same process, seen
+                    // next, settles it (see `settle_attempts`).
+                    tracing::debug!(%worker, error = %e, "lease revocation failed");
+                    if let Some(lineage) = lineage {
+                        self.attempted.insert(worker.clone(), (lineage, committed));
+                    }
+                    self.retry_at.insert(worker, now() + ttl / 4);
+                }
             }
         }
+    }
+
+    /// Revocations of uncertain outcome whose worker now shows a later lineage of the same
+    /// process: that lineage lapsed (by its deadline, or by our marker), and whatever it held
+    /// ends within one heartbeat TTL of now — its renewals all came before the lapse we see.
+    fn settle_attempts(&mut self, now_at: Instant) {
+        let ttl = self.ctx.membership_resync;
+        let lineages = &self.members.lineages;
+        let settled: Vec<(WorkerId, u64)> = self
+            .attempted
+            .iter()
+            .filter_map(|(w, (aimed, version))| {
+                let current = lineages.get(w)?;
+                (current.instance == aimed.instance && current.lapses > aimed.lapses)
+                    .then(|| (w.clone(), *version))
+            })
+            .collect();
+        for (worker, version) in settled {
+            self.attempted.remove(&worker);
+            self.expelled.entry(worker).or_default().push(Expulsion {
+                version,
+                fenced_at: now_at + ttl,
+            });
+        }
+    }
+
+    /// When `worker`, waited on, is to be revoked next: `None` while an expulsion (run out
+    /// or not) already covers what it is waited on for.
+    fn attempt_due(&self, worker: &WorkerId) -> Option<Instant> {
+        let (since, version) = self.waiting.get(worker)?;
+        let covered = self
+            .expelled
+            .get(worker)
+            .is_some_and(|list| list.iter().any(|e| e.version >= *version));
+        if covered {
+            return None;
+        }
+        let overdue = *since + self.ctx.handoff_timeout;
+        Some(match self.retry_at.get(worker) {
+            Some(retry) => overdue.max(*retry),
+            None => overdue,
+        })
     }
 
     /// The members as hand-offs see them: an expelled loser whose lease has provably run out
     /// counts as having released, whatever its heartbeat says.
     fn members_at(&self, now: Instant) -> Members {
         let mut members = self.members.clone();
-        for (worker, expulsion) in &self.expelled {
-            if now >= expulsion.fenced_at {
+        for (worker, list) in &self.expelled {
+            for expulsion in list.iter().filter(|e| now >= e.fenced_at) {
                 members.fenced(worker, expulsion.version);
             }
         }
         members
     }
 
-    /// When an expulsion falls due or a revoked lease runs out.
+    /// When an expulsion falls due or a revoked lease runs out (never in the past: a due
+    /// attempt is made before this is asked, and moves its own time on).
     fn expulsion_due(&self, now: Instant) -> Option<Instant> {
-        let timeout = self.ctx.handoff_timeout;
-        let overdue = self.waiting_since.values().map(|since| *since + timeout);
-        let fenced = self
-            .expelled
-            .values()
-            .map(|e| e.fenced_at)
-            .filter(|at| *at > now);
-        overdue.chain(fenced).min()
+        let attempts = self.waiting.keys().filter_map(|w| self.attempt_due(w));
+        let fenced = self.expelled.values().flatten().map(|e| e.fenced_at);
+        attempts.chain(fenced).filter(|at| *at > now).min()
     }
 }
 
-/// Writes the expulsion marker over `worker`'s heartbeat, checked against the revision read.
-/// `false` when there is no live heartbeat to revoke (the membership watcher deals with it).
-async fn revoke_lease(bucket: &dyn Bucket, worker: &WorkerId) -> Result<bool> {
+/// Writes the expulsion marker over `worker`'s heartbeat, checked against the revision read
+/// (also over a marker already there: a stale read must not count as a revocation). Returns
+/// the lineage revoked; `None` when there is no live heartbeat to revoke (the membership
+/// watcher deals with it).
+async fn revoke_lease(bucket: &dyn Bucket, worker: &WorkerId) -> Result<Option<Lineage>> {
     let key = worker.as_str();
     let Some(entry) = bucket.get(key).await? else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(value) = crate::store::codec::decode::<HeartbeatValue>(bucket.name(), key, &entry.value)
     else {
-        return Ok(false);
+        return Ok(None);
     };
-    if value.expelled {
-        return Ok(true);
-    }
     let marker = crate::store::codec::encode(&value.expel())?;
     bucket.update(key, marker, entry.revision).await?;
-    Ok(true)
+    Ok(Some(Lineage {
+        instance: value.instance,
+        lapses: value.lapses,
+    }))
 }
 
 /// For a change that only re-weights partitions (same keys, same workers): how much the
