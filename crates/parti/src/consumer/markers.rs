@@ -119,26 +119,42 @@ pub(crate) fn lower_bounds(
     bounds
 }
 
+/// A consumer's info as the server reports it, for tests: `name` with `filters`, the group
+/// marker (if any) plus `meta`, and (delivered, ack floor) stream positions.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn consumer_info(
+    name: &str,
+    group: Option<&str>,
+    filters: &[&str],
+    (delivered, ack_floor): (u64, u64),
+    meta: &[(&str, &str)],
+) -> Info {
+    let mut metadata: HashMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    if let Some(group) = group {
+        metadata.insert(GROUP.into(), group.into());
+    }
+    let json = serde_json::json!({
+        "stream_name": "S", "name": name, "created": "2024-01-01T00:00:00Z",
+        "config": { "durable_name": name, "ack_policy": "explicit", "deliver_policy": "all",
+                    "replay_policy": "instant",
+                    "filter_subjects": filters, "metadata": metadata },
+        "delivered": { "consumer_seq": 0, "stream_seq": delivered },
+        "ack_floor": { "consumer_seq": 0, "stream_seq": ack_floor },
+        "num_ack_pending": 0, "num_redelivered": 0, "num_waiting": 0, "num_pending": 0
+    });
+    serde_json::from_value(json).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn info(name: &str, group: &str, filters: &[&str], floor: u64, meta: &[(&str, &str)]) -> Info {
-        let mut metadata: HashMap<String, String> = meta
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        metadata.insert(GROUP.into(), group.into());
-        let json = serde_json::json!({
-            "stream_name": "S", "name": name, "created": "2024-01-01T00:00:00Z",
-            "config": { "durable_name": name, "ack_policy": "explicit", "deliver_policy": "all",
-                        "replay_policy": "instant",
-                        "filter_subjects": filters, "metadata": metadata },
-            "delivered": { "consumer_seq": 0, "stream_seq": floor },
-            "ack_floor": { "consumer_seq": 0, "stream_seq": floor },
-            "num_ack_pending": 0, "num_redelivered": 0, "num_waiting": 0, "num_pending": 0
-        });
-        serde_json::from_value(json).unwrap()
+        consumer_info(name, Some(group), filters, (floor, floor), meta)
     }
 
     fn set(s: &[&str]) -> BTreeSet<String> {

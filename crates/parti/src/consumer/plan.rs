@@ -509,23 +509,8 @@ mod tests {
         delivered: u64,
         meta: &[(&str, &str)],
     ) -> consumer::Info {
-        let mut metadata: HashMap<String, String> = meta
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        if let Some(group) = group {
-            metadata.insert(markers::GROUP.into(), group.into());
-        }
-        let json = serde_json::json!({
-            "stream_name": "S", "name": name, "created": "2024-01-01T00:00:00Z",
-            "config": { "durable_name": name, "ack_policy": "explicit", "deliver_policy": "all",
-                        "replay_policy": "instant",
-                        "filter_subjects": filters, "metadata": metadata },
-            "delivered": { "consumer_seq": 0, "stream_seq": delivered },
-            "ack_floor": { "consumer_seq": 0, "stream_seq": delivered.saturating_sub(2) },
-            "num_ack_pending": 0, "num_redelivered": 0, "num_waiting": 0, "num_pending": 0
-        });
-        serde_json::from_value(json).unwrap()
+        let floor = delivered.saturating_sub(2);
+        markers::consumer_info(name, group, filters, (delivered, floor), meta)
     }
 
     /// One planning case: the inputs [`sync`] sees, with quiet defaults.
