@@ -10,7 +10,8 @@
 //! `.tools/bin`, then `PATH`), stores N messages of 1 KiB over 16 partitions in a limits stream,
 //! and consumes all of them with each consumer in turn, acking every message: a durable pull
 //! consumer with the same 16 filter subjects driven by `messages()`, and a `WorkerConsumer`
-//! assigned the 16 partitions with an empty handler. Each is measured twice, alternating, and
+//! assigned and *holding* the 16 partitions (so every message goes through the ownership gate,
+//! as under a `Manager`) with an empty handler. Each is measured twice, alternating, and
 //! the better run counts. `ratio` = WorkerConsumer ÷ plain.
 
 use std::error::Error;
@@ -172,6 +173,9 @@ async fn worker_consumer(
             .collect::<parti::Result<_>>()?,
         ..Assignment::default()
     };
+    // Held, as a Manager sets it: every message passes the ownership gate (a per-message
+    // match against the held partitions and the lease deadline).
+    consumer.set_held(&assignment.partitions).await;
     let start = Instant::now();
     consumer
         .update_assignment(&WorkerId::new("w"), &assignment)
