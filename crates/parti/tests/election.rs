@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -385,4 +385,309 @@ async fn a_create_whose_reply_was_lost_still_wins_the_lease() {
     // Another contender still sees a leader.
     let other = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-1"), "i-1".into(), TTL);
     assert_eq!(other.request().await.unwrap(), None);
+}
+
+/// Counts the calls each contender makes on its election bucket.
+#[derive(Debug)]
+struct CountingBucket {
+    inner: Arc<dyn Bucket>,
+    /// `create`, `update`, `put` and `delete` calls (a refused create counts: it is a round trip
+    /// to the stream's leader all the same).
+    writes: AtomicU64,
+    gets: AtomicU64,
+}
+
+#[async_trait]
+impl Bucket for CountingBucket {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.create(key, value).await
+    }
+    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.update(key, value, expected).await
+    }
+    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+        self.inner.list(pattern).await
+    }
+    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+        self.inner.watch(pattern).await
+    }
+}
+
+/// `n` contenders, each on its own connection and counting bucket.
+async fn counted_contenders(
+    server: &NatsServer,
+    n: usize,
+) -> (Vec<Option<Elector>>, Vec<Arc<CountingBucket>>) {
+    let mut electors = Vec::new();
+    let mut counters = Vec::new();
+    for i in 0..n {
+        let counting = Arc::new(CountingBucket {
+            inner: bucket(server).await,
+            writes: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+        });
+        electors.push(Some(contender(counting.clone(), i)));
+        counters.push(counting);
+    }
+    (electors, counters)
+}
+
+fn writes(counters: &[Arc<CountingBucket>]) -> Vec<u64> {
+    counters
+        .iter()
+        .map(|c| c.writes.load(Ordering::SeqCst))
+        .collect()
+}
+
+fn gets(counters: &[Arc<CountingBucket>]) -> Vec<u64> {
+    counters
+        .iter()
+        .map(|c| c.gets.load(Ordering::SeqCst))
+        .collect()
+}
+
+/// Each contender's writes since `before`.
+fn writes_since(counters: &[Arc<CountingBucket>], before: &[u64]) -> Vec<u64> {
+    writes(counters)
+        .iter()
+        .zip(before)
+        .map(|(now, then)| now - then)
+        .collect()
+}
+
+/// Steady state costs the leader's renewals and nothing per follower.
+///
+/// Before followers watched the leader key, each one polled: a refused `create` plus a `get`
+/// every TTL/3. Measured with this test: 90 writes in the 6 s window (15/s), of which the
+/// leader's renewals were 9 and the 9 followers' refused creates 81 (plus 81 gets) — a load
+/// that grew with the number of workers. Now the followers make none.
+#[tokio::test]
+async fn followers_make_no_election_writes_in_steady_state() {
+    const N: usize = 10;
+    let server = NatsServer::start().await.unwrap();
+    let (electors, counters) = counted_contenders(&server, N).await;
+    let ((leader, _), _) = one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+    // Let the start-up requests and the term write pass.
+    tokio::time::sleep(TTL / 2).await;
+
+    let (writes_before, gets_before) = (writes(&counters), gets(&counters));
+    let window = 3 * TTL;
+    tokio::time::sleep(window).await;
+    let made = writes_since(&counters, &writes_before);
+    let read: u64 = gets(&counters)
+        .iter()
+        .zip(&gets_before)
+        .map(|(now, then)| now - then)
+        .sum();
+    let total: u64 = made.iter().sum();
+    let by_leader = made[leader];
+    println!(
+        "MEASURE election: {N} contenders made {total} election writes in {window:?} \
+         ({:.1}/s; leader {by_leader}, followers {}) and {read} gets",
+        total as f64 / window.as_secs_f64(),
+        total - by_leader,
+    );
+    // One renewal every TTL/3.
+    let renewals = (window.as_millis() / (TTL / 3).as_millis()) as u64;
+    assert!(
+        (renewals - 1..=renewals + 1).contains(&by_leader),
+        "the leader renewed {by_leader} times, expected ~{renewals}"
+    );
+    assert!(
+        total <= by_leader + 2,
+        "followers wrote {made:?} (leader {leader}): they must not poll"
+    );
+    assert_eq!(leaders(&electors).len(), 1);
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}
+
+/// Failover driven by the watch alone: no follower writes while the leader lives, and the
+/// expiry of the aborted leader's key is what sets them contending.
+#[tokio::test]
+async fn an_aborted_leader_is_replaced_through_the_watch_within_ttl_plus_1s() {
+    let server = NatsServer::start().await.unwrap();
+    let (mut electors, counters) = counted_contenders(&server, 3).await;
+    let ((old, old_term), _) =
+        one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+    tokio::time::sleep(TTL / 2).await;
+
+    let quiet_from = writes(&counters);
+    tokio::time::sleep(TTL).await;
+    let made = writes_since(&counters, &quiet_from);
+    for (i, n) in made.iter().enumerate() {
+        if i != old {
+            assert_eq!(*n, 0, "follower {i} wrote while the leader lived: {made:?}");
+        }
+    }
+
+    let before_abort = writes(&counters);
+    electors[old].take().unwrap().abort();
+    let ((new, new_term), took) = one_leader(
+        &electors,
+        TTL + Duration::from_secs(1),
+        "a new leader after the crash",
+    )
+    .await;
+    let made = writes_since(&counters, &before_abort);
+    assert_ne!(new, old);
+    assert!(
+        new_term > old_term,
+        "term {new_term} must exceed {old_term}"
+    );
+    // Polling every TTL/3 would have made ~3 refused creates per follower by now. A follower
+    // contends on the expiry (one create, plus the winner's term write), or at most once more
+    // through the staleness safety net.
+    for (i, n) in made.iter().enumerate() {
+        if i != old && i != new {
+            assert!(*n <= 2, "follower {i} wrote {n} times during the failover");
+        }
+    }
+    println!(
+        "MEASURE election: failover after abort through the watch {took:?} (TTL {TTL:?}; writes {made:?})"
+    );
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}
+
+/// The election bucket's stream is deleted and recreated under the watches: its revisions start
+/// again, so the ordered consumers behind the watches sit past the new stream's end and go
+/// quiet. Leadership still converges (the leader's renewal is refused, it contends again), and
+/// the followers notice their quiet watches, reopen them and stop writing again.
+#[tokio::test]
+async fn leadership_converges_and_watches_recover_after_the_stream_is_recreated() {
+    let server = NatsServer::start().await.unwrap();
+    let (electors, counters) = counted_contenders(&server, 3).await;
+    one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+    tokio::time::sleep(TTL / 2).await;
+
+    let js = async_nats::jetstream::new(server.client().await.unwrap());
+    js.delete_key_value(BUCKET).await.unwrap();
+    let observer = bucket(&server).await;
+    let recreated = Instant::now();
+    let converged = wait_until(
+        3 * TTL,
+        "exactly one leader, matching the leader key of the new bucket",
+        || {
+            let leaders = leaders(&electors);
+            let observer = observer.clone();
+            async move {
+                let Ok(Some(record)) = election::current_leader(&*observer).await else {
+                    return false;
+                };
+                leaders.len() == 1
+                    && record.worker.as_str() == format!("worker-{}", leaders[0].0)
+                    && record.term == leaders[0].1
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Within two TTLs every follower has noticed a quiet watch (if its watch went quiet) and
+    // reopened it; after that, steady state again: only the leader writes.
+    tokio::time::sleep((2 * TTL).saturating_sub(recreated.elapsed()) + TTL / 2).await;
+    let before = writes(&counters);
+    tokio::time::sleep(TTL).await;
+    let made = writes_since(&counters, &before);
+    let leaders_now = leaders(&electors);
+    assert_eq!(leaders_now.len(), 1, "{leaders_now:?}");
+    let leader = leaders_now[0].0;
+    for (i, n) in made.iter().enumerate() {
+        if i != leader {
+            assert_eq!(*n, 0, "follower {i} still writes: {made:?}");
+        }
+    }
+    println!(
+        "MEASURE election: one leader {converged:?} after the stream was recreated; steady writes {made:?}"
+    );
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
+}
+
+/// After a server restart the watches resume (the client recreates their consumers on
+/// reconnect): followers stop writing again, and a later crash of the leader is still noticed
+/// through them.
+#[tokio::test]
+async fn watches_resume_after_a_server_restart() {
+    let mut server = NatsServer::start().await.unwrap();
+    let (mut electors, counters) = counted_contenders(&server, 3).await;
+    one_leader(&electors, Duration::from_secs(3), "a first leader").await;
+    // Let every watch open and sync first.
+    tokio::time::sleep(TTL / 2).await;
+
+    server.restart().await.unwrap();
+    let observer = bucket(&server).await;
+    let converged = wait_until(
+        Duration::from_secs(5),
+        "exactly one leader, matching the leader key",
+        || {
+            let leaders = leaders(&electors);
+            let observer = observer.clone();
+            async move {
+                let Ok(Some(record)) = election::current_leader(&*observer).await else {
+                    return false;
+                };
+                leaders.len() == 1
+                    && record.worker.as_str() == format!("worker-{}", leaders[0].0)
+                    && record.term == leaders[0].1
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Give every client time to reconnect and every watch to see a renewal again.
+    tokio::time::sleep(TTL).await;
+    let before = writes(&counters);
+    tokio::time::sleep(TTL).await;
+    let made = writes_since(&counters, &before);
+    let (old, old_term) = leaders(&electors)[0];
+    for (i, n) in made.iter().enumerate() {
+        if i != old {
+            assert_eq!(*n, 0, "follower {i} writes after the restart: {made:?}");
+        }
+    }
+
+    let before_abort = writes(&counters);
+    electors[old].take().unwrap().abort();
+    let ((new, new_term), took) = one_leader(
+        &electors,
+        TTL + Duration::from_secs(1),
+        "a new leader after the crash",
+    )
+    .await;
+    let made = writes_since(&counters, &before_abort);
+    assert_ne!(new, old);
+    assert!(
+        new_term > old_term,
+        "term {new_term} must exceed {old_term}"
+    );
+    println!(
+        "MEASURE election: one leader {converged:?} after the restart; failover after abort \
+         {took:?} (writes {made:?})"
+    );
+    for e in electors.into_iter().flatten() {
+        e.stop().await.unwrap();
+    }
 }

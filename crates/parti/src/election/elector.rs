@@ -1,10 +1,21 @@
 //! The election loop around an [`ElectionAgent`].
 //!
-//! Follower: request every `ttl/3`, and at once when a watch on the leader key sees it deleted or
-//! expired (hand-over within one poll, not a TTL). Leader: renew every `ttl/3`; a renewal that
-//! reports the lease lost means `Follower` at once; a renewal error is retried quickly while the
-//! lease, counted from the start of the last successful renewal, has more than a safety margin
-//! left; after that the worker steps down, so it never believes it leads past its lease.
+//! Follower, with a watch on the leader key (the election bucket given to
+//! [`Elector::spawn`]): request once at start, then only when the watch says the key is vacant
+//! — deleted, expired (the bucket's `max_age` leaves a marker), or absent from a snapshot — or
+//! when it has shown no write of the key for longer than the TTL plus half a period (a safety
+//! net for a missed marker or a watch that went quiet; the watch is reopened then). A live
+//! leader renews every `ttl/3`, so a healthy watch sees it, and followers write nothing while it
+//! lives. The follower polls every `ttl/3`, as it does without a watch, only while the watch
+//! cannot tell (not open or synced yet, erroring; reopened when that lasts longer than the
+//! TTL) and while the key stays vacant although requests are refused — an agent that does not
+//! use the key (the watch is reopened once to rule out a missed write).
+//!
+//! Leader: renew every `ttl/3`, and at once when the watch sees the key deleted or expired; a
+//! renewal that reports the lease lost means `Follower` at once; a renewal error is retried
+//! quickly while the lease, counted from the start of the last successful renewal, has more
+//! than a safety margin left; after that the worker steps down, so it never believes it leads
+//! past its lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +34,8 @@ use crate::store::{Bucket, WatchEvent, WatchStream};
 const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// The longest pause between retries of a failed renewal.
 const MAX_RETRY: Duration = Duration::from_millis(250);
+/// The first pause before reopening a watch that could not be opened or ended.
+const REOPEN_MIN: Duration = Duration::from_millis(50);
 
 /// Runs the election for one worker in the background.
 #[derive(Debug)]
@@ -34,17 +47,21 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// Starts the loop. With `bucket_for_watch` (the election bucket) a follower reacts to a
-    /// vacated leader key at once; without it, it notices at its next poll.
+    /// Starts the loop. With `bucket_for_watch` (the election bucket) a follower watches the
+    /// leader key and contends only when it is vacated or its renewals stop showing (see the
+    /// module docs); without it, it polls every `ttl/3`.
     ///
     /// Dropping the returned value stops the loop without releasing (like [`abort`](Self::abort)).
     pub fn spawn(agent: Arc<dyn ElectionAgent>, bucket_for_watch: Option<Arc<dyn Bucket>>) -> Self {
         let (tx, leadership) = watch::channel(Leadership::Follower);
         let ttl = agent.lease_ttl();
         let period = (ttl / 3).max(MIN_PERIOD);
+        // Longer than the TTL by half a renewal period: the expiry marker of a key that was
+        // not renewed normally comes first.
+        let stale = ttl.max(MIN_PERIOD) + period / 2;
         let runner = Runner {
             agent: agent.clone(),
-            watch: bucket_for_watch.map(LeaderWatch::new),
+            watch: bucket_for_watch.map(|bucket| LeaderWatch::new(bucket, stale, period)),
             tx,
             period,
             lease: ttl.saturating_sub(ttl / 5),
@@ -71,7 +88,8 @@ impl Elector {
     }
 
     /// Stops the loop and releases the lease if this worker leads (announcing `Follower` first),
-    /// so that a follower takes over within one poll.
+    /// so that a follower takes over at once (a watching follower sees the key deleted; a
+    /// polling one takes over at its next poll).
     pub async fn stop(self) -> Result<()> {
         self.cancel.cancel();
         match self.task.await {
@@ -103,8 +121,7 @@ impl Runner {
     /// Runs until cancelled; store calls in flight are finished, not dropped, so the agent's view
     /// of the lease stays exact for the final release.
     async fn run(mut self, cancel: CancellationToken) -> Result<()> {
-        let mut next_request = Instant::now();
-        while let Some((term, since)) = self.follow(&cancel, next_request).await {
+        while let Some((term, since)) = self.follow(&cancel).await {
             self.tx.send_replace(Leadership::Leader { term });
             tracing::info!(term, "leading");
             let Some(reason) = self.lead(&cancel, since).await else {
@@ -120,8 +137,7 @@ impl Runner {
                     Err(_) => tracing::warn!("release after stepping down timed out"),
                 }
             }
-            // The key may be free (it expired while we were cut off): try again at once.
-            next_request = Instant::now();
+            // The key may be free (it expired while we were cut off): `follow` requests at once.
         }
         if self.agent.is_leader() {
             self.tx.send_replace(Leadership::Follower);
@@ -130,28 +146,50 @@ impl Runner {
         Ok(())
     }
 
-    /// Requests leadership until granted (`Some((term, time of the request))`) or cancelled.
-    async fn follow(
-        &mut self,
-        cancel: &CancellationToken,
-        mut next_request: Instant,
-    ) -> Option<(u64, Instant)> {
+    /// When the next request is due, `last` being when the previous one was made (`None`: at
+    /// once).
+    fn next_request(&self, last: Option<Instant>) -> Instant {
+        let Some(last) = last else {
+            return Instant::now();
+        };
+        let poll = last + self.period;
+        match &self.watch {
+            Some(watch) => watch.next_request(poll),
+            None => poll,
+        }
+    }
+
+    /// Requests leadership (at once, then as [`next_request`](Self::next_request) says) until
+    /// granted (`Some((term, time of the request))`) or cancelled.
+    async fn follow(&mut self, cancel: &CancellationToken) -> Option<(u64, Instant)> {
+        let mut last = None;
         loop {
+            let due = self.next_request(last);
             tokio::select! {
                 () = cancel.cancelled() => return None,
-                () = tokio::time::sleep_until(next_request) => {}
-                () = vacancy(&mut self.watch) => tracing::debug!("leader key vacant; requesting"),
+                () = tokio::time::sleep_until(due) => {}
+                change = next_change(&mut self.watch) => match change {
+                    Change::Vacated => tracing::debug!("leader key vacant; requesting"),
+                    Change::Other => continue,
+                },
+            }
+            if let Some(watch) = self.watch.as_mut() {
+                watch.before_request();
             }
             let started = Instant::now();
             let result = self.agent.request().await;
-            next_request = Instant::now() + self.period;
+            last = Some(Instant::now());
             if cancel.is_cancelled() {
                 // A lease won just now is released by the caller.
                 return None;
             }
             match result {
                 Ok(Some(term)) => return Some((term, started)),
-                Ok(None) => {}
+                Ok(None) => {
+                    if let Some(watch) = self.watch.as_mut() {
+                        watch.refused();
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "leadership request failed"),
             }
         }
@@ -165,8 +203,11 @@ impl Runner {
             tokio::select! {
                 () = cancel.cancelled() => return None,
                 () = tokio::time::sleep_until(next_renew.min(deadline)) => {}
-                // Our key vanished: check at once rather than at the next renewal.
-                () = vacancy(&mut self.watch) => {}
+                change = next_change(&mut self.watch) => match change {
+                    // Our key vanished: check at once rather than at the next renewal.
+                    Change::Vacated => {}
+                    Change::Other => continue,
+                },
             }
             if Instant::now() >= deadline {
                 return Some("the lease ran out without a successful renewal");
@@ -188,43 +229,160 @@ impl Runner {
     }
 }
 
-/// Waits for a sign that the leader key is vacant; never returns without a watch.
-async fn vacancy(watch: &mut Option<LeaderWatch>) {
+/// The next change the watch reports; never returns without a watch.
+async fn next_change(watch: &mut Option<LeaderWatch>) -> Change {
     match watch {
-        Some(watch) => watch.vacancy().await,
+        Some(watch) => watch.next_change().await,
         None => std::future::pending().await,
     }
 }
 
-/// A watch on the leader key, reopened when it ends.
+/// What the watch says about the leader key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyState {
+    /// The watch cannot tell (not open or not synced yet, erroring) since `since`.
+    Unknown { since: Instant },
+    /// The key was written, as last seen at `seen` (a snapshot entry or a put).
+    Held { seen: Instant },
+    /// The key was deleted or expired, or a snapshot did not have it.
+    Vacant,
+}
+
+/// What one step of the watch changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The key became vacant: contend (or, leading, check the lease) at once.
+    Vacated,
+    /// Anything else: the time of the next request may have moved.
+    Other,
+}
+
+/// A watch on the leader key, reopened when it ends, errs for too long or goes quiet.
 struct LeaderWatch {
     bucket: Arc<dyn Bucket>,
     stream: Option<WatchStream>,
     reopen_at: Instant,
-    /// Whether the snapshot in progress contained a leader.
+    /// The pause before the next reopen after a failure (doubling up to the request period).
+    backoff: Duration,
+    max_backoff: Duration,
+    /// How long the key may go without a visible write, or the watch without telling anything.
+    stale: Duration,
+    state: KeyState,
+    /// Whether the snapshot in progress contained the key.
     saw_leader: bool,
+    /// Requests refused while the key looked vacant, since it last looked held.
+    vacant_refusals: u32,
+    /// Whether the watch was reopened to check a vacancy that refused requests contradict.
+    vacancy_rechecked: bool,
 }
 
 impl LeaderWatch {
-    fn new(bucket: Arc<dyn Bucket>) -> Self {
+    fn new(bucket: Arc<dyn Bucket>, stale: Duration, max_backoff: Duration) -> Self {
+        let now = Instant::now();
         Self {
             bucket,
             stream: None,
-            reopen_at: Instant::now(),
+            reopen_at: now,
+            backoff: REOPEN_MIN,
+            max_backoff: max_backoff.max(REOPEN_MIN),
+            stale,
+            state: KeyState::Unknown { since: now },
             saw_leader: false,
+            vacant_refusals: 0,
+            vacancy_rechecked: false,
         }
     }
 
-    /// Cancel-safe: every state change is made before an await point.
-    async fn vacancy(&mut self) {
+    /// When a follower requests next, `poll` being when polling would.
+    fn next_request(&self, poll: Instant) -> Instant {
+        match self.state {
+            // Someone renews the key: only the safety net, in case the watch misses its end.
+            KeyState::Held { seen } => poll.max(seen + self.stale),
+            // Vacant after a refused request (an agent that does not use the key), or the watch
+            // cannot tell: poll.
+            KeyState::Vacant | KeyState::Unknown { .. } => poll,
+        }
+    }
+
+    /// Drops the stream and opens a fresh one (with a fresh snapshot) at once.
+    fn reopen(&mut self, why: &str) {
+        tracing::debug!(reason = why, "reopening the leader watch");
+        self.stream = None;
+        self.reopen_at = Instant::now();
+        self.state = KeyState::Unknown {
+            since: Instant::now(),
+        };
+    }
+
+    /// Called before each request: a watch that has shown no renewal of a held key, or nothing
+    /// at all, for longer than `stale` has gone quiet (or the key's end was missed): reopen it.
+    fn before_request(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            KeyState::Held { seen } if now >= seen + self.stale => {
+                self.reopen("no renewal of the leader key seen within the TTL");
+            }
+            KeyState::Unknown { since } if now >= since + self.stale => {
+                self.reopen("the leader watch has not synced within the TTL");
+            }
+            KeyState::Held { .. } | KeyState::Unknown { .. } | KeyState::Vacant => {}
+        }
+    }
+
+    /// Called after a refused request. A key that still looks vacant although a request was
+    /// refused twice means either an agent that does not use the key (nothing to see) or a watch
+    /// that missed the winner's write: reopen it once to tell.
+    fn refused(&mut self) {
+        if self.state != KeyState::Vacant {
+            return;
+        }
+        self.vacant_refusals += 1;
+        if self.vacant_refusals >= 2 && !self.vacancy_rechecked {
+            self.vacancy_rechecked = true;
+            self.reopen("requests are refused although the leader key looks vacant");
+        }
+    }
+
+    fn held(&mut self) {
+        self.state = KeyState::Held {
+            seen: Instant::now(),
+        };
+        self.vacant_refusals = 0;
+        self.vacancy_rechecked = false;
+    }
+
+    /// Marks the key vacant; a change only if it did not look vacant already.
+    fn vacant(&mut self) -> Change {
+        let was = std::mem::replace(&mut self.state, KeyState::Vacant);
+        if was == KeyState::Vacant {
+            Change::Other
+        } else {
+            Change::Vacated
+        }
+    }
+
+    fn unknown(&mut self) {
+        if !matches!(self.state, KeyState::Unknown { .. }) {
+            self.state = KeyState::Unknown {
+                since: Instant::now(),
+            };
+        }
+    }
+
+    /// The next change. Cancel-safe: every state change is made before an await point.
+    async fn next_change(&mut self) -> Change {
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 tokio::time::sleep_until(self.reopen_at).await;
                 match self.bucket.watch(LEADER_KEY).await {
-                    Ok(stream) => self.stream = Some(stream),
+                    Ok(stream) => {
+                        self.stream = Some(stream);
+                        self.saw_leader = false;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot watch the leader key");
-                        self.reopen_at = Instant::now() + Duration::from_millis(500);
+                        self.reopen_at = Instant::now() + self.backoff;
+                        self.backoff = (self.backoff * 2).min(self.max_backoff);
                     }
                 }
                 continue;
@@ -232,15 +390,316 @@ impl LeaderWatch {
             match stream.next().await {
                 Some(Ok(WatchEvent::Init)) => self.saw_leader = false,
                 Some(Ok(WatchEvent::InitApply(_))) => self.saw_leader = true,
-                Some(Ok(WatchEvent::InitDone)) if !self.saw_leader => return,
-                Some(Ok(WatchEvent::Deleted { .. } | WatchEvent::Expired { .. })) => return,
-                Some(Ok(WatchEvent::InitDone | WatchEvent::Put(_))) => {}
-                Some(Err(e)) => tracing::debug!(error = %e, "leader watch error"),
+                Some(Ok(WatchEvent::InitDone)) => {
+                    self.backoff = REOPEN_MIN;
+                    if !self.saw_leader {
+                        return self.vacant();
+                    }
+                    self.held();
+                    return Change::Other;
+                }
+                Some(Ok(WatchEvent::Put(_))) => {
+                    self.held();
+                    return Change::Other;
+                }
+                // A new end of a lease: contend even if the key already looked vacant.
+                Some(Ok(WatchEvent::Deleted { .. } | WatchEvent::Expired { .. })) => {
+                    self.state = KeyState::Vacant;
+                    return Change::Vacated;
+                }
+                Some(Err(e)) => {
+                    // The stream carries on (with a fresh snapshot when it must); poll meanwhile.
+                    tracing::debug!(error = %e, "leader watch error");
+                    self.unknown();
+                    return Change::Other;
+                }
                 None => {
                     self.stream = None;
-                    self.reopen_at = Instant::now() + Duration::from_millis(500);
+                    self.reopen_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(self.max_backoff);
+                    self.unknown();
+                    return Change::Other;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::election::{NatsLeaseElection, bucket_spec};
+    use crate::partition::WorkerId;
+    use crate::store::{Entry, MemoryStore, Store, StoreError};
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    /// Counts the writes and watch openings through it; while `muted`, its watches deliver
+    /// nothing (a watch gone quiet).
+    #[derive(Debug)]
+    struct Probe {
+        inner: Arc<dyn Bucket>,
+        writes: AtomicU64,
+        watches: AtomicU64,
+        muted: Arc<AtomicBool>,
+    }
+
+    impl Probe {
+        fn new(inner: Arc<dyn Bucket>) -> Arc<Self> {
+            Arc::new(Self {
+                inner,
+                writes: AtomicU64::new(0),
+                watches: AtomicU64::new(0),
+                muted: Arc::new(AtomicBool::new(false)),
+            })
+        }
+
+        fn writes(&self) -> u64 {
+            self.writes.load(Ordering::SeqCst)
+        }
+
+        fn write(&self) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait]
+    impl Bucket for Probe {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+            self.write();
+            self.inner.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+            self.write();
+            self.inner.update(key, value, expected).await
+        }
+        async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+            self.write();
+            self.inner.put(key, value).await
+        }
+        async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+            self.write();
+            self.inner.delete(key, expected).await
+        }
+        async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+            self.inner.list(pattern).await
+        }
+        async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+            let muted = Arc::clone(&self.muted);
+            let stream = self.inner.watch(pattern).await?;
+            self.watches.fetch_add(1, Ordering::SeqCst);
+            Ok(stream
+                .filter(move |_| std::future::ready(!muted.load(Ordering::SeqCst)))
+                .boxed())
+        }
+    }
+
+    async fn contenders(n: usize) -> (Vec<Option<Elector>>, Vec<Arc<Probe>>) {
+        let store = MemoryStore::new();
+        let mut electors = Vec::new();
+        let mut probes = Vec::new();
+        for i in 0..n {
+            let bucket = store
+                .client()
+                .bucket(&bucket_spec("election", TTL, 1))
+                .await
+                .unwrap();
+            let probe = Probe::new(bucket);
+            let agent = NatsLeaseElection::new(
+                probe.clone(),
+                WorkerId::new(format!("w-{i}")),
+                format!("i-{i}"),
+                TTL,
+            );
+            electors.push(Some(Elector::spawn(Arc::new(agent), Some(probe.clone()))));
+            probes.push(probe);
+        }
+        (electors, probes)
+    }
+
+    fn leaders(electors: &[Option<Elector>]) -> Vec<usize> {
+        electors
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                e.as_ref()
+                    .is_some_and(|e| e.leadership().borrow().is_leader())
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Advances (paused) time in small steps until exactly one elector leads.
+    async fn one_leader(electors: &[Option<Elector>], within: Duration) -> (usize, Duration) {
+        let start = Instant::now();
+        while start.elapsed() <= within {
+            if let [leader] = leaders(electors)[..] {
+                return (leader, start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "no single leader within {within:?}: {:?}",
+            leaders(electors)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_leader_writes_while_it_renews() {
+        let (electors, probes) = contenders(5).await;
+        let (leader, _) = one_leader(&electors, Duration::from_secs(1)).await;
+        tokio::time::sleep(TTL).await;
+        let before: Vec<u64> = probes.iter().map(|p| p.writes()).collect();
+        tokio::time::sleep(10 * TTL).await;
+        for (i, probe) in probes.iter().enumerate() {
+            let made = probe.writes() - before[i];
+            if i == leader {
+                assert!((29..=31).contains(&made), "leader renewed {made} times");
+            } else {
+                assert_eq!(made, 0, "follower {i} wrote");
+            }
+            assert_eq!(
+                probe.watches.load(Ordering::SeqCst),
+                1,
+                "watch of {i} reopened"
+            );
+        }
+        assert_eq!(leaders(&electors), [leader]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once() {
+        let (mut electors, _) = contenders(3).await;
+        let (old, _) = one_leader(&electors, Duration::from_secs(1)).await;
+        tokio::time::sleep(TTL).await;
+        electors[old].take().unwrap().stop().await.unwrap();
+        let (new, took) = one_leader(&electors, Duration::from_secs(1)).await;
+        assert_ne!(new, old);
+        assert!(took <= Duration::from_millis(50), "took {took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_lease_is_taken_on_the_expiry_event() {
+        let (mut electors, probes) = contenders(3).await;
+        let (old, _) = one_leader(&electors, Duration::from_secs(1)).await;
+        tokio::time::sleep(TTL).await;
+        let before: Vec<u64> = probes.iter().map(|p| p.writes()).collect();
+        electors[old].take().unwrap().abort();
+        let (new, took) = one_leader(&electors, TTL + Duration::from_millis(100)).await;
+        assert_ne!(new, old);
+        for (i, probe) in probes.iter().enumerate() {
+            if i != old && i != new {
+                // One refused create, on the expiry event.
+                assert_eq!(probe.writes() - before[i], 1, "follower {i}");
+            }
+        }
+        assert!(took <= TTL, "took {took:?}");
+    }
+
+    /// A watch that stops delivering (the expiry marker never arrives): the follower contends
+    /// once no renewal has shown for longer than the TTL, and reopens its watch.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_watch_is_noticed_and_reopened() {
+        let (mut electors, probes) = contenders(2).await;
+        let (old, _) = one_leader(&electors, Duration::from_secs(1)).await;
+        let follower = 1 - old;
+        tokio::time::sleep(TTL).await;
+        probes[follower].muted.store(true, Ordering::SeqCst);
+        let muted_at = Instant::now();
+        electors[old].take().unwrap().abort();
+        // Unmute once the follower reopened its watch, so that the new watch works.
+        let probe = probes[follower].clone();
+        tokio::spawn(async move {
+            while probe.watches.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            probe.muted.store(false, Ordering::SeqCst);
+        });
+        let (new, _) = one_leader(&electors, 3 * TTL).await;
+        let took = muted_at.elapsed();
+        assert_eq!(new, follower);
+        // The last renewal seen was at most a period before the mute.
+        let stale = TTL + TTL / 6;
+        assert!(took <= stale + TTL / 3, "took {took:?}");
+        assert!(probes[follower].watches.load(Ordering::SeqCst) >= 2);
+    }
+
+    /// Grants leadership when told to; never touches the leader key.
+    #[derive(Debug, Default)]
+    struct Appointed {
+        grant: AtomicBool,
+        held: AtomicBool,
+        requests: AtomicU64,
+    }
+
+    #[async_trait]
+    impl ElectionAgent for Appointed {
+        async fn request(&self) -> Result<Option<u64>> {
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            let grant = self.grant.load(Ordering::SeqCst);
+            self.held.store(grant, Ordering::SeqCst);
+            Ok(grant.then_some(7))
+        }
+        async fn renew(&self) -> Result<bool> {
+            Ok(self.held.load(Ordering::SeqCst))
+        }
+        async fn release(&self) -> Result<()> {
+            self.held.store(false, Ordering::SeqCst);
+            Ok(())
+        }
+        fn is_leader(&self) -> bool {
+            self.held.load(Ordering::SeqCst)
+        }
+        fn term(&self) -> Option<u64> {
+            self.is_leader().then_some(7)
+        }
+        fn lease_ttl(&self) -> Duration {
+            TTL
+        }
+    }
+
+    /// An agent that does not use the leader key is polled every `ttl/3`, with or without the
+    /// election bucket; the watch is reopened once to check the vacancy, not more.
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_does_not_use_the_leader_key_is_polled() {
+        let store = MemoryStore::new();
+        let probe = Probe::new(
+            store
+                .bucket(&bucket_spec("election", TTL, 1))
+                .await
+                .unwrap(),
+        );
+        for bucket in [Some(probe.clone() as Arc<dyn Bucket>), None] {
+            let agent = Arc::new(Appointed::default());
+            let elector = Elector::spawn(agent.clone(), bucket.clone());
+            tokio::time::sleep(3 * TTL + Duration::from_millis(1)).await;
+            let requests = agent.requests.load(Ordering::SeqCst);
+            // At start, then every ttl/3; with a watch also on the empty snapshot and on the
+            // snapshot of the reopened watch.
+            let expected = if bucket.is_some() { 12 } else { 10 };
+            assert_eq!(requests, expected, "with a watch: {}", bucket.is_some());
+            agent.grant.store(true, Ordering::SeqCst);
+            let mut leadership = elector.leadership();
+            tokio::time::timeout(TTL / 3, leadership.wait_for(Leadership::is_leader))
+                .await
+                .unwrap()
+                .unwrap();
+            elector.stop().await.unwrap();
+        }
+        assert_eq!(probe.watches.load(Ordering::SeqCst), 2);
+        assert_eq!(probe.writes(), 0);
     }
 }

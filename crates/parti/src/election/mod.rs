@@ -2,9 +2,11 @@
 //!
 //! [`ElectionAgent`] is the pluggable part (acquire, renew, release a lease); [`NatsLeaseElection`]
 //! is the default agent over the election bucket. [`Elector`] is the loop around any agent: it
-//! requests leadership as a follower, renews it as a leader, steps down at once when a renewal
-//! says the lease is lost, and never believes it leads past the lease after transient errors. It
-//! publishes [`Leadership`] on a `watch` channel.
+//! requests leadership as a follower — with a watch on the leader key, only when the key is
+//! vacated or its renewals stop showing, so followers write nothing while a leader renews —
+//! renews it as a leader, steps down at once when a renewal says the lease is lost, and never
+//! believes it leads past the lease after transient errors. It publishes [`Leadership`] on a
+//! `watch` channel.
 
 mod elector;
 mod nats_lease;
