@@ -120,8 +120,10 @@ impl TestCluster {
 
     /// Kills `manager` (no stop path, like `kill -9`) and records it for the checker.
     pub async fn kill(&self, manager: &Manager) {
-        let at = now_ns();
+        // The process has ended once `kill` returns (its tasks aborted): handler calls still
+        // finishing during the abort belong to it.
         manager.kill().await;
+        let at = now_ns();
         self.faults.lock().unwrap().push(FaultRecord {
             kind: "kill".into(),
             worker: Some(manager.worker_id().to_string()),
