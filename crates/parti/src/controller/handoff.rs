@@ -9,7 +9,8 @@
 //! - a worker stops being waited for once its heartbeat says it released that version
 //!   (`released ≥ version`), or once it is no longer a live member — the membership watcher
 //!   drops a member only on proof that it holds nothing (key expired, or deleted after its own
-//!   `Shutdown` heartbeat).
+//!   `Shutdown` heartbeat), and a new leader counts a mapped worker missing from its first
+//!   snapshot as holding for one more heartbeat TTL ([`Members::unproven`]).
 //!
 //! A gainer holds a pending partition only after a later commit lists it with nobody left to
 //! wait for, so at any instant at most one worker holds a partition: the previous holder
@@ -36,12 +37,17 @@ pub(crate) struct Members {
     /// The highest version any member applied: a floor for the next version, so versions never
     /// go back even when the `cluster` record is lost or garbage.
     pub(crate) floor: u64,
+    /// Workers that are not live members but may still hold anything they had: mapped
+    /// workers a new leader did not find in its first heartbeat snapshot (a missing key is
+    /// no proof: the bucket may have been deleted and recreated, or the value overwritten),
+    /// until one heartbeat TTL after the takeover.
+    pub(crate) unproven: BTreeSet<WorkerId>,
 }
 
 impl Members {
     /// Whether `worker` may still hold a partition it lost at `lost_at`.
     fn may_hold(&self, worker: &WorkerId, lost_at: u64) -> bool {
-        self.released.get(worker).is_some_and(|r| *r < lost_at)
+        self.unproven.contains(worker) || self.released.get(worker).is_some_and(|r| *r < lost_at)
     }
 
     /// `worker` holds nothing it lost up to `version`: its lease was revoked and has provably
@@ -62,7 +68,8 @@ pub(crate) fn waited_on(
     let mut out: BTreeMap<WorkerId, u64> = BTreeMap::new();
     let waits = records.values().flat_map(|r| r.pending.values()).flatten();
     for (worker, lost_at) in waits {
-        if members.may_hold(worker, *lost_at) {
+        // An unproven absentee has no heartbeat to revoke: its doubt runs out by itself.
+        if members.may_hold(worker, *lost_at) && !members.unproven.contains(worker) {
             let highest = out.entry(worker.clone()).or_default();
             *highest = (*highest).max(*lost_at);
         }
@@ -197,6 +204,7 @@ mod tests {
     }
     fn members(released: &[(&str, u64)]) -> Members {
         Members {
+            unproven: BTreeSet::new(),
             released: released.iter().map(|(id, v)| (w(id), *v)).collect(),
             lineages: BTreeMap::new(),
             floor: 0,
@@ -231,6 +239,26 @@ mod tests {
         let next = map(&[("b", &["x", "fresh"])]);
         let plan = plan(&records, &next, 5, &members(&[("b", 4)]), &BTreeSet::new());
         assert!(plan[&w("b")].is_empty());
+    }
+
+    #[test]
+    fn an_unproven_absentee_is_waited_for_until_its_doubt_runs_out() {
+        // A new leader found no heartbeat for "gone": it may still hold x.
+        let records = [(w("gone"), record(&["x"], Pending::new()))].into();
+        let next = map(&[("b", &["x"])]);
+        let mut m = members(&[("b", 4)]);
+        m.unproven.insert(w("gone"));
+        let planned = plan(&records, &next, 5, &m, &BTreeSet::new());
+        assert_eq!(planned[&w("b")]["x"], [(w("gone"), 5)].into());
+        let pending: Pending = [("x".to_owned(), [(w("gone"), 5)].into())].into();
+        let after = [(w("b"), record(&["x"], pending))].into();
+        assert_eq!(resolvable(&after, &m), (0, 1));
+        assert!(
+            waited_on(&after, &m).is_empty(),
+            "no heartbeat to revoke: not expelled"
+        );
+        m.unproven.clear();
+        assert_eq!(resolvable(&after, &m), (1, 1));
     }
 
     #[test]

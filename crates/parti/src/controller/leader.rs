@@ -31,7 +31,6 @@ use crate::manager::hooks::EventSink;
 use crate::partition::{Partition, WorkerId};
 use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
-use crate::stable_id::StableIdConfig;
 use crate::state::ScalingReason;
 use crate::store::Bucket;
 use crate::strategy::AssignmentStrategy;
@@ -49,8 +48,6 @@ pub(crate) struct LeaderContext {
     pub(crate) agent: Arc<dyn ElectionAgent>,
     pub(crate) planner: PlannerConfig,
     pub(crate) membership_resync: Duration,
-    /// The stable-ID pool: only its IDs can be members.
-    pub(crate) id_pool: StableIdConfig,
     /// Bound on one partition-source call (`operationTimeout`).
     pub(crate) source_timeout: Duration,
     /// How long a loser may keep a gainer waiting before it is expelled (`handoffTimeout`).
@@ -112,6 +109,11 @@ pub(crate) struct Leader {
     /// and the version it would cover. Seeing that worker under a later lineage of the same
     /// process settles it without another marker.
     attempted: BTreeMap<WorkerId, (Lineage, u64)>,
+    /// Mapped workers missing from the takeover's heartbeat snapshot, and until when they may
+    /// still hold what they had (one heartbeat TTL after the takeover): a key missing from a
+    /// snapshot proves nothing (a recreated bucket, a value overwritten), while any renewal
+    /// such a worker made started before the snapshot, so its lease has run out by then.
+    unproven: BTreeMap<WorkerId, Instant>,
 }
 
 /// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
@@ -156,6 +158,17 @@ impl Leader {
             .iter()
             .map(|(w, l)| (w.clone(), (l.clone(), takeover)))
             .collect();
+        let unproven_until = takeover + ctx.membership_resync;
+        let unproven = committed
+            .workers
+            .iter()
+            .flat_map(|(w, (_, record))| {
+                let waited_on = record.pending.values().flat_map(|waits| waits.keys());
+                std::iter::once(w).chain(waited_on)
+            })
+            .filter(|w| !members.released.contains_key(*w))
+            .map(|w| (w.clone(), unproven_until))
+            .collect();
         Self {
             ctx,
             cancel,
@@ -173,6 +186,7 @@ impl Leader {
             expelled: BTreeMap::new(),
             retry_at: BTreeMap::new(),
             attempted: BTreeMap::new(),
+            unproven,
         }
     }
 
@@ -279,10 +293,18 @@ impl Leader {
     /// batch falling due, an expulsion falling due or a revoked lease running out.
     pub(crate) fn next_wake(&self) -> Option<Instant> {
         let handoff_due = self.handoff_ready_since.map(|since| since + HANDOFF_BATCH);
+        let now_at = now();
+        let doubt_ends = self
+            .unproven
+            .values()
+            .filter(|until| **until > now_at)
+            .min()
+            .copied();
         [
             self.planner.next_wakeup(),
             handoff_due,
-            self.expulsion_due(now()),
+            self.expulsion_due(now_at),
+            doubt_ends,
         ]
         .into_iter()
         .flatten()
@@ -646,9 +668,16 @@ impl Leader {
     }
 
     /// The members as hand-offs see them: an expelled loser whose lease has provably run out
-    /// counts as having released, whatever its heartbeat says.
+    /// counts as having released, whatever its heartbeat says; a mapped worker missing from the
+    /// takeover snapshot may hold anything until its doubt runs out.
     fn members_at(&self, now: Instant) -> Members {
         let mut members = self.members.clone();
+        members.unproven = self
+            .unproven
+            .iter()
+            .filter(|(w, until)| now < **until && !members.released.contains_key(*w))
+            .map(|(w, _)| w.clone())
+            .collect();
         for (worker, list) in &self.expelled {
             for expulsion in list.iter().filter(|e| now >= e.fenced_at) {
                 members.fenced(worker, expulsion.version);

@@ -238,14 +238,17 @@ impl Publisher {
     }
 
     /// Live members whose holdings the committed state does not tell: all of them when the
-    /// commit is garbage, or gone while worker values remain; otherwise those whose committed
-    /// value is garbage or missing.
+    /// commit is garbage, or gone after something was committed (worker values remain, or a
+    /// member's heartbeat reports a version: the bucket was deleted and created again under
+    /// workers that still hold what the lost commit gave them); otherwise those whose
+    /// committed value is garbage or missing.
     async fn unknown_holders(&self, members: &Members) -> Result<BTreeSet<WorkerId>> {
         let live = || members.released.keys().cloned().collect::<BTreeSet<_>>();
         if self.committed.garbage.iter().any(|k| k == CLUSTER_KEY) {
             return Ok(live());
         }
         match &self.committed.record {
+            None if members.floor > 0 => Ok(live()),
             None => {
                 let pattern = format!("{}>", crate::records::WORKER_KEY_PREFIX);
                 let values = self.bucket.list(&pattern).await?;

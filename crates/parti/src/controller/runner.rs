@@ -33,11 +33,10 @@ pub(crate) async fn run(
     })
     .await
     .ok_or(Error::Shutdown)?;
-    let (membership, mut members) = MembershipWatcher::spawn_for_pool(
+    let (membership, mut members) = MembershipWatcher::spawn_with_ttl(
         Arc::clone(&ctx.heartbeat_bucket),
         ctx.membership_resync,
         ctx.membership_resync,
-        ctx.id_pool.clone(),
     );
     let result = lead(
         ctx,
@@ -196,6 +195,7 @@ async fn serve(
 /// Released versions, lineages and the version floor from the members' heartbeats.
 fn members_from(values: &BTreeMap<WorkerId, HeartbeatValue>) -> Members {
     Members {
+        unproven: BTreeSet::new(),
         released: values
             .iter()
             .map(|(w, v)| (w.clone(), v.released))

@@ -22,9 +22,10 @@
 //!
 //! Input hygiene: a heartbeat value that does not decode is never a member — it is logged and
 //! counted in [`MembershipWatcher::decode_errors`]; over a known member's key it changes
-//! nothing (the member's own next put or the key's expiry decides). With a pool
-//! ([`spawn_for_pool`](MembershipWatcher::spawn_for_pool)), a key that is not a worker ID of the
-//! pool is never a member either.
+//! nothing (the member's own next put or the key's expiry decides). A good heartbeat is a
+//! member under any key, even one outside this process's stable-ID pool: it is a worker
+//! configured with another pool (a configuration rolled out unevenly), and a leader that took it
+//! for gone would hand on what it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -39,7 +40,6 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::HeartbeatValue;
 use crate::partition::WorkerId;
-use crate::stable_id::StableIdConfig;
 use crate::state::State;
 use crate::store::codec;
 use crate::store::{Bucket, Entry, WatchEvent};
@@ -96,26 +96,6 @@ impl MembershipWatcher {
         resync_interval: Duration,
         heartbeat_ttl: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<MembershipEvent>) {
-        Self::spawn_inner(bucket, resync_interval, heartbeat_ttl, None)
-    }
-
-    /// Starts watching, counting only keys that are worker IDs of `pool` (what the controller
-    /// uses: anything else in the bucket is logged, counted and ignored).
-    pub fn spawn_for_pool(
-        bucket: Arc<dyn Bucket>,
-        resync_interval: Duration,
-        heartbeat_ttl: Duration,
-        pool: StableIdConfig,
-    ) -> (Self, mpsc::UnboundedReceiver<MembershipEvent>) {
-        Self::spawn_inner(bucket, resync_interval, heartbeat_ttl, Some(pool))
-    }
-
-    fn spawn_inner(
-        bucket: Arc<dyn Bucket>,
-        resync_interval: Duration,
-        heartbeat_ttl: Duration,
-        pool: Option<StableIdConfig>,
-    ) -> (Self, mpsc::UnboundedReceiver<MembershipEvent>) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (live_tx, live) = watch::channel(BTreeSet::new());
         let (values_tx, values) = watch::channel(BTreeMap::new());
@@ -125,7 +105,6 @@ impl MembershipWatcher {
         let tracker = Tracker {
             bucket_name: bucket.name().to_owned(),
             ttl: heartbeat_ttl,
-            pool,
             known: BTreeMap::new(),
             doubtful: BTreeMap::new(),
             reported: BTreeSet::new(),
@@ -166,8 +145,7 @@ impl MembershipWatcher {
         self.synced.clone()
     }
 
-    /// Heartbeat values seen that did not decode, or under keys that are not worker IDs of the
-    /// pool (none of them counts as live).
+    /// Heartbeat values seen that did not decode (none of them counts as live).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors.load(Ordering::Relaxed)
     }
@@ -246,8 +224,6 @@ struct Member {
 struct Tracker {
     bucket_name: String,
     ttl: Duration,
-    /// When set, only its worker IDs can be members.
-    pool: Option<StableIdConfig>,
     known: BTreeMap<WorkerId, Member>,
     /// Members whose key went away without proof that they stopped: reported `Expired` at the
     /// instant given unless they put again.
@@ -310,16 +286,9 @@ impl Tracker {
         }
     }
 
-    /// The member an entry stands for; `None` (logged, counted) for a key outside the pool or a
-    /// value that does not decode.
+    /// The member an entry stands for; `None` (logged, counted) for a value that does not
+    /// decode.
     fn member(&self, entry: &Entry) -> Option<Member> {
-        if let Some(pool) = &self.pool
-            && !pool.is_pool_id(&entry.key)
-        {
-            self.decode_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(key = %entry.key, bucket = %self.bucket_name, "heartbeat under a key that is not a worker ID of the pool; ignored");
-            return None;
-        }
         match codec::decode::<HeartbeatValue>(&self.bucket_name, &entry.key, &entry.value) {
             Ok(value) => Some(Member {
                 revision: entry.revision,
@@ -451,7 +420,6 @@ mod tests {
         let tracker = Tracker {
             bucket_name: "hb".into(),
             ttl: TTL,
-            pool: None,
             known: BTreeMap::new(),
             doubtful: BTreeMap::new(),
             reported: BTreeSet::new(),

@@ -230,7 +230,6 @@ impl Runtime {
             agent,
             planner: PlannerConfig::from(&**c),
             membership_resync: c.heartbeat_ttl,
-            id_pool: self.id_pool(),
             source_timeout: c.operation_timeout,
             handoff_timeout: c.handoff_timeout,
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,

@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use parti::ownership::{OwnershipRecorder, now_ns};
+use parti::ownership::{OwnershipRecord, OwnershipRecorder, OwnershipSink, now_ns};
 use parti::source::Static;
 use parti::store::{BucketSpec, MemoryStore, Store};
 use parti::{Config, Manager, Partition, State, WorkerId};
@@ -438,10 +438,19 @@ impl Sim {
             .resnapshot_on_reconnect(self.rng.random_bool(0.5));
         let recorder = OwnershipRecorder::default();
         self.recorders.push(recorder.clone());
+        let sink: Arc<dyn OwnershipSink> = match traced_partition(&self.shared) {
+            Some(partition) => Arc::new(TracedSink {
+                n,
+                partition,
+                recorder: recorder.clone(),
+                shared: Arc::clone(&self.shared),
+            }),
+            None => Arc::new(recorder.clone()),
+        };
         let builder = Manager::builder_with_store(Arc::new(client.clone()))
             .config(config)
             .source(self.source.clone())
-            .ownership_sink(Arc::new(recorder.clone()));
+            .ownership_sink(sink);
         let (shared, slots) = (Arc::clone(&self.shared), Arc::clone(&self.slots));
         shared.log(format!("join w{n}"));
         let task = tokio::spawn(async move {
@@ -710,4 +719,42 @@ fn partition(rng: &mut StdRng, i: usize) -> Partition {
         100
     };
     Partition::new([format!("p{i}")], weight).expect("partition")
+}
+
+/// With `PARTI_SIM_TRACE=p7` (a partition ID) on a verbose run, every ownership record about
+/// that partition goes into the trace as it happens.
+fn traced_partition(shared: &Shared) -> Option<String> {
+    shared
+        .verbose
+        .then(|| std::env::var("PARTI_SIM_TRACE").ok())
+        .flatten()
+}
+
+/// An ownership sink that records, and logs the records about one partition to the trace.
+struct TracedSink {
+    n: usize,
+    partition: String,
+    recorder: OwnershipRecorder,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TracedSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracedSink")
+            .field("n", &self.n)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OwnershipSink for TracedSink {
+    fn record(&self, record: &OwnershipRecord) {
+        self.recorder.record(record);
+        let line = format!("{:?}", record.event);
+        if line.contains(&format!("\"{}\"", self.partition)) {
+            self.shared.log(format!(
+                "w{} {} ({}) at {}: {line}",
+                self.n, record.worker, record.instance, record.at_ns
+            ));
+        }
+    }
 }
