@@ -787,3 +787,65 @@ async fn s11_garbage_under_live_keys_of_every_bucket_is_never_taken_as_valid() {
         m.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_overwritten_with_garbage_is_committed_again_and_a_later_leader_builds_on_it() {
+    let config = Config::fast_for_tests();
+    let cluster = TestCluster::start(config.clone(), partitions(40)).await;
+    let mut workers = cluster.workers(3).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+    let before_version = before.record.as_ref().map(|(r, _)| r.version).unwrap();
+
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let assignment = store
+        .bucket(&BucketSpec::new(config.kv_buckets.assignment.clone()))
+        .await
+        .unwrap();
+    let at = parti::ownership::now_ns();
+    assignment
+        .put("cluster", Bytes::from_static(b"\x00\xffnot json{"))
+        .await
+        .unwrap();
+    cluster.fault("garbage", at);
+
+    // The leader notices its commit is gone and commits the same map again.
+    wait_until(
+        SETTLE,
+        "the leader to commit again over the garbage",
+        || async {
+            cluster
+                .published()
+                .await
+                .record
+                .is_some_and(|(r, _)| r.version > before_version && r.reason == "repair")
+        },
+    )
+    .await
+    .unwrap();
+    let repaired = cluster.wait_for_handoffs(SETTLE).await;
+    assert_eq!(
+        moved(&before.map, &repaired.map),
+        0,
+        "a repair moves nothing"
+    );
+
+    // A leader crash afterwards is an ordinary failover, not a cold start.
+    let leader = workers.iter().position(|(m, _)| m.is_leader()).unwrap();
+    let (leader, _) = workers.remove(leader);
+    let repaired_version = repaired.record.as_ref().map(|(r, _)| r.version).unwrap();
+    cluster.kill(&leader).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    cluster.wait_for_handoffs(SETTLE).await;
+    let reasons = cluster.reasons_after(repaired_version);
+    assert!(
+        !reasons.iter().any(|r| r == "cold_start"),
+        "the next leader started cold: {reasons:?}"
+    );
+    cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}

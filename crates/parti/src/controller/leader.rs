@@ -192,16 +192,23 @@ impl Leader {
 
     /// Starts the planner's term from the committed record and the `live` set.
     pub(crate) fn take_over(&mut self, live: &BTreeSet<WorkerId>) -> Vec<Decision> {
-        let cluster = self
-            .publisher
-            .committed()
-            .record
-            .as_ref()
-            .map(|(r, _)| ClusterView {
+        let cluster = match &self.publisher.committed().record {
+            Some((r, _)) => Some(ClusterView {
                 version: r.version,
                 lifecycle: r.lifecycle,
                 workers: r.workers.keys().cloned().collect(),
-            });
+            }),
+            // The commit is lost (garbage, or its bucket deleted and created again) while
+            // workers report versions: a running cluster whose map is unknown, not a cold
+            // start. The planner publishes after a planned window, and every partition waits
+            // for every live worker to release (`Publisher::unknown_holders`).
+            None if self.members.floor > 0 => Some(ClusterView {
+                version: self.members.floor,
+                lifecycle: Lifecycle::Running,
+                workers: Vec::new(),
+            }),
+            None => None,
+        };
         self.planner.handle(Input::BecameLeader {
             cluster,
             live: live.iter().cloned().collect(),
@@ -228,6 +235,8 @@ impl Leader {
         let mut decisions = Vec::new();
         for worker in absent {
             if let Ok(None) = self.ctx.stable_id_bucket.get(worker.as_str()).await {
+                // A worker releases its ID only after it released everything: no doubt left.
+                self.unproven.remove(&worker);
                 decisions.extend(self.planner.handle(Input::Left { worker, now: now() }));
             }
         }
@@ -556,6 +565,49 @@ impl Leader {
             Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
             Err(e) => {
                 // Tried again at the next heartbeat change or decision.
+                self.ctx.events.error(e);
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Commits the last map again when the `cluster` record is no longer the one this leader
+    /// last read or wrote (gone with its bucket, garbage): followers keep holding what the
+    /// lost commit gave them, and a later leader must find a commit to build on rather than
+    /// start cold. The republish builds on what is there now, so every partition waits for
+    /// every live worker that might hold it (see `Publisher::publish`).
+    pub(crate) async fn repair_commit(&mut self) -> Result<Vec<Decision>> {
+        if self.last_map.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.publisher.commit_intact().await {
+            Ok(true) => return Ok(Vec::new()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot check the commit");
+                return Ok(Vec::new());
+            }
+        }
+        tracing::warn!(
+            "the committed `cluster` record is gone or was overwritten; committing again"
+        );
+        let map = self.last_map.clone();
+        let workers: Vec<WorkerId> = map.workers().cloned().collect();
+        let meta = PublishMeta {
+            phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
+            reason: "repair".to_owned(),
+            lifecycle: self.lifecycle,
+        };
+        let members = self.members_at(now());
+        match self.publisher.publish(&map, meta, &members).await {
+            Ok(version) => Ok(self.planner.handle(Input::Published {
+                version,
+                workers,
+                now: now(),
+            })),
+            Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
+            Err(e) => {
+                // Tried again at the next check.
                 self.ctx.events.error(e);
                 Ok(Vec::new())
             }

@@ -57,6 +57,14 @@ impl Publisher {
         &self.committed
     }
 
+    /// Whether the `cluster` key still holds the commit this leader last read or wrote: not
+    /// when it is gone (its bucket deleted and created again), garbage, or written by
+    /// someone else.
+    pub(crate) async fn commit_intact(&self) -> Result<bool> {
+        let current = self.bucket.get(CLUSTER_KEY).await?.map(|e| e.revision);
+        Ok(current == self.committed.cluster_revision)
+    }
+
     /// The term the election agent granted this leader.
     pub(crate) fn agent_term(&self) -> u64 {
         self.term

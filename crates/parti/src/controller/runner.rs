@@ -178,6 +178,14 @@ async fn serve(
                 }
             },
             _ = feeds.source_check.tick() => {
+                let repaired = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    repaired = leader.repair_commit() => repaired?,
+                };
+                if !repaired.is_empty() {
+                    decisions = repaired;
+                    continue;
+                }
                 let changed = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     changed = leader.source_changed() => changed,
