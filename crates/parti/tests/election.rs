@@ -187,13 +187,18 @@ async fn a_leader_whose_lease_is_taken_steps_down_at_once() {
     elector.stop().await.unwrap();
 }
 
-/// A bucket whose writes fail while `failing` is set, as a store with transient errors would.
+/// A bucket that counts its calls, and whose writes fail while `failing` is set, as a store
+/// with transient errors would.
 #[derive(Debug)]
 struct FlakyBucket {
     inner: Arc<dyn Bucket>,
     failing: AtomicBool,
     /// Writes are applied but report a timeout (a lost reply).
     losing_replies: AtomicBool,
+    /// `create`, `update`, `put` and `delete` calls (a refused create counts: it is a round trip
+    /// to the stream's leader all the same).
+    writes: AtomicU64,
+    gets: AtomicU64,
 }
 
 #[async_trait]
@@ -202,6 +207,7 @@ impl Bucket for FlakyBucket {
         self.inner.name()
     }
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
         self.inner.get(key).await
     }
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
@@ -236,6 +242,8 @@ impl FlakyBucket {
             inner,
             failing: AtomicBool::new(false),
             losing_replies: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
         }
     }
 
@@ -249,7 +257,9 @@ impl FlakyBucket {
         Ok(())
     }
 
+    /// Counts a write; fails it while `failing` is set.
     fn check(&self, op: &'static str) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Timeout {
                 op,
@@ -387,76 +397,29 @@ async fn a_create_whose_reply_was_lost_still_wins_the_lease() {
     assert_eq!(other.request().await.unwrap(), None);
 }
 
-/// Counts the calls each contender makes on its election bucket.
-#[derive(Debug)]
-struct CountingBucket {
-    inner: Arc<dyn Bucket>,
-    /// `create`, `update`, `put` and `delete` calls (a refused create counts: it is a round trip
-    /// to the stream's leader all the same).
-    writes: AtomicU64,
-    gets: AtomicU64,
-}
-
-#[async_trait]
-impl Bucket for CountingBucket {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.create(key, value).await
-    }
-    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.update(key, value, expected).await
-    }
-    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.put(key, value).await
-    }
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(key, expected).await
-    }
-    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(pattern).await
-    }
-    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
-        self.inner.watch(pattern).await
-    }
-}
-
 /// `n` contenders, each on its own connection and counting bucket.
 async fn counted_contenders(
     server: &NatsServer,
     n: usize,
-) -> (Vec<Option<Elector>>, Vec<Arc<CountingBucket>>) {
+) -> (Vec<Option<Elector>>, Vec<Arc<FlakyBucket>>) {
     let mut electors = Vec::new();
     let mut counters = Vec::new();
     for i in 0..n {
-        let counting = Arc::new(CountingBucket {
-            inner: bucket(server).await,
-            writes: AtomicU64::new(0),
-            gets: AtomicU64::new(0),
-        });
+        let counting = Arc::new(FlakyBucket::new(bucket(server).await));
         electors.push(Some(contender(counting.clone(), i)));
         counters.push(counting);
     }
     (electors, counters)
 }
 
-fn writes(counters: &[Arc<CountingBucket>]) -> Vec<u64> {
+fn writes(counters: &[Arc<FlakyBucket>]) -> Vec<u64> {
     counters
         .iter()
         .map(|c| c.writes.load(Ordering::SeqCst))
         .collect()
 }
 
-fn gets(counters: &[Arc<CountingBucket>]) -> Vec<u64> {
+fn gets(counters: &[Arc<FlakyBucket>]) -> Vec<u64> {
     counters
         .iter()
         .map(|c| c.gets.load(Ordering::SeqCst))
@@ -464,7 +427,7 @@ fn gets(counters: &[Arc<CountingBucket>]) -> Vec<u64> {
 }
 
 /// Each contender's writes since `before`.
-fn writes_since(counters: &[Arc<CountingBucket>], before: &[u64]) -> Vec<u64> {
+fn writes_since(counters: &[Arc<FlakyBucket>], before: &[u64]) -> Vec<u64> {
     writes(counters)
         .iter()
         .zip(before)

@@ -159,7 +159,18 @@ impl ElectionAgent for NatsLeaseElection {
         };
         let floor = match &self.term_floor {
             // Read after the create won: a leader before us committed with a term in it.
-            Some(bucket) => crate::records::term_floor(&**bucket).await?,
+            Some(bucket) => match crate::records::term_floor(&**bucket).await {
+                Ok(floor) => floor,
+                Err(e) => {
+                    // No term can be chosen without the floor: free the seat at once (the
+                    // watchers see the delete and contend) rather than sit on it, unannounced,
+                    // until its TTL runs out.
+                    if let Err(d) = self.bucket.delete(LEADER_KEY, Some(revision)).await {
+                        tracing::debug!(error = %d, "cannot free the leader key");
+                    }
+                    return Err(e);
+                }
+            },
             None => 0,
         };
         let term = floor.saturating_add(revision);

@@ -33,23 +33,6 @@ pub const KNOWN: &[Known] = &[
                  before the ownership changes too: seed 208)",
     },
     Known {
-        violation: "overlap",
-        faults: &["bucketDeleted"],
-        reason: "a bucket deleted and recreated under a running cluster restarts its revisions: \
-                 membership's replay guard and the proof-of-departure rules assume revisions \
-                 only grow, so a live worker can be taken for gone (§13, bucket recreated: the \
-                 fleet issue's bucket-loss detection)",
-    },
-    Known {
-        violation: "overlap",
-        faults: &["idStolen"],
-        reason: "OPEN SAFETY BUG, under investigation: with a stable ID stolen while its worker \
-                 was cut off (plus kills and store failures), a gainer once held partitions \
-                 for 144 ms before the old holder released them (seed 276 in one CI run of \
-                 shard 0; not reproduced in 3 reruns, the simulation is not fully \
-                 deterministic across runs)",
-    },
-    Known {
         violation: "revived",
         faults: &["bucketDeleted"],
         reason: "the same: a recreated bucket restarts revisions and its watches replay from \
@@ -68,13 +51,6 @@ pub const KNOWN: &[Known] = &[
         reason: "the version floor lives in the assignment bucket and the heartbeats: losing the \
                  bucket while every worker restarts starts versions (and so epochs) again; a \
                  floor kept in a second bucket would survive it (§13 durable floor)",
-    },
-    Known {
-        violation: "gap",
-        faults: &["storeOutage", "bucketDeleted"],
-        reason: "an outage longer than workerIdTtl expires every stable ID: workers re-claim, \
-                 elect and wait out a window, which takes longer than the default gap bound; \
-                 the scenario's bound should include workerIdTtl (§13 liveness)",
     },
     Known {
         violation: "versionRegression",
@@ -96,12 +72,6 @@ pub const KNOWN: &[Known] = &[
         faults: MAP_LOST,
         reason: "a leader that lost the committed map assigns from scratch, so a crash moves \
                  partitions of survivors too (the map itself is not kept anywhere else)",
-    },
-    Known {
-        violation: "gap",
-        faults: MAP_LOST,
-        reason: "with the commit lost, every partition waits for every live worker to release \
-                 and the next leader starts with a window: the gap outlasts the default bound",
     },
     Known {
         violation: "twoLeaders",
