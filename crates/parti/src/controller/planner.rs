@@ -82,6 +82,11 @@ pub struct Planner {
     awaiting_first: Option<ScalingReason>,
     /// Map workers whose heartbeat expired, with the end of their grace period.
     suspects: BTreeMap<WorkerId, Instant>,
+    /// The workers of the map a restart window inherited, and when it opened. A leader that
+    /// took over right after a store outage saw heartbeats expired, not processes gone: once
+    /// enough of them are back that it is no full restart after all, the window is no longer
+    /// than a planned one, and once all are back it ends.
+    restart_of: Option<(BTreeSet<WorkerId>, Instant)>,
     suppress_until: Option<Instant>,
     partitions_dirty: bool,
     last_publish: Option<Instant>,
@@ -116,6 +121,7 @@ impl Planner {
             window: None,
             awaiting_first: Some(ScalingReason::ColdStart),
             suspects: BTreeMap::new(),
+            restart_of: None,
             suppress_until: None,
             partitions_dirty: false,
             last_publish: None,
@@ -215,7 +221,9 @@ impl Planner {
             return self.arm_cold_start(ScalingReason::ColdStart, now);
         }
         if self.is_full_restart(map.len()) {
-            return self.arm_cold_start(ScalingReason::Restart, now);
+            self.restart_of = Some((map, now));
+            self.arm_cold_start(ScalingReason::Restart, now);
+            return self.shorten_restart(now);
         }
         self.lifecycle = Lifecycle::Running;
         self.awaiting_first = None;
@@ -270,11 +278,39 @@ impl Planner {
             return;
         }
         if self.awaiting_first.is_some() {
-            return self.open_cold_start(now);
+            self.open_cold_start(now);
+            return self.shorten_restart(now);
+        }
+        if self
+            .window
+            .is_some_and(|w| w.reason == ScalingReason::Restart)
+        {
+            return self.shorten_restart(now);
         }
         // Inside a window the join is batched; a map worker still holds its partitions.
         if self.window.is_none() && !self.in_map(&worker) {
             self.open_planned(now, false);
+        }
+    }
+
+    /// Brings a restart window's deadline forward: to the end of a planned window from its
+    /// opening once the live workers are too many for a full restart, to `now` once every
+    /// worker of the inherited map is live again.
+    fn shorten_restart(&mut self, now: Instant) {
+        let Some((map, since)) = &self.restart_of else {
+            return;
+        };
+        let deadline = if map.is_subset(&self.live) {
+            now
+        } else if !self.is_full_restart(map.len()) {
+            after(*since, self.cfg.planned_scale_window)
+        } else {
+            return;
+        };
+        if let Some(window) = self.window.as_mut()
+            && window.reason == ScalingReason::Restart
+        {
+            window.deadline = window.deadline.min(deadline).max(now);
         }
     }
 

@@ -74,6 +74,45 @@ fn a_cold_start_whose_workers_all_left_waits_for_the_next_first_join() {
 // ---- full restart -----------------------------------------------------------------------
 
 #[test]
+fn a_restart_window_ends_once_every_worker_of_the_inherited_map_is_back() {
+    // A leader that took over right after a store outage saw the heartbeats expired: the
+    // processes come back within moments, and waiting out the window would only be a gap.
+    let mut h = H::new();
+    let view = running_view(7, &[0, 1, 2, 3, 4]);
+    assert_eq!(h.leader(Some(view), &[0], 0), [h.scaling(Restart, COLD)]);
+    for n in 1..4 {
+        h.join(n, u64::from(n) * 100);
+    }
+    let mut decisions = h.join(4, 500);
+    decisions.retain(|d| matches!(d, Decision::Publish { .. }));
+    assert_eq!(
+        decisions,
+        [Decision::Publish {
+            workers: (0..5).map(w).collect(),
+            reason: RebalanceReason::Restart,
+            orphans_only: false,
+        }],
+        "the last one back ends the window"
+    );
+}
+
+#[test]
+fn a_restart_window_is_no_longer_than_a_planned_one_once_it_is_no_full_restart() {
+    let mut h = H::new();
+    let view = running_view(7, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(h.leader(Some(view), &[0], 0), [h.scaling(Restart, COLD)]);
+    for n in 1..8 {
+        h.join(n, u64::from(n) * 10);
+    }
+    // 8 of 10 back: no full restart after all; worker 8 and 9 may be gone for good.
+    assert_eq!(h.p.next_wakeup(), Some(h.at(WINDOW)));
+    assert_eq!(
+        h.wake(WINDOW),
+        rebalance(&[0, 1, 2, 3, 4, 5, 6, 7], RebalanceReason::Restart)
+    );
+}
+
+#[test]
 fn full_restart_is_a_cold_start_with_reason_restart() {
     let mut h = H::new();
     let view = running_view(7, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -83,16 +122,19 @@ fn full_restart_is_a_cold_start_with_reason_restart() {
     );
     assert_eq!(h.p.lifecycle(), Lifecycle::ColdStart);
     assert_eq!(h.p.version(), 7);
-    for n in 4..8 {
+    // Half of the old map back: no full restart after all (the leader may have looked right
+    // after a store outage), so the window is no longer than a planned one.
+    assert_eq!(h.join(4, 1_000), [h.scaling(Restart, WINDOW)]);
+    for n in 5..8 {
         assert_eq!(h.join(n, u64::from(n) * 1_000), []);
     }
     // Workers of the old map that do not come back are no crash suspects.
     assert_eq!(
-        h.wake(COLD),
+        h.wake(WINDOW),
         rebalance(&[0, 1, 2, 3, 4, 5, 6, 7], RebalanceReason::Restart)
     );
     assert_eq!(
-        h.published(&[0, 1, 2, 3, 4, 5, 6, 7], COLD + 100),
+        h.published(&[0, 1, 2, 3, 4, 5, 6, 7], WINDOW + 100),
         [set(Phase::Stable)]
     );
     assert_eq!(h.p.lifecycle(), Lifecycle::Running);
