@@ -190,7 +190,15 @@ impl Runner {
                         watch.refused();
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "leadership request failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "leadership request failed");
+                    // Not at once again, even when the watch says the key is vacant: a request
+                    // that fails after winning frees the key itself, and would retry in a loop.
+                    tokio::select! {
+                        () = cancel.cancelled() => return None,
+                        () = tokio::time::sleep(self.period / 4) => {}
+                    }
+                }
             }
         }
     }

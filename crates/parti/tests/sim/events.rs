@@ -115,7 +115,13 @@ impl Sim {
             Chaos::StoreOutage => {
                 self.events += 1;
                 let duration = Duration::from_millis(self.rng.random_range(1_000..=40_000));
-                self.record_fault("storeOutage", None, duration);
+                // SPEC §7: a leader that was cut off leaves Degraded only after `exitThreshold`
+                // of health, then declares no crash for `recoveryGracePeriod` (workers cut off
+                // with it are not mass-evicted): a worker that died during the outage is handed
+                // on only after both, so the outage excuses gaps until then.
+                let recovery = self.config.degraded_behavior.exit_threshold
+                    + self.config.degraded_behavior.recovery_grace_period;
+                self.record_fault("storeOutage", None, duration + recovery);
                 self.store.backend_faults().cut_off_for(duration);
                 self.faults_until = self
                     .faults_until
