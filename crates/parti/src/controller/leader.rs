@@ -48,6 +48,9 @@ pub(crate) struct LeaderContext {
     pub(crate) agent: Arc<dyn ElectionAgent>,
     pub(crate) planner: PlannerConfig,
     pub(crate) membership_resync: Duration,
+    /// The commit version this worker had applied when it became leader: a version floor its
+    /// own heartbeat may not show yet (right after a cut-off its key has expired).
+    pub(crate) applied_before: u64,
     /// Bound on one partition-source call (`operationTimeout`).
     pub(crate) source_timeout: Duration,
     /// How long a loser may keep a gainer waiting before it is expelled (`handoffTimeout`).
@@ -202,8 +205,8 @@ impl Leader {
             // workers report versions: a running cluster whose map is unknown, not a cold
             // start. The planner publishes after a planned window, and every partition waits
             // for every live worker to release (`Publisher::unknown_holders`).
-            None if self.members.floor > 0 => Some(ClusterView {
-                version: self.members.floor,
+            None if self.members.floor.max(self.ctx.applied_before) > 0 => Some(ClusterView {
+                version: self.members.floor.max(self.ctx.applied_before),
                 lifecycle: Lifecycle::Running,
                 workers: Vec::new(),
             }),
@@ -486,13 +489,15 @@ impl Leader {
             .collect();
         // A cold start (or full restart) window ends in one publish that names every lineage:
         // republishing the old map for returning workers meanwhile would only add moves.
-        let cold = matches!(
-            self.planner.phase(),
-            Phase::Scaling {
-                reason: ScalingReason::ColdStart | ScalingReason::Restart,
-                ..
-            }
-        );
+        // (Also while a restart waits for its first worker: no phase is announced then.)
+        let cold = self.planner.lifecycle() == Lifecycle::ColdStart
+            || matches!(
+                self.planner.phase(),
+                Phase::Scaling {
+                    reason: ScalingReason::ColdStart | ScalingReason::Restart,
+                    ..
+                }
+            );
         let ttl = self.ctx.membership_resync;
         let now_at = now();
         let settled = |w: &WorkerId| {
@@ -577,7 +582,8 @@ impl Leader {
     /// start cold. The republish builds on what is there now, so every partition waits for
     /// every live worker that might hold it (see `Publisher::publish`).
     pub(crate) async fn repair_commit(&mut self) -> Result<Vec<Decision>> {
-        if self.last_map.is_empty() {
+        // In a cold start or restart window the window's own publish comes next.
+        if self.last_map.is_empty() || self.planner.lifecycle() == Lifecycle::ColdStart {
             return Ok(Vec::new());
         }
         match self.publisher.commit_intact().await {
@@ -724,6 +730,7 @@ impl Leader {
     /// takeover snapshot may hold anything until its doubt runs out.
     fn members_at(&self, now: Instant) -> Members {
         let mut members = self.members.clone();
+        members.floor = members.floor.max(self.ctx.applied_before);
         members.unproven = self
             .unproven
             .iter()

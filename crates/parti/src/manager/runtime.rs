@@ -230,6 +230,7 @@ impl Runtime {
             agent,
             planner: PlannerConfig::from(&**c),
             membership_resync: c.heartbeat_ttl,
+            applied_before: self.out.assignment.borrow().version,
             source_timeout: c.operation_timeout,
             handoff_timeout: c.handoff_timeout,
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,
