@@ -1,7 +1,8 @@
 //! Strategy benchmark: `cargo bench -p parti --bench strategies`.
 //!
 //! Runs the cases of the strategy report (examples/strategy_report.rs) with more repetitions
-//! and prints the table: median assignment times, balance and movement. No timing is asserted.
+//! and prints the table (median assignment times, balance and movement), then `ConsistentHash`
+//! side by side with a plain ring. No timing is asserted.
 
 // The benchmark has its own `main` and does not use everything of the report.
 #[allow(dead_code)]
@@ -23,5 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     report::print_table(&rows);
+    if filter
+        .as_deref()
+        .is_none_or(|f| "consistent_hash".contains(f))
+    {
+        report::print_ring(&report::compare_ring(61)?);
+    }
     Ok(())
 }

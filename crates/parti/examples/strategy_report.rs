@@ -1,15 +1,28 @@
 //! Balance, movement and speed of the built-in assignment strategies.
 //!
 //! ```text
-//! cargo run --release -p parti --example strategy_report            # a table
-//! cargo run --release -p parti --example strategy_report -- --json  # one JSON array
+//! cargo run --release -p parti --example strategy_report                 # rows and ring
+//! cargo run --release -p parti --example strategy_report -- --json       # as one JSON object
+//! cargo run --release -p parti --example strategy_report -- --ring --large  # only these two
 //! ```
 //!
-//! One row per (strategy, workers, partitions, weights) case. `uniform` gives every partition
-//! weight 100; `skewed` gives 5% of them (picked with a fixed seed) 100 times that. Times are
-//! medians; `reassign_ms` is the assignment with `previous` after one worker joined. Moved
-//! ratios: weight that changed owner on n→n+1 ÷ W/(n+1), and on n→n−1 ÷ the weight the
-//! removed worker held (1.0 is the minimum for both).
+//! Three sections; `--rows`, `--ring` and `--large` pick which run (default: `--rows --ring`).
+//! `--json` prints them as the fields `rows`, `ring` and `large` of one object (`null` when not
+//! run).
+//!
+//! - `rows`: one row per (strategy, workers, partitions, weights) case. `uniform` gives every
+//!   partition weight 100; `skewed` gives 5% of them (picked with a fixed seed) 100 times that.
+//!   Times are medians; `reassign_ms` is the assignment with `previous` after one worker joined.
+//!   Moved ratios: weight that changed owner on n→n+1 ÷ W/(n+1), and on n→n−1 ÷ the weight the
+//!   removed worker held (1.0 is the minimum for both). `max_over_mean` is the balance of the
+//!   cold start, `up_max_over_mean` and `down_max_over_mean` that after the two changes.
+//! - `ring`: [`ConsistentHash`] side by side with a plain xxh3 ring of the same virtual nodes
+//!   ([`plain_ring`], textbook code kept here) on 1,000 workers × 100,000 partitions, both
+//!   returning the same [`AssignmentMap`]: interleaved runs, medians and their ratio, and
+//!   whether the two maps are equal. Also the plain ring's owner lookups alone
+//!   ([`plain_ring_owners`], no map) and the ratio to those.
+//! - `large` (slow): [`WeightedConsistentHash`] on 10,000 workers × 1,000,000 partitions,
+//!   uniform then skewed, with the fields of `rows`.
 
 use std::error::Error;
 use std::hint::black_box;
@@ -23,6 +36,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// One measured case.
 #[derive(Debug, Serialize)]
@@ -34,6 +48,8 @@ pub struct Row {
     assign_ms: f64,
     reassign_ms: f64,
     max_over_mean: f64,
+    up_max_over_mean: f64,
+    down_max_over_mean: f64,
     scale_up_moved_ratio: f64,
     scale_down_moved_ratio: f64,
     exactly_once: bool,
@@ -63,6 +79,17 @@ pub fn cases() -> Vec<Case> {
         }
     }
     cases
+}
+
+/// The cases of the `large` section.
+pub fn large_cases() -> Vec<Case> {
+    [false, true]
+        .map(|skewed| Case {
+            workers: 10_000,
+            partitions: 1_000_000,
+            skewed,
+        })
+        .to_vec()
 }
 
 /// The strategies, with their default settings.
@@ -103,13 +130,23 @@ fn median_ms(
 ) -> Result<f64, parti::Error> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let start = Instant::now();
-        let map = black_box(f()?);
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-        drop(map);
+        times.push(time_ms(&mut f)?);
     }
+    Ok(median(times))
+}
+
+/// Milliseconds taken by one call of `f`, dropping its result outside the timing.
+fn time_ms<T>(f: impl FnOnce() -> Result<T, parti::Error>) -> Result<f64, parti::Error> {
+    let start = Instant::now();
+    let map = black_box(f()?);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    drop(map);
+    Ok(ms)
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn moved_weight(before: &AssignmentMap, after: &AssignmentMap) -> u64 {
@@ -120,6 +157,12 @@ fn moved_weight(before: &AssignmentMap, after: &AssignmentMap) -> u64 {
         .filter(|(w, p)| old.get(p.keys()) != Some(w))
         .map(|(_, p)| p.effective_weight())
         .sum()
+}
+
+/// The heaviest load of `map` over its mean load.
+fn max_over_mean(map: &AssignmentMap, total: u64) -> f64 {
+    let max = map.iter().map(|(w, _)| map.load(w)).max().unwrap_or(0);
+    max as f64 * map.len() as f64 / total as f64
 }
 
 /// Measures one strategy on one case, timing `runs` assignments of each kind.
@@ -144,9 +187,6 @@ pub fn measure(
     let exactly_once = cold.verify(&before, &parts).is_ok()
         && up.verify(&grown, &parts).is_ok()
         && down.verify(&shrunk, &parts).is_ok();
-
-    let mean = total as f64 / case.workers as f64;
-    let max_load = before.iter().map(|w| cold.load(w)).max().unwrap_or(0);
     let share = total as f64 / (case.workers + 1) as f64;
 
     Ok(Row {
@@ -156,7 +196,9 @@ pub fn measure(
         weights: if case.skewed { "skewed" } else { "uniform" },
         assign_ms: median_ms(runs, || strategy.assign(&before, &parts, None))?,
         reassign_ms: median_ms(runs, || strategy.assign(&grown, &parts, Some(&cold)))?,
-        max_over_mean: max_load as f64 / mean,
+        max_over_mean: max_over_mean(&cold, total),
+        up_max_over_mean: max_over_mean(&up, total),
+        down_max_over_mean: max_over_mean(&down, total),
         scale_up_moved_ratio: moved_weight(&cold, &up) as f64 / share,
         scale_down_moved_ratio: moved_weight(&cold, &down) as f64 / cold.load(&removed) as f64,
         exactly_once,
@@ -174,10 +216,133 @@ pub fn report(runs: usize) -> Result<Vec<Row>, parti::Error> {
     Ok(rows)
 }
 
+/// The `large` section: [`WeightedConsistentHash`] on every large case.
+pub fn large_report(runs: usize) -> Result<Vec<Row>, parti::Error> {
+    let strategy = WeightedConsistentHash::default();
+    large_cases()
+        .into_iter()
+        .map(|case| measure(&strategy, case, runs))
+        .collect()
+}
+
+/// The textbook consistent-hash ring the `ring` section compares [`ConsistentHash`] with: the
+/// same points (`virtual_nodes` xxh3 hashes of each worker ID) and the same partition hashes,
+/// a binary search per partition, the owners grouped into an [`AssignmentMap`]. No duplicate
+/// check, no tricks.
+pub fn plain_ring(
+    workers: &[WorkerId],
+    parts: &[Partition],
+    virtual_nodes: u32,
+    seed: u64,
+) -> AssignmentMap {
+    let mut workers = workers.to_vec();
+    workers.sort_unstable();
+    workers.dedup();
+    let owners = plain_ring_owners(&workers, parts, virtual_nodes, seed);
+    let mut lists = vec![Vec::new(); workers.len()];
+    for (p, owner) in parts.iter().zip(owners) {
+        lists[owner].push(p.clone());
+    }
+    // Collecting sorts each worker's list, as every strategy's map is.
+    workers.into_iter().zip(lists).collect()
+}
+
+/// The ring part of [`plain_ring`] alone: for each partition, the index of its owner in
+/// `workers` (sorted and de-duplicated, not empty).
+pub fn plain_ring_owners(
+    workers: &[WorkerId],
+    parts: &[Partition],
+    virtual_nodes: u32,
+    seed: u64,
+) -> Vec<usize> {
+    let mut points: Vec<(u64, usize)> = Vec::new();
+    for (index, worker) in workers.iter().enumerate() {
+        for v in 0..virtual_nodes.max(1) {
+            // The point seeds of `ConsistentHash`, so that both give the same map.
+            let point_seed = seed ^ u64::from(v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            points.push((
+                xxh3_64_with_seed(worker.as_str().as_bytes(), point_seed),
+                index,
+            ));
+        }
+    }
+    points.sort_unstable();
+    parts
+        .iter()
+        .map(|p| {
+            let hash = p.hash_with_seed(seed);
+            let at = points.partition_point(|&(h, _)| h < hash);
+            points
+                .get(at)
+                .or(points.first())
+                .map_or(0, |&(_, owner)| owner)
+        })
+        .collect()
+}
+
+/// The `ring` section: [`ConsistentHash`] and [`plain_ring`] side by side.
+#[derive(Debug, Serialize)]
+pub struct RingComparison {
+    workers: usize,
+    partitions: usize,
+    virtual_nodes: u32,
+    runs: usize,
+    consistent_hash_ms: f64,
+    /// [`plain_ring`]: the same map.
+    plain_ring_ms: f64,
+    /// `consistent_hash_ms / plain_ring_ms`.
+    ratio: f64,
+    /// [`plain_ring_owners`]: the owners only, no map (a lower bound for any ring strategy).
+    plain_ring_owners_ms: f64,
+    /// `consistent_hash_ms / plain_ring_owners_ms`.
+    ratio_to_owners: f64,
+    /// Whether [`ConsistentHash`] and [`plain_ring`] gave equal maps.
+    same_map: bool,
+}
+
+/// Times [`ConsistentHash`] (default settings), [`plain_ring`] and [`plain_ring_owners`] with
+/// the same virtual nodes on 1,000 workers × 100,000 uniform partitions, taking turns, `runs`
+/// times each.
+pub fn compare_ring(runs: usize) -> Result<RingComparison, parti::Error> {
+    let case = Case {
+        workers: 1_000,
+        partitions: 100_000,
+        skewed: false,
+    };
+    let parts = partitions(case)?;
+    let ws = workers(case.workers);
+    let strategy = ConsistentHash::default();
+    let (vnodes, seed) = (strategy.virtual_nodes(), strategy.seed());
+    let same_map = strategy.assign(&ws, &parts, None)? == plain_ring(&ws, &parts, vnodes, seed);
+    let mut sorted = ws.clone();
+    sorted.sort_unstable();
+    let mut times = [(); 3].map(|()| Vec::with_capacity(runs));
+    for _ in 0..runs {
+        times[0].push(time_ms(|| strategy.assign(&ws, &parts, None))?);
+        times[1].push(time_ms(|| Ok(plain_ring(&ws, &parts, vnodes, seed)))?);
+        times[2].push(time_ms(|| {
+            Ok(plain_ring_owners(&sorted, &parts, vnodes, seed))
+        })?);
+    }
+    let [ours, plain, owners] = times.map(median);
+    Ok(RingComparison {
+        workers: case.workers,
+        partitions: case.partitions,
+        virtual_nodes: vnodes,
+        runs,
+        consistent_hash_ms: ours,
+        plain_ring_ms: plain,
+        ratio: ours / plain,
+        plain_ring_owners_ms: owners,
+        ratio_to_owners: ours / owners,
+        same_map,
+    })
+}
+
 /// Prints the rows as an aligned table.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "{:<25} {:>7} {:>9} {:>8} {:>10} {:>12} {:>9} {:>9} {:>9} {:>6}",
+        "{:<25} {:>7} {:>9} {:>8} {:>10} {:>12} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
         "strategy",
         "workers",
         "parts",
@@ -185,13 +350,15 @@ pub fn print_table(rows: &[Row]) {
         "assign_ms",
         "reassign_ms",
         "max/mean",
+        "up_max",
+        "dn_max",
         "up_moved",
         "dn_moved",
         "once"
     );
     for r in rows {
         println!(
-            "{:<25} {:>7} {:>9} {:>8} {:>10.3} {:>12.3} {:>9.3} {:>9.3} {:>9.3} {:>6}",
+            "{:<25} {:>7} {:>9} {:>8} {:>10.3} {:>12.3} {:>9.3} {:>8.3} {:>8.3} {:>9.3} {:>9.3} {:>6}",
             r.strategy,
             r.workers,
             r.partitions,
@@ -199,6 +366,8 @@ pub fn print_table(rows: &[Row]) {
             r.assign_ms,
             r.reassign_ms,
             r.max_over_mean,
+            r.up_max_over_mean,
+            r.down_max_over_mean,
             r.scale_up_moved_ratio,
             r.scale_down_moved_ratio,
             r.exactly_once
@@ -206,12 +375,55 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
+/// Prints the `ring` section on one line.
+pub fn print_ring(r: &RingComparison) {
+    println!(
+        "ring, {} workers × {} partitions, {} virtual nodes, median of {}: consistent_hash \
+         {:.3} ms, plain ring {:.3} ms (ratio {:.2}, same map: {}), plain ring owners only \
+         {:.3} ms (ratio {:.2})",
+        r.workers,
+        r.partitions,
+        r.virtual_nodes,
+        r.runs,
+        r.consistent_hash_ms,
+        r.plain_ring_ms,
+        r.ratio,
+        r.same_map,
+        r.plain_ring_owners_ms,
+        r.ratio_to_owners
+    );
+}
+
+/// Everything one run of the report measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    rows: Option<Vec<Row>>,
+    ring: Option<RingComparison>,
+    large: Option<Vec<Row>>,
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let rows = report(15)?;
-    if std::env::args().any(|a| a == "--json") {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print_table(&rows);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let chosen = flag("--rows") || flag("--ring") || flag("--large");
+    let report = Report {
+        rows: (!chosen || flag("--rows"))
+            .then(|| report(15))
+            .transpose()?,
+        ring: (!chosen || flag("--ring"))
+            .then(|| compare_ring(31))
+            .transpose()?,
+        large: flag("--large").then(|| large_report(5)).transpose()?,
+    };
+    if flag("--json") {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for rows in [&report.rows, &report.large].into_iter().flatten() {
+        print_table(rows);
+    }
+    if let Some(ring) = &report.ring {
+        print_ring(ring);
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::NO_WORKER;
+use super::problem::Ranked;
 use super::ring::Ring;
 
 /// The load limits of one assignment.
@@ -15,17 +16,23 @@ use super::ring::Ring;
 /// heaviest remaining partition:
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
-    /// Upper bound `⌊(1+ε)·m⌋`, at least `⌈m⌉` so that the workers can hold everything.
-    pub(crate) cap: u128,
-    /// How far a worker may keep its previous partitions: `max(cap, ⌊m + h⌋)`. The bound can
-    /// only be exceeded through a partition heavier than `ε·m`, and then moving partitions to
-    /// get under `cap` would often just shift the excess elsewhere; keeping them avoids churn.
+    /// How far a worker may keep its previous partitions: `max(⌊(1+ε)·m⌋, ⌊m + h⌋)`, at least
+    /// `⌈m⌉` so that the workers can hold everything. `(1+ε)·m` can only be exceeded through a
+    /// partition heavier than `ε·m`, and then moving partitions to get under it would often
+    /// just shift the excess elsewhere; keeping them avoids churn.
     pub(crate) keep: u128,
+    /// How far the cold start fills a worker: `⌊(1+ε)·m⌋`, but at least `min(h, ε·m)` below
+    /// `keep` (and at least `⌈m⌉`). `keep` falls a little whenever a worker joins; a cold start
+    /// that filled many workers right up to it would have each of them shed a partition then.
+    pub(crate) cold_cap: u128,
     /// A worker below this, `(1−ε)·m − min(h, ε·m)`, is filled up from the most loaded workers
     /// on a cold start, and donors never go below it.
     pub(crate) floor: u128,
-    /// With a previous assignment, only workers below `(1−ε)·m − h` are filled: a worker short
-    /// by less than a partition (after a departure, say) does not pull partitions off others.
+    /// With a previous assignment, only workers below `floor − h` are filled. The floor moves
+    /// with the mean whenever a worker joins or leaves (by about `m/n`); a worker that sat at or
+    /// near the old floor, as many do after a cold start, must not pull partitions off others
+    /// for that. It gets the departed worker's partitions first instead (they go to the least
+    /// loaded workers).
     pub(crate) sticky_floor: u128,
     /// Filling stops at `⌈m⌉`.
     pub(crate) target: u128,
@@ -56,21 +63,26 @@ impl Bounds {
         // Float-to-int `as` saturates, which is what we want for huge values.
         let cap = (((1.0 + epsilon) * mean).floor() as u128).max(target);
         let keep = ((mean + heaviest as f64).floor() as u128).max(cap);
-        let floor_with = |slack: f64| ((1.0 - epsilon) * mean - slack).ceil().max(0.0) as u128;
+        let slack = (heaviest as f64).min(epsilon * mean);
+        let below_keep = ((mean + heaviest as f64).max((1.0 + epsilon) * mean) - slack).floor();
+        let cold_cap = (below_keep as u128).min(cap).max(target);
+        let floor = ((1.0 - epsilon) * mean - slack).ceil().max(0.0) as u128;
         Self {
-            cap,
             keep,
-            floor: floor_with((heaviest as f64).min(epsilon * mean)),
-            sticky_floor: floor_with(heaviest as f64),
+            cold_cap,
+            floor,
+            sticky_floor: floor.saturating_sub(u128::from(heaviest)),
             target,
         }
     }
 }
 
-/// Owners and loads while they are being decided.
+/// Owners and loads while they are being decided. Partitions are referred to by rank (their
+/// position in the processing order), so every pass reads `ranked` and `owner` in order.
 #[derive(Debug)]
 pub(crate) struct Placement<'a> {
-    weight: &'a [u64],
+    ranked: &'a [Ranked],
+    /// By rank.
     owner: Vec<u32>,
     load: Vec<u128>,
     bounds: Bounds,
@@ -78,42 +90,43 @@ pub(crate) struct Placement<'a> {
 
 impl<'a> Placement<'a> {
     /// Nothing placed yet. `None` when there are no workers.
-    pub(crate) fn new(weight: &'a [u64], workers: usize, bounds: Bounds) -> Option<Self> {
+    pub(crate) fn new(ranked: &'a [Ranked], workers: usize, bounds: Bounds) -> Option<Self> {
         (workers > 0).then(|| Self {
-            weight,
-            owner: vec![NO_WORKER; weight.len()],
+            ranked,
+            owner: vec![NO_WORKER; ranked.len()],
             load: vec![0; workers],
             bounds,
         })
     }
 
-    /// `owner[i]`: the worker index of partition `i` (all placed once the passes have run).
+    /// `owners()[r]`: the worker index of the partition of rank `r` (all placed once the passes
+    /// have run).
     pub(crate) fn owners(&self) -> &[u32] {
         &self.owner
     }
 
-    fn weight_of(&self, partition: u32) -> u128 {
-        u128::from(self.weight[partition as usize])
+    fn weight_of(&self, rank: u32) -> u128 {
+        u128::from(self.ranked[rank as usize].weight())
     }
 
-    fn give(&mut self, partition: u32, worker: u32) {
-        self.owner[partition as usize] = worker;
-        self.load[worker as usize] += self.weight_of(partition);
+    fn give(&mut self, rank: u32, worker: u32) {
+        self.owner[rank as usize] = worker;
+        self.load[worker as usize] += self.weight_of(rank);
     }
 
     /// Cold start: each partition (heaviest first) goes to the first worker clockwise from its
-    /// hash that stays within the cap. When no worker can take it within the cap (only possible
-    /// for a partition heavier than ε·mean), it goes to the least-loaded worker, which is below
-    /// the mean, so no load ever exceeds `max(cap, mean + heaviest)`.
-    pub(crate) fn place_on_ring(&mut self, ring: &Ring, order: &[u32], hash: &[u64]) {
-        let cap = self.bounds.cap;
+    /// hash that stays within [`Bounds::cold_cap`]. When no worker can take it within that
+    /// (only possible for a partition heavier than ε·mean), it goes to the least-loaded worker,
+    /// which is below the mean, so no load ever exceeds `max((1+ε)·mean, mean + heaviest)`.
+    pub(crate) fn place_on_ring(&mut self, ring: &Ring) {
+        let cap = self.bounds.cold_cap;
         let mut least = LeastLoaded::new(&self.load);
-        // Within a run of equal weights, `order` is by ascending hash: a moving cursor.
+        // Within a run of equal weights, ranks are by ascending hash: a moving cursor.
         let mut cursor = 0;
-        for &i in order {
-            let w = self.weight_of(i);
+        for (partition, rank) in self.ranked.iter().zip(0u32..) {
+            let w = u128::from(partition.weight());
             let (min_load, min_worker) = least.get(&self.load);
-            cursor = ring.position(hash[i as usize], cursor);
+            cursor = ring.position(partition.hash, cursor);
             let worker = if min_load + w > cap {
                 min_worker
             } else {
@@ -122,46 +135,46 @@ impl<'a> Placement<'a> {
                     .find(|&o| self.load[o as usize] + w <= cap)
                     .unwrap_or(min_worker)
             };
-            self.give(i, worker);
+            self.give(rank, worker);
             least.update(worker, &self.load);
         }
     }
 
-    /// Sticky pass: each partition (heaviest first) stays with its previous owner if that keeps
-    /// the owner within [`Bounds::keep`], or if it is the owner's first partition (a partition
-    /// heavier than that has to be somewhere). Returns the partitions left to place, in `order`.
-    pub(crate) fn keep_previous(&mut self, order: &[u32], previous: &[u32]) -> Vec<u32> {
+    /// Sticky pass: each partition (heaviest first) stays with its previous owner (`previous`,
+    /// by rank) if that keeps the owner within [`Bounds::keep`], or if it is the owner's first
+    /// partition (a partition heavier than that has to be somewhere). Returns the ranks left to
+    /// place, in order.
+    pub(crate) fn keep_previous(&mut self, previous: &[u32]) -> Vec<u32> {
         let mut pool = Vec::new();
-        for &i in order {
-            let prev = previous[i as usize];
+        for (&prev, rank) in previous.iter().zip(0u32..) {
             let keep = prev != NO_WORKER && {
                 let load = self.load[prev as usize];
-                load == 0 || load + self.weight_of(i) <= self.bounds.keep
+                load == 0 || load + self.weight_of(rank) <= self.bounds.keep
             };
             if keep {
-                self.give(i, prev);
+                self.give(rank, prev);
             } else {
-                pool.push(i);
+                pool.push(rank);
             }
         }
         pool
     }
 
-    /// Places `pool` (heaviest first) on the least-loaded worker each time, preferring the
-    /// previous owner when it ties for least loaded. Water-filling: it lifts the lightest
+    /// Places `pool` (ranks, heaviest first) on the least-loaded worker each time, preferring
+    /// the previous owner when it ties for least loaded. Water-filling: it lifts the lightest
     /// workers first, and the receiver is below the mean, so loads stay within
-    /// `max(cap, mean + heaviest)`.
+    /// `max((1+ε)·mean, mean + heaviest)`.
     pub(crate) fn place_least_loaded(&mut self, pool: &[u32], previous: &[u32]) {
         let mut least = LeastLoaded::new(&self.load);
-        for &i in pool {
+        for &rank in pool {
             let (min_load, min_worker) = least.get(&self.load);
-            let prev = previous[i as usize];
+            let prev = previous[rank as usize];
             let worker = if prev != NO_WORKER && self.load[prev as usize] == min_load {
                 prev
             } else {
                 min_worker
             };
-            self.give(i, worker);
+            self.give(rank, worker);
             least.update(worker, &self.load);
         }
     }
@@ -171,12 +184,11 @@ impl<'a> Placement<'a> {
     /// `d` to receiver `r` requires `load(d) − w ≥ load(r) + w` (the pair gets more even, so the
     /// maximum never grows and the process ends) and `load(d) − w ≥ floor` (a donor never
     /// becomes a receiver). Among the candidates, the heaviest partition that does not overshoot
-    /// `target` is taken, else the lightest. A receiver lifted past `floor` becomes a donor;
-    /// passes repeat until no move is possible, so running the fill again on its own result
-    /// (with the same or a lower `receive_below`) changes nothing.
-    ///
-    /// `order` (the processing order) fixes which of equal candidates is taken.
-    pub(crate) fn fill_underloaded(&mut self, order: &[u32], receive_below: u128) {
+    /// `target` is taken, else the lightest; among equal ones, the first in processing order.
+    /// A receiver lifted past `floor` becomes a donor; passes repeat until no move is possible,
+    /// so running the fill again on its own result (with the same or a lower `receive_below`)
+    /// changes nothing.
+    pub(crate) fn fill_underloaded(&mut self, receive_below: u128) {
         let Bounds { floor, target, .. } = self.bounds;
         let receive_below = receive_below.min(floor);
         let workers = 0..self.load.len() as u32;
@@ -187,23 +199,35 @@ impl<'a> Placement<'a> {
         if receivers.is_empty() {
             return;
         }
-        // Each worker's partitions as (weight, rank in `order`, partition), sorted by rank, so
-        // heaviest first. Inline weights keep the searches below free of cache misses.
-        let mut lists: Vec<Vec<(u64, u32, u32)>> = vec![Vec::new(); self.load.len()];
-        for (rank, &i) in (0u32..).zip(order) {
-            lists[self.owner[i as usize] as usize].push((self.weight[i as usize], rank, i));
+        // Each worker's partitions as (weight, rank), sorted by rank, so heaviest first. Inline
+        // weights keep the searches below free of cache misses.
+        let mut counts = vec![0usize; self.load.len()];
+        for &owner in &self.owner {
+            if let Some(count) = counts.get_mut(owner as usize) {
+                *count += 1;
+            }
+        }
+        // Room for a few more, which receivers get.
+        let mut lists: Vec<Vec<(u64, u32)>> = counts
+            .into_iter()
+            .map(|count| Vec::with_capacity(count.saturating_add(8)))
+            .collect();
+        for ((&owner, partition), rank) in self.owner.iter().zip(self.ranked).zip(0u32..) {
+            if let Some(list) = lists.get_mut(owner as usize) {
+                list.push((partition.weight(), rank));
+            }
         }
         // A donor is a worker at or above `floor` with a partition it could give without going
         // below it. One without stays so for good (its load only changes by giving), so it is
         // left out instead of being looked at on every move.
-        let can_give = |load: u128, list: &[(u64, u32, u32)]| {
+        let can_give = |load: u128, list: &[(u64, u32)]| {
             load >= floor && list.last().is_some_and(|e| u128::from(e.0) <= load - floor)
         };
         let mut donors: BTreeSet<(u128, u32)> = workers
             .filter(|&w| can_give(self.load[w as usize], &lists[w as usize]))
             .map(|w| (self.load[w as usize], w))
             .collect();
-        let lightest = self.weight.iter().copied().min().map_or(0, u128::from);
+        let lightest = self.ranked.last().map_or(0, |r| u128::from(r.weight()));
         loop {
             receivers.sort_unstable_by_key(|&w| (self.load[w as usize], w));
             let mut moved = false;
@@ -218,7 +242,7 @@ impl<'a> Placement<'a> {
                     list.insert(list.partition_point(|e| e.1 < entry.1), entry);
                     donors.remove(&(self.load[donor as usize], donor));
                     self.load[donor as usize] -= u128::from(entry.0);
-                    self.give(entry.2, r);
+                    self.give(entry.1, r);
                     if can_give(self.load[donor as usize], &lists[donor as usize]) {
                         donors.insert((self.load[donor as usize], donor));
                     }
@@ -242,7 +266,7 @@ impl<'a> Placement<'a> {
         &self,
         receiver: u32,
         donors: &BTreeSet<(u128, u32)>,
-        lists: &[Vec<(u64, u32, u32)>],
+        lists: &[Vec<(u64, u32)>],
         lightest: u128,
     ) -> Option<(u32, usize)> {
         let have = self.load[receiver as usize];
@@ -330,37 +354,53 @@ impl LeastLoaded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partition::Partition;
+    use crate::strategy::problem::Problem;
 
     #[test]
     fn bounds() {
         let b = Bounds::new([10; 100], 1000, 10, 0.05);
-        assert_eq!((b.cap, b.keep, b.target), (105, 110, 100));
+        assert_eq!((b.cold_cap, b.keep, b.target), (105, 110, 100));
         // The slack of the cold-start floor is one partition, at most ε·mean.
-        assert_eq!((b.floor, b.sticky_floor), (90, 85));
-        // A heavy partition: the sticky floor allows a whole partition of slack.
+        // The sticky floor is one more partition below.
+        assert_eq!((b.floor, b.sticky_floor), (90, 80));
+        // With light partitions, `keep` is (1+ε)·mean and the cold start stays one partition
+        // below it.
+        let b = Bounds::new([1; 1000], 1000, 10, 0.05);
+        assert_eq!((b.cold_cap, b.keep), (104, 105));
+        // Lower than the mean it never goes.
+        let b = Bounds::new([5; 200], 1000, 10, 0.05);
+        assert_eq!((b.cold_cap, b.keep), (100, 105));
+        // A heavy partition: the slack of the cold-start floor is capped, not that of the
+        // sticky floor.
         let b = Bounds::new([50, 10], 1000, 10, 0.05);
-        assert_eq!((b.cap, b.keep, b.floor, b.sticky_floor), (105, 150, 90, 45));
+        assert_eq!(
+            (b.cold_cap, b.keep, b.floor, b.sticky_floor),
+            (105, 150, 90, 40)
+        );
         // Cap never below the mean, floor never negative.
         let b = Bounds::new([3, 3, 3, 1], 10, 3, 0.0);
-        assert_eq!((b.cap, b.sticky_floor, b.target), (4, 1, 4));
+        assert_eq!((b.cold_cap, b.keep, b.sticky_floor, b.target), (4, 6, 1, 4));
         // A giant is set aside with one worker: the rest share 300 over 2 workers.
         let b = Bounds::new([1000, 10], 1300, 3, 0.05);
         assert_eq!(
-            (b.cap, b.floor, b.sticky_floor, b.target),
-            (157, 135, 133, 150)
+            (b.cold_cap, b.keep, b.floor, b.sticky_floor, b.target),
+            (152, 160, 135, 125, 150)
         );
     }
 
     #[test]
     fn fill_lifts_an_empty_worker_without_raising_the_max() {
-        let weight = vec![10u64; 20];
+        let parts: Vec<Partition> = (0..20)
+            .map(|i| Partition::new([format!("p{i}")], 10).unwrap())
+            .collect();
+        let problem = Problem::new(&parts, 0).unwrap();
         let bounds = Bounds::new([10; 20], 200, 3, 0.05);
-        let mut placement = Placement::new(&weight, 3, bounds).unwrap();
-        for i in 0..20u32 {
-            placement.give(i, i % 2);
+        let mut placement = Placement::new(&problem.ranked, 3, bounds).unwrap();
+        for rank in 0..20u32 {
+            placement.give(rank, rank % 2);
         }
-        let order: Vec<u32> = (0..20).collect();
-        placement.fill_underloaded(&order, bounds.floor);
+        placement.fill_underloaded(bounds.floor);
         let mut loads = placement.load.clone();
         loads.sort_unstable();
         assert_eq!(loads, [60, 70, 70]);

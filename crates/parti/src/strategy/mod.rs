@@ -30,6 +30,7 @@
 
 mod balance;
 mod consistent_hash;
+mod key_order;
 mod problem;
 mod ring;
 mod round_robin;
@@ -42,6 +43,7 @@ pub use consistent_hash::ConsistentHash;
 pub use round_robin::RoundRobin;
 pub use weighted::WeightedConsistentHash;
 
+use self::key_order::{KeyPrefixes, sort_by_keys};
 use crate::assignment::AssignmentMap;
 use crate::error::{Error, Result};
 use crate::partition::{Partition, WorkerId};
@@ -127,11 +129,16 @@ pub(crate) fn sorted_workers(
     Ok(sorted)
 }
 
-/// Builds the map from `owner[i]` = index into `workers` of the owner of `partitions[i]`.
+/// Builds the map from `owner[i]` = index into `workers` of the owner of `partitions[i]`
+/// (other values are skipped). The keys of `partitions` must be unique; `prefixes` are theirs.
+///
+/// Each worker's list comes out sorted by keys, as [`AssignmentMap`] keeps it: the partitions
+/// are grouped by owner (a counting sort) and each group is sorted on its key prefixes.
 pub(crate) fn collect_map(
     workers: &[WorkerId],
     partitions: &[Partition],
     owner: &[u32],
+    prefixes: &KeyPrefixes,
 ) -> AssignmentMap {
     let mut counts = vec![0usize; workers.len()];
     for &o in owner {
@@ -139,18 +146,40 @@ pub(crate) fn collect_map(
             *c += 1;
         }
     }
-    let mut lists: Vec<Vec<Partition>> = counts.into_iter().map(Vec::with_capacity).collect();
-    for (p, &o) in partitions.iter().zip(owner) {
-        if let Some(list) = lists.get_mut(o as usize) {
-            list.push(p.clone());
+    // `next[w]`: where worker `w`'s next entry goes.
+    let mut next: Vec<usize> = counts
+        .iter()
+        .scan(0usize, |start, &c| {
+            let this = *start;
+            *start = start.saturating_add(c);
+            Some(this)
+        })
+        .collect();
+    let mut entries = vec![(0u128, 0u32); counts.iter().sum()];
+    for (&o, i) in owner.iter().zip(0u32..) {
+        if let Some(slot) = next.get_mut(o as usize)
+            && let Some(entry) = entries.get_mut(*slot)
+        {
+            *entry = (prefixes.get(i), i);
+            *slot += 1;
         }
     }
-    // Keys are unique, so an unstable sort gives the order `normalize` wants, faster; its
-    // stable sort then only checks.
-    for list in &mut lists {
-        list.sort_unstable();
+    let mut map = AssignmentMap::new();
+    let mut rest = entries.as_mut_slice();
+    for (worker, count) in workers.iter().zip(counts) {
+        let Some((group, tail)) = std::mem::take(&mut rest).split_at_mut_checked(count) else {
+            break;
+        };
+        rest = tail;
+        sort_by_keys(group, partitions);
+        let list: Vec<Partition> = group
+            .iter()
+            .map(|&(_, i)| partitions[i as usize].clone())
+            .collect();
+        // `set` checks the order again (a sort of a sorted list), while the list is in cache.
+        map.set(worker.clone(), list);
     }
-    workers.iter().cloned().zip(lists).collect()
+    map
 }
 
 #[cfg(test)]
@@ -168,6 +197,29 @@ mod tests {
             let err = s.assign(&[], &[], None).unwrap_err();
             assert!(matches!(err, Error::Strategy(_)), "{err}");
             assert!(err.to_string().contains("no workers"), "{err}");
+        }
+    }
+
+    #[test]
+    fn collected_lists_are_sorted_by_keys_even_with_zero_bytes() {
+        let workers = ["a", "b", "idle"].map(WorkerId::new);
+        for zero in ["", "\0"] {
+            let parts: Vec<Partition> = (0..300)
+                .map(|i| {
+                    let keys = [format!("t{}{zero}", i % 7), format!("p{}", (i * 37) % 1000)];
+                    Partition::new(keys, i).unwrap()
+                })
+                .collect();
+            let owner: Vec<u32> = (0..300).map(|i| (i % 3 == 0) as u32).collect();
+            let map = collect_map(&workers, &parts, &owner, &KeyPrefixes::new(&parts));
+            assert_eq!((map.len(), map.partition_count()), (3, 300));
+            assert_eq!(map.partitions_of(&workers[1]).len(), 100);
+            for (_, list) in map.iter() {
+                assert!(list.is_sorted(), "{zero:?}");
+            }
+            let mut expected = map.clone();
+            expected.normalize();
+            assert_eq!(map, expected);
         }
     }
 

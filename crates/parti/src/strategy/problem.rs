@@ -1,107 +1,159 @@
-//! The partitions of one weighted assignment, prepared once: weights, hashes, processing order
-//! and a key index (which also finds duplicates).
+//! The partitions of one weighted assignment, prepared once: weights, hashes and processing
+//! order in one array read front to back by every pass, key prefixes, a duplicate check.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use super::NO_WORKER;
+use super::key_order::KeyPrefixes;
 use crate::assignment::AssignmentMap;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::partition::{Partition, WorkerId, check_unique};
 
-/// The partitions, with everything the placement needs indexed by partition position.
+/// A partition as the placement sees it. The derived order is the processing order: heaviest
+/// first, then by hash (then by keys, see [`Problem::new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Ranked {
+    heaviness: Reverse<u64>,
+    /// `hash_with_seed(seed)` of the partition.
+    pub(crate) hash: u64,
+    /// Position of the partition in the input.
+    pub(crate) index: u32,
+}
+
+impl Ranked {
+    /// The effective weight.
+    pub(crate) fn weight(&self) -> u64 {
+        self.heaviness.0
+    }
+}
+
+/// The partitions, with everything the placement needs.
 #[derive(Debug)]
 pub(crate) struct Problem<'a> {
     partitions: &'a [Partition],
     seed: u64,
-    /// Effective weights.
-    pub(crate) weight: Vec<u64>,
-    /// `hash_with_seed(seed)` of each partition.
-    pub(crate) hash: Vec<u64>,
-    /// Heaviest first, then by hash, then by keys: independent of the input order.
-    pub(crate) order: Vec<u32>,
+    /// The partitions in processing order, independent of the input order; a partition's
+    /// position here is its rank. Placements index their arrays by rank, so that their passes
+    /// read memory in order.
+    pub(crate) ranked: Vec<Ranked>,
     /// Sum of the effective weights.
     pub(crate) total: u128,
-    index: KeyIndex,
+    /// Key prefixes by input position, for [`collect_map`](super::collect_map).
+    pub(crate) prefixes: KeyPrefixes,
 }
 
 impl<'a> Problem<'a> {
     /// Prepares `partitions` (fewer than `u32::MAX`), failing on duplicate keys.
     pub(crate) fn new(partitions: &'a [Partition], seed: u64) -> Result<Self> {
-        let weight: Vec<u64> = partitions.iter().map(Partition::effective_weight).collect();
-        let hash: Vec<u64> = partitions.iter().map(|p| p.hash_with_seed(seed)).collect();
-        let index = KeyIndex::new(partitions, &hash)?;
-        let order = processing_order(partitions, &weight, &hash);
+        let mut ranked = Vec::with_capacity(partitions.len());
+        let mut prefixes = KeyPrefixes::with_capacity(partitions.len());
+        // One pass over the keys for the hashes and the prefixes.
+        for (p, index) in partitions.iter().zip(0u32..) {
+            ranked.push(Ranked {
+                heaviness: Reverse(p.effective_weight()),
+                hash: p.hash_with_seed(seed),
+                index,
+            });
+            prefixes.push(p);
+        }
+        ranked.sort_unstable();
+        check_duplicates(partitions, &ranked)?;
+        // Equal weights and hashes (a hash collision): by keys, so that the input order does
+        // not matter.
+        for run in ranked.chunk_by_mut(|a, b| (a.heaviness, a.hash) == (b.heaviness, b.hash)) {
+            if run.len() > 1 {
+                run.sort_unstable_by(|a, b| {
+                    partitions[a.index as usize]
+                        .keys()
+                        .cmp(partitions[b.index as usize].keys())
+                });
+            }
+        }
         Ok(Self {
             partitions,
             seed,
-            total: weight.iter().map(|&w| u128::from(w)).sum(),
-            weight,
-            hash,
-            order,
-            index,
+            total: ranked.iter().map(|r| u128::from(r.weight())).sum(),
+            ranked,
+            prefixes,
         })
     }
 
-    /// For each partition, the index in `workers` (sorted) of its owner in `previous`, or
-    /// [`NO_WORKER`] when it had none or its owner is gone. Partitions of `previous` that are
-    /// no longer listed are ignored; a partition listed twice keeps its first owner.
+    /// For each rank, the index in `workers` (sorted) of the partition's owner in `previous`,
+    /// or [`NO_WORKER`] when it had none or its owner is gone. Partitions of `previous` that
+    /// are no longer listed are ignored; a partition listed twice keeps its first owner.
     ///
     /// A previous partition is matched by two independent 64-bit hashes of its keys rather than
     /// by comparing the keys, which would cost several cache misses per partition. A false
     /// match (odds about 2^-128 per pair) could only give a partition a wrong previous owner,
-    /// which costs stickiness, never correctness.
+    /// which costs stickiness, never correctness. Both sides are sorted by hash and merged,
+    /// which reads memory in order where a hash table would miss the cache on every lookup.
     pub(crate) fn previous_owners(
         &self,
         previous: &AssignmentMap,
         workers: &[WorkerId],
     ) -> Vec<u32> {
+        // (hash, fingerprint, worker), stably sorted by hash: the first owner comes first.
+        let mut before: Vec<(u64, u64, u32)> = Vec::with_capacity(previous.partition_count());
+        for (worker, list) in previous.iter() {
+            if let Ok(w) = workers.binary_search(worker) {
+                let w = w as u32;
+                before.extend(
+                    list.iter()
+                        .map(|p| (p.hash_with_seed(self.seed), fingerprint(p, self.seed), w)),
+                );
+            }
+        }
+        before.sort_by_key(|&(hash, _, _)| hash);
         let fingerprints: Vec<u64> = self
             .partitions
             .iter()
             .map(|p| fingerprint(p, self.seed))
             .collect();
-        let mut owner = vec![NO_WORKER; self.partitions.len()];
-        for (worker, list) in previous.iter() {
-            let Ok(w) = workers.binary_search(worker) else {
+        // The ranks by hash: already so when all weights are equal.
+        let mut by_hash: Vec<(u64, u32)> = self.ranked.iter().map(|r| r.hash).zip(0u32..).collect();
+        if !by_hash.is_sorted() {
+            by_hash.sort_unstable();
+        }
+        let mut owner = vec![NO_WORKER; self.ranked.len()];
+        let mut rest = before.as_slice();
+        for (hash, rank) in by_hash {
+            let skip = rest.iter().take_while(|e| e.0 < hash).count();
+            rest = rest.get(skip..).unwrap_or_default();
+            let Some(f) = self
+                .ranked
+                .get(rank as usize)
+                .and_then(|r| fingerprints.get(r.index as usize))
+            else {
                 continue;
             };
-            for p in list {
-                let (h, f) = (p.hash_with_seed(self.seed), fingerprint(p, self.seed));
-                if let Some(i) = self
-                    .index
-                    .candidates(h, &self.hash)
-                    .find(|&i| fingerprints[i] == f)
-                    && owner[i] == NO_WORKER
-                {
-                    owner[i] = w as u32;
-                }
+            if let Some(&(_, _, w)) = rest.iter().take_while(|e| e.0 == hash).find(|e| e.1 == *f)
+                && let Some(slot) = owner.get_mut(rank as usize)
+            {
+                *slot = w;
             }
         }
         owner
     }
 }
 
-/// Heaviest first, then by hash, then by keys (only reached on a hash collision).
-fn processing_order(partitions: &[Partition], weight: &[u64], hash: &[u64]) -> Vec<u32> {
-    // Sorting inline keys is much faster than sorting indices through a comparator.
-    let mut keyed: Vec<(Reverse<u64>, u64, u32)> = (0u32..)
-        .zip(weight.iter().zip(hash))
-        .map(|(i, (&w, &h))| (Reverse(w), h, i))
-        .collect();
-    keyed.sort_unstable();
-    for run in keyed.chunk_by_mut(|a, b| (a.0, a.1) == (b.0, b.1)) {
-        if run.len() > 1 {
-            run.sort_unstable_by(|a, b| {
-                partitions[a.2 as usize]
-                    .keys()
-                    .cmp(partitions[b.2 as usize].keys())
-            });
-        }
+/// Fails, naming one, when two partitions have the same keys (hence the same hash). With one
+/// weight, equal hashes are neighbours in `ranked`; otherwise a sorted copy of the hashes
+/// finds them. Keys are compared only when two hashes are equal: a duplicate or, rarely, a
+/// collision.
+fn check_duplicates(partitions: &[Partition], ranked: &[Ranked]) -> Result<()> {
+    let one_weight = ranked.first().map(Ranked::weight) == ranked.last().map(Ranked::weight);
+    let equal_hashes = if one_weight {
+        ranked.windows(2).any(|pair| pair[0].hash == pair[1].hash)
+    } else {
+        let mut hashes: Vec<u64> = ranked.iter().map(|r| r.hash).collect();
+        hashes.sort_unstable();
+        hashes.windows(2).any(|pair| pair[0] == pair[1])
+    };
+    if equal_hashes {
+        check_unique(partitions)
+    } else {
+        Ok(())
     }
-    keyed.into_iter().map(|(_, _, i)| i).collect()
 }
 
 /// A second hash of the keys, independent of `hash_with_seed(seed)`.
@@ -109,90 +161,10 @@ fn fingerprint(p: &Partition, seed: u64) -> u64 {
     p.hash_with_seed(seed ^ 0xA076_1D64_78BD_642F)
 }
 
-/// Partition position by key hash. Keys are compared on every hit, so hash collisions are
-/// harmless: colliding partitions go to a small side list.
-#[derive(Debug)]
-struct KeyIndex {
-    first: HashMap<u64, u32, BuildHasherDefault<PrehashedHasher>>,
-    collided: Vec<u32>,
-}
-
-impl KeyIndex {
-    fn new(partitions: &[Partition], hash: &[u64]) -> Result<Self> {
-        let mut index = Self {
-            first: HashMap::with_capacity_and_hasher(partitions.len(), Default::default()),
-            collided: Vec::new(),
-        };
-        for (i, (p, &h)) in partitions.iter().zip(hash).enumerate() {
-            match index.first.entry(h) {
-                Entry::Vacant(slot) => {
-                    slot.insert(i as u32);
-                }
-                Entry::Occupied(slot) => {
-                    let same_hash = std::iter::once(*slot.get()).chain(
-                        index
-                            .collided
-                            .iter()
-                            .copied()
-                            .filter(|&j| hash[j as usize] == h),
-                    );
-                    for j in same_hash {
-                        if partitions[j as usize].same_keys(p) {
-                            return Err(duplicate(partitions, p));
-                        }
-                    }
-                    index.collided.push(i as u32);
-                }
-            }
-        }
-        Ok(index)
-    }
-
-    /// Positions of the partitions whose hash is `h` (more than one only on a collision).
-    fn candidates<'s>(&'s self, h: u64, hash: &'s [u64]) -> impl Iterator<Item = usize> + 's {
-        let first = self.first.get(&h).map(|&i| i as usize);
-        let collided = self.collided.iter().map(|&j| j as usize);
-        first
-            .into_iter()
-            .chain(collided.filter(move |&j| hash[j] == h))
-    }
-}
-
-/// The error [`check_unique`] gives for this list (it names the duplicate).
-fn duplicate(partitions: &[Partition], p: &Partition) -> Error {
-    match check_unique(partitions) {
-        Err(err) => err,
-        Ok(()) => Error::InvalidPartition {
-            partition: p.subject_key(),
-            reason: "duplicate partition keys".into(),
-        },
-    }
-}
-
-/// A hasher for keys that are already good 64-bit hashes (xxh3): passes them through.
-#[derive(Debug, Default)]
-struct PrehashedHasher(u64);
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by the index; this keeps other keys correct, if slow.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     fn p(k: &str, w: u64) -> Partition {
         Partition::new([k], w).unwrap()
@@ -205,9 +177,9 @@ mod tests {
         let ids = |parts: &[Partition]| {
             let problem = Problem::new(parts, 9).unwrap();
             problem
-                .order
+                .ranked
                 .iter()
-                .map(|&i| parts[i as usize].id())
+                .map(|r| parts[r.index as usize].id())
                 .collect::<Vec<_>>()
         };
         let order = ids(&a);
@@ -217,10 +189,13 @@ mod tests {
     }
 
     #[test]
-    fn duplicates_are_named_even_with_other_weights() {
-        let err = Problem::new(&[p("x", 1), p("y", 1), p("x", 7)], 0).unwrap_err();
-        assert!(matches!(err, Error::InvalidPartition { .. }), "{err}");
-        assert!(err.to_string().contains("\"x\""), "{err}");
+    fn duplicates_are_named_with_the_same_or_other_weights() {
+        for other in [1, 7] {
+            let err = Problem::new(&[p("x", 1), p("y", 1), p("x", other)], 0).unwrap_err();
+            assert!(matches!(err, Error::InvalidPartition { .. }), "{err}");
+            assert!(err.to_string().contains("\"x\""), "{err}");
+        }
+        assert!(Problem::new(&[p("x", 1), p("y", 1), p("z", 7)], 0).is_ok());
     }
 
     #[test]
@@ -239,7 +214,11 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let owners = problem.previous_owners(&previous, &[w0, w1]);
-        assert_eq!(owners, [0, 1, NO_WORKER]);
+        let by_rank = problem.previous_owners(&previous, &[w0, w1]);
+        let mut by_index = [0; 3];
+        for (r, &o) in problem.ranked.iter().zip(&by_rank) {
+            by_index[r.index as usize] = o;
+        }
+        assert_eq!(by_index, [0, 1, NO_WORKER]);
     }
 }

@@ -33,12 +33,8 @@ impl Ring {
         Self { points }
     }
 
-    /// Owners of the points from `hash` clockwise, one full turn (so every worker appears).
-    pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = u32> + '_ {
-        self.walk_from(self.position(hash, 0))
-    }
-
-    /// Owners of the points from index `start` clockwise, one full turn.
+    /// Owners of the points from index `start` clockwise, one full turn (so every worker
+    /// appears).
     pub(crate) fn walk_from(&self, start: usize) -> impl Iterator<Item = u32> + '_ {
         let (before, after) = self.points.split_at(start.min(self.points.len()));
         after.iter().chain(before).map(|&(_, worker)| worker)
@@ -69,9 +65,13 @@ impl Ring {
         len
     }
 
-    /// The owner of `hash`: the first point clockwise. `None` only for a ring without workers.
-    pub(crate) fn owner(&self, hash: u64) -> Option<u32> {
-        self.walk(hash).next()
+    /// The owner of the point at index `position` (a [`position`](Self::position)), wrapping
+    /// past the last point to the first. `None` only for a ring without workers.
+    pub(crate) fn owner_at(&self, position: usize) -> Option<u32> {
+        self.points
+            .get(position)
+            .or(self.points.first())
+            .map(|&(_, worker)| worker)
     }
 }
 
@@ -86,8 +86,10 @@ mod tests {
         assert_eq!(ring.points.len(), 12);
         let last = ring.points.last().map(|&(h, _)| h).unwrap();
         // Past the last point the walk wraps to the first one.
-        assert_eq!(ring.owner(last.wrapping_add(1)), Some(ring.points[0].1));
-        let mut seen: Vec<u32> = ring.walk(12345).collect();
+        let owner = |hash| ring.owner_at(ring.position(hash, 0));
+        assert_eq!(owner(last.wrapping_add(1)), Some(ring.points[0].1));
+        assert_eq!(owner(last), ring.points.last().map(|&(_, w)| w));
+        let mut seen: Vec<u32> = ring.walk_from(ring.position(12345, 0)).collect();
         assert_eq!(seen.len(), 12);
         seen.sort_unstable();
         seen.dedup();
@@ -115,6 +117,7 @@ mod tests {
     fn zero_virtual_nodes_still_places_each_worker() {
         let workers = ["a", "b"].map(WorkerId::new);
         assert_eq!(Ring::new(&workers, 0, 0).points.len(), 2);
-        assert_eq!(Ring::new(&[], 3, 0).owner(1), None);
+        let empty = Ring::new(&[], 3, 0);
+        assert_eq!(empty.owner_at(empty.position(1, 0)), None);
     }
 }

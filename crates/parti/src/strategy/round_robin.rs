@@ -1,5 +1,6 @@
 //! Round robin over sorted workers and sorted partitions.
 
+use super::key_order::{KeyPrefixes, sort_by_keys};
 use super::{AssignmentStrategy, collect_map, sorted_workers};
 use crate::assignment::AssignmentMap;
 use crate::error::Result;
@@ -42,13 +43,17 @@ impl AssignmentStrategy for RoundRobin {
     ) -> Result<AssignmentMap> {
         let workers = sorted_workers(self.name(), workers, partitions.len())?;
         check_unique(partitions)?;
-        let mut by_keys: Vec<usize> = (0..partitions.len()).collect();
-        by_keys.sort_unstable_by(|&a, &b| partitions[a].keys().cmp(partitions[b].keys()));
+        let prefixes = KeyPrefixes::new(partitions);
+        // `sorted_workers` guarantees that positions and worker indices fit in `u32`.
+        let mut by_keys: Vec<(u128, u32)> = (0u32..)
+            .take(partitions.len())
+            .map(|i| (prefixes.get(i), i))
+            .collect();
+        sort_by_keys(&mut by_keys, partitions);
         let mut owner = vec![0u32; partitions.len()];
-        // `sorted_workers` guarantees 1 <= workers.len() < u32::MAX.
-        for (rank, &i) in by_keys.iter().enumerate() {
-            owner[i] = (rank % workers.len()) as u32;
+        for (rank, &(_, i)) in by_keys.iter().enumerate() {
+            owner[i as usize] = (rank % workers.len()) as u32;
         }
-        Ok(collect_map(&workers, partitions, &owner))
+        Ok(collect_map(&workers, partitions, &owner, &prefixes))
     }
 }

@@ -1,7 +1,7 @@
 //! Weight-aware, sticky consistent hashing with bounded loads: the recommended strategy.
 
 use super::balance::{Bounds, Placement};
-use super::problem::Problem;
+use super::problem::{Problem, Ranked};
 use super::ring::Ring;
 use super::{AssignmentStrategy, NO_WORKER, collect_map, sorted_workers};
 use crate::assignment::AssignmentMap;
@@ -14,16 +14,21 @@ use crate::partition::{Partition, WorkerId};
 /// partition:
 ///
 /// - **Cold start** (no `previous`): partitions, heaviest first, go to the first worker clockwise
-///   on a hash ring (virtual nodes, xxh3) whose load stays within `cap = (1+ε)·mean`. The result
-///   depends only on the inputs.
+///   on a hash ring (virtual nodes, xxh3) whose load stays within `(1+ε)·mean` and at least
+///   `min(h, ε·mean)` below the bound up to which a worker keeps its partitions later,
+///   `max((1+ε)·mean, mean + h)` (never below the mean, though). That bound falls a little
+///   when a worker joins; the workers filled up here then need not shed a partition each. The
+///   result depends only on the inputs.
 /// - **With `previous`**: every partition stays with its previous owner while that owner stays
 ///   within the balance bound below (heaviest partitions are kept first); the rest (new
 ///   partitions, those of departed workers, excess) go one by one to the least-loaded worker.
 ///   A `previous` that places none of the partitions on any of the workers counts as none.
-/// - Then any worker below `(1−ε)·mean − min(h, ε·mean)` on a cold start, or below
-///   `(1−ε)·mean − h` with `previous` (e.g. one that just joined), is filled up to about the
-///   mean with partitions taken from the most loaded workers, one at a time and only where the
-///   move makes the pair more even.
+/// - Then any worker below the floor `(1−ε)·mean − min(h, ε·mean)` on a cold start, or below
+///   `floor − h` with `previous` (e.g. one that just joined), is filled up to about the mean
+///   with partitions taken from the most loaded workers, one at a time and only where the move
+///   makes the pair more even. The floor follows the mean, which changes a little whenever a
+///   worker joins or leaves; the lower sticky floor keeps the many workers that sit at the old
+///   floor after a cold start from each pulling partitions off others for that.
 /// - A partition heavier than the mean of the others gets a worker of its own, and the bounds
 ///   above are computed without it (so one huge partition does not loosen them for the rest).
 ///
@@ -37,8 +42,9 @@ use crate::partition::{Partition, WorkerId};
 /// (`+ h`), since balance can require moving a heavy partition and what it displaces.
 /// Partitions of weight 0 count with the default weight.
 ///
-/// Work is `O(P log P)` for `P` partitions (one sort) plus ring walks; 100,000 partitions on
-/// 1,000 workers take a few tens of milliseconds.
+/// Work is `O(P log P)` for `P` partitions (a few sorts) plus ring walks; 100,000 partitions
+/// on 1,000 workers take a few tens of milliseconds, 1,000,000 on 10,000 about half a second
+/// (`examples/strategy_report.rs --large`).
 ///
 /// ```
 /// use parti::{AssignmentStrategy, Partition, WeightedConsistentHash, WorkerId};
@@ -136,9 +142,9 @@ impl AssignmentStrategy for WeightedConsistentHash {
         }
         let workers = sorted_workers(self.name(), workers, partitions.len())?;
         let problem = Problem::new(partitions, self.seed)?;
-        let heaviest_first = problem.order.iter().map(|&i| problem.weight[i as usize]);
+        let heaviest_first = problem.ranked.iter().map(Ranked::weight);
         let bounds = Bounds::new(heaviest_first, problem.total, workers.len(), self.epsilon);
-        let mut placement = Placement::new(&problem.weight, workers.len(), bounds)
+        let mut placement = Placement::new(&problem.ranked, workers.len(), bounds)
             .ok_or_else(|| Error::Strategy(format!("{}: no workers", self.name())))?;
         // A previous map that places none of these partitions on these workers carries no
         // information: use the ring, so the result equals a cold start.
@@ -148,17 +154,24 @@ impl AssignmentStrategy for WeightedConsistentHash {
         let receive_below = match previous {
             None => {
                 let ring = Ring::new(&workers, self.virtual_nodes, self.seed);
-                placement.place_on_ring(&ring, &problem.order, &problem.hash);
+                placement.place_on_ring(&ring);
                 bounds.floor
             }
             Some(owners) => {
-                let pool = placement.keep_previous(&problem.order, &owners);
+                let pool = placement.keep_previous(&owners);
                 placement.place_least_loaded(&pool, &owners);
                 bounds.sticky_floor
             }
         };
-        placement.fill_underloaded(&problem.order, receive_below);
-        Ok(collect_map(&workers, partitions, placement.owners()))
+        placement.fill_underloaded(receive_below);
+        // Owners by rank to owners by input position.
+        let mut owner = vec![NO_WORKER; partitions.len()];
+        for (r, &o) in problem.ranked.iter().zip(placement.owners()) {
+            if let Some(slot) = owner.get_mut(r.index as usize) {
+                *slot = o;
+            }
+        }
+        Ok(collect_map(&workers, partitions, &owner, &problem.prefixes))
     }
 }
 
