@@ -552,15 +552,28 @@ impl Leader {
         self.handoff_ready_since = None;
         self.last_handoff = Some(now());
         let map = self.publisher.committed().map.clone();
+        // Tried again at the next heartbeat change or decision when it fails.
+        self.republish(map, "handoff", &members).await
+    }
+
+    /// Commits `map` again, unchanged but for the pending sets and lineages `members` decide,
+    /// and tells the planner. A failure other than a lost leadership is reported and left for
+    /// the caller's next round.
+    async fn republish(
+        &mut self,
+        map: AssignmentMap,
+        reason: &str,
+        members: &Members,
+    ) -> Result<Vec<Decision>> {
         let workers: Vec<WorkerId> = map.workers().cloned().collect();
         let meta = PublishMeta {
             phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
-            reason: "handoff".to_owned(),
+            reason: reason.to_owned(),
             lifecycle: self.lifecycle,
         };
-        match self.publisher.publish(&map, meta, &members).await {
+        match self.publisher.publish(&map, meta, members).await {
             Ok(version) => {
-                tracing::debug!(version, "hand-off completed");
+                tracing::debug!(version, reason, "map committed again");
                 Ok(self.planner.handle(Input::Published {
                     version,
                     workers,
@@ -569,7 +582,6 @@ impl Leader {
             }
             Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
             Err(e) => {
-                // Tried again at the next heartbeat change or decision.
                 self.ctx.events.error(e);
                 Ok(Vec::new())
             }
@@ -597,27 +609,10 @@ impl Leader {
         tracing::warn!(
             "the committed `cluster` record is gone or was overwritten; committing again"
         );
-        let map = self.last_map.clone();
-        let workers: Vec<WorkerId> = map.workers().cloned().collect();
-        let meta = PublishMeta {
-            phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
-            reason: "repair".to_owned(),
-            lifecycle: self.lifecycle,
-        };
         let members = self.members_at(now());
-        match self.publisher.publish(&map, meta, &members).await {
-            Ok(version) => Ok(self.planner.handle(Input::Published {
-                version,
-                workers,
-                now: now(),
-            })),
-            Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
-            Err(e) => {
-                // Tried again at the next check.
-                self.ctx.events.error(e);
-                Ok(Vec::new())
-            }
-        }
+        // Tried again at the next check when it fails.
+        self.republish(self.last_map.clone(), "repair", &members)
+            .await
     }
 
     /// Revokes the lease of every live loser that has kept a gainer waiting for
