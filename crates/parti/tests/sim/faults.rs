@@ -7,7 +7,8 @@
 //! call blocks, then resumes), `idStolen` (a worker cut off past `workerIdTtl` while another
 //! takes its stable ID), `garbage` (junk written over a key of any bucket), `bucketDeleted`
 //! (a bucket deleted and created again), `errorBurst` (a run of failed calls), `fullRestart`
-//! and `rejoin` (no worker left for a while). The seed's store profile adds `slowStore`,
+//! and `rejoin` (no worker left for a while), and `leave` (a graceful leave: its partitions wait
+//! for the planned window, a documented limitation, so it excuses gaps for that long). The seed's store profile adds `slowStore`,
 //! `failures` and `lostReplies`, which are not recorded as faults (they last the whole run, so
 //! they would excuse every gap) but count when `known.rs` explains a violation.
 

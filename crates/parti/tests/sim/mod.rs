@@ -513,6 +513,12 @@ impl Sim {
 
     fn leave(&mut self, n: usize) {
         self.events += 1;
+        if self.client(n).is_some() {
+            // A graceful leave releases at once, but its partitions are placed again only when
+            // the planned window closes (docs/ownership.md, "What is not done yet"): the leave
+            // excuses gaps for one planned window, and the gap bound applies after it.
+            self.record_fault("leave", Some(n), self.config.planned_scale_window);
+        }
         let Some(manager) = self.take(n) else { return };
         let shared = Arc::clone(&self.shared);
         shared.log(format!("graceful leave w{n} ({})", manager.worker_id()));
