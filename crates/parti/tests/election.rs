@@ -483,6 +483,38 @@ async fn followers_make_no_election_writes_in_steady_state() {
     }
 }
 
+/// For one TTL, asserts that no follower of `leader` (index, term) writes; then aborts the
+/// leader and waits for a new one with a higher term. Returns the new leader, how long the
+/// failover took and the writes each contender made during it.
+async fn quiet_then_failover(
+    electors: &mut [Option<Elector>],
+    counters: &[Arc<FlakyBucket>],
+    (old, old_term): (usize, u64),
+) -> (usize, Duration, Vec<u64>) {
+    let quiet_from = writes(counters);
+    tokio::time::sleep(TTL).await;
+    let made = writes_since(counters, &quiet_from);
+    for (i, n) in made.iter().enumerate() {
+        if i != old {
+            assert_eq!(*n, 0, "follower {i} wrote while the leader lived: {made:?}");
+        }
+    }
+    let before_abort = writes(counters);
+    electors[old].take().unwrap().abort();
+    let ((new, new_term), took) = one_leader(
+        electors,
+        TTL + Duration::from_secs(1),
+        "a new leader after the crash",
+    )
+    .await;
+    assert_ne!(new, old);
+    assert!(
+        new_term > old_term,
+        "term {new_term} must exceed {old_term}"
+    );
+    (new, took, writes_since(counters, &before_abort))
+}
+
 /// Failover driven by the watch alone: no follower writes while the leader lives, and the
 /// expiry of the aborted leader's key is what sets them contending.
 #[tokio::test]
@@ -493,29 +525,7 @@ async fn an_aborted_leader_is_replaced_through_the_watch_within_ttl_plus_1s() {
         one_leader(&electors, Duration::from_secs(3), "a first leader").await;
     tokio::time::sleep(TTL / 2).await;
 
-    let quiet_from = writes(&counters);
-    tokio::time::sleep(TTL).await;
-    let made = writes_since(&counters, &quiet_from);
-    for (i, n) in made.iter().enumerate() {
-        if i != old {
-            assert_eq!(*n, 0, "follower {i} wrote while the leader lived: {made:?}");
-        }
-    }
-
-    let before_abort = writes(&counters);
-    electors[old].take().unwrap().abort();
-    let ((new, new_term), took) = one_leader(
-        &electors,
-        TTL + Duration::from_secs(1),
-        "a new leader after the crash",
-    )
-    .await;
-    let made = writes_since(&counters, &before_abort);
-    assert_ne!(new, old);
-    assert!(
-        new_term > old_term,
-        "term {new_term} must exceed {old_term}"
-    );
+    let (new, took, made) = quiet_then_failover(&mut electors, &counters, (old, old_term)).await;
     // Polling every TTL/3 would have made ~3 refused creates per follower by now. A follower
     // contends on the expiry (one create, plus the winner's term write), or at most once more
     // through the staleness safety net.
@@ -622,30 +632,8 @@ async fn watches_resume_after_a_server_restart() {
 
     // Give every client time to reconnect and every watch to see a renewal again.
     tokio::time::sleep(TTL).await;
-    let before = writes(&counters);
-    tokio::time::sleep(TTL).await;
-    let made = writes_since(&counters, &before);
-    let (old, old_term) = leaders(&electors)[0];
-    for (i, n) in made.iter().enumerate() {
-        if i != old {
-            assert_eq!(*n, 0, "follower {i} writes after the restart: {made:?}");
-        }
-    }
-
-    let before_abort = writes(&counters);
-    electors[old].take().unwrap().abort();
-    let ((new, new_term), took) = one_leader(
-        &electors,
-        TTL + Duration::from_secs(1),
-        "a new leader after the crash",
-    )
-    .await;
-    let made = writes_since(&counters, &before_abort);
-    assert_ne!(new, old);
-    assert!(
-        new_term > old_term,
-        "term {new_term} must exceed {old_term}"
-    );
+    let leader = leaders(&electors)[0];
+    let (_, took, made) = quiet_then_failover(&mut electors, &counters, leader).await;
     println!(
         "MEASURE election: one leader {converged:?} after the restart; failover after abort \
          {took:?} (writes {made:?})"
