@@ -65,6 +65,15 @@ pub enum Error {
         /// The state the worker was stuck in.
         state: State,
     },
+    /// [`Manager::wait_for_state`](crate::Manager::wait_for_state) (or `wait_for`) gave up:
+    /// the awaited state was not reached within `timeout`.
+    #[error("the awaited state was not reached within {timeout:?}; the worker is {state}")]
+    StateTimeout {
+        /// The state the worker was in when the time ran out.
+        state: State,
+        /// How long was waited.
+        timeout: std::time::Duration,
+    },
     /// The coordination store (NATS JetStream KV) failed.
     #[error(transparent)]
     Nats(#[from] StoreError),

@@ -54,6 +54,25 @@ impl State {
         State::Shutdown,
     ];
 
+    /// Whether a worker in this state has joined the cluster: it holds a stable ID, its
+    /// heartbeat runs and it takes part in the election (`WaitingAssignment` and every state
+    /// after it, except `Shutdown`). What [`ManagerBuilder::spawn`](crate::ManagerBuilder::spawn)
+    /// waits for.
+    ///
+    /// ```
+    /// use parti::State;
+    /// assert!(!State::ClaimingId.has_joined());
+    /// assert!(State::WaitingAssignment.has_joined());
+    /// assert!(State::Degraded.has_joined());
+    /// assert!(!State::Shutdown.has_joined());
+    /// ```
+    pub fn has_joined(self) -> bool {
+        !matches!(
+            self,
+            State::Init | State::ClaimingId | State::Election | State::Shutdown
+        )
+    }
+
     /// The states reachable from `self` in one step (SPEC §4).
     pub fn allowed_next(self) -> &'static [State] {
         use State::*;

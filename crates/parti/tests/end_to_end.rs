@@ -237,6 +237,14 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
         processed.seen().len(),
         missing()
     );
+    if drained.is_err() {
+        let seen = processed.seen();
+        let lost: Vec<&SentRecord> = published
+            .iter()
+            .filter(|m| !seen.contains(&(m.partition.clone(), m.seq)))
+            .collect();
+        explain_missing(&js, &lost).await;
+    }
     assert!(
         drained.is_ok(),
         "{} messages were never processed",
@@ -256,5 +264,55 @@ async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
     assert!(report.is_clean(), "the ownership checker found violations");
     for m in &workers {
         m.stop().await.unwrap();
+    }
+}
+
+/// Prints, for a failed drain, where the missing messages are: still stored or gone, and the
+/// state of every consumer of the stream (filters, positions, pending).
+async fn explain_missing(js: &jetstream::Context, lost: &[&SentRecord]) {
+    let Ok(stream) = js.get_stream(STREAM).await else {
+        println!("s12: the stream is gone");
+        return;
+    };
+    for m in lost.iter().take(40) {
+        let subject = format!("e2e.{}", m.partition);
+        let stored = stream.get_first_raw_message_by_subject(&subject, 0).await;
+        println!(
+            "s12: missing {} seq {} sent at {} ns; oldest stored on {subject}: {:?}",
+            m.partition,
+            m.seq,
+            m.at_ns,
+            stored.map(|r| (r.sequence, String::from_utf8_lossy(&r.payload).into_owned()))
+        );
+    }
+    let names: Vec<String> = futures::StreamExt::collect::<Vec<_>>(stream.consumer_names())
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    for name in names {
+        if let Ok(info) = stream.consumer_info(&name).await {
+            let filters = if info.config.filter_subjects.is_empty() {
+                vec![info.config.filter_subject.clone()]
+            } else {
+                info.config.filter_subjects.clone()
+            };
+            let missing_in: Vec<&String> = filters
+                .iter()
+                .filter(|f| {
+                    lost.iter()
+                        .any(|m| f.ends_with(&format!(".{}", m.partition)))
+                })
+                .collect();
+            println!(
+                "s12: consumer {name}: {} filters (of the missing: {missing_in:?}), delivered {}, ack floor {}, ack pending {}, pending {}, redelivered {}",
+                filters.len(),
+                info.delivered.stream_sequence,
+                info.ack_floor.stream_sequence,
+                info.num_ack_pending,
+                info.num_pending,
+                info.num_redelivered,
+            );
+        }
     }
 }

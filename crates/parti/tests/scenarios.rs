@@ -738,3 +738,62 @@ async fn terms_keep_increasing_when_the_election_bucket_is_recreated() {
         m.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_returns_once_joined_and_wait_for_state_follows_the_worker_to_stable_and_shutdown() {
+    // A cold start window far longer than joining takes: `spawn` must return inside it,
+    // before the first assignment exists.
+    let mut config = config();
+    config.cold_start_window = Duration::from_secs(4);
+    config.startup_timeout = Duration::from_secs(20);
+    let cluster = TestCluster::start(config, partitions(20)).await;
+    let client = cluster.server.client().await.unwrap();
+    let spawned_at = Instant::now();
+    let manager = cluster.builder(client).spawn().await.unwrap();
+    let joined_after = spawned_at.elapsed();
+    let state = manager.state();
+    assert!(state.has_joined(), "spawn returned in {state}");
+    assert_ne!(
+        state,
+        State::Stable,
+        "spawn waited for the first assignment"
+    );
+    assert!(manager.assignment().partitions.is_empty());
+    assert!(
+        manager.worker_id().as_str().starts_with("worker-"),
+        "no stable ID after spawn: {:?}",
+        manager.worker_id()
+    );
+    assert!(joined_after < Duration::from_secs(4), "{joined_after:?}");
+
+    // Not reached in time: the error names the state the worker is in.
+    let early = manager
+        .wait_for_state(State::Stable, Duration::from_millis(100))
+        .await;
+    assert!(
+        matches!(early, Err(parti::Error::StateTimeout { state, .. }) if state.has_joined()),
+        "{early:?}"
+    );
+    manager.wait_for_state(State::Stable, SETTLE).await.unwrap();
+    assert_eq!(manager.assignment().partitions.len(), 20);
+    let reached = manager
+        .wait_for(Duration::from_millis(100), |s| {
+            s == State::Stable || s == State::Scaling
+        })
+        .await
+        .unwrap();
+    assert!(matches!(reached, State::Stable | State::Scaling));
+
+    manager.stop().await.unwrap();
+    manager
+        .wait_for_state(State::Shutdown, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let after_stop = manager
+        .wait_for_state(State::Stable, Duration::from_secs(1))
+        .await;
+    assert!(
+        matches!(after_stop, Err(parti::Error::Shutdown)),
+        "{after_stop:?}"
+    );
+}

@@ -93,6 +93,10 @@ pub(crate) struct ChaosArgs {
     /// Seed of the schedule and of every choice (random by default; printed in the report).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// Only these fault kinds, comma-separated (e.g. `nodeKill,leaderKill`), to study one
+    /// recovery; every kind of the topology by default.
+    #[arg(long, value_delimiter = ',', value_parser = parse_fault_kind)]
+    pub(crate) faults: Vec<FaultKind>,
     /// The checker's slack for clock skew between processes.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) tolerance: Duration,
@@ -161,6 +165,20 @@ pub(crate) struct Runner {
     latest: watch::Receiver<Option<ClusterRecord>>,
     /// Processes that exited on their own, restarted.
     exits: Vec<String>,
+}
+
+/// A fault kind by its report name (`nodeKill`, `kill`, …).
+fn parse_fault_kind(name: &str) -> Result<FaultKind, String> {
+    FaultKind::every()
+        .into_iter()
+        .find(|k| k.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = FaultKind::every()
+                .into_iter()
+                .map(FaultKind::name)
+                .collect();
+            format!("unknown fault kind {name:?}; known: {}", names.join(", "))
+        })
 }
 
 /// The run itself; returns the report (with `kept` still false).
@@ -238,7 +256,11 @@ async fn execute(args: &ChaosArgs, seed: u64, dir: &Path) -> anyhow::Result<Chao
         cancel_producer.clone(),
     )));
 
-    let kinds = FaultKind::all(args.cluster);
+    let kinds = if args.faults.is_empty() {
+        FaultKind::all(args.cluster)
+    } else {
+        args.faults.clone()
+    };
     let schedule = plan::schedule(&mut runner.rng, &kinds, args.duration);
     let mut done = Vec::with_capacity(schedule.len());
     for planned in &schedule {

@@ -54,6 +54,13 @@ impl FaultKind {
         ]
     }
 
+    /// Every kind, whatever the topology.
+    pub(crate) fn every() -> Vec<FaultKind> {
+        let mut kinds = Self::all(false);
+        kinds.push(Self::NodeKill);
+        kinds
+    }
+
     /// Its name in fault records and reports.
     pub(crate) fn name(self) -> &'static str {
         match self {

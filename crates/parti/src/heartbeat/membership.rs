@@ -20,6 +20,10 @@
 //!   makes the member *doubtful*: it is reported `Expired` after one more heartbeat TTL of
 //!   silence, measured on this process's clock (a live worker puts again long before).
 //!
+//! Stale replicas: on a NATS cluster, a replica that missed the expiry of a key (a node
+//! restarted at the wrong moment) may serve a long-dead worker's last heartbeat in a snapshot.
+//! Snapshot entries written more than two TTLs before the snapshot's freshest entry are ignored.
+//!
 //! Input hygiene: a heartbeat value that does not decode is never a member — it is logged and
 //! counted in [`MembershipWatcher::decode_errors`]; over a known member's key it changes
 //! nothing (the member's own next put or the key's expiry decides). A good heartbeat is a
@@ -46,6 +50,9 @@ use crate::store::{Bucket, Entry, WatchEvent};
 
 /// The shortest resync interval accepted; shorter ones are raised to it.
 const MIN_RESYNC: Duration = Duration::from_millis(100);
+/// A snapshot entry written this many heartbeat TTLs before the snapshot's freshest one is
+/// stale (see `Tracker::without_stale`).
+const STALE_AFTER_TTLS: u64 = 2;
 /// First delay before re-opening a watch that could not be opened.
 const WATCH_RETRY: Duration = Duration::from_millis(50);
 
@@ -256,6 +263,7 @@ impl Tracker {
             }
             WatchEvent::InitDone => {
                 if let Some(snapshot) = self.snapshot.take() {
+                    let snapshot = self.without_stale(snapshot);
                     self.replace(snapshot);
                 }
             }
@@ -300,6 +308,33 @@ impl Tracker {
                 None
             }
         }
+    }
+
+    /// Drops the snapshot entries written more than [`STALE_AFTER_TTLS`] TTLs before its
+    /// freshest one (by the writers' `ts`). The bucket's max age is one TTL, so the server
+    /// should have removed them long before; a replica that missed the removal (a cluster node
+    /// restarted) still serves them, and taking them for members revives a dead worker for as
+    /// long as that replica answers. Dropping an entry only makes a known member doubtful
+    /// (see [`replace`](Self::replace)): a live worker with a skewed clock is back with its
+    /// next put.
+    fn without_stale(
+        &self,
+        mut snapshot: BTreeMap<WorkerId, Member>,
+    ) -> BTreeMap<WorkerId, Member> {
+        let Some(freshest) = snapshot.values().map(|m| m.value.ts).max() else {
+            return snapshot;
+        };
+        let window = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(STALE_AFTER_TTLS);
+        snapshot.retain(|id, m| {
+            let fresh = m.value.ts.saturating_add(window) >= freshest;
+            if !fresh {
+                tracing::debug!(worker = %id, age_ms = freshest - m.value.ts, "stale heartbeat in a snapshot; ignored");
+            }
+            fresh
+        });
+        snapshot
     }
 
     fn put(&mut self, id: WorkerId, member: Member) {
@@ -452,6 +487,47 @@ mod tests {
 
     fn entry(key: &str, revision: u64) -> Entry {
         entry_in(key, revision, State::Stable)
+    }
+
+    fn entry_at(key: &str, revision: u64, ts: u64) -> Entry {
+        let mut e = entry(key, revision);
+        let mut value: HeartbeatValue = codec::decode("hb", key, &e.value).unwrap();
+        value.ts = ts;
+        e.value = codec::encode(&value).unwrap();
+        e
+    }
+
+    #[test]
+    fn a_snapshot_entry_long_past_its_ttl_is_not_a_member_and_a_known_one_becomes_doubtful() {
+        let ttl_ms = u64::try_from(TTL.as_millis()).unwrap();
+        let now = 1_000_000;
+        let (mut t, mut rx) = tracker();
+        t.apply(WatchEvent::Init);
+        t.apply(WatchEvent::InitApply(entry_at("w-0", 1, now)));
+        t.apply(WatchEvent::InitApply(entry_at("w-1", 2, now - ttl_ms)));
+        // A replica that missed an expiry serves a dead worker's heartbeat of long ago.
+        t.apply(WatchEvent::InitApply(entry_at("dead", 3, now - 3 * ttl_ms)));
+        t.apply(WatchEvent::InitDone);
+        assert_eq!(
+            drain(&mut rx),
+            [
+                MembershipEvent::Joined("w-0".into()),
+                MembershipEvent::Joined("w-1".into())
+            ]
+        );
+        assert!(!t.known.contains_key("dead"));
+
+        // w-1's entry goes stale in the next snapshot: it is doubted, not dropped at once, and
+        // its next put clears the doubt.
+        t.apply(WatchEvent::Init);
+        t.apply(WatchEvent::InitApply(entry_at("w-0", 4, now + 3 * ttl_ms)));
+        t.apply(WatchEvent::InitApply(entry_at("w-1", 2, now - ttl_ms)));
+        t.apply(WatchEvent::InitDone);
+        assert!(drain(&mut rx).is_empty());
+        assert!(t.doubtful.contains_key("w-1"));
+        t.apply(WatchEvent::Put(entry_at("w-1", 5, now + 3 * ttl_ms)));
+        assert!(t.doubtful.is_empty());
+        assert!(drain(&mut rx).is_empty(), "w-1 never left");
     }
 
     fn drain(rx: &mut mpsc::UnboundedReceiver<MembershipEvent>) -> Vec<MembershipEvent> {

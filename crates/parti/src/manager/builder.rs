@@ -6,11 +6,11 @@ use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::Manager;
 use super::fence::{FenceParts, spawn_fence};
 use super::hooks::{Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
 use super::runtime::{Buckets, Outputs, Runtime};
 use super::state_cell::StateCell;
+use super::{Manager, WaitFailed};
 use crate::assignment::Assignment;
 use crate::config::Config;
 use crate::consumer::WorkerConsumer;
@@ -123,11 +123,41 @@ impl ManagerBuilder {
     }
 
     /// Validates the configuration, opens the buckets, starts the worker and waits until it is
-    /// `Stable`, within `startupTimeout`.
+    /// `Stable`, within `startupTimeout`: [`spawn`](Self::spawn) followed by
+    /// [`Manager::wait_for_state`]`(State::Stable, …)` under one deadline.
     ///
     /// Errors: `InvalidConfig`, `IdPoolExhausted`, `Nats` (buckets cannot be opened or are
-    /// incompatible), `StartupTimeout { state }` with the state the worker was stuck in.
+    /// incompatible), `StartupTimeout { state }` with the state the worker was stuck in. A start
+    /// that fails stops the worker gracefully (its stable ID is released).
+    ///
+    /// Cancel safety: dropping this future before it completes stops every task at once, like
+    /// dropping a [`Manager`]; nothing keeps running, but a stable ID already claimed is not
+    /// released — it expires after `workerIdTtl`.
     pub async fn start(self) -> Result<Manager> {
+        let (manager, deadline) = self.launch().await?;
+        manager
+            .settle_start(deadline, |state| state == State::Stable)
+            .await?;
+        Ok(manager)
+    }
+
+    /// Starts the worker and returns as soon as it has **joined**: it holds a stable ID, its
+    /// heartbeat runs and it takes part in the election (state `WaitingAssignment` or later),
+    /// before its first assignment. [`Manager::worker_id`] is set from then on.
+    ///
+    /// Use it to let a service come up (health endpoint, other subsystems) while the cluster
+    /// settles, then [`Manager::wait_for_state`] or [`Manager::watch_state`] for `Stable`.
+    /// Joining is bounded by `startupTimeout`; the same errors and the same cancel safety as
+    /// [`start`](Self::start) apply.
+    pub async fn spawn(self) -> Result<Manager> {
+        let (manager, deadline) = self.launch().await?;
+        manager.settle_start(deadline, State::has_joined).await?;
+        Ok(manager)
+    }
+
+    /// Validates, opens the buckets and spawns the worker's tasks; returns the manager and the
+    /// start-up deadline.
+    async fn launch(self) -> Result<(Manager, tokio::time::Instant)> {
         self.config.validate()?;
         let config = Arc::new(self.config);
         let store: Arc<dyn Store> = match self.store {
@@ -241,7 +271,7 @@ impl ManagerBuilder {
         };
         let task = AbortOnDropHandle::new(tokio::spawn(runtime.run(cancel.clone())));
         let manager = Manager {
-            state: state_rx.clone(),
+            state: state_rx,
             assignment: assignment_rx,
             worker_id: worker_id_rx,
             leader: leader_rx,
@@ -256,53 +286,25 @@ impl ManagerBuilder {
             dispatcher: Mutex::new(Some(AbortOnDropHandle::new(dispatcher))),
             fence: Mutex::new(Some(AbortOnDropHandle::new(fence_task))),
         };
-        match manager.wait_started(state_rx, deadline).await {
-            Ok(()) => Ok(manager),
-            Err(e) => {
-                let _ = manager.stop().await;
-                Err(e)
-            }
-        }
+        Ok((manager, deadline))
     }
 }
 
 impl Manager {
-    async fn wait_started(
+    /// Waits until the state satisfies `reached`, by `deadline`; on failure stops the worker
+    /// (releasing its ID) and returns `StartupTimeout` or the reason the worker ended.
+    async fn settle_start(
         &self,
-        mut state: tokio::sync::watch::Receiver<State>,
         deadline: tokio::time::Instant,
+        reached: impl FnMut(State) -> bool,
     ) -> Result<()> {
-        let reached = tokio::time::timeout_at(deadline, async {
-            loop {
-                let current = *state.borrow_and_update();
-                match current {
-                    State::Stable => return Ok(()),
-                    State::Shutdown => return Err(()),
-                    _ => {}
-                }
-                if state.changed().await.is_err() {
-                    return Err(());
-                }
-            }
-        })
-        .await;
-        match reached {
-            Ok(Ok(())) => Ok(()),
-            // The worker stopped on its own: its task holds the reason.
-            Ok(Err(())) => {
-                let task = self.runtime.lock().await.take();
-                match task {
-                    Some(task) => match task.await {
-                        Ok(Err(e)) => Err(e),
-                        _ => Err(Error::Shutdown),
-                    },
-                    None => Err(Error::Shutdown),
-                }
-            }
-            Err(_) => Err(Error::StartupTimeout {
-                state: *state.borrow(),
-            }),
-        }
+        let result = match self.wait_until(deadline, reached).await {
+            Ok(_) => return Ok(()),
+            Err(WaitFailed::Deadline(state)) => Err(Error::StartupTimeout { state }),
+            Err(WaitFailed::Ended(e)) => Err(e),
+        };
+        let _ = self.stop().await;
+        result
     }
 }
 

@@ -43,6 +43,15 @@ use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 use crate::state::State;
 
+/// Why a state wait ended without the state it waited for.
+#[derive(Debug)]
+enum WaitFailed {
+    /// The deadline passed; the state then.
+    Deadline(State),
+    /// The worker reached `Shutdown`; why.
+    Ended(Error),
+}
+
 /// A running worker: its stable ID, state, assignment and leadership.
 ///
 /// Build one with [`Manager::builder`]; `start()` returns once the worker is `Stable` (or fails
@@ -149,6 +158,86 @@ impl Manager {
     /// Every [`Event`], in order, after the hooks saw it.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Waits until the worker is in `state`, for at most `timeout`.
+    ///
+    /// Returns at once if it already is. Errors: [`Error::StateTimeout`] with the state the
+    /// worker is in when the time runs out; [`Error::Shutdown`] (or the error the worker ended
+    /// with) when it reaches `Shutdown` first, unless `Shutdown` is what was awaited.
+    ///
+    /// States are observed, not queued: a state the worker passes through and leaves between
+    /// two looks (e.g. `Rebalancing` for a few microseconds) may be missed, as with
+    /// [`watch_state`](Self::watch_state). Settled states (`Stable`, `Degraded`, `Shutdown`)
+    /// are not.
+    ///
+    /// ```no_run
+    /// # async fn demo(builder: parti::ManagerBuilder) -> parti::Result<()> {
+    /// use std::time::Duration;
+    /// use parti::State;
+    ///
+    /// let manager = builder.spawn().await?; // joined: ID claimed, heartbeating
+    /// // … bring up the rest of the service …
+    /// manager.wait_for_state(State::Stable, Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_state(&self, state: State, timeout: Duration) -> Result<()> {
+        self.wait_for(timeout, |s| s == state).await.map(|_| ())
+    }
+
+    /// Waits until the worker's state satisfies `reached`, for at most `timeout`; returns the
+    /// state that did. The same errors and caveats as [`wait_for_state`](Self::wait_for_state).
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        reached: impl FnMut(State) -> bool,
+    ) -> Result<State> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.wait_until(deadline, reached)
+            .await
+            .map_err(|failed| match failed {
+                WaitFailed::Deadline(state) => Error::StateTimeout { state, timeout },
+                WaitFailed::Ended(e) => e,
+            })
+    }
+
+    /// The state wait behind [`wait_for`](Self::wait_for) and the start-up.
+    async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        mut reached: impl FnMut(State) -> bool,
+    ) -> std::result::Result<State, WaitFailed> {
+        let mut state = self.state.clone();
+        let seen = tokio::time::timeout_at(deadline, async {
+            loop {
+                let current = *state.borrow_and_update();
+                if reached(current) {
+                    return Some(current);
+                }
+                if current == State::Shutdown || state.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match seen {
+            Ok(Some(state)) => Ok(state),
+            Ok(None) => Err(WaitFailed::Ended(self.end_reason().await)),
+            Err(_) => Err(WaitFailed::Deadline(*state.borrow())),
+        }
+    }
+
+    /// Why the worker reached `Shutdown`: the error its task ended with (it returns right
+    /// after setting the state), or `Shutdown` for a stop.
+    async fn end_reason(&self) -> Error {
+        let task = self.runtime.lock().await.take();
+        match task {
+            Some(task) => match tokio::time::timeout(self.shutdown_timeout, task).await {
+                Ok(Ok(Err(e))) => e,
+                _ => Error::Shutdown,
+            },
+            None => Error::Shutdown,
+        }
     }
 
     /// Asks for the partition source to be re-read and the map rebalanced. On the leader this
