@@ -42,6 +42,22 @@ pub(crate) enum Command {
     /// behind its own fault proxy; reports every fault with its recovery time and every
     /// violation of the ownership contract. Exit codes: 0 no violation, 2 violations, 1 error.
     Chaos(crate::chaos::ChaosArgs),
+    /// Create the KV buckets (and a WorkerConsumer stream) ahead of time and find drift:
+    /// `plan` compares the server with the configuration, `apply` creates what is missing and
+    /// handles drift by --policy warn|adopt|force.
+    ///
+    /// Exit codes: 0 nothing to do / everything matches; 2 `plan --fail-on-drift` found something
+    /// missing or drifting, or `apply` left drift; 1 error (also `--policy force` without
+    /// --yes-destroy-data); 3 bad configuration; 4 NATS unreachable.
+    Provision(crate::provision::ProvisionArgs),
+    /// Check a configuration (--config plus PARTI_* variables) as `parti worker` loads it:
+    /// every violation, "did you mean" for a misspelt key, warnings for keys of the Go library
+    /// that are ignored. With --live also compare the four KV buckets on the server (read-only).
+    ///
+    /// Exit codes: 0 valid (warnings allowed); 3 invalid, or with --live a bucket whose
+    /// max_age, history, replicas or limit markers differ from the configuration; 4 NATS
+    /// unreachable (--live); 1 another error (e.g. an unreadable file).
+    Validate(crate::validate::ValidateArgs),
 }
 
 /// Options every subcommand accepts (before or after the subcommand name).

@@ -5,6 +5,8 @@
 //! - `parti worker` — one worker process from a config and a partition list.
 //! - `parti sim` — the demo: workers, messages and chaos in one process, then a report.
 //! - `parti chaos` — real worker processes under real faults, judged by the ownership checker.
+//! - `parti provision plan|apply` — create the buckets ahead of time, report and fix drift.
+//! - `parti validate [--live]` — check a configuration; exit 3 when invalid (see [`validate`]).
 //!
 //! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`, `chaos/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
@@ -20,11 +22,13 @@ mod connect;
 mod metrics_server;
 mod output;
 mod partitions;
+mod provision;
 mod render;
 mod report;
 mod signal;
 mod sim;
 mod status;
+mod validate;
 mod watch;
 mod worker;
 
@@ -71,6 +75,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(args, &cli.global).await,
         Command::Sim(args) => sim::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
+        Command::Provision(args) => provision::run(args, &cli.global).await,
+        Command::Validate(args) => validate::run(args, &cli.global).await,
     }
 }
 

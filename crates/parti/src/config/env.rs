@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::Config;
 use super::load::invalid;
+use super::suggest::edit_distance;
 use crate::error::{ConfigViolation, Error, Result};
 
 const PREFIX: &str = "PARTI_";
@@ -245,24 +246,6 @@ fn unknown_var_reason(var: &str, fields: &[EnvField]) -> String {
     }
 }
 
-/// Levenshtein distance over bytes (the names are ASCII).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b = b.as_bytes();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.bytes().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1)
-                .min(row[j] + 1)
-                .min(diagonal + usize::from(ca != cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,12 +277,5 @@ mod tests {
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
         // 16 top-level scalars + emergencyGracePeriod, 2 + 5 + (1 + 5) + 5 in the sections.
         assert_eq!(vars.len(), 17 + 2 + 5 + 6 + 5);
-    }
-
-    #[test]
-    fn edit_distance_counts_edits() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("same", "same"), 0);
     }
 }

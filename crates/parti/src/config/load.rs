@@ -1,9 +1,12 @@
 //! Reading a configuration from YAML, with errors that name the offending field.
 
+use std::cell::RefCell;
 use std::fmt::Display;
 use std::path::Path;
 
-use super::Config;
+use super::compat::{self, ConfigWarning, LoadReport};
+use super::filter::{Filter, Level, Seen};
+use super::{Config, suggest};
 use crate::error::{ConfigViolation, Error, Result};
 
 /// Field name used for an error that concerns the whole document (e.g. a YAML syntax error).
@@ -14,14 +17,53 @@ impl Config {
     ///
     /// Keys left out take their defaults; an empty document is [`Config::default()`]. A syntax
     /// error, an unknown key, or a value of the wrong type or format is
-    /// [`Error::InvalidConfig`] naming the field path (`assignment.minRebalanceInterval`).
+    /// [`Error::InvalidConfig`] naming the field path (`assignment.minRebalanceInterval`); the
+    /// reason of an unknown key that is close to a known one ends with
+    /// ``did you mean `heartbeatInterval`?``.
+    ///
+    /// Files of the Go library load too: its keys are mapped where they have a meaning here
+    /// (`rebalanceCooldown` → `assignment.minRebalanceInterval`, `handoff.timeout` →
+    /// `handoffTimeout`) and otherwise accepted with a [`ConfigWarning`], logged with
+    /// `tracing::warn!`; [`from_yaml_str_with_warnings`](Config::from_yaml_str_with_warnings)
+    /// returns them instead.
     pub fn from_yaml_str(yaml: &str) -> Result<Config> {
-        let config = parse_yaml(yaml)?;
-        config.validate()?;
-        Ok(config)
+        let report = parse_yaml(yaml)?;
+        for warning in &report.warnings {
+            tracing::warn!(field = %warning.field, "configuration: {}", warning.message);
+        }
+        report.config.validate()?;
+        Ok(report.config)
     }
 
-    /// Reads a YAML configuration file and [validates](Config::validate) it.
+    /// Like [`from_yaml_str`](Config::from_yaml_str), but returns the warnings about keys of the
+    /// Go library with the configuration instead of logging them.
+    ///
+    /// ```
+    /// let report = parti::Config::from_yaml_str_with_warnings(
+    ///     "rebalanceCooldown: 5s\nenableTwoPhaseHandoff: true\n",
+    /// )?;
+    /// assert_eq!(report.config.assignment.min_rebalance_interval.as_secs(), 5);
+    /// let fields: Vec<_> = report.warnings.iter().map(|w| w.field.as_str()).collect();
+    /// assert_eq!(fields, ["enableTwoPhaseHandoff"]);
+    /// # Ok::<(), parti::Error>(())
+    /// ```
+    pub fn from_yaml_str_with_warnings(yaml: &str) -> Result<LoadReport> {
+        let report = parse_yaml(yaml)?;
+        report.config.validate()?;
+        Ok(report)
+    }
+
+    /// Parses a YAML configuration **without validating it**, for tools that report every
+    /// problem at once (`parti validate`): call [`validate`](Config::validate) on the result.
+    ///
+    /// Errors are those of parsing only (syntax, unknown keys, values of the wrong type), as
+    /// for [`from_yaml_str`](Config::from_yaml_str).
+    pub fn parse_yaml_str(yaml: &str) -> Result<LoadReport> {
+        parse_yaml(yaml)
+    }
+
+    /// Reads a YAML configuration file and [validates](Config::validate) it, as
+    /// [`from_yaml_str`](Config::from_yaml_str) (warnings are logged).
     ///
     /// An unreadable file is [`Error::ConfigFile`]; bad contents are [`Error::InvalidConfig`].
     pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<Config> {
@@ -40,18 +82,29 @@ impl Config {
     }
 }
 
-/// Parses without validating.
-pub(crate) fn parse_yaml(yaml: &str) -> Result<Config> {
+/// Parses without validating: the configuration, with the Go keys mapped or reported.
+pub(crate) fn parse_yaml(yaml: &str) -> Result<LoadReport> {
     if is_empty_document(yaml) {
-        return Ok(Config::default());
+        return Ok(LoadReport {
+            config: Config::default(),
+            warnings: Vec::new(),
+        });
     }
-    let deserializer = serde_yaml_ng::Deserializer::from_str(yaml);
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+    let seen = RefCell::new(Seen::default());
+    let deserializer = Filter::new(
+        serde_yaml_ng::Deserializer::from_str(yaml),
+        Level::Root,
+        &seen,
+    );
+    let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let violation = path_violation(&e);
         Error::InvalidConfig {
             violations: vec![violation],
         }
-    })
+    })?;
+    let warnings: Vec<ConfigWarning> = compat::apply(&mut config, seen.into_inner())
+        .map_err(|violations| Error::InvalidConfig { violations })?;
+    Ok(LoadReport { config, warnings })
 }
 
 /// Only blank lines, comments and document markers: YAML's null document.
@@ -73,6 +126,8 @@ pub(crate) fn path_violation<E: Display>(err: &serde_path_to_error::Error<E>) ->
         return ConfigViolation::new(DOCUMENT, message);
     }
     let reason = strip_path_prefix(&message, path);
+    let (parent, key) = path.rsplit_once('.').unwrap_or(("", path));
+    let reason = suggest::with_suggestion(reason, key, compat::extra_candidates(parent));
     ConfigViolation::new(path, reason)
 }
 

@@ -14,16 +14,25 @@
 //! - An empty YAML document is the default configuration.
 //! - Go names accepted as aliases: `electionTimeout` (→ `electionTtl`), `rebalanceCooldown`
 //!   (inside `assignment:`, → `minRebalanceInterval`), `kvBuckets.stableIdBucket` /
-//!   `electionBucket` / `heartbeatBucket` / `assignmentBucket`. Go-only keys (`handoff`,
-//!   `enableTwoPhaseHandoff`, `kvBuckets.assignmentTtl`, …) are unknown keys, hence errors.
+//!   `electionBucket` / `heartbeatBucket` / `assignmentBucket`.
+//! - Files of the Go library up to v2 load: its top-level `rebalanceCooldown` sets
+//!   `assignment.minRebalanceInterval` and `handoff.timeout` sets `handoffTimeout` (each unless
+//!   our own key is also set); its keys without a meaning here (`enableTwoPhaseHandoff`, the rest
+//!   of `handoff`, `workerLabels`, `assignmentTtl`, `kvBuckets.handoffBucket` / `handoffTtl` /
+//!   `assignmentTtl`) are accepted with a [`ConfigWarning`]. A key that is neither ours nor the
+//!   Go library's is still an error, with a "did you mean" when a known key is close. The table
+//!   is in `docs/configuration-go-compat.md`.
 //! - The TTLs that become bucket `max_age`s (`workerIdTtl`, `heartbeatTtl`, `electionTtl`) must
 //!   be at least 100ms, NATS's floor for a stream's `max_age`.
 
+mod compat;
 mod degraded;
 mod duration;
 mod env;
+mod filter;
 mod load;
 mod sections;
+mod suggest;
 mod validate;
 
 #[cfg(test)]
@@ -33,6 +42,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use compat::{ConfigWarning, LoadReport};
 pub use degraded::{DegradedAlertConfig, DegradedBehaviorConfig, DegradedHolding, DegradedPreset};
 pub use sections::{AssignmentConfig, KvBucketConfig};
 
@@ -229,5 +239,28 @@ impl Config {
     /// How often a worker renews its stable ID: a third of `workerIdTtl`.
     pub fn stable_id_renew_interval(&self) -> Duration {
         self.worker_id_ttl / 3
+    }
+
+    /// The specs of the four KV buckets a worker with this configuration opens, in the order
+    /// stable ID, election, heartbeat, assignment (that of [`KvBucketConfig::names`]): the first
+    /// three expire after `workerIdTtl`, `electionTtl` and `heartbeatTtl` with limit markers, the
+    /// assignment bucket never expires; all have history 1 and `kvBuckets.replicas` replicas.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let [stable_id, election, heartbeat, assignment] = parti::Config::default().bucket_specs();
+    /// assert_eq!(stable_id.name, "parti-stableid");
+    /// assert_eq!(election.max_age, Some(Duration::from_secs(10)));
+    /// assert_eq!(heartbeat.max_age, Some(Duration::from_secs(6)));
+    /// assert_eq!((assignment.max_age, assignment.limit_markers), (None, false));
+    /// ```
+    pub fn bucket_specs(&self) -> [crate::store::BucketSpec; 4] {
+        let b = &self.kv_buckets;
+        [
+            crate::stable_id::bucket_spec(&b.stable_id, self.worker_id_ttl, b.replicas),
+            crate::election::bucket_spec(&b.election, self.election_ttl, b.replicas),
+            crate::heartbeat::bucket_spec(&b.heartbeat, self.heartbeat_ttl, b.replicas),
+            crate::store::BucketSpec::new(b.assignment.clone()).replicas(b.replicas),
+        ]
     }
 }

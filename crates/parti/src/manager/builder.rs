@@ -14,14 +14,13 @@ use super::{Manager, WaitFailed};
 use crate::assignment::Assignment;
 use crate::config::Config;
 use crate::consumer::WorkerConsumer;
-use crate::election::{self, ElectionAgent};
+use crate::election::ElectionAgent;
 use crate::error::{Error, Result, StoreError};
 use crate::ownership::{Holdings, OwnershipLog, OwnershipSink};
 use crate::source::{PartitionSource, Static};
 use crate::state::State;
 use crate::store::{BucketSpec, Store};
 use crate::strategy::{AssignmentStrategy, WeightedConsistentHash};
-use crate::{heartbeat, stable_id};
 
 /// Where the coordination store comes from.
 #[derive(Debug)]
@@ -167,7 +166,6 @@ impl ManagerBuilder {
             StoreSource::Custom(store) => store,
         };
         let deadline = tokio::time::Instant::now() + config.startup_timeout;
-        let b = &config.kv_buckets;
         // NATS may still be coming up: retry transient failures until the start-up deadline;
         // a misconfigured bucket is reported at once.
         let open = |spec: BucketSpec| {
@@ -195,26 +193,12 @@ impl ManagerBuilder {
                 }
             }
         };
+        let [stable_id, election, heartbeat, assignment] = config.bucket_specs();
         let buckets = Buckets {
-            stable_id: open(stable_id::bucket_spec(
-                &b.stable_id,
-                config.worker_id_ttl,
-                b.replicas,
-            ))
-            .await?,
-            heartbeat: open(heartbeat::bucket_spec(
-                &b.heartbeat,
-                config.heartbeat_ttl,
-                b.replicas,
-            ))
-            .await?,
-            election: open(election::bucket_spec(
-                &b.election,
-                config.election_ttl,
-                b.replicas,
-            ))
-            .await?,
-            assignment: open(BucketSpec::new(b.assignment.clone()).replicas(b.replicas)).await?,
+            stable_id: open(stable_id).await?,
+            heartbeat: open(heartbeat).await?,
+            election: open(election).await?,
+            assignment: open(assignment).await?,
         };
 
         let (events, _) = broadcast::channel(1024);

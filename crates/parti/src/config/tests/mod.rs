@@ -1,6 +1,7 @@
 //! Tests of the whole configuration: defaults, YAML, validation rules, presets, environment.
 
 mod env;
+mod go_compat;
 mod props;
 mod rules;
 mod yaml;

@@ -108,10 +108,8 @@ fn unknown_keys_are_named_at_every_level() {
             "assignment:\n  minRebalanceIntervl: 1s\n",
             "assignment.minRebalanceIntervl",
         ),
-        (
-            "kvBuckets:\n  handoffBucket: x\n",
-            "kvBuckets.handoffBucket",
-        ),
+        // (`handoffBucket`, a Go key, loads with a warning: see go_compat.rs.)
+        ("kvBuckets:\n  ttl: x\n", "kvBuckets.ttl"),
         (
             "degradedBehavior:\n  enterThreshld: 1s\n",
             "degradedBehavior.enterThreshld",
