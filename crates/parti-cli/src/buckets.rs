@@ -1,9 +1,10 @@
-//! Opening a cluster's four KV buckets for reading, without creating or changing them.
+//! Reading a cluster's KV buckets without creating or changing them.
 //!
 //! The library's [`Store::bucket`] creates a missing bucket and checks an existing one against
 //! the spec a worker would use. An inspection tool must do neither: it must not leave buckets
 //! behind on a server that has no cluster, and it must be able to read a cluster whose timings
-//! differ from its own config. So a bucket is first looked up; a missing one is reported as such,
+//! differ from its own config. So a bucket is first looked up ([`stream_config`], the one
+//! look-up every command that reads the server goes through); a missing one is reported as such,
 //! and an existing one is opened with a spec taken from its own settings (which the compatibility
 //! check then accepts as is).
 
@@ -12,22 +13,27 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, ErrorCode};
 use parti::config::KvBucketConfig;
 use parti::store::{Bucket, BucketSpec, NatsStore, Store};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 /// What a bucket is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Role {
+    /// The stable worker-ID bucket (`kvBuckets.stableId`).
     StableId,
+    /// The leader-lease bucket (`kvBuckets.election`).
     Election,
+    /// The heartbeat bucket (`kvBuckets.heartbeat`).
     Heartbeat,
+    /// The assignment bucket (`kvBuckets.assignment`).
     Assignment,
 }
 
 impl Role {
+    /// The four roles, in the order of `parti::Config::bucket_specs`.
     pub(crate) const ALL: [Role; 4] = [
         Role::StableId,
         Role::Election,
@@ -42,6 +48,23 @@ impl Role {
             Role::Heartbeat => &names.heartbeat,
             Role::Assignment => &names.assignment,
         }
+    }
+
+    /// The name reports and JSON documents use: `stableId`, `election`, `heartbeat`,
+    /// `assignment`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Role::StableId => "stableId",
+            Role::Election => "election",
+            Role::Heartbeat => "heartbeat",
+            Role::Assignment => "assignment",
+        }
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -101,6 +124,27 @@ impl ClusterBuckets {
     }
 }
 
+/// The configuration of the JetStream stream `name` (a bucket's is `KV_<bucket>`), or `None`
+/// when there is no such stream; each call is bounded by `bound`.
+pub(crate) async fn stream_config(
+    js: &jetstream::Context,
+    name: &str,
+    bound: Duration,
+) -> anyhow::Result<Option<stream::Config>> {
+    let lookup = tokio::time::timeout(bound, js.get_stream(name))
+        .await
+        .with_context(|| format!("timed out reading the stream {name}"))?;
+    match lookup {
+        // The look-up is the stream's info request: its answer carries the configuration.
+        Ok(stream) => Ok(Some(stream.cached_info().config.clone())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot read the stream {name} (is JetStream enabled?)"))
+        }
+    }
+}
+
+/// Whether a stream look-up failed because the stream does not exist.
 fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
@@ -112,20 +156,9 @@ async fn open_existing(
     name: &str,
     op_timeout: Duration,
 ) -> anyhow::Result<Option<(Arc<dyn Bucket>, Option<Duration>)>> {
-    let lookup = tokio::time::timeout(op_timeout, js.get_stream(format!("KV_{name}")))
-        .await
-        .context("timed out looking the bucket up")?;
-    let mut stream = match lookup {
-        Ok(stream) => stream,
-        Err(e) if is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(e).context("cannot look the bucket up (is JetStream enabled?)"),
+    let Some(config) = stream_config(js, &format!("KV_{name}"), op_timeout).await? else {
+        return Ok(None);
     };
-    let config = tokio::time::timeout(op_timeout, stream.info())
-        .await
-        .context("timed out reading the bucket's settings")?
-        .context("cannot read the bucket's settings")?
-        .config
-        .clone();
     let max_age = (!config.max_age.is_zero()).then_some(config.max_age);
     let history = u8::try_from(config.max_messages_per_subject.max(1)).unwrap_or(u8::MAX);
     let spec = BucketSpec {

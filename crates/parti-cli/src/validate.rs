@@ -7,28 +7,29 @@
 //! when a known key is close. Keys of the Go library that are accepted but ignored are warnings.
 //!
 //! With `--live` it also connects to NATS (the global connection options) and compares each of
-//! the four KV buckets with the settings the configuration implies (`max_age`, history,
-//! replicas, limit markers), without creating or changing anything. A missing bucket is fine (a
-//! worker creates it); an existing one that differs would make a worker fail to start.
+//! the four KV buckets with the settings the configuration implies, without creating or changing
+//! anything. A missing bucket is fine (a worker creates it); an existing one that differs would
+//! make a worker fail to start. The server is read and compared by `parti provision`'s
+//! [`survey`]; of its differences, those a worker checks (replicas, `max_age`, history, limit
+//! markers — not storage) are reported.
 //!
 //! Exit codes (see [`ValidateArgs`]): 0 valid, 1 another error, 3 invalid (or, with `--live`, a
 //! bucket that differs), 4 NATS unreachable with `--live`.
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, ErrorCode};
+use async_nats::jetstream;
 use clap::Args;
 use parti::config::ConfigWarning;
-use parti::store::BucketSpec;
 use parti::{Config, ConfigViolation};
 use serde::Serialize;
 
 use crate::buckets::Role;
 use crate::cli::Global;
+use crate::provision::plan::{Action, Change, Field, Policy, Resource};
+use crate::provision::survey;
 
 /// Exit code of an invalid configuration (or, with `--live`, a bucket that differs).
 pub(crate) const EXIT_INVALID: u8 = 3;
@@ -103,13 +104,32 @@ struct BucketCheck {
     differences: Vec<Difference>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Difference {
-    /// `maxAge`, `history`, `replicas` or `limitMarkers`.
+    /// `replicas`, `maxAge`, `history` or `limitMarkers`.
     setting: &'static str,
     expected: String,
     actual: String,
+}
+
+impl Difference {
+    /// A difference `parti provision` found, if it is one a worker checks (as the library's
+    /// compatibility check does: not storage, which a worker accepts either way).
+    fn of(change: Change) -> Option<Self> {
+        let setting = match change.field {
+            Field::Replicas => "replicas",
+            Field::MaxAge => "maxAge",
+            Field::History => "history",
+            Field::LimitMarkers => "limitMarkers",
+            Field::Storage | Field::Retention | Field::Subjects => return None,
+        };
+        Some(Self {
+            setting,
+            expected: change.want,
+            actual: change.have,
+        })
+    }
 }
 
 /// Runs `parti validate`.
@@ -233,17 +253,6 @@ fn suggestion(reason: &str) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-/// The bucket the configuration implies for `role`, as a worker opens it.
-fn spec(role: Role, config: &Config) -> BucketSpec {
-    let [stable_id, election, heartbeat, assignment] = config.bucket_specs();
-    match role {
-        Role::StableId => stable_id,
-        Role::Election => election,
-        Role::Heartbeat => heartbeat,
-        Role::Assignment => assignment,
-    }
-}
-
 /// Connects and compares the four buckets. Unreachable NATS is a result (`reachable: false`);
 /// a server that cannot answer about its buckets is an error.
 async fn check_live(global: &Global, config: &Config) -> anyhow::Result<Live> {
@@ -261,21 +270,24 @@ async fn check_live(global: &Global, config: &Config) -> anyhow::Result<Live> {
         }
     };
     let js = jetstream::new(client);
-    let mut buckets = Vec::with_capacity(Role::ALL.len());
-    for role in Role::ALL {
-        let want = spec(role, config);
-        let have = existing(&js, &want.name, config.operation_timeout)
-            .await
-            .with_context(|| format!("cannot read the {role:?} bucket {:?}", want.name))?;
-        buckets.push(BucketCheck {
-            role,
-            exists: have.is_some(),
-            differences: have
-                .map(|have| differences(&want, &have))
-                .unwrap_or_default(),
-            name: want.name,
-        });
-    }
+    let resources = Resource::buckets(config);
+    let (_, steps) = survey(&js, &resources, config.operation_timeout, Policy::Warn).await?;
+    let buckets: Vec<BucketCheck> = resources
+        .into_iter()
+        .zip(steps)
+        .filter_map(|(resource, step)| {
+            Some(BucketCheck {
+                role: resource.role?,
+                name: resource.name,
+                exists: step.action != Action::Create,
+                differences: step
+                    .changes
+                    .into_iter()
+                    .filter_map(Difference::of)
+                    .collect(),
+            })
+        })
+        .collect();
     Ok(Live {
         nats,
         reachable: Some(true),
@@ -283,79 +295,6 @@ async fn check_live(global: &Global, config: &Config) -> anyhow::Result<Live> {
         compatible: Some(buckets.iter().all(|b| b.differences.is_empty())),
         buckets,
     })
-}
-
-/// The settings of an existing bucket, or `None` when there is no such bucket.
-async fn existing(
-    js: &jetstream::Context,
-    name: &str,
-    op_timeout: Duration,
-) -> anyhow::Result<Option<BucketSpec>> {
-    let lookup = tokio::time::timeout(op_timeout, js.get_stream(format!("KV_{name}")))
-        .await
-        .context("timed out looking the bucket up")?;
-    let mut stream = match lookup {
-        Ok(stream) => stream,
-        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => return Err(e).context("cannot look the bucket up (is JetStream enabled?)"),
-    };
-    let config = tokio::time::timeout(op_timeout, stream.info())
-        .await
-        .context("timed out reading the bucket's settings")?
-        .context("cannot read the bucket's settings")?
-        .config
-        .clone();
-    Ok(Some(BucketSpec {
-        name: name.to_owned(),
-        max_age: (!config.max_age.is_zero()).then_some(config.max_age),
-        history: u8::try_from(config.max_messages_per_subject).unwrap_or(u8::MAX),
-        replicas: config.num_replicas,
-        limit_markers: config.allow_message_ttl && config.subject_delete_marker_ttl.is_some(),
-    }))
-}
-
-/// What differs in a way a worker would refuse (as the store's compatibility check does).
-fn differences(want: &BucketSpec, have: &BucketSpec) -> Vec<Difference> {
-    let age = |d: Option<Duration>| {
-        d.map_or_else(
-            || "none".to_owned(),
-            |d| humantime::format_duration(d).to_string(),
-        )
-    };
-    let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
-    let mut out = Vec::new();
-    if want.max_age != have.max_age {
-        out.push(Difference {
-            setting: "maxAge",
-            expected: age(want.max_age),
-            actual: age(have.max_age),
-        });
-    }
-    if want.history != have.history {
-        out.push(Difference {
-            setting: "history",
-            expected: want.history.to_string(),
-            actual: have.history.to_string(),
-        });
-    }
-    if want.replicas.max(1) != have.replicas.max(1) {
-        out.push(Difference {
-            setting: "replicas",
-            expected: want.replicas.to_string(),
-            actual: have.replicas.to_string(),
-        });
-    }
-    if want.limit_markers && !have.limit_markers {
-        out.push(Difference {
-            setting: "limitMarkers",
-            expected: on_off(true),
-            actual: on_off(false),
-        });
-    }
-    out
 }
 
 /// The text report.
@@ -445,27 +384,47 @@ mod tests {
     }
 
     #[test]
-    fn only_behavioural_settings_differ() {
-        let config = Config::default();
-        let want = spec(Role::Heartbeat, &config);
-        assert_eq!(want.max_age, Some(Duration::from_secs(6)));
-        assert!(differences(&want, &want).is_empty());
-        let have = BucketSpec {
-            max_age: Some(Duration::from_secs(10)),
+    fn only_the_settings_a_worker_checks_differ() {
+        use std::time::Duration;
+
+        use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
+
+        use crate::provision::plan::{Observed, plan};
+
+        let resources = Resource::buckets(&Config::default());
+        let heartbeat = &resources[2];
+        assert_eq!(heartbeat.role, Some(Role::Heartbeat));
+        let have = Observed {
+            storage: StorageType::Memory,
             replicas: 3,
+            max_age: Duration::from_secs(10),
+            history: 1,
             limit_markers: false,
-            ..want.clone()
+            retention: RetentionPolicy::Limits,
+            subjects: Default::default(),
         };
-        let settings: Vec<_> = differences(&want, &have)
+        let [step] = &plan(std::slice::from_ref(heartbeat), &[Some(have)], Policy::Warn)[..] else {
+            panic!("one resource, one step");
+        };
+        let differences: Vec<_> = step
+            .changes
             .iter()
-            .map(|d| d.setting)
+            .cloned()
+            .filter_map(Difference::of)
             .collect();
-        assert_eq!(settings, ["maxAge", "replicas", "limitMarkers"]);
-        // The assignment bucket never expires and needs no markers.
-        let assignment = spec(Role::Assignment, &config);
+        let difference = |setting, expected: &str, actual: &str| Difference {
+            setting,
+            expected: expected.into(),
+            actual: actual.into(),
+        };
+        // Storage is left out: a worker opens a memory bucket.
         assert_eq!(
-            (assignment.max_age, assignment.limit_markers),
-            (None, false)
+            differences,
+            [
+                difference("replicas", "1", "3"),
+                difference("maxAge", "6s", "10s"),
+                difference("limitMarkers", "on", "off"),
+            ]
         );
     }
 }

@@ -1,5 +1,6 @@
 //! `parti validate [--live] [--json]`: exit codes 0/1/3/4, the JSON shape, Go files with
-//! warnings, suggestions for misspelt keys and variables, and buckets compared on a real server.
+//! warnings, suggestions for misspelt keys and variables, and buckets compared on a real server
+//! (as `parti provision` compares them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{DEADLINE, Files, Output, parti};
+use common::{DEADLINE, Files, Output, parti, run};
 use parti::store::{BucketSpec, NatsStore, Store};
 use parti_testkit::NatsServer;
 use serde_json::json;
@@ -341,4 +342,20 @@ async fn live_compares_the_buckets_with_the_configuration() {
         "{}",
         out.stdout
     );
+
+    // `parti provision` makes the same comparison: once it has fixed the buckets, they match.
+    let apply = ["provision", "apply", "--policy", "adopt"];
+    let out = run(url.as_str(), Some(&config_path), &apply).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = validate(Some(&config_path), &args, &[]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let json = out.json();
+    assert_eq!(json["live"]["compatible"], true);
+    for b in json["live"]["buckets"].as_array().unwrap() {
+        assert_eq!(
+            (&b["exists"], &b["differences"]),
+            (&json!(true), &json!([])),
+            "{b}"
+        );
+    }
 }

@@ -526,6 +526,52 @@ async fn work_queue_subjects_of_a_crashed_worker_are_taken_over() {
     b.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_queue_messages_a_crashed_worker_had_in_flight_reach_the_worker_that_takes_over() {
+    let (_server, js) = setup(RetentionPolicy::WorkQueue).await;
+    let seen_b = Seen::default();
+    // a's handler never returns: what a was delivered stays in flight (unacked) on its durable.
+    let a = WorkerConsumer::builder(js.clone(), STREAM)
+        .subject_template("events.{partition}")
+        .check_interval(Duration::from_millis(300))
+        .ack_wait(Duration::from_secs(1))
+        .handler(|_msg: Message| async move {
+            std::future::pending::<()>().await;
+            Ok::<(), BoxError>(())
+        })
+        .build()
+        .await
+        .unwrap();
+    let b = builder(&js, &seen_b)
+        .takeover_after(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let (wa, wb) = (WorkerId::new("worker-a"), WorkerId::new("worker-b"));
+    a.update_assignment(&wa, &assignment(&["p"])).await.unwrap();
+    b.update_assignment(&wb, &assignment(&["r"])).await.unwrap();
+    for i in 0..5 {
+        publish(&js, "p", &format!("p-{i}")).await;
+    }
+    wait_until(DEADLINE, "a to have p's messages in flight", || async {
+        info(&js, "parti-worker-a").await.num_ack_pending == 5
+    })
+    .await
+    .unwrap();
+    drop(a); // a crash: nothing released, nothing acked
+
+    b.update_assignment(&wb, &assignment(&["p", "r"]))
+        .await
+        .unwrap();
+    let ps: BTreeSet<String> = (0..5).map(|i| format!("p-{i}")).collect();
+    wait_until(DEADLINE, "b to process what a had in flight", || async {
+        seen_b.has_all(&ps)
+    })
+    .await
+    .unwrap();
+    b.close().await.unwrap();
+}
+
 /// A server, a consumer for `worker-0` assigned partition `a`, and one message ("before")
 /// already processed through it.
 async fn consuming_partition_a(

@@ -20,7 +20,7 @@
 //! - `3` — a bad configuration (file, `PARTI_…` variables, stream name or subjects);
 //! - `4` — NATS unreachable.
 
-mod plan;
+pub(crate) mod plan;
 mod report;
 
 use std::collections::BTreeSet;
@@ -28,14 +28,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream;
 use async_nats::jetstream::stream::{self, StorageType};
-use async_nats::jetstream::{self, ErrorCode};
 use clap::{Args, Subcommand};
 use parti::store::{NatsStore, Store};
 
 use crate::cli::Global;
-use plan::{Action, Policy, Resource, Retention, Role, Step, StreamSpec, Verdict, Want};
+use plan::{Action, Policy, Resource, Retention, Step, StreamSpec, Verdict, Want};
 use report::{Outcome, Report};
 
 /// Exit code: something is missing or drifts (see the module docs).
@@ -181,16 +180,11 @@ pub(crate) async fn run(args: ProvisionArgs, global: &Global) -> anyhow::Result<
     let read_timeout = config.operation_timeout;
     let write_timeout = config.operation_timeout.max(MIN_WRITE_TIMEOUT);
 
-    let existing = observe(&js, &resources, read_timeout).await?;
-    let observed: Vec<_> = existing
-        .iter()
-        .map(|c| c.as_ref().map(plan::Observed::from_config))
-        .collect();
     let policy = match mode {
         Mode::Plan { .. } => Policy::Warn,
         Mode::Apply { policy, .. } => policy,
     };
-    let steps = plan::plan(&resources, &observed, policy);
+    let (existing, steps) = survey(&js, &resources, read_timeout, policy).await?;
     let mut report = Report::new(&global.connect.nats, &resources, &steps, policy);
 
     let code = match mode {
@@ -258,11 +252,7 @@ fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
 
 /// The resources the configuration and the options ask for: the four buckets, then the stream.
 fn resources(config: &parti::Config, targets: &Targets) -> anyhow::Result<Vec<Resource>> {
-    let mut out: Vec<Resource> = Role::BUCKETS
-        .into_iter()
-        .zip(config.bucket_specs())
-        .map(|(role, spec)| Resource::bucket(role, spec))
-        .collect();
+    let mut out = Resource::buckets(config);
     if let Some(name) = &targets.stream {
         check_stream_name(name)?;
         let subjects: BTreeSet<String> = targets
@@ -278,7 +268,7 @@ fn resources(config: &parti::Config, targets: &Targets) -> anyhow::Result<Vec<Re
             check_subject(subject)?;
         }
         out.push(Resource {
-            role: Role::Stream,
+            role: None,
             name: name.clone(),
             want: Want::Stream(StreamSpec {
                 subjects,
@@ -352,34 +342,25 @@ async fn connect(global: &Global) -> Result<async_nats::Client, Unreachable> {
         .map_err(Unreachable::Nats)
 }
 
-/// The configuration of each resource's stream, `None` for one that does not exist.
-async fn observe(
+/// Reads what the server has for each resource and plans with `policy`: the configuration of
+/// each resource's stream (`None`: it does not exist; an in-place update starts from it), and one
+/// step per resource. `parti validate --live` compares the buckets through this too.
+pub(crate) async fn survey(
     js: &jetstream::Context,
     resources: &[Resource],
     bound: Duration,
-) -> anyhow::Result<Vec<Option<stream::Config>>> {
-    let mut out = Vec::with_capacity(resources.len());
+    policy: Policy,
+) -> anyhow::Result<(Vec<Option<stream::Config>>, Vec<Step>)> {
+    let mut existing = Vec::with_capacity(resources.len());
     for resource in resources {
-        let name = resource.stream_name();
-        let lookup = tokio::time::timeout(bound, js.get_stream(&name))
-            .await
-            .with_context(|| format!("timed out reading the stream {name}"))?;
-        match lookup {
-            Ok(stream) => out.push(Some(stream.cached_info().config.clone())),
-            Err(e) if is_not_found(&e) => out.push(None),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot read the stream {name} (is JetStream enabled?)")
-                });
-            }
-        }
+        existing.push(crate::buckets::stream_config(js, &resource.stream_name(), bound).await?);
     }
-    Ok(out)
-}
-
-/// Whether a stream look-up failed because the stream does not exist.
-fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
-    matches!(e.kind(), GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND)
+    let observed: Vec<_> = existing
+        .iter()
+        .map(|c| c.as_ref().map(plan::Observed::from_config))
+        .collect();
+    let steps = plan::plan(resources, &observed, policy);
+    Ok((existing, steps))
 }
 
 /// Carries every writing step out, one resource after the other; a failure is recorded on its
@@ -504,6 +485,8 @@ mod tests {
 
     #[test]
     fn the_stream_comes_after_the_four_buckets() {
+        use crate::buckets::Role;
+
         let targets = Targets {
             stream: Some("events".into()),
             subjects: vec!["b.>".into(), " a.> ".into(), "b.>".into()],
@@ -518,11 +501,11 @@ mod tests {
         assert_eq!(
             names,
             [
-                (Role::StableId, "parti-stableid"),
-                (Role::Election, "parti-election"),
-                (Role::Heartbeat, "parti-heartbeat"),
-                (Role::Assignment, "parti-assignment"),
-                (Role::Stream, "events"),
+                (Some(Role::StableId), "parti-stableid"),
+                (Some(Role::Election), "parti-election"),
+                (Some(Role::Heartbeat), "parti-heartbeat"),
+                (Some(Role::Assignment), "parti-assignment"),
+                (None, "events"),
             ]
         );
         assert_eq!(

@@ -21,7 +21,9 @@
 //!
 //! The bucket rules are those of the library's compatibility check, so that a bucket reported
 //! `ok` is one a worker opens: replicas 0 and 1 are the same, and limit markers a bucket does not
-//! need (the assignment bucket) are not drift.
+//! need (the assignment bucket) are not drift. `storage` is the one bucket field that check does
+//! not look at (a worker opens a memory bucket); `parti validate --live`, which reuses this
+//! comparison to tell whether workers would start, leaves it out.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -31,42 +33,7 @@ use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use parti::store::BucketSpec;
 use serde::Serialize;
 
-/// What a resource is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) enum Role {
-    /// The stable worker-ID bucket (`kvBuckets.stableId`).
-    StableId,
-    /// The leader-lease bucket (`kvBuckets.election`).
-    Election,
-    /// The heartbeat bucket (`kvBuckets.heartbeat`).
-    Heartbeat,
-    /// The assignment bucket (`kvBuckets.assignment`).
-    Assignment,
-    /// The JetStream stream a `WorkerConsumer` reads (`--stream`).
-    Stream,
-}
-
-impl Role {
-    /// The four bucket roles, in the order of `parti::Config::bucket_specs`.
-    pub(crate) const BUCKETS: [Role; 4] = [
-        Role::StableId,
-        Role::Election,
-        Role::Heartbeat,
-        Role::Assignment,
-    ];
-
-    /// The name used in reports (`stableId`, …, `stream`).
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Role::StableId => "stableId",
-            Role::Election => "election",
-            Role::Heartbeat => "heartbeat",
-            Role::Assignment => "assignment",
-            Role::Stream => "stream",
-        }
-    }
-}
+use crate::buckets::Role;
 
 /// A stream's retention policy, as `--retention` takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -123,8 +90,8 @@ pub(crate) enum Want {
 /// One resource to provision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Resource {
-    /// What it is for.
-    pub(crate) role: Role,
+    /// Which of the cluster's buckets it is; `None` for the stream a `WorkerConsumer` reads.
+    pub(crate) role: Option<Role>,
     /// The bucket or stream name.
     pub(crate) name: String,
     /// Its settings.
@@ -135,10 +102,24 @@ impl Resource {
     /// A bucket resource.
     pub(crate) fn bucket(role: Role, spec: BucketSpec) -> Self {
         Self {
-            role,
+            role: Some(role),
             name: spec.name.clone(),
             want: Want::Bucket(spec),
         }
+    }
+
+    /// The four buckets of a configuration, as a worker opens them, in [`Role::ALL`] order.
+    pub(crate) fn buckets(config: &parti::Config) -> Vec<Self> {
+        Role::ALL
+            .into_iter()
+            .zip(config.bucket_specs())
+            .map(|(role, spec)| Self::bucket(role, spec))
+            .collect()
+    }
+
+    /// The role's name in reports (`stableId`, …, `stream`).
+    pub(crate) fn role_name(&self) -> &'static str {
+        self.role.map_or("stream", Role::as_str)
     }
 
     /// The name of the JetStream stream behind it (`KV_<bucket>` for a bucket).
@@ -602,16 +583,12 @@ mod tests {
 
     /// The four buckets of the default configuration.
     fn buckets() -> Vec<Resource> {
-        Role::BUCKETS
-            .into_iter()
-            .zip(parti::Config::default().bucket_specs())
-            .map(|(role, spec)| Resource::bucket(role, spec))
-            .collect()
+        Resource::buckets(&parti::Config::default())
     }
 
     fn stream(subjects: &[&str], retention: RetentionPolicy) -> Resource {
         Resource {
-            role: Role::Stream,
+            role: None,
             name: "events".into(),
             want: Want::Stream(StreamSpec {
                 subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),

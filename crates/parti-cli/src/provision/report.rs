@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::plan::{Action, Field, Policy, Resource, Role, Step};
+use super::plan::{Action, Field, Policy, Resource, Step};
 
 /// The JSON schema version; raised on any incompatible change.
 const SCHEMA: u32 = 1;
@@ -82,7 +82,7 @@ struct Json<'a> {
 #[serde(rename_all = "camelCase")]
 struct JsonResource<'a> {
     kind: &'static str,
-    role: Role,
+    role: &'static str,
     name: &'a str,
     action: Action,
     want: BTreeMap<Field, String>,
@@ -167,7 +167,7 @@ impl<'a> Report<'a> {
             .iter()
             .map(|(resource, step, outcome)| JsonResource {
                 kind: resource.kind(),
-                role: resource.role,
+                role: resource.role_name(),
                 name: &resource.name,
                 action: step.action,
                 want: resource.wanted().into_iter().collect(),
@@ -217,7 +217,7 @@ impl<'a> Report<'a> {
             };
             rows.push([
                 resource.kind().to_owned(),
-                resource.role.as_str().to_owned(),
+                resource.role_name().to_owned(),
                 resource.name.clone(),
                 action,
             ]);
@@ -374,6 +374,7 @@ mod tests {
 
     use super::super::plan::{Observed, plan};
     use super::*;
+    use crate::buckets::Role;
 
     fn resources() -> Vec<Resource> {
         vec![
