@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Report, Severity};
+use crate::report::{Report, Severity, WorkerReport};
 
 /// A duration in milliseconds, short: `0.4s`, `12s`, `3m04s`, `2h05m`.
 pub(crate) fn age(ms: u64) -> String {
@@ -144,6 +144,15 @@ fn flags(report: &Report) -> Vec<String> {
     .collect()
 }
 
+/// The STATE cell: the heartbeat's state, with the reason next to a degraded one
+/// (`degraded (natsUnreachable)`).
+fn state(worker: &WorkerReport) -> String {
+    match (worker.state, worker.degraded_reason) {
+        (Some(state), Some(reason)) => format!("{state} ({reason})"),
+        (state, _) => opt(state),
+    }
+}
+
 fn workers_table(report: &Report) -> String {
     let rows: Vec<Vec<String>> = report
         .workers
@@ -153,7 +162,7 @@ fn workers_table(report: &Report) -> String {
                 w.id.clone(),
                 w.health.as_str().to_owned(),
                 if w.leader { "*" } else { "" }.to_owned(),
-                opt(w.state),
+                state(w),
                 opt(w.heartbeat_age_ms.map(age)),
                 opt(w.applied_version),
                 opt(w.assigned_version),

@@ -186,6 +186,9 @@ pub(crate) struct WorkerReport {
     pub(crate) id_claimed_at_ms: Option<u64>,
     /// From the heartbeat (`stable`, `scaling`, …).
     pub(crate) state: Option<&'static str>,
+    /// From the heartbeat, while its state is `degraded`: why (`natsUnreachable`, `kvErrors`;
+    /// see `docs/operations.md`). `None` otherwise, and for workers that do not report it.
+    pub(crate) degraded_reason: Option<parti::DegradedReason>,
     pub(crate) heartbeat_age_ms: Option<u64>,
     pub(crate) applied_version: Option<u64>,
     /// From the heartbeat: the latest commit it has carried out.
@@ -340,6 +343,9 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
             host: stable.map(|s| s.host.clone()),
             id_claimed_at_ms: stable.map(|s| s.claimed_at),
             state: beat.map(|b| b.state.as_str()),
+            degraded_reason: beat
+                .filter(|b| b.state == parti::State::Degraded)
+                .and_then(|b| b.degraded_reason),
             heartbeat_age_ms: age,
             applied_version: beat.map(|b| b.applied_version),
             released: beat.map(|b| b.released),

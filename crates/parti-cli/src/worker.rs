@@ -279,6 +279,7 @@ fn event_line(event: &Event) -> Option<String> {
         Event::LeadershipChanged {
             is_leader: false, ..
         } => Some("leadership lost".to_owned()),
+        Event::DegradedEntered { reason } => Some(format!("degraded: {reason}")),
         Event::DegradedAlert { level, duration } => Some(format!(
             "degraded alert {level}: degraded for {}",
             age(millis(*duration))
@@ -526,6 +527,14 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let line = describe(&Assignment::default(), &assignment(1, &many));
         assert!(line.ends_with("+p09 (+2 more)"), "{line}");
+    }
+
+    #[test]
+    fn entering_degraded_is_printed_with_its_reason() {
+        let line = event_line(&Event::DegradedEntered {
+            reason: parti::DegradedReason::NatsUnreachable,
+        });
+        assert_eq!(line.as_deref(), Some("degraded: natsUnreachable"));
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub use manager::{Manager, ManagerBuilder};
 pub use ownership::{OwnershipEvent, OwnershipRecord, OwnershipRecorder, OwnershipSink};
 pub use partition::{Partition, WorkerId};
 pub use stable_id::{IdStatus, StableIdConfig, StableIdLease};
-pub use state::{ClusterPhase, ScalingReason, State};
+pub use state::{ClusterPhase, DegradedReason, ScalingReason, State};
 pub use strategy::{AssignmentStrategy, ConsistentHash, RoundRobin, WeightedConsistentHash};
 
 /// The README's code, compiled as a doc test so that it cannot rot.

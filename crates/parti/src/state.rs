@@ -33,7 +33,8 @@ pub enum State {
     Rebalancing,
     /// A worker crashed; its partitions are being reassigned at once.
     Emergency,
-    /// NATS is unreachable or failing; the last assignment stays in force.
+    /// NATS is unreachable or failing; the last assignment stays in force. Why: a
+    /// [`DegradedReason`].
     Degraded,
     /// Stopping or stopped.
     Shutdown,
@@ -155,6 +156,69 @@ impl State {
 }
 
 impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a worker entered [`State::Degraded`]: the fixed, documented set of conditions the
+/// manager detects (SPEC §7; the table in `docs/operations.md`).
+///
+/// The reason is decided when the worker enters Degraded and stays the same until it leaves.
+/// It is visible through [`Manager::degraded_reason`](crate::Manager::degraded_reason),
+/// [`Event::DegradedEntered`](crate::Event::DegradedEntered),
+/// [`Hooks::on_degraded`](crate::Hooks::on_degraded), the worker's heartbeat value (and so
+/// `parti status`) and the metrics `parti_degraded_reason{reason}` and
+/// `parti_degraded_entered_total{reason}`. Its name (`as_str`, Display and serde) is camelCase.
+///
+/// ```
+/// use parti::DegradedReason;
+/// assert_eq!(DegradedReason::NatsUnreachable.as_str(), "natsUnreachable");
+/// assert_eq!(DegradedReason::KvErrors.to_string(), "kvErrors");
+/// let back: DegradedReason = serde_json::from_str("\"kvErrors\"")?;
+/// assert_eq!(back, DegradedReason::KvErrors);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum DegradedReason {
+    /// The client has had no connection to NATS for `degradedBehavior.enterThreshold`; also
+    /// when the KV errors below pile up while the connection is down (they are its symptom).
+    NatsUnreachable,
+    /// `degradedBehavior.kvErrorThreshold` KV calls failed within
+    /// `degradedBehavior.kvErrorWindow` while the client was connected. The calls counted are
+    /// the worker's lease renewals: heartbeat writes and stable-ID renewals.
+    KvErrors,
+}
+
+impl DegradedReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [DegradedReason; 2] =
+        [DegradedReason::NatsUnreachable, DegradedReason::KvErrors];
+
+    /// The reason's name, e.g. `natsUnreachable` (as in JSON, metrics and the CLI).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DegradedReason::NatsUnreachable => "natsUnreachable",
+            DegradedReason::KvErrors => "kvErrors",
+        }
+    }
+
+    /// The reason named `name` (see [`as_str`](Self::as_str)); `None` for a name this version
+    /// does not know, e.g. one written by a newer worker.
+    ///
+    /// ```
+    /// use parti::DegradedReason;
+    /// assert_eq!(DegradedReason::from_name("natsUnreachable"), Some(DegradedReason::NatsUnreachable));
+    /// assert_eq!(DegradedReason::from_name("solarFlare"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl fmt::Display for DegradedReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -315,6 +379,22 @@ mod tests {
                 assert!(s.can_transition_to(State::Shutdown), "{s} -> shutdown");
             }
         }
+    }
+
+    #[test]
+    fn degraded_reasons_have_stable_camel_case_names() {
+        for reason in DegradedReason::ALL {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("\"{}\"", reason.as_str()));
+            assert_eq!(reason.to_string(), reason.as_str());
+            assert_eq!(DegradedReason::from_name(reason.as_str()), Some(reason));
+            assert_eq!(
+                serde_json::from_str::<DegradedReason>(&json).unwrap(),
+                reason
+            );
+        }
+        let names: Vec<&str> = DegradedReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, ["natsUnreachable", "kvErrors"]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use common::*;
 use parti::hooks::{AlertLevel, Event};
 use parti::source::Static;
 use parti::store::{BucketSpec, NatsStore, Store};
-use parti::{Config, Error, Manager, State};
+use parti::{Config, DegradedReason, Error, Manager, State};
 use parti_testkit::{FaultProxy, NatsCluster, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(15);
@@ -40,6 +40,41 @@ fn collect_alerts(manager: &Manager) -> Arc<Mutex<Vec<AlertLevel>>> {
     alerts
 }
 
+/// Collects the reasons of the `DegradedEntered` events a manager emits.
+fn collect_degraded(manager: &Manager) -> Arc<Mutex<Vec<DegradedReason>>> {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let mut events = manager.events();
+    let sink = reasons.clone();
+    tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            if let Event::DegradedEntered { reason } = event {
+                sink.lock().unwrap().push(reason);
+            }
+        }
+    });
+    reasons
+}
+
+/// Waits until `manager` reported entering Degraded for `reason`, through the event and the
+/// accessor alike.
+async fn wait_degraded_for(
+    manager: &Manager,
+    entered: &Mutex<Vec<DegradedReason>>,
+    reason: DegradedReason,
+) {
+    wait_until(SETTLE, "the DegradedEntered event", || async {
+        !entered.lock().unwrap().is_empty()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *entered.lock().unwrap(),
+        [reason],
+        "entered once, for {reason}"
+    );
+    assert_eq!(manager.degraded_reason(), Some(reason));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_recover() {
     let mut cluster = TestCluster::start(outage_config(), partitions(120)).await;
@@ -47,7 +82,9 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
     let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     wait_all_stable(&cluster, &workers, SETTLE).await;
     let alerts: Vec<_> = workers.iter().map(|(m, _)| collect_alerts(m)).collect();
+    let entered: Vec<_> = workers.iter().map(|(m, _)| collect_degraded(m)).collect();
     let held: Vec<_> = workers.iter().map(|(m, _)| m.assignment()).collect();
+    assert!(workers.iter().all(|(m, _)| m.degraded_reason().is_none()));
 
     let killed_at = Instant::now();
     cluster.server.kill().await.unwrap();
@@ -57,6 +94,11 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
     .await
     .unwrap();
     let to_degraded = killed_at.elapsed();
+    // The server is gone: every worker says so, whatever tripped first (the connection
+    // threshold or the failed calls it causes).
+    for ((m, _), entered) in workers.iter().zip(&entered) {
+        wait_degraded_for(m, entered, DegradedReason::NatsUnreachable).await;
+    }
     for ((m, _), before) in workers.iter().zip(&held) {
         assert_eq!(
             m.assignment(),
@@ -101,6 +143,10 @@ async fn s09a_nats_killed_and_restarted_workers_degrade_keep_partitions_and_reco
         moved(&before.map, &after.map),
         0,
         "nothing moved: nobody died"
+    );
+    assert!(
+        workers.iter().all(|(m, _)| m.degraded_reason().is_none()),
+        "no reason once recovered"
     );
     println!("s09a: fault→Degraded {to_degraded:?}, heal→Stable {to_stable:?}, moved 0");
     for (m, _) in &workers {
@@ -148,6 +194,9 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
     .unwrap();
     assert!(!cut.is_leader());
     let owned = cut.assignment();
+    let entered = collect_degraded(&cut);
+    let mut reason_watch = cut.watch_degraded_reason();
+    assert_eq!(*reason_watch.borrow_and_update(), None);
 
     proxy.blackhole();
     let cut_at = Instant::now();
@@ -157,6 +206,13 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
     .await
     .unwrap();
     let to_degraded = cut_at.elapsed();
+    // Cut off, not failing: the pings go unanswered and the client drops the link.
+    wait_degraded_for(&cut, &entered, DegradedReason::NatsUnreachable).await;
+    assert!(reason_watch.has_changed().unwrap());
+    assert_eq!(
+        *reason_watch.borrow_and_update(),
+        Some(DegradedReason::NatsUnreachable)
+    );
     assert_eq!(
         cut.assignment(),
         owned,
@@ -201,6 +257,8 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
         healed_at.elapsed(),
         owned.partitions.len()
     );
+    assert_eq!(cut.degraded_reason(), None, "no reason once recovered");
+    assert_eq!(*reason_watch.borrow_and_update(), None);
     workers.push((cut, Recorder::default()));
     wait_all_stable(&cluster, &workers, SETTLE).await;
     for (m, _) in &workers {
@@ -302,6 +360,66 @@ async fn s09c_cut_off_leader_is_replaced_and_fenced() {
     for (m, _) in &workers {
         m.stop().await.unwrap();
     }
+}
+
+/// KV calls that fail while the connection stays up degrade a worker for `kvErrors`, and the
+/// worker's heartbeat says so once a write gets through again (the memory store can fail calls
+/// of a connected client; a real server cannot be made to).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09d_failing_kv_calls_degrade_for_kv_errors_and_the_heartbeat_says_why() {
+    use parti::heartbeat::HeartbeatValue;
+    use parti::store::{MemoryStore, codec};
+
+    let store = MemoryStore::new();
+    let client = store.client();
+    let mut config = outage_config();
+    // A recovery window long enough to read the heartbeats written inside it.
+    config.degraded_behavior.exit_threshold = Duration::from_secs(3);
+    let manager = Manager::builder_with_store(Arc::new(client.clone()))
+        .config(config.clone())
+        .source(Static::new(partitions(12)))
+        .start()
+        .await
+        .unwrap();
+    let id = manager.worker_id();
+    let entered = collect_degraded(&manager);
+    let heartbeats = store.bucket(&config.bucket_specs()[2]).await.unwrap();
+    let beat = || async {
+        let entry = heartbeats.get(id.as_str()).await.ok()??;
+        codec::decode::<HeartbeatValue>(heartbeats.name(), id.as_str(), &entry.value).ok()
+    };
+
+    client.faults().set_failure_rate(1.0);
+    wait_until(SETTLE, "the worker to degrade", || async {
+        manager.state() == State::Degraded
+    })
+    .await
+    .unwrap();
+    assert!(client.is_connected(), "failing, not cut off");
+    wait_degraded_for(&manager, &entered, DegradedReason::KvErrors).await;
+
+    client.faults().set_failure_rate(0.0);
+    wait_until(SETTLE, "a heartbeat naming the reason", || async {
+        beat().await.is_some_and(|b| {
+            b.state == State::Degraded && b.degraded_reason == Some(DegradedReason::KvErrors)
+        })
+    })
+    .await
+    .unwrap();
+    wait_until(
+        SETTLE,
+        "recovery, and a heartbeat without a reason",
+        || async {
+            manager.state() != State::Degraded
+                && beat()
+                    .await
+                    .is_some_and(|b| b.state != State::Degraded && b.degraded_reason.is_none())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(manager.degraded_reason(), None);
+    manager.stop().await.unwrap();
 }
 
 async fn proxied_worker_started_first(cluster: &TestCluster, proxy: &FaultProxy) -> Manager {

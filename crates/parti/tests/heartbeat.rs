@@ -217,6 +217,7 @@ async fn undecodable_heartbeats_are_never_workers_and_good_ones_are_under_any_ke
             released: 1,
             lapses: 0,
             expelled: false,
+            degraded_reason: None,
         })
         .unwrap()
     };

@@ -72,6 +72,7 @@ impl World {
             released: 3,
             lapses: 0,
             expelled: false,
+            degraded_reason: None,
         };
         let bytes = codec::encode(&value).unwrap();
         self.snapshot
@@ -410,6 +411,7 @@ fn json_field_names_are_the_documented_ones() {
         [
             "appliedVersion",
             "assignedVersion",
+            "degradedReason",
             "health",
             "heartbeatAgeMs",
             "host",
@@ -425,6 +427,10 @@ fn json_field_names_are_the_documented_ones() {
         ]
     );
     assert_eq!(json["workers"][1]["health"], "expired");
+    assert_eq!(
+        json["workers"][0]["degradedReason"],
+        serde_json::Value::Null
+    );
     assert_eq!(
         keys(&json["issues"][0]),
         ["kind", "message", "severity", "subject"]
@@ -735,4 +741,77 @@ fn watch_holds_lag_back_for_one_heartbeat_interval() {
     let mut report = healthy().leader("w-1", 2).report();
     hold.apply(&mut report);
     assert!(report.consistent && report.below_floor.is_empty());
+}
+
+impl World {
+    /// A live worker whose heartbeat says `state`, with `reason` as its `degradedReason`.
+    fn beat_state(mut self, id: &str, state: State, reason: Option<parti::DegradedReason>) -> Self {
+        self = self
+            .id(id, &format!("i-{id}"))
+            .beat(id, &format!("i-{id}"), 100);
+        let mut value: HeartbeatValue =
+            codec::decode("b", id, &self.snapshot.heartbeats[id].value).unwrap();
+        value.state = state;
+        value.degraded_reason = reason;
+        let bytes = codec::encode(&value).unwrap();
+        self.snapshot
+            .heartbeats
+            .insert(id.into(), entry(id, bytes, 2));
+        self
+    }
+}
+
+#[test]
+fn a_degraded_worker_shows_why_in_json_and_in_the_table() {
+    use parti::DegradedReason::{KvErrors, NatsUnreachable};
+    let report = World::new()
+        .beat_state("w-0", State::Degraded, Some(NatsUnreachable))
+        .beat_state("w-1", State::Degraded, Some(KvErrors))
+        // A worker that predates the field: degraded, reason unknown.
+        .beat_state("w-2", State::Degraded, None)
+        // A reason left next to another state is not shown.
+        .beat_state("w-3", State::Stable, Some(KvErrors))
+        .leader("w-3", 7)
+        .owns("w-0", vec!["a"])
+        .owns("w-1", vec!["b"])
+        .owns("w-2", vec!["c"])
+        .owns("w-3", vec!["d"])
+        .report();
+    let reasons: Vec<_> = ["w-0", "w-1", "w-2", "w-3"]
+        .iter()
+        .map(|id| worker(&report, id).degraded_reason)
+        .collect();
+    assert_eq!(reasons, [Some(NatsUnreachable), Some(KvErrors), None, None]);
+    // Being degraded is not an issue of its own: the state column says it.
+    assert!(
+        report.consistent && report.issues.is_empty(),
+        "{:?}",
+        report.issues
+    );
+
+    let json = serde_json::to_value(&report).unwrap();
+    let field = |i: usize| json["workers"][i]["degradedReason"].clone();
+    assert_eq!(field(0), "natsUnreachable");
+    assert_eq!(field(1), "kvErrors");
+    assert_eq!(field(2), serde_json::Value::Null);
+    assert_eq!(field(3), serde_json::Value::Null);
+    assert_eq!(json["workers"][0]["state"], "degraded");
+
+    let text = crate::render::human(&report, "nats://test:4222");
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row for {id} in\n{text}"))
+            .to_owned()
+    };
+    assert!(row("w-0").contains("degraded (natsUnreachable)"), "{text}");
+    assert!(row("w-1").contains("degraded (kvErrors)"), "{text}");
+    assert!(
+        row("w-2").contains("degraded") && !row("w-2").contains('('),
+        "{text}"
+    );
+    assert!(
+        row("w-3").contains("stable") && !row("w-3").contains("kvErrors"),
+        "{text}"
+    );
 }

@@ -477,6 +477,7 @@ mod tests {
             released: 0,
             lapses: 0,
             expelled: false,
+            degraded_reason: None,
         };
         Entry {
             key: key.into(),

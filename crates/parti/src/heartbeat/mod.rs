@@ -1,5 +1,5 @@
-//! Heartbeats (SPEC §5.2): each worker puts `{instance, ts, state, appliedVersion}` under its ID
-//! every interval; the bucket's `max_age` is the heartbeat TTL with limit markers, so a crash shows
+//! Heartbeats (SPEC §5.2): each worker puts `{instance, ts, state, appliedVersion}` (and, while
+//! degraded, `degradedReason`) under its ID every interval; the bucket's `max_age` is the heartbeat TTL with limit markers, so a crash shows
 //! up as an expiry event. A graceful stop deletes the key (a *leave*).
 //!
 //! [`Heartbeater`] is the writing side, [`MembershipWatcher`] turns the bucket into
@@ -10,7 +10,7 @@ mod membership;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -18,7 +18,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::clock::{unix_ms, unix_ns};
 use crate::error::Result;
 use crate::partition::WorkerId;
-use crate::state::State;
+use crate::state::{DegradedReason, State};
 use crate::store::codec;
 use crate::store::{Bucket, BucketSpec};
 
@@ -73,6 +73,27 @@ pub struct HeartbeatValue {
     /// back under a new lineage, holding nothing until a commit names it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expelled: bool,
+    /// While `state` is `degraded`: why the worker entered Degraded (absent otherwise, and from
+    /// workers that predate it). Read leniently: a reason this version does not know (written
+    /// by a newer worker) or a value that is not a reason name reads as `None`, so the
+    /// heartbeat itself stays valid.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_reason"
+    )]
+    pub degraded_reason: Option<DegradedReason>,
+}
+
+/// `degradedReason` as written, `None` for anything that is not a known reason's name.
+fn lenient_reason<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<DegradedReason>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(value
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .and_then(DegradedReason::from_name))
 }
 
 impl HeartbeatValue {
@@ -97,6 +118,8 @@ pub struct HeartbeatInfo {
     pub released: u64,
     /// See [`HeartbeatValue::lapses`].
     pub lapses: u64,
+    /// See [`HeartbeatValue::degraded_reason`].
+    pub degraded_reason: Option<DegradedReason>,
 }
 
 impl HeartbeatInfo {
@@ -107,6 +130,7 @@ impl HeartbeatInfo {
             applied_version: version,
             released: version,
             lapses: 0,
+            degraded_reason: None,
         }
     }
 }
@@ -216,6 +240,7 @@ impl Heartbeater {
             released: last.released,
             lapses: last.lapses,
             expelled: false,
+            degraded_reason: last.degraded_reason,
         };
         // The last word matters less than leaving: delete even when the put failed (a leader
         // that missed the `Shutdown` value waits one TTL before handing our partitions on).
@@ -281,6 +306,7 @@ impl Beat {
                 released: info.released,
                 lapses: info.lapses,
                 expelled: false,
+                degraded_reason: info.degraded_reason,
             };
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -392,5 +418,70 @@ impl Beat {
         self.revoked_lineage = Some(ours.lapses);
         self.revoked.send_replace(ours.lapses);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(degraded_reason: Option<DegradedReason>) -> HeartbeatValue {
+        HeartbeatValue {
+            instance: "i-1".into(),
+            ts: 1_700_000_000_000,
+            state: if degraded_reason.is_some() {
+                State::Degraded
+            } else {
+                State::Stable
+            },
+            applied_version: 4,
+            released: 4,
+            lapses: 0,
+            expelled: false,
+            degraded_reason,
+        }
+    }
+
+    #[test]
+    fn degraded_reason_round_trips_and_is_left_out_when_absent() {
+        for reason in DegradedReason::ALL {
+            let with = value(Some(reason));
+            let bytes = codec::encode(&with).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(json["degradedReason"], reason.as_str());
+            let back: HeartbeatValue = codec::decode("hb", "worker-1", &bytes).unwrap();
+            assert_eq!(back, with);
+        }
+        let without = value(None);
+        let bytes = codec::encode(&without).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(
+            json.get("degradedReason").is_none(),
+            "an old reader's view is unchanged: {json}"
+        );
+        let back: HeartbeatValue = codec::decode("hb", "worker-1", &bytes).unwrap();
+        assert_eq!(back, without);
+    }
+
+    #[test]
+    fn a_value_of_an_older_writer_decodes_without_a_reason() {
+        // As written before `degradedReason` (and `released`, `lapses`) existed.
+        let old = br#"{"v":1,"instance":"i-1","ts":5,"state":"degraded","appliedVersion":3}"#;
+        let back: HeartbeatValue = codec::decode("hb", "worker-1", old).unwrap();
+        assert_eq!(back.state, State::Degraded);
+        assert_eq!(back.degraded_reason, None);
+    }
+
+    #[test]
+    fn an_unknown_or_malformed_reason_keeps_the_heartbeat_valid() {
+        for reason in [r#""solarFlare""#, "7", "null", r#"{"kind":"x"}"#] {
+            let bytes = format!(
+                r#"{{"v":1,"instance":"i-1","ts":5,"state":"degraded","appliedVersion":3,"degradedReason":{reason}}}"#
+            );
+            let back: HeartbeatValue = codec::decode("hb", "worker-1", bytes.as_bytes())
+                .unwrap_or_else(|e| panic!("{reason}: {e}"));
+            assert_eq!(back.degraded_reason, None, "{reason}");
+            assert_eq!(back.applied_version, 3);
+        }
     }
 }

@@ -227,6 +227,7 @@ impl ManagerBuilder {
         let (assignment, assignment_rx) = watch::channel(Arc::new(Assignment::default()));
         let (worker_id, worker_id_rx) = watch::channel(None);
         let (leader, leader_rx) = watch::channel(false);
+        let (degraded_reason, degraded_reason_rx) = watch::channel(None);
         let (refresh, refresh_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let runtime = Runtime {
@@ -250,6 +251,7 @@ impl ManagerBuilder {
                 assignment,
                 worker_id,
                 leader,
+                degraded_reason,
             },
             refresh: refresh_rx,
         };
@@ -259,6 +261,7 @@ impl ManagerBuilder {
             assignment: assignment_rx,
             worker_id: worker_id_rx,
             leader: leader_rx,
+            degraded_reason: degraded_reason_rx,
             held,
             instance,
             events,

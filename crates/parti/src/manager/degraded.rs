@@ -1,4 +1,5 @@
-//! When to enter and leave Degraded mode, and when to alert (SPEC §7). Pure: time is an argument.
+//! When to enter and leave Degraded mode, why, and when to alert (SPEC §7). Pure: time is an
+//! argument; the runtime does the I/O.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -7,16 +8,39 @@ use tokio::time::Instant;
 
 use super::hooks::AlertLevel;
 use crate::config::{DegradedAlertConfig, DegradedBehaviorConfig};
+use crate::state::DegradedReason;
 
 /// What the tracker concluded from one observation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Nothing changed.
     Unchanged,
-    /// Enter Degraded now.
-    Enter,
+    /// Enter Degraded now, for this reason.
+    Enter(DegradedReason),
     /// Leave Degraded now (after `exitThreshold` of health).
     Exit,
+}
+
+/// Why to enter Degraded, given what one observation found (`None`: stay out).
+///
+/// - `cut_off`: the connection has been down for `enterThreshold`;
+/// - `disconnected`: the connection is down now (for however long);
+/// - `failing`: `kvErrorThreshold` KV errors within `kvErrorWindow`.
+///
+/// No connection wins over KV errors: errors that pile up while the connection is down are its
+/// symptom, and the connection is what an operator must look at.
+pub(crate) fn entry_reason(
+    cut_off: bool,
+    disconnected: bool,
+    failing: bool,
+) -> Option<DegradedReason> {
+    if cut_off || (failing && disconnected) {
+        Some(DegradedReason::NatsUnreachable)
+    } else if failing {
+        Some(DegradedReason::KvErrors)
+    } else {
+        None
+    }
 }
 
 #[derive(Debug)]
@@ -27,8 +51,8 @@ pub(crate) struct DegradedTracker {
     disconnected_since: Option<Instant>,
     /// Recent KV errors, within `kvErrorWindow`.
     errors: VecDeque<Instant>,
-    /// Since when we are degraded.
-    degraded_since: Option<Instant>,
+    /// Since when we are degraded, and why.
+    degraded_since: Option<(Instant, DegradedReason)>,
     /// Since when we have been healthy while degraded.
     healthy_since: Option<Instant>,
     /// Highest alert level raised in this episode, and when the last alert fired.
@@ -50,6 +74,12 @@ impl DegradedTracker {
 
     pub(crate) fn is_degraded(&self) -> bool {
         self.degraded_since.is_some()
+    }
+
+    /// Why we are degraded (`None` while not).
+    #[cfg(test)]
+    pub(crate) fn reason(&self) -> Option<DegradedReason> {
+        self.degraded_since.map(|(_, reason)| reason)
     }
 
     /// Records one failed KV call.
@@ -80,13 +110,14 @@ impl DegradedTracker {
                     now.saturating_duration_since(t) >= self.behavior.enter_threshold
                 });
                 let failing = self.errors.len() >= self.behavior.kv_error_threshold as usize;
-                if cut_off || failing {
-                    self.degraded_since = Some(now);
-                    self.healthy_since = None;
-                    self.last_alert = None;
-                    Verdict::Enter
-                } else {
-                    Verdict::Unchanged
+                match entry_reason(cut_off, !connected, failing) {
+                    Some(reason) => {
+                        self.degraded_since = Some((now, reason));
+                        self.healthy_since = None;
+                        self.last_alert = None;
+                        Verdict::Enter(reason)
+                    }
+                    None => Verdict::Unchanged,
                 }
             }
             Some(_) => {
@@ -112,7 +143,7 @@ impl DegradedTracker {
     /// The alert due now, if any: a new level reached, or the current level repeated after
     /// `alertInterval`. Zero thresholds disable their level.
     pub(crate) fn due_alert(&mut self, now: Instant) -> Option<(AlertLevel, Duration)> {
-        let since = self.degraded_since?;
+        let (since, _) = self.degraded_since?;
         let degraded_for = now.saturating_duration_since(since);
         let levels = [
             (AlertLevel::Info, self.alerts.info_threshold),
@@ -176,8 +207,9 @@ mod tests {
         );
         assert_eq!(
             t.observe(t0 + Duration::from_secs(10), false),
-            Verdict::Enter
+            Verdict::Enter(DegradedReason::NatsUnreachable)
         );
+        assert_eq!(t.reason(), Some(DegradedReason::NatsUnreachable));
         assert_eq!(
             t.observe(t0 + Duration::from_secs(11), true),
             Verdict::Unchanged
@@ -197,6 +229,7 @@ mod tests {
         );
         assert_eq!(t.observe(t0 + Duration::from_secs(19), true), Verdict::Exit);
         assert!(!t.is_degraded());
+        assert_eq!(t.reason(), None);
     }
 
     #[test]
@@ -230,9 +263,10 @@ mod tests {
         t.record_error(t0 + Duration::from_secs(33));
         assert_eq!(
             t.observe(t0 + Duration::from_secs(33), true),
-            Verdict::Enter,
+            Verdict::Enter(DegradedReason::KvErrors),
             "three errors within the window"
         );
+        assert_eq!(t.reason(), Some(DegradedReason::KvErrors));
     }
 
     #[test]
@@ -241,7 +275,10 @@ mod tests {
         let mut t = tracker();
         t.observe(t0, false);
         let start = t0 + Duration::from_secs(10);
-        assert_eq!(t.observe(start, false), Verdict::Enter);
+        assert_eq!(
+            t.observe(start, false),
+            Verdict::Enter(DegradedReason::NatsUnreachable)
+        );
         assert_eq!(t.due_alert(start + Duration::from_secs(29)), None);
         let at = |s| start + Duration::from_secs(s);
         assert_eq!(t.due_alert(at(30)).map(|a| a.0), Some(AlertLevel::Info));
@@ -258,5 +295,69 @@ mod tests {
             t.due_alert(at(600)).map(|a| a.0),
             Some(AlertLevel::Critical)
         );
+    }
+
+    #[test]
+    fn entry_reason_names_each_condition_and_prefers_the_connection() {
+        use DegradedReason::{KvErrors, NatsUnreachable};
+        // (cut_off, disconnected, failing) → reason
+        let cases = [
+            ((false, false, false), None),
+            ((false, true, false), None),
+            ((true, true, false), Some(NatsUnreachable)),
+            ((false, false, true), Some(KvErrors)),
+            ((false, true, true), Some(NatsUnreachable)),
+            ((true, true, true), Some(NatsUnreachable)),
+        ];
+        for ((cut_off, disconnected, failing), want) in cases {
+            assert_eq!(
+                entry_reason(cut_off, disconnected, failing),
+                want,
+                "cut_off {cut_off}, disconnected {disconnected}, failing {failing}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_burst_while_disconnected_is_the_connection() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        // Three failed calls within a second of losing the connection: well before
+        // `enterThreshold` (10 s), but the connection is what is down.
+        assert_eq!(t.observe(t0, false), Verdict::Unchanged);
+        for s in 0..3 {
+            t.record_error(t0 + Duration::from_millis(300 * s));
+        }
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(1), false),
+            Verdict::Enter(DegradedReason::NatsUnreachable)
+        );
+    }
+
+    #[test]
+    fn the_reason_is_kept_for_the_episode_and_a_new_episode_decides_again() {
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut t = tracker();
+        for s in 0..3 {
+            t.record_error(at(s));
+        }
+        assert_eq!(
+            t.observe(at(2), true),
+            Verdict::Enter(DegradedReason::KvErrors)
+        );
+        // The connection drops while degraded: still the reason it entered for.
+        assert_eq!(t.observe(at(3), false), Verdict::Unchanged);
+        assert_eq!(t.observe(at(20), false), Verdict::Unchanged);
+        assert_eq!(t.reason(), Some(DegradedReason::KvErrors));
+        assert_eq!(t.observe(at(21), true), Verdict::Unchanged);
+        assert_eq!(t.observe(at(26), true), Verdict::Exit);
+        // A new episode: cut off this time.
+        assert_eq!(t.observe(at(30), false), Verdict::Unchanged);
+        assert_eq!(
+            t.observe(at(40), false),
+            Verdict::Enter(DegradedReason::NatsUnreachable)
+        );
+        assert_eq!(t.reason(), Some(DegradedReason::NatsUnreachable));
     }
 }

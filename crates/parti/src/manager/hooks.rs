@@ -19,7 +19,7 @@ use crate::consumer::WorkerConsumer;
 use crate::error::Error;
 use crate::ownership::OwnershipRecord;
 use crate::partition::{Partition, WorkerId};
-use crate::state::State;
+use crate::state::{DegradedReason, State};
 
 /// How loud a degraded-mode alert is; levels escalate with the time spent degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +76,10 @@ pub trait Hooks: Send + Sync + fmt::Debug + 'static {
     async fn on_state_changed(&self, _from: State, _to: State) {}
     /// This worker became leader (`true`) or stopped being leader (`false`).
     async fn on_leadership_changed(&self, _is_leader: bool) {}
+    /// The worker entered Degraded, for `reason`. Called right after
+    /// [`on_state_changed`](Self::on_state_changed) to `Degraded`; the reason holds until the
+    /// worker leaves Degraded (see [`Manager::degraded_reason`](crate::Manager::degraded_reason)).
+    async fn on_degraded(&self, _reason: DegradedReason) {}
     /// The worker has been degraded for `duration` and reached `level` (repeated every
     /// `alertInterval`).
     async fn on_degraded_alert(&self, _level: AlertLevel, _duration: Duration) {}
@@ -123,6 +127,12 @@ pub enum Event {
         is_leader: bool,
         /// The lease term when leading.
         term: Option<u64>,
+    },
+    /// The worker entered Degraded (right after the [`StateChanged`](Event::StateChanged) to
+    /// it), and why.
+    DegradedEntered {
+        /// Why it entered; the same until it leaves Degraded.
+        reason: DegradedReason,
     },
     /// A degraded-mode alert.
     DegradedAlert {
@@ -191,6 +201,7 @@ pub(crate) fn spawn_dispatcher(
                 Event::LeadershipChanged { is_leader, .. } => {
                     hooks.on_leadership_changed(*is_leader).await
                 }
+                Event::DegradedEntered { reason } => hooks.on_degraded(*reason).await,
                 Event::DegradedAlert { level, duration } => {
                     hooks.on_degraded_alert(*level, *duration).await
                 }
@@ -266,6 +277,37 @@ mod tests {
                 "election->waiting_assignment"
             ]
         );
+        drop(sink);
+        task.await.unwrap();
+    }
+
+    #[derive(Debug, Default)]
+    struct DegradedRecorder {
+        reasons: Mutex<Vec<DegradedReason>>,
+    }
+
+    #[async_trait]
+    impl Hooks for DegradedRecorder {
+        async fn on_degraded(&self, reason: DegradedReason) {
+            self.reasons.lock().unwrap().push(reason);
+        }
+    }
+
+    #[tokio::test]
+    async fn degraded_entered_reaches_on_degraded_and_subscribers() {
+        let recorder = Arc::new(DegradedRecorder::default());
+        let (tx, mut rx) = broadcast::channel(16);
+        let (sink, task) = spawn_dispatcher(recorder.clone(), tx);
+        for reason in DegradedReason::ALL {
+            sink.emit(Event::DegradedEntered { reason });
+        }
+        for want in DegradedReason::ALL {
+            match rx.recv().await.unwrap() {
+                Event::DegradedEntered { reason } => assert_eq!(reason, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(*recorder.reasons.lock().unwrap(), DegradedReason::ALL);
         drop(sink);
         task.await.unwrap();
     }

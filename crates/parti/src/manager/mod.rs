@@ -41,7 +41,7 @@ use hooks::Event;
 use crate::assignment::Assignment;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
-use crate::state::State;
+use crate::state::{DegradedReason, State};
 
 /// Why a state wait ended without the state it waited for.
 #[derive(Debug)]
@@ -63,6 +63,8 @@ pub struct Manager {
     assignment: watch::Receiver<Arc<Assignment>>,
     worker_id: watch::Receiver<Option<WorkerId>>,
     leader: watch::Receiver<bool>,
+    /// Why the worker is degraded (`None` while it is not).
+    degraded_reason: watch::Receiver<Option<DegradedReason>>,
     /// What is held now, with epochs (sent by the fence task).
     held: watch::Receiver<Arc<crate::ownership::Held>>,
     /// This process start's random ID (as in heartbeats and ownership records).
@@ -153,6 +155,19 @@ impl Manager {
     /// A receiver of leadership changes (`true` while leading).
     pub fn watch_leadership(&self) -> watch::Receiver<bool> {
         self.leader.clone()
+    }
+
+    /// Why the worker is [`Degraded`](State::Degraded): `Some` from the moment it enters
+    /// (set just before the state changes) until it leaves; `None` otherwise. The reason is
+    /// decided on entering and does not change during the episode. The set of reasons is
+    /// [`DegradedReason`] (documented in `docs/operations.md`).
+    pub fn degraded_reason(&self) -> Option<DegradedReason> {
+        *self.degraded_reason.borrow()
+    }
+
+    /// A receiver that sees every change of [`degraded_reason`](Self::degraded_reason).
+    pub fn watch_degraded_reason(&self) -> watch::Receiver<Option<DegradedReason>> {
+        self.degraded_reason.clone()
     }
 
     /// Every [`Event`], in order, after the hooks saw it.

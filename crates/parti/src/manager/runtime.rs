@@ -31,7 +31,7 @@ use crate::partition::WorkerId;
 use crate::records::{REFRESH_KEY, RefreshRequest};
 use crate::source::PartitionSource;
 use crate::stable_id::{self, IdStatus, StableIdConfig, StableIdLease};
-use crate::state::{ClusterPhase, State};
+use crate::state::{ClusterPhase, DegradedReason, State};
 use crate::store::{Bucket, Store, codec};
 use crate::strategy::AssignmentStrategy;
 
@@ -51,6 +51,18 @@ pub(crate) struct Outputs {
     pub(crate) assignment: watch::Sender<Arc<Assignment>>,
     pub(crate) worker_id: watch::Sender<Option<WorkerId>>,
     pub(crate) leader: watch::Sender<bool>,
+    /// Why the worker is degraded (`None` while it is not).
+    pub(crate) degraded_reason: watch::Sender<Option<DegradedReason>>,
+}
+
+/// Sets `parti_degraded` and `parti_degraded_reason{reason}` (1 for the current reason, 0 for
+/// the others; all 0 while not degraded).
+fn publish_degraded_metrics(current: Option<DegradedReason>) {
+    metrics::gauge!("parti_degraded").set(if current.is_some() { 1.0 } else { 0.0 });
+    for reason in DegradedReason::ALL {
+        metrics::gauge!("parti_degraded_reason", "reason" => reason.as_str())
+            .set(if current == Some(reason) { 1.0 } else { 0.0 });
+    }
 }
 
 /// The lease is held for `heartbeatTtl − heartbeatTtl / LEASE_MARGIN_DIVISOR` after a renewal
@@ -380,17 +392,23 @@ impl Runtime {
                         degraded.record_error(now);
                     }
                     match degraded.observe(now, self.store.is_connected()) {
-                        Verdict::Enter => {
-                            tracing::warn!(worker = %id, "entering degraded mode: keeping the last assignment");
-                            metrics::gauge!("parti_degraded").set(1.0);
+                        Verdict::Enter(reason) => {
+                            tracing::warn!(worker = %id, %reason, "entering degraded mode: keeping the last assignment");
+                            publish_degraded_metrics(Some(reason));
+                            metrics::counter!("parti_degraded_entered_total", "reason" => reason.as_str()).increment(1);
                             // No crash is declared while we cannot see the cluster.
                             suppress_tx.send_replace(Some(tokio::time::Instant::now().into_std() + SUPPRESS_WHILE_DEGRADED));
-                            self.out.state.set(State::Degraded);
+                            // The reason first: whoever sees the state sees why.
+                            self.out.degraded_reason.send_replace(Some(reason));
+                            if self.out.state.set(State::Degraded) {
+                                self.events.emit(Event::DegradedEntered { reason });
+                            }
                         }
                         Verdict::Exit => {
                             tracing::info!(worker = %id, "leaving degraded mode");
-                            metrics::gauge!("parti_degraded").set(0.0);
+                            publish_degraded_metrics(None);
                             metrics::gauge!("parti_alert_level").set(0.0);
+                            self.out.degraded_reason.send_replace(None);
                             if matches!(*id_status.borrow(), IdStatus::Lost { .. }) {
                                 break IdExit::Lost;
                             }
@@ -429,6 +447,11 @@ impl Runtime {
         if let Some(task) = leader.take() {
             task.stop().await;
         }
+        // Leaving this ID's run (a stop, a lost ID) ends a degraded episode too.
+        if self.out.degraded_reason.send_replace(None).is_some() {
+            publish_degraded_metrics(None);
+            metrics::gauge!("parti_alert_level").set(0.0);
+        }
         if self.out.leader.send_replace(false) {
             metrics::gauge!("parti_leader").set(0.0);
             self.events.emit(Event::LeadershipChanged {
@@ -456,6 +479,7 @@ impl Runtime {
                 let last = HeartbeatInfo {
                     state: State::Shutdown,
                     released: *self.released.borrow(),
+                    degraded_reason: None,
                     ..*session.info.borrow()
                 };
                 if let Err(e) = heartbeater.stop_with(last).await {
@@ -556,13 +580,16 @@ impl Runtime {
         }
     }
 
-    /// Keeps the heartbeat value current: state, versions, lineage.
+    /// Keeps the heartbeat value current: state, versions, lineage, why degraded.
     fn report(&self, session: &Session) {
+        let state = self.out.state.get();
         let info = HeartbeatInfo {
-            state: self.out.state.get(),
+            state,
             applied_version: self.out.assignment.borrow().version,
             released: *self.released.borrow(),
             lapses: self.holder.as_ref().map_or(0, Holder::lapses),
+            degraded_reason: (*self.out.degraded_reason.borrow())
+                .filter(|_| state == State::Degraded),
         };
         session.info.send_if_modified(|current| {
             let changed = *current != info;
