@@ -221,6 +221,11 @@ impl Leader {
 
     /// A published worker that is gone (not in `live`) and released its stable ID left
     /// gracefully (a rolling update in progress): a planned change, not a crash.
+    ///
+    /// Its takeover doubt (`unproven`) is kept: the stable-ID read may come from
+    /// a replica that is behind (a NATS cluster serves direct gets from any replica), so a
+    /// missing key is no proof that it released everything; what it gave up waits at most one
+    /// heartbeat TTL after the takeover.
     pub(crate) async fn departed_gracefully(&mut self, live: &BTreeSet<WorkerId>) -> Vec<Decision> {
         let absent: Vec<WorkerId> = self
             .publisher
@@ -238,8 +243,6 @@ impl Leader {
         let mut decisions = Vec::new();
         for worker in absent {
             if let Ok(None) = self.ctx.stable_id_bucket.get(worker.as_str()).await {
-                // A worker releases its ID only after it released everything: no doubt left.
-                self.unproven.remove(&worker);
                 decisions.extend(self.planner.handle(Input::Left { worker, now: now() }));
             }
         }

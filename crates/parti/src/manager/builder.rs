@@ -8,7 +8,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::fence::{FenceParts, spawn_fence};
 use super::hooks::{Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
-use super::runtime::{Buckets, Outputs, Runtime};
+use super::runtime::{Buckets, Ended, Outputs, Runtime};
 use super::state_cell::StateCell;
 use super::{Manager, WaitFailed};
 use crate::assignment::Assignment;
@@ -141,7 +141,8 @@ impl ManagerBuilder {
     }
 
     /// Starts the worker and returns as soon as it has **joined**: it holds a stable ID, its
-    /// heartbeat runs and it takes part in the election (state `WaitingAssignment` or later),
+    /// heartbeat task runs (the first put may still be in flight) and it takes part in the
+    /// election (state `WaitingAssignment` or later),
     /// before its first assignment. [`Manager::worker_id`] is set from then on.
     ///
     /// Use it to let a service come up (health endpoint, other subsystems) while the cluster
@@ -230,6 +231,7 @@ impl ManagerBuilder {
         let (degraded_reason, degraded_reason_rx) = watch::channel(None);
         let (refresh, refresh_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
+        let ended = Ended::default();
         let runtime = Runtime {
             config: Arc::clone(&config),
             store,
@@ -252,6 +254,7 @@ impl ManagerBuilder {
                 worker_id,
                 leader,
                 degraded_reason,
+                ended: Arc::clone(&ended),
             },
             refresh: refresh_rx,
         };
@@ -272,6 +275,7 @@ impl ManagerBuilder {
             consumer,
             dispatcher: Mutex::new(Some(AbortOnDropHandle::new(dispatcher))),
             fence: Mutex::new(Some(AbortOnDropHandle::new(fence_task))),
+            ended,
         };
         Ok((manager, deadline))
     }

@@ -78,6 +78,9 @@ pub struct Manager {
     dispatcher: Mutex<Option<AbortOnDropHandle<()>>>,
     /// Carries out holding changes (gate, hooks, records, release acknowledgements).
     fence: Mutex<Option<AbortOnDropHandle<()>>>,
+    /// The error the worker ended with on its own (start-up it could not get past), for the
+    /// first state waiter or `stop()` to report.
+    ended: runtime::Ended,
 }
 
 impl Manager {
@@ -184,7 +187,11 @@ impl Manager {
     /// States are observed, not queued: a state the worker passes through and leaves between
     /// two looks (e.g. `Rebalancing` for a few microseconds) may be missed, as with
     /// [`watch_state`](Self::watch_state). Settled states (`Stable`, `Degraded`, `Shutdown`)
-    /// are not.
+    /// are not. `Shutdown` is entered when a stop *begins*: await [`stop`](Self::stop) to know
+    /// the ID is released. After [`kill`](Self::kill) the state keeps its last value.
+    ///
+    /// The error a worker ended with on its own (e.g. `IdPoolExhausted`) is reported once, to
+    /// the first waiter (or to `stop`); later ones get `Shutdown`.
     ///
     /// ```no_run
     /// # async fn demo(builder: parti::ManagerBuilder) -> parti::Result<()> {
@@ -237,22 +244,19 @@ impl Manager {
         .await;
         match seen {
             Ok(Some(state)) => Ok(state),
-            Ok(None) => Err(WaitFailed::Ended(self.end_reason().await)),
+            Ok(None) => Err(WaitFailed::Ended(self.end_reason())),
             Err(_) => Err(WaitFailed::Deadline(*state.borrow())),
         }
     }
 
-    /// Why the worker reached `Shutdown`: the error its task ended with (it returns right
-    /// after setting the state), or `Shutdown` for a stop.
-    async fn end_reason(&self) -> Error {
-        let task = self.runtime.lock().await.take();
-        match task {
-            Some(task) => match tokio::time::timeout(self.shutdown_timeout, task).await {
-                Ok(Ok(Err(e))) => e,
-                _ => Error::Shutdown,
-            },
-            None => Error::Shutdown,
-        }
+    /// Why the worker reached `Shutdown` on its own: the error it ended with (reported once),
+    /// or `Shutdown` for a stop. Never waits: the error is recorded before the state changes.
+    fn end_reason(&self) -> Error {
+        self.ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .unwrap_or(Error::Shutdown)
     }
 
     /// Asks for the partition source to be re-read and the map rebalanced. On the leader this
@@ -284,6 +288,7 @@ impl Manager {
         };
         let abort = runtime.abort_handle();
         let result = match tokio::time::timeout_at(deadline, runtime).await {
+            Ok(Ok(Err(Error::Shutdown))) => Err(self.end_reason()),
             Ok(Ok(result)) => result,
             Ok(Err(join)) => {
                 tracing::error!(error = %join, "worker task failed");

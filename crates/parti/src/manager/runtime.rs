@@ -53,7 +53,13 @@ pub(crate) struct Outputs {
     pub(crate) leader: watch::Sender<bool>,
     /// Why the worker is degraded (`None` while it is not).
     pub(crate) degraded_reason: watch::Sender<Option<DegradedReason>>,
+    /// The error the worker ended with on its own, set before the state becomes `Shutdown`
+    /// (so a state waiter that sees `Shutdown` finds it; see `Manager::wait_for`).
+    pub(crate) ended: Ended,
 }
+
+/// The slot for the error a worker ended with (taken by the first reader).
+pub(crate) type Ended = Arc<std::sync::Mutex<Option<Error>>>;
 
 /// Sets `parti_degraded` and `parti_degraded_reason{reason}` (1 for the current reason, 0 for
 /// the others; all 0 while not degraded).
@@ -165,8 +171,13 @@ impl Runtime {
                     return Ok(());
                 }
                 Err(e) => {
+                    *self
+                        .out
+                        .ended
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
                     self.out.state.set(State::Shutdown);
-                    return Err(e);
+                    return Err(Error::Shutdown);
                 }
             };
             first = false;
