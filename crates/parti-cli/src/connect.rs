@@ -136,10 +136,50 @@ impl ConnectArgs {
             anyhow::bail!("--nats is empty: give at least one server URL");
         }
         let options = self.options(name).await?;
-        options
-            .connect(urls)
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", self.nats))
+        match options.connect(urls).await {
+            Ok(client) => Ok(client),
+            Err(e) => {
+                let hint = connect_hint(&e);
+                let e = anyhow::Error::new(e);
+                let e = match hint {
+                    Some(hint) => e.context(hint),
+                    None => e,
+                };
+                Err(e.context(format!("cannot connect to NATS at {}", self.nats)))
+            }
+        }
+    }
+}
+
+/// What to check for a connection error about credentials or TLS, if it is one.
+fn connect_hint(error: &async_nats::ConnectError) -> Option<&'static str> {
+    use std::fmt::Write as _;
+
+    use async_nats::ConnectErrorKind;
+    match error.kind() {
+        ConnectErrorKind::AuthorizationViolation => {
+            return Some("authorization failed: check --user/--password, --token or --creds");
+        }
+        ConnectErrorKind::Authentication => {
+            return Some("authentication failed: check the --creds file");
+        }
+        _ => {}
+    }
+    // rustls verdicts come wrapped in I/O errors; their text names them.
+    let mut text = String::new();
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = cause {
+        let _ = write!(text, "{e} {e:?} ");
+        cause = e.source();
+    }
+    if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+        Some("the server's TLS certificate is not trusted: give its CA with --tls-ca")
+    } else if text.contains("CertificateRequired") {
+        Some("the server requires a client certificate: give --tls-cert and --tls-key")
+    } else if error.kind() == ConnectErrorKind::Tls {
+        Some("TLS failed: check --tls-ca, --tls-cert/--tls-key and whether the server speaks TLS")
+    } else {
+        None
     }
 }
 

@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+mod auth;
 pub mod checker;
 mod cluster;
 pub mod conformance;
@@ -38,6 +39,7 @@ mod proxy;
 mod server;
 mod wait;
 
+pub use auth::{ServerAuth, ServerTls, TlsFiles};
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
 pub use proxy::{FaultProxy, LinkMode};

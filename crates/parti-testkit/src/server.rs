@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::TestkitError;
+use crate::auth::{ServerAuth, ServerTls, TlsFiles};
 
 /// Environment variable naming the `nats-server` binary to use; checked first.
 pub const NATS_SERVER_ENV: &str = "PARTI_NATS_SERVER";
@@ -120,6 +121,8 @@ pub struct NatsServerBuilder {
     args: Vec<OsString>,
     wait_for_jetstream: bool,
     ready_timeout: Duration,
+    auth: ServerAuth,
+    tls: ServerTls,
 }
 
 impl Default for NatsServerBuilder {
@@ -131,6 +134,8 @@ impl Default for NatsServerBuilder {
             args: Vec::new(),
             wait_for_jetstream: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            auth: ServerAuth::None,
+            tls: ServerTls::Off,
         }
     }
 }
@@ -213,6 +218,34 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Requires clients to authenticate (default: [`ServerAuth::None`]).
+    ///
+    /// The kit writes a configuration file for it; [`NatsServer::client`] and
+    /// [`NatsServer::connect_options`] use the credentials.
+    ///
+    /// ```
+    /// use parti_testkit::{NatsServer, ServerAuth};
+    ///
+    /// let builder = NatsServer::builder().auth(ServerAuth::token("t0ken"));
+    /// ```
+    pub fn auth(mut self, auth: ServerAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Serves clients over TLS (default: [`ServerTls::Off`]) with certificates generated in the
+    /// server's temporary directory; see [`NatsServer::tls_files`].
+    ///
+    /// ```
+    /// use parti_testkit::{NatsServer, ServerTls};
+    ///
+    /// let builder = NatsServer::builder().tls(ServerTls::On);
+    /// ```
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Spawns the server and waits until it is ready.
     ///
     /// ```no_run
@@ -249,7 +282,9 @@ impl NatsServerBuilder {
                 root: dir.path().to_path_buf(),
                 dir: Some(dir),
                 child: None,
+                tls_files: None,
             };
+            server.write_config()?;
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 Err(TestkitError::ServerExited { log_tail, .. })
@@ -298,6 +333,8 @@ pub struct NatsServer {
     /// `None` once the directory has been kept for a failing test.
     dir: Option<TempDir>,
     child: Option<Child>,
+    /// The generated certificates when TLS is on.
+    tls_files: Option<TlsFiles>,
 }
 
 impl NatsServer {
@@ -392,7 +429,93 @@ impl NatsServer {
     /// # }
     /// ```
     pub async fn client(&self) -> Result<Client, TestkitError> {
-        Ok(connect_options().connect(self.url()).await?)
+        Ok(self.connect_options().connect(self.url()).await?)
+    }
+
+    /// [`connect_options`] with this server's credentials and, with TLS on, its CA (and client
+    /// certificate for mutual TLS) and TLS required.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use parti_testkit::{NatsServer, ServerAuth, ServerTls};
+    ///
+    /// let server = NatsServer::builder()
+    ///     .auth(ServerAuth::user_password("app", "s3cret"))
+    ///     .tls(ServerTls::On)
+    ///     .start()
+    ///     .await?;
+    /// let client = server
+    ///     .connect_options()
+    ///     .name("my-test")
+    ///     .connect(server.url())
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn connect_options(&self) -> ConnectOptions {
+        self.secure(connect_options())
+    }
+
+    /// The authentication the server requires, as given to [`NatsServerBuilder::auth`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), parti_testkit::TestkitError> {
+    /// let server = parti_testkit::NatsServer::start().await?;
+    /// assert_eq!(server.auth(), &parti_testkit::ServerAuth::None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn auth(&self) -> &ServerAuth {
+        &self.options.auth
+    }
+
+    /// The generated CA, server and client certificates, when TLS is on.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), parti_testkit::TestkitError> {
+    /// use parti_testkit::{NatsServer, ServerTls};
+    ///
+    /// let server = NatsServer::builder().tls(ServerTls::On).start().await?;
+    /// let ca = &server.tls_files().expect("TLS is on").ca;
+    /// assert!(ca.exists());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls_files.as_ref()
+    }
+
+    /// Adds this server's credentials and TLS settings to `options`.
+    fn secure(&self, options: ConnectOptions) -> ConnectOptions {
+        let options = self.options.auth.apply(options);
+        match &self.tls_files {
+            Some(files) => files.apply(options, self.options.tls == ServerTls::Mutual),
+            None => options,
+        }
+    }
+
+    /// The configuration file, when authentication or TLS needs one.
+    fn config_path(&self) -> Option<PathBuf> {
+        (self.options.auth != ServerAuth::None || self.options.tls != ServerTls::Off)
+            .then(|| self.root.join("nats-server.conf"))
+    }
+
+    /// Generates the certificates and writes the configuration file, if any is needed.
+    fn write_config(&mut self) -> Result<(), TestkitError> {
+        let Some(path) = self.config_path() else {
+            return Ok(());
+        };
+        let mut text = self.options.auth.config().unwrap_or_default();
+        if self.options.tls != ServerTls::Off {
+            let files = TlsFiles::generate(&self.root.join("tls"))?;
+            text.push_str(&files.config(self.options.tls == ServerTls::Mutual));
+            self.tls_files = Some(files);
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| TestkitError::io("cannot write the nats-server configuration", e))
     }
 
     /// Stops the server gracefully (SIGTERM, then SIGKILL after 10 s) and waits for it to exit.
@@ -542,6 +665,9 @@ impl NatsServer {
             .try_clone()
             .map_err(|e| TestkitError::io("cannot open the nats-server log", e))?;
         let mut command = Command::new(&self.binary);
+        if let Some(config) = self.config_path() {
+            command.arg("-c").arg(config);
+        }
         command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
@@ -577,10 +703,12 @@ impl NatsServer {
                     log_tail: self.log_tail(EXIT_LOG_LINES),
                 });
             }
-            let last_error = match probe(&self.url(), self.options.wait_for_jetstream).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
+            let options = self.secure(ConnectOptions::new());
+            let last_error =
+                match probe_with(options, &self.url(), self.options.wait_for_jetstream).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                };
             if start.elapsed() >= timeout {
                 return Err(TestkitError::Timeout {
                     what: format!(
@@ -598,7 +726,12 @@ impl NatsServer {
 
 /// Connects once and, if asked, checks that JetStream answers for the account.
 pub(crate) async fn probe(url: &str, jetstream: bool) -> Result<(), String> {
-    let client = ConnectOptions::new()
+    probe_with(ConnectOptions::new(), url, jetstream).await
+}
+
+/// [`probe`] with client options (credentials, TLS).
+async fn probe_with(options: ConnectOptions, url: &str, jetstream: bool) -> Result<(), String> {
+    let client = options
         .connection_timeout(Duration::from_millis(500))
         .connect(url)
         .await
