@@ -797,3 +797,38 @@ async fn spawn_returns_once_joined_and_wait_for_state_follows_the_worker_to_stab
         "{after_stop:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_jitter_spreads_the_claims_of_a_fleet_started_at_once() {
+    // Eight workers started together with a 4 s jitter join at spread-out moments: all within
+    // 800 ms by chance has a probability of about 1e-4; without jitter they join within about
+    // 150–350 ms of each other (the claims contend). All still get their share.
+    let mut config = config();
+    config.start_jitter = Duration::from_secs(4);
+    config.cold_start_window = Duration::from_millis(500);
+    let cluster = TestCluster::start(config, partitions(40)).await;
+    let began = Instant::now();
+    let joined = futures::future::join_all((0..8).map(|_| async {
+        let client = cluster.server.client().await.unwrap();
+        let manager = cluster.builder(client).spawn().await.unwrap();
+        (manager, began.elapsed())
+    }))
+    .await;
+    let times: Vec<Duration> = joined.iter().map(|(_, t)| *t).collect();
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    assert!(
+        *last - *first >= Duration::from_millis(800),
+        "joins not spread: {times:?}"
+    );
+    for (manager, _) in &joined {
+        manager.wait_for_state(State::Stable, SETTLE).await.unwrap();
+    }
+    let total: usize = joined
+        .iter()
+        .map(|(m, _)| m.assignment().partitions.len())
+        .sum();
+    assert_eq!(total, 40);
+    for (manager, _) in &joined {
+        manager.stop().await.unwrap();
+    }
+}

@@ -268,6 +268,7 @@ mod tests {
             "PARTI_DEGRADED_ALERT_ALERT_INTERVAL",
             "PARTI_HANDOFF_TIMEOUT",
             "PARTI_DEGRADED_HOLDING",
+            "PARTI_START_JITTER",
         ] {
             assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
         }
@@ -275,7 +276,7 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
-        // 16 top-level scalars + emergencyGracePeriod, 2 + 5 + (1 + 5) + 5 in the sections.
-        assert_eq!(vars.len(), 17 + 2 + 5 + 6 + 5);
+        // 17 top-level scalars + emergencyGracePeriod, 2 + 5 + (1 + 5) + 5 in the sections.
+        assert_eq!(vars.len(), 18 + 2 + 5 + 6 + 5);
     }
 }

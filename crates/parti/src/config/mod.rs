@@ -133,6 +133,12 @@ pub struct Config {
     /// start is not Stable before its window closes).
     #[serde(with = "duration")]
     pub startup_timeout: Duration,
+    /// A random delay, uniform in `[0, startJitter]`, before a worker first claims its stable
+    /// ID (default 0: none; `< startupTimeout`, and it counts towards it). Spreads the first
+    /// KV writes of a fleet started at once (a rollout of hundreds of pods) over this time
+    /// instead of one burst.
+    #[serde(with = "duration")]
+    pub start_jitter: Duration,
     /// Bound on a graceful `stop()` (default 10s; `> 0`).
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -174,6 +180,7 @@ impl Default for Config {
             restart_min_workers: 10,
             election_ttl: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
+            start_jitter: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(30),

@@ -175,6 +175,17 @@ impl Config {
                 )
             },
         );
+        v.check(
+            self.start_jitter.is_zero() || self.start_jitter < self.startup_timeout,
+            "startJitter",
+            || {
+                format!(
+                    "{} must be shorter than startupTimeout ({}), which it counts towards",
+                    format(self.start_jitter),
+                    format(self.startup_timeout)
+                )
+            },
+        );
         v.positive(self.shutdown_timeout, "shutdownTimeout");
         v.positive(self.operation_timeout, "operationTimeout");
         v.positive(self.handoff_timeout, "handoffTimeout");

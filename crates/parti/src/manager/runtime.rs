@@ -58,6 +58,16 @@ pub(crate) struct Outputs {
     pub(crate) ended: Ended,
 }
 
+/// A delay drawn uniformly from `[0, jitter]` (`startJitter`); `None` when there is none.
+fn start_delay(jitter: Duration) -> Option<Duration> {
+    use rand::Rng;
+    if jitter.is_zero() {
+        return None;
+    }
+    let max = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+    Some(Duration::from_nanos(rand::rng().random_range(0..=max)))
+}
+
 /// The slot for the error a worker ended with (taken by the first reader).
 pub(crate) type Ended = Arc<std::sync::Mutex<Option<Error>>>;
 
@@ -159,6 +169,16 @@ impl LeaderTask {
 impl Runtime {
     /// Runs until `cancel` (graceful stop). Errors only for what start-up cannot get past.
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        if let Some(delay) = start_delay(self.config.start_jitter) {
+            tracing::debug!(?delay, "start jitter");
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    self.out.state.set(State::Shutdown);
+                    return Ok(());
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
         let mut first = true;
         loop {
             if !self.out.state.set(State::ClaimingId) {
@@ -713,5 +733,24 @@ impl Runtime {
         if let Err(e) = result {
             self.events.error(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_delay_is_none_without_jitter_and_spread_within_it() {
+        assert_eq!(start_delay(Duration::ZERO), None);
+        let jitter = Duration::from_millis(500);
+        let draws: Vec<Duration> = (0..200).filter_map(|_| start_delay(jitter)).collect();
+        assert_eq!(draws.len(), 200);
+        assert!(draws.iter().all(|d| *d <= jitter));
+        let (min, max) = (draws.iter().min(), draws.iter().max());
+        assert!(
+            matches!((min, max), (Some(lo), Some(hi)) if *hi - *lo > jitter / 2),
+            "200 draws from [0, 500ms] spread over less than 250ms: {min:?}..{max:?}"
+        );
     }
 }

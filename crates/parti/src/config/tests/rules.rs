@@ -47,6 +47,7 @@ fn each_rule_reports_its_field() {
         }),
         ("startupTimeout", |c| c.startup_timeout = Duration::ZERO),
         ("startupTimeout", |c| c.startup_timeout = s(30)),
+        ("startJitter", |c| c.start_jitter = s(60)),
         ("shutdownTimeout", |c| c.shutdown_timeout = Duration::ZERO),
         ("operationTimeout", |c| c.operation_timeout = Duration::ZERO),
         ("assignment.minRebalanceInterval", |c| {
