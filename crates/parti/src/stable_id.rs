@@ -193,19 +193,32 @@ pub async fn claim(
             }
             Err(e) if e.is_conflict() => {
                 // A create of ours whose reply was lost (a retried claim) left our own instance
-                // there: that ID is ours, and it is the lowest free one.
+                // there: that ID is ours, and it is the lowest free one. A read may come from a
+                // replica that is behind (direct gets), so the claim is confirmed by a write
+                // checked against the revision read: only the current value passes.
                 if let Some(entry) = bucket.get(&key).await.ok().flatten()
                     && codec::decode::<StableIdValue>(bucket.name(), &key, &entry.value)
                         .is_ok_and(|held| held.instance == instance)
                 {
-                    tracing::info!(id = %key, revision = entry.revision, instance, "re-adopted stable ID left by a lost reply");
-                    return Ok(StableIdLease::spawn(
-                        bucket,
-                        WorkerId::new(key),
-                        entry.value,
-                        entry.revision,
-                        cfg.renew_interval,
-                    ));
+                    match bucket
+                        .update(&key, entry.value.clone(), entry.revision)
+                        .await
+                    {
+                        Ok(revision) => {
+                            tracing::info!(id = %key, revision, instance, "re-adopted stable ID left by a lost reply");
+                            return Ok(StableIdLease::spawn(
+                                bucket,
+                                WorkerId::new(key),
+                                entry.value,
+                                revision,
+                                cfg.renew_interval,
+                            ));
+                        }
+                        Err(e) if e.is_conflict() => {
+                            tracing::debug!(id = %key, "a stale read of our own claim; trying the next ID");
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
             Err(e) => return Err(e.into()),
@@ -375,7 +388,14 @@ impl Renewer {
                 }
             };
             match ownership(&*self.bucket, key, &self.value).await {
-                Ownership::Ours(revision) => self.held(revision),
+                // Confirmed by a write checked against the revision read: a stale read (a
+                // replica behind) is no proof that the key is still ours.
+                Ownership::Ours(revision) => {
+                    match self.bucket.update(key, self.value.clone(), revision).await {
+                        Ok(revision) => self.held(revision),
+                        Err(e) => self.failed(&e),
+                    }
+                }
                 Ownership::Unknown(e) => self.failed(&e),
                 // Expired while we were cut off, and nobody took it: take it back. Only an
                 // ID held by someone else is lost (SPEC §7: re-verify, do not re-shuffle).
