@@ -11,6 +11,8 @@ mod consumer;
 mod custom_strategy;
 #[path = "../examples/kv_watcher.rs"]
 mod kv_watcher;
+#[path = "../examples/scale_bench.rs"]
+mod scale_bench;
 
 use std::time::Duration;
 
@@ -106,4 +108,50 @@ async fn consumer_example_processes_messages_published_before_and_after_it_start
         processed, 8,
         "every message of its partitions processed once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
+    let args: Vec<String> = "--workers 3 --partitions 30 --steady-secs 1 --json"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let options = scale_bench::Options::parse(&args).unwrap();
+    let figures = scale_bench::run(&options).await.unwrap();
+    println!("{figures}");
+    let number = |field: &str| {
+        figures
+            .pointer(field)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{field} missing or not a number in {figures}"))
+    };
+    assert_eq!(number("/workers"), 3.0);
+    assert_eq!(number("/partitions"), 30.0);
+    assert_eq!(figures["timings"], "fast");
+    assert!(number("/allJoinedMs") > 0.0);
+    assert!(number("/allStableMs") >= number("/allJoinedMs"));
+    assert!(number("/consistentMapMs") > 0.0);
+    assert!(number("/coldStartPublishes") >= 1.0);
+    for bucket in ["stableId", "election", "heartbeat", "assignment"] {
+        assert!(
+            number(&format!("/kvWritesAtStart/{bucket}")) >= 1.0,
+            "{bucket}"
+        );
+        assert!(
+            number(&format!("/steadyKvWritesPerSec/{bucket}")) >= 0.0,
+            "{bucket}"
+        );
+    }
+    assert!(
+        number("/kvWritesAtStart/stableId") >= 3.0,
+        "one claim per worker at least"
+    );
+    assert!(number("/stableIdWritesPerWorker") >= 1.0);
+    assert!(
+        number("/steadyKvWritesPerSec/total") > 0.0,
+        "heartbeats keep going"
+    );
+    assert!(number("/crashToHeldMs") > 0.0);
+    assert!(number("/crashPartitions") >= 1.0);
+    number("/rssKbPerManager");
 }

@@ -1,0 +1,379 @@
+//! How a cluster of many [`Manager`]s starts, idles and recovers from a crash, measured on a
+//! real nats-server.
+//!
+//! ```text
+//! cargo run --release -p parti --example scale_bench -- --workers 50 --partitions 5000
+//! cargo run --release -p parti --example scale_bench -- --workers 200 --partitions 20000 --json
+//! cargo run --release -p parti --example scale_bench -- --workers 10 --partitions 100 --default-timings --steady-secs 30
+//! ```
+//!
+//! Starts one local nats-server (found like the test kit finds it: `$PARTI_NATS_SERVER`,
+//! `.tools/bin`, then `PATH`), opens the four KV buckets with the workers' own specs (creating
+//! a bucket writes no KV message), then starts N = `--workers` managers at once, each on its
+//! own connection, over P = `--partitions` equally weighted partitions, with
+//! [`Config::fast_for_tests`] timings (`--default-timings`: [`Config::default`]). Each manager
+//! is started with [`ManagerBuilder::spawn`](parti::ManagerBuilder::spawn) and then waited
+//! for with [`Manager::wait_for_state`]`(Stable)`. Figures (times in ms from the moment the
+//! first manager is started):
+//!
+//! - `allJoinedMs`, `allStableMs`: the last `spawn()` / `wait_for_state(Stable)` returned.
+//! - `consistentMapMs`: the committed `cluster` record names exactly the N workers, its
+//!   committed map covers all P partitions, and every worker's `assignment()` has the record's
+//!   version (polled every 10 ms); `coldStartPublishes` is that version (versions start at 1).
+//! - `kvWritesAtStart`: messages appended to each bucket's stream (`KV_<bucket>`, by
+//!   `last_sequence`) until the cluster is both stable and consistent; this counts every
+//!   message, TTL markers included. `stableIdWritesPerWorker` = stable-ID writes ÷ N.
+//! - `steadyKvWritesPerSec`: the same, per second, over `--steady-secs` (default 10) after that.
+//! - `rssKbPerManager`: (VmRSS once stable − VmRSS before the first manager) ÷ N.
+//! - `crashToHeldMs`: a non-leader is [`Manager::kill`]ed; from the kill until the survivors'
+//!   [`Manager::held`] together cover all P partitions again.
+
+use std::collections::BTreeSet;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use parti::records::read_published;
+use parti::source::Static;
+use parti::store::{NatsStore, Store};
+use parti::{Assignment, Config, Manager, Partition, State, WorkerId};
+use parti_testkit::NatsServer;
+use tokio::sync::{Notify, watch};
+use tokio_util::task::AbortOnDropHandle;
+
+/// Errors of the example: anything, with a message.
+pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The longest any phase (start-up, recovery) may take before the run fails.
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// Workers that joined: their IDs and assignment receivers, shared with the consistency poller.
+type Joined = Arc<Mutex<Vec<(WorkerId, watch::Receiver<Arc<Assignment>>)>>>;
+
+/// Command-line options.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Managers to start (N).
+    pub workers: usize,
+    /// Partitions in the source (P).
+    pub partitions: usize,
+    /// Seconds of steady state to sample.
+    pub steady_secs: u64,
+    /// `Config::default()` instead of `Config::fast_for_tests()`.
+    pub default_timings: bool,
+    /// One JSON object on stdout instead of a summary.
+    pub json: bool,
+}
+
+impl Options {
+    /// Reads `--workers N`, `--partitions P`, `--steady-secs S`, `--default-timings`, `--json`.
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let options = Self {
+            workers: number(args, "--workers", 10)?,
+            partitions: number(args, "--partitions", 1000)?,
+            steady_secs: number(args, "--steady-secs", 10)?,
+            default_timings: args.iter().any(|a| a == "--default-timings"),
+            json: args.iter().any(|a| a == "--json"),
+        };
+        if options.workers < 2 {
+            return Err("--workers must be at least 2 (a leader and a non-leader to kill)".into());
+        }
+        if options.partitions < options.workers {
+            return Err("--partitions must be at least --workers".into());
+        }
+        Ok(options)
+    }
+}
+
+/// The value after `name`, or `default` when `name` is absent.
+fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let Some(at) = args.iter().position(|a| a == name) else {
+        return Ok(default);
+    };
+    let value = args
+        .get(at + 1)
+        .ok_or_else(|| format!("{name} needs a value"))?;
+    value
+        .parse()
+        .map_err(|e| format!("{name} {value}: {e}").into())
+}
+
+/// Runs the benchmark once; returns its figures as one JSON object.
+pub async fn run(options: &Options) -> Result<serde_json::Value> {
+    let (n, p) = (options.workers, options.partitions);
+    let mut config = if options.default_timings {
+        Config::default()
+    } else {
+        Config::fast_for_tests()
+    };
+    // A pool large enough for the fleet (the default holds 100 IDs).
+    let needed = u32::try_from(n).unwrap_or(u32::MAX).saturating_sub(1);
+    config.worker_id_max = config
+        .worker_id_max
+        .max(config.worker_id_min.saturating_add(needed));
+    let server = NatsServer::start().await?;
+    let js = jetstream::new(server.client().await?);
+    let store = NatsStore::new(js.clone());
+    let [.., assignment_spec] = config.bucket_specs();
+    for spec in config.bucket_specs() {
+        store.bucket(&spec).await?;
+    }
+    let assignment_bucket = store.bucket(&assignment_spec).await?;
+    let buckets = config.kv_buckets.names();
+    let source = Static::new(
+        (0..p)
+            .map(|i| Partition::new([format!("p{i}")], 100))
+            .collect::<parti::Result<Vec<_>>>()?,
+    );
+
+    // Start-up.
+    let rss_before = rss_kb()?;
+    let seq_before = sequences(&js, &buckets).await?;
+    let joined: Joined = Arc::default();
+    let t0 = Instant::now();
+    let poller = tokio::spawn({
+        let (joined, bucket) = (Arc::clone(&joined), Arc::clone(&assignment_bucket));
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while Instant::now() < deadline {
+                if let Some(version) = consistent(&*bucket, &joined, n, p).await? {
+                    return Ok((t0.elapsed(), version));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err::<_, Box<dyn Error + Send + Sync>>("the map did not become consistent".into())
+        }
+    });
+    let started = futures::future::join_all(
+        (0..n).map(|_| start_one(&server, &config, &source, &joined, t0)),
+    )
+    .await;
+    let mut live = Vec::with_capacity(n);
+    let (mut all_joined, mut all_stable) = (Duration::ZERO, Duration::ZERO);
+    for result in started {
+        let (manager, joined_at, stable_at) = result?;
+        all_joined = all_joined.max(joined_at);
+        all_stable = all_stable.max(stable_at);
+        live.push(manager);
+    }
+    let (consistent_at, cold_start_publishes) = poller.await??;
+    let seq_started = sequences(&js, &buckets).await?;
+    let rss_after = rss_kb()?;
+    let writes_at_start = diff(&seq_before, &seq_started);
+    eprintln!(
+        "{n} workers, {p} partitions: joined {:.0} ms, stable {:.0} ms, consistent {:.0} ms at v{cold_start_publishes}",
+        ms(all_joined),
+        ms(all_stable),
+        ms(consistent_at)
+    );
+
+    // Steady state.
+    let steady_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(options.steady_secs)).await;
+    let seq_steady = sequences(&js, &buckets).await?;
+    let steady_secs = steady_from.elapsed().as_secs_f64();
+    let steady: Vec<f64> = diff(&seq_started, &seq_steady)
+        .iter()
+        .map(|w| round1(*w as f64 / steady_secs))
+        .collect();
+
+    // A non-leader crashes.
+    let crash = crash_to_held(&mut live, p).await?;
+    eprintln!(
+        "crash: {} partitions held again after {:.0} ms",
+        crash.1,
+        ms(crash.0)
+    );
+    futures::future::join_all(live.iter().map(Manager::kill)).await;
+    drop(server);
+
+    let per_bucket = |values: &[serde_json::Value]| -> serde_json::Value {
+        buckets
+            .iter()
+            .zip(values)
+            .map(|((label, _), v)| ((*label).to_owned(), v.clone()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let start_json: Vec<serde_json::Value> = writes_at_start.iter().map(|w| (*w).into()).collect();
+    let mut steady_json = per_bucket(&steady.iter().map(|w| (*w).into()).collect::<Vec<_>>());
+    if let Some(object) = steady_json.as_object_mut() {
+        object.insert("total".into(), round1(steady.iter().sum()).into());
+    }
+    Ok(serde_json::json!({
+        "workers": n,
+        "partitions": p,
+        "timings": if options.default_timings { "default" } else { "fast" },
+        "allJoinedMs": ms(all_joined),
+        "allStableMs": ms(all_stable),
+        "consistentMapMs": ms(consistent_at),
+        "coldStartPublishes": cold_start_publishes,
+        "kvWritesAtStart": per_bucket(&start_json),
+        "stableIdWritesPerWorker": round1(writes_at_start[0] as f64 / n as f64),
+        "steadySecs": round1(steady_secs),
+        "steadyKvWritesPerSec": steady_json,
+        "crashToHeldMs": ms(crash.0),
+        "crashPartitions": crash.1,
+        "rssKbPerManager": (rss_after - rss_before) / n as i64,
+    }))
+}
+
+/// Spawns one manager on its own connection and waits until it is Stable; returns it with
+/// the times (since `t0`) its `spawn()` and its `wait_for_state` returned.
+async fn start_one(
+    server: &NatsServer,
+    config: &Config,
+    source: &Static,
+    joined: &Joined,
+    t0: Instant,
+) -> Result<(Manager, Duration, Duration)> {
+    let manager = Manager::builder(jetstream::new(server.client().await?))
+        .config(config.clone())
+        .source(source.clone())
+        .spawn()
+        .await?;
+    let joined_at = t0.elapsed();
+    joined
+        .lock()
+        .map_err(|_| "poisoned")?
+        .push((manager.worker_id(), manager.watch_assignment()));
+    manager.wait_for_state(State::Stable, DEADLINE).await?;
+    Ok((manager, joined_at, t0.elapsed()))
+}
+
+/// The committed version when the `cluster` record names exactly the `n` joined workers, its
+/// committed map covers `p` partitions and every worker's assignment has its version.
+async fn consistent(
+    bucket: &dyn parti::store::Bucket,
+    joined: &Joined,
+    n: usize,
+    p: usize,
+) -> Result<Option<u64>> {
+    let workers: Vec<(WorkerId, u64)> = {
+        let joined = joined.lock().map_err(|_| "poisoned")?;
+        joined
+            .iter()
+            .map(|(w, rx)| (w.clone(), rx.borrow().version))
+            .collect()
+    };
+    if workers.len() < n {
+        return Ok(None);
+    }
+    let published = read_published(bucket).await?;
+    let Some((record, _)) = &published.record else {
+        return Ok(None);
+    };
+    let ids: BTreeSet<&WorkerId> = workers.iter().map(|(w, _)| w).collect();
+    let ok = record.workers.keys().collect::<BTreeSet<_>>() == ids
+        && published.map.workers().collect::<BTreeSet<_>>() == ids
+        && published.map.iter().map(|(_, ps)| ps.len()).sum::<usize>() == p
+        && workers.iter().all(|(_, v)| *v == record.version);
+    Ok(ok.then_some(record.version))
+}
+
+/// Kills a non-leader that holds something (taking it out of `live`); returns the time from
+/// the kill until the survivors together hold all `p` partitions, and how many it held.
+async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, usize)> {
+    let deadline = Instant::now() + DEADLINE;
+    while held_by(live) < p {
+        if Instant::now() >= deadline {
+            return Err("not every partition was held before the crash".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let victim = live
+        .iter()
+        .position(|m| !m.is_leader() && !m.held().is_empty())
+        .ok_or("no non-leader holding partitions")?;
+    let victim = live.remove(victim);
+    let lost = victim.held().len();
+    // Wake the check on every change of a survivor's holdings.
+    let changed = Arc::new(Notify::new());
+    let _watchers: Vec<AbortOnDropHandle<()>> = live
+        .iter()
+        .map(|m| {
+            let (mut held, changed) = (m.watch_held(), Arc::clone(&changed));
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                while held.changed().await.is_ok() {
+                    changed.notify_one();
+                }
+            }))
+        })
+        .collect();
+    let killed = Instant::now();
+    victim.kill().await;
+    while held_by(live) < p {
+        if Instant::now() >= killed + DEADLINE {
+            return Err("the killed worker's partitions were not held again".into());
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), changed.notified()).await;
+    }
+    Ok((killed.elapsed(), lost))
+}
+
+/// How many distinct partitions `managers` hold together.
+fn held_by(managers: &[Manager]) -> usize {
+    let helds: Vec<_> = managers.iter().map(Manager::held).collect();
+    helds
+        .iter()
+        .flat_map(|h| h.iter().map(|(partition, _)| partition.id()))
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// `last_sequence` of each bucket's stream, in the order of `buckets`.
+async fn sequences(js: &jetstream::Context, buckets: &[(&str, &str); 4]) -> Result<[u64; 4]> {
+    let mut out = [0; 4];
+    for (slot, (_, bucket)) in out.iter_mut().zip(buckets) {
+        let mut stream = js.get_stream(format!("KV_{bucket}")).await?;
+        *slot = stream.info().await?.state.last_sequence;
+    }
+    Ok(out)
+}
+
+/// `after − before`, bucket by bucket.
+fn diff(before: &[u64; 4], after: &[u64; 4]) -> [u64; 4] {
+    std::array::from_fn(|i| after[i].saturating_sub(before[i]))
+}
+
+/// This process's resident set (VmRSS), in kB.
+fn rss_kb() -> Result<i64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or("no VmRSS in /proc/self/status")?;
+    let kb = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("VmRSS without a value")?;
+    Ok(kb.parse()?)
+}
+
+/// `d` in milliseconds, rounded to 0.1 ms.
+fn ms(d: Duration) -> f64 {
+    round1(d.as_secs_f64() * 1e3)
+}
+
+/// `x` rounded to one decimal.
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[tokio::main]
+#[allow(dead_code)]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = Options::parse(&args)?;
+    let figures = run(&options).await?;
+    if options.json {
+        println!("{figures}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    }
+    Ok(())
+}
