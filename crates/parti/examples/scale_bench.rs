@@ -367,6 +367,11 @@ fn round1(x: f64) -> f64 {
 #[tokio::main]
 #[allow(dead_code)]
 async fn main() -> Result<()> {
+    // `RUST_LOG=parti=debug` shows what the fleet does (to stderr); silent otherwise.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = Options::parse(&args)?;
     let figures = run(&options).await?;

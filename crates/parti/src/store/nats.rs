@@ -186,6 +186,7 @@ impl Store for NatsStore {
             kv,
             name: spec.name.clone(),
             op_timeout: self.op_timeout,
+            retired: Retired::default(),
         }))
     }
 
@@ -216,7 +217,16 @@ struct NatsBucket {
     subject_prefix: String,
     name: String,
     op_timeout: Duration,
+    /// Watch consumers whose watch ended, deleted when the next watch starts.
+    retired: Retired,
 }
+
+/// Names of watch consumers nobody reads any more. The server would delete each only after
+/// the ordered consumer's 30 s inactivity threshold; watches restart at every resync (each
+/// heartbeat TTL), so on a fleet they pile up to the stream's consumer limit (1,000 by
+/// default) and new watches are refused. They are deleted when the next watch of the bucket
+/// starts — usually at once, by the resync that ended them.
+type Retired = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl std::fmt::Debug for NatsBucket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -343,6 +353,7 @@ impl NatsBucket {
             subject_prefix: self.subject_prefix.clone(),
             bucket: self.name.clone(),
             op_timeout: self.op_timeout,
+            retired: Arc::clone(&self.retired),
         }
         .into_stream())
     }
@@ -472,6 +483,7 @@ struct NatsWatch {
     subject_prefix: String,
     bucket: String,
     op_timeout: Duration,
+    retired: Retired,
 }
 
 impl NatsWatch {
@@ -528,7 +540,26 @@ impl NatsWatch {
         .boxed()
     }
 
+    /// Deletes the consumers of ended watches (best effort: one the server already dropped,
+    /// or recreated under another name, is no error).
+    async fn delete_retired(&self) {
+        let names = std::mem::take(
+            &mut *self
+                .retired
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for name in names {
+            let deleted =
+                tokio::time::timeout(self.op_timeout, self.stream.delete_consumer(&name)).await;
+            if let Ok(Err(e)) = deleted {
+                tracing::trace!(consumer = %name, error = %e, "retired watch consumer not deleted");
+            }
+        }
+    }
+
     async fn start(&self) -> Result<WatchSession, StoreError> {
+        self.delete_retired().await;
         let backend = |e: &dyn std::fmt::Display| StoreError::backend("watch", &self.bucket, e);
         let create = self.stream.create_consumer(OrderedConfig {
             deliver_subject: self.client.new_inbox(),
@@ -555,8 +586,11 @@ impl NatsWatch {
             }
         };
         let initial_pending = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
         let messages = consumer.messages().await.map_err(|e| backend(&e))?;
         Ok(WatchSession {
+            name,
+            retired: Arc::clone(&self.retired),
             messages,
             snapshot_left: (initial_pending > 0).then_some(initial_pending),
             init_done_sent: false,
@@ -565,10 +599,22 @@ impl NatsWatch {
 }
 
 struct WatchSession {
+    /// The consumer's name, retired when the session ends.
+    name: String,
+    retired: Retired,
     messages: jetstream::consumer::push::Ordered,
     /// Snapshot messages still expected; `None` once the snapshot is complete.
     snapshot_left: Option<u64>,
     init_done_sent: bool,
+}
+
+impl Drop for WatchSession {
+    fn drop(&mut self) {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(std::mem::take(&mut self.name));
+    }
 }
 
 impl WatchSession {
