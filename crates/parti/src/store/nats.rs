@@ -462,6 +462,8 @@ fn classify(message: &async_nats::Message) -> Op {
     }
 }
 
+/// Bound on deleting one retired watch consumer (see `NatsWatch::delete_retired`).
+const RETIRE_DELETE_BOUND: Duration = Duration::from_millis(250);
 /// Consecutive errors after which a watch drops its consumer and starts a fresh snapshot.
 const WATCH_ERRORS_BEFORE_RESNAPSHOT: u32 = 5;
 const WATCH_RETRY_MIN: Duration = Duration::from_millis(50);
@@ -540,8 +542,10 @@ impl NatsWatch {
         .boxed()
     }
 
-    /// Deletes the consumers of ended watches (best effort: one the server already dropped,
-    /// or recreated under another name, is no error).
+    /// Deletes the consumers of ended watches, best effort and briefly: a consumer the
+    /// server already dropped is no error, and at the first delete that fails or takes longer
+    /// than [`RETIRE_DELETE_BOUND`] (the server is away) the rest are left to expire by
+    /// themselves, so a new watch is never held up.
     async fn delete_retired(&self) {
         let names = std::mem::take(
             &mut *self
@@ -551,15 +555,20 @@ impl NatsWatch {
         );
         for name in names {
             let deleted =
-                tokio::time::timeout(self.op_timeout, self.stream.delete_consumer(&name)).await;
-            if let Ok(Err(e)) = deleted {
-                tracing::trace!(consumer = %name, error = %e, "retired watch consumer not deleted");
+                tokio::time::timeout(RETIRE_DELETE_BOUND, self.stream.delete_consumer(&name)).await;
+            match deleted {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if e.to_string().contains("not found") => {}
+                Ok(Err(e)) => {
+                    tracing::trace!(consumer = %name, error = %e, "retired watch consumers left to expire");
+                    return;
+                }
+                Err(_) => return,
             }
         }
     }
 
     async fn start(&self) -> Result<WatchSession, StoreError> {
-        self.delete_retired().await;
         let backend = |e: &dyn std::fmt::Display| StoreError::backend("watch", &self.bucket, e);
         let create = self.stream.create_consumer(OrderedConfig {
             deliver_subject: self.client.new_inbox(),
@@ -588,6 +597,8 @@ impl NatsWatch {
         let initial_pending = consumer.cached_info().num_pending;
         let name = consumer.cached_info().name.clone();
         let messages = consumer.messages().await.map_err(|e| backend(&e))?;
+        // Only once the new watch exists: its events queue meanwhile.
+        self.delete_retired().await;
         Ok(WatchSession {
             name,
             retired: Arc::clone(&self.retired),
