@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, Message};
 use futures::TryStreamExt;
 use parti::error::BoxError;
 use parti::{Assignment, ConsumerStatus, Error, Partition, WorkerConsumer, WorkerId};
-use parti_testkit::{FaultProxy, NatsServer, wait_until};
+use parti_testkit::{FaultProxy, NatsCluster, NatsServer, wait_until};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -301,6 +301,70 @@ async fn backlog_of_a_gained_subject_is_delivered_on_limits_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_of_a_gained_subject_is_delivered_on_work_queue_stream() {
     backlog_of_gained_subject_is_delivered(RetentionPolicy::WorkQueue).await;
+}
+
+/// nats-server deletes, unprocessed, every stored message of a work-queue durable's filter at
+/// or below its position that is not pending on it — in a cluster on a consumer leader change
+/// (as here), a snapshot, and every ~2 minutes. A gained subject's backlog lies below the
+/// position, so the durable must be moved back before the write that gains it, not after:
+/// a leader change right after the gain keeps the backlog (seen as message loss in chaos runs
+/// on a 3-node cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_queue_backlog_of_a_gained_subject_survives_a_consumer_leader_change() {
+    init_tracing();
+    let cluster = NatsCluster::start(3).await.expect("nats cluster");
+    let js = jetstream::new(cluster.client().await.expect("connect"));
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["events.>".into()],
+        retention: RetentionPolicy::WorkQueue,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let seen = Seen::default();
+    let c = consumer(&js, &seen).await;
+    let w = WorkerId::new("worker-0");
+    c.update_assignment(&w, &assignment(&["one"]))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        publish(&js, "two", &format!("two-{i}")).await;
+    }
+    publish(&js, "one", "one-0").await;
+    wait_until(DEADLINE, "the ack floor past the `two` backlog", || async {
+        seen.has_all(&set(&["one-0"]))
+            && info(&js, "parti-worker-0").await.ack_floor.stream_sequence >= 4
+    })
+    .await
+    .unwrap();
+
+    c.update_assignment(&w, &assignment(&["one", "two"]))
+        .await
+        .unwrap();
+    let stepped: serde_json::Value = js
+        .request(
+            format!("CONSUMER.LEADER.STEPDOWN.{STREAM}.parti-worker-0"),
+            &serde_json::json!({}),
+        )
+        .await
+        .expect("consumer leader step-down");
+    assert_eq!(stepped["success"], true, "{stepped}");
+    let twos = set(&["two-0", "two-1", "two-2"]);
+    wait_until(
+        DEADLINE,
+        "the `two` backlog after the leader change",
+        || async { seen.has_all(&twos) },
+    )
+    .await
+    .unwrap();
+    wait_until(DEADLINE, "the work queue to be empty", || async {
+        stream_messages(&js).await == 0
+    })
+    .await
+    .unwrap();
+    c.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,40 @@ pub(crate) async fn delete(stream: &Stream, name: &str) -> Result<(), ApiError> 
     }
 }
 
+/// Stops the consumer's delivery until `bound` from now at the latest (any configuration
+/// write without a pause, or [`resume`], ends it sooner).
+pub(crate) async fn pause(
+    stream: &Stream,
+    name: &str,
+    bound: std::time::Duration,
+) -> Result<(), ApiError> {
+    let until = async_nats::datetime::add_std_duration(async_nats::datetime::now(), bound)
+        .map_err(|e| ApiError::other("pause consumer", e))?;
+    stream
+        .pause_consumer(name, until)
+        .await
+        .map(|_| ())
+        .map_err(|e| not_found_or(e, "pause consumer"))
+}
+
+/// Ends a [`pause`].
+pub(crate) async fn resume(stream: &Stream, name: &str) -> Result<(), ApiError> {
+    stream
+        .resume_consumer(name)
+        .await
+        .map(|_| ())
+        .map_err(|e| not_found_or(e, "resume consumer"))
+}
+
+fn not_found_or(e: async_nats::jetstream::stream::ConsumerError, what: &str) -> ApiError {
+    match e.kind() {
+        ConsumerErrorKind::JetStream(js) if js.error_code() == ErrorCode::CONSUMER_NOT_FOUND => {
+            ApiError::NotFound
+        }
+        _ => ApiError::other(what, e),
+    }
+}
+
 /// The filter subjects of a consumer's configuration (`filter_subject` or `filter_subjects`).
 pub(crate) fn info_filters(config: &consumer::Config) -> Vec<String> {
     let mut all = config.filter_subjects.clone();

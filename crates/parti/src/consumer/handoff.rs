@@ -6,8 +6,10 @@
 //! here:
 //!
 //! - **work-queue** streams store only unprocessed messages, and a second consumer may not
-//!   overlap the durable: the durable itself is moved back (consumer reset, ADR-60), see
-//!   [`rewind`].
+//!   overlap the durable: the durable itself is moved back (consumer reset, ADR-60) while
+//!   paused, before the write that gains the subjects ([`rewind_before_gain`]; a
+//!   durable's backlog must never sit below its position, or nats-server deletes it), and
+//!   [`rewind`] watches for messages that were in flight elsewhere.
 //! - **other** streams keep processed messages: a short-lived catch-up consumer on the gained
 //!   subjects replays each one from its lower bound (see [`markers`](super::markers)) up to
 //!   `upto` into the same handler, then is deleted. Messages above `upto` that the previous
@@ -16,7 +18,7 @@
 //!   finish without it — unless its subject leaves the durable's filter: the release then
 //!   records the drain's start as where the next owner resumes, so it is acked unhandled.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,7 +148,7 @@ async fn rewind(shared: &Shared, gain: &Gain) -> Result<(), ApiError> {
         };
         // Below the gain position nothing of these subjects is ever delivered by the durable.
         let behind = acked.max(gain.upto);
-        let oldest = oldest_stored(shared, gain).await?;
+        let oldest = oldest_stored(shared, gain.from.keys()).await?;
         tracing::trace!(consumer = %gain.durable, ?oldest, behind, floor, mark, "watching gained subjects");
         match oldest {
             None => return Ok(()),
@@ -170,9 +172,38 @@ async fn rewind(shared: &Shared, gain: &Gain) -> Result<(), ApiError> {
     }
 }
 
-/// The oldest stored message of the gain's subjects.
-async fn oldest_stored(shared: &Shared, gain: &Gain) -> Result<Option<u64>, ApiError> {
-    let subjects: Vec<&String> = gain.from.keys().collect();
+/// Work queue, before a write that gains `subjects` (the durable paused): moves the durable
+/// back so that no stored message of theirs lies at or below its delivered position when
+/// they enter its filter (see [`Command::Pause`](super::plan::Command::Pause) for why that
+/// position must never pass one). Its own unacked messages above the ack floor come again.
+pub(crate) async fn rewind_before_gain(
+    shared: &Shared,
+    durable: &str,
+    subjects: &BTreeSet<String>,
+) -> Result<(), ApiError> {
+    let Some(consumer) = api::get(&shared.stream, durable).await? else {
+        return Err(ApiError::NotFound);
+    };
+    let floor = consumer.cached_info().ack_floor.stream_sequence;
+    // The reported delivered position can lag the server's (a durable with nothing to
+    // deliver moves past everything stored without reporting it): any stored message counts.
+    match oldest_stored(shared, subjects.iter()).await? {
+        Some(oldest) => {
+            let to = oldest.min(floor.saturating_add(1));
+            tracing::debug!(consumer = %durable, to, floor, "moving back over the backlog of subjects about to be gained");
+            api::reset(&shared.stream, durable, to).await
+        }
+        // Nothing stored; paused, the position cannot pass what comes next.
+        None => Ok(()),
+    }
+}
+
+/// The oldest stored message of `subjects`.
+async fn oldest_stored<'a>(
+    shared: &Shared,
+    subjects: impl Iterator<Item = &'a String>,
+) -> Result<Option<u64>, ApiError> {
+    let subjects: Vec<&String> = subjects.collect();
     let mut oldest: Option<u64> = None;
     for chunk in subjects.chunks(16) {
         let firsts =

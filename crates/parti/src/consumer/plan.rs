@@ -136,10 +136,6 @@ pub(crate) enum Upto {
     /// The delivered position the preceding write reported: above it, the durable delivers
     /// the gained subjects itself.
     Delivered,
-    /// Everything stored (`u64::MAX`): a paused work-queue durable's reported position stays
-    /// at its last delivery while the server moves it past everything stored meanwhile, so
-    /// anything stored before the gain may be behind it.
-    All,
     /// This position (a drain resumed on adoption: the durable's delivered position then).
     At(u64),
 }
@@ -150,7 +146,6 @@ impl Upto {
     pub(crate) fn resolve(self, delivered: Option<u64>) -> u64 {
         match self {
             Self::Delivered => delivered.unwrap_or(u64::MAX),
-            Self::All => u64::MAX,
             Self::At(n) => n,
         }
     }
@@ -168,6 +163,23 @@ pub(crate) enum Command {
         /// Its drain start.
         below: u64,
     },
+    /// Work queue, before a write that gains subjects: stop the durable's delivery until
+    /// [`Command::Resume`] after the write. nats-server deletes, unprocessed, every stored message of a
+    /// durable's filter at or below its delivered position that is not pending on it — on a
+    /// consumer leader change, a snapshot, and every ~2 minutes in a cluster. A gained
+    /// subject's backlog lies below that position, so the position is moved back first
+    /// ([`Command::RewindTo`]) and must not move on before the write: hence the pause.
+    Pause,
+    /// Work queue, while paused: if stored messages of `subjects` lie at or below the
+    /// durable's delivered position, reset it to the oldest of them, or to its ack floor + 1
+    /// if that is lower (its own unacked messages come again; nothing is skipped).
+    RewindTo {
+        /// The subjects the next write gains.
+        subjects: BTreeSet<String>,
+    },
+    /// Work queue, after the write that follows a [`Command::Pause`]: deliver again (a
+    /// configuration write keeps a pause).
+    Resume,
     /// Create the durable; the message loop then reads from it.
     Create(Write),
     /// Create the durable again after it was deleted: wait for the server to finish the
@@ -257,25 +269,30 @@ pub(crate) fn sync(desired: &Desired<'_>, observed: &Observed<'_>) -> Vec<Comman
         deliver,
         metadata,
     };
+    if desired.mode == Mode::WorkQueue && !fresh && !gained.is_empty() {
+        commands.push(Command::Pause);
+        commands.push(Command::RewindTo {
+            subjects: gained.clone(),
+        });
+    }
     commands.push(match (fresh, observed.recreate) {
         (true, false) => Command::Create(write),
         (true, true) => Command::Recreate(write),
         (false, _) => Command::Update(write),
     });
+    if commands.contains(&Command::Pause) {
+        commands.push(Command::Resume);
+    }
     let released: BTreeSet<String> = applied.subjects.difference(target).cloned().collect();
     if desired.mode == Mode::WorkQueue && !released.is_empty() {
         commands.push(Command::ReleaseGated { released });
     }
     if drain {
-        let was_paused = applied.exists && applied.subjects.is_empty();
-        let upto = if desired.mode == Mode::WorkQueue && was_paused {
-            Upto::All
-        } else {
-            Upto::Delivered
-        };
+        // On a work queue the rewind before the write put the position below the backlog:
+        // the reported position is exact even for a durable that had nothing assigned.
         commands.push(Command::Drain {
             from: drained_from,
-            upto,
+            upto: Upto::Delivered,
         });
     }
     commands
@@ -683,11 +700,16 @@ mod tests {
         assert_eq!(
             case.plan(),
             [
+                Command::Pause,
+                Command::RewindTo {
+                    subjects: set(&["e.3"])
+                },
                 Command::Update(write(
                     &["e.2", "e.3"],
                     DeliverPolicy::All,
                     &[("parti.pending.e.3", "0")]
                 )),
+                Command::Resume,
                 Command::ReleaseGated {
                     released: set(&["e.1"])
                 },
@@ -797,19 +819,24 @@ mod tests {
     }
 
     #[test]
-    fn paused_work_queue_durable_rewinds_over_everything_stored() {
+    fn paused_work_queue_durable_rewinds_over_the_backlog_before_the_write() {
         let case = Case::new(Mode::WorkQueue, existing(&[], &[], 10), &["e.1"]);
         assert_eq!(
             case.plan(),
             [
+                Command::Pause,
+                Command::RewindTo {
+                    subjects: set(&["e.1"])
+                },
                 Command::Update(write(
                     &["e.1"],
                     DeliverPolicy::All,
                     &[("parti.pending.e.1", "0")]
                 )),
+                Command::Resume,
                 Command::Drain {
                     from: bounds(&[("e.1", 0)]),
-                    upto: Upto::All
+                    upto: Upto::Delivered
                 },
             ]
         );
@@ -922,7 +949,6 @@ mod tests {
     fn drains_reach_the_reported_position_or_everything() {
         assert_eq!(Upto::Delivered.resolve(Some(12)), 12);
         assert_eq!(Upto::Delivered.resolve(None), u64::MAX);
-        assert_eq!(Upto::All.resolve(Some(12)), u64::MAX);
         assert_eq!(Upto::At(7).resolve(Some(12)), 7);
     }
 

@@ -40,6 +40,9 @@ const SYNC_ATTEMPTS: usize = 4;
 /// Pause before re-creating a deleted durable: nats-server may still be removing the old
 /// one's store, and would remove the new one's with it.
 const RECREATE_DELAY: Duration = Duration::from_millis(250);
+/// Longest a [`Command::Pause`] can stop the durable if the write that ends it never comes
+/// (this process dies, NATS goes away).
+const PAUSE_BOUND: Duration = Duration::from_secs(10);
 
 /// Requests from the [`WorkerConsumer`](super::WorkerConsumer) handle.
 pub(crate) enum Request {
@@ -327,6 +330,25 @@ impl Reconciler {
         target: &BTreeSet<String>,
         commands: Vec<Command>,
     ) -> std::result::Result<Executed, ApiError> {
+        let pausing = commands.contains(&Command::Pause);
+        // Nothing after the resume can fail.
+        let result = self.execute_all(durable, applied, target, commands).await;
+        if pausing && result.is_err() {
+            // The write that ends the pause failed: resume now rather than at the bound.
+            if let Err(e) = api::resume(&self.shared.stream, durable).await {
+                tracing::debug!(consumer = %durable, error = %e.message(), "resume after a failed write failed; the pause ends by itself");
+            }
+        }
+        result
+    }
+
+    async fn execute_all(
+        &mut self,
+        durable: &str,
+        applied: &Applied,
+        target: &BTreeSet<String>,
+        commands: Vec<Command>,
+    ) -> std::result::Result<Executed, ApiError> {
         let mut written: Option<Written> = None;
         let mut executed = Executed::default();
         let mut still_held = BTreeSet::new();
@@ -342,6 +364,16 @@ impl Reconciler {
         for command in commands {
             match command {
                 Command::SkipBelow { subject, below } => self.shared.known.set(&subject, below),
+                Command::Pause => api::pause(&self.shared.stream, durable, PAUSE_BOUND).await?,
+                Command::Resume => {
+                    if let Err(e) = api::resume(&self.shared.stream, durable).await {
+                        // The write landed: not worth undoing; the pause ends by itself.
+                        tracing::warn!(consumer = %durable, error = %e.message(), bound = ?PAUSE_BOUND, "resuming the durable after a gain failed; it resumes by itself");
+                    }
+                }
+                Command::RewindTo { subjects } => {
+                    handoff::rewind_before_gain(&self.shared, durable, &subjects).await?;
+                }
                 Command::Create(write) => {
                     let config = self.consumer_config(durable, write.clone());
                     let consumer = api::create(&self.shared.stream, config).await?;
@@ -480,6 +512,10 @@ impl Reconciler {
             self.applied = Some(Applied::missing());
             return Ok(());
         };
+        if consumer.cached_info().paused {
+            // Left paused by a gain that did not finish (see `Command::Pause`).
+            api::resume(&self.shared.stream, durable).await?;
+        }
         let (applied, resume) = plan::adopt(durable, consumer.cached_info());
         self.shared.set_filter(&applied.subjects);
         let resuming: usize = resume
