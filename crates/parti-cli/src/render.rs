@@ -131,12 +131,22 @@ pub(crate) fn human(report: &Report, server: &str) -> String {
     out
 }
 
-/// The flags raised, by name and count: `lagging 1`, `undecodable 3`, `belowFloor 1`.
+/// The flags raised, by name and count: `lagging 1`, `undecodable 3`, `belowFloor 1`,
+/// `mixedVersions 2` (two versions among the workers).
 fn flags(report: &Report) -> Vec<String> {
     [
         ("lagging", report.lagging.len()),
         ("undecodable", report.undecodable.len()),
         ("belowFloor", report.below_floor.len()),
+        // The number of distinct versions, raised only when there are several.
+        (
+            "mixedVersions",
+            if report.versions.len() > 1 {
+                report.versions.len()
+            } else {
+                0
+            },
+        ),
     ]
     .into_iter()
     .filter(|(_, n)| *n > 0)
@@ -150,6 +160,33 @@ fn state(worker: &WorkerReport) -> String {
     match (worker.state, worker.degraded_reason) {
         (Some(state), Some(reason)) => format!("{state} ({reason})"),
         (state, _) => opt(state),
+    }
+}
+
+/// The PROTOCOL cell: the heartbeat's protocol, with what differs from this build's
+/// capabilities: `1`, `0 (-leaseRevocation -releaseAck)`, `1 (+newThing)`.
+fn protocol(worker: &WorkerReport) -> String {
+    use parti::heartbeat::protocol::Capability;
+    let (Some(number), Some(capabilities)) = (worker.protocol, &worker.capabilities) else {
+        return "-".to_owned();
+    };
+    let mut diff: Vec<String> = Capability::ALL
+        .into_iter()
+        .map(Capability::as_str)
+        .filter(|known| !capabilities.iter().any(|c| c == known))
+        .map(|c| format!("-{c}"))
+        .collect();
+    diff.sort();
+    diff.extend(
+        capabilities
+            .iter()
+            .filter(|c| Capability::from_name(c).is_none())
+            .map(|c| format!("+{c}")),
+    );
+    if diff.is_empty() {
+        number.to_string()
+    } else {
+        format!("{number} ({})", diff.join(" "))
     }
 }
 
@@ -168,6 +205,7 @@ fn workers_table(report: &Report) -> String {
                 opt(w.assigned_version),
                 opt(w.partitions),
                 opt(w.weight),
+                protocol(w),
                 opt(w.instance.as_deref()),
             ]
         })
@@ -183,6 +221,7 @@ fn workers_table(report: &Report) -> String {
             "ASSIGNED",
             "PARTITIONS",
             "WEIGHT",
+            "PROTOCOL",
             "INSTANCE",
         ],
         &rows,

@@ -21,6 +21,11 @@
 //!   worker behind the committed state; warning), `undecodable` (a key of any bucket that does
 //!   not hold what it must; the `undecodableValue` error), `belowFloor` (a committed version
 //!   below its floor, a warning; a leader term below a recorded term, an error).
+//! - Versions (rolling upgrades): each worker's heartbeat announces its protocol and
+//!   capabilities; `versions` groups the workers with a heartbeat by both. More than one group
+//!   is a mixed fleet (flag `mixedVersions`, a warning naming what the older workers lack); a
+//!   protocol this build does not understand is a `protocolUnsupported` warning (a leader of
+//!   this build keeps that worker out of the map).
 //! - Values under keys that are not worker IDs of the pool, and values that do not decode, are
 //!   never taken as a worker, a lease or a commit: no worker row comes from them alone.
 
@@ -99,6 +104,26 @@ pub(crate) struct Report {
     pub(crate) undecodable: Vec<Undecodable>,
     /// Versions and terms below a floor recorded elsewhere.
     pub(crate) below_floor: Vec<BelowFloor>,
+    /// The workers with a heartbeat, grouped by protocol and capabilities: more than one group
+    /// is a mixed fleet (a rolling upgrade in progress).
+    pub(crate) versions: Vec<VersionGroup>,
+}
+
+/// Workers that announce the same protocol and capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VersionGroup {
+    /// The protocol (0 for builds that predate it).
+    pub(crate) protocol: u32,
+    /// The capability names, sorted.
+    pub(crate) capabilities: Vec<String>,
+    /// Whether a leader of this build understands the protocol.
+    pub(crate) supported: bool,
+    /// The capabilities this build knows that the group lacks (hand-offs from these workers
+    /// take the fallback path under a leader of this build).
+    pub(crate) missing: Vec<String>,
+    /// The worker IDs, sorted.
+    pub(crate) workers: Vec<String>,
 }
 
 /// One bucket.
@@ -193,6 +218,10 @@ pub(crate) struct WorkerReport {
     pub(crate) applied_version: Option<u64>,
     /// From the heartbeat: the latest commit it has carried out.
     pub(crate) released: Option<u64>,
+    /// From the heartbeat: the protocol it speaks (0 for builds that predate it).
+    pub(crate) protocol: Option<u32>,
+    /// From the heartbeat: the capabilities it announces, sorted (unknown names included).
+    pub(crate) capabilities: Option<Vec<String>>,
     /// Version of the publish that last changed its partitions.
     pub(crate) assigned_version: Option<u64>,
     pub(crate) in_map: bool,
@@ -349,6 +378,8 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
             heartbeat_age_ms: age,
             applied_version: beat.map(|b| b.applied_version),
             released: beat.map(|b| b.released),
+            protocol: beat.map(|b| b.protocol),
+            capabilities: beat.map(|b| b.capabilities.iter().cloned().collect()),
             assigned_version: committed.map(|(_, rec)| rec.version),
             in_map,
             partitions: committed.map(|(_, rec)| rec.partitions.len()),
@@ -420,6 +451,12 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         &facts,
     );
     issues.extend(flags::issues(&flags));
+    let versions = version_groups(&workers);
+    version_issues(
+        &versions,
+        snapshot.bucket_name(Role::Heartbeat),
+        &mut issues,
+    );
     sort_issues(&mut issues);
     Report {
         schema: SCHEMA,
@@ -434,7 +471,85 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         lagging: flags.lagging,
         undecodable: flags.undecodable,
         below_floor: flags.below_floor,
+        versions,
     }
+}
+
+/// The workers with a heartbeat, grouped by protocol and capabilities (by protocol, then
+/// capabilities).
+fn version_groups(workers: &[WorkerReport]) -> Vec<VersionGroup> {
+    use parti::heartbeat::protocol::{self, Capability};
+    let mut groups: BTreeMap<(u32, Vec<String>), Vec<String>> = BTreeMap::new();
+    for w in workers {
+        if let (Some(protocol), Some(capabilities)) = (w.protocol, &w.capabilities) {
+            groups
+                .entry((protocol, capabilities.clone()))
+                .or_default()
+                .push(w.id.clone());
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((number, capabilities), workers)| {
+            let supported = protocol::understood(number).is_ok();
+            let missing = Capability::ALL
+                .into_iter()
+                .map(Capability::as_str)
+                .filter(|c| supported && !capabilities.iter().any(|have| have == c))
+                .map(str::to_owned)
+                .collect();
+            VersionGroup {
+                protocol: number,
+                capabilities,
+                supported,
+                missing,
+                workers,
+            }
+        })
+        .collect()
+}
+
+/// `protocolUnsupported` for each worker of a protocol this build does not understand;
+/// `mixedVersions` when the workers do not all announce the same protocol and capabilities.
+fn version_issues(versions: &[VersionGroup], heartbeat_bucket: &str, issues: &mut Vec<Issue>) {
+    use parti::heartbeat::protocol::understood;
+    for group in versions {
+        if let Err(refusal) = understood(group.protocol) {
+            for worker in &group.workers {
+                issues.push(Issue::warning(
+                    "protocolUnsupported",
+                    worker,
+                    format!(
+                        "{refusal}: a leader of this build keeps the worker out of the map \
+                         (see \"Rolling upgrade\" in docs/operations.md)"
+                    ),
+                ));
+            }
+        }
+    }
+    if versions.len() < 2 {
+        return;
+    }
+    let described: Vec<String> = versions
+        .iter()
+        .map(|g| {
+            let mut text = format!("protocol {} ({} worker(s)", g.protocol, g.workers.len());
+            if !g.missing.is_empty() {
+                text.push_str(&format!(", lacking {}", g.missing.join(", ")));
+            }
+            text.push(')');
+            text
+        })
+        .collect();
+    issues.push(Issue::warning(
+        "mixedVersions",
+        heartbeat_bucket,
+        format!(
+            "workers run different versions: {}; hand-offs from workers lacking a capability \
+             take the slower fallback path until every worker is upgraded",
+            described.join("; ")
+        ),
+    ));
 }
 
 /// Errors first, then by kind and subject.

@@ -73,6 +73,8 @@ impl World {
             lapses: 0,
             expelled: false,
             degraded_reason: None,
+            protocol: parti::heartbeat::protocol::PROTOCOL,
+            capabilities: parti::heartbeat::protocol::capabilities(),
         };
         let bytes = codec::encode(&value).unwrap();
         self.snapshot
@@ -380,6 +382,7 @@ fn json_field_names_are_the_documented_ones() {
             "leader",
             "schema",
             "undecodable",
+            "versions",
             "workers"
         ]
     );
@@ -411,6 +414,7 @@ fn json_field_names_are_the_documented_ones() {
         [
             "appliedVersion",
             "assignedVersion",
+            "capabilities",
             "degradedReason",
             "health",
             "heartbeatAgeMs",
@@ -421,6 +425,7 @@ fn json_field_names_are_the_documented_ones() {
             "instance",
             "leader",
             "partitions",
+            "protocol",
             "released",
             "state",
             "weight"
@@ -814,4 +819,115 @@ fn a_degraded_worker_shows_why_in_json_and_in_the_table() {
         row("w-3").contains("stable") && !row("w-3").contains("kvErrors"),
         "{text}"
     );
+}
+
+impl World {
+    /// A live worker whose heartbeat announces `protocol` and `capabilities`; `None` writes a
+    /// heartbeat of a build that predates both fields.
+    fn beat_protocol(mut self, id: &str, announced: Option<(u32, &[&str])>) -> Self {
+        self = self
+            .id(id, &format!("i-{id}"))
+            .beat(id, &format!("i-{id}"), 100);
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&self.snapshot.heartbeats[id].value).unwrap();
+        let object = json.as_object_mut().unwrap();
+        match announced {
+            Some((protocol, capabilities)) => {
+                object.insert("protocol".into(), protocol.into());
+                object.insert("capabilities".into(), capabilities.to_vec().into());
+            }
+            None => {
+                object.remove("protocol");
+                object.remove("capabilities");
+            }
+        }
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&json).unwrap());
+        self.snapshot
+            .heartbeats
+            .insert(id.into(), entry(id, bytes, 2));
+        self
+    }
+}
+
+#[test]
+fn protocols_and_capabilities_are_shown_and_a_mixed_fleet_is_flagged() {
+    use parti::heartbeat::protocol::PROTOCOL;
+    let all: &[&str] = &["leaseRevocation", "releaseAck"];
+    let report = World::new()
+        .beat_protocol("w-0", Some((PROTOCOL, all)))
+        .beat_protocol("w-1", None)
+        .beat_protocol("w-2", Some((PROTOCOL + 1, &["releaseAck", "warpDrive"])))
+        .leader("w-0", 7)
+        .owns("w-0", vec!["a", "b"])
+        .owns("w-1", vec!["c"])
+        .report();
+    assert_eq!(worker(&report, "w-0").protocol, Some(PROTOCOL));
+    assert_eq!(worker(&report, "w-1").protocol, Some(0));
+    assert_eq!(worker(&report, "w-1").capabilities, Some(Vec::new()));
+    assert_eq!(
+        worker(&report, "w-2").capabilities,
+        Some(vec!["releaseAck".to_owned(), "warpDrive".to_owned()])
+    );
+    // Three versions: flagged, and the newer protocol is one this build does not speak.
+    assert_eq!(report.versions.len(), 3);
+    assert_eq!(report.versions[0].workers, ["w-1"]);
+    assert_eq!(
+        report.versions[0].missing,
+        ["releaseAck", "leaseRevocation"]
+    );
+    assert!(report.versions[1].missing.is_empty());
+    assert!(!report.versions[2].supported);
+    assert!(
+        kinds(&report).contains(&"mixedVersions"),
+        "{:?}",
+        report.issues
+    );
+    let unsupported: Vec<&str> = report
+        .issues
+        .iter()
+        .filter(|i| i.kind == "protocolUnsupported")
+        .map(|i| i.subject.as_str())
+        .collect();
+    assert_eq!(unsupported, ["w-2"]);
+    assert!(report.consistent, "warnings only");
+
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["workers"][1]["protocol"], 0);
+    assert_eq!(json["versions"][0]["protocol"], 0);
+    assert_eq!(json["versions"][2]["supported"], false);
+
+    let text = crate::render::human(&report, "nats://test:4222");
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no row for {id} in\n{text}"))
+            .to_owned()
+    };
+    assert!(text.contains("PROTOCOL"), "{text}");
+    assert!(text.contains("mixedVersions 3"), "{text}");
+    assert!(
+        row("w-1").contains("0 (-leaseRevocation -releaseAck)"),
+        "{text}"
+    );
+    assert!(
+        row("w-2").contains(&format!("{} (-leaseRevocation +warpDrive)", PROTOCOL + 1)),
+        "{text}"
+    );
+    assert!(!row("w-0").contains('('), "{text}");
+}
+
+#[test]
+fn a_fleet_of_one_version_is_not_flagged() {
+    let report = World::new()
+        .worker("w-0")
+        .worker("w-1")
+        .leader("w-0", 7)
+        .owns("w-0", vec!["a"])
+        .owns("w-1", vec!["b"])
+        .report();
+    assert_eq!(report.versions.len(), 1);
+    assert_eq!(report.versions[0].workers, ["w-0", "w-1"]);
+    assert!(report.issues.is_empty(), "{:?}", report.issues);
+    let text = crate::render::human(&report, "nats://test:4222");
+    assert!(!text.contains("mixedVersions"), "{text}");
 }

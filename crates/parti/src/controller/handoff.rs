@@ -20,7 +20,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::compat::{self, Standing};
 use crate::assignment::AssignmentMap;
+use crate::heartbeat::protocol::Refusal;
 use crate::partition::WorkerId;
 use crate::records::{Lineage, WorkerRecord};
 
@@ -42,9 +44,25 @@ pub(crate) struct Members {
     /// no proof: the bucket may have been deleted and recreated, or the value overwritten),
     /// until one heartbeat TTL after the takeover.
     pub(crate) unproven: BTreeSet<WorkerId>,
+    /// Live members that are not relied on fully (see [`compat`]): their protocol is not
+    /// understood, or they lack a capability. Those not listed are [`compat::FULL`].
+    pub(crate) standing: BTreeMap<WorkerId, Standing>,
 }
 
 impl Members {
+    /// What the leader may rely on from `worker`.
+    pub(crate) fn standing(&self, worker: &WorkerId) -> Standing {
+        self.standing.get(worker).copied().unwrap_or(compat::FULL)
+    }
+
+    /// The live members kept out of the map, and why.
+    pub(crate) fn refused(&self) -> impl Iterator<Item = (&WorkerId, Refusal)> {
+        self.standing.iter().filter_map(|(w, s)| match s {
+            Standing::Refused(refusal) => Some((w, *refusal)),
+            Standing::Trusted { .. } => None,
+        })
+    }
+
     /// Whether `worker` may still hold a partition it lost at `lost_at`.
     fn may_hold(&self, worker: &WorkerId, lost_at: u64) -> bool {
         self.unproven.contains(worker) || self.released.get(worker).is_some_and(|r| *r < lost_at)
@@ -208,6 +226,7 @@ mod tests {
             released: released.iter().map(|(id, v)| (w(id), *v)).collect(),
             lineages: BTreeMap::new(),
             floor: 0,
+            standing: BTreeMap::new(),
         }
     }
     fn map(entries: &[(&str, &[&str])]) -> AssignmentMap {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::compat::{self, Fence, Standing};
 use super::handoff::{self, Members};
 use super::planner::{
     ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,
@@ -27,7 +28,7 @@ use crate::clock::unix_ms;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent};
-use crate::manager::hooks::EventSink;
+use crate::manager::hooks::{Event, EventSink};
 use crate::partition::{Partition, WorkerId};
 use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
@@ -195,6 +196,14 @@ impl Leader {
 
     /// Starts the planner's term from the committed record and the `live` set.
     pub(crate) fn take_over(&mut self, live: &BTreeSet<WorkerId>) -> Vec<Decision> {
+        let members = self.members.clone();
+        announce_standings(&self.ctx.events, &Members::default(), &members);
+        let refused: BTreeSet<&WorkerId> = members.refused().map(|(w, _)| w).collect();
+        let live: BTreeSet<WorkerId> = live
+            .iter()
+            .filter(|w| !refused.contains(w))
+            .cloned()
+            .collect();
         let cluster = match &self.publisher.committed().record {
             Some((r, _)) => Some(ClusterView {
                 version: r.version,
@@ -257,6 +266,12 @@ impl Leader {
     /// The planner input for a membership event; remembers which IDs left gracefully.
     pub(crate) fn on_membership(&mut self, event: MembershipEvent) -> Input {
         match event {
+            // A worker this leader does not understand never joins the planner's live set.
+            MembershipEvent::Joined(worker)
+                if matches!(self.members.standing(&worker), Standing::Refused(_)) =>
+            {
+                Input::Tick { now: now() }
+            }
             MembershipEvent::Joined(worker) => Input::Joined { worker, now: now() },
             MembershipEvent::Left(worker) => {
                 self.left_gracefully.insert(worker.clone());
@@ -269,13 +284,17 @@ impl Leader {
         }
     }
 
-    /// Takes in what the heartbeats now say (nothing for the planner: hand-offs read it),
-    /// noting since when each new lineage has been seen.
-    pub(crate) fn on_heartbeats(&mut self, members: Members) {
+    /// Takes in what the heartbeats now say, noting since when each new lineage has been seen.
+    /// Returns the planner inputs for workers whose protocol this leader stopped or started
+    /// understanding (see [`compat`]): a refused worker leaves the planner's live set (the next
+    /// map leaves it out), one understood again joins it. Everything else is for hand-offs.
+    pub(crate) fn on_heartbeats(&mut self, members: Members) -> Vec<Input> {
         if members == self.members {
-            return;
+            return Vec::new();
         }
+        announce_standings(&self.ctx.events, &self.members, &members);
         let seen_at = now();
+        let inputs = refusal_inputs(&self.members, &members, seen_at);
         for (worker, lineage) in &members.lineages {
             let fresh = self
                 .lineage_seen
@@ -287,6 +306,7 @@ impl Leader {
             }
         }
         self.members = members;
+        inputs
     }
 
     /// Asks the source whether it changed by itself since the map was built: the input to
@@ -647,6 +667,13 @@ impl Leader {
             entry.1 = version;
             let due = self.attempt_due(&worker);
             if due.is_none_or(|at| now_at < at) {
+                if compat::fence(&self.members, &worker) == Fence::Never {
+                    tracing::debug!(
+                        %worker,
+                        version,
+                        "loser cannot be fenced (capability missing): waiting for it"
+                    );
+                }
                 continue;
             }
             let lineage = self.members.lineages.get(&worker).cloned();
@@ -716,7 +743,8 @@ impl Leader {
         if covered {
             return None;
         }
-        let overdue = *since + self.ctx.handoff_timeout;
+        let fence = compat::fence(&self.members, worker);
+        let overdue = compat::revocation_due(fence, *since, self.ctx.handoff_timeout)?;
         Some(match self.retry_at.get(worker) {
             Some(retry) => overdue.max(*retry),
             None => overdue,
@@ -749,6 +777,61 @@ impl Leader {
         let attempts = self.waiting.keys().filter_map(|w| self.attempt_due(w));
         let fenced = self.expelled.values().flatten().map(|e| e.fenced_at);
         attempts.chain(fenced).filter(|at| *at > now).min()
+    }
+}
+
+/// The planner inputs for the standings that changed from `before` to `after`: a live worker
+/// now refused leaves the planner's live set, a live worker no longer refused joins it.
+fn refusal_inputs(before: &Members, after: &Members, now: Instant) -> Vec<Input> {
+    let refused = |m: &Members, w: &WorkerId| matches!(m.standing(w), Standing::Refused(_));
+    after
+        .released
+        .keys()
+        .filter_map(
+            |worker| match (refused(before, worker), refused(after, worker)) {
+                (false, true) => Some(Input::Left {
+                    worker: worker.clone(),
+                    now,
+                }),
+                (true, false) => Some(Input::Joined {
+                    worker: worker.clone(),
+                    now,
+                }),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// Makes every standing that changed from `before` to `after` visible: a warning and an
+/// [`Event`] for a worker refused or one relied on only partly.
+fn announce_standings(events: &EventSink, before: &Members, after: &Members) {
+    for (worker, standing) in &after.standing {
+        if before.standing(worker) == *standing {
+            continue;
+        }
+        match *standing {
+            Standing::Refused(refusal) => {
+                tracing::warn!(%worker, %refusal, "worker kept out of the map");
+                events.emit(Event::WorkerRefused {
+                    worker: worker.clone(),
+                    refusal,
+                });
+            }
+            Standing::Trusted { .. } => {
+                let missing = standing.missing();
+                let names: Vec<&str> = missing.iter().map(|c| c.as_str()).collect();
+                tracing::warn!(
+                    %worker,
+                    missing = %names.join(","),
+                    "worker lacks capabilities: hand-offs from it take the fallback path"
+                );
+                events.emit(Event::CapabilityFallback {
+                    worker: worker.clone(),
+                    missing,
+                });
+            }
+        }
     }
 }
 
@@ -830,4 +913,50 @@ pub(crate) fn moved_partitions(before: &AssignmentMap, after: &AssignmentMap) ->
 /// Now, on tokio's clock (the paused test clock drives it).
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heartbeat::protocol::Refusal;
+
+    fn members(refused: &[&str], live: &[&str]) -> Members {
+        let refusal = Refusal::ProtocolTooNew {
+            protocol: 9,
+            max: 1,
+        };
+        Members {
+            released: live.iter().map(|w| (WorkerId::new(*w), 0)).collect(),
+            standing: refused
+                .iter()
+                .map(|w| (WorkerId::new(*w), Standing::Refused(refusal)))
+                .collect(),
+            ..Members::default()
+        }
+    }
+
+    #[test]
+    fn a_worker_refused_leaves_the_planner_and_one_understood_again_joins_it() {
+        let t = now();
+        let before = members(&["a"], &["a", "b", "c"]);
+        let after = members(&["b"], &["a", "b", "c"]);
+        let inputs = refusal_inputs(&before, &after, t);
+        assert_eq!(
+            inputs,
+            [
+                Input::Joined {
+                    worker: WorkerId::new("a"),
+                    now: t
+                },
+                Input::Left {
+                    worker: WorkerId::new("b"),
+                    now: t
+                },
+            ]
+        );
+        assert!(refusal_inputs(&after, &after, t).is_empty());
+        // A refused worker that departed is the membership watcher's business.
+        let gone = members(&[], &["a", "c"]);
+        assert!(refusal_inputs(&after, &gone, t).is_empty());
+    }
 }

@@ -8,7 +8,9 @@
 //! # Layout
 //!
 //! - `planner` (pure) decides when to announce a phase and when to publish; `handoff` (pure)
-//!   decides which moved partitions stay pending and when a republish or an expulsion is due.
+//!   decides which moved partitions stay pending and when a republish or an expulsion is due;
+//!   `compat` (pure) decides what the leader may rely on from each worker in a fleet of mixed
+//!   versions (protocol and capabilities from the heartbeats).
 //! - `leader::Leader` owns one term's state: its context, the `Publisher` (the fenced writer
 //!   and the commit it last read or made), the `Planner`, the partitions the map was last built
 //!   from, and the hand-off bookkeeping (members' heartbeats, lineages seen, batching,
@@ -18,6 +20,7 @@
 //!   `Feeds`), turns each event into one `Leader` call, and races the `Leader`'s store and
 //!   source calls against the term's cancellation.
 
+pub(crate) mod compat;
 pub(crate) mod handoff;
 mod leader;
 pub(crate) mod planner;

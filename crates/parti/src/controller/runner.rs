@@ -11,14 +11,14 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::handoff::Members;
+use super::compat;
 use super::leader::{Leader, LeaderContext, now};
 use super::planner::{Decision, Input, PlannerConfig};
 use super::publisher::Publisher;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent, MembershipWatcher};
 use crate::partition::WorkerId;
-use crate::records::{Lineage, REFRESH_KEY};
+use crate::records::REFRESH_KEY;
 use crate::store::{WatchEvent, WatchStream};
 
 /// Runs the controller until `cancel` fires or leadership is lost.
@@ -96,7 +96,7 @@ async fn lead(
         .max(Duration::from_secs(1));
     let mut suppress = ctx.suppress_crashes_until.clone();
     let mut heartbeats = membership.values();
-    let known = members_from(&heartbeats.borrow_and_update());
+    let known = compat::members_from(&heartbeats.borrow_and_update());
     let mut leader = Leader::new(ctx, publisher, known, cancel.clone());
     let mut decisions = leader.take_over(&live_now);
     let suppressed = *suppress.borrow_and_update();
@@ -153,7 +153,18 @@ async fn serve(
             () = cancel.cancelled() => return Ok(()),
             () = sleep_until(wake) => Input::Tick { now: now() },
             event = feeds.members.recv() => match event {
-                Some(event) => leader.on_membership(event),
+                Some(event) => {
+                    // A join is judged on the heartbeat that made it (a worker this leader
+                    // does not understand is not fed to the planner).
+                    if matches!(event, MembershipEvent::Joined(_)) {
+                        let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
+                        let inputs = leader.on_heartbeats(members);
+                        decisions = feed(&mut leader, inputs);
+                    }
+                    let input = leader.on_membership(event);
+                    decisions.extend(leader.handle(input));
+                    continue;
+                }
                 None => return Err(Error::Shutdown),
             },
             request = feeds.refresh.recv() => match request {
@@ -166,8 +177,9 @@ async fn serve(
             },
             changed = feeds.heartbeats.changed() => {
                 if changed.is_err() { return Err(Error::Shutdown); }
-                let members = members_from(&feeds.heartbeats.borrow_and_update());
-                leader.on_heartbeats(members);
+                let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
+                let inputs = leader.on_heartbeats(members);
+                decisions = feed(&mut leader, inputs);
                 continue;
             },
             changed = feeds.suppress.changed() => {
@@ -200,30 +212,12 @@ async fn serve(
     }
 }
 
-/// Released versions, lineages and the version floor from the members' heartbeats.
-fn members_from(values: &BTreeMap<WorkerId, HeartbeatValue>) -> Members {
-    Members {
-        unproven: BTreeSet::new(),
-        released: values
-            .iter()
-            .map(|(w, v)| (w.clone(), v.released))
-            .collect(),
-        lineages: values
-            .iter()
-            .map(|(w, v)| {
-                let lineage = Lineage {
-                    instance: v.instance.clone(),
-                    lapses: v.lapses,
-                };
-                (w.clone(), lineage)
-            })
-            .collect(),
-        floor: values
-            .values()
-            .map(|v| v.applied_version.max(v.released))
-            .max()
-            .unwrap_or(0),
-    }
+/// Feeds `inputs` to the planner in order; returns what it decides.
+fn feed(leader: &mut Leader, inputs: Vec<Input>) -> Vec<Decision> {
+    inputs
+        .into_iter()
+        .flat_map(|input| leader.handle(input))
+        .collect()
 }
 
 async fn next_refresh(watch: &mut Option<WatchStream>) -> Option<()> {

@@ -478,6 +478,8 @@ mod tests {
             lapses: 0,
             expelled: false,
             degraded_reason: None,
+            protocol: crate::heartbeat::protocol::PROTOCOL,
+            capabilities: crate::heartbeat::protocol::capabilities(),
         };
         Entry {
             key: key.into(),

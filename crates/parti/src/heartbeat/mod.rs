@@ -3,10 +3,14 @@
 //! up as an expiry event. A graceful stop deletes the key (a *leave*).
 //!
 //! [`Heartbeater`] is the writing side, [`MembershipWatcher`] turns the bucket into
-//! [`MembershipEvent`]s for the leader.
+//! [`MembershipEvent`]s for the leader. Every value also announces the writer's
+//! [`protocol`] version and capabilities, so that a leader never relies on what a worker of an
+//! older build lacks (rolling upgrades).
 
 mod membership;
+pub mod protocol;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +87,41 @@ pub struct HeartbeatValue {
         deserialize_with = "lenient_reason"
     )]
     pub degraded_reason: Option<DegradedReason>,
+    /// The writer's [protocol version](protocol::PROTOCOL). Absent (0) in values written before
+    /// it existed. Read leniently: a value that is not a number reads as `u32::MAX`, a protocol
+    /// no leader of this build understands.
+    #[serde(default, deserialize_with = "lenient_protocol")]
+    pub protocol: u32,
+    /// The [capabilities](protocol::Capability) the writer announces, by name. Absent (none)
+    /// in values written before they existed. Names this build does not know are kept (and
+    /// ignored); anything in the field that is not a name is dropped.
+    #[serde(default, deserialize_with = "lenient_capabilities")]
+    pub capabilities: BTreeSet<String>,
+}
+
+/// `protocol` as written; `u32::MAX` (not understood) for anything but a number that fits.
+fn lenient_protocol<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<u32, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(u32::MAX))
+}
+
+/// `capabilities` as written: the strings of an array, nothing for anything else.
+fn lenient_capabilities<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<BTreeSet<String>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .collect())
 }
 
 /// `degradedReason` as written, `None` for anything that is not a known reason's name.
@@ -104,6 +143,28 @@ impl HeartbeatValue {
             expelled: true,
             ..self.clone()
         }
+    }
+
+    /// A value written by this build: this worker's `info`, with this build's
+    /// [protocol](protocol::PROTOCOL) and [capabilities](protocol::capabilities).
+    pub fn announce(instance: impl Into<String>, info: HeartbeatInfo) -> Self {
+        Self {
+            instance: instance.into(),
+            ts: unix_ms(),
+            state: info.state,
+            applied_version: info.applied_version,
+            released: info.released,
+            lapses: info.lapses,
+            expelled: false,
+            degraded_reason: info.degraded_reason,
+            protocol: protocol::PROTOCOL,
+            capabilities: protocol::capabilities(),
+        }
+    }
+
+    /// Whether the writer announces `capability`.
+    pub fn has(&self, capability: protocol::Capability) -> bool {
+        self.capabilities.contains(capability.as_str())
     }
 }
 
@@ -232,16 +293,7 @@ impl Heartbeater {
         if let Err(e) = self.task.await {
             tracing::error!(worker = %self.worker, error = %e, "heartbeat task failed");
         }
-        let value = HeartbeatValue {
-            instance: self.instance.clone(),
-            ts: unix_ms(),
-            state: last.state,
-            applied_version: last.applied_version,
-            released: last.released,
-            lapses: last.lapses,
-            expelled: false,
-            degraded_reason: last.degraded_reason,
-        };
+        let value = HeartbeatValue::announce(self.instance.clone(), last);
         // The last word matters less than leaving: delete even when the put failed (a leader
         // that missed the `Shutdown` value waits one TTL before handing our partitions on).
         let said = match codec::encode(&value) {
@@ -298,16 +350,7 @@ impl Beat {
         let mut info_open = true;
         loop {
             let info = *self.info.borrow_and_update();
-            let value = HeartbeatValue {
-                instance: self.instance.clone(),
-                ts: unix_ms(),
-                state: info.state,
-                applied_version: info.applied_version,
-                released: info.released,
-                lapses: info.lapses,
-                expelled: false,
-                degraded_reason: info.degraded_reason,
-            };
+            let value = HeartbeatValue::announce(self.instance.clone(), info);
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.put(&value) => {}
@@ -439,6 +482,8 @@ mod tests {
             lapses: 0,
             expelled: false,
             degraded_reason,
+            protocol: protocol::PROTOCOL,
+            capabilities: protocol::capabilities(),
         }
     }
 
@@ -482,6 +527,61 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{reason}: {e}"));
             assert_eq!(back.degraded_reason, None, "{reason}");
             assert_eq!(back.applied_version, 3);
+        }
+    }
+
+    #[test]
+    fn a_value_of_a_build_before_protocols_reads_as_protocol_0_without_capabilities() {
+        let old = br#"{"v":1,"instance":"i-1","ts":5,"state":"stable","appliedVersion":3,"released":3,"lapses":0}"#;
+        let back: HeartbeatValue = codec::decode("hb", "worker-1", old).unwrap();
+        assert_eq!(back.protocol, 0);
+        assert!(back.capabilities.is_empty());
+        assert!(!back.has(protocol::Capability::ReleaseAck));
+        assert_eq!(back.released, 3);
+    }
+
+    #[test]
+    fn this_build_announces_its_protocol_and_capabilities() {
+        let written = value(None);
+        let bytes = codec::encode(&written).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["protocol"], protocol::PROTOCOL);
+        let names: Vec<&str> = json["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(names, ["leaseRevocation", "releaseAck"]);
+        let back: HeartbeatValue = codec::decode("hb", "worker-1", &bytes).unwrap();
+        assert_eq!(back, written);
+        for c in protocol::Capability::ALL {
+            assert!(back.has(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn unknown_capabilities_are_kept_and_malformed_fields_never_fail_the_heartbeat() {
+        let newer = br#"{"v":1,"instance":"i-1","ts":5,"state":"stable","appliedVersion":3,"protocol":1,"capabilities":["releaseAck","warpDrive",7]}"#;
+        let back: HeartbeatValue = codec::decode("hb", "worker-1", newer).unwrap();
+        assert_eq!(back.protocol, 1);
+        assert!(back.capabilities.contains("warpDrive"), "kept");
+        assert!(back.has(protocol::Capability::ReleaseAck));
+        assert!(!back.has(protocol::Capability::LeaseRevocation));
+        assert_eq!(back.capabilities.len(), 2, "the number is dropped");
+        for (protocol, capabilities, read) in [
+            (r#""two""#, r#""releaseAck""#, u32::MAX),
+            ("-1", "null", u32::MAX),
+            ("99999999999", "{}", u32::MAX),
+            ("2", "[]", 2),
+        ] {
+            let bytes = format!(
+                r#"{{"v":1,"instance":"i-1","ts":5,"state":"stable","appliedVersion":3,"protocol":{protocol},"capabilities":{capabilities}}}"#
+            );
+            let back: HeartbeatValue = codec::decode("hb", "worker-1", bytes.as_bytes())
+                .unwrap_or_else(|e| panic!("{protocol}: {e}"));
+            assert_eq!(back.protocol, read, "{protocol}");
+            assert!(back.capabilities.is_empty(), "{capabilities}");
         }
     }
 }

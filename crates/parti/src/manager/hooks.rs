@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::assignment::Assignment;
 use crate::consumer::WorkerConsumer;
 use crate::error::Error;
+use crate::heartbeat::protocol::{Capability, Refusal};
 use crate::ownership::OwnershipRecord;
 use crate::partition::{Partition, WorkerId};
 use crate::state::{DegradedReason, State};
@@ -146,6 +147,24 @@ pub enum Event {
     /// Changes of what this worker holds, in the order they happened (see
     /// [`ownership`](crate::ownership)).
     Ownership(Arc<[OwnershipRecord]>),
+    /// As leader: a live worker speaks a protocol this leader does not understand, so it is
+    /// kept out of the map (see [`protocol`](crate::heartbeat::protocol)). Sent when the
+    /// leader first sees it so.
+    WorkerRefused {
+        /// The worker kept out.
+        worker: WorkerId,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// As leader: a live worker lacks capabilities this leader would rely on, so hand-offs
+    /// from it take the safe, slower path (see [`Capability`]). Sent when the leader first sees
+    /// it so.
+    CapabilityFallback {
+        /// The worker.
+        worker: WorkerId,
+        /// What it lacks.
+        missing: Vec<Capability>,
+    },
 }
 
 /// Enqueues events for the dispatcher; cheap to clone.
@@ -207,6 +226,7 @@ pub(crate) fn spawn_dispatcher(
                 }
                 Event::Error(error) => hooks.on_error(error).await,
                 Event::Ownership(records) => hooks.on_ownership(records).await,
+                Event::WorkerRefused { .. } | Event::CapabilityFallback { .. } => {}
             }
             if let Some(done) = done {
                 let _ = done.send(());
