@@ -29,15 +29,20 @@ async fn setup(retention: RetentionPolicy) -> (NatsServer, jetstream::Context) {
     init_tracing();
     let server = NatsServer::start().await.expect("nats-server");
     let js = jetstream::new(server.client().await.expect("connect"));
+    create_stream(&js, retention, 1).await;
+    (server, js)
+}
+
+async fn create_stream(js: &jetstream::Context, retention: RetentionPolicy, replicas: usize) {
     js.create_stream(stream::Config {
         name: STREAM.into(),
         subjects: vec!["events.>".into()],
         retention,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
     .expect("stream");
-    (server, js)
 }
 
 fn assignment(keys: &[&str]) -> Assignment {
@@ -242,27 +247,36 @@ async fn empty_assignment_pauses_and_is_never_an_unfiltered_consumer() {
     c.close().await.unwrap();
 }
 
-/// The no-rewind hazard: a durable whose filter gains a subject never delivers that subject's
-/// messages below its position. They must be drained.
-async fn backlog_of_gained_subject_is_delivered(retention: RetentionPolicy) {
-    let (_server, js) = setup(retention).await;
+/// A consumer of `worker-0` on partition `one` that has processed `one-0`…`one-3`, stored
+/// around `two-0`…`two-2`: its position and ack floor are past the `two` backlog.
+async fn consuming_one_past_a_two_backlog(
+    js: &jetstream::Context,
+) -> (Seen, WorkerConsumer, WorkerId) {
     let seen = Seen::default();
-    let c = consumer(&js, &seen).await;
+    let c = consumer(js, &seen).await;
     let w = WorkerId::new("worker-0");
     c.update_assignment(&w, &assignment(&["one"]))
         .await
         .unwrap();
     for i in 0..3 {
-        publish(&js, "one", &format!("one-{i}")).await;
-        publish(&js, "two", &format!("two-{i}")).await;
+        publish(js, "one", &format!("one-{i}")).await;
+        publish(js, "two", &format!("two-{i}")).await;
     }
-    publish(&js, "one", "one-3").await;
+    publish(js, "one", "one-3").await;
     let ones = set(&["one-0", "one-1", "one-2", "one-3"]);
-    wait_until(DEADLINE, "every `one` message", || async {
-        seen.has_all(&ones)
+    wait_until(DEADLINE, "every `one` message, acked", || async {
+        seen.has_all(&ones) && info(js, "parti-worker-0").await.ack_floor.stream_sequence >= 7
     })
     .await
     .unwrap();
+    (seen, c, w)
+}
+
+/// The no-rewind hazard: a durable whose filter gains a subject never delivers that subject's
+/// messages below its position. They must be drained.
+async fn backlog_of_gained_subject_is_delivered(retention: RetentionPolicy) {
+    let (_server, js) = setup(retention).await;
+    let (seen, c, w) = consuming_one_past_a_two_backlog(&js).await;
     let position = info(&js, "parti-worker-0").await.delivered.stream_sequence;
     assert_eq!(position, 7, "the durable is past the `two` backlog");
 
@@ -314,31 +328,8 @@ async fn work_queue_backlog_of_a_gained_subject_survives_a_consumer_leader_chang
     init_tracing();
     let cluster = NatsCluster::start(3).await.expect("nats cluster");
     let js = jetstream::new(cluster.client().await.expect("connect"));
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["events.>".into()],
-        retention: RetentionPolicy::WorkQueue,
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
-    let seen = Seen::default();
-    let c = consumer(&js, &seen).await;
-    let w = WorkerId::new("worker-0");
-    c.update_assignment(&w, &assignment(&["one"]))
-        .await
-        .unwrap();
-    for i in 0..3 {
-        publish(&js, "two", &format!("two-{i}")).await;
-    }
-    publish(&js, "one", "one-0").await;
-    wait_until(DEADLINE, "the ack floor past the `two` backlog", || async {
-        seen.has_all(&set(&["one-0"]))
-            && info(&js, "parti-worker-0").await.ack_floor.stream_sequence >= 4
-    })
-    .await
-    .unwrap();
+    create_stream(&js, RetentionPolicy::WorkQueue, 3).await;
+    let (seen, c, w) = consuming_one_past_a_two_backlog(&js).await;
 
     c.update_assignment(&w, &assignment(&["one", "two"]))
         .await
