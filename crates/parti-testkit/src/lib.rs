@@ -5,7 +5,8 @@
 //! with JetStream on a free port and a temporary store (installed by `scripts/setup`),
 //! [`NatsCluster`] clusters several of them, [`FaultProxy`] sits between a client and a server
 //! to stall, reset or delay the link, and [`wait_until`] lets tests wait on conditions with a
-//! deadline instead of sleeping.
+//! deadline instead of sleeping. One level up, [`HookedBucket`] wraps a real store bucket so a
+//! test can make chosen calls misbehave (a stale read, a lost reply, a watch that misses events).
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
@@ -31,6 +32,7 @@
 //! ```
 
 mod auth;
+mod bucket;
 pub mod checker;
 mod cluster;
 pub mod conformance;
@@ -40,6 +42,7 @@ mod server;
 mod wait;
 
 pub use auth::{ServerAuth, ServerTls, TlsFiles};
+pub use bucket::{BucketHooks, HookedBucket, Write};
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
 pub use proxy::{FaultProxy, LinkMode};

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use parti::WorkerId;
 use parti::election::{self, ElectionAgent, Elector, LEADER_KEY, Leadership, NatsLeaseElection};
-use parti::store::{Bucket, Entry, NatsStore, Store, StoreError, WatchStream};
-use parti_testkit::{NatsServer, wait_until};
+use parti::store::{Bucket, Entry, NatsStore, Store, StoreError};
+use parti_testkit::{BucketHooks, HookedBucket, NatsServer, Write, wait_until};
 use tokio::time::Instant;
 
 const BUCKET: &str = "parti-election";
@@ -189,11 +188,18 @@ async fn a_leader_whose_lease_is_taken_steps_down_at_once() {
 
 /// A bucket that counts its calls, and whose writes fail while `failing` is set, as a store
 /// with transient errors would.
-#[derive(Debug)]
-struct FlakyBucket {
-    inner: Arc<dyn Bucket>,
+type FlakyBucket = HookedBucket<Flaky>;
+
+/// Wraps `inner` with every switch off and every counter at zero.
+fn flaky_bucket(inner: Arc<dyn Bucket>) -> Arc<FlakyBucket> {
+    Arc::new(HookedBucket::new(inner, Flaky::default()))
+}
+
+/// The switches and counters of a [`FlakyBucket`].
+#[derive(Debug, Default)]
+struct Flaky {
     failing: AtomicBool,
-    /// Writes are applied but report a timeout (a lost reply).
+    /// Creates are applied but report a timeout (a lost reply).
     losing_replies: AtomicBool,
     /// `create`, `update`, `put` and `delete` calls (a refused create counts: it is a round trip
     /// to the stream's leader all the same).
@@ -201,70 +207,24 @@ struct FlakyBucket {
     gets: AtomicU64,
 }
 
-#[async_trait]
-impl Bucket for FlakyBucket {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+impl BucketHooks for Flaky {
+    fn get(&self, _key: &str) -> Option<Result<Option<Entry>, StoreError>> {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.check("create")?;
-        let created = self.inner.create(key, value).await?;
-        self.reply("create")?;
-        Ok(created)
-    }
-    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
-        self.check("update")?;
-        self.inner.update(key, value, expected).await
-    }
-    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.check("put")?;
-        self.inner.put(key, value).await
-    }
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
-        self.check("delete")?;
-        self.inner.delete(key, expected).await
-    }
-    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(pattern).await
-    }
-    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
-        self.inner.watch(pattern).await
-    }
-}
-
-impl FlakyBucket {
-    fn new(inner: Arc<dyn Bucket>) -> Self {
-        Self {
-            inner,
-            failing: AtomicBool::new(false),
-            losing_replies: AtomicBool::new(false),
-            writes: AtomicU64::new(0),
-            gets: AtomicU64::new(0),
-        }
+        None
     }
 
-    fn reply(&self, op: &'static str) -> Result<(), StoreError> {
-        if self.losing_replies.load(Ordering::SeqCst) {
-            return Err(StoreError::Timeout {
-                op,
-                bucket: self.name().to_owned(),
-            });
+    /// Counts a write; fails it while `failing` is set.
+    fn before_write(&self, write: Write<'_>) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(write.timeout());
         }
         Ok(())
     }
 
-    /// Counts a write; fails it while `failing` is set.
-    fn check(&self, op: &'static str) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StoreError::Timeout {
-                op,
-                bucket: self.name().to_owned(),
-            });
+    fn after_write(&self, write: Write<'_>) -> Result<(), StoreError> {
+        if write.op == "create" && self.losing_replies.load(Ordering::SeqCst) {
+            return Err(write.timeout());
         }
         Ok(())
     }
@@ -273,7 +233,7 @@ impl FlakyBucket {
 #[tokio::test]
 async fn transient_renewal_errors_are_retried_within_the_lease_and_never_trusted_past_it() {
     let server = NatsServer::start().await.unwrap();
-    let flaky = Arc::new(FlakyBucket::new(bucket(&server).await));
+    let flaky = flaky_bucket(bucket(&server).await);
     let agent = Arc::new(NatsLeaseElection::new(
         flaky.clone(),
         "worker-0".into(),
@@ -288,13 +248,13 @@ async fn transient_renewal_errors_are_retried_within_the_lease_and_never_trusted
     let renewed_at = wait_for_renewal(&*flaky).await;
 
     // A failure shorter than the lease: still the leader, same term, no step-down in between.
-    flaky.failing.store(true, Ordering::SeqCst);
+    flaky.hooks().failing.store(true, Ordering::SeqCst);
     let mut stepped_down = false;
     while renewed_at.elapsed() < TTL / 2 {
         stepped_down |= !leadership.borrow_and_update().is_leader();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    flaky.failing.store(false, Ordering::SeqCst);
+    flaky.hooks().failing.store(false, Ordering::SeqCst);
     let renewed_again = wait_for_renewal(&*flaky).await;
     assert!(
         !stepped_down,
@@ -303,7 +263,7 @@ async fn transient_renewal_errors_are_retried_within_the_lease_and_never_trusted
     assert_eq!(*elector.leadership().borrow(), Leadership::Leader { term });
 
     // A failure that outlasts the lease: the leader steps down before the lease would run out.
-    flaky.failing.store(true, Ordering::SeqCst);
+    flaky.hooks().failing.store(true, Ordering::SeqCst);
     wait_until(TTL, "the leader to step down within its lease", || {
         let follower = !leadership.borrow().is_leader();
         async move { follower }
@@ -318,7 +278,7 @@ async fn transient_renewal_errors_are_retried_within_the_lease_and_never_trusted
     println!(
         "MEASURE election: stepped down {stepped_after:?} after the last successful renewal (TTL {TTL:?})"
     );
-    flaky.failing.store(false, Ordering::SeqCst);
+    flaky.hooks().failing.store(false, Ordering::SeqCst);
     elector.stop().await.unwrap();
 }
 
@@ -377,11 +337,11 @@ async fn one_leader_again_after_a_server_restart() {
 #[tokio::test]
 async fn a_create_whose_reply_was_lost_still_wins_the_lease() {
     let server = NatsServer::start().await.unwrap();
-    let flaky = Arc::new(FlakyBucket::new(bucket(&server).await));
+    let flaky = flaky_bucket(bucket(&server).await);
     let agent = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-0"), "i-0".into(), TTL);
-    flaky.losing_replies.store(true, Ordering::SeqCst);
+    flaky.hooks().losing_replies.store(true, Ordering::SeqCst);
     assert!(agent.request().await.is_err(), "the reply was lost");
-    flaky.losing_replies.store(false, Ordering::SeqCst);
+    flaky.hooks().losing_replies.store(false, Ordering::SeqCst);
     let created = flaky.get(LEADER_KEY).await.unwrap().unwrap().revision;
     // The key is ours: the next request takes it at once instead of waiting out the TTL.
     let term = agent.request().await.unwrap();
@@ -405,7 +365,7 @@ async fn counted_contenders(
     let mut electors = Vec::new();
     let mut counters = Vec::new();
     for i in 0..n {
-        let counting = Arc::new(FlakyBucket::new(bucket(server).await));
+        let counting = flaky_bucket(bucket(server).await);
         electors.push(Some(contender(counting.clone(), i)));
         counters.push(counting);
     }
@@ -415,14 +375,14 @@ async fn counted_contenders(
 fn writes(counters: &[Arc<FlakyBucket>]) -> Vec<u64> {
     counters
         .iter()
-        .map(|c| c.writes.load(Ordering::SeqCst))
+        .map(|c| c.hooks().writes.load(Ordering::SeqCst))
         .collect()
 }
 
 fn gets(counters: &[Arc<FlakyBucket>]) -> Vec<u64> {
     counters
         .iter()
-        .map(|c| c.gets.load(Ordering::SeqCst))
+        .map(|c| c.hooks().gets.load(Ordering::SeqCst))
         .collect()
 }
 

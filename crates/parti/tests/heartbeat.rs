@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use parti::heartbeat::{self, HeartbeatValue, Heartbeater, MembershipEvent, MembershipWatcher};
-use parti::store::{Bucket, Entry, NatsStore, Store, StoreError, WatchEvent, WatchStream, codec};
+use parti::store::{Bucket, NatsStore, Store, WatchEvent, WatchStream, codec};
 use parti::{State, WorkerId};
-use parti_testkit::{NatsServer, wait_until};
+use parti_testkit::{BucketHooks, HookedBucket, NatsServer, wait_until};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -260,42 +259,19 @@ async fn undecodable_heartbeats_are_never_workers_and_good_ones_are_under_any_ke
     watcher.stop().await;
 }
 
-/// A bucket whose first watch loses every delete and expiry, as a stream that missed events would.
-#[derive(Debug)]
-struct LossyBucket {
-    inner: Arc<dyn Bucket>,
+/// Makes a bucket's first watch lose every delete and expiry, as a stream that missed events
+/// would.
+#[derive(Debug, Default)]
+struct LossyWatch {
     lossy_watch_given: AtomicBool,
 }
 
-#[async_trait]
-impl Bucket for LossyBucket {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.inner.create(key, value).await
-    }
-    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
-        self.inner.update(key, value, expected).await
-    }
-    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.inner.put(key, value).await
-    }
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(pattern).await
-    }
-    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
-        let stream = self.inner.watch(pattern).await?;
+impl BucketHooks for LossyWatch {
+    fn watch(&self, stream: WatchStream) -> WatchStream {
         if self.lossy_watch_given.swap(true, Ordering::SeqCst) {
-            return Ok(stream);
+            return stream;
         }
-        Ok(stream
+        stream
             .filter(|e| {
                 let keep = !matches!(
                     e,
@@ -303,7 +279,7 @@ impl Bucket for LossyBucket {
                 );
                 std::future::ready(keep)
             })
-            .boxed())
+            .boxed()
     }
 }
 
@@ -312,10 +288,7 @@ async fn the_periodic_resync_catches_a_missed_leave() {
     let server = NatsServer::start().await.unwrap();
     let ttl = Duration::from_secs(2);
     let real = bucket(&server, ttl).await;
-    let lossy: Arc<dyn Bucket> = Arc::new(LossyBucket {
-        inner: real.clone(),
-        lossy_watch_given: AtomicBool::new(false),
-    });
+    let lossy: Arc<dyn Bucket> = Arc::new(HookedBucket::new(real.clone(), LossyWatch::default()));
     let resync = Duration::from_secs(1);
     let (watcher, mut events) = MembershipWatcher::spawn_with_ttl(lossy, resync, ttl);
     let (hb, _info) = beat(real.clone(), "worker-4", Duration::from_millis(300));

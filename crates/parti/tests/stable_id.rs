@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use parti::stable_id::{self, IdStatus, StableIdConfig};
-use parti::store::{Bucket, Entry, NatsStore, Store, StoreError, WatchStream};
+use parti::store::{Bucket, Entry, NatsStore, Store, StoreError};
 use parti::{Error, WorkerId};
-use parti_testkit::{FaultProxy, NatsServer, wait_until};
+use parti_testkit::{BucketHooks, FaultProxy, HookedBucket, NatsServer, wait_until};
 use tokio::time::Instant;
 
 const BUCKET: &str = "parti-stableid";
@@ -280,42 +278,16 @@ async fn an_id_taken_while_its_owner_was_cut_off_is_reported_lost() {
     successor.release().await.unwrap();
 }
 
-/// A bucket whose reads of one key return an old entry, as a NATS replica that is behind
+/// Makes a bucket's reads of one key return an old entry, as a NATS replica that is behind
 /// answers a direct get; writes go to the real bucket.
 #[derive(Debug)]
 struct StaleReads {
-    inner: Arc<dyn Bucket>,
     stale: Entry,
 }
 
-#[async_trait]
-impl Bucket for StaleReads {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        if key == self.stale.key {
-            return Ok(Some(self.stale.clone()));
-        }
-        self.inner.get(key).await
-    }
-    async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.inner.create(key, value).await
-    }
-    async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
-        self.inner.update(key, value, expected).await
-    }
-    async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-        self.inner.put(key, value).await
-    }
-    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(pattern).await
-    }
-    async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
-        self.inner.watch(pattern).await
+impl BucketHooks for StaleReads {
+    fn get(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
+        (key == self.stale.key).then(|| Ok(Some(self.stale.clone())))
     }
 }
 
@@ -339,10 +311,8 @@ async fn a_stale_read_of_our_old_claim_never_makes_an_id_taken_since_ours_again(
 
     // X claims again while a replica behind still shows its old value under worker-0: that
     // read is no proof that worker-0 is X's.
-    let stale: Arc<dyn Bucket> = Arc::new(StaleReads {
-        inner: real.clone(),
-        stale: old,
-    });
+    let stale: Arc<dyn Bucket> =
+        Arc::new(HookedBucket::new(real.clone(), StaleReads { stale: old }));
     let again = stable_id::claim(stale, &cfg, "instance-x").await.unwrap();
     assert_eq!(again.id().as_str(), "worker-1", "X re-adopted Y's ID");
     assert!(y.status().borrow().is_held());
