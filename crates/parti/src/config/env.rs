@@ -157,8 +157,9 @@ fn env_fields() -> Result<Vec<EnvField>> {
     if let Value::Object(map) = &defaults {
         collect(map, &mut Vec::new(), &mut fields);
     }
-    // Skipped in the default because it is derived when absent.
+    // Skipped in the default because they are derived when absent.
     fields.push(field(&["emergencyGracePeriod".to_owned()], Kind::Text));
+    fields.push(field(&["coldStartMaxWindow".to_owned()], Kind::Text));
     Ok(fields)
 }
 
@@ -269,6 +270,8 @@ mod tests {
             "PARTI_HANDOFF_TIMEOUT",
             "PARTI_DEGRADED_HOLDING",
             "PARTI_START_JITTER",
+            "PARTI_COLD_START_QUIET",
+            "PARTI_COLD_START_MAX_WINDOW",
         ] {
             assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
         }
@@ -276,7 +279,8 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
-        // 17 top-level scalars + emergencyGracePeriod, 2 + 5 + (1 + 5) + 5 in the sections.
-        assert_eq!(vars.len(), 18 + 2 + 5 + 6 + 5);
+        // 18 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
+        // 2 + 5 + (1 + 5) + 5 in the sections.
+        assert_eq!(vars.len(), 20 + 2 + 5 + 6 + 5);
     }
 }

@@ -9,6 +9,10 @@
 //!   They are written back in the compact exact form (`"1m30s"`).
 //! - `emergencyGracePeriod` left out (or `null`) means 1.5 × `heartbeatInterval`; an explicit
 //!   `"0s"` means no grace at all (the Go library read 0 as "derive it").
+//! - `coldStartMaxWindow` left out (or `null`) means 3 × `coldStartWindow`, but no more than
+//!   halfway from `coldStartWindow` to `startupTimeout` (a worker that started first must still
+//!   reach `Stable` within `startupTimeout`); set explicitly, it must be `≥ coldStartWindow` and
+//!   `< startupTimeout`.
 //! - `degradedBehavior` is a preset name or a mapping laid over a preset (see
 //!   [`DegradedBehaviorConfig`]).
 //! - An empty YAML document is the default configuration.
@@ -103,10 +107,28 @@ pub struct Config {
     /// `≥ 2 × heartbeatInterval`).
     #[serde(with = "duration")]
     pub heartbeat_ttl: Duration,
-    /// How long the leader waits after the first join of a cold start before the first
-    /// assignment (default 30s; `≥ plannedScaleWindow`).
+    /// How long the leader waits after the first join of a cold start (or full restart) before
+    /// the first assignment, at least (default 30s; `≥ plannedScaleWindow`). While joins keep
+    /// arriving the wait stretches, see `coldStartQuiet`.
     #[serde(with = "duration")]
     pub cold_start_window: Duration,
+    /// A join less than this before the end of a cold-start (or full-restart) window pushes the
+    /// end back by this much, up to `coldStartMaxWindow`: a fleet whose starts spread over more
+    /// than `coldStartWindow` still gets one first assignment (default 5s; `0s` turns the
+    /// stretching off). Crash handling is not delayed by it.
+    #[serde(with = "duration")]
+    pub cold_start_quiet: Duration,
+    /// The longest a cold-start (or full-restart) window may stretch to, from the first join;
+    /// `None` (the default) means 3 × `coldStartWindow`, but no more than halfway from
+    /// `coldStartWindow` to `startupTimeout` (45s with the defaults). Read it through
+    /// [`cold_start_max_window()`](Config::cold_start_max_window). `≥ coldStartWindow`,
+    /// `< startupTimeout`; equal to `coldStartWindow`, windows never stretch.
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cold_start_max_window: Option<Duration>,
     /// How long joins and graceful leaves are batched before one rebalance (default 10s).
     #[serde(with = "duration")]
     pub planned_scale_window: Duration,
@@ -174,6 +196,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(2),
             heartbeat_ttl: Duration::from_secs(6),
             cold_start_window: Duration::from_secs(30),
+            cold_start_quiet: Duration::from_secs(5),
+            cold_start_max_window: None,
             planned_scale_window: Duration::from_secs(10),
             emergency_grace_period: None,
             restart_detection_ratio: 0.5,
@@ -204,6 +228,7 @@ impl Config {
             heartbeat_interval: ms(200),
             heartbeat_ttl: ms(600),
             cold_start_window: ms(1_000),
+            cold_start_quiet: ms(300),
             planned_scale_window: ms(500),
             election_ttl: ms(1_000),
             startup_timeout: ms(10_000),
@@ -236,6 +261,28 @@ impl Config {
     pub fn emergency_grace_period(&self) -> Duration {
         self.emergency_grace_period
             .unwrap_or_else(|| self.heartbeat_interval.saturating_mul(3) / 2)
+    }
+
+    /// The effective longest cold-start window: the configured one, or 3 × `coldStartWindow`
+    /// but no more than halfway from `coldStartWindow` to `startupTimeout` (so that a worker
+    /// that started first still reaches `Stable` in time), and never less than
+    /// `coldStartWindow`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut config = parti::Config::default(); // window 30s, startup timeout 60s
+    /// assert_eq!(config.cold_start_max_window(), Duration::from_secs(45));
+    /// config.startup_timeout = Duration::from_secs(600);
+    /// assert_eq!(config.cold_start_max_window(), Duration::from_secs(90));
+    /// config.cold_start_max_window = Some(Duration::from_secs(120));
+    /// assert_eq!(config.cold_start_max_window(), Duration::from_secs(120));
+    /// ```
+    pub fn cold_start_max_window(&self) -> Duration {
+        let window = self.cold_start_window;
+        self.cold_start_max_window.unwrap_or_else(|| {
+            let halfway = window.saturating_add(self.startup_timeout.saturating_sub(window) / 2);
+            window.saturating_mul(3).min(halfway).max(window)
+        })
     }
 
     /// How often the leader renews its lease: a third of `electionTtl`.

@@ -131,7 +131,29 @@ impl Config {
                 )
             },
         );
-        // plannedScaleWindow ≥ 0 holds by type.
+        // plannedScaleWindow ≥ 0 and coldStartQuiet ≥ 0 hold by type (a zero quiet period
+        // turns the stretching off). A derived coldStartMaxWindow meets both rules below.
+        if let Some(max) = self.cold_start_max_window {
+            v.check(max >= self.cold_start_window, "coldStartMaxWindow", || {
+                format!(
+                    "{} must be at least coldStartWindow ({}), the shortest cold-start window",
+                    format(max),
+                    format(self.cold_start_window)
+                )
+            });
+            v.check(
+                self.startup_timeout.is_zero() || max < self.startup_timeout,
+                "coldStartMaxWindow",
+                || {
+                    format!(
+                        "{} must be shorter than startupTimeout ({}), or the first workers of a \
+                         long cold start time out before it ends",
+                        format(max),
+                        format(self.startup_timeout)
+                    )
+                },
+            );
+        }
 
         // A derived grace period (1.5 × interval) is within heartbeatTtl whenever the
         // heartbeatTtl rule holds, so only an explicit one is checked here.

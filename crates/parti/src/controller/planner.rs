@@ -17,6 +17,19 @@
 //!   period (one publish instead of a series), and any publish that leaves a suspect out of the
 //!   map settles that suspect. A worker that returns before its crash is published keeps its
 //!   partitions and clears its timer.
+//! - **A cold-start window stretches while joins keep arriving.** SPEC §6 waits
+//!   `cold_start_window` from the first join; a fleet whose starts spread over longer would get
+//!   its first map without the late starters and then one planned window after another. So a
+//!   join less than `cold_start_quiet` before the deadline of a cold-start (or full-restart)
+//!   window pushes that deadline back by `cold_start_quiet`, never beyond
+//!   `cold_start_max_window` after the window opened. `cold_start_window` stays the minimum, the
+//!   window closes at least `cold_start_quiet` after its last join (unless the maximum comes
+//!   first), and a window already due is not stretched. The deadline moves in whole quiet
+//!   periods rather than to `now + cold_start_quiet` at every join, so the announced phase
+//!   changes at most once per quiet period, not once per join. Planned-scale windows never
+//!   stretch, and a restart window brought forward (see below) stays so. Crashes are not
+//!   delayed: during a cold start no one holds partitions (an expiry just drops the worker, and
+//!   does not stretch the window), and once a map exists emergencies pre-empt every window.
 //! - **Partition changes** wait for an open window (its publish includes them) and otherwise for
 //!   `min_rebalance_interval` after the last publish; an emergency publish does not count as
 //!   done for them (it moves only orphans), so they still follow it.
@@ -104,6 +117,9 @@ struct InFlight {
 struct Window {
     reason: ScalingReason,
     deadline: Instant,
+    /// The latest the deadline may be pushed to by joins (the deadline itself for a planned
+    /// window, which never stretches).
+    limit: Instant,
     /// Opened by a new leader finding live workers missing from the map.
     leader_change: bool,
 }
@@ -253,9 +269,11 @@ impl Planner {
 
     fn open_cold_start(&mut self, now: Instant) {
         if let Some(reason) = self.awaiting_first.take() {
+            let window = self.cfg.cold_start_window;
             self.window = Some(Window {
                 reason,
-                deadline: after(now, self.cfg.cold_start_window),
+                deadline: after(now, window),
+                limit: after(now, window.max(self.cfg.cold_start_max_window)),
                 leader_change: false,
             });
         }
@@ -263,11 +281,28 @@ impl Planner {
 
     fn open_planned(&mut self, now: Instant, leader_change: bool) {
         if self.window.is_none() {
+            let deadline = after(now, self.cfg.planned_scale_window);
             self.window = Some(Window {
                 reason: ScalingReason::PlannedScale,
-                deadline: after(now, self.cfg.planned_scale_window),
+                deadline,
+                limit: deadline,
                 leader_change,
             });
+        }
+    }
+
+    /// A join less than `cold_start_quiet` before the deadline of an open cold-start (or
+    /// restart) window pushes the deadline back by `cold_start_quiet`, up to the window's limit.
+    fn stretch_cold_start(&mut self, now: Instant) {
+        let quiet = self.cfg.cold_start_quiet;
+        if let Some(window) = self.window.as_mut()
+            && window.reason != ScalingReason::PlannedScale
+            && now < window.deadline
+            && window.deadline < after(now, quiet)
+        {
+            window.deadline = after(window.deadline, quiet)
+                .min(window.limit)
+                .max(window.deadline);
         }
     }
 
@@ -281,6 +316,7 @@ impl Planner {
             self.open_cold_start(now);
             return self.shorten_restart(now);
         }
+        self.stretch_cold_start(now);
         if self
             .window
             .is_some_and(|w| w.reason == ScalingReason::Restart)
@@ -295,7 +331,7 @@ impl Planner {
 
     /// Brings a restart window's deadline forward: to the end of a planned window from its
     /// opening once the live workers are too many for a full restart, to `now` once every
-    /// worker of the inherited map is live again.
+    /// worker of the inherited map is live again. A window brought forward no longer stretches.
     fn shorten_restart(&mut self, now: Instant) {
         let Some((map, since)) = &self.restart_of else {
             return;
@@ -311,6 +347,8 @@ impl Planner {
             && window.reason == ScalingReason::Restart
         {
             window.deadline = window.deadline.min(deadline).max(now);
+            // Brought forward for good: later joins no longer stretch it.
+            window.limit = window.deadline;
         }
     }
 

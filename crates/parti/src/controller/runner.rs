@@ -262,6 +262,8 @@ impl From<&crate::config::Config> for PlannerConfig {
     fn from(c: &crate::config::Config) -> Self {
         Self {
             cold_start_window: c.cold_start_window,
+            cold_start_quiet: c.cold_start_quiet,
+            cold_start_max_window: c.cold_start_max_window(),
             planned_scale_window: c.planned_scale_window,
             emergency_grace_period: c.emergency_grace_period(),
             restart_detection_ratio: c.restart_detection_ratio,

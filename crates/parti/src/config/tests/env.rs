@@ -13,6 +13,8 @@ fn top_level_and_nested_fields() {
             ("PARTI_WORKER_ID_PREFIX", "pod"),
             ("PARTI_WORKER_ID_MAX", "7"),
             ("PARTI_EMERGENCY_GRACE_PERIOD", "1s"),
+            ("PARTI_COLD_START_QUIET", "2s"),
+            ("PARTI_COLD_START_MAX_WINDOW", "40s"),
             ("PARTI_RESTART_DETECTION_RATIO", "0.25"),
             ("PARTI_ASSIGNMENT_MIN_REBALANCE_INTERVAL", "2s"),
             ("PARTI_KV_BUCKETS_REPLICAS", "3"),
@@ -25,6 +27,10 @@ fn top_level_and_nested_fields() {
     assert_eq!(c.worker_id_prefix, "pod");
     assert_eq!(c.worker_id_max, 7);
     assert_eq!(c.emergency_grace_period, Some(s(1)));
+    assert_eq!(
+        (c.cold_start_quiet, c.cold_start_max_window),
+        (s(2), Some(s(40)))
+    );
     assert_eq!(c.restart_detection_ratio, 0.25);
     assert_eq!(c.assignment.min_rebalance_interval, s(2));
     assert_eq!(c.kv_buckets.replicas, 3);

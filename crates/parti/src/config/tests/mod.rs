@@ -46,6 +46,8 @@ workerIdTtl: 1m
 heartbeatInterval: 500ms
 heartbeatTtl: 1s500ms
 coldStartWindow: 1m30s
+coldStartQuiet: 10s
+coldStartMaxWindow: 1m45s
 plannedScaleWindow: 20s
 emergencyGracePeriod: 750ms
 restartDetectionRatio: 0.75
@@ -86,6 +88,13 @@ fn defaults_match_the_table() {
     assert_eq!(c.heartbeat_interval, s(2));
     assert_eq!(c.heartbeat_ttl, s(6));
     assert_eq!(c.cold_start_window, s(30));
+    assert_eq!(c.cold_start_quiet, s(5));
+    assert_eq!(c.cold_start_max_window, None);
+    assert_eq!(
+        c.cold_start_max_window(),
+        s(45),
+        "3 × coldStartWindow, at most halfway to startupTimeout"
+    );
     assert_eq!(c.planned_scale_window, s(10));
     assert_eq!(c.emergency_grace_period, None);
     assert_eq!(c.emergency_grace_period(), s(3), "1.5 × heartbeatInterval");
@@ -138,6 +147,8 @@ fn fast_for_tests_is_valid_and_fast() {
     assert!(c.heartbeat_interval >= ms(100) && c.heartbeat_interval <= ms(200));
     assert_eq!(c.heartbeat_ttl, c.heartbeat_interval * 3);
     assert!(c.cold_start_window <= s(1) && c.planned_scale_window <= ms(500));
+    assert!(c.cold_start_quiet < c.cold_start_window);
+    assert!(c.cold_start_max_window() > c.cold_start_window);
     assert!(c.election_ttl <= s(1));
     assert!(c.operation_timeout <= s(1));
     assert!(c.degraded_behavior.enter_threshold <= s(1));
@@ -159,4 +170,39 @@ fn derived_intervals() {
     assert_eq!(c.emergency_grace_period(), ms(750));
     c.emergency_grace_period = Some(ms(100));
     assert_eq!(c.emergency_grace_period(), ms(100));
+}
+
+#[test]
+fn derived_cold_start_max_window() {
+    let mut c = Config::default();
+    // Halfway from the 30 s window to the 60 s startup timeout.
+    assert_eq!(c.cold_start_max_window(), s(45));
+    // 3 × the window once the startup timeout leaves room for it.
+    c.startup_timeout = s(600);
+    assert_eq!(c.cold_start_max_window(), s(90));
+    // Never below the window, whatever the (invalid) startup timeout.
+    c.startup_timeout = s(10);
+    assert_eq!(c.cold_start_max_window(), s(30));
+    c.startup_timeout = Duration::ZERO;
+    assert_eq!(c.cold_start_max_window(), s(30));
+    // No overflow on absurd durations.
+    c.cold_start_window = Duration::MAX;
+    c.startup_timeout = Duration::MAX;
+    assert_eq!(c.cold_start_max_window(), Duration::MAX);
+    // An explicit one is taken as it is.
+    c.cold_start_max_window = Some(s(1));
+    assert_eq!(c.cold_start_max_window(), s(1));
+    // The derived value always passes validation.
+    for (window, startup) in [(1, 2), (1, 10), (30, 31), (30, 60), (30, 600)] {
+        let c = Config {
+            cold_start_window: s(window),
+            startup_timeout: s(startup),
+            ..Config::default()
+        };
+        let max = c.cold_start_max_window();
+        assert!(
+            max >= c.cold_start_window && max < c.startup_timeout,
+            "{max:?}"
+        );
+    }
 }

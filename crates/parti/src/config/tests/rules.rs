@@ -30,6 +30,12 @@ fn each_rule_reports_its_field() {
             (c.heartbeat_interval, c.heartbeat_ttl) = (ms(10), ms(50))
         }),
         ("coldStartWindow", |c| c.cold_start_window = s(5)),
+        ("coldStartMaxWindow", |c| {
+            c.cold_start_max_window = Some(s(29))
+        }),
+        ("coldStartMaxWindow", |c| {
+            c.cold_start_max_window = Some(s(60))
+        }),
         ("emergencyGracePeriod", |c| {
             c.emergency_grace_period = Some(s(7))
         }),
@@ -120,6 +126,24 @@ fn each_rule_reports_its_field() {
 }
 
 #[test]
+fn a_cold_start_max_window_below_the_window_is_explained() {
+    let found = violations(Config::from_yaml_str(
+        "coldStartWindow: 20s\ncoldStartMaxWindow: 10s\n",
+    ));
+    assert_eq!(fields(&found), ["coldStartMaxWindow"]);
+    let message = Error::InvalidConfig { violations: found }.to_string();
+    assert!(
+        message.contains("coldStartMaxWindow: 10s must be at least coldStartWindow (20s)"),
+        "{message}"
+    );
+    let found = violations(Config::from_yaml_str("coldStartMaxWindow: 1m\n"));
+    assert!(
+        found[0].reason.contains("shorter than startupTimeout (1m)"),
+        "{found:?}"
+    );
+}
+
+#[test]
 fn edge_values_that_are_allowed() {
     type Mutation = fn(&mut Config);
     let cases: &[Mutation] = &[
@@ -128,6 +152,10 @@ fn edge_values_that_are_allowed() {
         |c| c.worker_id_ttl = s(6), // = 3 × interval = heartbeatTtl
         |c| c.heartbeat_ttl = s(4), // = 2 × interval
         |c| c.cold_start_window = c.planned_scale_window,
+        |c| c.cold_start_quiet = Duration::ZERO,
+        |c| c.cold_start_quiet = s(60),
+        |c| c.cold_start_max_window = Some(s(30)), // = coldStartWindow: no stretching
+        |c| c.cold_start_max_window = Some(s(59)),
         |c| c.emergency_grace_period = Some(Duration::ZERO),
         |c| c.emergency_grace_period = Some(s(6)), // = heartbeatTtl
         |c| c.restart_detection_ratio = 1.0,

@@ -13,6 +13,8 @@ fn a_file_with_every_key_round_trips() {
     assert_eq!(c.heartbeat_interval, ms(500));
     assert_eq!(c.heartbeat_ttl, ms(1500));
     assert_eq!(c.cold_start_window, s(90));
+    assert_eq!(c.cold_start_quiet, s(10));
+    assert_eq!(c.cold_start_max_window, Some(s(105)));
     assert_eq!(c.planned_scale_window, s(20));
     assert_eq!(c.emergency_grace_period, Some(ms(750)));
     assert_eq!(c.restart_detection_ratio, 0.75);
@@ -59,9 +61,10 @@ fn durations_are_written_as_strings() {
     assert!(written.contains("heartbeatInterval: 2s"), "{written}");
     assert!(written.contains("warnThreshold: 2m"), "{written}");
     assert!(
-        !written.contains("emergencyGracePeriod"),
-        "derived value is not written"
+        !written.contains("emergencyGracePeriod") && !written.contains("coldStartMaxWindow"),
+        "derived values are not written"
     );
+    assert!(written.contains("coldStartQuiet: 5s"), "{written}");
 }
 
 #[test]

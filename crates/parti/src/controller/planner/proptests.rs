@@ -9,6 +9,8 @@ use proptest::prelude::*;
 use super::*;
 
 const COLD: Duration = Duration::from_millis(8_000);
+const QUIET: Duration = Duration::from_millis(1_000);
+const COLD_MAX: Duration = Duration::from_millis(11_000);
 const WINDOW: Duration = Duration::from_millis(4_000);
 const GRACE: Duration = Duration::from_millis(1_500);
 const COOLDOWN: Duration = Duration::from_millis(3_000);
@@ -17,6 +19,8 @@ const POOL: u8 = 6;
 fn cfg() -> PlannerConfig {
     PlannerConfig {
         cold_start_window: COLD,
+        cold_start_quiet: QUIET,
+        cold_start_max_window: COLD_MAX,
         planned_scale_window: WINDOW,
         emergency_grace_period: GRACE,
         restart_detection_ratio: 0.5,
@@ -83,6 +87,10 @@ struct Model {
     /// A full restart detected at takeover: the inherited map's workers and when. Its window
     /// may end early: once all of them are back, or a planned window after it opened.
     restart: Option<(BTreeSet<WorkerId>, Instant)>,
+    /// When the open cold-start (or restart) window opened: the time it was first announced.
+    cold_open: Option<Instant>,
+    /// The time of the last join.
+    last_join: Option<Instant>,
 }
 
 impl Model {
@@ -103,6 +111,8 @@ impl Model {
             cold_since: (!live.is_empty()).then_some(now),
             first_change: Some(now),
             restart: None,
+            cold_open: None,
+            last_join: None,
         };
         let out = m.planner.handle(Input::BecameLeader {
             cluster: view.clone(),
@@ -141,9 +151,23 @@ impl Model {
         }
         match ev {
             Ev::Join(n) => {
-                self.live.insert(id(n));
+                let new = self.live.insert(id(n));
                 self.expired_at.remove(&id(n));
-                self.feed(Input::Joined { worker: id(n), now })
+                self.last_join = Some(now);
+                self.feed(Input::Joined { worker: id(n), now })?;
+                // A new worker's join inside a cold-start window leaves at least QUIET before
+                // it closes, unless the maximum comes first (a restart window may instead be
+                // brought forward).
+                if let (true, Some((_, until)), Some(open), None) =
+                    (new, cold_phase(self.phase), self.cold_open, &self.restart)
+                {
+                    let limit = open + COLD_MAX.max(COLD);
+                    prop_assert!(
+                        until >= (now + QUIET).min(limit),
+                        "closes too soon after a join"
+                    );
+                }
+                Ok(())
             }
             Ev::Leave(n) => {
                 self.live.remove(&id(n));
@@ -203,11 +227,29 @@ impl Model {
             .filter(|d| matches!(d, Decision::SetPhase(_)))
             .count();
         prop_assert!(phases <= 1 && out.len() <= 2, "{out:?}");
+        // A cold-start window that fell due with no one live waits for the next first join,
+        // which opens a new one.
+        if cold_phase(self.phase).is_some_and(|(_, until)| until <= now) && self.live.is_empty() {
+            self.cold_open = None;
+        }
         for d in out {
             match d {
                 Decision::SetPhase(p) => {
                     prop_assert!(became_leader || *p != self.phase, "repeated {p:?}");
                     self.phase = *p;
+                    if let Some((_, until)) = cold_phase(*p) {
+                        let open = *self.cold_open.get_or_insert(now);
+                        prop_assert!(until >= now, "a cold-start window announced as past");
+                        prop_assert!(
+                            until <= open + COLD_MAX.max(COLD),
+                            "stretched past the maximum"
+                        );
+                        let quiet_end = self.last_join.map_or(open, |t| t + QUIET * 2);
+                        prop_assert!(
+                            until <= (open + COLD).max(quiet_end),
+                            "stretched with no recent join"
+                        );
+                    }
                 }
                 Decision::Publish {
                     workers,
@@ -256,6 +298,7 @@ impl Model {
         match reason {
             ColdStart | Restart => {
                 prop_assert!(!self.running, "cold-start publish in a running cluster");
+                self.cold_open = None;
             }
             Emergency => {
                 prop_assert!(self.running, "emergency before the first map");
@@ -301,6 +344,16 @@ impl Model {
             }
         }
         Err(TestCaseError::fail("the planner never settles"))
+    }
+}
+
+/// The reason and end of a cold-start (or restart) scaling phase.
+fn cold_phase(phase: Phase) -> Option<(ScalingReason, Instant)> {
+    match phase {
+        Phase::Scaling { reason, until } if reason != ScalingReason::PlannedScale => {
+            Some((reason, until))
+        }
+        _ => None,
     }
 }
 

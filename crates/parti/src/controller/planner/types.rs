@@ -12,8 +12,15 @@ use crate::state::{ClusterPhase, ScalingReason};
 /// The timings and thresholds the planner works with (a plain subset of the configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannerConfig {
-    /// How long a cold start (or full restart) batches joins, from the first join seen.
+    /// How long a cold start (or full restart) batches joins, from the first join seen: the
+    /// shortest such window.
     pub cold_start_window: Duration,
+    /// A join less than this before the end of a cold-start (or full-restart) window pushes the
+    /// end back by this much, up to `cold_start_max_window` (zero: windows never stretch).
+    pub cold_start_quiet: Duration,
+    /// The longest a cold-start (or full-restart) window may stretch to, from its opening
+    /// (a value below `cold_start_window` counts as `cold_start_window`).
+    pub cold_start_max_window: Duration,
     /// How long a planned scale batches joins and graceful leaves, from the first change.
     pub planned_scale_window: Duration,
     /// How long a crashed worker (expired heartbeat) may take to come back before its
@@ -29,10 +36,13 @@ pub struct PlannerConfig {
 }
 
 impl Default for PlannerConfig {
-    /// The SPEC §3 defaults (heartbeat interval 2 s, so a 3 s grace period).
+    /// The SPEC §3 defaults (heartbeat interval 2 s, so a 3 s grace period; startup timeout
+    /// 60 s, so a cold-start window stretches to at most 45 s).
     fn default() -> Self {
         Self {
             cold_start_window: Duration::from_secs(30),
+            cold_start_quiet: Duration::from_secs(5),
+            cold_start_max_window: Duration::from_secs(45),
             planned_scale_window: Duration::from_secs(10),
             emergency_grace_period: Duration::from_secs(3),
             restart_detection_ratio: 0.5,

@@ -11,7 +11,8 @@ fn cold_start_window_runs_from_the_first_join_and_publishes_once() {
     assert_eq!(h.p.next_wakeup(), None);
     assert_eq!(h.join(0, 1_000), [h.scaling(ColdStart, 1_000 + COLD)]);
     assert_eq!(h.join(1, 5_000), []);
-    assert_eq!(h.join(2, 30_000), []);
+    // Exactly QUIET before the deadline: the window does not stretch.
+    assert_eq!(h.join(2, 1_000 + COLD - QUIET), []);
     assert_eq!(h.tick(30_999), []);
     assert_eq!(h.p.lifecycle(), Lifecycle::ColdStart);
     assert_eq!(
@@ -69,6 +70,159 @@ fn a_cold_start_whose_workers_all_left_waits_for_the_next_first_join() {
         h.wake(50_000 + COLD),
         rebalance(&[3], RebalanceReason::ColdStart)
     );
+}
+
+#[test]
+fn a_cold_start_spread_over_more_than_the_window_is_still_one_publish() {
+    // 40 workers, one every 1.5 s: starting takes 58.5 s, twice the window.
+    let mut h = H::new();
+    assert_eq!(h.leader(None, &[], 0), []);
+    assert_eq!(h.join(0, 0), [h.scaling(ColdStart, COLD)]);
+    let mut phases = 0;
+    for n in 1..40u32 {
+        let t = u64::from(n) * 1_500;
+        // Every timer that falls due meanwhile is fed; none publishes.
+        while let Some(due) = h.p.next_wakeup().filter(|&d| d <= h.at(t)) {
+            assert_eq!(h.p.handle(Input::Tick { now: due }), []);
+        }
+        for d in h.join(n, t) {
+            let Decision::SetPhase(Phase::Scaling { reason, until }) = d else {
+                panic!("{d:?} at {t}");
+            };
+            assert_eq!(reason, ColdStart);
+            assert!(until >= h.at(t + QUIET) && until < h.at(t + 2 * QUIET));
+            phases += 1;
+        }
+    }
+    // The deadline moves in whole quiet periods: one announcement per period, not per join.
+    assert_eq!(phases, 7, "30 s → 65 s in steps of 5 s");
+    // Closes one step after the last join (at 58.5 s), with everyone.
+    assert_eq!(
+        h.wake(65_000),
+        rebalance(&(0..40).collect::<Vec<_>>(), RebalanceReason::ColdStart)
+    );
+    assert_eq!(
+        h.published(&(0..40).collect::<Vec<_>>(), 65_100),
+        [set(Phase::Stable)]
+    );
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn a_cold_start_window_never_stretches_past_its_maximum() {
+    let mut h = H::new();
+    assert_eq!(
+        h.leader(None, &[0], 2_000),
+        [h.scaling(ColdStart, 2_000 + COLD)]
+    );
+    // A join every 100 ms, for ever: the window ends at its maximum after it opened.
+    let end = 2_000 + COLD_MAX;
+    let mut t = 2_000;
+    let mut n = 1;
+    while t + 100 < end {
+        t += 100;
+        for d in h.join(n, t) {
+            assert!(
+                matches!(d, Decision::SetPhase(Phase::Scaling { until, .. }) if until <= h.at(end)),
+                "{d:?} at {t}"
+            );
+        }
+        assert!(h.p.next_wakeup() <= Some(h.at(end)));
+        n += 1;
+    }
+    assert_eq!(h.p.next_wakeup(), Some(h.at(end)));
+    // Still more joins right up to the end: nothing moves it.
+    assert_eq!(h.join(n, end - 1), []);
+    let Decision::Publish {
+        workers, reason, ..
+    } = h.wake(end).remove(1)
+    else {
+        panic!("no publish at the maximum");
+    };
+    assert_eq!(
+        (workers.len(), reason),
+        (n as usize + 1, RebalanceReason::ColdStart)
+    );
+}
+
+#[test]
+fn a_zero_quiet_period_or_a_maximum_equal_to_the_window_never_stretches() {
+    for cfg in [
+        PlannerConfig {
+            cold_start_quiet: Duration::ZERO,
+            ..cfg()
+        },
+        PlannerConfig {
+            cold_start_max_window: Duration::from_millis(COLD),
+            ..cfg()
+        },
+        // A maximum below the window counts as the window.
+        PlannerConfig {
+            cold_start_max_window: Duration::from_millis(1),
+            ..cfg()
+        },
+    ] {
+        let mut h = H::new();
+        h.p = Planner::new(cfg);
+        assert_eq!(h.leader(None, &[0], 0), [h.scaling(ColdStart, COLD)]);
+        assert_eq!(h.join(1, COLD - 1), []);
+        assert_eq!(h.wake(COLD), rebalance(&[0, 1], RebalanceReason::ColdStart));
+    }
+}
+
+#[test]
+fn an_expiry_in_a_stretched_cold_start_window_neither_stretches_nor_waits() {
+    let mut h = H::new();
+    h.leader(None, &[0], 0);
+    assert_eq!(h.join(1, 27_000), [h.scaling(ColdStart, COLD + QUIET)]);
+    // No one holds partitions yet: the expired worker just drops out, and the window does not
+    // move for it.
+    assert_eq!(h.expire(1, 33_000), []);
+    assert_eq!(
+        h.wake(COLD + QUIET),
+        rebalance(&[0], RebalanceReason::ColdStart)
+    );
+}
+
+#[test]
+fn a_crash_right_after_a_stretched_cold_start_is_declared_after_its_grace_only() {
+    let mut h = H::new();
+    h.leader(None, &[0, 1], 0);
+    assert_eq!(h.join(2, 29_000), [h.scaling(ColdStart, COLD + QUIET)]);
+    assert_eq!(
+        h.wake(COLD + QUIET),
+        rebalance(&[0, 1, 2], RebalanceReason::ColdStart)
+    );
+    assert_eq!(h.published(&[0, 1, 2], 35_100), [set(Phase::Stable)]);
+    // A join now opens a planned window, which never stretches; a crash inside it pre-empts it
+    // exactly at the end of its grace period.
+    assert_eq!(
+        h.join(3, 36_000),
+        [h.scaling(PlannedScale, 36_000 + WINDOW)]
+    );
+    assert_eq!(h.join(4, 36_000 + WINDOW - 1), []);
+    assert_eq!(h.expire(1, 37_000), []);
+    assert_eq!(h.wake(37_000 + GRACE), emergency(&[0, 2]));
+    h.published(&[0, 2], 40_100);
+    assert_eq!(
+        h.wake(36_000 + WINDOW),
+        rebalance(&[0, 2, 3, 4], RebalanceReason::ScaleUp)
+    );
+}
+
+#[test]
+fn a_restart_window_stretches_too_until_it_is_brought_forward() {
+    let mut h = H::new();
+    let view = running_view(7, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(h.leader(Some(view), &[0], 0), [h.scaling(Restart, COLD)]);
+    // Still a full restart (2 of 10): the late join stretches the window.
+    assert_eq!(h.join(1, 26_000), [h.scaling(Restart, COLD + QUIET)]);
+    // 5 of 10 back: no full restart after all; the window ends at once (its planned-length
+    // end is long past) and no later join stretches it again.
+    h.join(2, 26_100);
+    h.join(3, 26_200);
+    let out = h.join(4, 26_300);
+    assert_eq!(out, rebalance(&[0, 1, 2, 3, 4], RebalanceReason::Restart));
 }
 
 // ---- full restart -----------------------------------------------------------------------

@@ -10,6 +10,8 @@ use crate::state::ClusterPhase;
 use crate::state::ScalingReason::{ColdStart, PlannedScale, Restart};
 
 const COLD: u64 = 30_000;
+const QUIET: u64 = 5_000;
+const COLD_MAX: u64 = 90_000;
 const WINDOW: u64 = 10_000;
 const GRACE: u64 = 3_000;
 const COOLDOWN: u64 = 5_000;
@@ -17,6 +19,8 @@ const COOLDOWN: u64 = 5_000;
 fn cfg() -> PlannerConfig {
     PlannerConfig {
         cold_start_window: Duration::from_millis(COLD),
+        cold_start_quiet: Duration::from_millis(QUIET),
+        cold_start_max_window: Duration::from_millis(COLD_MAX),
         planned_scale_window: Duration::from_millis(WINDOW),
         emergency_grace_period: Duration::from_millis(GRACE),
         restart_detection_ratio: 0.5,
