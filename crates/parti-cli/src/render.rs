@@ -54,6 +54,7 @@ pub(crate) fn human(report: &Report, server: &str) -> String {
             let lifecycle = match c.lifecycle {
                 parti::Lifecycle::ColdStart => "cold start",
                 parti::Lifecycle::Running => "running",
+                _ => "unknown",
             };
             let _ = writeln!(
                 out,

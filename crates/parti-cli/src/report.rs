@@ -879,6 +879,7 @@ fn cluster_report(
         }
         ClusterPhase::Rebalancing => ("rebalancing", None, None),
         ClusterPhase::Emergency => ("emergency", None, None),
+        _ => ("unknown", None, None),
     };
     Some(ClusterReport {
         version: record.version,

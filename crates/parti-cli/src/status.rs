@@ -177,12 +177,12 @@ async fn read_assignment(
 
 /// The worker-ID pool of a configuration: keys outside it are never workers.
 pub(crate) fn pool(config: &parti::Config) -> StableIdConfig {
-    StableIdConfig {
-        prefix: config.worker_id_prefix.clone(),
-        min: config.worker_id_min,
-        max: config.worker_id_max,
-        renew_interval: config.stable_id_renew_interval(),
-    }
+    StableIdConfig::new(
+        config.worker_id_prefix.clone(),
+        config.worker_id_min,
+        config.worker_id_max,
+        config.stable_id_renew_interval(),
+    )
 }
 
 /// Reads the committed map. A publish landing between the read of `cluster` and of the worker

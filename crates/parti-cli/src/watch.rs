@@ -183,6 +183,8 @@ impl Mirror {
                     live.remove(&key);
                 }
             }
+            // An event this view does not know changes no key it shows.
+            _ => {}
         }
     }
 

@@ -509,14 +509,13 @@ mod tests {
     use super::*;
 
     fn assignment(version: u64, keys: &[&str]) -> Arc<Assignment> {
-        Arc::new(Assignment {
+        Arc::new(Assignment::new(
             version,
-            lifecycle: parti::Lifecycle::Running,
-            partitions: keys
-                .iter()
+            parti::Lifecycle::Running,
+            keys.iter()
                 .map(|k| Partition::new([*k], 10).unwrap())
                 .collect(),
-        })
+        ))
     }
 
     #[test]
@@ -560,12 +559,12 @@ mod tests {
             file: Some(JsonLines::open(&path).unwrap()),
             identity: identity.clone(),
         };
-        let record = OwnershipRecord {
-            at_ns: 7,
-            worker: parti::WorkerId::new("worker-2"),
-            instance: "i9".into(),
-            event: OwnershipEvent::Applied { version: 4 },
-        };
+        let record = OwnershipRecord::new(
+            7,
+            parti::WorkerId::new("worker-2"),
+            "i9",
+            OwnershipEvent::Applied { version: 4 },
+        );
         sink.record(&record);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();

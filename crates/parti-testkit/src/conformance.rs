@@ -27,6 +27,8 @@ pub trait StoreHarness: Send + Sync {
     /// Restarts the backend (NATS: stop and start the server on the same port and data
     /// directory). Data must survive; clients may see a disconnection.
     fn restart(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Deletes the bucket `name` with its data, as an operator would (`nats kv rm`).
+    fn delete_bucket<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
 /// How long the suite waits for an event that must come.
@@ -54,6 +56,44 @@ pub async fn run(harness: &dyn StoreHarness) {
     garbage_values_are_decode_errors(&*store).await;
     invalid_names_are_errors(&*store).await;
     watch_survives_restart(harness).await;
+    a_bucket_deleted_and_created_again_is_another_incarnation(harness).await;
+}
+
+/// [`Bucket::incarnation`] tells a bucket from its successor: `None` while it is gone, a new
+/// value once it is created again (workers notice a bucket lost under them by it).
+async fn a_bucket_deleted_and_created_again_is_another_incarnation(harness: &dyn StoreHarness) {
+    let case = "incarnation";
+    let store = harness.store().await;
+    let spec = BucketSpec::new(bucket_name(case));
+    let bucket = open(&*store, spec.clone()).await;
+    bucket
+        .put("k", Bytes::from_static(b"v"))
+        .await
+        .expect("put");
+    let first = bucket.incarnation().await.expect("incarnation");
+    assert!(first.is_some(), "{case}: an open bucket exists");
+    assert_eq!(
+        bucket.incarnation().await.expect("incarnation"),
+        first,
+        "{case}: stable while the bucket lives"
+    );
+    harness.delete_bucket(&spec.name).await;
+    assert_eq!(
+        bucket.incarnation().await.expect("incarnation"),
+        None,
+        "{case}: a deleted bucket does not exist"
+    );
+    let _again = open(&*store, spec.clone()).await;
+    let second = bucket.incarnation().await.expect("incarnation");
+    assert!(
+        second.is_some() && second != first,
+        "{case}: the old handle sees the new bucket as another incarnation ({first:?} then {second:?})"
+    );
+    assert_eq!(
+        bucket.get("k").await.expect("get"),
+        None,
+        "{case}: the new bucket starts empty"
+    );
 }
 
 async fn open(store: &dyn Store, spec: BucketSpec) -> Arc<dyn Bucket> {

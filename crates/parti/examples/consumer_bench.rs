@@ -23,7 +23,7 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, Message, stream};
 use futures::StreamExt;
 use parti::error::BoxError;
-use parti::{Assignment, MessageHandler, Partition, WorkerConsumer, WorkerId};
+use parti::{Assignment, Lifecycle, MessageHandler, Partition, WorkerConsumer, WorkerId};
 use parti_testkit::NatsServer;
 use tokio::sync::Notify;
 
@@ -166,13 +166,11 @@ async fn worker_consumer(
         .handler_arc(Arc::clone(&count) as Arc<dyn MessageHandler>)
         .build()
         .await?;
-    let assignment = Assignment {
-        partitions: keys
-            .iter()
-            .map(|k| Partition::new([k.as_str()], 100))
-            .collect::<parti::Result<_>>()?,
-        ..Assignment::default()
-    };
+    let partitions = keys
+        .iter()
+        .map(|k| Partition::new([k.as_str()], 100))
+        .collect::<parti::Result<_>>()?;
+    let assignment = Assignment::new(0, Lifecycle::ColdStart, partitions);
     // Held, as a Manager sets it: every message passes the ownership gate (a per-message
     // match against the held partitions and the lease deadline).
     consumer.set_held(&assignment.partitions).await;

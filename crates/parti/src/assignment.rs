@@ -10,6 +10,7 @@ use crate::partition::{Partition, WorkerId};
 /// Where the cluster is in its life: still batching its first assignment, or running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum Lifecycle {
     /// No assignment has been published for the current cluster yet (first start or a full
     /// restart): the leader batches joins over the cold-start window.
@@ -28,7 +29,11 @@ pub enum Lifecycle {
 /// assert_eq!(empty.lifecycle, Lifecycle::ColdStart);
 /// assert!(empty.partitions.is_empty());
 /// ```
+///
+/// The struct is `#[non_exhaustive]` (it may carry more about the assignment later): build one
+/// with [`Assignment::new`] or [`Default`], not with a struct literal.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Assignment {
     /// The cluster-wide assignment version; increases by one on every publish, across leaders.
     pub version: u64,
@@ -39,6 +44,22 @@ pub struct Assignment {
 }
 
 impl Assignment {
+    /// An assignment of `partitions` (kept in the given order: pass them sorted) at `version`.
+    ///
+    /// ```
+    /// use parti::{Assignment, Lifecycle, Partition};
+    /// let a = Assignment::new(3, Lifecycle::Running, vec![Partition::new(["p0"], 10)?]);
+    /// assert_eq!((a.version, a.weight()), (3, 10));
+    /// # Ok::<(), parti::Error>(())
+    /// ```
+    pub fn new(version: u64, lifecycle: Lifecycle, partitions: Vec<Partition>) -> Self {
+        Self {
+            version,
+            lifecycle,
+            partitions,
+        }
+    }
+
     /// Total effective weight of the partitions.
     pub fn weight(&self) -> u64 {
         self.partitions
@@ -183,7 +204,7 @@ impl AssignmentMap {
     /// Checks that the map covers exactly `workers` and gives each of `partitions` exactly one
     /// owner. Strategies are expected to uphold this; the publisher checks it before writing.
     pub fn verify(&self, workers: &[WorkerId], partitions: &[Partition]) -> Result<()> {
-        let strategy_err = |msg: String| Err(Error::Strategy(msg));
+        let strategy_err = |msg: String| Err(Error::Strategy(msg.into()));
         for w in workers {
             if !self.workers.contains_key(w) {
                 return strategy_err(format!("worker {w} is missing from the assignment"));

@@ -27,6 +27,26 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// assert_eq!(describe(&err), "raise workerIdMax or stop some workers");
 /// assert_eq!(err.to_string(), "stable ID pool exhausted: every ID in [0, 3] is taken");
 /// ```
+///
+/// Causes are kept typed as each variant's [`source`](std::error::Error::source), so a caller
+/// can get its own error back from a failed strategy or source:
+///
+/// ```
+/// use std::error::Error as _;
+///
+/// #[derive(Debug)]
+/// struct InventoryDown;
+/// impl std::fmt::Display for InventoryDown {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str("inventory service unavailable")
+///     }
+/// }
+/// impl std::error::Error for InventoryDown {}
+///
+/// let err = parti::Error::Source(Box::new(InventoryDown));
+/// assert_eq!(err.to_string(), "partition source failed: inventory service unavailable");
+/// assert!(err.source().is_some_and(|cause| cause.is::<InventoryDown>()));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -53,12 +73,6 @@ pub enum Error {
         /// Highest ID number of the pool.
         max: u32,
     },
-    /// The manager has not been started (or has already stopped).
-    #[error("the manager is not started")]
-    NotStarted,
-    /// `start()` was called on a manager that is already running.
-    #[error("the manager is already started")]
-    AlreadyStarted,
     /// `start()` did not reach `Stable` within `startupTimeout`.
     #[error("startup timed out in state {state}")]
     StartupTimeout {
@@ -78,11 +92,19 @@ pub enum Error {
     #[error(transparent)]
     Nats(#[from] StoreError),
     /// The assignment strategy failed.
+    ///
+    /// The cause is kept as the error's [`source`](std::error::Error::source): a custom
+    /// strategy can return its own error type (`Error::Strategy(Box::new(my_error))`) and the
+    /// caller can downcast it back; a plain message converts with `.into()`.
     #[error("assignment strategy failed: {0}")]
-    Strategy(String),
-    /// The partition source failed.
+    Strategy(#[source] BoxError),
+    /// The partition source failed (or did not answer within the controller's deadline).
+    ///
+    /// The cause is kept as the error's [`source`](std::error::Error::source), as for
+    /// [`Strategy`](Self::Strategy). When a source returns another `parti::Error` (say a store
+    /// failure, [`Nats`](Self::Nats)), that error is the source.
     #[error("partition source failed: {0}")]
-    Source(String),
+    Source(#[source] BoxError),
     /// A partition is malformed, or a partition list contains a duplicate.
     #[error("invalid partition {partition:?}: {reason}")]
     InvalidPartition {
@@ -104,16 +126,23 @@ pub enum Error {
     /// This worker lost leadership while acting as leader.
     #[error("leadership lost")]
     LeadershipLost,
-    /// The worker is degraded: NATS is unreachable or failing.
-    #[error("the worker is degraded (NATS unreachable or failing)")]
-    Degraded,
     /// The manager is shutting down or has shut down.
     #[error("the manager is shut down")]
     Shutdown,
     /// A JetStream consumer operation failed: the stream is missing, the server refused a
     /// consumer configuration, or NATS is unreachable.
-    #[error("JetStream consumer: {0}")]
-    Consumer(String),
+    ///
+    /// `context` names what was being done (e.g. `stream EVENTS`, `update consumer`); the
+    /// cause is the error's [`source`](std::error::Error::source), for NATS failures the
+    /// `async-nats` error itself, so a caller can downcast it.
+    #[error("JetStream consumer: {context}: {source}")]
+    Consumer {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
     /// An assignment renders to more filter subjects than `maxSubjects` allows.
     #[error("the assignment needs {count} filter subjects, more than maxSubjects ({max})")]
     TooManySubjects {
@@ -227,12 +256,33 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A failure of the store behind `bucket` while doing `op`.
+    /// A failure of the store behind `bucket` while doing `op`, known only by its message.
+    ///
+    /// The message becomes the [`source`](std::error::Error::source) as text; when there is
+    /// an error value, prefer [`backend_source`](Self::backend_source), which keeps it typed.
     pub fn backend(op: &'static str, bucket: &str, error: impl fmt::Display) -> Self {
+        Self::backend_source(op, bucket, error.to_string())
+    }
+
+    /// A failure of the store behind `bucket` while doing `op`, caused by `source`.
+    ///
+    /// The cause stays typed, so a caller can downcast it:
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use parti::StoreError;
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+    /// let err = StoreError::backend_source("put", "parti-heartbeat", io);
+    /// assert_eq!(err.to_string(), "put on parti-heartbeat failed: reset by peer");
+    /// let cause = err.source().and_then(|e| e.downcast_ref::<std::io::Error>());
+    /// assert_eq!(cause.map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionReset));
+    /// ```
+    pub fn backend_source(op: &'static str, bucket: &str, source: impl Into<BoxError>) -> Self {
         Self::Backend {
             op,
             bucket: bucket.to_owned(),
-            source: error.to_string().into(),
+            source: source.into(),
         }
     }
 

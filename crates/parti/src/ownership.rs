@@ -44,8 +44,11 @@ pub fn now_ns() -> u64 {
 }
 
 /// One change of what a worker holds, as written to the ownership log.
+///
+/// `#[non_exhaustive]`: build one with [`OwnershipRecord::new`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct OwnershipRecord {
     /// When it happened, in Unix nanoseconds (see the module docs for the clock).
     pub at_ns: u64,
@@ -57,6 +60,24 @@ pub struct OwnershipRecord {
     /// What happened.
     #[serde(flatten)]
     pub event: OwnershipEvent,
+}
+
+impl OwnershipRecord {
+    /// A record that `worker`, run by process `instance`, saw `event` at `at_ns` (Unix
+    /// nanoseconds).
+    pub fn new(
+        at_ns: u64,
+        worker: WorkerId,
+        instance: impl Into<String>,
+        event: OwnershipEvent,
+    ) -> Self {
+        Self {
+            at_ns,
+            worker,
+            instance: instance.into(),
+            event,
+        }
+    }
 }
 
 /// What an [`OwnershipRecord`] says happened.

@@ -28,6 +28,13 @@ use crate::partition::{Partition, check_unique};
 #[async_trait]
 pub trait PartitionSource: Send + Sync + fmt::Debug + 'static {
     /// The current partitions. Duplicates are rejected by the caller.
+    ///
+    /// # Errors
+    ///
+    /// Any failure, best wrapped in [`Error::Source`](crate::Error::Source) with the cause
+    /// kept typed (`Error::Source(Box::new(e))`). The leader reports it as
+    /// [`Error::Source`](crate::Error::Source) either way: an error of another variant becomes
+    /// that error's source.
     async fn list_partitions(&self) -> Result<Vec<Partition>>;
 }
 
@@ -68,13 +75,13 @@ pub(crate) async fn load_checked(
     let listed = tokio::time::timeout(deadline, source.list_partitions())
         .await
         .map_err(|_| {
-            crate::Error::Source(format!(
-                "the partition source did not answer within {deadline:?}"
-            ))
+            crate::Error::Source(
+                format!("the partition source did not answer within {deadline:?}").into(),
+            )
         })?;
     let mut partitions = listed.map_err(|e| match e {
         crate::Error::Source(_) | crate::Error::InvalidPartition { .. } => e,
-        other => crate::Error::Source(other.to_string()),
+        other => crate::Error::Source(Box::new(other)),
     })?;
     check_unique(&partitions)?;
     partitions.sort();

@@ -44,7 +44,10 @@ pub fn bucket_spec(
 }
 
 /// How stable IDs are claimed and renewed.
+///
+/// `#[non_exhaustive]`: build one with [`StableIdConfig::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StableIdConfig {
     /// The ID prefix (`workerIdPrefix`): IDs are `{prefix}-{n}`.
     pub prefix: String,
@@ -57,13 +60,22 @@ pub struct StableIdConfig {
 }
 
 impl StableIdConfig {
+    /// A pool of IDs `{prefix}-{min}` … `{prefix}-{max}`, each lease renewed every
+    /// `renew_interval`.
+    pub fn new(prefix: impl Into<String>, min: u32, max: u32, renew_interval: Duration) -> Self {
+        Self {
+            prefix: prefix.into(),
+            min,
+            max,
+            renew_interval,
+        }
+    }
+
     /// The key (and worker ID) for number `n`.
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let cfg = parti::stable_id::StableIdConfig {
-    ///     prefix: "worker".into(), min: 0, max: 9, renew_interval: Duration::from_secs(10),
-    /// };
+    /// let cfg = parti::stable_id::StableIdConfig::new("worker", 0, 9, Duration::from_secs(10));
     /// assert_eq!(cfg.key(3), "worker-3");
     /// ```
     pub fn key(&self, n: u32) -> String {
@@ -75,9 +87,7 @@ impl StableIdConfig {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let cfg = parti::stable_id::StableIdConfig {
-    ///     prefix: "worker".into(), min: 0, max: 9, renew_interval: Duration::from_secs(10),
-    /// };
+    /// let cfg = parti::stable_id::StableIdConfig::new("worker", 0, 9, Duration::from_secs(10));
     /// assert!(cfg.is_pool_id("worker-9"));
     /// assert!(!cfg.is_pool_id("worker-10") && !cfg.is_pool_id("worker-07") && !cfg.is_pool_id("ghost"));
     /// ```
@@ -124,6 +134,7 @@ pub struct StableIdValue {
 
 /// Whether this worker still holds its stable ID.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IdStatus {
     /// The ID is held; `revision` is the key's revision after the last successful write.
     Held {

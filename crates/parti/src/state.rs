@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum State {
     /// Created, not started.
     Init,
@@ -190,18 +191,30 @@ pub enum DegradedReason {
     /// `degradedBehavior.kvErrorWindow` while the client was connected. The calls counted are
     /// the worker's lease renewals: heartbeat writes and stable-ID renewals.
     KvErrors,
+    /// A bucket the worker uses does not exist (deleted under it); the worker creates it
+    /// again. Which bucket is logged and counted (`parti_bucket_lost_total`).
+    BucketMissing,
+    /// A bucket was deleted and created again: everything in it is gone. The worker restores
+    /// the assignment bucket's version and term floor before leaving Degraded.
+    BucketRecreated,
 }
 
 impl DegradedReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DegradedReason; 2] =
-        [DegradedReason::NatsUnreachable, DegradedReason::KvErrors];
+    pub const ALL: [DegradedReason; 4] = [
+        DegradedReason::NatsUnreachable,
+        DegradedReason::KvErrors,
+        DegradedReason::BucketMissing,
+        DegradedReason::BucketRecreated,
+    ];
 
     /// The reason's name, e.g. `natsUnreachable` (as in JSON, metrics and the CLI).
     pub const fn as_str(self) -> &'static str {
         match self {
             DegradedReason::NatsUnreachable => "natsUnreachable",
             DegradedReason::KvErrors => "kvErrors",
+            DegradedReason::BucketMissing => "bucketMissing",
+            DegradedReason::BucketRecreated => "bucketRecreated",
         }
     }
 
@@ -227,6 +240,7 @@ impl fmt::Display for DegradedReason {
 /// Why the leader is in a scaling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum ScalingReason {
     /// First start of the cluster: batching all joins.
     ColdStart,
@@ -249,6 +263,7 @@ impl fmt::Display for ScalingReason {
 /// What the leader is doing, published in the `cluster` record so every worker can follow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum ClusterPhase {
     /// Nothing pending.
     #[default]
@@ -394,7 +409,15 @@ mod tests {
             );
         }
         let names: Vec<&str> = DegradedReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(names, ["natsUnreachable", "kvErrors"]);
+        assert_eq!(
+            names,
+            [
+                "natsUnreachable",
+                "kvErrors",
+                "bucketMissing",
+                "bucketRecreated"
+            ]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use async_nats::jetstream::stream::{self, RetentionPolicy};
 use async_nats::jetstream::{self, Message};
 use futures::TryStreamExt;
 use parti::error::BoxError;
-use parti::{Assignment, ConsumerStatus, Error, Partition, WorkerConsumer, WorkerId};
+use parti::{Assignment, ConsumerStatus, Error, Lifecycle, Partition, WorkerConsumer, WorkerId};
 use parti_testkit::{FaultProxy, NatsCluster, NatsServer, wait_until};
 use tokio::time::Instant;
 
@@ -46,13 +46,11 @@ async fn create_stream(js: &jetstream::Context, retention: RetentionPolicy, repl
 }
 
 fn assignment(keys: &[&str]) -> Assignment {
-    Assignment {
-        partitions: keys
-            .iter()
-            .map(|k| Partition::new([*k], 100).unwrap())
-            .collect(),
-        ..Assignment::default()
-    }
+    let partitions = keys
+        .iter()
+        .map(|k| Partition::new([*k], 100).unwrap())
+        .collect();
+    Assignment::new(0, Lifecycle::ColdStart, partitions)
 }
 
 /// Every message handled, as (subject, payload), in order of handling.
@@ -812,7 +810,13 @@ async fn build_checks_the_configuration_and_the_stream() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Consumer(_)), "{err}");
+    assert!(matches!(err, Error::Consumer { .. }), "{err}");
+    // The cause stays typed: the async-nats error itself.
+    let cause = std::error::Error::source(&err);
+    assert!(
+        cause.is_some_and(|c| c.is::<async_nats::jetstream::context::GetStreamError>()),
+        "{cause:?}"
+    );
 }
 
 /// One handler call as the handler itself saw it.

@@ -271,10 +271,8 @@ async fn s09b_with_degraded_holding_keep_a_cut_off_worker_keeps_holding_past_its
     let cluster = TestCluster::start(outage_config(), partitions(30)).await;
     let workers = cluster.workers(2).await;
     let proxy = FaultProxy::start(cluster.server.addr()).await.unwrap();
-    let keep = Config {
-        degraded_holding: parti::config::DegradedHolding::Keep,
-        ..cluster.config.clone()
-    };
+    let mut keep = cluster.config.clone();
+    keep.degraded_holding = parti::config::DegradedHolding::Keep;
     let cut = proxied_worker_with(&cluster, &proxy, keep).await;
     let mut all = ids(&workers);
     all.push(cut.worker_id());
@@ -964,6 +962,74 @@ async fn a_commit_overwritten_with_garbage_is_committed_again_and_a_later_leader
         "the next leader started cold: {reasons:?}"
     );
     cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+/// The assignment bucket (commit, worker values, version floor) and the election bucket are
+/// deleted under a running cluster, as `nats kv rm` would. Every worker notices within a probe
+/// interval, degrades for a lost bucket, and the buckets are created again; the new assignment
+/// bucket gets its floor back from what the workers saw, so versions and leader terms continue
+/// above where they were, and the ownership checker finds nothing held twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_assignment_and_election_buckets_are_created_again_with_their_floors() {
+    let cluster = TestCluster::start(outage_config(), partitions(60)).await;
+    let workers = cluster.workers(3).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let before = cluster.record().await;
+    let entered: Vec<_> = workers.iter().map(|(m, _)| collect_degraded(m)).collect();
+    let from_ns = parti::ownership::now_ns();
+
+    let js = async_nats::jetstream::new(cluster.server.client().await.unwrap());
+    let [_, election, _, assignment] = cluster.config.bucket_specs();
+    js.delete_key_value(&assignment.name).await.unwrap();
+    js.delete_key_value(&election.name).await.unwrap();
+
+    let lost_bucket = |r: &DegradedReason| {
+        matches!(
+            r,
+            DegradedReason::BucketMissing | DegradedReason::BucketRecreated
+        )
+    };
+    wait_until(
+        SETTLE,
+        "every worker to degrade for a lost bucket",
+        || async {
+            entered
+                .iter()
+                .all(|e| e.lock().unwrap().iter().any(lost_bucket))
+        },
+    )
+    .await
+    .unwrap();
+    wait_until(
+        SETTLE,
+        "a commit in the new bucket above the old one",
+        || async {
+            parti::records::read_published(&*cluster.assignment_bucket())
+                .await
+                .ok()
+                .and_then(|p| p.record)
+                .is_some_and(|(r, _)| r.version > before.version && r.term > before.term)
+        },
+    )
+    .await
+    .unwrap();
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    wait_until(SETTLE, "every worker out of Degraded", || async {
+        workers.iter().all(|(m, _)| m.degraded_reason().is_none())
+    })
+    .await
+    .unwrap();
+    let after = cluster.record().await;
+    println!(
+        "buckets deleted: version {} → {}, term {} → {}",
+        before.version, after.version, before.term, after.term
+    );
+    cluster.assert_holdings_clean(from_ns).await;
     for (m, _) in &workers {
         m.stop().await.unwrap();
     }

@@ -31,6 +31,12 @@ impl StoreHarness for MemoryHarness {
                 .cut_off_for(Duration::from_millis(300));
         })
     }
+
+    fn delete_bucket<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            self.store.delete_bucket(name);
+        })
+    }
 }
 
 #[tokio::test]

@@ -22,12 +22,7 @@ async fn bucket(server: &NatsServer, ttl: Duration) -> Arc<dyn Bucket> {
 }
 
 fn config(min: u32, max: u32, renew_interval: Duration) -> StableIdConfig {
-    StableIdConfig {
-        prefix: "worker".into(),
-        min,
-        max,
-        renew_interval,
-    }
+    StableIdConfig::new("worker", min, max, renew_interval)
 }
 
 #[tokio::test]

@@ -28,6 +28,16 @@ impl StoreHarness for NatsHarness {
             self.server.lock().await.restart().await.expect("restart");
         })
     }
+
+    fn delete_bucket<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let client = self.server.lock().await.client().await.expect("connect");
+            async_nats::jetstream::new(client)
+                .delete_key_value(name)
+                .await
+                .expect("delete bucket");
+        })
+    }
 }
 
 #[tokio::test]

@@ -186,12 +186,7 @@ mod tests {
     use super::*;
 
     fn record(at: u64, instance: &str, event: OwnershipEvent) -> OwnershipRecord {
-        OwnershipRecord {
-            at_ns: at,
-            worker: WorkerId::new("w"),
-            instance: instance.into(),
-            event,
-        }
+        OwnershipRecord::new(at, WorkerId::new("w"), instance, event)
     }
 
     fn hold(at: u64, instance: &str, partition: &str, until: u64) -> OwnershipRecord {

@@ -449,12 +449,7 @@ fn json_field_names_are_the_documented_ones() {
 }
 
 fn pool() -> StableIdConfig {
-    StableIdConfig {
-        prefix: "w".into(),
-        min: 0,
-        max: 9,
-        renew_interval: std::time::Duration::from_secs(1),
-    }
+    StableIdConfig::new("w", 0, 9, std::time::Duration::from_secs(1))
 }
 
 impl World {
@@ -639,10 +634,9 @@ fn keys_outside_the_pool_and_garbage_in_every_bucket_are_undecodable() {
 
     // A lease naming a key outside the pool is no lease.
     let mut world = healthy();
-    world.snapshot.pool = Some(StableIdConfig {
-        prefix: "other".into(),
-        ..pool()
-    });
+    let mut other = pool();
+    other.prefix = "other".into();
+    world.snapshot.pool = Some(other);
     let report = world.report();
     assert!(report.leader.is_none());
     // Its IDs and heartbeats are no workers, its worker values no commit; only the names of

@@ -109,12 +109,7 @@ mod tests {
     use super::*;
 
     fn record(at_ns: u64, event: OwnershipEvent) -> OwnershipRecord {
-        OwnershipRecord {
-            at_ns,
-            worker: WorkerId::new("worker-1"),
-            instance: "i1".into(),
-            event,
-        }
+        OwnershipRecord::new(at_ns, WorkerId::new("worker-1"), "i1", event)
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub(crate) async fn observe(bucket: Arc<dyn Bucket>, shared: Arc<Shared>) {
                     }
                     view.keys.remove(&key);
                 }
+                // An event this observer does not know changes no key it tracks.
+                _ => {}
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -257,6 +259,7 @@ fn phase_name(record: &ClusterRecord) -> String {
         parti::ClusterPhase::Scaling { reason, .. } => format!("scaling ({reason})"),
         parti::ClusterPhase::Rebalancing => "rebalancing".into(),
         parti::ClusterPhase::Emergency => "emergency".into(),
+        other => format!("{other:?}"),
     }
 }
 

@@ -25,12 +25,8 @@
 //! ```
 //! use parti_testkit::checker::{check, CheckConfig, History, OwnershipEvent, OwnershipRecord};
 //!
-//! let hold = OwnershipRecord {
-//!     at_ns: 10,
-//!     worker: parti::WorkerId::new("w-0"),
-//!     instance: "i-0".into(),
-//!     event: OwnershipEvent::Hold { partition: "p".into(), epoch: 1, valid_until_ns: 100 },
-//! };
+//! let event = OwnershipEvent::Hold { partition: "p".into(), epoch: 1, valid_until_ns: 100 };
+//! let hold = OwnershipRecord::new(10, parti::WorkerId::new("w-0"), "i-0", event);
 //! let history = History {
 //!     ownership: vec![hold],
 //!     partitions: vec!["p".into()],

@@ -13,12 +13,12 @@ use crate::TestkitError;
 // ---- building histories -------------------------------------------------------------------
 
 fn record(at_ns: u64, instance: &str, event: OwnershipEvent) -> OwnershipRecord {
-    OwnershipRecord {
+    OwnershipRecord::new(
         at_ns,
-        worker: WorkerId::new(format!("w-{instance}")),
-        instance: instance.into(),
+        WorkerId::new(format!("w-{instance}")),
+        instance,
         event,
-    }
+    )
 }
 
 fn hold(at_ns: u64, instance: &str, partition: &str, epoch: u64, until: u64) -> OwnershipRecord {

@@ -30,6 +30,7 @@ use crate::error::{ConfigViolation, Error};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum DegradedPreset {
     /// Slow to enter degraded mode; for production networks with occasional blips.
     Conservative,
@@ -258,6 +259,7 @@ fn put<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> R
 /// the enabled thresholds must be strictly ascending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct DegradedAlertConfig {
     /// Degraded this long → `info` alert (default 30s).
     #[serde(with = "duration")]

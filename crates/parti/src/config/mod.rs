@@ -89,6 +89,7 @@ pub use sections::{AssignmentConfig, KvBucketConfig};
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
     /// Prefix of stable worker IDs, `"{prefix}-{n}"` (default `worker`; `[A-Za-z0-9_-]+`).
     pub worker_id_prefix: String,

@@ -9,6 +9,7 @@ use super::duration;
 /// How often and when the leader rebalances (`assignment`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct AssignmentConfig {
     /// Cooldown between two rebalances (default 10s; `> 0`, `≤ plannedScaleWindow`). A change
     /// inside the cooldown schedules a deferred rebalance; it is never dropped. The Go library
@@ -35,6 +36,7 @@ impl Default for AssignmentConfig {
 /// library's `stableIdBucket`, `electionBucket`, … are accepted as aliases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub struct KvBucketConfig {
     /// Bucket of stable worker-ID claims (default `parti-stableid`).
     #[serde(alias = "stableIdBucket")]

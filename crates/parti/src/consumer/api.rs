@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::{
 };
 use futures::TryStreamExt;
 
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 
 /// What a call's failure means to the caller.
 #[derive(Debug)]
@@ -18,31 +18,48 @@ pub(crate) enum ApiError {
     NotFound,
     /// A work-queue stream refused a filter that overlaps another consumer's.
     Overlap,
-    /// Anything else (server error, timeout, no connection).
-    Other(String),
+    /// Anything else (server error, timeout, no connection): what was being done, and the
+    /// cause (the `async-nats` error where there is one).
+    Other {
+        /// What was being done, e.g. `update consumer`.
+        what: String,
+        /// Why it failed.
+        source: BoxError,
+    },
 }
 
+const NOT_FOUND: &str = "consumer not found";
+const OVERLAP: &str = "filter overlaps another consumer of the work-queue stream";
+
 impl ApiError {
-    fn other(what: &str, e: impl std::fmt::Display) -> Self {
-        Self::Other(format!("{what}: {e}"))
+    pub(crate) fn other(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Other {
+            what: what.into(),
+            source: source.into(),
+        }
     }
 
     pub(crate) fn message(&self) -> String {
         match self {
-            Self::NotFound => "consumer not found".into(),
-            Self::Overlap => "filter overlaps another consumer of the work-queue stream".into(),
-            Self::Other(e) => e.clone(),
+            Self::NotFound => NOT_FOUND.into(),
+            Self::Overlap => OVERLAP.into(),
+            Self::Other { what, source } => format!("{what}: {source}"),
         }
     }
 }
 
 impl From<ApiError> for Error {
     fn from(e: ApiError) -> Self {
-        Error::Consumer(e.message())
+        let (context, source): (String, BoxError) = match e {
+            ApiError::NotFound => ("durable consumer".into(), NOT_FOUND.into()),
+            ApiError::Overlap => ("filter update".into(), OVERLAP.into()),
+            ApiError::Other { what, source } => (what, source),
+        };
+        Error::Consumer { context, source }
     }
 }
 
-fn overlap_or(e: &async_nats::jetstream::Error, what: &str) -> ApiError {
+fn overlap_or(e: async_nats::jetstream::Error, what: &str) -> ApiError {
     if e.error_code() == ErrorCode::CONSUMER_WQ_CONSUMER_NOT_UNIQUE {
         ApiError::Overlap
     } else {
@@ -70,7 +87,7 @@ pub(crate) async fn create(
         .create_consumer(config)
         .await
         .map_err(|e| match e.kind() {
-            ConsumerErrorKind::JetStream(js) => overlap_or(&js, "create consumer"),
+            ConsumerErrorKind::JetStream(js) => overlap_or(js, "create consumer"),
             _ => ApiError::other("create consumer", e),
         })
 }
@@ -88,7 +105,7 @@ where
         .await
         .map_err(|e| match e.kind() {
             ConsumerUpdateErrorKind::DoesNotExist => ApiError::NotFound,
-            ConsumerUpdateErrorKind::JetStream(js) => overlap_or(&js, "update consumer"),
+            ConsumerUpdateErrorKind::JetStream(js) => overlap_or(js, "update consumer"),
             _ => ApiError::other("update consumer", e),
         })
 }

@@ -10,6 +10,7 @@ use crate::error::{ConfigViolation, Error, Result};
 
 /// Who acknowledges messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum AckMode {
     /// Ack when the handler returns `Ok`, nak when it returns `Err` (redelivered by JetStream).
     #[default]
@@ -20,6 +21,7 @@ pub enum AckMode {
 
 /// Settings of a [`WorkerConsumer`]; [`Default`] gives the defaults of SPEC §9.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// The stream to consume (must exist).
     pub stream: String,

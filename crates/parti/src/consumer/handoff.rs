@@ -250,7 +250,7 @@ async fn drain(shared: &Shared, gain: &Gain, consumer: &PullConsumer) -> Result<
         .heartbeat(Duration::from_secs(2))
         .messages()
         .await
-        .map_err(|e| ApiError::Other(format!("catch-up pull: {e}")))?;
+        .map_err(|e| ApiError::other("catch-up pull", e))?;
     let mut since_check = 0usize;
     let mut passed_upto = false;
     // Needed messages the gate kept from the handler, by stream sequence.
@@ -289,8 +289,8 @@ async fn drain(shared: &Shared, gain: &Gain, consumer: &PullConsumer) -> Result<
                 passed_upto |= seq >= gain.upto;
                 first_past || since_check >= DRAIN_CHECK_EVERY
             }
-            Ok(Some(Err(e))) => return Err(ApiError::Other(format!("catch-up pull: {e}"))),
-            Ok(None) => return Err(ApiError::Other("catch-up pull ended".into())),
+            Ok(Some(Err(e))) => return Err(ApiError::other("catch-up pull", e)),
+            Ok(None) => return Err(ApiError::other("catch-up pull", "the message stream ended")),
             Err(_idle) => true,
         };
         if !held_back.is_empty() {
@@ -302,7 +302,7 @@ async fn drain(shared: &Shared, gain: &Gain, consumer: &PullConsumer) -> Result<
             let info = consumer
                 .get_info()
                 .await
-                .map_err(|e| ApiError::Other(format!("catch-up info: {e}")))?;
+                .map_err(|e| ApiError::other("catch-up info", e))?;
             // Done when everything up to `upto` was delivered and nothing awaits an ack.
             if info.num_ack_pending == 0
                 && (info.ack_floor.stream_sequence >= gain.upto || info.num_pending == 0)

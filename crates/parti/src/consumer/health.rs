@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The consumer's overall condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ConsumerStatus {
     /// No assignment received yet.
     Idle,
@@ -21,6 +22,7 @@ pub enum ConsumerStatus {
 
 /// A snapshot of the consumer's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerHealth {
     /// Overall condition.
     pub status: ConsumerStatus,

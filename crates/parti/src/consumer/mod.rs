@@ -7,11 +7,11 @@
 //! consumer in place; the message loop keeps running across updates.
 //!
 //! ```no_run
-//! # async fn demo(assignment: parti::Assignment) -> parti::Result<()> {
+//! # async fn demo(assignment: parti::Assignment) -> Result<(), parti::error::BoxError> {
 //! use async_nats::jetstream::Message;
 //! use parti::{WorkerConsumer, WorkerId};
 //!
-//! let nats = async_nats::connect("nats://127.0.0.1:4222").await.map_err(|e| parti::Error::Consumer(e.to_string()))?;
+//! let nats = async_nats::connect("nats://127.0.0.1:4222").await?;
 //! let consumer = WorkerConsumer::builder(async_nats::jetstream::new(nats), "EVENTS")
 //!     .subject_template("events.{partition}")
 //!     .handler(|msg: Message| async move {
@@ -233,7 +233,10 @@ impl WorkerConsumer {
         let stream = jetstream
             .get_stream(&config.stream)
             .await
-            .map_err(|e| Error::Consumer(format!("stream {}: {e}", config.stream)))?;
+            .map_err(|e| Error::Consumer {
+                context: format!("stream {}", config.stream),
+                source: Box::new(e),
+            })?;
         let mode = match stream.cached_info().config.retention {
             RetentionPolicy::WorkQueue => Mode::WorkQueue,
             _ => Mode::Replay,
@@ -430,9 +433,10 @@ impl WorkerConsumer {
             match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(Error::Shutdown),
-                Err(_) => Err(Error::Consumer(
-                    "releasing the subjects exceeded closeTimeout".into(),
-                )),
+                Err(_) => Err(Error::Consumer {
+                    context: "close".into(),
+                    source: "releasing the subjects exceeded closeTimeout".into(),
+                }),
             }
         } else {
             Err(Error::Shutdown)

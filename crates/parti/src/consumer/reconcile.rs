@@ -316,9 +316,10 @@ impl Reconciler {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(Error::Consumer(format!(
-            "the configuration of {durable} did not settle; retrying"
-        )))
+        Err(Error::Consumer {
+            context: format!("configure {durable}"),
+            source: "the configuration did not settle; retrying".into(),
+        })
     }
 
     /// Executes a plan in order, moving from `applied` to `target`; stops at a failed write
@@ -468,10 +469,13 @@ impl Reconciler {
         let consumer = api::create(&self.shared.stream, config.clone()).await?;
         if let Err(e) = api::update(&self.shared.stream, config).await {
             let _ = api::delete(&self.shared.stream, durable).await;
-            return Err(ApiError::Other(format!(
-                "re-created consumer is unusable ({}); deleted to retry",
-                e.message()
-            )));
+            return Err(ApiError::other(
+                "re-create consumer",
+                format!(
+                    "the new consumer is unusable ({}); deleted to retry",
+                    e.message()
+                ),
+            ));
         }
         self.recreate = false;
         Ok(consumer)

@@ -62,6 +62,7 @@ pub trait ElectionAgent: Send + Sync + std::fmt::Debug {
 
 /// Whether this worker leads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Leadership {
     /// This worker leads, under `term`.
     Leader {

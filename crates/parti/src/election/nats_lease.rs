@@ -73,6 +73,10 @@ pub struct NatsLeaseElection {
     /// Where the highest recorded term is read (the assignment bucket), so that terms keep
     /// increasing when the election bucket is recreated and its revisions start again.
     term_floor: Option<Arc<dyn Bucket>>,
+    /// The highest term this process has seen (commits applied, terms it led): a floor that
+    /// survives the assignment bucket being deleted and created again, until its floor key is
+    /// written back.
+    seen: Option<tokio::sync::watch::Receiver<crate::records::VersionFloor>>,
 }
 
 impl NatsLeaseElection {
@@ -86,6 +90,7 @@ impl NatsLeaseElection {
             ttl,
             held: Mutex::new(None),
             term_floor: None,
+            seen: None,
         }
     }
 
@@ -98,6 +103,17 @@ impl NatsLeaseElection {
     #[must_use]
     pub fn with_term_floor(mut self, assignment: Arc<dyn Bucket>) -> Self {
         self.term_floor = Some(assignment);
+        self
+    }
+
+    /// Terms also start above the highest term this process has seen (`seen`): the manager's
+    /// memory of commits and of its own terms, for when the assignment bucket's floor is gone.
+    #[must_use]
+    pub(crate) fn with_seen_terms(
+        mut self,
+        seen: tokio::sync::watch::Receiver<crate::records::VersionFloor>,
+    ) -> Self {
+        self.seen = Some(seen);
         self
     }
 
@@ -173,7 +189,8 @@ impl ElectionAgent for NatsLeaseElection {
             },
             None => 0,
         };
-        let term = floor.saturating_add(revision);
+        let seen = self.seen.as_ref().map_or(0, |s| s.borrow().term);
+        let term = floor.max(seen).saturating_add(revision);
         let value = self.record(term, acquired_at)?;
         // Write the term into the value now; if this fails transiently, the first renewal does.
         let revision = match self

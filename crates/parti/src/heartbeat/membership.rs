@@ -58,6 +58,7 @@ const WATCH_RETRY: Duration = Duration::from_millis(50);
 
 /// A change of the live worker set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MembershipEvent {
     /// A worker's heartbeat appeared.
     Joined(WorkerId),

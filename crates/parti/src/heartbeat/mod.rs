@@ -170,6 +170,7 @@ impl HeartbeatValue {
 
 /// What a worker tells the cluster through its heartbeat value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeartbeatInfo {
     /// The worker's state.
     pub state: State,

@@ -17,6 +17,7 @@ use crate::consumer::WorkerConsumer;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result, StoreError};
 use crate::ownership::{Holdings, OwnershipLog, OwnershipSink};
+use crate::records::VersionFloor;
 use crate::source::{PartitionSource, Static};
 use crate::state::State;
 use crate::store::{BucketSpec, Store};
@@ -257,6 +258,13 @@ impl ManagerBuilder {
                 ended: Arc::clone(&ended),
             },
             refresh: refresh_rx,
+            floor_seen: watch::channel(VersionFloor {
+                version: 0,
+                term: 0,
+            })
+            .0,
+            // Replaced by the bucket guard's when the runtime starts.
+            bucket_trouble: watch::channel(None).1,
         };
         let task = AbortOnDropHandle::new(tokio::spawn(runtime.run(cancel.clone())));
         let manager = Manager {

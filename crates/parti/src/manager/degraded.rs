@@ -28,14 +28,18 @@ pub(crate) enum Verdict {
 /// - `failing`: `kvErrorThreshold` KV errors within `kvErrorWindow`.
 ///
 /// No connection wins over KV errors: errors that pile up while the connection is down are its
-/// symptom, and the connection is what an operator must look at.
+/// symptom, and the connection is what an operator must look at. A bucket in trouble
+/// (`bucket`, see [`bucket_guard`](super::bucket_guard)) comes next: it is why calls fail.
 pub(crate) fn entry_reason(
     cut_off: bool,
     disconnected: bool,
     failing: bool,
+    bucket: Option<DegradedReason>,
 ) -> Option<DegradedReason> {
     if cut_off || (failing && disconnected) {
         Some(DegradedReason::NatsUnreachable)
+    } else if bucket.is_some() {
+        bucket
     } else if failing {
         Some(DegradedReason::KvErrors)
     } else {
@@ -57,6 +61,8 @@ pub(crate) struct DegradedTracker {
     healthy_since: Option<Instant>,
     /// Highest alert level raised in this episode, and when the last alert fired.
     last_alert: Option<(AlertLevel, Instant)>,
+    /// A bucket missing or replaced and not yet repaired (its reason), from the bucket guard.
+    bucket: Option<DegradedReason>,
 }
 
 impl DegradedTracker {
@@ -69,7 +75,17 @@ impl DegradedTracker {
             degraded_since: None,
             healthy_since: None,
             last_alert: None,
+            bucket: None,
         }
+    }
+
+    /// Records what the bucket guard reports now: a bucket in trouble (its reason) enters
+    /// Degraded at the next observation and keeps it there until repaired.
+    pub(crate) fn set_bucket_trouble(&mut self, reason: Option<DegradedReason>) {
+        if reason.is_some() {
+            self.healthy_since = None;
+        }
+        self.bucket = reason;
     }
 
     pub(crate) fn is_degraded(&self) -> bool {
@@ -110,7 +126,7 @@ impl DegradedTracker {
                     now.saturating_duration_since(t) >= self.behavior.enter_threshold
                 });
                 let failing = self.errors.len() >= self.behavior.kv_error_threshold as usize;
-                match entry_reason(cut_off, !connected, failing) {
+                match entry_reason(cut_off, !connected, failing, self.bucket) {
                     Some(reason) => {
                         self.degraded_since = Some((now, reason));
                         self.healthy_since = None;
@@ -123,7 +139,7 @@ impl DegradedTracker {
             Some(_) => {
                 // Healthy = connected with no KV error since the exit window started
                 // (`record_error` restarts it).
-                if !connected {
+                if !connected || self.bucket.is_some() {
                     self.healthy_since = None;
                     return Verdict::Unchanged;
                 }
@@ -311,11 +327,40 @@ mod tests {
         ];
         for ((cut_off, disconnected, failing), want) in cases {
             assert_eq!(
-                entry_reason(cut_off, disconnected, failing),
+                entry_reason(cut_off, disconnected, failing, None),
                 want,
                 "cut_off {cut_off}, disconnected {disconnected}, failing {failing}"
             );
         }
+        // A bucket in trouble comes after the connection and before KV errors.
+        let missing = Some(DegradedReason::BucketMissing);
+        assert_eq!(entry_reason(false, false, true, missing), missing);
+        assert_eq!(entry_reason(false, false, false, missing), missing);
+        assert_eq!(
+            entry_reason(true, true, false, missing),
+            Some(NatsUnreachable)
+        );
+    }
+
+    #[test]
+    fn a_bucket_in_trouble_degrades_at_once_and_holds_until_repaired() {
+        let t0 = Instant::now();
+        let mut t = tracker();
+        t.set_bucket_trouble(Some(DegradedReason::BucketMissing));
+        assert_eq!(
+            t.observe(t0, true),
+            Verdict::Enter(DegradedReason::BucketMissing)
+        );
+        // Still missing long after: no exit.
+        assert_eq!(
+            t.observe(t0 + Duration::from_secs(60), true),
+            Verdict::Unchanged
+        );
+        t.set_bucket_trouble(None);
+        let repaired = t0 + Duration::from_secs(61);
+        assert_eq!(t.observe(repaired, true), Verdict::Unchanged);
+        let exit = t.behavior.exit_threshold;
+        assert_eq!(t.observe(repaired + exit, true), Verdict::Exit);
     }
 
     #[test]

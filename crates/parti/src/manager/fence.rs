@@ -158,10 +158,14 @@ impl FenceParts {
         let error = match result {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,
-            Err(_) => Error::Consumer(format!(
-                "consumer filter update still pending after {:?}; it keeps retrying",
-                self.consumer_timeout
-            )),
+            Err(_) => Error::Consumer {
+                context: "filter update".into(),
+                source: format!(
+                    "still pending after {:?}; it keeps retrying",
+                    self.consumer_timeout
+                )
+                .into(),
+            },
         };
         tracing::warn!(%error, "consumer update failed");
         self.events.error(error);

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bucket_guard;
 mod builder;
 mod degraded;
 mod fence;

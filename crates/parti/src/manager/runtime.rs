@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::bucket_guard::{BucketGuard, Trouble};
 use super::degraded::{DegradedTracker, Verdict};
 use super::fence::{FenceCommand, extend_lease};
 use super::follower::{Follower, FollowerView};
@@ -28,7 +29,7 @@ use crate::heartbeat::HeartbeatInfo;
 use crate::heartbeat::Heartbeater;
 use crate::ownership::OwnershipLog;
 use crate::partition::WorkerId;
-use crate::records::{REFRESH_KEY, RefreshRequest};
+use crate::records::{REFRESH_KEY, RefreshRequest, VersionFloor};
 use crate::source::PartitionSource;
 use crate::stable_id::{self, IdStatus, StableIdConfig, StableIdLease};
 use crate::state::{ClusterPhase, DegradedReason, State};
@@ -99,6 +100,16 @@ struct Session {
     sent_version: u64,
 }
 
+/// Raises the floor seen to at least `version` and `term`.
+fn raise_floor(floor: &watch::Sender<VersionFloor>, version: u64, term: u64) {
+    floor.send_if_modified(|f| {
+        let raised = version > f.version || term > f.term;
+        f.version = f.version.max(version);
+        f.term = f.term.max(term);
+        raised
+    });
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -150,6 +161,12 @@ pub(crate) struct Runtime {
     pub(crate) lapse_pending: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) out: Outputs,
     pub(crate) refresh: mpsc::UnboundedReceiver<()>,
+    /// The highest commit version and leader term this process has seen: what the bucket
+    /// guard writes back as the floor of an assignment bucket that was created again.
+    pub(crate) floor_seen: watch::Sender<VersionFloor>,
+    /// A bucket missing or replaced, from the bucket guard (set when [`run`](Self::run)
+    /// starts it).
+    pub(crate) bucket_trouble: watch::Receiver<Option<Trouble>>,
 }
 
 /// The leader's controller while this worker leads.
@@ -169,6 +186,28 @@ impl LeaderTask {
 impl Runtime {
     /// Runs until `cancel` (graceful stop). Errors only for what start-up cannot get past.
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<()> {
+        let [stable_id, election, heartbeat, assignment] = self.config.bucket_specs();
+        let guarded = vec![
+            (stable_id, Arc::clone(&self.buckets.stable_id)),
+            (election, Arc::clone(&self.buckets.election)),
+            (heartbeat, Arc::clone(&self.buckets.heartbeat)),
+            (assignment.clone(), Arc::clone(&self.buckets.assignment)),
+        ];
+        let (guard, trouble) = BucketGuard::spawn(
+            Arc::clone(&self.store),
+            guarded,
+            &assignment.name,
+            self.floor_seen.subscribe(),
+            self.config.heartbeat_ttl,
+        );
+        self.bucket_trouble = trouble;
+        let result = self.run_ids(cancel).await;
+        guard.stop().await;
+        result
+    }
+
+    /// Claims an ID and runs with it, again after each loss, until stopped.
+    async fn run_ids(&mut self, cancel: CancellationToken) -> Result<()> {
         if let Some(delay) = start_delay(self.config.start_jitter) {
             tracing::debug!(?delay, "start jitter");
             tokio::select! {
@@ -253,7 +292,8 @@ impl Runtime {
                     self.instance.clone(),
                     self.config.election_ttl,
                 )
-                .with_term_floor(Arc::clone(&self.buckets.assignment)),
+                .with_term_floor(Arc::clone(&self.buckets.assignment))
+                .with_seen_terms(self.floor_seen.subscribe()),
             ),
         }
     }
@@ -371,6 +411,7 @@ impl Runtime {
                     let now_leading = *leadership.borrow_and_update();
                     match now_leading {
                         Leadership::Leader { term } if leader.is_none() => {
+                            raise_floor(&self.floor_seen, 0, term);
                             restart_delay = Duration::from_millis(100);
                             leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
                             self.out.leader.send_replace(true);
@@ -416,6 +457,7 @@ impl Runtime {
                 }
                 _ = tick.tick() => {
                     let now = tokio::time::Instant::now();
+                    degraded.set_bucket_trouble(self.bucket_trouble.borrow().as_ref().map(|t| t.reason));
                     if hb_failures.has_changed().unwrap_or(false) && *hb_failures.borrow_and_update() > 0 {
                         degraded.record_error(now);
                     }
@@ -654,6 +696,9 @@ impl Runtime {
     /// Follows the latest commit: the assignment it gives this worker (when newer), what this
     /// worker may hold under it, and the cluster phase mirrored as this worker's state.
     fn apply(&mut self, session: &mut Session, view: &FollowerView, degraded: bool) {
+        if let Some(cluster) = &view.cluster {
+            raise_floor(&self.floor_seen, cluster.version, cluster.term);
+        }
         if let Some(next) = view.committed(&session.id, session.had_assignment) {
             let held = self.out.assignment.borrow().clone();
             if !session.had_assignment || next.version > held.version {

@@ -404,4 +404,9 @@ impl Bucket for MemoryBucket {
         }
         .into_stream())
     }
+
+    async fn incarnation(&self) -> Result<Option<u64>, StoreError> {
+        self.client.gate("bucket info", &self.name).await?;
+        Ok(self.client.backend.core(&self.name).map(|c| c.incarnation))
+    }
 }

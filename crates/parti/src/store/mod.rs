@@ -49,6 +49,7 @@ pub struct Entry {
 
 /// An event of a [`Bucket::watch`] stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WatchEvent {
     /// A snapshot starts: the consumer should collect `InitApply` entries and replace its view
     /// on `InitDone`.
@@ -165,4 +166,14 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// Watches the keys matching `pattern` (see [`list`](Self::list)): a snapshot, then live
     /// events.
     async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError>;
+
+    /// Which incarnation of the bucket this is: an opaque value that changes when the bucket
+    /// is deleted and created again, or `None` while it does not exist. A worker probes it to
+    /// notice a bucket lost or replaced under it (its data, floors included, gone with it).
+    ///
+    /// The default, for a store that cannot tell, is always `Some(0)`: never missing, never
+    /// replaced.
+    async fn incarnation(&self) -> Result<Option<u64>, StoreError> {
+        Ok(Some(0))
+    }
 }

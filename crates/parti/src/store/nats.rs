@@ -436,6 +436,22 @@ impl Bucket for NatsBucket {
     async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
         self.watch_stream(pattern).await
     }
+
+    /// The bucket stream's creation time, hashed; `None` when the stream is gone.
+    async fn incarnation(&self) -> Result<Option<u64>, StoreError> {
+        let stream = format!("KV_{}", self.name);
+        timed(self.op_timeout, "bucket info", &self.name, async {
+            match self.js.get_stream(&stream).await {
+                Ok(s) => {
+                    let created = s.cached_info().created.to_string();
+                    Ok(Some(xxhash_rust::xxh3::xxh3_64(created.as_bytes())))
+                }
+                Err(e) if is_stream_not_found(&e) => Ok(None),
+                Err(e) => Err(self.backend("bucket info", e)),
+            }
+        })
+        .await
+    }
 }
 
 /// What a message on the bucket's stream means.

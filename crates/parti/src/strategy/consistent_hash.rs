@@ -109,7 +109,7 @@ impl AssignmentStrategy for ConsistentHash {
             cursor = ring.position(hash, cursor);
             let worker = ring
                 .owner_at(cursor)
-                .ok_or_else(|| Error::Strategy(format!("{}: empty ring", self.name())))?;
+                .ok_or_else(|| Error::Strategy(format!("{}: empty ring", self.name()).into()))?;
             for &(_, i) in run {
                 owner[i as usize] = worker;
             }

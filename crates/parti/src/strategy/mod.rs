@@ -63,7 +63,10 @@ pub trait AssignmentStrategy: Send + Sync + fmt::Debug {
     /// # Errors
     ///
     /// [`Error::Strategy`] when there are no workers (or the strategy is misconfigured);
-    /// [`Error::InvalidPartition`] when two partitions have the same keys.
+    /// [`Error::InvalidPartition`] when two partitions have the same keys. A custom strategy
+    /// wraps its own failure in [`Error::Strategy`] (`Error::Strategy(Box::new(e))`, or
+    /// `Error::Strategy("message".into())`); it stays the error's `source`, so callers can
+    /// downcast it.
     fn assign(
         &self,
         workers: &[WorkerId],
@@ -113,15 +116,18 @@ pub(crate) fn sorted_workers(
     partitions: usize,
 ) -> Result<Vec<WorkerId>> {
     if workers.is_empty() {
-        return Err(Error::Strategy(format!(
-            "{strategy}: no workers to assign {partitions} partitions to"
-        )));
+        return Err(Error::Strategy(
+            format!("{strategy}: no workers to assign {partitions} partitions to").into(),
+        ));
     }
     if workers.len() >= NO_WORKER as usize || partitions >= NO_WORKER as usize {
-        return Err(Error::Strategy(format!(
-            "{strategy}: too many workers or partitions ({} workers, {partitions} partitions)",
-            workers.len()
-        )));
+        return Err(Error::Strategy(
+            format!(
+                "{strategy}: too many workers or partitions ({} workers, {partitions} partitions)",
+                workers.len()
+            )
+            .into(),
+        ));
     }
     let mut sorted = workers.to_vec();
     sorted.sort_unstable();

@@ -134,18 +134,21 @@ impl AssignmentStrategy for WeightedConsistentHash {
         previous: Option<&AssignmentMap>,
     ) -> Result<AssignmentMap> {
         if !(self.epsilon.is_finite() && self.epsilon >= 0.0) {
-            return Err(Error::Strategy(format!(
-                "{}: epsilon must be a finite number >= 0, got {}",
-                self.name(),
-                self.epsilon
-            )));
+            return Err(Error::Strategy(
+                format!(
+                    "{}: epsilon must be a finite number >= 0, got {}",
+                    self.name(),
+                    self.epsilon
+                )
+                .into(),
+            ));
         }
         let workers = sorted_workers(self.name(), workers, partitions.len())?;
         let problem = Problem::new(partitions, self.seed)?;
         let heaviest_first = problem.ranked.iter().map(Ranked::weight);
         let bounds = Bounds::new(heaviest_first, problem.total, workers.len(), self.epsilon);
         let mut placement = Placement::new(&problem.ranked, workers.len(), bounds)
-            .ok_or_else(|| Error::Strategy(format!("{}: no workers", self.name())))?;
+            .ok_or_else(|| Error::Strategy(format!("{}: no workers", self.name()).into()))?;
         // A previous map that places none of these partitions on these workers carries no
         // information: use the ring, so the result equals a cold start.
         let previous = previous

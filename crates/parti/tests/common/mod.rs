@@ -225,6 +225,12 @@ impl TestCluster {
             .expect("read published")
     }
 
+    /// The assignment bucket, as the test opened it (the handle reaches the bucket of that
+    /// name even after it was deleted and created again).
+    pub fn assignment_bucket(&self) -> Arc<dyn Bucket> {
+        Arc::clone(&self.assignment)
+    }
+
     pub async fn record(&self) -> ClusterRecord {
         self.published().await.record.expect("a cluster record").0
     }

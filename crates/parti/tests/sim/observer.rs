@@ -163,6 +163,8 @@ pub async fn observe(bucket: Arc<dyn Bucket>, shared: Arc<Shared>) {
             WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
                 view.keys.remove(&key);
             }
+            // An event this observer does not know changes no key it tracks.
+            _ => {}
         }
     }
 }

@@ -50,10 +50,13 @@ pub fn reassign_orphans(
         return Ok(kept);
     }
     if live.is_empty() {
-        return Err(Error::Strategy(format!(
-            "no live worker to take {} orphaned partitions",
-            orphans.len()
-        )));
+        return Err(Error::Strategy(
+            format!(
+                "no live worker to take {} orphaned partitions",
+                orphans.len()
+            )
+            .into(),
+        ));
     }
 
     let candidate = strategy.assign(live, partitions, Some(&kept))?;
@@ -63,16 +66,22 @@ pub fn reassign_orphans(
         match owners.get(orphan.keys()) {
             Some(&owner) if live_set.contains(owner) => result.push(owner, orphan.clone()),
             Some(owner) => {
-                return Err(Error::Strategy(format!(
-                    "strategy {} gave partition {orphan} to {owner}, which is not live",
-                    strategy.name()
-                )));
+                return Err(Error::Strategy(
+                    format!(
+                        "strategy {} gave partition {orphan} to {owner}, which is not live",
+                        strategy.name()
+                    )
+                    .into(),
+                ));
             }
             None => {
-                return Err(Error::Strategy(format!(
-                    "strategy {} left partition {orphan} unassigned",
-                    strategy.name()
-                )));
+                return Err(Error::Strategy(
+                    format!(
+                        "strategy {} left partition {orphan} unassigned",
+                        strategy.name()
+                    )
+                    .into(),
+                ));
             }
         }
     }

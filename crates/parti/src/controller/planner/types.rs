@@ -11,6 +11,7 @@ use crate::state::{ClusterPhase, ScalingReason};
 
 /// The timings and thresholds the planner works with (a plain subset of the configuration).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct PlannerConfig {
     /// How long a cold start (or full restart) batches joins, from the first join seen: the
     /// shortest such window.
@@ -54,6 +55,7 @@ impl Default for PlannerConfig {
 
 /// What the `cluster` record said when this worker became leader.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct ClusterView {
     /// The last published version.
     pub version: u64,
@@ -68,6 +70,7 @@ pub struct ClusterView {
 /// Every input carries the current time; the planner never reads a clock. Times must not go
 /// backwards between inputs.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Input {
     /// This worker won the election. Resets the planner.
     BecameLeader {
@@ -152,6 +155,7 @@ impl Input {
 
 /// What the runner must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision {
     /// Write this phase into the `cluster` record so every worker can follow it. Emitted only
     /// when the phase changes (and once on [`Input::BecameLeader`], to replace a stale phase
@@ -174,6 +178,7 @@ pub enum Decision {
 /// Why a map is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub enum RebalanceReason {
     /// The cold-start window closed.
     ColdStart,
@@ -220,6 +225,7 @@ impl fmt::Display for RebalanceReason {
 /// The published [`ClusterPhase`] carries wall-clock milliseconds instead; the runner converts
 /// with [`to_cluster_phase`](Self::to_cluster_phase).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Phase {
     /// Nothing pending.
     #[default]

@@ -23,7 +23,12 @@ pub(super) struct BucketCore {
     deleted: AtomicBool,
     /// Stops the expiry task with the bucket.
     _reaper: Option<DropGuard>,
+    /// Tells this bucket from one of the same name created after it was deleted.
+    pub(super) incarnation: u64,
 }
+
+/// The next bucket's incarnation (process-wide, so never reused).
+static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl BucketCore {
     pub(super) fn create(spec: BucketSpec) -> Arc<Self> {
@@ -36,6 +41,7 @@ impl BucketCore {
             wake: Arc::clone(&wake),
             deleted: AtomicBool::new(false),
             _reaper: max_age.map(|_| stop.clone().drop_guard()),
+            incarnation: NEXT_INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         // Outside a tokio runtime expiries still apply, lazily, at the next call.
         if let (Some(max_age), Ok(runtime)) = (max_age, tokio::runtime::Handle::try_current()) {
