@@ -86,7 +86,7 @@ impl std::fmt::Debug for BucketGuard {
 
 impl BucketGuard {
     /// Guards `buckets` (spec and handle; `assignment` names the one whose floor is repaired),
-    /// probing every `interval`. `floor` carries the highest commit version and term this
+    /// probing every `interval`; when several are in trouble, the first one's is reported. `floor` carries the highest commit version and term this
     /// worker has seen. The returned receiver holds the current trouble, if any.
     pub(crate) fn spawn(
         store: Arc<dyn Store>,

@@ -187,11 +187,13 @@ impl Runtime {
     /// Runs until `cancel` (graceful stop). Errors only for what start-up cannot get past.
     pub(crate) async fn run(mut self, cancel: CancellationToken) -> Result<()> {
         let [stable_id, election, heartbeat, assignment] = self.config.bucket_specs();
+        // The heartbeats first: trouble there is reported before any other bucket's (it hides
+        // who is alive, and crash declarations are held back for it).
         let guarded = vec![
-            (stable_id, Arc::clone(&self.buckets.stable_id)),
-            (election, Arc::clone(&self.buckets.election)),
             (heartbeat, Arc::clone(&self.buckets.heartbeat)),
             (assignment.clone(), Arc::clone(&self.buckets.assignment)),
+            (election, Arc::clone(&self.buckets.election)),
+            (stable_id, Arc::clone(&self.buckets.stable_id)),
         ];
         let (guard, trouble) = BucketGuard::spawn(
             Arc::clone(&self.store),
@@ -376,6 +378,8 @@ impl Runtime {
         let mut released = self.released.clone();
         let mut degraded =
             DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
+        // Whether this degraded episode hides the heartbeats (crash declarations held back).
+        let mut blind = false;
         let mut tick =
             tokio::time::interval(Duration::from_millis(100).min(self.config.heartbeat_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -469,8 +473,15 @@ impl Runtime {
                             tracing::warn!(worker = %id, %reason, "entering degraded mode: keeping the last assignment");
                             publish_degraded_metrics(Some(reason));
                             metrics::counter!("parti_degraded_entered_total", "reason" => reason.as_str()).increment(1);
-                            // No crash is declared while we cannot see the cluster.
-                            suppress_tx.send_replace(Some(tokio::time::Instant::now().into_std() + SUPPRESS_WHILE_DEGRADED));
+                            // No crash is declared while we cannot see the cluster — unless
+                            // what is wrong is a bucket other than the heartbeats: the
+                            // heartbeats still tell who is alive, and a crash meanwhile must be
+                            // handled at once.
+                            blind = !matches!(reason, DegradedReason::BucketMissing | DegradedReason::BucketRecreated)
+                                || self.bucket_trouble.borrow().as_ref().is_some_and(|t| t.bucket == self.buckets.heartbeat.name());
+                            if blind {
+                                suppress_tx.send_replace(Some(tokio::time::Instant::now().into_std() + SUPPRESS_WHILE_DEGRADED));
+                            }
                             // The reason first: whoever sees the state sees why.
                             self.out.degraded_reason.send_replace(Some(reason));
                             if self.out.state.set(State::Degraded) {
@@ -486,8 +497,10 @@ impl Runtime {
                                 break IdExit::Lost;
                             }
                             // Workers cut off with us are not mass-evicted (SPEC §7).
-                            let until = tokio::time::Instant::now().into_std() + self.config.degraded_behavior.recovery_grace_period;
-                            suppress_tx.send_replace(Some(until));
+                            if std::mem::take(&mut blind) {
+                                let until = tokio::time::Instant::now().into_std() + self.config.degraded_behavior.recovery_grace_period;
+                                suppress_tx.send_replace(Some(until));
+                            }
                             let snapshot = view.borrow().clone();
                             self.apply(&mut session, &snapshot, false);
                         }
