@@ -1,7 +1,11 @@
 //! The bucket guard: notices a bucket deleted (or deleted and created again) under a running
 //! worker, creates it again, and gives a new assignment bucket back its floors.
 //!
-//! Every probe interval it asks each bucket for its [incarnation](Bucket::incarnation). A
+//! It asks each bucket for its [incarnation](Bucket::incarnation) — every probe interval
+//! while this worker leads, at once when the worker's own KV calls fail, and every interval
+//! again while a bucket is in trouble. Followers do not probe on a timer: on a fleet that
+//! would be four JetStream API calls per worker per interval, and a lost bucket makes their
+//! renewals or watches fail anyway, or is repaired by the leader. A
 //! bucket that is gone is created again from its spec — the call that creates a missing bucket
 //! at start-up. A bucket that comes back as another incarnation lost everything in it; for the
 //! assignment bucket that includes the `floor` key, the version and term below which nothing
@@ -85,14 +89,17 @@ impl std::fmt::Debug for BucketGuard {
 }
 
 impl BucketGuard {
-    /// Guards `buckets` (spec and handle; `assignment` names the one whose floor is repaired),
-    /// probing every `interval`; when several are in trouble, the first one's is reported. `floor` carries the highest commit version and term this
-    /// worker has seen. The returned receiver holds the current trouble, if any.
+    /// Guards `buckets` (spec and handle; `assignment` names the one whose floor is repaired);
+    /// when several are in trouble, the first one's is reported. `floor` carries the highest
+    /// commit version and term this worker has seen. `probes` says when to probe: every
+    /// `interval` while it reads `periodic`, and at once when `now` is notified. The returned
+    /// receiver holds the current trouble, if any.
     pub(crate) fn spawn(
         store: Arc<dyn Store>,
         buckets: Vec<(BucketSpec, Arc<dyn Bucket>)>,
         assignment: &str,
         floor: watch::Receiver<VersionFloor>,
+        probes: Probes,
         interval: Duration,
     ) -> (Self, watch::Receiver<Option<Trouble>>) {
         let (trouble_tx, trouble_rx) = watch::channel(None);
@@ -110,6 +117,7 @@ impl BucketGuard {
             store,
             guarded,
             floor,
+            probes,
             interval,
             trouble_tx,
             cancel.clone(),
@@ -130,10 +138,20 @@ impl BucketGuard {
     }
 }
 
+/// When the guard probes.
+#[derive(Debug)]
+pub(crate) struct Probes {
+    /// Every probe interval while `true` (the worker leads).
+    pub(crate) periodic: watch::Receiver<bool>,
+    /// Once per notification (the worker's own KV calls failed).
+    pub(crate) now: Arc<tokio::sync::Notify>,
+}
+
 async fn run(
     store: Arc<dyn Store>,
     mut guarded: Vec<Guarded>,
     floor: watch::Receiver<VersionFloor>,
+    mut probes: Probes,
     interval: Duration,
     trouble: watch::Sender<Option<Trouble>>,
     cancel: CancellationToken,
@@ -141,9 +159,18 @@ async fn run(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let on_timer = *probes.periodic.borrow() || trouble.borrow().is_some();
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick(), if on_timer => {}
+            () = probes.now.notified() => {}
+            changed = probes.periodic.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Leading now (or no longer): the timer's condition changed.
+                continue;
+            }
         }
         let mut found = None;
         for g in &mut guarded {

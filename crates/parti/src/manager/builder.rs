@@ -265,6 +265,8 @@ impl ManagerBuilder {
             .0,
             // Replaced by the bucket guard's when the runtime starts.
             bucket_trouble: watch::channel(None).1,
+            guard_periodic: watch::channel(false).0,
+            guard_probe: Arc::new(tokio::sync::Notify::new()),
         };
         let task = AbortOnDropHandle::new(tokio::spawn(runtime.run(cancel.clone())));
         let manager = Manager {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::bucket_guard::{BucketGuard, Trouble};
+use super::bucket_guard::{BucketGuard, Probes, Trouble};
 use super::degraded::{DegradedTracker, Verdict};
 use super::fence::{FenceCommand, extend_lease};
 use super::follower::{Follower, FollowerView};
@@ -167,6 +167,10 @@ pub(crate) struct Runtime {
     /// A bucket missing or replaced, from the bucket guard (set when [`run`](Self::run)
     /// starts it).
     pub(crate) bucket_trouble: watch::Receiver<Option<Trouble>>,
+    /// Whether the bucket guard probes on its timer (while this worker leads).
+    pub(crate) guard_periodic: watch::Sender<bool>,
+    /// Makes the bucket guard probe now (this worker's KV calls failed).
+    pub(crate) guard_probe: Arc<tokio::sync::Notify>,
 }
 
 /// The leader's controller while this worker leads.
@@ -195,11 +199,16 @@ impl Runtime {
             (election, Arc::clone(&self.buckets.election)),
             (stable_id, Arc::clone(&self.buckets.stable_id)),
         ];
+        let probes = Probes {
+            periodic: self.guard_periodic.subscribe(),
+            now: Arc::clone(&self.guard_probe),
+        };
         let (guard, trouble) = BucketGuard::spawn(
             Arc::clone(&self.store),
             guarded,
             &assignment.name,
             self.floor_seen.subscribe(),
+            probes,
             self.config.heartbeat_ttl,
         );
         self.bucket_trouble = trouble;
@@ -416,6 +425,7 @@ impl Runtime {
                     match now_leading {
                         Leadership::Leader { term } if leader.is_none() => {
                             raise_floor(&self.floor_seen, 0, term);
+                            self.guard_periodic.send_replace(true);
                             restart_delay = Duration::from_millis(100);
                             leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
                             self.out.leader.send_replace(true);
@@ -426,6 +436,7 @@ impl Runtime {
                         Leadership::Follower if leader.is_some() => {
                             // Stop the controller before anything else.
                             if let Some(task) = leader.take() { task.stop().await; }
+                            self.guard_periodic.send_replace(false);
                             self.out.leader.send_replace(false);
                             metrics::gauge!("parti_leader").set(0.0);
                             tracing::warn!(worker = %id, "leadership lost");
@@ -464,9 +475,11 @@ impl Runtime {
                     degraded.set_bucket_trouble(self.bucket_trouble.borrow().as_ref().map(|t| t.reason));
                     if hb_failures.has_changed().unwrap_or(false) && *hb_failures.borrow_and_update() > 0 {
                         degraded.record_error(now);
+                        self.guard_probe.notify_one();
                     }
                     if id_failures.has_changed().unwrap_or(false) && *id_failures.borrow_and_update() > 0 {
                         degraded.record_error(now);
+                        self.guard_probe.notify_one();
                     }
                     match degraded.observe(now, self.store.is_connected()) {
                         Verdict::Enter(reason) => {
@@ -538,6 +551,7 @@ impl Runtime {
             publish_degraded_metrics(None);
             metrics::gauge!("parti_alert_level").set(0.0);
         }
+        self.guard_periodic.send_replace(false);
         if self.out.leader.send_replace(false) {
             metrics::gauge!("parti_leader").set(0.0);
             self.events.emit(Event::LeadershipChanged {
