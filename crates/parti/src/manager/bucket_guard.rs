@@ -304,77 +304,27 @@ mod tests {
     async fn the_floor_is_raised_never_lowered() {
         let store = MemoryStore::new();
         let bucket = store.bucket(&BucketSpec::new("a")).await.unwrap();
-        let read = |b: Arc<dyn Bucket>| async move {
-            let e = b.get(FLOOR_KEY).await.unwrap().unwrap();
-            codec::decode::<VersionFloor>("a", FLOOR_KEY, &e.value).unwrap()
-        };
-        restore_floor(
-            &*bucket,
-            VersionFloor {
-                version: 9,
-                term: 4,
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            read(Arc::clone(&bucket)).await,
-            VersionFloor {
-                version: 9,
-                term: 4
-            }
-        );
-        restore_floor(
-            &*bucket,
-            VersionFloor {
-                version: 5,
-                term: 6,
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            read(Arc::clone(&bucket)).await,
-            VersionFloor {
-                version: 9,
-                term: 6
-            }
-        );
-        restore_floor(
-            &*bucket,
-            VersionFloor {
-                version: 3,
-                term: 1,
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            read(Arc::clone(&bucket)).await,
-            VersionFloor {
-                version: 9,
-                term: 6
-            }
-        );
+        let floor = |version, term| VersionFloor { version, term };
+        // (floor restored, floor in the bucket afterwards)
+        let cases = [
+            (floor(9, 4), floor(9, 4)),
+            (floor(5, 6), floor(9, 6)),
+            (floor(3, 1), floor(9, 6)),
+        ];
+        for (restored, want) in cases {
+            restore_floor(&*bucket, restored).await.unwrap();
+            let e = bucket.get(FLOOR_KEY).await.unwrap().unwrap();
+            let got = codec::decode::<VersionFloor>("a", FLOOR_KEY, &e.value).unwrap();
+            assert_eq!(got, want, "after restoring {restored:?}");
+        }
+        // Garbage in the key is no floor: replaced.
         bucket
             .put(FLOOR_KEY, bytes::Bytes::from_static(b"garbage"))
             .await
             .unwrap();
-        restore_floor(
-            &*bucket,
-            VersionFloor {
-                version: 2,
-                term: 2,
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            read(bucket).await,
-            VersionFloor {
-                version: 2,
-                term: 2
-            }
-        );
+        restore_floor(&*bucket, floor(2, 2)).await.unwrap();
+        let e = bucket.get(FLOOR_KEY).await.unwrap().unwrap();
+        let got = codec::decode::<VersionFloor>("a", FLOOR_KEY, &e.value).unwrap();
+        assert_eq!(got, floor(2, 2));
     }
 }
