@@ -359,3 +359,66 @@ async fn heartbeats_and_the_watcher_recover_after_a_server_restart() {
     late.stop().await.unwrap();
     watcher.stop().await;
 }
+
+/// A worker whose stable ID was taken while it could not renew finds the new owner's
+/// heartbeat under its key. It must never write over it — not even after it lapsed and
+/// renews under its next lineage — or the leader names its lineage in place of the owner's
+/// while the owner holds (seen in the simulation: 152 ms held twice). It writes again once the
+/// key is gone.
+#[tokio::test]
+async fn a_heartbeat_never_writes_over_another_process_that_took_the_id() {
+    let server = NatsServer::start().await.unwrap();
+    let bucket = bucket(&server, Duration::from_secs(30)).await;
+    let (old, old_info) = beat(bucket.clone(), "worker-4", Duration::from_millis(100));
+    let ours = |v: &HeartbeatValue| v.instance == "worker-4-instance";
+    wait_until(Duration::from_secs(2), "the first heartbeat", || async {
+        value_of(&*bucket, "worker-4")
+            .await
+            .is_some_and(|v| ours(&v))
+    })
+    .await
+    .unwrap();
+
+    // Another process took the ID and wrote its heartbeat (once: it does not renew here, so
+    // nothing but our own writes could change the key).
+    let theirs = HeartbeatValue::announce(
+        "new-owner",
+        parti::heartbeat::HeartbeatInfo::new(State::Stable, 3),
+    );
+    bucket
+        .put("worker-4", codec::encode(&theirs).unwrap())
+        .await
+        .unwrap();
+    let revoked = old.revoked();
+    wait_until(Duration::from_secs(2), "the lineage revoked", || async {
+        revoked.has_changed().unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    // The worker lapses and would renew under its next lineage.
+    let mut next = parti::heartbeat::HeartbeatInfo::new(State::Stable, 3);
+    next.lapses = 1;
+    old_info.send_replace(next);
+    let failures = old.failures();
+    wait_until(
+        Duration::from_secs(2),
+        "renewals refused while another process's heartbeat is there",
+        || async { *failures.borrow() >= 3 },
+    )
+    .await
+    .unwrap();
+    let current = value_of(&*bucket, "worker-4").await.unwrap();
+    assert_eq!(current.instance, "new-owner", "never written over");
+
+    // The other process is gone (its key deleted): the worker writes again, under its new
+    // lineage.
+    bucket.delete("worker-4", None).await.unwrap();
+    wait_until(Duration::from_secs(2), "our heartbeat again", || async {
+        value_of(&*bucket, "worker-4")
+            .await
+            .is_some_and(|v| ours(&v) && v.lapses == 1)
+    })
+    .await
+    .unwrap();
+    old.stop().await.unwrap();
+}

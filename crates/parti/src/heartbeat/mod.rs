@@ -328,6 +328,10 @@ enum KeyRevision {
     Known(u64),
     /// The key was found gone: create it.
     Absent,
+    /// The key holds another process's heartbeat (our stable ID was taken while we could not
+    /// renew it): look again before each write, and write only once the key is gone or holds
+    /// no other process's live value — never over it.
+    Displaced,
 }
 
 struct Beat {
@@ -380,6 +384,9 @@ impl Beat {
             Ok(bytes) => bytes,
             Err(e) => return self.failed(&e),
         };
+        if matches!(self.revision, KeyRevision::Displaced) && !self.look_again(value).await {
+            return;
+        }
         // A second attempt only right after finding our own write (a lost reply): the lease
         // must not wait a whole interval for it.
         for _ in 0..2 {
@@ -391,6 +398,7 @@ impl Beat {
                 }
                 KeyRevision::Absent => self.bucket.create(key, bytes.clone()).await,
                 KeyRevision::Start => self.bucket.put(key, bytes.clone()).await,
+                KeyRevision::Displaced => return,
             };
             match result {
                 Ok(revision) => {
@@ -453,15 +461,58 @@ impl Beat {
             return true;
         }
         let expelled = found.as_ref().is_some_and(|v| v.expelled);
-        tracing::warn!(
-            worker = %self.worker,
-            lapses = ours.lapses,
-            expelled,
-            "heartbeat key written by someone else: this lineage's lease is revoked"
-        );
+        if found
+            .as_ref()
+            .is_some_and(|v| !v.expelled && v.instance != ours.instance)
+        {
+            // Another process renews this ID now: writing over its heartbeat would make the
+            // leader name our lineage in its place while it holds.
+            tracing::warn!(
+                worker = %self.worker,
+                lapses = ours.lapses,
+                "heartbeat key holds another process's heartbeat: this worker's ID was taken; not writing over it"
+            );
+            self.revision = KeyRevision::Displaced;
+        } else {
+            tracing::warn!(
+                worker = %self.worker,
+                lapses = ours.lapses,
+                expelled,
+                "heartbeat key written by someone else: this lineage's lease is revoked"
+            );
+        }
         self.revoked_lineage = Some(ours.lapses);
         self.revoked.send_replace(ours.lapses);
         false
+    }
+
+    /// Displaced: whether the key may be written again (gone, or no other process's live
+    /// value in it); the failure is counted while another process's heartbeat is there.
+    async fn look_again(&mut self, ours: &HeartbeatValue) -> bool {
+        match self.bucket.get(self.worker.as_str()).await {
+            Ok(None) => {
+                self.revision = KeyRevision::Absent;
+                true
+            }
+            Ok(Some(entry)) => {
+                let other =
+                    codec::decode::<HeartbeatValue>(self.bucket.name(), &entry.key, &entry.value)
+                        .ok()
+                        .is_some_and(|v| !v.expelled && v.instance != ours.instance);
+                if other {
+                    self.failures.send_modify(|n| *n = n.saturating_add(1));
+                    metrics::counter!("parti_heartbeat_failures_total").increment(1);
+                    tracing::debug!(worker = %self.worker, "heartbeat key still holds another process's heartbeat");
+                    return false;
+                }
+                self.revision = KeyRevision::Known(entry.revision);
+                true
+            }
+            Err(e) => {
+                self.failed(&e.into());
+                false
+            }
+        }
     }
 }
 

@@ -158,6 +158,7 @@ async fn run(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_round: Option<tokio::time::Instant> = None;
     loop {
         let on_timer = *probes.periodic.borrow() || trouble.borrow().is_some();
         tokio::select! {
@@ -172,6 +173,17 @@ async fn run(
                 continue;
             }
         }
+        // A replacement is told only from an incarnation seen one round before: after a pause
+        // in probing (a follower probes only when its calls fail), the last one seen may be
+        // long gone for reasons already dealt with, and judging against it would report a
+        // replacement that is history.
+        let now = tokio::time::Instant::now();
+        if last_round.is_none_or(|at| now.saturating_duration_since(at) > interval * 2) {
+            for g in &mut guarded {
+                g.known = None;
+            }
+        }
+        last_round = Some(now);
         let mut found = None;
         for g in &mut guarded {
             if let Some(t) = probe(&*store, g, &floor).await {
