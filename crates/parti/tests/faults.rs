@@ -187,9 +187,19 @@ async fn s09b_cut_off_worker_degrades_loses_its_partitions_and_rejoins() {
     all.push(cut_id.clone());
     all.sort();
     cluster.wait_for_map(&all, SETTLE).await;
-    wait_until(SETTLE, "the proxied worker to own partitions", || async {
-        cut.state() == State::Stable && !cut.assignment().partitions.is_empty()
-    })
+    // Settled: the join's hand-offs completed (their commit gives every worker a new version).
+    let settled = cluster.wait_for_handoffs(SETTLE).await;
+    let settled_version = settled.workers.get(&cut_id).map(|(_, r)| r.version);
+    wait_until(
+        SETTLE,
+        "the proxied worker to own partitions at the settled version",
+        || async {
+            let mine = cut.assignment();
+            cut.state() == State::Stable
+                && !mine.partitions.is_empty()
+                && Some(mine.version) == settled_version
+        },
+    )
     .await
     .unwrap();
     assert!(!cut.is_leader());
