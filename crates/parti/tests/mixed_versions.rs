@@ -14,6 +14,7 @@ use parti::records::read_published;
 use parti::source::Static;
 use parti::store::{Bucket, MemoryStore, Store, codec};
 use parti::{Config, Event, Manager, Partition, State, WorkerId};
+use parti_testkit::wait_until;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -30,17 +31,6 @@ async fn mapped(assignment: &dyn Bucket, worker: &WorkerId) -> bool {
         .is_some_and(|(r, _)| r.workers.contains_key(worker))
 }
 
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn a_worker_of_an_unknown_protocol_is_kept_out_of_the_map_with_a_visible_reason() {
     let store = MemoryStore::new();
@@ -55,11 +45,13 @@ async fn a_worker_of_an_unknown_protocol_is_kept_out_of_the_map_with_a_visible_r
         .await
         .unwrap();
     let mut events = leader.events();
-    let ready = eventually(Duration::from_secs(10), async || {
-        leader.is_leader() && !leader.assignment().partitions.is_empty()
-    })
-    .await;
-    assert!(ready, "the only worker leads and holds the map");
+    wait_until(
+        Duration::from_secs(10),
+        "the only worker to lead and hold the map",
+        || async { leader.is_leader() && !leader.assignment().partitions.is_empty() },
+    )
+    .await
+    .unwrap();
 
     let [_, _, heartbeat_spec, assignment_spec] = config.bucket_specs();
     let client = store.client();
@@ -108,17 +100,24 @@ async fn a_worker_of_an_unknown_protocol_is_kept_out_of_the_map_with_a_visible_r
         }
     );
     // Several planned-scale windows (500 ms) later, it is still not in the map.
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
-    assert!(!mapped(&*assignment, &alien).await, "kept out of the map");
+    let mapped_anyway = wait_until(
+        Duration::from_secs(2),
+        "the refused worker in the map",
+        || mapped(&*assignment, &alien),
+    )
+    .await;
+    assert!(mapped_anyway.is_err(), "kept out of the map");
     assert!(mapped(&*assignment, &leader.worker_id()).await);
 
     // The same worker, upgraded to a protocol the leader speaks: taken in.
     alien_protocol.store(protocol::PROTOCOL, Ordering::Relaxed);
-    let taken_in = eventually(Duration::from_secs(5), async || {
-        mapped(&*assignment, &alien).await
-    })
-    .await;
-    assert!(taken_in, "a worker understood again joins the map");
+    wait_until(
+        Duration::from_secs(5),
+        "a worker understood again to join the map",
+        || mapped(&*assignment, &alien),
+    )
+    .await
+    .unwrap();
 
     beating.abort();
     let _ = leader.stop().await;
