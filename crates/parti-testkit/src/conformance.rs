@@ -33,6 +33,10 @@ pub trait StoreHarness: Send + Sync {
 
 /// How long the suite waits for an event that must come.
 const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+/// How soon after the store is usable again a watch must deliver a write made after a server
+/// restart. A watch that waits out a client library's reconnect backoff (up to 10 s) misses
+/// changes for that long.
+const RESUME_DEADLINE: Duration = Duration::from_secs(5);
 
 static BUCKET_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -423,27 +427,34 @@ async fn watch_survives_restart(harness: &dyn StoreHarness) {
     // (a consumer rebuilds its view on InitDone). A live event about `before` would be a
     // duplicate.
     let mut in_snapshot = false;
-    loop {
-        match next_event(&mut watch, case).await {
-            WatchEvent::Init => in_snapshot = true,
-            WatchEvent::InitApply(e) if in_snapshot && e.key == "after" => {
-                assert_eq!(e.revision, rev, "{case}");
-                assert_eq!(next_event(&mut watch, case).await, WatchEvent::InitDone);
-                break;
+    let resumed = tokio::time::timeout(RESUME_DEADLINE, async {
+        loop {
+            match next_event(&mut watch, case).await {
+                WatchEvent::Init => in_snapshot = true,
+                WatchEvent::InitApply(e) if in_snapshot && e.key == "after" => {
+                    assert_eq!(e.revision, rev, "{case}");
+                    assert_eq!(next_event(&mut watch, case).await, WatchEvent::InitDone);
+                    break;
+                }
+                WatchEvent::InitApply(e) if in_snapshot && e.key == "before" => {}
+                WatchEvent::InitDone if in_snapshot => in_snapshot = false,
+                WatchEvent::Put(e) if !in_snapshot => {
+                    assert_eq!(
+                        (e.key.as_str(), e.revision),
+                        ("after", rev),
+                        "{case}: {e:?}"
+                    );
+                    break;
+                }
+                other => panic!("{case}: unexpected {other:?} after restart"),
             }
-            WatchEvent::InitApply(e) if in_snapshot && e.key == "before" => {}
-            WatchEvent::InitDone if in_snapshot => in_snapshot = false,
-            WatchEvent::Put(e) if !in_snapshot => {
-                assert_eq!(
-                    (e.key.as_str(), e.revision),
-                    ("after", rev),
-                    "{case}: {e:?}"
-                );
-                break;
-            }
-            other => panic!("{case}: unexpected {other:?} after restart"),
         }
-    }
+    })
+    .await;
+    assert!(
+        resumed.is_ok(),
+        "{case}: the write made after the restart was not seen within {RESUME_DEADLINE:?}"
+    );
     // No duplicate of the write follows.
     let extra = tokio::time::timeout(Duration::from_millis(500), async {
         loop {

@@ -2,9 +2,9 @@
 //!
 //! Writes are published straight to the bucket's stream with the
 //! `Nats-Expected-Last-Subject-Sequence` header, so a lost race is told apart from a failure
-//! exactly. Watches are ordered push consumers over the stream: the client recreates them from
-//! the last delivered sequence after a reconnect, so a server restart neither loses nor repeats
-//! an event. Expiries are seen through NATS ≥ 2.11 limit markers (`Nats-Marker-Reason: MaxAge`).
+//! exactly. Watches are ordered push consumers over the stream, recreated from the last
+//! delivered sequence as soon as the client reconnects, so a server restart neither loses nor
+//! repeats an event. Expiries are seen through NATS ≥ 2.11 limit markers (`Nats-Marker-Reason: MaxAge`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -584,35 +584,41 @@ impl NatsWatch {
         }
     }
 
-    async fn start(&self) -> Result<WatchSession, StoreError> {
+    /// Creates an ordered push consumer over the watched keys, starting at `from`.
+    async fn consumer(
+        &self,
+        from: DeliverPolicy,
+    ) -> Result<(String, u64, jetstream::consumer::push::Ordered), StoreError> {
         let backend = |e: &dyn std::fmt::Display| StoreError::backend("watch", &self.bucket, e);
+        let timeout = || StoreError::Timeout {
+            op: "watch",
+            bucket: self.bucket.clone(),
+        };
         let create = self.stream.create_consumer(OrderedConfig {
             deliver_subject: self.client.new_inbox(),
             description: Some("parti watch".into()),
             filter_subject: self.filter.clone(),
-            deliver_policy: DeliverPolicy::LastPerSubject,
+            deliver_policy: from,
             replay_policy: jetstream::consumer::ReplayPolicy::Instant,
             ..Default::default()
         });
         let consumer = match tokio::time::timeout(self.op_timeout, create).await {
             Ok(Ok(consumer)) => consumer,
-            Ok(Err(e)) if e.kind() == ConsumerErrorKind::TimedOut => {
-                return Err(StoreError::Timeout {
-                    op: "watch",
-                    bucket: self.bucket.clone(),
-                });
-            }
+            Ok(Err(e)) if e.kind() == ConsumerErrorKind::TimedOut => return Err(timeout()),
             Ok(Err(e)) => return Err(backend(&e)),
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    op: "watch",
-                    bucket: self.bucket.clone(),
-                });
-            }
+            Err(_) => return Err(timeout()),
         };
-        let initial_pending = consumer.cached_info().num_pending;
+        let pending = consumer.cached_info().num_pending;
         let name = consumer.cached_info().name.clone();
         let messages = consumer.messages().await.map_err(|e| backend(&e))?;
+        Ok((name, pending, messages))
+    }
+
+    async fn start(&self) -> Result<WatchSession, StoreError> {
+        // Read before the consumer exists: a reconnect after this point is one to resume from.
+        let connects = self.connects();
+        let (name, initial_pending, messages) =
+            self.consumer(DeliverPolicy::LastPerSubject).await?;
         // Only once the new watch exists: its events queue meanwhile.
         self.delete_retired().await;
         Ok(WatchSession {
@@ -621,9 +627,23 @@ impl NatsWatch {
             messages,
             snapshot_left: (initial_pending > 0).then_some(initial_pending),
             init_done_sent: false,
+            last_sequence: None,
+            connects,
+            resume_due: false,
         })
     }
+
+    /// How many times the client has (re)connected.
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
+
+/// How often a watch checks whether its client reconnected.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 
 struct WatchSession {
     /// The consumer's name, retired when the session ends.
@@ -633,6 +653,12 @@ struct WatchSession {
     /// Snapshot messages still expected; `None` once the snapshot is complete.
     snapshot_left: Option<u64>,
     init_done_sent: bool,
+    /// The stream sequence of the last message read, the point a resumed consumer starts after.
+    last_sequence: Option<u64>,
+    /// The client's connect count when this session last (re)created its consumer.
+    connects: u64,
+    /// The client reconnected and the consumer has not been recreated yet.
+    resume_due: bool,
 }
 
 impl Drop for WatchSession {
@@ -645,13 +671,69 @@ impl Drop for WatchSession {
 }
 
 impl WatchSession {
+    /// Notes a reconnect of the client since the consumer was last created.
+    ///
+    /// async-nats recreates an ordered consumer after a reconnect too, but on its own backoff,
+    /// which reaches 10 s between attempts once a few failed while the server was away; a watch
+    /// that waits for it misses every change meanwhile. A session recreates its consumer itself
+    /// as soon as the client is connected again.
+    fn check_reconnect(&mut self, watch: &NatsWatch) {
+        let connects = watch.connects();
+        if connects != self.connects
+            && watch.client.connection_state() == async_nats::connection::State::Connected
+        {
+            self.connects = connects;
+            self.resume_due = true;
+        }
+    }
+
+    /// Replaces the consumer with one that starts after the last message read.
+    ///
+    /// `None` when the session cannot resume exactly (its snapshot was not complete, or it
+    /// read nothing yet): the watch then starts over with a fresh snapshot.
+    async fn resume(&mut self, watch: &NatsWatch) -> Option<Result<(), StoreError>> {
+        let last = self
+            .last_sequence
+            .filter(|_| self.snapshot_left.is_none())?;
+        let from = DeliverPolicy::ByStartSequence {
+            start_sequence: last.saturating_add(1),
+        };
+        match watch.consumer(from).await {
+            Ok((name, _, messages)) => {
+                tracing::debug!(bucket = %watch.bucket, after = last, "watch resumed after a reconnect");
+                self.messages = messages;
+                let old = std::mem::replace(&mut self.name, name);
+                self.retired
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(old);
+                self.resume_due = false;
+                watch.delete_retired().await;
+                Some(Ok(()))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
     async fn next_event(&mut self, watch: &NatsWatch) -> Option<Result<WatchEvent, StoreError>> {
         loop {
             if self.snapshot_left.is_none() && !self.init_done_sent {
                 self.init_done_sent = true;
                 return Some(Ok(WatchEvent::InitDone));
             }
-            let message = match self.messages.next().await? {
+            if self.resume_due
+                && let Err(e) = self.resume(watch).await?
+            {
+                return Some(Err(e));
+            }
+            let next = tokio::select! {
+                next = self.messages.next() => next?,
+                () = tokio::time::sleep(RECONNECT_CHECK) => {
+                    self.check_reconnect(watch);
+                    continue;
+                }
+            };
+            let message = match next {
                 Ok(message) => message,
                 Err(e) => {
                     return Some(Err(StoreError::backend("watch", &watch.bucket, e)));
@@ -661,6 +743,7 @@ impl WatchSession {
                 continue;
             };
             let (revision, pending) = (info.stream_sequence, info.pending);
+            self.last_sequence = Some(revision);
             let Some(key) = message
                 .subject
                 .strip_prefix(watch.subject_prefix.as_str())
