@@ -40,8 +40,9 @@ impl Write<'_> {
 /// A hook sees calls from every task using the bucket at once, hence `Sync`: keep switches and
 /// counters in atomics.
 pub trait BucketHooks: Send + Sync + fmt::Debug + 'static {
-    /// Called before [`Bucket::get`]: `Some` answers the call instead of the real bucket (a
-    /// stale replica), `None` lets it through.
+    /// Called before [`Bucket::get`], and for each entry a [`Bucket::list`] returns: `Some`
+    /// answers for the key instead of the real bucket (a stale replica; `Ok(None)` leaves the
+    /// key out of a listing), `None` lets it through.
     fn get(&self, key: &str) -> Option<Result<Option<Entry>, StoreError>> {
         let _ = key;
         None
@@ -169,7 +170,16 @@ impl<H: BucketHooks> Bucket for HookedBucket<H> {
     }
 
     async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-        self.inner.list(pattern).await
+        let mut listed = Vec::new();
+        for entry in self.inner.list(pattern).await? {
+            match self.hooks.get(&entry.key) {
+                None => listed.push(entry),
+                Some(Ok(Some(answer))) => listed.push(answer),
+                Some(Ok(None)) => {}
+                Some(Err(e)) => return Err(e),
+            }
+        }
+        Ok(listed)
     }
 
     async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {

@@ -1,12 +1,23 @@
-//! Stable worker IDs (SPEC §5.1): the lowest free `{prefix}-{n}` of a pool, held by renewal.
+//! Stable worker IDs (SPEC §5.1): a free `{prefix}-{n}` of a pool, held by renewal.
 //!
-//! [`claim`] creates the first key of `[min, max]` that has no live value (a key that is absent,
-//! deleted or expired is free: [`Bucket::create`] takes it over). The returned [`StableIdLease`]
-//! renews the key every `renew_interval` with a revision-checked update, so two owners are never
-//! possible: a failed CAS (the key expired, was deleted or was overwritten) is reported as
-//! [`IdStatus::Lost`] at once and renewal stops. The owner must then fence itself and claim again.
-//! A transient store error keeps the lease (status stays `Held`) and is retried at the next tick;
-//! [`StableIdLease::failures`] counts consecutive failures so the caller can judge degradation.
+//! [`claim`] takes an ID by creating its key, and only so: [`Bucket::create`] succeeds only on a
+//! key with no live value (absent, deleted or expired), so two workers never hold one ID. A
+//! claim lists the bucket once and creates the lowest free ID: alone, a worker gets the lowest
+//! free ID in one listing and one create, so a replacement pod takes the ID its predecessor
+//! released and a rolling update moves nothing. Workers that start together all want the same
+//! lowest ID; each create lost to another claimer quadruples the number of lowest free IDs the
+//! next one is drawn from (at random), and every [`CREATES_PER_LISTING`] lost creates the bucket
+//! is listed again. A cold start of N workers therefore costs O(N log N) creates in all, not
+//! the O(N²) of trying every ID from the lowest up: 100 workers claiming at the same instant
+//! make about 450 creates, where trying from the lowest up made about 5,000. [`Error::IdPoolExhausted`] means that a
+//! listing showed every ID of the pool taken.
+//!
+//! The returned [`StableIdLease`] renews the key every `renew_interval` with a revision-checked
+//! update, so two owners are never possible: a failed CAS (the key expired, was deleted or was
+//! overwritten) is reported as [`IdStatus::Lost`] at once and renewal stops. The owner must then
+//! fence itself and claim again. A transient store error keeps the lease (status stays `Held`)
+//! and is retried at the next tick; [`StableIdLease::failures`] counts consecutive failures so
+//! the caller can judge degradation.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +25,7 @@ use std::time::Duration;
 use crate::clock::unix_ms;
 
 use bytes::Bytes;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -92,10 +104,15 @@ impl StableIdConfig {
     /// assert!(!cfg.is_pool_id("worker-10") && !cfg.is_pool_id("worker-07") && !cfg.is_pool_id("ghost"));
     /// ```
     pub fn is_pool_id(&self, key: &str) -> bool {
+        self.number(key).is_some()
+    }
+
+    /// The number of pool ID `key`, `None` when `key` is not one.
+    fn number(&self, key: &str) -> Option<u32> {
         key.strip_prefix(self.prefix.as_str())
             .and_then(|rest| rest.strip_prefix('-'))
             .and_then(|n| n.parse::<u32>().ok().filter(|v| v.to_string() == n))
-            .is_some_and(|n| (self.min..=self.max).contains(&n))
+            .filter(|n| (self.min..=self.max).contains(n))
     }
 
     fn validate(&self) -> Result<()> {
@@ -173,7 +190,11 @@ pub struct StableIdLease {
     task: AbortOnDropHandle<()>,
 }
 
-/// Claims the lowest free ID of `[cfg.min, cfg.max]` for `instance` and starts renewing it.
+/// Claims a free ID of `[cfg.min, cfg.max]` for `instance` — the lowest free one unless other
+/// workers are claiming at the same time — and starts renewing it.
+///
+/// An ID whose live claim names `instance` (left by a create of this instance whose reply was
+/// lost) is taken back first.
 ///
 /// Errors: [`Error::IdPoolExhausted`] when every ID is held, [`Error::Nats`] when the store fails
 /// (nothing is claimed then, except a create whose reply was lost, which expires by itself),
@@ -189,56 +210,117 @@ pub async fn claim(
         host: std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".to_owned()),
         claimed_at: unix_ms(),
     })?;
-    for n in cfg.min..=cfg.max {
-        let key = cfg.key(n);
-        match bucket.create(&key, value.clone()).await {
-            Ok(revision) => {
-                tracing::info!(id = %key, revision, instance, "claimed stable ID");
-                return Ok(StableIdLease::spawn(
-                    bucket,
-                    WorkerId::new(key),
-                    value,
-                    revision,
-                    cfg.renew_interval,
-                ));
-            }
-            Err(e) if e.is_conflict() => {
-                // A create of ours whose reply was lost (a retried claim) left our own instance
-                // there: that ID is ours, and it is the lowest free one. A read may come from a
-                // replica that is behind (direct gets), so the claim is confirmed by a write
-                // checked against the revision read: only the current value passes.
-                if let Some(entry) = bucket.get(&key).await.ok().flatten()
-                    && codec::decode::<StableIdValue>(bucket.name(), &key, &entry.value)
-                        .is_ok_and(|held| held.instance == instance)
-                {
-                    match bucket
-                        .update(&key, entry.value.clone(), entry.revision)
-                        .await
-                    {
-                        Ok(revision) => {
-                            tracing::info!(id = %key, revision, instance, "re-adopted stable ID left by a lost reply");
-                            return Ok(StableIdLease::spawn(
-                                bucket,
-                                WorkerId::new(key),
-                                entry.value,
-                                revision,
-                                cfg.renew_interval,
-                            ));
-                        }
-                        Err(e) if e.is_conflict() => {
-                            tracing::debug!(id = %key, "a stale read of our own claim; trying the next ID");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+    let mut spread: usize = 1;
+    loop {
+        let view = PoolView::list(&*bucket, cfg, instance).await?;
+        if let Some(entry) = view.ours {
+            // A create of ours whose reply was lost (a retried claim) left our own instance
+            // there. A listing may be behind, so the claim is confirmed by a write checked
+            // against the revision seen: only the current value passes.
+            match bucket
+                .update(&entry.key, entry.value.clone(), entry.revision)
+                .await
+            {
+                Ok(revision) => {
+                    tracing::info!(id = %entry.key, revision, instance, "re-adopted stable ID left by a lost reply");
+                    return Ok(StableIdLease::spawn(
+                        bucket,
+                        WorkerId::new(entry.key),
+                        entry.value,
+                        revision,
+                        cfg.renew_interval,
+                    ));
                 }
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(id = %entry.key, "a stale listing of our own claim; not ours");
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+        }
+        let mut free = first_free(&view.taken, cfg.min, cfg.max, MAX_SPREAD);
+        if free.is_empty() {
+            return Err(Error::IdPoolExhausted {
+                min: cfg.min,
+                max: cfg.max,
+            });
+        }
+        for _ in 0..CREATES_PER_LISTING {
+            if free.is_empty() {
+                break;
+            }
+            let pick = rng.random_range(0..spread.min(free.len()));
+            let n = free.remove(pick);
+            let key = cfg.key(n);
+            match bucket.create(&key, value.clone()).await {
+                Ok(revision) => {
+                    tracing::info!(id = %key, revision, instance, "claimed stable ID");
+                    return Ok(StableIdLease::spawn(
+                        bucket,
+                        WorkerId::new(key),
+                        value,
+                        revision,
+                        cfg.renew_interval,
+                    ));
+                }
+                // Another worker is claiming too: spread out over more of the free IDs.
+                Err(e) if e.is_conflict() => spread = (spread * 4).min(MAX_SPREAD),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
-    Err(Error::IdPoolExhausted {
-        min: cfg.min,
-        max: cfg.max,
-    })
+}
+
+/// The most free IDs a contended claim draws from: workers that start together spread out
+/// over this many of the lowest free IDs instead of all creating the same lowest one.
+const MAX_SPREAD: usize = 4096;
+/// Lost creates between two listings. A listing costs a temporary consumer on NATS and reads
+/// every claim; a create costs one write.
+const CREATES_PER_LISTING: usize = 8;
+
+/// What one listing of the stable-ID bucket shows.
+struct PoolView {
+    /// The numbers of the pool's IDs that have a live claim.
+    taken: std::collections::HashSet<u32>,
+    /// The lowest pool ID whose claim names our instance, if any.
+    ours: Option<crate::store::Entry>,
+}
+
+impl PoolView {
+    async fn list(bucket: &dyn Bucket, cfg: &StableIdConfig, instance: &str) -> Result<Self> {
+        let mut view = Self {
+            taken: std::collections::HashSet::new(),
+            ours: None,
+        };
+        let mut ours_n = u32::MAX;
+        for entry in bucket.list(">").await? {
+            let Some(n) = cfg.number(&entry.key) else {
+                continue;
+            };
+            view.taken.insert(n);
+            // A value that does not decode is someone's (or garbage): taken, never ours.
+            let mine = codec::decode::<StableIdValue>(bucket.name(), &entry.key, &entry.value)
+                .is_ok_and(|held| held.instance == instance);
+            if mine && n < ours_n {
+                ours_n = n;
+                view.ours = Some(entry);
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// Up to `limit` numbers of `[min, max]` not in `taken`, lowest first.
+fn first_free(
+    taken: &std::collections::HashSet<u32>,
+    min: u32,
+    max: u32,
+    limit: usize,
+) -> Vec<u32> {
+    (min..=max)
+        .filter(|n| !taken.contains(n))
+        .take(limit)
+        .collect()
 }
 
 impl StableIdLease {

@@ -314,3 +314,109 @@ async fn a_stale_read_of_our_old_claim_never_makes_an_id_taken_since_ours_again(
     again.release().await.unwrap();
     y.release().await.unwrap();
 }
+
+/// Counts the creates made through a bucket.
+#[derive(Debug, Default)]
+struct CountCreates(Arc<std::sync::atomic::AtomicU64>);
+
+impl BucketHooks for CountCreates {
+    fn before_write(&self, write: parti_testkit::Write<'_>) -> Result<(), StoreError> {
+        if write.op == "create" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_fleet_claiming_at_once_spreads_out_instead_of_queueing_on_the_lowest_id() {
+    const FLEET: u32 = 100;
+    let server = NatsServer::start().await.unwrap();
+    let cfg = config(0, 2 * FLEET - 1, Duration::from_secs(2));
+    let creates = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(FLEET as usize));
+    let mut buckets = Vec::new();
+    for _ in 0..FLEET {
+        // One connection each, as separate processes would have.
+        let real = bucket(&server, Duration::from_secs(10)).await;
+        let counted: Arc<dyn Bucket> =
+            Arc::new(HookedBucket::new(real, CountCreates(Arc::clone(&creates))));
+        buckets.push(counted);
+    }
+    let mut claims = Vec::new();
+    for (i, counted) in buckets.into_iter().enumerate() {
+        let (cfg, start) = (cfg.clone(), Arc::clone(&start));
+        claims.push(tokio::spawn(async move {
+            start.wait().await;
+            stable_id::claim(counted, &cfg, &format!("instance-{i}")).await
+        }));
+    }
+    let mut leases = Vec::new();
+    for claim in claims {
+        leases.push(claim.await.unwrap().unwrap());
+    }
+    let ids: std::collections::HashSet<&str> = leases.iter().map(|l| l.id().as_str()).collect();
+    assert_eq!(ids.len(), FLEET as usize, "every claimer holds its own ID");
+    assert!(ids.contains("worker-0"), "the lowest ID is taken first");
+    let creates = creates.load(std::sync::atomic::Ordering::SeqCst);
+    println!("MEASURE stable-id: {FLEET} claimers at once made {creates} creates");
+    // Trying every ID from the lowest up costs about FLEET²/2 (5,050) creates here; spreading
+    // out costs O(FLEET log FLEET), about 450.
+    assert!(
+        creates <= u64::from(FLEET) * 8,
+        "{creates} creates for {FLEET} claims"
+    );
+    for lease in leases {
+        lease.release().await.unwrap();
+    }
+}
+
+/// Loses the reply of the first create: the write is made, the caller hears a timeout.
+#[derive(Debug, Default)]
+struct LoseFirstCreateReply(std::sync::atomic::AtomicBool);
+
+impl BucketHooks for LoseFirstCreateReply {
+    fn after_write(&self, write: parti_testkit::Write<'_>) -> Result<(), StoreError> {
+        if write.op == "create" && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(write.timeout());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_claim_retried_after_a_lost_reply_takes_back_the_id_it_created() {
+    let server = NatsServer::start().await.unwrap();
+    let cfg = config(0, 5, Duration::from_secs(1));
+    let real = bucket(&server, Duration::from_secs(10)).await;
+    let other = stable_id::claim(real.clone(), &cfg, "instance-a")
+        .await
+        .unwrap();
+    let lossy: Arc<dyn Bucket> = Arc::new(HookedBucket::new(
+        real.clone(),
+        LoseFirstCreateReply::default(),
+    ));
+    match stable_id::claim(lossy.clone(), &cfg, "instance-b").await {
+        Err(Error::Nats(StoreError::Timeout { .. })) => {}
+        other => panic!("expected the lost reply's timeout, got {other:?}"),
+    }
+    let made = real
+        .get("worker-1")
+        .await
+        .unwrap()
+        .expect("the create was made");
+    let again = stable_id::claim(lossy, &cfg, "instance-b").await.unwrap();
+    assert_eq!(
+        again.id().as_str(),
+        "worker-1",
+        "the retried claim took back its own ID instead of leaving it to expire"
+    );
+    assert!(
+        real.get("worker-2").await.unwrap().is_none(),
+        "no second ID was created"
+    );
+    assert!(again.status().borrow().is_held());
+    assert_ne!(made.revision, 0);
+    again.release().await.unwrap();
+    other.release().await.unwrap();
+}
