@@ -1,11 +1,11 @@
-//! Command-line definition (clap) and the options shared by every subcommand.
+//! Command-line definition (clap): the top-level parser and one variant per subcommand.
+//!
+//! Depends on every subcommand module (for its `Args` type) and on [`crate::global`]; nothing
+//! but `main` depends on it.
 
-use std::path::PathBuf;
+use clap::{Parser, Subcommand};
 
-use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
-
-use crate::connect::ConnectArgs;
+use crate::global::Global;
 
 /// Inspect and run Parti clusters: weighted partitions handed to a changing set of workers,
 /// coordinated through NATS JetStream KV.
@@ -58,30 +58,6 @@ pub(crate) enum Command {
     /// max_age, history, replicas or limit markers differ from the configuration; 4 NATS
     /// unreachable (--live); 1 another error (e.g. an unreadable file).
     Validate(crate::validate::ValidateArgs),
-}
-
-/// Options every subcommand accepts (before or after the subcommand name).
-#[derive(Debug, Args)]
-pub(crate) struct Global {
-    #[command(flatten)]
-    pub(crate) connect: ConnectArgs,
-    /// Parti configuration file (YAML); bucket names and timings come from it. `PARTI_…`
-    /// environment variables are laid over it (or over the defaults when no file is given).
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-}
-
-impl Global {
-    /// The configuration: the file (if any), then environment overrides, validated.
-    pub(crate) fn load_config(&self) -> anyhow::Result<parti::Config> {
-        let base = match &self.config {
-            Some(path) => parti::Config::from_yaml_file(path)
-                .with_context(|| format!("cannot load the configuration {}", path.display()))?,
-            None => parti::Config::default(),
-        };
-        base.with_env_overrides()
-            .context("invalid PARTI_… environment variable")
-    }
 }
 
 #[cfg(test)]

@@ -14,20 +14,64 @@
 //!
 //! Exit codes: 0 success, 1 error (message on stderr), and for `status` 2 when an inconsistency
 //! is flagged, 3 when no Parti cluster exists on the server (see [`status`]).
+//!
+//! # Layout
+//!
+//! Dependencies point down this list only (`main` → `cli` → subcommands → shared views →
+//! leaves); no module imports one above it.
+//!
+//! - `main` — the entry point: parses the [`cli::Cli`], sets up logging and the runtime, calls
+//!   the subcommand's `run`, turns an error into exit code 1.
+//! - [`cli`] — the clap definition: the top-level parser and one variant per subcommand; depends
+//!   on each subcommand's `Args` type and on [`global`].
+//! - Subcommands, each `Args` + `run(args, &Global)`; they depend on the layers below, and
+//!   on another subcommand only where noted:
+//!   - [`status`] — `parti status`: reads the buckets, checks them with [`health`], prints with
+//!     [`render`]; also the bucket-reading helpers `watch` reuses.
+//!   - [`watch`] — `parti watch`: the `status` view redrawn live (→ [`status`]).
+//!   - [`worker`] — `parti worker`: one worker process, with [`metrics_server`].
+//!   - [`sim`] — `parti sim`: the in-process demo. Under `sim/`, each layer depends only on later
+//!     ones: `report` (the run's final report), `view` → `driver` → `cluster`, `observer` →
+//!     `transport` → `producer` → `memlog` → `ledger`, `holdings`, `shared`, `server`.
+//!   - [`chaos`] — `parti chaos`: real worker processes under real faults. Under `chaos/`:
+//!     `faults` (the fault-injecting half of `mod`'s `Runner`) → `fleet` → `nats`; `plan`;
+//!     `report` (the run's final report) → `recovery`; `observer`, `producer`.
+//!   - [`provision`] — `parti provision plan|apply`: `plan` (pure decisions) and `report` (what it
+//!     prints) under `provision/`.
+//!   - [`validate`] — `parti validate`: configuration checks; `--live` reuses the provisioning
+//!     plan (→ [`provision`]).
+//! - Shared views, used by `status` and `watch`:
+//!   - [`render`] — the human text of a health report (→ [`health`], [`text`]).
+//!   - [`health`] — the health report of a live cluster: raw bucket contents in, a checked
+//!     view (consistency, worker health, flags, versions) out; pure (→ [`buckets`], [`text`]).
+//! - Leaves (nothing in the crate, except [`global`] → [`connect`]):
+//!   - [`global`] — the options every subcommand takes ([`global::Global`]): connection and
+//!     configuration file.
+//!   - [`connect`] — NATS connection options and connecting.
+//!   - [`buckets`] — reading a cluster's KV buckets without creating them.
+//!   - [`partitions`] — the partition list file of `parti worker`.
+//!   - [`metrics_server`] — the worker's HTTP endpoints.
+//!   - [`output`] — writing to stdout safely; an error as one line.
+//!   - [`signal`] — waiting for SIGINT/SIGTERM.
+//!   - [`rng`] — the seeded generator of the `sim` and `chaos` fault schedules.
+//!   - [`text`] — short ages and aligned tables for every human-readable output.
 
 mod buckets;
 mod chaos;
 mod cli;
 mod connect;
+mod global;
+mod health;
 mod metrics_server;
 mod output;
 mod partitions;
 mod provision;
 mod render;
-mod report;
+mod rng;
 mod signal;
 mod sim;
 mod status;
+mod text;
 mod validate;
 mod watch;
 mod worker;
@@ -62,7 +106,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {}", output::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -80,25 +124,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The error and its causes joined with `: `, skipping a cause whose text the previous message
-/// already contains (some libraries print their source in their own message).
-fn error_chain(error: &anyhow::Error) -> String {
-    let mut out = String::new();
-    let mut previous = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if previous.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-        previous = text;
-    }
-    out
-}
-
 /// Logs go to stderr (stdout is the command's output); `RUST_LOG` overrides the default `warn`.
 fn init_tracing(default_level: &str) {
     let filter =
@@ -107,16 +132,4 @@ fn init_tracing(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn repeated_causes_are_printed_once() {
-        let inner = std::io::Error::other("refused");
-        let e = anyhow::Error::new(inner)
-            .context("IO error: refused")
-            .context("cannot connect");
-        assert_eq!(super::error_chain(&e), "cannot connect: IO error: refused");
-    }
 }

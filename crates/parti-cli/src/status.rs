@@ -1,7 +1,7 @@
 //! `parti status`: one look at a cluster — workers, leader, assignment, anything wrong.
 //!
 //! Reads the four KV buckets named by the configuration without creating or changing anything
-//! (see [`crate::buckets`]), checks them (see [`crate::report`]) and prints an aligned table, or
+//! (see [`crate::buckets`]), checks them (see [`crate::health`]) and prints an aligned table, or
 //! with `--json` the document described in `docs/cli-status-json.md`.
 //!
 //! Exit codes:
@@ -25,8 +25,8 @@ use parti::stable_id::StableIdConfig;
 use parti::store::Entry;
 
 use crate::buckets::{ClusterBuckets, Found, Role};
-use crate::cli::Global;
-use crate::report::{BucketReport, Report, Snapshot, analyze};
+use crate::global::Global;
+use crate::health::{BucketReport, Report, Snapshot, analyze};
 
 /// Exit code when an inconsistency is flagged.
 pub(crate) const EXIT_INCONSISTENT: u8 = 2;
@@ -165,7 +165,7 @@ async fn read_assignment(
             .map(|e| (e.key.clone(), e))
             .collect();
         let below = published.record.as_ref().is_some_and(|(record, _)| {
-            crate::report::floor_version(&entries).is_some_and(|floor| floor > record.version)
+            crate::health::floor_version(&entries).is_some_and(|floor| floor > record.version)
         });
         attempt += 1;
         if !below || attempt == 3 {

@@ -27,7 +27,7 @@ use parti::{Config, ConfigViolation};
 use serde::Serialize;
 
 use crate::buckets::Role;
-use crate::cli::Global;
+use crate::global::Global;
 use crate::provision::plan::{Action, Change, Field, Policy, Resource};
 use crate::provision::survey;
 
@@ -263,7 +263,7 @@ async fn check_live(global: &Global, config: &Config) -> anyhow::Result<Live> {
             return Ok(Live {
                 nats,
                 reachable: Some(false),
-                error: Some(crate::error_chain(&e)),
+                error: Some(crate::output::error_chain(&e)),
                 compatible: None,
                 buckets: Vec::new(),
             });

@@ -19,8 +19,8 @@ use parti::store::{Entry, StoreError, WatchEvent};
 use tokio::time::Instant;
 
 use crate::buckets::{ClusterBuckets, Role};
-use crate::cli::Global;
-use crate::report::{HoldBack, Snapshot, analyze};
+use crate::global::Global;
+use crate::health::{HoldBack, Snapshot, analyze};
 use crate::status::{bucket_reports, not_found, pool, read_committed, unix_ms};
 
 /// Options of `parti watch`.

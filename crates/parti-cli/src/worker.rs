@@ -38,11 +38,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Global;
+use crate::global::Global;
 use crate::metrics_server::{self, Readiness};
 use crate::output::say;
-use crate::render::age;
 use crate::signal::stop_requested;
+use crate::text::age;
 
 /// Partition keys listed per added/removed side of an assignment change.
 const KEYS_SHOWN: usize = 10;

@@ -46,10 +46,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::cli::Global;
+use crate::global::Global;
 use crate::output::print;
+use crate::rng::{SplitMix, random_seed};
 use crate::signal::stop_requested;
-use crate::sim::SplitMix;
 
 use fleet::{Fleet, Launch, OWNERSHIP_SUFFIX, PROCESS_SUFFIX};
 use nats::Backend;
@@ -515,14 +515,6 @@ fn read_logs(dir: &Path) -> anyhow::Result<(Vec<OwnershipRecord>, Vec<ProcessedR
         }
     }
     Ok((ownership, processed))
-}
-
-/// A seed from the clock and the process ID.
-fn random_seed() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    SplitMix(u64::from(now.subsec_nanos()) ^ now.as_secs() ^ u64::from(std::process::id())).next()
 }
 
 /// Whole milliseconds of `d` (saturating).

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use async_nats::ServerAddr;
 use parti_testkit::{FaultProxy, NatsCluster, NatsServer};
 
-use crate::sim::SplitMix;
+use crate::rng::SplitMix;
 
 /// The servers of a run.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use parti::Config;
 use serde::Serialize;
 
-use crate::sim::SplitMix;
+use crate::rng::SplitMix;
 
 /// Average time between two faults of a long run; a short run still gets every kind once.
 const MEAN_SPACING: Duration = Duration::from_secs(15);

@@ -33,7 +33,7 @@ use async_nats::jetstream::stream::{self, StorageType};
 use clap::{Args, Subcommand};
 use parti::store::{NatsStore, Store};
 
-use crate::cli::Global;
+use crate::global::Global;
 use plan::{Action, Policy, Resource, Retention, Step, StreamSpec, Verdict, Want};
 use report::{Outcome, Report};
 
@@ -246,7 +246,7 @@ pub(crate) async fn run(args: ProvisionArgs, global: &Global) -> anyhow::Result<
 
 /// Prints the error as `main` does and returns `code`.
 fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {}", crate::error_chain(error));
+    eprintln!("error: {}", crate::output::error_chain(error));
     ExitCode::from(code)
 }
 
@@ -394,7 +394,7 @@ async fn execute(
         };
         outcomes.push(match result {
             Ok(()) => Outcome::applied(),
-            Err(e) => Outcome::failed(crate::error_chain(&e)),
+            Err(e) => Outcome::failed(crate::output::error_chain(&e)),
         });
     }
     outcomes

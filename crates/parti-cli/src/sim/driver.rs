@@ -19,9 +19,10 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::cluster::{Worker, Workers, problems};
 use super::ledger::{Ledger, partition_id};
+use super::observer;
 use super::shared::{Shared, millis};
 use super::transport::Transport;
-use super::{Settings, SplitMix, observer};
+use crate::rng::SplitMix;
 
 /// How long a fault may take to heal before it is a violation.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
@@ -83,6 +84,19 @@ pub(crate) struct Outcome {
     pub(crate) history: History,
     /// Wall time of the run.
     pub(crate) elapsed_ms: u64,
+}
+
+/// The settings the driver uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Workers at the start.
+    pub(crate) workers: usize,
+    /// Partitions (`p0`, `p1`, …).
+    pub(crate) partitions: usize,
+    /// How long the producer runs.
+    pub(crate) duration: Duration,
+    /// Messages published per second.
+    pub(crate) rate: u32,
 }
 
 /// Runs the workers, the producer, the observer and the chaos schedule.

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use parti::Partition;
 use parti::ownership::now_ns;
 use parti_testkit::checker::{ProcessedRecord, SentRecord};
 
@@ -37,6 +38,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The ID of demo partition `index` (`p7`).
 pub(crate) fn partition_id(index: usize) -> String {
     format!("p{index}")
+}
+
+/// The index of a demo partition (`p7` → 7).
+pub(crate) fn partition_index(partition: &Partition) -> Option<usize> {
+    partition.keys().first()?.strip_prefix('p')?.parse().ok()
 }
 
 impl Ledger {
@@ -189,5 +195,12 @@ mod tests {
             1,
             "recorded for the checker all the same"
         );
+    }
+
+    #[test]
+    fn partition_indexes_come_from_the_key() {
+        let p = Partition::new(["p42"], 100).unwrap();
+        assert_eq!(partition_index(&p), Some(42));
+        assert_eq!(partition_index(&Partition::new(["x"], 1).unwrap()), None);
     }
 }

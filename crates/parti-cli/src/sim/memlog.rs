@@ -28,8 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::holdings::Holdings;
-use super::ledger::{Ledger, partition_id};
-use super::partition_index;
+use super::ledger::{Ledger, partition_id, partition_index};
 
 /// How often a reader looks for new messages.
 const POLL: Duration = Duration::from_millis(20);

@@ -45,11 +45,12 @@ use parti::ownership::OwnershipRecorder;
 use parti::{Config, Partition};
 use parti_testkit::checker::{self, CheckConfig};
 
-use crate::cli::Global;
+use crate::global::Global;
 use crate::output::print;
+use crate::rng::{SplitMix, random_seed};
 use crate::signal::stop_requested;
 
-use driver::{Driver, nanos};
+use driver::{Driver, Settings, nanos};
 use ledger::Ledger;
 use report::{Header, SimReport};
 use shared::{Shared, millis};
@@ -87,15 +88,6 @@ pub(crate) struct SimArgs {
     /// Seed of the chaos schedule's choices (random by default; printed in the report).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
-}
-
-/// The settings the driver uses.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Settings {
-    pub(crate) workers: usize,
-    pub(crate) partitions: usize,
-    pub(crate) duration: Duration,
-    pub(crate) rate: u32,
 }
 
 /// Runs the demo. The global connection options do not apply: the demo starts its own server.
@@ -231,39 +223,6 @@ fn gap_bound(config: &Config) -> Duration {
         + Duration::from_secs(2)
 }
 
-/// The index of a demo partition (`p7` → 7).
-pub(crate) fn partition_index(partition: &Partition) -> Option<usize> {
-    partition.keys().first()?.strip_prefix('p')?.parse().ok()
-}
-
-fn random_seed() -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    SplitMix(u64::from(now.subsec_nanos()) ^ now.as_secs() ^ u64::from(std::process::id())).next()
-}
-
-/// SplitMix64: a small seeded generator for the schedule's choices.
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix(pub(crate) u64);
-
-impl SplitMix {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// One of `items` (`None` when empty).
-    pub(crate) fn choose<T: Copy>(&mut self, items: &[T]) -> Option<T> {
-        let len = u64::try_from(items.len()).ok().filter(|&l| l > 0)?;
-        let at = usize::try_from(self.next() % len).ok()?;
-        items.get(at).copied()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,26 +230,5 @@ mod tests {
     #[test]
     fn the_demo_configuration_is_valid() {
         demo_config().validate().unwrap();
-    }
-
-    #[test]
-    fn partition_indexes_come_from_the_key() {
-        let p = Partition::new(["p42"], 100).unwrap();
-        assert_eq!(partition_index(&p), Some(42));
-        assert_eq!(partition_index(&Partition::new(["x"], 1).unwrap()), None);
-    }
-
-    #[test]
-    fn choices_follow_the_seed() {
-        let items = [1, 2, 3, 4, 5];
-        let a: Vec<_> = (0..20)
-            .scan(SplitMix(9), |r, _| Some(r.choose(&items)))
-            .collect();
-        let b: Vec<_> = (0..20)
-            .scan(SplitMix(9), |r, _| Some(r.choose(&items)))
-            .collect();
-        assert_eq!(a, b);
-        assert!(a.iter().all(|x| x.is_some()));
-        assert_eq!(SplitMix(1).choose::<u8>(&[]), None);
     }
 }

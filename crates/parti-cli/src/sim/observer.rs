@@ -20,38 +20,11 @@ use parti::ownership::now_ns;
 use parti::records::{CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, worker_key};
 use parti::store::{Bucket, Entry, WatchEvent, codec};
 use parti_testkit::checker::VersionRecord;
-use serde::Serialize;
 
-use super::shared::Shared;
+use super::shared::{Latest, Publish, Shared};
 
 /// Worker ID → the IDs of its partitions.
 pub(crate) type Map = BTreeMap<String, BTreeSet<String>>;
-
-/// One publish as the observer saw it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Publish {
-    pub(crate) version: u64,
-    pub(crate) term: u64,
-    pub(crate) reason: String,
-    /// When it was seen, since the start of the run.
-    pub(crate) at_ms: u64,
-    /// Workers in the map.
-    pub(crate) workers: usize,
-    /// Partitions whose owner changed since the previous observed map (`None` when there is
-    /// no previous map to compare with).
-    pub(crate) moved: Option<u64>,
-    /// The fewest partitions that had to move to reach the new map's load per worker.
-    pub(crate) minimum: Option<u64>,
-}
-
-/// The latest commit, for the live view.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Latest {
-    pub(crate) version: u64,
-    pub(crate) term: u64,
-    pub(crate) phase: String,
-    pub(crate) reason: String,
-}
 
 /// Partitions present in both maps whose owner changed.
 pub(crate) fn moved(before: &Map, after: &Map) -> u64 {

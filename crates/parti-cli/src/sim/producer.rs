@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::ledger::Ledger;
 use super::memlog::MemLog;
-use super::transport::SUBJECT_PREFIX;
 
+/// Subject prefix of the messages; a partition `p7` gets `sim.events.p7`.
+pub(crate) const SUBJECT_PREFIX: &str = "sim.events.";
 /// How often a batch is published.
 const TICK: Duration = Duration::from_millis(50);
 

@@ -13,8 +13,8 @@ use parti_testkit::checker::{Report, Violation};
 use serde::Serialize;
 
 use super::driver::{FaultLine, Outcome};
-use super::observer::Publish;
-use crate::render::{age, table};
+use super::shared::Publish;
+use crate::text::{age, table};
 
 /// A recovery time: milliseconds below a second, else as [`age`].
 fn short(ms: u64) -> String {

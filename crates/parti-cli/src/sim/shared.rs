@@ -1,13 +1,46 @@
-//! What the driver, the observer, the event listeners and the live view share.
+//! What the driver, the observer, the event listeners and the live view share, with the records
+//! kept in it ([`Publish`], [`Latest`]). A leaf of `sim`: depends on no other module of it.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use parti_testkit::checker::VersionRecord;
+use serde::Serialize;
 use tokio::time::Instant;
 
-use super::observer::{Latest, Publish};
+/// One publish as the observer saw it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Publish {
+    /// The committed assignment version.
+    pub(crate) version: u64,
+    /// The leader term it was published under.
+    pub(crate) term: u64,
+    /// Why the leader published it.
+    pub(crate) reason: String,
+    /// When it was seen, since the start of the run.
+    pub(crate) at_ms: u64,
+    /// Workers in the map.
+    pub(crate) workers: usize,
+    /// Partitions whose owner changed since the previous observed map (`None` when there is
+    /// no previous map to compare with).
+    pub(crate) moved: Option<u64>,
+    /// The fewest partitions that had to move to reach the new map's load per worker.
+    pub(crate) minimum: Option<u64>,
+}
+
+/// The latest commit, for the live view.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Latest {
+    /// The committed assignment version.
+    pub(crate) version: u64,
+    /// The leader term it was published under.
+    pub(crate) term: u64,
+    /// The cluster phase it records.
+    pub(crate) phase: String,
+    /// Why the leader published it.
+    pub(crate) reason: String,
+}
 
 /// Shared state; every lock is held only for a quick read or write, never across an await.
 #[derive(Debug)]

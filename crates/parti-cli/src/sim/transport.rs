@@ -18,13 +18,11 @@ use tokio_util::sync::CancellationToken;
 use super::holdings::{Holdings, WorkerSink};
 use super::ledger::{Ledger, partition_id};
 use super::memlog::{LetGo, MemLog, Reader};
-use super::producer::{self, Sink};
+use super::producer::{self, SUBJECT_PREFIX, Sink};
 use super::server::NatsProcess;
 
 /// The demo's stream (NATS transport).
 pub(crate) const STREAM: &str = "sim-events";
-/// Subject prefix of the messages; a partition `p7` gets `sim.events.p7`.
-pub(crate) const SUBJECT_PREFIX: &str = "sim.events.";
 /// How long the server stays down in a NATS restart.
 const NATS_DOWNTIME: Duration = Duration::from_secs(1);
 /// The in-memory stand-in for a NATS restart: every client cut off this long.

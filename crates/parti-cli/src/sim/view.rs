@@ -11,8 +11,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::cluster::Workers;
 use super::ledger::Ledger;
-use super::observer::Latest;
-use super::shared::Shared;
+use super::shared::{Latest, Shared};
 
 /// Workers shown per line on a terminal.
 const PER_LINE: usize = 4;

@@ -1,4 +1,6 @@
-//! The cluster report behind `status` and `watch`: raw bucket contents in, a checked view out.
+//! The health report behind `status` and `watch`: raw bucket contents in, a checked view out
+//! (ownership consistency, worker health, flags, versions). Depends only on the leaves
+//! [`crate::buckets`] and [`crate::text`]; its human form is in [`crate::render`].
 //!
 //! [`analyze`] is pure (the time is an argument), so every rule below is unit-tested without a
 //! server. Its output is also the `status --json` document, whose fields are part of the CLI's
@@ -796,7 +798,7 @@ fn worker_issues(
             id,
             format!(
                 "last heartbeat {} ago",
-                crate::render::age(row.heartbeat_age_ms.unwrap_or(0))
+                crate::text::age(row.heartbeat_age_ms.unwrap_or(0))
             ),
         )),
         Health::Live => {}
