@@ -168,6 +168,7 @@ async fn open_existing(
         replicas: config.num_replicas,
         // Reading never depends on markers; asking for them would reject a bucket without.
         limit_markers: false,
+        min_consumers: None,
     };
     let bucket = store.bucket(&spec).await?;
     Ok(Some((bucket, max_age)))

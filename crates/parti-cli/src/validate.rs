@@ -122,7 +122,10 @@ impl Difference {
             Field::MaxAge => "maxAge",
             Field::History => "history",
             Field::LimitMarkers => "limitMarkers",
-            Field::Storage | Field::Retention | Field::Subjects => return None,
+            // A worker raises the consumer limit itself when it opens the bucket.
+            Field::Storage | Field::MaxConsumers | Field::Retention | Field::Subjects => {
+                return None;
+            }
         };
         Some(Self {
             setting,
@@ -400,6 +403,7 @@ mod tests {
             max_age: Duration::from_secs(10),
             history: 1,
             limit_markers: false,
+            max_consumers: -1,
             retention: RetentionPolicy::Limits,
             subjects: Default::default(),
         };

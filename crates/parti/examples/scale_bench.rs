@@ -25,6 +25,8 @@
 //!   message, TTL markers included. `stableIdWritesPerWorker` = stable-ID writes ÷ N.
 //! - `steadyKvWritesPerSec`: the same, per second, over `--steady-secs` (default 10) after that.
 //! - `rssKbPerManager`: (VmRSS once stable − VmRSS before the first manager) ÷ N.
+//! - `peakConsumers`: the most consumers seen on each bucket's stream (sampled every 250 ms
+//!   from the first start to the crash below): watches, listings and those not yet deleted.
 //! - `crashToHeldMs`: a non-leader is [`Manager::kill`]ed; from the kill until the survivors'
 //!   [`Manager::held`] together cover all P partitions again.
 
@@ -46,7 +48,7 @@ use tokio_util::task::AbortOnDropHandle;
 pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
 /// The longest any phase (start-up, recovery) may take before the run fails.
-const DEADLINE: Duration = Duration::from_secs(300);
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// Workers that joined: their IDs and assignment receivers, shared with the consistency poller.
 type Joined = Arc<Mutex<Vec<(WorkerId, watch::Receiver<Arc<Assignment>>)>>>;
@@ -135,6 +137,24 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     let seq_before = sequences(&js, &buckets).await?;
     let joined: Joined = Arc::default();
     let t0 = Instant::now();
+    let peak_consumers: Arc<Mutex<[usize; 4]>> = Arc::default();
+    let _sampler = AbortOnDropHandle::new(tokio::spawn({
+        let (js, peak) = (js.clone(), Arc::clone(&peak_consumers));
+        let names: Vec<String> = buckets.iter().map(|(_, b)| format!("KV_{b}")).collect();
+        async move {
+            loop {
+                for (i, name) in names.iter().enumerate() {
+                    if let Ok(mut stream) = js.get_stream(name).await
+                        && let Ok(info) = stream.info().await
+                        && let Ok(mut peak) = peak.lock()
+                    {
+                        peak[i] = peak[i].max(info.state.consumer_count);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }));
     let poller = tokio::spawn({
         let (joined, bucket) = (Arc::clone(&joined), Arc::clone(&assignment_bucket));
         async move {
@@ -145,7 +165,25 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err::<_, Box<dyn Error + Send + Sync>>("the map did not become consistent".into())
+            let versions: std::collections::BTreeMap<u64, usize> = joined
+                .lock()
+                .map_err(|_| "poisoned")?
+                .iter()
+                .fold(Default::default(), |mut count, (_, rx)| {
+                    *count.entry(rx.borrow().version).or_default() += 1;
+                    count
+                });
+            let record = read_published(&*bucket)
+                .await?
+                .record
+                .map(|(r, _)| (r.version, r.workers.len()));
+            Err::<_, Box<dyn Error + Send + Sync>>(
+                format!(
+                    "the map did not become consistent: workers per applied version {versions:?}, \
+                     published (version, workers) {record:?}"
+                )
+                .into(),
+            )
         }
     });
     let started = futures::future::join_all(
@@ -155,7 +193,14 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     let mut live = Vec::with_capacity(n);
     let (mut all_joined, mut all_stable) = (Duration::ZERO, Duration::ZERO);
     for result in started {
-        let (manager, joined_at, stable_at) = result?;
+        let (manager, joined_at, stable_at) = result.inspect_err(|_| {
+            if let Ok(peak) = peak_consumers.lock() {
+                eprintln!(
+                    "start-up failed; peak consumers per bucket stream: {:?}",
+                    *peak
+                );
+            }
+        })?;
         all_joined = all_joined.max(joined_at);
         all_stable = all_stable.max(stable_at);
         live.push(manager);
@@ -188,6 +233,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         crash.1,
         ms(crash.0)
     );
+    let peak = *peak_consumers.lock().map_err(|_| "poisoned")?;
     futures::future::join_all(live.iter().map(Manager::kill)).await;
     drop(server);
 
@@ -219,6 +265,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         "crashToHeldMs": ms(crash.0),
         "crashPartitions": crash.1,
         "rssKbPerManager": (rss_after - rss_before) / n as i64,
+        "peakConsumers": per_bucket(&peak.iter().map(|c| (*c).into()).collect::<Vec<_>>()),
     }))
 }
 
@@ -260,7 +307,10 @@ async fn consistent(
             .map(|(w, rx)| (w.clone(), rx.borrow().version))
             .collect()
     };
-    if workers.len() < n {
+    // Checked without I/O first: a listing costs a consumer on the bucket's stream, and
+    // polling one every 10 ms would crowd the stream's consumer limit at a large start-up.
+    let version = workers.first().map(|(_, v)| *v).unwrap_or(0);
+    if workers.len() < n || version == 0 || workers.iter().any(|(_, v)| *v != version) {
         return Ok(None);
     }
     let published = read_published(bucket).await?;

@@ -48,3 +48,72 @@ async fn nats_store_passes_the_conformance_suite() {
     };
     conformance::run(&harness).await;
 }
+
+/// nats-server ≥ 2.15 limits a stream to 1,000 consumers unless the stream sets a limit; a
+/// bucket spec that asks for more watches raises it, so a large fleet's watches are accepted.
+#[tokio::test]
+async fn a_bucket_accepts_the_watches_its_spec_asks_for_beyond_the_server_default() {
+    use futures::StreamExt;
+    use parti::store::{BucketSpec, WatchEvent};
+
+    const WATCHES: usize = 1_501;
+    let server = NatsServer::start().await.expect("nats-server");
+    let js = async_nats::jetstream::new(server.client().await.expect("connect"));
+    let store = NatsStore::new(js.clone());
+
+    let limited = store
+        .bucket(&BucketSpec::new("limited"))
+        .await
+        .expect("open");
+    let default_limit = js
+        .get_stream("KV_limited")
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .max_consumers;
+    let raised = store
+        .bucket(&BucketSpec::new("raised").min_consumers(2_064))
+        .await
+        .expect("open");
+    let limit = js
+        .get_stream("KV_raised")
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .max_consumers;
+    assert_eq!(limit, 2_064, "the consumer limit is raised to the spec's");
+
+    let mut watches = Vec::new();
+    for i in 0..WATCHES {
+        let mut watch = raised
+            .watch(">")
+            .await
+            .unwrap_or_else(|e| panic!("watch {i}: {e}"));
+        // A watch's consumer exists once its snapshot began.
+        match watch.next().await {
+            Some(Ok(WatchEvent::Init)) => {}
+            other => panic!("watch {i}: {other:?}"),
+        }
+        watches.push(watch);
+    }
+    // The server's own default refuses the same number, where it has one (≥ 2.15).
+    let limits_by_default = default_limit <= 0 && store.default_consumer_limit().is_some();
+    if limits_by_default {
+        let mut refused = false;
+        let mut others = Vec::new();
+        for _ in 0..WATCHES {
+            let mut watch = limited.watch(">").await.expect("watch");
+            if let Some(Err(_)) = watch.next().await {
+                refused = true;
+                break;
+            }
+            others.push(watch);
+        }
+        assert!(
+            refused,
+            "a bucket without the raise accepted {WATCHES} watches"
+        );
+    }
+}

@@ -355,9 +355,22 @@ pub(crate) async fn survey(
     for resource in resources {
         existing.push(crate::buckets::stream_config(js, &resource.stream_name(), bound).await?);
     }
+    // A stream without a consumer limit of its own has the server's (1,000 from 2.15 on).
+    let server_limit = parti::store::NatsStore::new(js.clone())
+        .default_consumer_limit()
+        .and_then(|n| i32::try_from(n).ok())
+        .unwrap_or(-1);
     let observed: Vec<_> = existing
         .iter()
-        .map(|c| c.as_ref().map(plan::Observed::from_config))
+        .map(|c| {
+            c.as_ref().map(|c| {
+                let mut observed = plan::Observed::from_config(c);
+                if observed.max_consumers <= 0 {
+                    observed.max_consumers = server_limit;
+                }
+                observed
+            })
+        })
         .collect();
     let steps = plan::plan(resources, &observed, policy);
     Ok((existing, steps))

@@ -16,12 +16,15 @@
 //! | `max_age` | `max_age` | buckets | yes |
 //! | `history` | `max_msgs_per_subject` | buckets | yes |
 //! | `limit_markers` | `allow_msg_ttl` + `subject_delete_marker_ttl` | buckets | yes |
+//! | `max_consumers` | `max_consumers` | buckets | yes |
 //! | `retention` | `retention` | streams | only between `limits` and `interest` |
 //! | `subjects` | `subjects` | streams | yes |
 //!
 //! The bucket rules are those of the library's compatibility check, so that a bucket reported
 //! `ok` is one a worker opens: replicas 0 and 1 are the same, and limit markers a bucket does not
-//! need (the assignment bucket) are not drift. `storage` is the one bucket field that check does
+//! need (the assignment bucket) are not drift, and a consumer limit is drift only when the server
+//! sets one (≥ 2.15 does by default) below what the pool of worker IDs needs (a worker raises it
+//! itself when it opens the bucket). `storage` is the one bucket field that check does
 //! not look at (a worker opens a memory bucket); `parti validate --live`, which reuses this
 //! comparison to tell whether workers would start, leaves it out.
 
@@ -147,6 +150,9 @@ impl Resource {
                 out.push((Field::MaxAge, show_age(spec.max_age.unwrap_or_default())));
                 out.push((Field::History, spec.history.to_string()));
                 out.push((Field::LimitMarkers, show_on(spec.limit_markers)));
+                if let Some(n) = spec.min_consumers {
+                    out.push((Field::MaxConsumers, format!(">={n}")));
+                }
             }
             Want::Stream(spec) => {
                 out.push((Field::Replicas, spec.replicas.max(1).to_string()));
@@ -172,6 +178,8 @@ pub(crate) struct Observed {
     /// Whether expiries leave markers: `allow_msg_ttl` with a subject delete marker TTL (how
     /// the library creates expiring buckets and recognises them).
     pub(crate) limit_markers: bool,
+    /// `max_consumers` (zero or less: the server's default, unlimited before 2.15).
+    pub(crate) max_consumers: i32,
     /// Retention policy.
     pub(crate) retention: RetentionPolicy,
     /// Captured subjects.
@@ -187,6 +195,7 @@ impl Observed {
             max_age: config.max_age,
             history: config.max_messages_per_subject,
             limit_markers: config.allow_message_ttl && config.subject_delete_marker_ttl.is_some(),
+            max_consumers: config.max_consumers,
             retention: config.retention,
             subjects: config.subjects.iter().cloned().collect(),
         }
@@ -211,6 +220,9 @@ pub(crate) enum Field {
     /// Whether expiries leave markers (`on`, `off`).
     #[serde(rename = "limit_markers")]
     LimitMarkers,
+    /// Consumers the stream accepts at once (`>=N` wanted; a bucket needs that many watches).
+    #[serde(rename = "max_consumers")]
+    MaxConsumers,
     /// Retention policy (`work-queue`, `limits`, `interest`).
     #[serde(rename = "retention")]
     Retention,
@@ -228,6 +240,7 @@ impl Field {
             Field::MaxAge => "max_age",
             Field::History => "history",
             Field::LimitMarkers => "limit_markers",
+            Field::MaxConsumers => "max_consumers",
             Field::Retention => "retention",
             Field::Subjects => "subjects",
         }
@@ -391,6 +404,17 @@ pub(crate) fn diff(want: &Want, have: &Observed) -> Vec<Change> {
                     true,
                 ));
             }
+            if let Some(n) = spec.min_consumers
+                && have.max_consumers > 0
+                && i64::from(have.max_consumers) < i64::from(n)
+            {
+                changes.push(Change::new(
+                    Field::MaxConsumers,
+                    have.max_consumers.to_string(),
+                    n.to_string(),
+                    true,
+                ));
+            }
         }
         Want::Stream(spec) => {
             if have.retention != spec.retention {
@@ -478,6 +502,11 @@ pub(crate) fn patched(
                 }
                 if spec.limit_markers && config.subject_delete_marker_ttl.is_some() {
                     config.subject_delete_marker_ttl = Some(marker_ttl(spec));
+                }
+            }
+            (Field::MaxConsumers, Want::Bucket(spec)) => {
+                if let Some(n) = spec.min_consumers.and_then(|n| i32::try_from(n).ok()) {
+                    config.max_consumers = n;
                 }
             }
             (Field::History, Want::Bucket(spec)) => {
@@ -607,6 +636,10 @@ mod tests {
                 max_age: spec.max_age.unwrap_or_default(),
                 history: i64::from(spec.history),
                 limit_markers: spec.limit_markers,
+                max_consumers: spec
+                    .min_consumers
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(-1),
                 retention: RetentionPolicy::Limits,
                 subjects: BTreeSet::from([format!("$KV.{}.>", spec.name)]),
             },
@@ -616,6 +649,7 @@ mod tests {
                 max_age: Duration::ZERO,
                 history: -1,
                 limit_markers: false,
+                max_consumers: -1,
                 retention: spec.retention,
                 subjects: spec.subjects.clone(),
             },
@@ -757,6 +791,32 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_limit_below_the_pool_is_drift_and_no_limit_is_not() {
+        let resources = buckets();
+        let mut limited = as_created(&resources[3].want);
+        limited.max_consumers = 1000;
+        let mut config = parti::Config::default();
+        config.worker_id_max = 999;
+        let big = Resource::buckets(&config);
+        let steps = plan(&big[3..], &[Some(limited.clone())], Policy::Adopt);
+        assert_eq!(
+            steps,
+            vec![step(
+                0,
+                Action::Update,
+                vec![change(Field::MaxConsumers, "1000", "4064", true)]
+            )]
+        );
+        let mut unlimited = limited.clone();
+        unlimited.max_consumers = -1;
+        let steps = plan(&big[3..], &[Some(unlimited)], Policy::Warn);
+        assert_eq!(steps, vec![step(0, Action::Ok, vec![])]);
+        // The default pool (100 IDs) fits under the default limit.
+        let steps = plan(&resources[3..], &[Some(limited)], Policy::Warn);
+        assert_eq!(steps, vec![step(0, Action::Ok, vec![])]);
+    }
+
+    #[test]
     fn adopt_without_anything_changeable_leaves_drift() {
         let resources = buckets();
         let mut stable = as_created(&resources[0].want);
@@ -822,11 +882,11 @@ mod tests {
         };
         assert_eq!(
             shown(&resources[0]),
-            "storage=file replicas=1 max_age=30s history=1 limit_markers=on"
+            "storage=file replicas=1 max_age=30s history=1 limit_markers=on max_consumers=>=464"
         );
         assert_eq!(
             shown(&resources[3]),
-            "storage=file replicas=1 max_age=none history=1 limit_markers=off"
+            "storage=file replicas=1 max_age=none history=1 limit_markers=off max_consumers=>=464"
         );
         assert_eq!(
             shown(&stream(&["b.>", "a.>"], RetentionPolicy::WorkQueue)),

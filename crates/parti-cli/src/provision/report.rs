@@ -393,6 +393,7 @@ mod tests {
             max_age: Duration::from_secs(6),
             history: 5,
             limit_markers: true,
+            max_consumers: -1,
             retention: async_nats::jetstream::stream::RetentionPolicy::Limits,
             subjects: Default::default(),
         }

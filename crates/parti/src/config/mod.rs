@@ -300,6 +300,9 @@ impl Config {
     /// stable ID, election, heartbeat, assignment (that of [`KvBucketConfig::names`]): the first
     /// three expire after `workerIdTtl`, `electionTtl` and `heartbeatTtl` with limit markers, the
     /// assignment bucket never expires; all have history 1 and `kvBuckets.replicas` replicas.
+    /// Each accepts at least four watches per ID of the pool, plus 64 (see
+    /// [`BucketSpec::min_consumers`](crate::store::BucketSpec::min_consumers)): a worker keeps
+    /// up to three on the assignment bucket while leading, and resyncs briefly overlap.
     ///
     /// ```
     /// use std::time::Duration;
@@ -311,11 +314,17 @@ impl Config {
     /// ```
     pub fn bucket_specs(&self) -> [crate::store::BucketSpec; 4] {
         let b = &self.kv_buckets;
+        let pool = self
+            .worker_id_max
+            .saturating_sub(self.worker_id_min)
+            .saturating_add(1);
+        let consumers = pool.saturating_mul(4).saturating_add(64);
         [
             crate::stable_id::bucket_spec(&b.stable_id, self.worker_id_ttl, b.replicas),
             crate::election::bucket_spec(&b.election, self.election_ttl, b.replicas),
             crate::heartbeat::bucket_spec(&b.heartbeat, self.heartbeat_ttl, b.replicas),
             crate::store::BucketSpec::new(b.assignment.clone()).replicas(b.replicas),
         ]
+        .map(|spec| spec.min_consumers(consumers))
     }
 }

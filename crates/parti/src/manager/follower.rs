@@ -111,8 +111,12 @@ pub(crate) struct Follower {
 
 impl Follower {
     /// Follows `me`'s assignment in `bucket`. Both watches are re-opened (a fresh snapshot)
-    /// whenever one ends, and every `resync` anyway: a watch that went quiet — a cluster node
-    /// lost under it, a reconnect it missed — is replaced within one interval.
+    /// whenever one ends, and when a watch went quiet — a cluster node lost under it, a
+    /// reconnect it missed: every `resync` the `cluster` record is read directly (a get, which
+    /// costs the server no consumer), and a watch that has not delivered that revision, or the
+    /// revision of my key the record commits, within [`CATCH_UP`] is replaced. Re-opening the
+    /// watches on a timer instead cost two consumer creations per worker per interval, and
+    /// their leftovers filled the stream's consumer limit on a fleet of 500.
     pub(crate) fn spawn(
         bucket: Arc<dyn Bucket>,
         me: WorkerId,
@@ -142,6 +146,8 @@ impl Follower {
 
 /// The shortest resync interval accepted.
 const MIN_RESYNC: Duration = Duration::from_millis(100);
+/// How long a watch may take to deliver a revision a direct read already shows.
+const CATCH_UP: Duration = Duration::from_millis(500);
 
 fn decode_cluster(bucket: &str, entry: &Entry) -> Option<ClusterRecord> {
     codec::decode(bucket, &entry.key, &entry.value)
@@ -183,6 +189,42 @@ struct Staging {
     mine: BTreeMap<Slot, (u64, WorkerRecord)>,
     cluster_synced: bool,
     mine_synced: bool,
+    /// The revision of the last `cluster` event the watch delivered (0: none).
+    cluster_revision: u64,
+}
+
+/// What a resync check found the watches still owe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owed {
+    /// The `cluster` revision a direct read showed.
+    cluster: u64,
+    /// The revision of my key that the delivered `cluster` record commits, if it is missing.
+    mine: Option<u64>,
+}
+
+impl Owed {
+    /// What the watches owe, given the `cluster` revision read directly and the view so far.
+    fn of(read: u64, stage: &Staging, view: &FollowerView, me: &WorkerId) -> Option<Self> {
+        let mine = view
+            .cluster
+            .as_ref()
+            .and_then(|c| c.workers.get(me))
+            .filter(|rev| !view.mine.values().any(|(r, _)| r == *rev))
+            .copied();
+        let owed = Self {
+            cluster: read.max(stage.cluster_revision),
+            mine,
+        };
+        (read > stage.cluster_revision || mine.is_some()).then_some(owed)
+    }
+
+    /// Whether the watches still owe what was found owed `CATCH_UP` ago.
+    fn still(&self, stage: &Staging, view: &FollowerView) -> bool {
+        stage.cluster_revision < self.cluster
+            || self
+                .mine
+                .is_some_and(|rev| !view.mine.values().any(|(r, _)| *r == rev))
+    }
 }
 
 async fn run(
@@ -202,11 +244,27 @@ async fn run(
         ) else {
             return;
         };
-        let resync_at = tokio::time::Instant::now() + resync;
+        let mut check_at = tokio::time::Instant::now() + resync;
+        let mut owed: Option<Owed> = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep_until(resync_at) => break,
+                () = tokio::time::sleep_until(check_at) => {
+                    if let Some(owed) = owed.take()
+                        && owed.still(&stage, &tx.borrow())
+                    {
+                        tracing::debug!(worker = %me, ?owed, "an assignment watch fell behind");
+                        break;
+                    }
+                    check_at = tokio::time::Instant::now() + resync;
+                    // No answer is no evidence: the watches stay.
+                    let Ok(read) = bucket.get(CLUSTER_KEY).await else { continue };
+                    let read = read.map_or(0, |e| e.revision);
+                    owed = Owed::of(read, &stage, &tx.borrow(), &me);
+                    if owed.is_some() {
+                        check_at = tokio::time::Instant::now() + CATCH_UP;
+                    }
+                }
                 event = cluster_watch.next() => {
                     let Some(event) = event else { break };
                     let Ok(event) = event else { continue };
@@ -231,7 +289,10 @@ impl Staging {
     fn cluster_event(&mut self, name: &str, event: WatchEvent, tx: &watch::Sender<FollowerView>) {
         match event {
             WatchEvent::Init => self.cluster = None,
-            WatchEvent::InitApply(e) => self.cluster = decode_cluster(name, &e),
+            WatchEvent::InitApply(e) => {
+                self.cluster_revision = e.revision;
+                self.cluster = decode_cluster(name, &e);
+            }
             WatchEvent::InitDone => {
                 self.cluster_synced = true;
                 let staged = self.cluster.take();
@@ -242,11 +303,13 @@ impl Staging {
                 });
             }
             WatchEvent::Put(e) => {
+                self.cluster_revision = e.revision;
                 if let Some(record) = decode_cluster(name, &e) {
                     tx.send_modify(|v| v.cluster = Some(record));
                 }
             }
-            WatchEvent::Deleted { .. } | WatchEvent::Expired { .. } => {
+            WatchEvent::Deleted { revision, .. } | WatchEvent::Expired { revision, .. } => {
+                self.cluster_revision = revision;
                 tx.send_modify(|v| v.cluster = None);
             }
         }
@@ -289,10 +352,19 @@ impl Staging {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
     use super::*;
     use crate::assignment::Lifecycle;
     use crate::partition::Partition;
+    use crate::records::worker_key;
     use crate::state::ClusterPhase;
+    use crate::store::{BucketSpec, MemoryStore, Store, StoreError};
 
     fn cluster(version: u64, workers: &[(&str, u64)]) -> ClusterRecord {
         ClusterRecord {
@@ -353,5 +425,171 @@ mod tests {
         let empty = view.committed(&me, true).unwrap();
         assert!(empty.partitions.is_empty());
         assert_eq!(empty.version, 5);
+    }
+
+    /// Counts watch openings; while `muted`, its watches deliver no live event (a watch gone
+    /// quiet: a cluster node lost under it), only snapshots; while `mine_muted`, no live event
+    /// about a worker key.
+    #[derive(Debug)]
+    struct Probe {
+        inner: Arc<dyn Bucket>,
+        watches: AtomicU64,
+        muted: Arc<AtomicBool>,
+        mine_muted: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl Bucket for Probe {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+            self.inner.create(key, value).await
+        }
+        async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
+            self.inner.update(key, value, expected).await
+        }
+        async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
+            self.inner.put(key, value).await
+        }
+        async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+            self.inner.delete(key, expected).await
+        }
+        async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
+            self.inner.list(pattern).await
+        }
+        async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
+            let (muted, mine_muted) = (Arc::clone(&self.muted), Arc::clone(&self.mine_muted));
+            let stream = self.inner.watch(pattern).await?;
+            self.watches.fetch_add(1, Ordering::SeqCst);
+            Ok(stream
+                .filter(move |e| {
+                    let key = match e {
+                        Ok(WatchEvent::Put(e)) => Some(e.key.as_str()),
+                        Ok(WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. }) => {
+                            Some(key.as_str())
+                        }
+                        _ => None,
+                    };
+                    let dropped = key.is_some_and(|k| {
+                        muted.load(Ordering::SeqCst)
+                            || (mine_muted.load(Ordering::SeqCst) && parse_worker_key(k).is_some())
+                    });
+                    std::future::ready(!dropped)
+                })
+                .boxed())
+        }
+    }
+
+    const RESYNC: Duration = Duration::from_secs(2);
+
+    /// Publishes version `version` giving `me` one partition: its key, then the record.
+    async fn publish(bucket: &dyn Bucket, me: &WorkerId, version: u64) {
+        let rev = bucket
+            .put(
+                &worker_key(me, Slot::A),
+                codec::encode(&mine(version)).unwrap(),
+            )
+            .await
+            .unwrap();
+        let record = cluster(version, &[(me.as_str(), rev)]);
+        bucket
+            .put(CLUSTER_KEY, codec::encode(&record).unwrap())
+            .await
+            .unwrap();
+    }
+
+    async fn following() -> (Arc<Probe>, Follower, WorkerId) {
+        let inner = MemoryStore::new()
+            .bucket(&BucketSpec::new("assignment"))
+            .await
+            .unwrap();
+        let probe = Arc::new(Probe {
+            inner,
+            watches: AtomicU64::new(0),
+            muted: Arc::new(AtomicBool::new(false)),
+            mine_muted: Arc::new(AtomicBool::new(false)),
+        });
+        let me = WorkerId::new("w-0");
+        let follower = Follower::spawn(probe.clone(), me.clone(), RESYNC, CancellationToken::new());
+        (probe, follower, me)
+    }
+
+    /// Waits (paused clock) until the view commits `version` for `me`; the time it took.
+    async fn committed(
+        follower: &Follower,
+        me: &WorkerId,
+        version: u64,
+        within: Duration,
+    ) -> Duration {
+        let start = tokio::time::Instant::now();
+        let mut view = follower.view();
+        while view.borrow().committed(me, false).map(|a| a.version) != Some(version) {
+            assert!(
+                start.elapsed() <= within,
+                "version {version} not committed within {within:?}: {:?}",
+                view.borrow()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(50), view.changed()).await;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_watches_are_kept_not_reopened_on_a_timer() {
+        let (probe, follower, me) = following().await;
+        publish(&*probe, &me, 1).await;
+        committed(&follower, &me, 1, RESYNC).await;
+        tokio::time::sleep(10 * RESYNC).await;
+        publish(&*probe, &me, 2).await;
+        committed(&follower, &me, 2, Duration::from_millis(100)).await;
+        assert_eq!(
+            probe.watches.load(Ordering::SeqCst),
+            2,
+            "the two watches were reopened while they delivered every change"
+        );
+        follower.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_gone_quiet_is_replaced_within_a_resync_and_a_catch_up() {
+        let (probe, follower, me) = following().await;
+        publish(&*probe, &me, 1).await;
+        committed(&follower, &me, 1, RESYNC).await;
+        probe.muted.store(true, Ordering::SeqCst);
+        publish(&*probe, &me, 2).await;
+        let took = committed(&follower, &me, 2, RESYNC + CATCH_UP + RESYNC).await;
+        assert!(
+            took <= RESYNC + CATCH_UP + Duration::from_millis(100),
+            "caught up after {took:?}"
+        );
+        assert!(
+            probe.watches.load(Ordering::SeqCst) > 2,
+            "the watches were reopened"
+        );
+        follower.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_value_of_mine_that_the_record_commits_reopens_the_watches() {
+        let (probe, follower, me) = following().await;
+        publish(&*probe, &me, 1).await;
+        committed(&follower, &me, 1, RESYNC).await;
+        // The record arrives, my key's new value does not: only the key watch went quiet.
+        probe.mine_muted.store(true, Ordering::SeqCst);
+        let rev = probe
+            .put(&worker_key(&me, Slot::B), codec::encode(&mine(2)).unwrap())
+            .await
+            .unwrap();
+        let record = cluster(2, &[(me.as_str(), rev)]);
+        probe
+            .put(CLUSTER_KEY, codec::encode(&record).unwrap())
+            .await
+            .unwrap();
+        committed(&follower, &me, 2, 2 * RESYNC + CATCH_UP).await;
+        follower.stop().await;
     }
 }

@@ -89,6 +89,12 @@ pub struct BucketSpec {
     pub replicas: usize,
     /// Whether expiries leave markers a watcher can see (requires NATS ≥ 2.11).
     pub limit_markers: bool,
+    /// Watches (consumers, on NATS) the bucket must accept at once, if more than the store's
+    /// default. nats-server ≥ 2.15 limits a stream to 1,000 consumers unless the stream sets
+    /// its own limit, and every worker keeps a watch or two on each bucket: a fleet of 500
+    /// would be refused. A store raises its limit to this when it opens the bucket (never
+    /// lowers it); it is not part of [`check_compatible`](crate::store)'s comparison.
+    pub min_consumers: Option<u32>,
 }
 
 impl BucketSpec {
@@ -100,6 +106,7 @@ impl BucketSpec {
             history: 1,
             replicas: 1,
             limit_markers: false,
+            min_consumers: None,
         }
     }
 
@@ -113,6 +120,13 @@ impl BucketSpec {
     /// Sets the number of replicas.
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
+        self
+    }
+
+    /// Sets [`min_consumers`](Self::min_consumers): the watches the bucket must accept at once.
+    #[must_use]
+    pub fn min_consumers(mut self, consumers: u32) -> Self {
+        self.min_consumers = Some(consumers);
         self
     }
 }

@@ -75,6 +75,15 @@ impl NatsStore {
         self
     }
 
+    /// The consumers per stream the connected server allows a stream that sets no limit of its
+    /// own: 1,000 from nats-server 2.15 on, unlimited (`None`) before.
+    pub fn default_consumer_limit(&self) -> Option<u32> {
+        let version = self.js.client().server_info().version;
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        ((major, minor) >= (2, 15)).then_some(1_000)
+    }
+
     /// The JetStream context the store uses.
     pub fn context(&self) -> &Context {
         &self.js
@@ -84,17 +93,7 @@ impl NatsStore {
         let name = spec.name.as_str();
         let backend = |op, e: &dyn std::fmt::Display| StoreError::backend(op, name, e);
         match self.js.get_stream(format!("KV_{name}")).await {
-            Ok(mut stream) => {
-                let info = stream
-                    .info()
-                    .await
-                    .map_err(|e| backend("stream info", &e))?;
-                check_compatible(spec, &existing_spec(name, &info.config))?;
-                self.js
-                    .get_key_value(name)
-                    .await
-                    .map_err(|e| backend("open bucket", &e))
-            }
+            Ok(stream) => self.adopt(spec, stream).await,
             Err(e) if is_stream_not_found(&e) => {
                 let config = kv::Config {
                     bucket: name.to_owned(),
@@ -106,29 +105,67 @@ impl NatsStore {
                         .then(|| spec.max_age.unwrap_or_default().max(MIN_MARKER_TTL)),
                     ..Default::default()
                 };
-                match self.js.create_key_value(config).await {
-                    Ok(store) => Ok(store),
-                    // Another worker created it between our look-up and create: check theirs.
-                    Err(_) => {
-                        let mut stream = self
-                            .js
-                            .get_stream(format!("KV_{name}"))
-                            .await
-                            .map_err(|e| backend("create bucket", &e))?;
-                        let info = stream
-                            .info()
-                            .await
-                            .map_err(|e| backend("stream info", &e))?;
-                        check_compatible(spec, &existing_spec(name, &info.config))?;
-                        self.js
-                            .get_key_value(name)
-                            .await
-                            .map_err(|e| backend("open bucket", &e))
-                    }
-                }
+                // Another worker may create it between our look-up and create: then it is
+                // theirs that is checked.
+                let _created = self.js.create_key_value(config).await;
+                let stream = self
+                    .js
+                    .get_stream(format!("KV_{name}"))
+                    .await
+                    .map_err(|e| backend("create bucket", &e))?;
+                self.adopt(spec, stream).await
             }
             Err(e) => Err(backend("open bucket", &e)),
         }
+    }
+
+    /// Checks an existing bucket's stream against `spec`, raises its consumer limit to
+    /// `spec.min_consumers`, and opens it.
+    async fn adopt(
+        &self,
+        spec: &BucketSpec,
+        mut stream: stream::Stream,
+    ) -> Result<kv::Store, StoreError> {
+        let name = spec.name.as_str();
+        let backend = |op, e: &dyn std::fmt::Display| StoreError::backend(op, name, e);
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| backend("stream info", &e))?;
+        check_compatible(spec, &existing_spec(name, &info.config))?;
+        let limit = match info.config.max_consumers {
+            n if n > 0 => Some(n),
+            // No limit of the stream's own: the server's default applies, if it has one.
+            _ => self
+                .default_consumer_limit()
+                .and_then(|n| i32::try_from(n).ok()),
+        };
+        if let Some(wanted) = spec.min_consumers.and_then(|n| i32::try_from(n).ok())
+            && let Some(limit) = limit
+            && limit < wanted
+        {
+            let mut config = info.config.clone();
+            config.max_consumers = wanted;
+            match self.js.update_stream(config).await {
+                Ok(_) => tracing::info!(
+                    bucket = name,
+                    from = limit,
+                    to = wanted,
+                    "raised the bucket's consumer limit"
+                ),
+                Err(e) => tracing::warn!(
+                    bucket = name,
+                    limit,
+                    wanted,
+                    error = %e,
+                    "could not raise the bucket's consumer limit; a large fleet may be refused watches"
+                ),
+            }
+        }
+        self.js
+            .get_key_value(name)
+            .await
+            .map_err(|e| backend("open bucket", &e))
     }
 }
 
@@ -167,6 +204,7 @@ fn existing_spec(name: &str, config: &stream::Config) -> BucketSpec {
         history: u8::try_from(config.max_messages_per_subject).unwrap_or(u8::MAX),
         replicas: config.num_replicas,
         limit_markers: config.allow_message_ttl && config.subject_delete_marker_ttl.is_some(),
+        min_consumers: u32::try_from(config.max_consumers).ok().filter(|n| *n > 0),
     }
 }
 
