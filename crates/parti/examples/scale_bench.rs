@@ -331,7 +331,33 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
     let deadline = Instant::now() + DEADLINE;
     while held_by(live) < p {
         if Instant::now() >= deadline {
-            return Err("not every partition was held before the crash".into());
+            let mut states = std::collections::BTreeMap::<String, usize>::new();
+            let mut versions = std::collections::BTreeMap::<u64, usize>::new();
+            for m in live.iter() {
+                *states.entry(format!("{:?}", m.state())).or_default() += 1;
+                *versions.entry(m.assignment().version).or_default() += 1;
+            }
+            let short: Vec<String> = live
+                .iter()
+                .filter(|m| m.held().len() < m.assignment().partitions.len())
+                .take(5)
+                .map(|m| {
+                    format!(
+                        "{} holds {} of {} (v{}, {:?})",
+                        m.worker_id(),
+                        m.held().len(),
+                        m.assignment().partitions.len(),
+                        m.assignment().version,
+                        m.state()
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "not every partition was held before the crash: {} of {p}; states {states:?}, \
+                 applied versions {versions:?}, short: {short:?}",
+                held_by(live)
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
