@@ -169,6 +169,8 @@ async fn open_existing(
         // Reading never depends on markers; asking for them would reject a bucket without.
         limit_markers: false,
         min_consumers: None,
+        // Reading an existing bucket: never create one.
+        create_if_missing: false,
     };
     let bucket = store.bucket(&spec).await?;
     Ok(Some((bucket, max_age)))

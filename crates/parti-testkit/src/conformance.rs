@@ -59,6 +59,7 @@ pub async fn run(harness: &dyn StoreHarness) {
     incompatible_bucket_is_reported(&*store).await;
     garbage_values_are_decode_errors(&*store).await;
     invalid_names_are_errors(&*store).await;
+    a_missing_bucket_is_created_only_when_the_spec_allows(&*store).await;
     watch_survives_restart(harness).await;
     a_bucket_deleted_and_created_again_is_another_incarnation(harness).await;
 }
@@ -381,6 +382,30 @@ async fn garbage_values_are_decode_errors(store: &dyn Store) {
             "{case}: {garbage:?} must be a decode error, got {decoded:?}"
         );
     }
+}
+
+/// A spec with [`BucketSpec::create_if_missing`] off opens an existing bucket and refuses a
+/// missing one with [`StoreError::BucketMissing`], creating nothing.
+async fn a_missing_bucket_is_created_only_when_the_spec_allows(store: &dyn Store) {
+    let case = "a_missing_bucket_is_created_only_when_the_spec_allows";
+    let spec = BucketSpec::new(bucket_name("provisioned")).create_if_missing(false);
+    for attempt in 0..2 {
+        match store.bucket(&spec).await {
+            Err(StoreError::BucketMissing { bucket }) => assert_eq!(bucket, spec.name, "{case}"),
+            other => panic!("{case}: attempt {attempt} gave {other:?}"),
+        }
+    }
+    let created = open(store, spec.clone().create_if_missing(true)).await;
+    created
+        .put("k", Bytes::from_static(b"v"))
+        .await
+        .expect("put");
+    let opened = open(store, spec).await;
+    assert_eq!(
+        opened.get("k").await.expect("get").map(|e| e.value),
+        Some(Bytes::from_static(b"v")),
+        "{case}: the existing bucket is opened"
+    );
 }
 
 async fn invalid_names_are_errors(store: &dyn Store) {

@@ -234,6 +234,16 @@ pub enum StoreError {
         /// What differs.
         reason: String,
     },
+    /// The bucket does not exist and the spec forbids creating it
+    /// ([`BucketSpec::create_if_missing`](crate::store::BucketSpec::create_if_missing) off:
+    /// `autoProvision: false`).
+    #[error(
+        "bucket {bucket} does not exist and is not created here (autoProvision is off): create it with `parti provision apply`"
+    )]
+    BucketMissing {
+        /// Bucket name.
+        bucket: String,
+    },
     /// A key or bucket name is not valid for the store.
     #[error("invalid key or bucket name {name:?}: {reason}")]
     InvalidName {

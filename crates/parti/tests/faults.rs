@@ -1041,3 +1041,59 @@ async fn deleted_assignment_and_election_buckets_are_created_again_with_their_fl
         m.stop().await.unwrap();
     }
 }
+
+/// With `autoProvision: false` a worker creates no bucket: a missing one fails the start with
+/// the bucket's name and what to run, and once an operator provisioned the buckets it starts.
+#[tokio::test]
+async fn without_auto_provision_a_missing_bucket_fails_the_start_and_nothing_is_created() {
+    use parti::StoreError;
+    use parti::store::MemoryStore;
+
+    let store = MemoryStore::new();
+    let mut config = Config::fast_for_tests();
+    config.auto_provision = false;
+    let start = || {
+        Manager::builder_with_store(Arc::new(store.client()))
+            .config(config.clone())
+            .source(Static::new(partitions(4)))
+            .start()
+    };
+    let [stable_id, ..] = config.bucket_specs();
+    match start().await {
+        Err(e @ Error::Nats(StoreError::BucketMissing { .. })) => {
+            let message = e.to_string();
+            assert!(message.contains(&stable_id.name), "{message}");
+            assert!(message.contains("parti provision apply"), "{message}");
+        }
+        other => panic!(
+            "expected BucketMissing, got {:?}",
+            other.map(|_| "a manager")
+        ),
+    }
+    let probe = store.client();
+    for spec in config.bucket_specs() {
+        assert!(
+            matches!(
+                probe.bucket(&spec).await,
+                Err(StoreError::BucketMissing { .. })
+            ),
+            "{} was created",
+            spec.name
+        );
+    }
+    // The operator provisions them; now the worker starts.
+    for spec in config.bucket_specs() {
+        probe.bucket(&spec.create_if_missing(true)).await.unwrap();
+    }
+    let manager = Manager::builder_with_store(Arc::new(store.client()))
+        .config(config.clone())
+        .source(Static::new(partitions(4)))
+        .spawn()
+        .await
+        .unwrap();
+    assert!(
+        !manager.worker_id().as_str().is_empty(),
+        "joined with an ID"
+    );
+    manager.stop().await.unwrap();
+}

@@ -272,6 +272,7 @@ mod tests {
             "PARTI_START_JITTER",
             "PARTI_COLD_START_QUIET",
             "PARTI_COLD_START_MAX_WINDOW",
+            "PARTI_AUTO_PROVISION",
         ] {
             assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
         }
@@ -279,8 +280,8 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
-        // 18 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
+        // 19 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
         // 2 + 5 + (1 + 5) + 5 in the sections.
-        assert_eq!(vars.len(), 20 + 2 + 5 + 6 + 5);
+        assert_eq!(vars.len(), 21 + 2 + 5 + 6 + 5);
     }
 }

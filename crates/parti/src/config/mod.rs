@@ -162,6 +162,12 @@ pub struct Config {
     /// instead of one burst.
     #[serde(with = "duration")]
     pub start_jitter: Duration,
+    /// Whether a worker creates the KV buckets that do not exist (default `true`), at start and
+    /// when one is deleted under it. `false` for fleets whose buckets are provisioned by an
+    /// operator (`parti provision apply`): a missing bucket then fails the start with
+    /// [`StoreError::BucketMissing`](crate::StoreError::BucketMissing), and one deleted while
+    /// running keeps the workers Degraded (`bucketMissing`) until it is back.
+    pub auto_provision: bool,
     /// Bound on a graceful `stop()` (default 10s; `> 0`).
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -206,6 +212,7 @@ impl Default for Config {
             election_ttl: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
             start_jitter: Duration::ZERO,
+            auto_provision: true,
             shutdown_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(30),
@@ -325,6 +332,9 @@ impl Config {
             crate::heartbeat::bucket_spec(&b.heartbeat, self.heartbeat_ttl, b.replicas),
             crate::store::BucketSpec::new(b.assignment.clone()).replicas(b.replicas),
         ]
-        .map(|spec| spec.min_consumers(consumers))
+        .map(|spec| {
+            spec.min_consumers(consumers)
+                .create_if_missing(self.auto_provision)
+        })
     }
 }

@@ -224,6 +224,11 @@ async fn probe(
             g.known = probed;
             None
         }
+        Seen::Missing if !g.spec.create_if_missing => {
+            tracing::warn!(bucket = %name, "bucket is missing and autoProvision is off: waiting for it to be provisioned again");
+            metrics::counter!("parti_bucket_lost_total", "bucket" => name.clone()).increment(1);
+            trouble(DegradedReason::BucketMissing)
+        }
         Seen::Missing => {
             tracing::warn!(bucket = %name, "bucket is missing: creating it again");
             metrics::counter!("parti_bucket_lost_total", "bucket" => name.clone()).increment(1);

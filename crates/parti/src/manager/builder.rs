@@ -169,7 +169,7 @@ impl ManagerBuilder {
         };
         let deadline = tokio::time::Instant::now() + config.startup_timeout;
         // NATS may still be coming up: retry transient failures until the start-up deadline;
-        // a misconfigured bucket is reported at once.
+        // a misconfigured or (without autoProvision) missing bucket is reported at once.
         let open = |spec: BucketSpec| {
             let store = Arc::clone(&store);
             async move {
@@ -179,7 +179,8 @@ impl ManagerBuilder {
                         Ok(Ok(bucket)) => return Ok(bucket),
                         Ok(Err(
                             e @ (StoreError::IncompatibleBucket { .. }
-                            | StoreError::InvalidName { .. }),
+                            | StoreError::InvalidName { .. }
+                            | StoreError::BucketMissing { .. }),
                         )) => {
                             return Err(Error::from(e));
                         }

@@ -205,6 +205,11 @@ impl Store for MemoryStore {
                     check_compatible(spec, &core.spec)?;
                     false
                 }
+                None if !spec.create_if_missing => {
+                    return Err(StoreError::BucketMissing {
+                        bucket: spec.name.clone(),
+                    });
+                }
                 None => {
                     buckets.insert(spec.name.clone(), BucketCore::create(spec.clone()));
                     true

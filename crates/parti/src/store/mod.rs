@@ -95,6 +95,11 @@ pub struct BucketSpec {
     /// would be refused. A store raises its limit to this when it opens the bucket (never
     /// lowers it); it is not part of [`check_compatible`](crate::store)'s comparison.
     pub min_consumers: Option<u32>,
+    /// Whether opening the bucket creates it when it does not exist (the default). Off, a
+    /// missing bucket is [`StoreError::BucketMissing`]: buckets are provisioned by an operator
+    /// (`parti provision apply`) and a worker never creates one, not even to replace a bucket
+    /// deleted under it.
+    pub create_if_missing: bool,
 }
 
 impl BucketSpec {
@@ -107,6 +112,7 @@ impl BucketSpec {
             replicas: 1,
             limit_markers: false,
             min_consumers: None,
+            create_if_missing: true,
         }
     }
 
@@ -120,6 +126,13 @@ impl BucketSpec {
     /// Sets the number of replicas.
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
+        self
+    }
+
+    /// Sets [`create_if_missing`](Self::create_if_missing): off, opening a missing bucket fails.
+    #[must_use]
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
         self
     }
 

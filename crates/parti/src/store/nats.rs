@@ -94,6 +94,11 @@ impl NatsStore {
         let backend = |op, e: &dyn std::fmt::Display| StoreError::backend(op, name, e);
         match self.js.get_stream(format!("KV_{name}")).await {
             Ok(stream) => self.adopt(spec, stream).await,
+            Err(e) if is_stream_not_found(&e) && !spec.create_if_missing => {
+                Err(StoreError::BucketMissing {
+                    bucket: name.to_owned(),
+                })
+            }
             Err(e) if is_stream_not_found(&e) => {
                 let config = kv::Config {
                     bucket: name.to_owned(),
@@ -205,6 +210,7 @@ fn existing_spec(name: &str, config: &stream::Config) -> BucketSpec {
         replicas: config.num_replicas,
         limit_markers: config.allow_message_ttl && config.subject_delete_marker_ttl.is_some(),
         min_consumers: u32::try_from(config.max_consumers).ok().filter(|n| *n > 0),
+        create_if_missing: true,
     }
 }
 
