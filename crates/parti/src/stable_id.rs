@@ -6,7 +6,7 @@
 //! free ID in one listing and one create, so a replacement pod takes the ID its predecessor
 //! released and a rolling update moves nothing. Workers that start together all want the same
 //! lowest ID; each create lost to another claimer quadruples the number of lowest free IDs the
-//! next one is drawn from (at random), and every [`CREATES_PER_LISTING`] lost creates the bucket
+//! next one is drawn from (at random), and every eight lost creates the bucket
 //! is listed again. A cold start of N workers therefore costs O(N log N) creates in all, not
 //! the O(N²) of trying every ID from the lowest up: 100 workers claiming at the same instant
 //! make about 450 creates, where trying from the lowest up made about 5,000. [`Error::IdPoolExhausted`] means that a
