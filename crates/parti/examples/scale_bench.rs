@@ -331,31 +331,9 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
     let deadline = Instant::now() + DEADLINE;
     while held_by(live) < p {
         if Instant::now() >= deadline {
-            let mut states = std::collections::BTreeMap::<String, usize>::new();
-            let mut versions = std::collections::BTreeMap::<u64, usize>::new();
-            for m in live.iter() {
-                *states.entry(format!("{:?}", m.state())).or_default() += 1;
-                *versions.entry(m.assignment().version).or_default() += 1;
-            }
-            let short: Vec<String> = live
-                .iter()
-                .filter(|m| m.held().len() < m.assignment().partitions.len())
-                .take(5)
-                .map(|m| {
-                    format!(
-                        "{} holds {} of {} (v{}, {:?})",
-                        m.worker_id(),
-                        m.held().len(),
-                        m.assignment().partitions.len(),
-                        m.assignment().version,
-                        m.state()
-                    )
-                })
-                .collect();
             return Err(format!(
-                "not every partition was held before the crash: {} of {p}; states {states:?}, \
-                 applied versions {versions:?}, short: {short:?}",
-                held_by(live)
+                "not every partition was held before the crash: {}",
+                shortfall(live, p)
             )
             .into());
         }
@@ -384,11 +362,45 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
     victim.kill().await;
     while held_by(live) < p {
         if Instant::now() >= killed + DEADLINE {
-            return Err("the killed worker's partitions were not held again".into());
+            return Err(format!(
+                "the killed worker's partitions were not held again: {}",
+                shortfall(live, p)
+            )
+            .into());
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), changed.notified()).await;
     }
     Ok((killed.elapsed(), lost))
+}
+
+/// What the managers hold of `p` partitions, their states and applied versions, and a few of
+/// those that hold less than their assignment.
+fn shortfall(live: &[Manager], p: usize) -> String {
+    let mut states = std::collections::BTreeMap::<String, usize>::new();
+    let mut versions = std::collections::BTreeMap::<u64, usize>::new();
+    for m in live {
+        *states.entry(format!("{:?}", m.state())).or_default() += 1;
+        *versions.entry(m.assignment().version).or_default() += 1;
+    }
+    let short: Vec<String> = live
+        .iter()
+        .filter(|m| m.held().len() < m.assignment().partitions.len())
+        .take(5)
+        .map(|m| {
+            format!(
+                "{} holds {} of {} (v{}, {:?})",
+                m.worker_id(),
+                m.held().len(),
+                m.assignment().partitions.len(),
+                m.assignment().version,
+                m.state()
+            )
+        })
+        .collect();
+    format!(
+        "{} of {p} held; states {states:?}, applied versions {versions:?}, short: {short:?}",
+        held_by(live)
+    )
 }
 
 /// How many distinct partitions `managers` hold together.

@@ -51,6 +51,38 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # Layout
+//!
+//! Three layers; arrows point down only.
+//!
+//! **What an application embeds** (the semver promise):
+//! - [`manager`]: the [`Manager`], its builder, [`hooks`] and [`Event`]s. One `Runtime` task per
+//!   worker owns the state machine; the follower, the holdings, the bucket guard and the
+//!   dispatcher of hooks are its children, each owned, cancelled and awaited.
+//! - [`config`]: [`Config`], from YAML, the environment or code, with every violation reported
+//!   at once. [`state`]: [`State`], [`ClusterPhase`], [`DegradedReason`].
+//! - [`partition`], [`assignment`], [`ownership`]: the values the application receives —
+//!   [`Partition`], [`WorkerId`], [`Assignment`], [`OwnershipRecord`] and its epochs.
+//! - [`strategy`] and [`source`]: the two extension points the leader calls (which worker gets
+//!   which partition; where partitions come from).
+//! - [`consumer`]: [`WorkerConsumer`], a JetStream durable that follows the worker's holdings.
+//! - [`error`]: [`Error`] and [`StoreError`], typed, with their causes as sources.
+//!
+//! **Building blocks** the manager is made of, public for custom stores, tools (the `parti`
+//! CLI reads the buckets through them) and tests:
+//! - [`store`]: the [`Store`](store::Store)/[`Bucket`](store::Bucket) trait with its NATS and
+//!   in-memory implementations, both held to one conformance suite (in `parti-testkit`).
+//! - [`stable_id`], [`heartbeat`], [`election`]: the three leases, each a small task around
+//!   one bucket.
+//! - [`controller`]: the leader — a pure planner (events in, decisions out) driven by a runner
+//!   that does the I/O, and the publisher that writes versioned, fenced maps.
+//! - [`records`]: the wire format of the assignment bucket (SPEC §5.4).
+//!
+//! **Private**: the wall clock (`clock`).
+//!
+//! Decisions are pure functions tested whole (the planner, the consumer's plan, the stable-ID
+//! claim's choice); every task and retry loop lives in a thin shell around them.
 
 pub mod assignment;
 mod clock;

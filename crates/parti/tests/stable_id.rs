@@ -330,7 +330,7 @@ impl BucketHooks for CountCreates {
 
 #[tokio::test]
 async fn a_fleet_claiming_at_once_spreads_out_instead_of_queueing_on_the_lowest_id() {
-    const FLEET: u32 = 100;
+    const FLEET: u32 = 200;
     let server = NatsServer::start().await.unwrap();
     let cfg = config(0, 2 * FLEET - 1, Duration::from_secs(2));
     let creates = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -360,10 +360,10 @@ async fn a_fleet_claiming_at_once_spreads_out_instead_of_queueing_on_the_lowest_
     assert!(ids.contains("worker-0"), "the lowest ID is taken first");
     let creates = creates.load(std::sync::atomic::Ordering::SeqCst);
     println!("MEASURE stable-id: {FLEET} claimers at once made {creates} creates");
-    // Trying every ID from the lowest up costs about FLEET²/2 (5,050) creates here; spreading
-    // out costs O(FLEET log FLEET), about 450.
+    // Trying every ID from the lowest up costs about FLEET²/2 (20,100) creates here; keeping
+    // to the lowest ID for 16 lost creates, then spreading out, about 4,000.
     assert!(
-        creates <= u64::from(FLEET) * 8,
+        creates <= u64::from(FLEET) * 30,
         "{creates} creates for {FLEET} claims"
     );
     for lease in leases {

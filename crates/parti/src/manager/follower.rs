@@ -196,14 +196,18 @@ struct Staging {
 /// What a resync check found the watches still owe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owed {
-    /// The `cluster` revision a direct read showed.
-    cluster: u64,
+    /// The `cluster` revision a direct read showed (0: no value).
+    read: u64,
+    /// The `cluster` revision the watch had delivered at the read.
+    seen: u64,
     /// The revision of my key that the delivered `cluster` record commits, if it is missing.
     mine: Option<u64>,
 }
 
 impl Owed {
-    /// What the watches owe, given the `cluster` revision read directly and the view so far.
+    /// What the watches owe, given the `cluster` revision read directly and the view so far:
+    /// a newer revision than the watch delivered, or a lower one (the key deleted, or the
+    /// bucket deleted and created again, its revisions restarted), or my committed value.
     fn of(read: u64, stage: &Staging, view: &FollowerView, me: &WorkerId) -> Option<Self> {
         let mine = view
             .cluster
@@ -212,15 +216,18 @@ impl Owed {
             .filter(|rev| !view.mine.values().any(|(r, _)| r == *rev))
             .copied();
         let owed = Self {
-            cluster: read.max(stage.cluster_revision),
+            read,
+            seen: stage.cluster_revision,
             mine,
         };
-        (read > stage.cluster_revision || mine.is_some()).then_some(owed)
+        (read != stage.cluster_revision || mine.is_some()).then_some(owed)
     }
 
-    /// Whether the watches still owe what was found owed `CATCH_UP` ago.
+    /// Whether the watches still owe what was found owed `CATCH_UP` ago: they are still behind
+    /// the read, or the read was lower and they delivered nothing since, or my value is missing.
     fn still(&self, stage: &Staging, view: &FollowerView) -> bool {
-        stage.cluster_revision < self.cluster
+        stage.cluster_revision < self.read
+            || (self.read < self.seen && stage.cluster_revision == self.seen)
             || self
                 .mine
                 .is_some_and(|rev| !view.mine.values().any(|(r, _)| *r == rev))
@@ -288,7 +295,10 @@ impl Staging {
 
     fn cluster_event(&mut self, name: &str, event: WatchEvent, tx: &watch::Sender<FollowerView>) {
         match event {
-            WatchEvent::Init => self.cluster = None,
+            WatchEvent::Init => {
+                self.cluster = None;
+                self.cluster_revision = 0;
+            }
             WatchEvent::InitApply(e) => {
                 self.cluster_revision = e.revision;
                 self.cluster = decode_cluster(name, &e);
@@ -590,6 +600,26 @@ mod tests {
             .await
             .unwrap();
         committed(&follower, &me, 2, 2 * RESYNC + CATCH_UP).await;
+        follower.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_gone_under_a_quiet_watch_is_noticed_by_the_lower_revision() {
+        let (probe, follower, me) = following().await;
+        publish(&*probe, &me, 1).await;
+        committed(&follower, &me, 1, RESYNC).await;
+        // The record is deleted (a bucket deleted, its revisions restarted) while the watch
+        // misses it: the direct read shows no revision where the watch saw one.
+        probe.muted.store(true, Ordering::SeqCst);
+        probe.delete(CLUSTER_KEY, None).await.unwrap();
+        let mut view = follower.view();
+        let gone = tokio::time::timeout(2 * RESYNC + CATCH_UP, async {
+            while view.borrow().cluster.is_some() {
+                view.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "the follower still shows the deleted record");
         follower.stop().await;
     }
 }
