@@ -365,10 +365,25 @@ async fn s07_full_restart_of_ten_workers_is_one_cold_start_publish() {
 
     let workers = cluster.workers(10).await;
     assert_eq!(ids(&workers), ids_before, "IDs are reclaimed");
+    // The map from before the restart names the same workers: wait for the one published
+    // after it.
+    wait_until(SETTLE, "a publish after the full restart", || async {
+        cluster.published().await.version() > first.version()
+    })
+    .await
+    .unwrap();
     let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     let record: ClusterRecord = after.record.clone().unwrap().0;
     assert_eq!(after.version(), 2, "one publish after the full restart");
-    assert_eq!(record.reason, "restart");
+    // The workers got their IDs back, so their partitions stay where they were. The leader
+    // calls it a restart when it found fewer than half of the workers back; a fleet that
+    // claimed its IDs faster than a leader was elected is a hand-over of the same map.
+    assert!(
+        ["restart", "handoff"].contains(&record.reason.as_str()),
+        "{}",
+        record.reason
+    );
+    assert_eq!(after.map, first.map, "nothing moved");
     wait_all_stable(&cluster, &workers, SETTLE).await;
     for (m, _) in &workers {
         m.stop().await.unwrap();
