@@ -440,80 +440,14 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use async_trait::async_trait;
-    use bytes::Bytes;
 
     use super::*;
     use crate::election::{NatsLeaseElection, bucket_spec};
     use crate::partition::WorkerId;
-    use crate::store::{Entry, MemoryStore, Store, StoreError};
+    use crate::store::probe::Probe;
+    use crate::store::{MemoryStore, Store};
 
     const TTL: Duration = Duration::from_secs(3);
-
-    /// Counts the writes and watch openings through it; while `muted`, its watches deliver
-    /// nothing (a watch gone quiet).
-    #[derive(Debug)]
-    struct Probe {
-        inner: Arc<dyn Bucket>,
-        writes: AtomicU64,
-        watches: AtomicU64,
-        muted: Arc<AtomicBool>,
-    }
-
-    impl Probe {
-        fn new(inner: Arc<dyn Bucket>) -> Arc<Self> {
-            Arc::new(Self {
-                inner,
-                writes: AtomicU64::new(0),
-                watches: AtomicU64::new(0),
-                muted: Arc::new(AtomicBool::new(false)),
-            })
-        }
-
-        fn writes(&self) -> u64 {
-            self.writes.load(Ordering::SeqCst)
-        }
-
-        fn write(&self) {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[async_trait]
-    impl Bucket for Probe {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-            self.write();
-            self.inner.create(key, value).await
-        }
-        async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
-            self.write();
-            self.inner.update(key, value, expected).await
-        }
-        async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-            self.write();
-            self.inner.put(key, value).await
-        }
-        async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
-            self.write();
-            self.inner.delete(key, expected).await
-        }
-        async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-            self.inner.list(pattern).await
-        }
-        async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
-            let muted = Arc::clone(&self.muted);
-            let stream = self.inner.watch(pattern).await?;
-            self.watches.fetch_add(1, Ordering::SeqCst);
-            Ok(stream
-                .filter(move |_| std::future::ready(!muted.load(Ordering::SeqCst)))
-                .boxed())
-        }
-    }
 
     async fn contenders(n: usize) -> (Vec<Option<Elector>>, Vec<Arc<Probe>>) {
         let store = MemoryStore::new();
@@ -579,11 +513,7 @@ mod tests {
             } else {
                 assert_eq!(made, 0, "follower {i} wrote");
             }
-            assert_eq!(
-                probe.watches.load(Ordering::SeqCst),
-                1,
-                "watch of {i} reopened"
-            );
+            assert_eq!(probe.watches(), 1, "watch of {i} reopened");
         }
         assert_eq!(leaders(&electors), [leader]);
     }
@@ -631,7 +561,7 @@ mod tests {
         // Unmute once the follower reopened its watch, so that the new watch works.
         let probe = probes[follower].clone();
         tokio::spawn(async move {
-            while probe.watches.load(Ordering::SeqCst) < 2 {
+            while probe.watches() < 2 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             probe.muted.store(false, Ordering::SeqCst);
@@ -642,7 +572,7 @@ mod tests {
         // The last renewal seen was at most a period before the mute.
         let stale = TTL + TTL / 6;
         assert!(took <= stale + TTL / 3, "took {took:?}");
-        assert!(probes[follower].watches.load(Ordering::SeqCst) >= 2);
+        assert!(probes[follower].watches() >= 2);
     }
 
     /// Grants leadership when told to; never touches the leader key.
@@ -707,7 +637,7 @@ mod tests {
                 .unwrap();
             elector.stop().await.unwrap();
         }
-        assert_eq!(probe.watches.load(Ordering::SeqCst), 2);
+        assert_eq!(probe.watches(), 2);
         assert_eq!(probe.writes(), 0);
     }
 }

@@ -375,17 +375,15 @@ impl Staging {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-    use async_trait::async_trait;
-    use bytes::Bytes;
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::assignment::Lifecycle;
     use crate::partition::Partition;
     use crate::records::worker_key;
     use crate::state::ClusterPhase;
-    use crate::store::{BucketSpec, MemoryStore, Store, StoreError};
+    use crate::store::probe::Probe;
+    use crate::store::{BucketSpec, MemoryStore, Store};
 
     fn cluster(version: u64, workers: &[(&str, u64)]) -> ClusterRecord {
         ClusterRecord {
@@ -448,63 +446,6 @@ mod tests {
         assert_eq!(empty.version, 5);
     }
 
-    /// Counts watch openings; while `muted`, its watches deliver no live event (a watch gone
-    /// quiet: a cluster node lost under it), only snapshots; while `mine_muted`, no live event
-    /// about a worker key.
-    #[derive(Debug)]
-    struct Probe {
-        inner: Arc<dyn Bucket>,
-        watches: AtomicU64,
-        muted: Arc<AtomicBool>,
-        mine_muted: Arc<AtomicBool>,
-    }
-
-    #[async_trait]
-    impl Bucket for Probe {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-            self.inner.create(key, value).await
-        }
-        async fn update(&self, key: &str, value: Bytes, expected: u64) -> Result<u64, StoreError> {
-            self.inner.update(key, value, expected).await
-        }
-        async fn put(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
-            self.inner.put(key, value).await
-        }
-        async fn delete(&self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
-            self.inner.delete(key, expected).await
-        }
-        async fn list(&self, pattern: &str) -> Result<Vec<Entry>, StoreError> {
-            self.inner.list(pattern).await
-        }
-        async fn watch(&self, pattern: &str) -> Result<WatchStream, StoreError> {
-            let (muted, mine_muted) = (Arc::clone(&self.muted), Arc::clone(&self.mine_muted));
-            let stream = self.inner.watch(pattern).await?;
-            self.watches.fetch_add(1, Ordering::SeqCst);
-            Ok(stream
-                .filter(move |e| {
-                    let key = match e {
-                        Ok(WatchEvent::Put(e)) => Some(e.key.as_str()),
-                        Ok(WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. }) => {
-                            Some(key.as_str())
-                        }
-                        _ => None,
-                    };
-                    let dropped = key.is_some_and(|k| {
-                        muted.load(Ordering::SeqCst)
-                            || (mine_muted.load(Ordering::SeqCst) && parse_worker_key(k).is_some())
-                    });
-                    std::future::ready(!dropped)
-                })
-                .boxed())
-        }
-    }
-
     const RESYNC: Duration = Duration::from_secs(2);
 
     /// Publishes version `version` giving `me` one partition: its key, then the record.
@@ -528,12 +469,7 @@ mod tests {
             .bucket(&BucketSpec::new("assignment"))
             .await
             .unwrap();
-        let probe = Arc::new(Probe {
-            inner,
-            watches: AtomicU64::new(0),
-            muted: Arc::new(AtomicBool::new(false)),
-            mine_muted: Arc::new(AtomicBool::new(false)),
-        });
+        let probe = Probe::new(inner);
         let me = WorkerId::new("w-0");
         let follower = Follower::spawn(probe.clone(), me.clone(), RESYNC, CancellationToken::new());
         (probe, follower, me)
@@ -568,7 +504,7 @@ mod tests {
         publish(&*probe, &me, 2).await;
         committed(&follower, &me, 2, Duration::from_millis(100)).await;
         assert_eq!(
-            probe.watches.load(Ordering::SeqCst),
+            probe.watches(),
             2,
             "the two watches were reopened while they delivered every change"
         );
@@ -587,10 +523,7 @@ mod tests {
             took <= RESYNC + CATCH_UP + Duration::from_millis(100),
             "caught up after {took:?}"
         );
-        assert!(
-            probe.watches.load(Ordering::SeqCst) > 2,
-            "the watches were reopened"
-        );
+        assert!(probe.watches() > 2, "the watches were reopened");
         follower.stop().await;
     }
 

@@ -22,6 +22,8 @@ mod memory;
 mod names;
 mod nats;
 mod pattern;
+#[cfg(test)]
+pub(crate) mod probe;
 
 use std::fmt;
 use std::sync::Arc;
