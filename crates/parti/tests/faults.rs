@@ -1097,3 +1097,61 @@ async fn without_auto_provision_a_missing_bucket_fails_the_start_and_nothing_is_
     );
     manager.stop().await.unwrap();
 }
+
+/// With `autoProvision: false` a bucket deleted under a running fleet is not created again by
+/// the workers: they stay Degraded (`bucketMissing`) until an operator provisions it, then
+/// recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_auto_provision_a_deleted_bucket_is_left_to_the_operator() {
+    let mut config = outage_config();
+    config.auto_provision = false;
+    let cluster = TestCluster::start(config.clone(), partitions(30)).await;
+    let js = async_nats::jetstream::new(cluster.server.client().await.unwrap());
+    let operator = NatsStore::new(js.clone());
+    for spec in config.bucket_specs() {
+        operator
+            .bucket(&spec.create_if_missing(true))
+            .await
+            .unwrap();
+    }
+    let workers = cluster.workers(2).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let entered: Vec<_> = workers.iter().map(|(m, _)| collect_degraded(m)).collect();
+
+    let [_, election, _, _] = config.bucket_specs();
+    js.delete_key_value(&election.name).await.unwrap();
+    wait_until(
+        SETTLE,
+        "a worker to degrade for the missing bucket",
+        || async {
+            entered
+                .iter()
+                .any(|e| e.lock().unwrap().contains(&DegradedReason::BucketMissing))
+        },
+    )
+    .await
+    .unwrap();
+    // Several probe rounds later the bucket is still missing: nobody created it.
+    let recreated = wait_until(
+        config.heartbeat_ttl * 3,
+        "the bucket to be created by a worker",
+        || async { js.get_key_value(&election.name).await.is_ok() },
+    )
+    .await;
+    assert!(recreated.is_err(), "a worker created the bucket");
+
+    operator
+        .bucket(&election.clone().create_if_missing(true))
+        .await
+        .unwrap();
+    wait_until(SETTLE, "every worker out of Degraded", || async {
+        workers.iter().all(|(m, _)| m.degraded_reason().is_none())
+    })
+    .await
+    .unwrap();
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
