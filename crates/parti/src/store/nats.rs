@@ -111,13 +111,17 @@ impl NatsStore {
                     ..Default::default()
                 };
                 // Another worker may create it between our look-up and create: then it is
-                // theirs that is checked.
-                let _created = self.js.create_key_value(config).await;
-                let stream = self
-                    .js
-                    .get_stream(format!("KV_{name}"))
-                    .await
-                    .map_err(|e| backend("create bucket", &e))?;
+                // theirs that is checked. A create that failed otherwise is the error to report.
+                let created = self.js.create_key_value(config).await;
+                let stream = match self.js.get_stream(format!("KV_{name}")).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        return Err(match created {
+                            Err(create) => backend("create bucket", &create),
+                            Ok(_) => backend("create bucket", &e),
+                        });
+                    }
+                };
                 self.adopt(spec, stream).await
             }
             Err(e) => Err(backend("open bucket", &e)),
@@ -674,6 +678,7 @@ impl NatsWatch {
             last_sequence: None,
             connects,
             resume_due: false,
+            reconnect_check: reconnect_check(),
         })
     }
 
@@ -689,6 +694,17 @@ impl NatsWatch {
 /// How often a watch checks whether its client reconnected.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 
+/// The timer of [`RECONNECT_CHECK`]: one per session, so a busy watch does not arm a new timer
+/// for every message.
+fn reconnect_check() -> tokio::time::Interval {
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + RECONNECT_CHECK,
+        RECONNECT_CHECK,
+    );
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 struct WatchSession {
     /// The consumer's name, retired when the session ends.
     name: String,
@@ -703,6 +719,8 @@ struct WatchSession {
     connects: u64,
     /// The client reconnected and the consumer has not been recreated yet.
     resume_due: bool,
+    /// When to look at the client's connect count next.
+    reconnect_check: tokio::time::Interval,
 }
 
 impl Drop for WatchSession {
@@ -772,7 +790,7 @@ impl WatchSession {
             }
             let next = tokio::select! {
                 next = self.messages.next() => next?,
-                () = tokio::time::sleep(RECONNECT_CHECK) => {
+                _ = self.reconnect_check.tick() => {
                     self.check_reconnect(watch);
                     continue;
                 }
