@@ -58,6 +58,10 @@ pub(crate) enum Command {
     /// max_age, history, replicas or limit markers differ from the configuration; 4 NATS
     /// unreachable (--live); 1 another error (e.g. an unreadable file).
     Validate(crate::validate::ValidateArgs),
+    /// The partition list kept in NATS KV, which workers started with --partitions-bucket
+    /// follow: `list`, `add`, `remove`, `set --file F`. Edits are revision-checked; a
+    /// duplicate or an unknown partition is refused with its name and nothing is written.
+    Partitions(crate::partitions::PartitionsArgs),
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - `parti chaos` — real worker processes under real faults, judged by the ownership checker.
 //! - `parti provision plan|apply` — create the buckets ahead of time, report and fix drift.
 //! - `parti validate [--live]` — check a configuration; exit 3 when invalid (see [`validate`]).
+//! - `parti partitions list|add|remove|set` — edit the partition list kept in NATS KV.
 //!
 //! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`, `chaos/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
@@ -40,6 +41,8 @@
 //!     prints) under `provision/`.
 //!   - [`validate`] — `parti validate`: configuration checks; `--live` reuses the provisioning
 //!     plan (→ [`provision`]).
+//!   - [`partitions`] — `parti partitions`: the partition list in NATS KV; its `file` module
+//!     (the partition list file format) is a leaf that `worker` and `chaos` use too.
 //! - Shared views, used by `status` and `watch`:
 //!   - [`render`] — the human text of a health report (→ [`health`], [`text`]).
 //!   - [`health`] — the health report of a live cluster: raw bucket contents in, a checked
@@ -49,7 +52,6 @@
 //!     configuration file.
 //!   - [`connect`] — NATS connection options and connecting.
 //!   - [`buckets`] — reading a cluster's KV buckets without creating them.
-//!   - [`partitions`] — the partition list file of `parti worker`.
 //!   - [`metrics_server`] — the worker's HTTP endpoints.
 //!   - [`output`] — writing to stdout safely; an error as one line.
 //!   - [`signal`] — waiting for SIGINT/SIGTERM.
@@ -121,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
         Command::Provision(args) => provision::run(args, &cli.global).await,
         Command::Validate(args) => validate::run(args, &cli.global).await,
+        Command::Partitions(args) => partitions::run(args, &cli.global).await,
     }
 }
 

@@ -32,6 +32,7 @@ use async_nats::jetstream::{self, Message};
 use clap::Args;
 use parti::error::BoxError;
 use parti::ownership::{OwnershipRecord, OwnershipSink, now_ns};
+use parti::source::{NatsKv, PartitionSource};
 use parti::{Assignment, Event, Manager, Partition, State, WorkerConsumer};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -51,8 +52,22 @@ const KEYS_SHOWN: usize = 10;
 #[derive(Debug, Args)]
 pub(crate) struct WorkerArgs {
     /// Partition list: YAML or JSON list of `{keys: [...], weight: N}`.
-    #[arg(long, short = 'p', value_name = "FILE")]
-    pub(crate) partitions: PathBuf,
+    #[arg(
+        long,
+        short = 'p',
+        value_name = "FILE",
+        required_unless_present = "partitions_bucket",
+        conflicts_with = "partitions_bucket"
+    )]
+    pub(crate) partitions: Option<PathBuf>,
+    /// Follow the partition list kept in this NATS KV bucket instead of a file (edit it with
+    /// `parti partitions`); the leader rebalances on every change. The bucket is created when
+    /// missing; until a list is written the leader reports an error and publishes nothing.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) partitions_bucket: Option<String>,
+    /// The key of the list in --partitions-bucket.
+    #[arg(long, default_value = parti::source::NatsKv::DEFAULT_KEY, requires = "partitions_bucket", value_name = "KEY")]
+    pub(crate) partitions_key: String,
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (port 0: any free port;
     /// the bound address is printed).
     #[arg(long, value_name = "ADDR")]
@@ -93,10 +108,16 @@ pub(crate) struct WorkerArgs {
 /// Runs `parti worker` until SIGTERM/SIGINT.
 pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let config = global.load_config()?;
-    let partitions = crate::partitions::load(&args.partitions)?;
-    if partitions.is_empty() {
-        eprintln!("warning: {} lists no partitions", args.partitions.display());
-    }
+    let listed = match &args.partitions {
+        Some(path) => {
+            let partitions = crate::partitions::file::load(path)?;
+            if partitions.is_empty() {
+                eprintln!("warning: {} lists no partitions", path.display());
+            }
+            Some(partitions)
+        }
+        None => None,
+    };
 
     let cancel = CancellationToken::new();
     let _cancel_on_exit = cancel.clone().drop_guard();
@@ -123,6 +144,25 @@ pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<Exi
     };
     let client = connect(global, args.ignore_discovered_servers).await?;
     let js = jetstream::new(client);
+    let replicas = config.kv_buckets.replicas;
+    let (source, max_subjects): (Arc<dyn PartitionSource>, usize) =
+        match (listed, &args.partitions_bucket) {
+            (Some(partitions), _) => {
+                let count = partitions.len();
+                (Arc::new(parti::source::Static::new(partitions)), count)
+            }
+            (None, Some(bucket)) => {
+                let spec = parti::store::BucketSpec::new(bucket.clone()).replicas(replicas);
+                let kv = NatsKv::open_in(&parti::store::NatsStore::new(js.clone()), &spec)
+                    .await
+                    .with_context(|| format!("cannot open the partition bucket {bucket}"))?
+                    .key(args.partitions_key.clone());
+                // The list may grow while the worker runs: leave room for it.
+                let count = kv.read().await.map(|l| l.partitions.len()).unwrap_or(0);
+                (Arc::new(kv), count.saturating_mul(4).max(10_000))
+            }
+            (None, None) => anyhow::bail!("give --partitions FILE or --partitions-bucket NAME"),
+        };
     let mut builder = Manager::builder(js.clone())
         .config(config)
         .ownership_sink(Arc::new(OwnershipLogSink {
@@ -137,7 +177,7 @@ pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<Exi
         };
         let consumer = WorkerConsumer::builder(js, stream)
             .subject_template(args.subject_template.clone())
-            .max_subjects(partitions.len().max(500))
+            .max_subjects(max_subjects.max(500))
             .ack_wait(args.ack_wait)
             .takeover_after(args.takeover_after)
             .check_interval(args.takeover_after.min(Duration::from_secs(10)) / 2)
@@ -150,9 +190,7 @@ pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<Exi
             .with_context(|| format!("cannot consume the stream {stream:?}"))?;
         builder = builder.consumer(consumer);
     }
-    let start = builder
-        .source(parti::source::Static::new(partitions))
-        .start();
+    let start = builder.source_arc(source).start();
     let manager = tokio::select! {
         started = start => started.context("the worker did not start")?,
         signal = stop_requested() => {

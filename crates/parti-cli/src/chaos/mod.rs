@@ -539,7 +539,7 @@ mod tests {
         let launch = write_files(dir.path(), &config, &["p0".into(), "p1".into()]).unwrap();
         let read = Config::from_yaml_file(&launch.config).unwrap();
         assert_eq!(read, config);
-        let parts = crate::partitions::load(&launch.partitions).unwrap();
+        let parts = crate::partitions::file::load(&launch.partitions).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].id(), "p1");
     }

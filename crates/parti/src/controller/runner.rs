@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,10 @@ struct Feeds<'a> {
     suppress: watch::Receiver<Option<Instant>>,
     /// When to ask the source whether it changed by itself.
     source_check: tokio::time::Interval,
+    /// Change notices from a source that can tell (see
+    /// [`PartitionSource::changes`](crate::source::PartitionSource::changes)); `None` when it
+    /// cannot, or once the stream has ended (the periodic check remains).
+    source_changes: Option<BoxStream<'static, ()>>,
 }
 
 /// Takes over from the first membership snapshot, then serves the term.
@@ -90,6 +95,10 @@ async fn lead(
     while members.try_recv().is_ok() {}
     let live_now: BTreeSet<WorkerId> = membership.live().borrow().clone();
     let assignment_bucket = Arc::clone(&ctx.assignment_bucket);
+    let source_changes = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        changes = ctx.source.changes() => changes,
+    };
     let check_every = ctx
         .planner
         .min_rebalance_interval
@@ -116,6 +125,7 @@ async fn lead(
         heartbeats,
         suppress,
         source_check,
+        source_changes,
     };
     serve(leader, feeds, decisions, cancel).await
 }
@@ -189,6 +199,20 @@ async fn serve(
                     None => continue,
                 }
             },
+            notice = next_notice(&mut feeds.source_changes) => {
+                if notice.is_none() {
+                    feeds.source_changes = None;
+                    continue;
+                }
+                let changed = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    changed = leader.source_changed() => changed,
+                };
+                match changed {
+                    Some(input) => input,
+                    None => continue,
+                }
+            },
             _ = feeds.source_check.tick() => {
                 let repaired = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
@@ -229,6 +253,14 @@ async fn next_refresh(watch: &mut Option<WatchStream>) -> Option<()> {
             Ok(WatchEvent::Put(_)) => return Some(()),
             _ => continue,
         }
+    }
+}
+
+/// The next change notice of the source; pending for ever when there is no stream.
+async fn next_notice(changes: &mut Option<BoxStream<'static, ()>>) -> Option<()> {
+    match changes.as_mut() {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,9 +1,16 @@
-//! Where partitions come from.
+//! Where partitions come from: the [`PartitionSource`] trait the leader asks, a [`Static`]
+//! list set in code, and [`NatsKv`], a list kept in a KV bucket that operators edit at run time.
+
+mod document;
+mod nats_kv;
+
+pub use nats_kv::{Listed, NatsKv};
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use tokio::sync::RwLock;
 
 use crate::error::Result;
@@ -36,6 +43,17 @@ pub trait PartitionSource: Send + Sync + fmt::Debug + 'static {
     /// [`Error::Source`](crate::Error::Source) either way: an error of another variant becomes
     /// that error's source.
     async fn list_partitions(&self) -> Result<Vec<Partition>>;
+
+    /// A stream that yields whenever the list may have changed, for a source that can tell
+    /// (a watch); the default is `None`.
+    ///
+    /// The leader opens it once per term and, on each item, re-reads the list and rebalances
+    /// if it differs (within `minRebalanceInterval`; changes in a row coalesce). The leader
+    /// also re-reads every source every `max(minRebalanceInterval, 1s)`, so a source without
+    /// a stream, or whose stream ends, is still followed — only later.
+    async fn changes(&self) -> Option<BoxStream<'static, ()>> {
+        None
+    }
 }
 
 /// A fixed list of partitions that can be replaced at run time (then call
