@@ -88,6 +88,7 @@ pub mod assignment;
 mod clock;
 pub mod config;
 pub mod consumer;
+pub mod control;
 pub mod controller;
 pub mod election;
 pub mod error;

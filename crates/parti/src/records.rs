@@ -22,6 +22,38 @@ pub const REFRESH_KEY: &str = "refresh";
 /// record is lost or garbage.
 pub const FLOOR_KEY: &str = "floor";
 
+/// Key of the operator's intents ([`Intents`]): drained workers, pinned partitions, freeze.
+pub const INTENTS_KEY: &str = "intents";
+
+/// `intents`: what operators asked of the leader's placement, applied around the strategy on
+/// every publish (see [`control`](crate::control)). Written with revision checks by
+/// [`Control`](crate::control::Control) and `parti drain|pin|freeze`; it survives leader
+/// changes. A missing key means no intents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Intents {
+    /// Workers that get no partitions while live (their partitions move off through the normal
+    /// hand-off). Ignored while *every* live worker is drained.
+    #[serde(default)]
+    pub drained: std::collections::BTreeSet<WorkerId>,
+    /// Partitions (by [`subject_key`](Partition::subject_key)) that go to the named worker
+    /// whenever it is live and not drained; otherwise the strategy places them.
+    #[serde(default)]
+    pub pinned: BTreeMap<String, WorkerId>,
+    /// Maintenance mode: no partition that has a live owner moves; only orphans (partitions
+    /// of crashed or departed workers, new partitions) are placed. Drain and pins wait.
+    #[serde(default)]
+    pub frozen: bool,
+}
+
+impl Intents {
+    /// Whether there is nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// `floor`: the highest version a publish may have committed, and the term it was made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

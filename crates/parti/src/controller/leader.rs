@@ -19,17 +19,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::compat::{self, Fence, Standing};
 use super::handoff::{self, Members};
+use super::placement;
 use super::planner::{
-    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,
+    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason,
 };
 use super::publisher::{PublishMeta, Publisher};
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
+use crate::control;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent};
 use crate::manager::hooks::{Event, EventSink};
 use crate::partition::{Partition, WorkerId};
+use crate::records::Intents;
 use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
 use crate::state::ScalingReason;
@@ -118,6 +121,12 @@ pub(crate) struct Leader {
     /// snapshot proves nothing (a recreated bucket, a value overwritten), while any renewal
     /// such a worker made started before the snapshot, so its lease has run out by then.
     unproven: BTreeMap<WorkerId, Instant>,
+    /// The operator's intents as last read (the last good read: a garbled key keeps them);
+    /// every publish re-reads them first.
+    intents: Intents,
+    /// The last publish could not honour the intents (a crash recovery moves only orphans):
+    /// a publish with reason `operator` follows.
+    intents_owed: bool,
 }
 
 /// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
@@ -191,6 +200,8 @@ impl Leader {
             retry_at: BTreeMap::new(),
             attempted: BTreeMap::new(),
             unproven,
+            intents: Intents::default(),
+            intents_owed: false,
         }
     }
 
@@ -384,11 +395,17 @@ impl Leader {
                         Ok(version) => {
                             metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
                                 .increment(1);
-                            return Ok(self.planner.handle(Input::Published {
+                            let mut next = self.planner.handle(Input::Published {
                                 version,
                                 workers,
                                 now: now(),
-                            }));
+                            });
+                            if std::mem::take(&mut self.intents_owed) {
+                                next.extend(
+                                    self.planner.handle(Input::IntentsChanged { now: now() }),
+                                );
+                            }
+                            return Ok(next);
                         }
                         Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
                         Err(e) => {
@@ -441,13 +458,16 @@ impl Leader {
                 None => return Err(e),
             },
         };
+        self.read_intents().await;
         let previous = &self.publisher.committed().map;
-        let map = if orphans_only && !previous.is_empty() {
-            reassign_orphans(&*self.ctx.strategy, previous, workers, &fresh)?
-        } else {
-            let previous = (!previous.is_empty()).then_some(previous);
-            self.ctx.strategy.assign(workers, &fresh, previous)?
-        };
+        let map = placement::place(
+            &*self.ctx.strategy,
+            workers,
+            &fresh,
+            previous,
+            &self.intents,
+            orphans_only,
+        )?;
         // Never publish a broken map, whatever the strategy returned.
         map.verify(workers, &fresh)?;
         if reason == RebalanceReason::PartitionChange.as_str()
@@ -487,10 +507,44 @@ impl Leader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "published assignment"
         );
+        self.intents_owed =
+            !self.intents.frozen && !placement::honoured(&map, workers, &self.intents);
         self.last_map = map;
         self.lifecycle = lifecycle;
         self.partitions = Some(fresh);
         Ok(version)
+    }
+
+    /// Re-reads the operator's intents into [`intents`](Self::intents); a failed read or a
+    /// garbled key is reported and keeps the last good ones.
+    async fn read_intents(&mut self) {
+        match control::read(&*self.ctx.assignment_bucket).await {
+            Ok(read) => self.intents = read.map(|(i, _)| i).unwrap_or_default(),
+            Err(e) => self.ctx.events.error(e),
+        }
+    }
+
+    /// Reads the operator's intents at takeover; the input to feed when the inherited map
+    /// does not honour them (a drain or pin written while there was no leader).
+    pub(crate) async fn intents_at_takeover(&mut self) -> Vec<Decision> {
+        self.read_intents().await;
+        let workers: Vec<WorkerId> = self.last_map.workers().cloned().collect();
+        let owed = !self.intents.frozen
+            && !workers.is_empty()
+            && !placement::honoured(&self.last_map, &workers, &self.intents);
+        if owed {
+            self.planner.handle(Input::IntentsChanged { now: now() })
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Asks whether the operator's intents changed since they were last read: the input to
+    /// feed when they did.
+    pub(crate) async fn intents_changed(&mut self) -> Option<Input> {
+        let before = self.intents.clone();
+        self.read_intents().await;
+        (self.intents != before).then(|| Input::IntentsChanged { now: now() })
     }
 
     /// Republishes the committed map when that lets someone hold more: a moved partition whose

@@ -47,7 +47,7 @@ use crate::assignment::Lifecycle;
 use crate::partition::WorkerId;
 use crate::state::ScalingReason;
 
-mod orphans;
+pub(crate) mod orphans;
 mod types;
 
 #[cfg(test)]
@@ -102,6 +102,9 @@ pub struct Planner {
     restart_of: Option<(BTreeSet<WorkerId>, Instant)>,
     suppress_until: Option<Instant>,
     partitions_dirty: bool,
+    /// The operator's intents changed (or a publish could not honour them): like a partition
+    /// change, published with reason `operator` unless the list changed too.
+    intents_dirty: bool,
     last_publish: Option<Instant>,
     /// The last announced phase.
     phase: Phase,
@@ -140,6 +143,7 @@ impl Planner {
             restart_of: None,
             suppress_until: None,
             partitions_dirty: false,
+            intents_dirty: false,
             last_publish: None,
             phase: Phase::Stable,
         }
@@ -159,6 +163,7 @@ impl Planner {
             Input::Left { worker, now } => self.on_leave(worker, now),
             Input::Expired { worker, now } => self.on_expire(worker, now),
             Input::PartitionsChanged { .. } => self.partitions_dirty = true,
+            Input::IntentsChanged { .. } => self.intents_dirty = true,
             Input::Published {
                 version,
                 workers,
@@ -447,18 +452,18 @@ impl Planner {
         // A new leader does not know when the last publish was: no cooldown then.
         let due =
             self.partition_change_pending() && self.partition_change_due().is_none_or(|t| t <= now);
-        due.then(|| {
-            self.publish(
-                self.live.iter().cloned().collect(),
-                RebalanceReason::PartitionChange,
-            )
-        })
+        let reason = if self.partitions_dirty {
+            RebalanceReason::PartitionChange
+        } else {
+            RebalanceReason::Operator
+        };
+        due.then(|| self.publish(self.live.iter().cloned().collect(), reason))
     }
 
     /// A partition change waits, and nothing else (a window, an outstanding publish, the cold
     /// start) will include it.
     fn partition_change_pending(&self) -> bool {
-        self.partitions_dirty
+        (self.partitions_dirty || self.intents_dirty)
             && self.in_flight.is_none()
             && self.window.is_none()
             && self.awaiting_first.is_none()
@@ -478,6 +483,7 @@ impl Planner {
         let orphans_only = reason == RebalanceReason::Emergency;
         if !orphans_only {
             self.partitions_dirty = false;
+            self.intents_dirty = false;
         }
         self.in_flight = Some(InFlight {
             workers: workers.iter().cloned().collect(),

@@ -19,7 +19,7 @@ use super::publisher::Publisher;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent, MembershipWatcher};
 use crate::partition::WorkerId;
-use crate::records::REFRESH_KEY;
+use crate::records::{INTENTS_KEY, REFRESH_KEY};
 use crate::store::{WatchEvent, WatchStream};
 
 /// Runs the controller until `cancel` fires or leadership is lost.
@@ -69,6 +69,9 @@ struct Feeds<'a> {
     suppress: watch::Receiver<Option<Instant>>,
     /// When to ask the source whether it changed by itself.
     source_check: tokio::time::Interval,
+    /// Writes to the operator's intents key; `None` once the watch has ended or when it
+    /// could not be opened (the periodic check remains).
+    intents_watch: Option<WatchStream>,
     /// Change notices from a source that can tell (see
     /// [`PartitionSource::changes`](crate::source::PartitionSource::changes)); `None` when it
     /// cannot, or once the stream has ended (the periodic check remains).
@@ -114,8 +117,10 @@ async fn lead(
     }
     // These takeover reads (stable IDs, the refresh watch) are not raced against `cancel`.
     decisions.extend(leader.departed_gracefully(&live_now).await);
+    decisions.extend(leader.intents_at_takeover().await);
 
     let refresh_watch = assignment_bucket.watch(REFRESH_KEY).await.ok();
+    let intents_watch = assignment_bucket.watch(INTENTS_KEY).await.ok();
     let mut source_check = tokio::time::interval(check_every);
     source_check.tick().await;
     let feeds = Feeds {
@@ -125,6 +130,7 @@ async fn lead(
         heartbeats,
         suppress,
         source_check,
+        intents_watch,
         source_changes,
     };
     serve(leader, feeds, decisions, cancel).await
@@ -199,6 +205,20 @@ async fn serve(
                     None => continue,
                 }
             },
+            written = next_write(&mut feeds.intents_watch) => {
+                if written.is_none() {
+                    feeds.intents_watch = None;
+                    continue;
+                }
+                let changed = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    changed = leader.intents_changed() => changed,
+                };
+                match changed {
+                    Some(input) => input,
+                    None => continue,
+                }
+            },
             notice = next_notice(&mut feeds.source_changes) => {
                 if notice.is_none() {
                     feeds.source_changes = None;
@@ -222,13 +242,20 @@ async fn serve(
                     decisions = repaired;
                     continue;
                 }
-                let changed = tokio::select! {
+                let (changed, intents) = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
-                    changed = leader.source_changed() => changed,
+                    changed = async {
+                        (leader.source_changed().await, leader.intents_changed().await)
+                    } => changed,
                 };
-                match changed {
-                    Some(input) => input,
-                    None => continue,
+                match (changed, intents) {
+                    (Some(partitions), Some(intents)) => {
+                        decisions = leader.handle(intents);
+                        decisions.extend(leader.handle(partitions));
+                        continue;
+                    }
+                    (Some(input), None) | (None, Some(input)) => input,
+                    (None, None) => continue,
                 }
             },
         };
@@ -251,6 +278,22 @@ async fn next_refresh(watch: &mut Option<WatchStream>) -> Option<()> {
     loop {
         match stream.next().await? {
             Ok(WatchEvent::Put(_)) => return Some(()),
+            _ => continue,
+        }
+    }
+}
+
+/// The next write (or delete) of a watched key after the snapshot; `None` when the watch
+/// ended, pending for ever when there is none.
+async fn next_write(watch: &mut Option<WatchStream>) -> Option<()> {
+    let Some(stream) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.next().await? {
+            Ok(WatchEvent::Put(_) | WatchEvent::Deleted { .. } | WatchEvent::Expired { .. }) => {
+                return Some(());
+            }
             _ => continue,
         }
     }

@@ -24,8 +24,21 @@ pub fn reassign_orphans(
     live: &[WorkerId],
     partitions: &[Partition],
 ) -> Result<AssignmentMap> {
+    reassign_orphans_onto(strategy, previous, live, live, partitions)
+}
+
+/// [`reassign_orphans`], placing the orphans on `targets` only (a subset of `live`: the live
+/// workers that are not drained); every live worker keeps its partitions.
+pub(crate) fn reassign_orphans_onto(
+    strategy: &dyn AssignmentStrategy,
+    previous: &AssignmentMap,
+    live: &[WorkerId],
+    targets: &[WorkerId],
+    partitions: &[Partition],
+) -> Result<AssignmentMap> {
     partition::check_unique(partitions)?;
     let live_set: BTreeSet<&WorkerId> = live.iter().collect();
+    let target_set: BTreeSet<&WorkerId> = targets.iter().collect();
     let current: BTreeMap<&[String], &Partition> =
         partitions.iter().map(|p| (p.keys(), p)).collect();
 
@@ -49,7 +62,7 @@ pub fn reassign_orphans(
         kept.normalize();
         return Ok(kept);
     }
-    if live.is_empty() {
+    if targets.is_empty() {
         return Err(Error::Strategy(
             format!(
                 "no live worker to take {} orphaned partitions",
@@ -59,12 +72,12 @@ pub fn reassign_orphans(
         ));
     }
 
-    let candidate = strategy.assign(live, partitions, Some(&kept))?;
+    let candidate = strategy.assign(targets, partitions, Some(&kept))?;
     let owners = candidate.owners();
     let mut result = kept;
     for orphan in orphans {
         match owners.get(orphan.keys()) {
-            Some(&owner) if live_set.contains(owner) => result.push(owner, orphan.clone()),
+            Some(&owner) if target_set.contains(owner) => result.push(owner, orphan.clone()),
             Some(owner) => {
                 return Err(Error::Strategy(
                     format!(

@@ -35,6 +35,7 @@ enum Ev {
     Leave(u8),
     Expire(u8),
     PartitionsChanged,
+    IntentsChanged,
     Published,
     Suppress(u64),
     Tick,
@@ -48,6 +49,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         2 => (0..POOL).prop_map(Ev::Leave),
         2 => (0..POOL).prop_map(Ev::Expire),
         1 => Just(Ev::PartitionsChanged),
+        1 => Just(Ev::IntentsChanged),
         3 => Just(Ev::Published),
         1 => (0..10_000u64).prop_map(Ev::Suppress),
         1 => Just(Ev::Tick),
@@ -77,6 +79,8 @@ struct Model {
     suppress_until: Option<Instant>,
     /// A partition change not yet covered by a full publish emitted after it.
     dirty: bool,
+    /// The partition list (not only the intents) changed since the last full publish.
+    list_dirty: bool,
     phase: Phase,
     /// The earliest moment a cold-start window can have opened (first worker seen).
     cold_since: Option<Instant>,
@@ -107,6 +111,7 @@ impl Model {
             last_published: None,
             suppress_until: None,
             dirty: false,
+            list_dirty: false,
             phase: Phase::Stable,
             cold_since: (!live.is_empty()).then_some(now),
             first_change: Some(now),
@@ -182,7 +187,12 @@ impl Model {
             }
             Ev::PartitionsChanged => {
                 self.dirty = true;
+                self.list_dirty = true;
                 self.feed(Input::PartitionsChanged { now })
+            }
+            Ev::IntentsChanged => {
+                self.dirty = true;
+                self.feed(Input::IntentsChanged { now })
             }
             Ev::Published => self.publish_done(),
             Ev::Suppress(ms) => {
@@ -308,8 +318,13 @@ impl Model {
                 });
                 prop_assert!(declared, "emergency with no crash past its grace");
             }
-            PartitionChange => {
+            PartitionChange | Operator => {
                 prop_assert!(self.running);
+                prop_assert_eq!(
+                    reason == PartitionChange,
+                    self.list_dirty,
+                    "reason operator exactly when only the intents changed"
+                );
                 if let Some(t) = self.last_published {
                     prop_assert!(now >= t + COOLDOWN, "cooldown skipped");
                 }
@@ -326,6 +341,7 @@ impl Model {
         }
         if !orphans_only {
             self.dirty = false;
+            self.list_dirty = false;
         }
         self.outstanding = Some(workers.to_vec());
         Ok(())

@@ -111,6 +111,13 @@ pub enum Input {
         /// The current time.
         now: Instant,
     },
+    /// The operator's intents (drain, pin, freeze) changed, or the last publish could not
+    /// honour them. Handled like [`PartitionsChanged`](Self::PartitionsChanged), with reason
+    /// [`RebalanceReason::Operator`].
+    IntentsChanged {
+        /// The current time.
+        now: Instant,
+    },
     /// The runner's publish of the last [`Decision::Publish`] succeeded.
     Published {
         /// The version written.
@@ -146,6 +153,7 @@ impl Input {
             | Input::Left { now, .. }
             | Input::Expired { now, .. }
             | Input::PartitionsChanged { now }
+            | Input::IntentsChanged { now }
             | Input::Published { now, .. }
             | Input::SuppressCrashesUntil { now, .. }
             | Input::Tick { now } => *now,
@@ -196,6 +204,8 @@ pub enum RebalanceReason {
     PartitionChange,
     /// A new leader found the map out of date with the live workers.
     LeaderChange,
+    /// An operator drained, pinned or unfroze (see [`control`](crate::control)).
+    Operator,
 }
 
 impl RebalanceReason {
@@ -210,6 +220,7 @@ impl RebalanceReason {
             RebalanceReason::Emergency => "emergency",
             RebalanceReason::PartitionChange => "partition_change",
             RebalanceReason::LeaderChange => "leader_change",
+            RebalanceReason::Operator => "operator",
         }
     }
 }

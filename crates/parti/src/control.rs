@@ -1,0 +1,217 @@
+//! Operator control over placement: drain a worker, pin a partition, freeze rebalancing.
+//!
+//! The intents live in the assignment bucket (key [`INTENTS_KEY`]) as one [`Intents`] record,
+//! edited with revision checks, so they survive leader changes and two operators never undo
+//! each other's edit. The leader watches the key and applies them *around* the strategy on
+//! every publish, whichever strategy is configured:
+//!
+//! - **drain**: a drained live worker gets no partitions; the others take its partitions
+//!   through the normal hand-off (released first, then acquired), placed by the strategy with
+//!   the previous map as its starting point, so nothing else moves. It stays empty until
+//!   undrained; a drained worker that restarts stays drained. Draining every live worker is
+//!   ignored (the partitions must go somewhere).
+//! - **pin**: a pinned partition goes to its worker whenever that worker is live and not
+//!   drained; otherwise the strategy places it as usual.
+//! - **freeze** (maintenance mode): nothing that has a live owner moves — no scale-up, no
+//!   rebalance for a list change, no drain or pin. Crash recovery still happens: partitions
+//!   of crashed or departed workers, and new ones, are placed (never on a drained worker).
+//!
+//! An edit is published with reason `operator` once `minRebalanceInterval` allows. A publish
+//! that could not honour the intents (a crash recovery moves only orphans) is followed by one
+//! that does.
+//!
+//! ```no_run
+//! use parti::{Config, WorkerId, control::Control};
+//! # async fn demo(js: async_nats::jetstream::Context) -> parti::Result<()> {
+//! let control = Control::open(js, &Config::default()).await?;
+//! control.drain(WorkerId::new("worker-3")).await?;   // before maintenance of its node
+//! control.pin("tenant-a", WorkerId::new("worker-1")).await?;
+//! let intents = control.read().await?;
+//! assert!(intents.drained.contains(&WorkerId::new("worker-3")));
+//! control.undrain(&WorkerId::new("worker-3")).await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
+
+pub use crate::records::{INTENTS_KEY, Intents};
+
+use crate::config::Config;
+use crate::error::{Error, Result, StoreError};
+use crate::partition::{Partition, WorkerId};
+use crate::store::{Bucket, NatsStore, Store, codec};
+
+/// Reads and edits the [`Intents`] of one cluster.
+#[derive(Debug, Clone)]
+pub struct Control {
+    bucket: Arc<dyn Bucket>,
+}
+
+impl Control {
+    /// The control of the cluster `config` describes (its assignment bucket), over NATS.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Nats`] when the bucket cannot be opened.
+    pub async fn open(js: async_nats::jetstream::Context, config: &Config) -> Result<Self> {
+        Self::open_in(&NatsStore::new(js), config).await
+    }
+
+    /// The control of the cluster `config` describes, in `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Nats`] when the bucket cannot be opened.
+    pub async fn open_in(store: &dyn Store, config: &Config) -> Result<Self> {
+        let [.., assignment] = config.bucket_specs();
+        Ok(Self::new(store.bucket(&assignment).await?))
+    }
+
+    /// The control over an assignment bucket already open.
+    pub fn new(bucket: Arc<dyn Bucket>) -> Self {
+        Self { bucket }
+    }
+
+    /// The current intents (none when the key is missing).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] when the key holds something else; [`Error::Nats`] when the store
+    /// fails.
+    pub async fn read(&self) -> Result<Intents> {
+        Ok(read(&*self.bucket)
+            .await?
+            .map(|(i, _)| i)
+            .unwrap_or_default())
+    }
+
+    /// Drains `worker`: it gets no partitions while drained.
+    ///
+    /// # Errors
+    ///
+    /// As [`modify`](Self::modify).
+    pub async fn drain(&self, worker: WorkerId) -> Result<Intents> {
+        self.modify(|i| {
+            i.drained.insert(worker.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends the drain of `worker` (nothing happens when it was not drained).
+    ///
+    /// # Errors
+    ///
+    /// As [`modify`](Self::modify).
+    pub async fn undrain(&self, worker: &WorkerId) -> Result<Intents> {
+        self.modify(|i| {
+            i.drained.remove(worker);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Pins the partition with this [`subject_key`](Partition::subject_key) (keys joined
+    /// with `.`) to `worker`, replacing an earlier pin of it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPartition`] for a key no partition can have; otherwise as
+    /// [`modify`](Self::modify).
+    pub async fn pin(&self, subject_key: &str, worker: WorkerId) -> Result<Intents> {
+        Partition::new(subject_key.split('.'), 0)?;
+        self.modify(|i| {
+            i.pinned.insert(subject_key.to_owned(), worker.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes the pin of a partition (nothing happens when it was not pinned).
+    ///
+    /// # Errors
+    ///
+    /// As [`modify`](Self::modify).
+    pub async fn unpin(&self, subject_key: &str) -> Result<Intents> {
+        self.modify(|i| {
+            i.pinned.remove(subject_key);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Freezes (`true`) or unfreezes placement; see the [module docs](self).
+    ///
+    /// # Errors
+    ///
+    /// As [`modify`](Self::modify).
+    pub async fn set_frozen(&self, frozen: bool) -> Result<Intents> {
+        self.modify(|i| {
+            i.frozen = frozen;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Edits the intents with `edit`, revision-checked and retried from a fresh read when
+    /// another editor got there first (`edit` may run several times). Returns what was
+    /// written. A key holding garbage is replaced, as if it held no intents.
+    ///
+    /// # Errors
+    ///
+    /// The error `edit` returns (nothing is written); [`StoreError::Conflict`] when the key
+    /// stays contended through every retry; [`Error::Nats`] when the store fails.
+    pub async fn modify<F>(&self, edit: F) -> Result<Intents>
+    where
+        F: Fn(&mut Intents) -> Result<()> + Send + Sync,
+    {
+        let attempt = || async {
+            let (mut intents, revision) = match read(&*self.bucket).await {
+                Ok(Some((intents, revision))) => (intents, Some(revision)),
+                Ok(None) => (Intents::default(), None),
+                Err(Error::Decode { .. }) => {
+                    let revision = self.bucket.get(INTENTS_KEY).await?.map(|e| e.revision);
+                    (Intents::default(), revision)
+                }
+                Err(e) => return Err(e),
+            };
+            edit(&mut intents)?;
+            let value = codec::encode(&intents)?;
+            let written = match revision {
+                Some(revision) => self.bucket.update(INTENTS_KEY, value, revision).await,
+                None => self.bucket.create(INTENTS_KEY, value).await,
+            };
+            match written {
+                Ok(_) => Ok(intents),
+                Err(StoreError::AlreadyExists { bucket, key }) => {
+                    Err(Error::Nats(StoreError::Conflict { bucket, key }))
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(5))
+                    .with_max_delay(Duration::from_millis(500))
+                    .with_max_times(20)
+                    .with_jitter(),
+            )
+            .when(|e| matches!(e, Error::Nats(StoreError::Conflict { .. })))
+            .await
+    }
+}
+
+/// The intents and their revision; `None` when the key is missing.
+pub(crate) async fn read(bucket: &dyn Bucket) -> Result<Option<(Intents, u64)>> {
+    match bucket.get(INTENTS_KEY).await? {
+        Some(entry) => {
+            let intents = codec::decode::<Intents>(bucket.name(), INTENTS_KEY, &entry.value)?;
+            Ok(Some((intents, entry.revision)))
+        }
+        None => Ok(None),
+    }
+}
