@@ -152,7 +152,9 @@ pub(crate) async fn run(args: WorkerArgs, global: &Global) -> anyhow::Result<Exi
                 (Arc::new(parti::source::Static::new(partitions)), count)
             }
             (None, Some(bucket)) => {
-                let spec = parti::store::BucketSpec::new(bucket.clone()).replicas(replicas);
+                let spec = parti::store::BucketSpec::new(bucket.clone())
+                    .replicas(replicas)
+                    .create_if_missing(config.auto_provision);
                 let kv = NatsKv::open_in(&parti::store::NatsStore::new(js.clone()), &spec)
                     .await
                     .with_context(|| format!("cannot open the partition bucket {bucket}"))?

@@ -1,8 +1,8 @@
 //! `parti partitions list|add|remove|set`: the partition list kept in NATS KV
 //! ([`parti::source::NatsKv`]), which workers started with `--partitions-bucket` follow.
 //!
-//! Every edit is revision-checked by the library (two operators never overwrite each other's
-//! change); a duplicate, or removing a partition that is not listed, is refused with the
+//! Every edit is revision-checked by the library (`add` and `remove` by two operators at once
+//! both land; `set` replaces whatever is there); a duplicate, or removing a partition that is not listed, is refused with the
 //! partition named and nothing written. `set` also repairs a key that holds garbage.
 //!
 //! - `file` — the partition list file format (`--file`, and `parti worker --partitions`).

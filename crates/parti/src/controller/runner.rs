@@ -98,9 +98,12 @@ async fn lead(
     while members.try_recv().is_ok() {}
     let live_now: BTreeSet<WorkerId> = membership.live().borrow().clone();
     let assignment_bucket = Arc::clone(&ctx.assignment_bucket);
+    // A source that hangs here must not delay the takeover: it is followed by re-reading.
     let source_changes = tokio::select! {
         () = cancel.cancelled() => return Ok(()),
-        changes = ctx.source.changes() => changes,
+        changes = tokio::time::timeout(ctx.source_timeout, ctx.source.changes()) => {
+            changes.ok().flatten()
+        }
     };
     let check_every = ctx
         .planner

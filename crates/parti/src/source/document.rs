@@ -23,9 +23,13 @@ use crate::partition::{Partition, check_unique};
 /// The first two bytes of a gzip stream.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Decompressed documents larger than this are refused (a corrupt or hostile value must not
-/// exhaust memory): 1 GiB, about 25 million partitions.
-pub(crate) const MAX_DOCUMENT_BYTES: u64 = 1 << 30;
+/// Documents larger than this, stored or decompressed, are refused (a corrupt or hostile value
+/// must not exhaust memory): 256 MiB, about six million partitions.
+pub(crate) const MAX_DOCUMENT_BYTES: u64 = 256 << 20;
+
+/// Manifests naming more chunks than this are refused (at the default 512 KiB a chunk, far
+/// more than [`MAX_DOCUMENT_BYTES`] needs).
+const MAX_CHUNKS: u32 = 1 << 16;
 
 /// The JSON document.
 #[derive(Serialize)]
@@ -33,9 +37,9 @@ struct DocumentRef<'a> {
     partitions: &'a [Partition],
 }
 
-/// What a head value holds: exactly one of the two fields.
+/// What a head value holds: exactly one of the two fields. Unknown fields are ignored, so
+/// that a later version may add some without breaking older readers.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Head {
     #[serde(default)]
     partitions: Option<Vec<Partition>>,
@@ -45,7 +49,6 @@ struct Head {
 
 /// Where a chunked document is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct Manifest {
     /// Names this write's chunk keys, so that two writers never share one.
     pub(crate) generation: String,
@@ -164,6 +167,15 @@ pub(crate) fn decode_head(value: &[u8]) -> Result<Decoded, String> {
             if manifest.count == 0 {
                 return Err("chunk manifest with no chunks".into());
             }
+            if manifest.bytes > MAX_DOCUMENT_BYTES
+                || manifest.count > MAX_CHUNKS
+                || u64::from(manifest.count) > manifest.bytes
+            {
+                return Err(format!(
+                    "chunk manifest out of bounds: {} chunks, {} bytes (at most {MAX_CHUNKS} chunks, {MAX_DOCUMENT_BYTES} bytes, no chunk empty)",
+                    manifest.count, manifest.bytes
+                ));
+            }
             Ok(Decoded::Chunked(manifest))
         }
         (Some(_), Some(_)) => Err("both `partitions` and `chunked` are set".into()),
@@ -195,17 +207,23 @@ pub(crate) fn decode_chunks(
 
 /// The JSON of a stored value: gunzipped when it is gzip, as is otherwise.
 fn inflate(value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    inflate_within(value, MAX_DOCUMENT_BYTES)
+}
+
+/// [`inflate`], refusing more than `limit` decompressed bytes (reading stops there: a small
+/// value that decompresses to gigabytes costs at most `limit`).
+fn inflate_within(value: &[u8], limit: u64) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     if !value.starts_with(&GZIP_MAGIC) {
         return Ok(std::borrow::Cow::Borrowed(value));
     }
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(value)
-        .take(MAX_DOCUMENT_BYTES + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut json)
         .map_err(|e| format!("corrupt gzip data: {e}"))?;
-    if json.len() as u64 > MAX_DOCUMENT_BYTES {
+    if json.len() as u64 > limit {
         return Err(format!(
-            "the decompressed list is larger than {MAX_DOCUMENT_BYTES} bytes"
+            "the decompressed list is larger than {limit} bytes"
         ));
     }
     Ok(std::borrow::Cow::Owned(json))
@@ -265,6 +283,17 @@ mod tests {
     }
 
     #[test]
+    fn a_gzip_bomb_is_cut_off_at_the_limit() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b' '; 4 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 16 << 10, "{} bytes", bomb.len());
+        let err = inflate_within(&bomb, 1 << 20).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        assert_eq!(inflate_within(&bomb, 4 << 20).unwrap().len(), 4 << 20);
+    }
+
+    #[test]
     fn garbage_and_duplicates_are_refused_with_the_reason() {
         for (value, needle) in [
             (&b"not json"[..], "not a partition list"),
@@ -288,6 +317,18 @@ mod tests {
             (
                 b"{\"chunked\":{\"generation\":\"g\",\"count\":0,\"bytes\":1}}",
                 "no chunks",
+            ),
+            (
+                b"{\"chunked\":{\"generation\":\"g\",\"count\":4294967295,\"bytes\":1}}",
+                "out of bounds",
+            ),
+            (
+                b"{\"chunked\":{\"generation\":\"g\",\"count\":2,\"bytes\":1}}",
+                "out of bounds",
+            ),
+            (
+                b"{\"chunked\":{\"generation\":\"g\",\"count\":1,\"bytes\":1099511627776}}",
+                "out of bounds",
             ),
             (&[0x1f, 0x8b, 0, 1, 2][..], "corrupt gzip"),
         ] {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable as _};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 
@@ -28,8 +29,10 @@ const READ_ATTEMPTS: usize = 5;
 /// one publish; none is lost), and a periodic re-read catches anything a broken watch missed.
 /// Operators edit it with `parti partitions list|add|remove|set`; applications with
 /// [`add`](Self::add), [`remove`](Self::remove), [`set`](Self::set), [`modify`](Self::modify) or
-/// [`update`](Self::update) — every edit is revision-checked, so two editors never overwrite
-/// each other's change.
+/// [`update`](Self::update). Every edit is revision-checked: `add`, `remove` and `modify`
+/// re-apply themselves to a list another editor changed meanwhile, so concurrent edits are all
+/// kept; `update` fails on such a change instead; `set` replaces whatever is there (the last
+/// `set` wins, as its name says).
 ///
 /// # Stored form
 ///
@@ -58,7 +61,7 @@ const READ_ATTEMPTS: usize = 5;
 /// partitions.remove(["tenant-a"]).await?; // the leader rebalances
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsKv {
     bucket: Arc<dyn Bucket>,
     key: String,
@@ -66,7 +69,61 @@ pub struct NatsKv {
     /// The last list read and the head revision it was read at: the leader re-reads the
     /// source every second or so, and an unchanged head need not be decoded (nor its chunks
     /// fetched) again. Shared by clones.
-    cache: Arc<Mutex<Option<Current>>>,
+    cache: Arc<Mutex<Option<Cached>>>,
+}
+
+/// The last head decoded, and what came of it.
+#[derive(Clone)]
+struct Cached {
+    revision: u64,
+    head: Bytes,
+    /// The list, or why it could not be decoded.
+    outcome: std::result::Result<Current, String>,
+}
+
+/// The chunks of a chunked list, as read.
+enum Chunks {
+    /// Every chunk, in order.
+    Read(Vec<Bytes>),
+    /// This chunk key is missing (an edit replaced the list meanwhile, or it is corrupt).
+    Missing(String),
+    /// The chunks cannot make up the document.
+    Corrupt(String),
+}
+
+/// Values larger than this are decoded on the blocking pool, not on the async workers (a
+/// million partitions take about a second): lease renewals must not wait for them.
+const DECODE_INLINE_BYTES: usize = 64 * 1024;
+
+/// Runs `decode` on `input` (`bytes` long) inline when it is small, on the blocking pool
+/// otherwise.
+async fn decode_off_runtime<I, T, F>(
+    input: I,
+    bytes: usize,
+    decode: F,
+) -> std::result::Result<T, String>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(I) -> std::result::Result<T, String> + Send + 'static,
+{
+    if bytes <= DECODE_INLINE_BYTES {
+        return decode(input);
+    }
+    tokio::task::spawn_blocking(move || decode(input))
+        .await
+        .unwrap_or_else(|e| Err(format!("decoding failed: {e}")))
+}
+
+impl std::fmt::Debug for NatsKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the cache: it holds the whole list.
+        f.debug_struct("NatsKv")
+            .field("bucket", &self.bucket.name())
+            .field("key", &self.key)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A list as read: the head revision, the partitions and, when chunked, the manifest (whose
@@ -323,74 +380,96 @@ impl NatsKv {
     /// The current list with its head revision and, when chunked, its manifest; `None` when
     /// the key holds nothing.
     async fn read_current(&self) -> Result<Option<Current>> {
-        let mut last_missing = None;
-        for _ in 0..READ_ATTEMPTS {
+        let mut last_missing = String::new();
+        for attempt in 0..READ_ATTEMPTS {
+            if attempt > 0 {
+                // An edit is replacing the list: give it a moment to land.
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
             let Some(head) = self.bucket.get(&self.key).await? else {
                 return Ok(None);
             };
+            // Keyed by the head's bytes as well as its revision: revisions start again in a
+            // recreated bucket, and a chunked head names a random generation.
             if let Some(cached) = self.cached()
                 && cached.revision == head.revision
+                && cached.head == head.value
             {
-                return Ok(Some(cached));
+                return cached
+                    .outcome
+                    .map(Some)
+                    .map_err(|reason| self.decode_error(reason));
             }
-            let decoded =
-                document::decode_head(&head.value).map_err(|reason| self.decode_error(reason))?;
-            let manifest = match &decoded {
-                Decoded::Chunked(manifest) => Some(manifest.clone()),
-                Decoded::Inline(_) => None,
-            };
-            let partitions = match decoded {
-                Decoded::Inline(partitions) => partitions,
-                Decoded::Chunked(manifest) => match self.read_chunks(&manifest).await? {
-                    Ok(partitions) => partitions,
-                    Err(missing) => {
+            let outcome = match decode_off_runtime(head.value.clone(), head.value.len(), |v| {
+                document::decode_head(&v)
+            })
+            .await
+            {
+                Ok(Decoded::Inline(partitions)) => Ok((partitions, None)),
+                Ok(Decoded::Chunked(manifest)) => match self.read_chunks(&manifest).await? {
+                    Chunks::Read(chunks) => {
+                        let m = manifest.clone();
+                        let bytes = usize::try_from(manifest.bytes).unwrap_or(usize::MAX);
+                        decode_off_runtime(chunks, bytes, move |c| document::decode_chunks(&m, &c))
+                            .await
+                            .map(|partitions| (partitions, Some(manifest)))
+                    }
+                    Chunks::Missing(key) => {
                         // An edit replaced this list (and removed its chunks) since the head
                         // was read: read the new head.
-                        last_missing = Some(missing);
+                        last_missing = key;
                         continue;
                     }
+                    Chunks::Corrupt(reason) => Err(reason),
                 },
+                Err(reason) => Err(reason),
             };
-            let current = Current {
+            let outcome = outcome.map(|(partitions, manifest)| Current {
                 revision: head.revision,
                 partitions: Arc::new(partitions),
                 manifest,
-            };
-            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(current.clone());
-            return Ok(Some(current));
+            });
+            // A failure is kept too: the leader asks every second, and a garbled list must not
+            // be decoded again each time.
+            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(Cached {
+                revision: head.revision,
+                head: head.value,
+                outcome: outcome.clone(),
+            });
+            return outcome
+                .map(Some)
+                .map_err(|reason| self.decode_error(reason));
         }
         Err(self.decode_error(format!(
-            "chunk {} stayed missing over {READ_ATTEMPTS} reads",
-            last_missing.unwrap_or_default()
+            "chunk {last_missing} stayed missing over {READ_ATTEMPTS} reads"
         )))
     }
 
-    /// The chunks of `manifest`, decoded; `Ok(Err(key))` when a chunk is missing.
-    async fn read_chunks(
-        &self,
-        manifest: &Manifest,
-    ) -> Result<std::result::Result<Vec<Partition>, String>> {
-        let keys: Vec<String> = (0..manifest.count)
-            .map(|i| document::chunk_key(&self.key, &manifest.generation, i))
-            .collect();
-        let reads = keys.iter().cloned().map(|key| {
+    /// The chunks of `manifest`, in order. Reading stops at the first missing chunk and as soon
+    /// as the chunks hold more bytes than the manifest says.
+    async fn read_chunks(&self, manifest: &Manifest) -> Result<Chunks> {
+        let reads = (0..manifest.count).map(|i| {
+            let key = document::chunk_key(&self.key, &manifest.generation, i);
             let bucket = Arc::clone(&self.bucket);
-            async move { bucket.get(&key).await }
+            async move { (bucket.get(&key).await, key) }
         });
-        let entries: Vec<_> = futures::stream::iter(reads)
-            .buffered(PARALLEL_CHUNK_READS)
-            .collect()
-            .await;
-        let mut chunks = Vec::with_capacity(entries.len());
-        for (key, entry) in keys.iter().zip(entries) {
-            match entry? {
-                Some(entry) => chunks.push(entry.value),
-                None => return Ok(Err(key.clone())),
+        let mut stream = futures::stream::iter(reads).buffered(PARALLEL_CHUNK_READS);
+        let mut chunks = Vec::new();
+        let mut total: u64 = 0;
+        while let Some((entry, key)) = stream.next().await {
+            let Some(entry) = entry? else {
+                return Ok(Chunks::Missing(key));
+            };
+            total = total.saturating_add(entry.value.len() as u64);
+            if total > manifest.bytes {
+                return Ok(Chunks::Corrupt(format!(
+                    "the chunks of generation {} hold more than the {} bytes the manifest says",
+                    manifest.generation, manifest.bytes
+                )));
             }
+            chunks.push(entry.value);
         }
-        document::decode_chunks(manifest, &chunks)
-            .map(Ok)
-            .map_err(|reason| self.decode_error(reason))
+        Ok(Chunks::Read(chunks))
     }
 
     /// Writes `partitions` if the head is still at `expected`: chunks first (when needed),
@@ -422,17 +501,26 @@ impl NatsKv {
         };
         let head = encoded.head;
         let committed = match expected {
-            Some(revision) => self.bucket.update(&self.key, head, revision).await,
-            None => self.bucket.create(&self.key, head).await,
+            Some(revision) => self.bucket.update(&self.key, head.clone(), revision).await,
+            None => self.bucket.create(&self.key, head.clone()).await,
         };
         let revision = match committed {
             Ok(revision) => revision,
-            Err(e) => {
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
                 self.remove_chunks(&written).await;
-                return Err(match e {
-                    StoreError::AlreadyExists { .. } => self.conflict(),
-                    other => other.into(),
-                });
+                return Err(self.conflict());
+            }
+            Err(e) => {
+                // The write may have landed (a timeout, a lost reply): the chunks stay unless
+                // the head provably holds something else.
+                match self.bucket.get(&self.key).await {
+                    Ok(Some(now)) if now.value == head => now.revision,
+                    Ok(_) => {
+                        self.remove_chunks(&written).await;
+                        return Err(e.into());
+                    }
+                    Err(_) => return Err(e.into()),
+                }
             }
         };
         if let Some(old) = replaced {
@@ -453,7 +541,7 @@ impl NatsKv {
         }
     }
 
-    fn cached(&self) -> Option<Current> {
+    fn cached(&self) -> Option<Cached> {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -535,7 +623,6 @@ mod tests {
 
     use super::*;
     use crate::store::MemoryStore;
-    use bytes::Bytes;
 
     async fn source() -> NatsKv {
         NatsKv::open_in(&MemoryStore::new(), &BucketSpec::new("parts"))
@@ -671,6 +758,27 @@ mod tests {
             .unwrap();
         assert!(kv.read().await.is_err());
         kv.update(&parts(&["b"]), Some(garbage)).await.unwrap();
+        assert_eq!(kv.list_partitions().await.unwrap(), parts(&["b"]));
+    }
+
+    #[tokio::test]
+    async fn a_recreated_bucket_is_read_afresh_even_at_a_known_revision() {
+        let store = MemoryStore::new();
+        let spec = BucketSpec::new("parts");
+        let kv = NatsKv::open_in(&store, &spec).await.unwrap();
+        let first = kv.set(parts(&["a"])).await.unwrap();
+        assert_eq!(kv.list_partitions().await.unwrap(), parts(&["a"]));
+        assert!(store.delete_bucket("parts"));
+        let other = NatsKv::open_in(&store, &spec).await.unwrap();
+        let second = other.set(parts(&["b"])).await.unwrap();
+        assert_eq!(first, second, "revisions start again");
+        // The first handle, whose cache holds list A at that revision, sees B.
+        let reopened = NatsKv::new(store.bucket(&spec).await.unwrap());
+        assert_eq!(reopened.list_partitions().await.unwrap(), parts(&["b"]));
+        let kv = NatsKv {
+            bucket: store.bucket(&spec).await.unwrap(),
+            ..kv
+        };
         assert_eq!(kv.list_partitions().await.unwrap(), parts(&["b"]));
     }
 
