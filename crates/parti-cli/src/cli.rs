@@ -62,6 +62,22 @@ pub(crate) enum Command {
     /// follow: `list`, `add`, `remove`, `set --file F`. Edits are revision-checked; a
     /// duplicate or an unknown partition is refused with its name and nothing is written.
     Partitions(crate::partitions::PartitionsArgs),
+    /// Drain a worker: the leader moves its partitions to the others through the normal
+    /// hand-off and gives it none until `undrain`. Kept in the cluster's KV; survives leader
+    /// changes and the worker's restarts.
+    Drain(crate::control::WorkerArgs),
+    /// End a worker's drain; the next publish gives it its share again.
+    Undrain(crate::control::WorkerArgs),
+    /// Pin a partition (keys joined with `.`) to a worker: it goes there whenever that worker
+    /// is live and not drained.
+    Pin(crate::control::PinArgs),
+    /// Remove a partition's pin.
+    Unpin(crate::control::PartitionArgs),
+    /// Maintenance mode: nothing with a live owner moves (no scale-up, no list-change
+    /// rebalance, no drain or pin); crashed or departed workers' partitions are still placed.
+    Freeze(crate::control::FreezeArgs),
+    /// End maintenance mode; the next publish catches up with everything that waited.
+    Unfreeze(crate::control::FreezeArgs),
 }
 
 #[cfg(test)]

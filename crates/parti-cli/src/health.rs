@@ -109,6 +109,9 @@ pub(crate) struct Report {
     /// The workers with a heartbeat, grouped by protocol and capabilities: more than one group
     /// is a mixed fleet (a rolling upgrade in progress).
     pub(crate) versions: Vec<VersionGroup>,
+    /// The operator's intents (drain, pin, freeze), when the key holds any; an undecodable key
+    /// is listed under `undecodable` instead.
+    pub(crate) intents: Option<parti::control::Intents>,
 }
 
 /// Workers that announce the same protocol and capabilities.
@@ -310,6 +313,12 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         pool,
         &mut flags.undecodable,
     );
+    let intents = snapshot
+        .assignment
+        .get(parti::control::INTENTS_KEY)
+        .and_then(|e| {
+            parti::store::codec::decode(assignment_name, parti::control::INTENTS_KEY, &e.value).ok()
+        });
     let published = snapshot.published.as_ref().map(|p| pool_only(p, pool));
     if let Some(p) = &published {
         // What the committed read found undecodable and the key checks did not (yet) see.
@@ -474,6 +483,7 @@ pub(crate) fn analyze(snapshot: &Snapshot) -> Report {
         undecodable: flags.undecodable,
         below_floor: flags.below_floor,
         versions,
+        intents,
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `parti provision plan|apply` — create the buckets ahead of time, report and fix drift.
 //! - `parti validate [--live]` — check a configuration; exit 3 when invalid (see [`validate`]).
 //! - `parti partitions list|add|remove|set` — edit the partition list kept in NATS KV.
+//! - `parti drain|undrain|pin|unpin|freeze|unfreeze` — the operator's placement intents.
 //!
 //! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`, `chaos/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
@@ -41,6 +42,8 @@
 //!     prints) under `provision/`.
 //!   - [`validate`] — `parti validate`: configuration checks; `--live` reuses the provisioning
 //!     plan (→ [`provision`]).
+//!   - [`control`] — `parti drain|undrain|pin|unpin|freeze|unfreeze`: edits the intents in the
+//!     assignment bucket (→ [`buckets`]); its `describe` is what `status` prints of them.
 //!   - [`partitions`] — `parti partitions`: the partition list in NATS KV; its `file` module
 //!     (the partition list file format) is a leaf that `worker` and `chaos` use too.
 //! - Shared views, used by `status` and `watch`:
@@ -62,6 +65,7 @@ mod buckets;
 mod chaos;
 mod cli;
 mod connect;
+mod control;
 mod global;
 mod health;
 mod metrics_server;
@@ -84,6 +88,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command};
+use control::Intent;
+use parti::WorkerId;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -115,6 +121,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
     match cli.command {
         Command::Status(args) => status::run(args, &cli.global).await,
         Command::Watch(args) => watch::run(args, &cli.global).await,
@@ -124,6 +131,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Provision(args) => provision::run(args, &cli.global).await,
         Command::Validate(args) => validate::run(args, &cli.global).await,
         Command::Partitions(args) => partitions::run(args, &cli.global).await,
+        Command::Drain(a) => control::run(Intent::Drain(WorkerId::new(a.worker)), a.json, g).await,
+        Command::Undrain(a) => {
+            control::run(Intent::Undrain(WorkerId::new(a.worker)), a.json, g).await
+        }
+        Command::Pin(a) => {
+            let intent = Intent::Pin(a.partition, WorkerId::new(a.worker));
+            control::run(intent, a.json, g).await
+        }
+        Command::Unpin(a) => control::run(Intent::Unpin(a.partition), a.json, g).await,
+        Command::Freeze(a) => control::run(Intent::Freeze(true), a.json, g).await,
+        Command::Unfreeze(a) => control::run(Intent::Freeze(false), a.json, g).await,
     }
 }
 

@@ -56,6 +56,11 @@ pub(crate) fn human(report: &Report, server: &str) -> String {
             let _ = writeln!(out, "leader     none");
         }
     }
+    if let Some(intents) = report.intents.as_ref().filter(|i| !i.is_empty()) {
+        for line in self::intents(intents).lines() {
+            let _ = writeln!(out, "intents    {line}");
+        }
+    }
     let flags = flags(report);
     if !flags.is_empty() {
         let _ = writeln!(out, "flags      {} (see the issues)", flags.join(", "));
@@ -198,4 +203,28 @@ fn workers_table(report: &Report) -> String {
         ],
         &rows,
     )
+}
+
+/// The operator's intents in force, one per line (`parti status` and the `parti drain`…
+/// commands print them).
+pub(crate) fn intents(intents: &parti::control::Intents) -> String {
+    if intents.is_empty() {
+        return "none\n".to_owned();
+    }
+    let mut text = String::new();
+    if intents.frozen {
+        text.push_str("frozen: only orphans are placed until `parti unfreeze`\n");
+    }
+    if !intents.drained.is_empty() {
+        let drained: Vec<&str> = intents
+            .drained
+            .iter()
+            .map(parti::WorkerId::as_str)
+            .collect();
+        let _ = writeln!(text, "drained: {}", drained.join(", "));
+    }
+    for (partition, worker) in &intents.pinned {
+        let _ = writeln!(text, "pinned: {partition} → {worker}");
+    }
+    text
 }

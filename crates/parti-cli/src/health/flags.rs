@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use parti::records::{
-    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, REFRESH_KEY, RefreshRequest, VersionFloor, WorkerRecord,
-    parse_worker_key,
+    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, INTENTS_KEY, Intents, REFRESH_KEY, RefreshRequest,
+    VersionFloor, WorkerRecord, parse_worker_key,
 };
 use parti::stable_id::StableIdConfig;
 use parti::store::{Entry, codec};
@@ -256,11 +256,16 @@ pub(crate) fn check_assignment(
                 }
                 Err(e) => bad(key, format!("not a refresh request: {}", short(&e))),
             },
+            INTENTS_KEY => {
+                if let Err(e) = codec::decode::<Intents>(bucket, key, value) {
+                    bad(key, format!("not operator intents: {}", short(&e)));
+                }
+            }
             _ => match parse_worker_key(key) {
                 None => bad(
                     key,
-                    "unexpected key: the assignment bucket holds cluster, floor, refresh and \
-                     worker.{id}.a|b"
+                    "unexpected key: the assignment bucket holds cluster, floor, refresh, \
+                     intents and worker.{id}.a|b"
                         .to_owned(),
                 ),
                 Some((worker, _)) => {

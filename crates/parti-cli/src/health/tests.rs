@@ -377,6 +377,7 @@ fn json_field_names_are_the_documented_ones() {
             "consistent",
             "found",
             "generatedAtMs",
+            "intents",
             "issues",
             "lagging",
             "leader",

@@ -1,0 +1,187 @@
+//! Operator intents (`control::Control`: drain, pin, freeze) against a real nats-server. Each
+//! step waits for what the workers *hold* (their own assignment, Stable), and the ownership
+//! checker judges every worker's holdings over the whole run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use parti::control::Control;
+use parti::store::NatsStore;
+use parti::{AssignmentMap, Config, Manager, WorkerId};
+use parti_testkit::wait_until;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until every manager holds what the published map gives it and `done` holds for
+/// that map; returns the map.
+async fn settle(
+    cluster: &TestCluster,
+    managers: &[&Manager],
+    what: &str,
+    done: impl Fn(&AssignmentMap) -> bool,
+) -> AssignmentMap {
+    let ok = wait_until(DEADLINE, what, || async {
+        let published = cluster.published().await;
+        done(&published.map)
+            && published
+                .workers
+                .values()
+                .all(|(_, record)| record.pending.is_empty())
+            && managers.iter().all(|m| {
+                m.state() == parti::State::Stable
+                    && m.assignment().partitions == published.map.partitions_of(&m.worker_id())
+            })
+    })
+    .await
+    .ok();
+    if ok.is_none() {
+        let p = cluster.published().await;
+        let counts: Vec<(String, usize)> = p
+            .map
+            .iter()
+            .map(|(w, ps)| (w.to_string(), ps.len()))
+            .collect();
+        let states: Vec<String> = managers
+            .iter()
+            .map(|m| format!("{}: {}", m.worker_id(), m.state()))
+            .collect();
+        panic!(
+            "timed out waiting for {what}; published {counts:?}, commits {:?}, workers {states:?}",
+            cluster.reasons_after(0)
+        );
+    }
+    cluster.published().await.map
+}
+
+/// Partitions whose owner changed, as (partition, from, to).
+fn moves(before: &AssignmentMap, after: &AssignmentMap) -> Vec<(String, WorkerId, WorkerId)> {
+    let after: BTreeMap<String, WorkerId> = owners(after);
+    owners(before)
+        .into_iter()
+        .filter_map(|(p, from)| {
+            let to = after.get(&p)?;
+            (*to != from).then(|| (p, from, to.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn drain_pin_and_freeze_move_exactly_what_they_say() {
+    let cluster = TestCluster::start(Config::fast_for_tests(), partitions(200)).await;
+    let started = cluster.workers(4).await;
+    let managers: Vec<&Manager> = started.iter().map(|(m, _)| m).collect();
+    let ids = ids(&started);
+    let all = |m: &AssignmentMap| m.workers().count() == 4 && m.partition_count() == 200;
+    let before = settle(&cluster, &managers, "the first map", all).await;
+    // From here on every partition must be held (gaps count), except around the crash below.
+    let settled_ns = parti::ownership::now_ns();
+
+    let js = async_nats::jetstream::new(cluster.server.client().await.unwrap());
+    let control = Control::open_in(&NatsStore::new(js), &cluster.config)
+        .await
+        .unwrap();
+
+    // Drain: the drained worker ends with nothing, and only its partitions moved.
+    let drained = ids[2].clone();
+    let version = cluster.record().await.version;
+    control.drain(drained.clone()).await.unwrap();
+    let after = settle(&cluster, &managers, "the drain", |m| {
+        m.partitions_of(&drained).is_empty() && m.partition_count() == 200
+    })
+    .await;
+    let moved = moves(&before, &after);
+    assert_eq!(moved.len(), before.partitions_of(&drained).len());
+    assert!(
+        moved.iter().all(|(_, from, _)| *from == drained),
+        "{moved:?}"
+    );
+    let total: u64 = ids.iter().map(|w| before.load(w)).sum();
+    for w in ids.iter().filter(|w| **w != drained) {
+        // The strategy's bound over the three that remain (ε = 0.05), plus one partition.
+        let bound = 1.05 * total as f64 / 3.0 + 100.0;
+        assert!((after.load(w) as f64) <= bound, "{w}: {}", after.load(w));
+    }
+    let reasons = cluster.reasons_after(version);
+    assert_eq!(
+        reasons.first().map(String::as_str),
+        Some("operator"),
+        "{reasons:?}"
+    );
+    assert_eq!(control.read().await.unwrap().drained.len(), 1);
+
+    // Undrain: it gets a share back.
+    control.undrain(&drained).await.unwrap();
+    let back = settle(&cluster, &managers, "the undrain", |m| {
+        m.partitions_of(&drained).len() >= 30
+    })
+    .await;
+
+    // Pin: the pinned partition goes to its worker, nothing else moves.
+    let pinned = back
+        .partitions_of(&ids[0])
+        .first()
+        .cloned()
+        .expect("worker 0 holds something");
+    control
+        .pin(&pinned.subject_key(), ids[1].clone())
+        .await
+        .unwrap();
+    let with_pin = settle(&cluster, &managers, "the pin", |m| {
+        m.owner_of(&pinned) == Some(&ids[1])
+    })
+    .await;
+    let moved = moves(&back, &with_pin);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+
+    // Freeze, then a join: the newcomer is in the map with nothing, nothing moved.
+    control.set_frozen(true).await.unwrap();
+    let (newcomer, _) = cluster.worker().await.unwrap();
+    let mut live: Vec<&Manager> = managers.clone();
+    live.push(&newcomer);
+    let joined = settle(&cluster, &live, "the join while frozen", |m| {
+        m.contains_worker(&newcomer.worker_id())
+    })
+    .await;
+    assert!(joined.partitions_of(&newcomer.worker_id()).is_empty());
+    assert_eq!(moves(&with_pin, &joined), vec![]);
+    // A crash while frozen: only the crashed worker's partitions move (orphans are placed on
+    // any live worker that is not drained, the newcomer included).
+    let crashed = started[3].0.worker_id();
+    cluster.kill(&started[3].0).await;
+    live.retain(|m| m.worker_id() != crashed);
+    let recovered = settle(&cluster, &live, "the crash recovery while frozen", |m| {
+        !m.contains_worker(&crashed) && m.partition_count() == 200
+    })
+    .await;
+    let moved = moves(&joined, &recovered);
+    assert!(
+        moved.iter().all(|(_, from, _)| *from == crashed),
+        "{moved:?}"
+    );
+
+    // Unfreeze: one publish for it, and the map is balanced again.
+    let version = cluster.record().await.version;
+    control.set_frozen(false).await.unwrap();
+    let balanced = settle(&cluster, &live, "the unfreeze", |_| {
+        cluster
+            .reasons_after(version)
+            .iter()
+            .any(|r| r == "operator")
+    })
+    .await;
+    let mean = 200 / live.len();
+    for m in &live {
+        let held = balanced.partitions_of(&m.worker_id()).len();
+        assert!(held.abs_diff(mean) <= 3, "{}: {held}", m.worker_id());
+    }
+
+    for m in live {
+        m.stop().await.unwrap();
+    }
+    cluster.assert_holdings_clean(settled_ns).await;
+}
