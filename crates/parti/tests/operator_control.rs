@@ -185,3 +185,75 @@ async fn drain_pin_and_freeze_move_exactly_what_they_say() {
     }
     cluster.assert_holdings_clean(settled_ns).await;
 }
+
+#[tokio::test]
+async fn a_paced_scale_up_moves_at_most_the_limit_per_step_and_ends_at_the_unpaced_target() {
+    use parti::config::MovesPerStep;
+    use parti::{AssignmentStrategy, WeightedConsistentHash};
+
+    let mut config = Config::fast_for_tests();
+    config.assignment.min_rebalance_interval = Duration::from_millis(300);
+    config.assignment.max_moves_per_step = Some(MovesPerStep::Fraction(0.1));
+    let cluster = TestCluster::start(config, partitions(2_000)).await;
+    let first = cluster.workers(4).await;
+    let mut managers: Vec<&Manager> = first.iter().map(|(m, _)| m).collect();
+    let start = settle(&cluster, &managers, "the first map", |m| {
+        m.workers().count() == 4 && m.partition_count() == 2_000
+    })
+    .await;
+    let settled_ns = parti::ownership::now_ns();
+
+    // Every distinct map from here on, as the leader commits it.
+    let maps = std::sync::Arc::new(std::sync::Mutex::new(vec![start.clone()]));
+    let bucket = cluster.assignment_bucket();
+    let recorder = {
+        let maps = std::sync::Arc::clone(&maps);
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                if let Ok(p) = parti::records::read_published(&*bucket).await {
+                    let mut maps = maps.lock().unwrap();
+                    if maps
+                        .last()
+                        .is_some_and(|last| owners(last) != owners(&p.map))
+                    {
+                        maps.push(p.map);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }))
+    };
+    let version = cluster.record().await.version;
+    let second = cluster.workers(4).await;
+    managers.extend(second.iter().map(|(m, _)| m));
+    let mut eight: Vec<WorkerId> = managers.iter().map(|m| m.worker_id()).collect();
+    eight.sort();
+    let target = WeightedConsistentHash::default()
+        .assign(&eight, &cluster.source_partitions().await, Some(&start))
+        .unwrap();
+    let want = owners(&target);
+    // The end state is the unpaced target.
+    settle(
+        &cluster,
+        &managers,
+        "the paced scale-up to reach the target",
+        |m| owners(m) == want,
+    )
+    .await;
+    drop(recorder);
+    let maps = maps.lock().unwrap().clone();
+    let steps: Vec<usize> = maps.windows(2).map(|w| moves(&w[0], &w[1]).len()).collect();
+    assert!(steps.len() >= 4, "{steps:?}");
+    assert!(steps.iter().all(|&n| n <= 200), "{steps:?}");
+    let reasons = cluster.reasons_after(version);
+    println!("moves per step {steps:?}; commits {reasons:?}");
+    assert!(
+        reasons.iter().filter(|r| *r == "paced").count() >= 3,
+        "{reasons:?}"
+    );
+
+    for m in managers {
+        m.stop().await.unwrap();
+    }
+    cluster.assert_holdings_clean(settled_ns).await;
+}

@@ -19,6 +19,81 @@ pub struct AssignmentConfig {
     /// A partition-source refresh whose rebalance would move less than this fraction of the
     /// imbalance is skipped (default 0.15; in `[0, 1)`).
     pub min_rebalance_threshold: f64,
+    /// The most partitions one publish moves from a live owner to another (default: no
+    /// limit). A larger rebalance is published as a sequence of steps towards the same target,
+    /// each a complete hand-off: the next step follows once every move of the previous one is
+    /// held by its gainer (and `minRebalanceInterval` has passed). A count (`500`) or a
+    /// percentage of the partitions (`"10%"`). Partitions without a live owner (a crash, a
+    /// new partition) are placed at once, never paced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_moves_per_step: Option<MovesPerStep>,
+}
+
+/// A limit on the moves of one publish (`assignment.maxMovesPerStep`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawMoves", into = "RawMoves")]
+#[non_exhaustive]
+pub enum MovesPerStep {
+    /// At most this many partitions (at least 1).
+    Count(u32),
+    /// At most this fraction of the partitions, rounded up (in `(0, 1]`).
+    Fraction(f64),
+}
+
+impl MovesPerStep {
+    /// The number of moves allowed in one step over `partitions` partitions (at least 1).
+    pub fn limit(self, partitions: usize) -> usize {
+        match self {
+            Self::Count(n) => (n as usize).max(1),
+            Self::Fraction(f) => ((partitions as f64 * f).ceil() as usize).max(1),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawMoves {
+    Count(u64),
+    Text(String),
+}
+
+impl TryFrom<RawMoves> for MovesPerStep {
+    type Error = String;
+    fn try_from(raw: RawMoves) -> Result<Self, String> {
+        match raw {
+            RawMoves::Count(0) => Err("maxMovesPerStep must be at least 1".into()),
+            RawMoves::Count(n) => u32::try_from(n)
+                .map(Self::Count)
+                .map_err(|_| format!("maxMovesPerStep {n} is too large")),
+            RawMoves::Text(text) => {
+                let t = text.trim();
+                if let Some(percent) = t.strip_suffix('%') {
+                    match percent.trim().parse::<f64>() {
+                        Ok(p) if p > 0.0 && p <= 100.0 => Ok(Self::Fraction(p / 100.0)),
+                        _ => Err(format!(
+                            "maxMovesPerStep {text:?}: a percentage must be in (0%, 100%]"
+                        )),
+                    }
+                } else {
+                    match t.parse::<u64>() {
+                        Ok(n) => Self::try_from(RawMoves::Count(n)),
+                        Err(_) => Err(format!(
+                            "maxMovesPerStep {text:?}: expected a count (500) or a percentage (\"10%\")"
+                        )),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl From<MovesPerStep> for RawMoves {
+    fn from(m: MovesPerStep) -> Self {
+        match m {
+            MovesPerStep::Count(n) => RawMoves::Count(u64::from(n)),
+            MovesPerStep::Fraction(f) => RawMoves::Text(format!("{}%", f * 100.0)),
+        }
+    }
 }
 
 impl Default for AssignmentConfig {
@@ -26,6 +101,7 @@ impl Default for AssignmentConfig {
         Self {
             min_rebalance_interval: Duration::from_secs(10),
             min_rebalance_threshold: 0.15,
+            max_moves_per_step: None,
         }
     }
 }

@@ -26,6 +26,7 @@ use super::planner::{
 use super::publisher::{PublishMeta, Publisher};
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
+use crate::config::MovesPerStep;
 use crate::control;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
@@ -60,6 +61,8 @@ pub(crate) struct LeaderContext {
     /// How long a loser may keep a gainer waiting before it is expelled (`handoffTimeout`).
     pub(crate) handoff_timeout: Duration,
     pub(crate) min_rebalance_threshold: f64,
+    /// `assignment.maxMovesPerStep`: `None` publishes every rebalance in one step.
+    pub(crate) max_moves_per_step: Option<MovesPerStep>,
     pub(crate) events: EventSink,
     /// Set by the manager when it recovers from Degraded: no crash is declared before it.
     pub(crate) suppress_crashes_until: watch::Receiver<Option<Instant>>,
@@ -127,6 +130,21 @@ pub(crate) struct Leader {
     /// The last publish could not honour the intents (a crash recovery moves only orphans):
     /// a publish with reason `operator` follows.
     intents_owed: bool,
+    /// The rebalance being paced (`maxMovesPerStep`): its target, and the inputs it was
+    /// computed from (a step is taken towards it while they stay the same).
+    paced: Option<Paced>,
+    /// A paced rebalance has steps left: the next one is fed to the planner once the last
+    /// one's hand-offs are complete.
+    step_owed: bool,
+}
+
+/// The target of a paced rebalance and what it was computed from.
+#[derive(Debug)]
+struct Paced {
+    target: AssignmentMap,
+    workers: Vec<WorkerId>,
+    partitions: Vec<Partition>,
+    intents: Intents,
 }
 
 /// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
@@ -202,6 +220,8 @@ impl Leader {
             unproven,
             intents: Intents::default(),
             intents_owed: false,
+            paced: None,
+            step_owed: false,
         }
     }
 
@@ -484,6 +504,8 @@ impl Leader {
             self.partitions = Some(fresh);
             return Ok(self.publisher.committed().version());
         }
+        let map = self.paced_step(workers, &fresh, map, orphans_only);
+        map.verify(workers, &fresh)?;
         let started = std::time::Instant::now();
         let moved = moved_partitions(&self.last_map, &map);
         let lifecycle = Lifecycle::Running;
@@ -507,12 +529,70 @@ impl Leader {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "published assignment"
         );
-        self.intents_owed =
-            !self.intents.frozen && !placement::honoured(&map, workers, &self.intents);
+        self.intents_owed = !self.intents.frozen
+            && !self.step_owed
+            && !placement::honoured(&map, workers, &self.intents);
         self.last_map = map;
         self.lifecycle = lifecycle;
         self.partitions = Some(fresh);
         Ok(version)
+    }
+
+    /// With `maxMovesPerStep`, the step of `map` to publish now: towards the target being
+    /// paced while the inputs are those it was computed from, otherwise towards `map`. A crash
+    /// recovery (orphans only) or a frozen cluster is never paced; a paced rebalance it
+    /// interrupts is taken up again by the next step.
+    fn paced_step(
+        &mut self,
+        workers: &[WorkerId],
+        fresh: &[Partition],
+        map: AssignmentMap,
+        orphans_only: bool,
+    ) -> AssignmentMap {
+        let Some(limit) = self.ctx.max_moves_per_step else {
+            return map;
+        };
+        if orphans_only || self.intents.frozen {
+            return map;
+        }
+        let target = match self.paced.take() {
+            Some(p)
+                if p.workers == workers && p.partitions == fresh && p.intents == self.intents =>
+            {
+                p.target
+            }
+            _ => map,
+        };
+        let current = &self.publisher.committed().map;
+        let (step, more) = placement::pace(current, &target, limit.limit(fresh.len()));
+        self.step_owed = more;
+        if more {
+            self.paced = Some(Paced {
+                target,
+                workers: workers.to_vec(),
+                partitions: fresh.to_vec(),
+                intents: self.intents.clone(),
+            });
+        }
+        step
+    }
+
+    /// The next paced step, once the last one's hand-offs are complete (every moved partition
+    /// held by its gainer): what the planner decides on it.
+    pub(crate) fn step_due(&mut self) -> Vec<Decision> {
+        if !self.step_owed {
+            return Vec::new();
+        }
+        let committed = self.publisher.committed();
+        let settled = committed
+            .workers
+            .values()
+            .all(|(_, record)| record.pending.is_empty());
+        if !settled {
+            return Vec::new();
+        }
+        self.step_owed = false;
+        self.planner.handle(Input::StepDue { now: now() })
     }
 
     /// Re-reads the operator's intents into [`intents`](Self::intents); a failed read or a

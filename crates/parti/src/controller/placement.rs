@@ -107,6 +107,68 @@ pub(crate) fn honoured(map: &AssignmentMap, workers: &[WorkerId], intents: &Inte
     drained_empty && pins_in_place
 }
 
+/// One step from `current` towards `target`: at most `limit` moves of a partition from a
+/// worker of `target` to another; everything else of `target` (partitions whose owner is gone,
+/// new partitions, removals) at once. Returns the step and whether moves remain. Moves are
+/// taken round-robin over the gaining workers (in key order within each), so every gainer
+/// starts filling from the first step.
+pub(crate) fn pace(
+    current: &AssignmentMap,
+    target: &AssignmentMap,
+    limit: usize,
+) -> (AssignmentMap, bool) {
+    let owners_now = current.owners();
+    // Per gainer, the moves into it, in key order (owners() is sorted by keys).
+    let mut by_gainer: std::collections::BTreeMap<&WorkerId, Vec<&Partition>> =
+        std::collections::BTreeMap::new();
+    for (gainer, held) in target.iter() {
+        for p in held {
+            if let Some(&from) = owners_now.get(p.keys())
+                && from != gainer
+                && target.contains_worker(from)
+            {
+                by_gainer.entry(gainer).or_default().push(p);
+            }
+        }
+    }
+    let total: usize = by_gainer.values().map(Vec::len).sum();
+    if total <= limit {
+        return (target.clone(), false);
+    }
+    let mut allowed: BTreeSet<&[String]> = BTreeSet::new();
+    let mut queues: Vec<std::collections::VecDeque<&Partition>> =
+        by_gainer.into_values().map(Into::into).collect();
+    while allowed.len() < limit {
+        for queue in &mut queues {
+            if allowed.len() == limit {
+                break;
+            }
+            if let Some(p) = queue.pop_front() {
+                allowed.insert(p.keys());
+            }
+        }
+    }
+    // Deferred moves stay with their current owner.
+    let mut step = AssignmentMap::with_workers(target.workers());
+    for (gainer, held) in target.iter() {
+        for p in held {
+            let owner = match owners_now.get(p.keys()) {
+                Some(&from)
+                    if from != gainer
+                        && target.contains_worker(from)
+                        && !allowed.contains(p.keys()) =>
+                {
+                    from
+                }
+                _ => gainer,
+            };
+            step.push(owner, p.clone());
+        }
+    }
+    step.normalize();
+    (step, true)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -171,6 +233,44 @@ mod tests {
             "{}",
             back.partitions_of(&ws[2]).len()
         );
+    }
+
+    #[test]
+    fn pacing_takes_steps_of_at_most_the_limit_and_ends_at_the_target() {
+        let s = WeightedConsistentHash::default();
+        let ps = parts(1_000);
+        let four = workers(4);
+        let eight = workers(8);
+        let none = Intents::default();
+        let start = place(&s, &four, &ps, &AssignmentMap::new(), &none, false).unwrap();
+        let target = place(&s, &eight, &ps, &start, &none, false).unwrap();
+        let needed = moved(&start, &target).len();
+        assert!(needed > 300, "{needed}");
+        let mut current = start.clone();
+        let mut steps = 0;
+        loop {
+            let (step, more) = pace(&current, &target, 100);
+            step.verify(&eight, &ps).unwrap();
+            let moves = moved(&current, &step);
+            assert!(moves.len() <= 100, "{}", moves.len());
+            // Every gainer gets some from the first step on.
+            if steps == 0 {
+                let gainers: BTreeSet<&WorkerId> = moves.iter().map(|(_, _, to)| to).collect();
+                assert_eq!(gainers.len(), 4, "{gainers:?}");
+            }
+            steps += 1;
+            current = step;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(current, target);
+        assert_eq!(steps, needed.div_ceil(100));
+        // A crashed worker's partitions are not paced: they go at once.
+        let three: Vec<WorkerId> = four[..3].to_vec();
+        let recovered = place(&s, &three, &ps, &start, &none, false).unwrap();
+        let (step, _) = pace(&start, &recovered, 1);
+        step.verify(&three, &ps).unwrap();
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Planner {
     /// The operator's intents changed (or a publish could not honour them): like a partition
     /// change, published with reason `operator` unless the list changed too.
     intents_dirty: bool,
+    /// A paced rebalance has another step ready: published with reason `paced` unless
+    /// something else is pending too.
+    step_dirty: bool,
     last_publish: Option<Instant>,
     /// The last announced phase.
     phase: Phase,
@@ -144,6 +147,7 @@ impl Planner {
             suppress_until: None,
             partitions_dirty: false,
             intents_dirty: false,
+            step_dirty: false,
             last_publish: None,
             phase: Phase::Stable,
         }
@@ -164,6 +168,7 @@ impl Planner {
             Input::Expired { worker, now } => self.on_expire(worker, now),
             Input::PartitionsChanged { .. } => self.partitions_dirty = true,
             Input::IntentsChanged { .. } => self.intents_dirty = true,
+            Input::StepDue { .. } => self.step_dirty = true,
             Input::Published {
                 version,
                 workers,
@@ -454,8 +459,10 @@ impl Planner {
             self.partition_change_pending() && self.partition_change_due().is_none_or(|t| t <= now);
         let reason = if self.partitions_dirty {
             RebalanceReason::PartitionChange
-        } else {
+        } else if self.intents_dirty {
             RebalanceReason::Operator
+        } else {
+            RebalanceReason::Paced
         };
         due.then(|| self.publish(self.live.iter().cloned().collect(), reason))
     }
@@ -463,7 +470,7 @@ impl Planner {
     /// A partition change waits, and nothing else (a window, an outstanding publish, the cold
     /// start) will include it.
     fn partition_change_pending(&self) -> bool {
-        (self.partitions_dirty || self.intents_dirty)
+        (self.partitions_dirty || self.intents_dirty || self.step_dirty)
             && self.in_flight.is_none()
             && self.window.is_none()
             && self.awaiting_first.is_none()
@@ -484,6 +491,7 @@ impl Planner {
         if !orphans_only {
             self.partitions_dirty = false;
             self.intents_dirty = false;
+            self.step_dirty = false;
         }
         self.in_flight = Some(InFlight {
             workers: workers.iter().cloned().collect(),

@@ -328,6 +328,7 @@ impl Runtime {
             source_timeout: c.operation_timeout,
             handoff_timeout: c.handoff_timeout,
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,
+            max_moves_per_step: c.assignment.max_moves_per_step,
             events: self.events.clone(),
             suppress_crashes_until: suppress,
         }

@@ -216,3 +216,37 @@ fn files_are_read_and_validated() {
         other => panic!("expected ConfigFile, got {other:?}"),
     }
 }
+
+#[test]
+fn max_moves_per_step_is_a_count_or_a_percentage() {
+    use crate::config::MovesPerStep;
+    let moves = |yaml: &str| {
+        Config::from_yaml_str(&format!("assignment:\n  maxMovesPerStep: {yaml}\n"))
+            .map(|c| c.assignment.max_moves_per_step)
+    };
+    assert_eq!(moves("500").unwrap(), Some(MovesPerStep::Count(500)));
+    assert_eq!(moves("\"10%\"").unwrap(), Some(MovesPerStep::Fraction(0.1)));
+    assert_eq!(moves("10%").unwrap(), Some(MovesPerStep::Fraction(0.1)));
+    assert_eq!(Config::default().assignment.max_moves_per_step, None);
+    assert_eq!(MovesPerStep::Fraction(0.1).limit(10_000), 1_000);
+    assert_eq!(MovesPerStep::Fraction(0.1).limit(3), 1);
+    assert_eq!(MovesPerStep::Count(7).limit(3), 7);
+    for (bad, needle) in [
+        ("0", "at least 1"),
+        ("\"0%\"", "percentage"),
+        ("\"150%\"", "percentage"),
+        ("lots", "expected a count"),
+    ] {
+        let err = moves(bad).expect_err(bad).to_string();
+        assert!(
+            err.contains("assignment.maxMovesPerStep") && err.contains(needle),
+            "{bad}: {err}"
+        );
+    }
+    // It round-trips through YAML.
+    let mut config = Config::default();
+    config.assignment.max_moves_per_step = Some(MovesPerStep::Fraction(0.25));
+    let yaml = serde_yaml_ng::to_string(&config).unwrap();
+    assert!(yaml.contains("maxMovesPerStep: 25%"), "{yaml}");
+    assert_eq!(Config::from_yaml_str(&yaml).unwrap(), config);
+}

@@ -36,6 +36,7 @@ enum Ev {
     Expire(u8),
     PartitionsChanged,
     IntentsChanged,
+    StepDue,
     Published,
     Suppress(u64),
     Tick,
@@ -50,6 +51,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         2 => (0..POOL).prop_map(Ev::Expire),
         1 => Just(Ev::PartitionsChanged),
         1 => Just(Ev::IntentsChanged),
+        1 => Just(Ev::StepDue),
         3 => Just(Ev::Published),
         1 => (0..10_000u64).prop_map(Ev::Suppress),
         1 => Just(Ev::Tick),
@@ -81,6 +83,8 @@ struct Model {
     dirty: bool,
     /// The partition list (not only the intents) changed since the last full publish.
     list_dirty: bool,
+    /// The intents changed since the last full publish.
+    intents_dirty: bool,
     phase: Phase,
     /// The earliest moment a cold-start window can have opened (first worker seen).
     cold_since: Option<Instant>,
@@ -112,6 +116,7 @@ impl Model {
             suppress_until: None,
             dirty: false,
             list_dirty: false,
+            intents_dirty: false,
             phase: Phase::Stable,
             cold_since: (!live.is_empty()).then_some(now),
             first_change: Some(now),
@@ -192,7 +197,12 @@ impl Model {
             }
             Ev::IntentsChanged => {
                 self.dirty = true;
+                self.intents_dirty = true;
                 self.feed(Input::IntentsChanged { now })
+            }
+            Ev::StepDue => {
+                self.dirty = true;
+                self.feed(Input::StepDue { now })
             }
             Ev::Published => self.publish_done(),
             Ev::Suppress(ms) => {
@@ -318,12 +328,17 @@ impl Model {
                 });
                 prop_assert!(declared, "emergency with no crash past its grace");
             }
-            PartitionChange | Operator => {
+            PartitionChange | Operator | Paced => {
                 prop_assert!(self.running);
                 prop_assert_eq!(
                     reason == PartitionChange,
                     self.list_dirty,
-                    "reason operator exactly when only the intents changed"
+                    "reason partition_change exactly when the list changed"
+                );
+                prop_assert_eq!(
+                    reason == Operator,
+                    !self.list_dirty && self.intents_dirty,
+                    "reason operator exactly when the intents (and not the list) changed"
                 );
                 if let Some(t) = self.last_published {
                     prop_assert!(now >= t + COOLDOWN, "cooldown skipped");
@@ -342,6 +357,7 @@ impl Model {
         if !orphans_only {
             self.dirty = false;
             self.list_dirty = false;
+            self.intents_dirty = false;
         }
         self.outstanding = Some(workers.to_vec());
         Ok(())

@@ -118,6 +118,13 @@ pub enum Input {
         /// The current time.
         now: Instant,
     },
+    /// A paced rebalance (`maxMovesPerStep`) has more steps and the last one's hand-offs are
+    /// complete. Handled like [`PartitionsChanged`](Self::PartitionsChanged), with reason
+    /// [`RebalanceReason::Paced`] unless something else is pending too.
+    StepDue {
+        /// The current time.
+        now: Instant,
+    },
     /// The runner's publish of the last [`Decision::Publish`] succeeded.
     Published {
         /// The version written.
@@ -154,6 +161,7 @@ impl Input {
             | Input::Expired { now, .. }
             | Input::PartitionsChanged { now }
             | Input::IntentsChanged { now }
+            | Input::StepDue { now }
             | Input::Published { now, .. }
             | Input::SuppressCrashesUntil { now, .. }
             | Input::Tick { now } => *now,
@@ -206,6 +214,8 @@ pub enum RebalanceReason {
     LeaderChange,
     /// An operator drained, pinned or unfroze (see [`control`](crate::control)).
     Operator,
+    /// The next step of a rebalance paced by `maxMovesPerStep`.
+    Paced,
 }
 
 impl RebalanceReason {
@@ -221,6 +231,7 @@ impl RebalanceReason {
             RebalanceReason::PartitionChange => "partition_change",
             RebalanceReason::LeaderChange => "leader_change",
             RebalanceReason::Operator => "operator",
+            RebalanceReason::Paced => "paced",
         }
     }
 }
