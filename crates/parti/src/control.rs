@@ -33,16 +33,15 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::Retryable as _;
 
 pub use crate::records::{INTENTS_KEY, Intents};
 
 use crate::config::Config;
 use crate::error::{Error, Result, StoreError};
 use crate::partition::{Partition, WorkerId};
-use crate::store::{Bucket, NatsStore, Store, codec};
+use crate::store::{Bucket, NatsStore, Store, codec, conflict_backoff, is_conflict};
 
 /// Reads and edits the [`Intents`] of one cluster.
 #[derive(Debug, Clone)]
@@ -192,16 +191,7 @@ impl Control {
                 Err(e) => Err(e.into()),
             }
         };
-        attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(5))
-                    .with_max_delay(Duration::from_millis(500))
-                    .with_max_times(20)
-                    .with_jitter(),
-            )
-            .when(|e| matches!(e, Error::Nats(StoreError::Conflict { .. })))
-            .await
+        attempt.retry(conflict_backoff()).when(is_conflict).await
     }
 }
 

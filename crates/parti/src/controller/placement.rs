@@ -186,6 +186,20 @@ mod tests {
             .collect()
     }
 
+    /// The map without intents or a previous map.
+    fn cold(ws: &[WorkerId], ps: &[Partition]) -> AssignmentMap {
+        let none = Intents::default();
+        place(
+            &WeightedConsistentHash::default(),
+            ws,
+            ps,
+            &AssignmentMap::new(),
+            &none,
+            false,
+        )
+        .unwrap()
+    }
+
     fn moved(before: &AssignmentMap, after: &AssignmentMap) -> Vec<(String, WorkerId, WorkerId)> {
         let after_owners = after.owners();
         before
@@ -202,15 +216,7 @@ mod tests {
     fn a_drain_moves_only_the_drained_workers_partitions_and_undrain_refills_it() {
         let s = WeightedConsistentHash::default();
         let (ws, ps) = (workers(4), parts(400));
-        let before = place(
-            &s,
-            &ws,
-            &ps,
-            &AssignmentMap::new(),
-            &Intents::default(),
-            false,
-        )
-        .unwrap();
+        let before = cold(&ws, &ps);
         let mut intents = Intents::default();
         intents.drained.insert(ws[2].clone());
         let drained = place(&s, &ws, &ps, &before, &intents, false).unwrap();
@@ -308,15 +314,7 @@ mod tests {
     fn frozen_or_orphans_only_moves_nothing_with_a_live_owner() {
         let s = WeightedConsistentHash::default();
         let (ws, ps) = (workers(3), parts(90));
-        let before = place(
-            &s,
-            &ws,
-            &ps,
-            &AssignmentMap::new(),
-            &Intents::default(),
-            false,
-        )
-        .unwrap();
+        let before = cold(&ws, &ps);
         let mut frozen = Intents {
             frozen: true,
             ..Intents::default()

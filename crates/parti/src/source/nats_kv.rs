@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::Retryable as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -14,7 +14,9 @@ use super::PartitionSource;
 use super::document::{self, Decoded, Layout, Manifest};
 use crate::error::{Error, Result, StoreError};
 use crate::partition::{Partition, check_unique};
-use crate::store::{Bucket, BucketSpec, NatsStore, Store, WatchEvent};
+use crate::store::{
+    Bucket, BucketSpec, NatsStore, Store, WatchEvent, conflict_backoff, is_conflict,
+};
 
 /// Chunks fetched at once when reading a chunked list.
 const PARALLEL_CHUNK_READS: usize = 16;
@@ -562,19 +564,6 @@ impl NatsKv {
             reason,
         }
     }
-}
-
-/// How an edit that lost a race retries: soon, with jitter, a bounded number of times.
-fn conflict_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(5))
-        .with_max_delay(Duration::from_millis(500))
-        .with_max_times(20)
-        .with_jitter()
-}
-
-fn is_conflict(e: &Error) -> bool {
-    matches!(e, Error::Nats(StoreError::Conflict { .. }))
 }
 
 #[async_trait]

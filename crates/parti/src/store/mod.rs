@@ -206,3 +206,18 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
         Ok(Some(0))
     }
 }
+
+/// How an edit that lost a revision race retries: soon, with jitter, a bounded number of times
+/// (the edits of [`NatsKv`](crate::source::NatsKv) and [`Control`](crate::control::Control)).
+pub(crate) fn conflict_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(5))
+        .with_max_delay(std::time::Duration::from_millis(500))
+        .with_max_times(20)
+        .with_jitter()
+}
+
+/// Whether `e` is a lost revision race, worth retrying from a fresh read.
+pub(crate) fn is_conflict(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Nats(StoreError::Conflict { .. }))
+}
