@@ -65,7 +65,10 @@
 //! - [`partition`], [`assignment`], [`ownership`]: the values the application receives —
 //!   [`Partition`], [`WorkerId`], [`Assignment`], [`OwnershipRecord`] and its epochs.
 //! - [`strategy`] and [`source`]: the two extension points the leader calls (which worker gets
-//!   which partition; where partitions come from).
+//!   which partition; where partitions come from — a [`Static`](source::Static) list, or
+//!   [`NatsKv`](source::NatsKv), a list in a KV bucket edited at run time).
+//! - [`control`]: the operator's placement intents (drain, pin, freeze), kept in KV and applied
+//!   by the leader around any strategy.
 //! - [`consumer`]: [`WorkerConsumer`], a JetStream durable that follows the worker's holdings.
 //! - [`error`]: [`Error`] and [`StoreError`], typed, with their causes as sources.
 //!
@@ -76,7 +79,8 @@
 //! - [`stable_id`], [`heartbeat`], [`election`]: the three leases, each a small task around
 //!   one bucket.
 //! - [`controller`]: the leader — a pure planner (events in, decisions out) driven by a runner
-//!   that does the I/O, and the publisher that writes versioned, fenced maps.
+//!   that does the I/O, a pure placement step (intents and paced moves around the strategy),
+//!   and the publisher that writes versioned, fenced maps.
 //! - [`records`]: the wire format of the assignment bucket (SPEC §5.4).
 //!
 //! **Private**: the wall clock (`clock`).

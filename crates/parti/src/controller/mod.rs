@@ -7,6 +7,9 @@
 //!
 //! # Layout
 //!
+//! - `placement` (pure) applies the operator's intents around the strategy (drained workers
+//!   get nothing, pins, a frozen cluster places only orphans) and cuts a rebalance into paced
+//!   steps (`maxMovesPerStep`).
 //! - `planner` (pure) decides when to announce a phase and when to publish; `handoff` (pure)
 //!   decides which moved partitions stay pending and when a republish or an expulsion is due;
 //!   `compat` (pure) decides what the leader may rely on from each worker in a fleet of mixed
