@@ -91,7 +91,10 @@ impl From<MovesPerStep> for RawMoves {
     fn from(m: MovesPerStep) -> Self {
         match m {
             MovesPerStep::Count(n) => RawMoves::Count(u64::from(n)),
-            MovesPerStep::Fraction(f) => RawMoves::Text(format!("{}%", f * 100.0)),
+            // Rounded, so that 0.07 is written "7%", not "7.000000000000001%".
+            MovesPerStep::Fraction(f) => {
+                RawMoves::Text(format!("{}%", (f * 100.0 * 1e6).round() / 1e6))
+            }
         }
     }
 }

@@ -466,6 +466,7 @@ impl Leader {
             // source check notices the change once the source answers again.
             Err(e) if reason == RebalanceReason::PartitionChange.as_str() => {
                 self.ctx.events.error(e);
+                self.rearm_after_skip(workers);
                 return Ok(self.publisher.committed().version());
             }
             // Membership changes (a crash above all) must not wait for the source: place the
@@ -502,6 +503,7 @@ impl Leader {
                 "re-weight below threshold; rebalance skipped"
             );
             self.partitions = Some(fresh);
+            self.rearm_after_skip(workers);
             return Ok(self.publisher.committed().version());
         }
         let map = self.paced_step(workers, &fresh, map, orphans_only);
@@ -536,6 +538,19 @@ impl Leader {
         self.lifecycle = lifecycle;
         self.partitions = Some(fresh);
         Ok(version)
+    }
+
+    /// After a partition-change publish that was skipped (the source failed, or a re-weight
+    /// below the threshold): the planner cleared every pending cause with it, so an intent
+    /// the committed map does not honour, or a paced step, is owed again.
+    fn rearm_after_skip(&mut self, workers: &[WorkerId]) {
+        let committed = &self.publisher.committed().map;
+        self.intents_owed = !self.intents.frozen
+            && self.paced.is_none()
+            && !placement::honoured(committed, workers, &self.intents);
+        if self.paced.is_some() {
+            self.step_owed = true;
+        }
     }
 
     /// With `maxMovesPerStep`, the step of `map` to publish now: towards the target being
@@ -605,10 +620,28 @@ impl Leader {
     }
 
     /// Reads the operator's intents at takeover; the input to feed when the inherited map
-    /// does not honour them (a drain or pin written while there was no leader).
+    /// does not honour them (a drain or pin written while there was no leader). With
+    /// `maxMovesPerStep`, an inherited map that is not where the strategy would take it (the
+    /// previous leader was gone in the middle of a paced rebalance) owes the next step.
     pub(crate) async fn intents_at_takeover(&mut self) -> Vec<Decision> {
         self.read_intents().await;
         let workers: Vec<WorkerId> = self.last_map.workers().cloned().collect();
+        if self.ctx.max_moves_per_step.is_some()
+            && !self.intents.frozen
+            && !workers.is_empty()
+            && let Some(partitions) = &self.partitions
+            && let Ok(target) = placement::place(
+                &*self.ctx.strategy,
+                &workers,
+                partitions,
+                &self.last_map,
+                &self.intents,
+                false,
+            )
+            && target.owners() != self.last_map.owners()
+        {
+            self.step_owed = true;
+        }
         let owed = !self.intents.frozen
             && !workers.is_empty()
             && !placement::honoured(&self.last_map, &workers, &self.intents);

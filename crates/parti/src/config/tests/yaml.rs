@@ -249,4 +249,7 @@ fn max_moves_per_step_is_a_count_or_a_percentage() {
     let yaml = serde_yaml_ng::to_string(&config).unwrap();
     assert!(yaml.contains("maxMovesPerStep: 25%"), "{yaml}");
     assert_eq!(Config::from_yaml_str(&yaml).unwrap(), config);
+    config.assignment.max_moves_per_step = Some(MovesPerStep::Fraction(0.07));
+    let yaml = serde_yaml_ng::to_string(&config).unwrap();
+    assert!(yaml.contains("maxMovesPerStep: 7%"), "{yaml}");
 }
