@@ -78,6 +78,10 @@ pub(crate) enum Command {
     Freeze(crate::control::FreezeArgs),
     /// End maintenance mode; the next publish catches up with everything that waited.
     Unfreeze(crate::control::FreezeArgs),
+    /// What the leader would publish now, or after a hypothetical change (--add-worker,
+    /// --remove-worker, --drain, --partitions FILE): every move with its weight and reason,
+    /// the balance before and after, the number of steps. Nothing is written.
+    Plan(crate::plan::PlanArgs),
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! - `parti validate [--live]` — check a configuration; exit 3 when invalid (see [`validate`]).
 //! - `parti partitions list|add|remove|set` — edit the partition list kept in NATS KV.
 //! - `parti drain|undrain|pin|unpin|freeze|unfreeze` — the operator's placement intents.
+//! - `parti plan` — what the leader would publish now or after a hypothetical change.
 //!
 //! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`, `chaos/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
@@ -44,6 +45,8 @@
 //!     plan (→ [`provision`]).
 //!   - [`control`] — `parti drain|undrain|pin|unpin|freeze|unfreeze`: edits the intents in the
 //!     assignment bucket (→ [`buckets`]); its `describe` is what `status` prints of them.
+//!   - [`plan`] — `parti plan`: reads the cluster as the leader does, previews the map with
+//!     the library's placement (→ [`buckets`], [`status`], [`partitions`]).
 //!   - [`partitions`] — `parti partitions`: the partition list in NATS KV; its `file` module
 //!     (the partition list file format) is a leaf that `worker` and `chaos` use too.
 //! - Shared views, used by `status` and `watch`:
@@ -71,6 +74,7 @@ mod health;
 mod metrics_server;
 mod output;
 mod partitions;
+mod plan;
 mod provision;
 mod render;
 mod rng;
@@ -142,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unpin(a) => control::run(Intent::Unpin(a.partition), a.json, g).await,
         Command::Freeze(a) => control::run(Intent::Freeze(true), a.json, g).await,
         Command::Unfreeze(a) => control::run(Intent::Freeze(false), a.json, g).await,
+        Command::Plan(args) => plan::run(args, g).await,
     }
 }
 

@@ -38,10 +38,12 @@ use backon::Retryable as _;
 
 pub use crate::records::{INTENTS_KEY, Intents};
 
-use crate::config::Config;
+use crate::assignment::AssignmentMap;
+use crate::config::{Config, MovesPerStep};
 use crate::error::{Error, Result, StoreError};
-use crate::partition::{Partition, WorkerId};
+use crate::partition::{Partition, WorkerId, check_unique};
 use crate::store::{Bucket, NatsStore, Store, codec, conflict_backoff, is_conflict};
+use crate::strategy::AssignmentStrategy;
 
 /// Reads and edits the [`Intents`] of one cluster.
 #[derive(Debug, Clone)]
@@ -203,5 +205,135 @@ pub(crate) async fn read(bucket: &dyn Bucket) -> Result<Option<(Intents, u64)>> 
             Ok(Some((intents, entry.revision)))
         }
         None => Ok(None),
+    }
+}
+
+/// One partition a [`Preview`] moves (or places).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Move {
+    /// The partition.
+    pub partition: Partition,
+    /// Its owner in the current map (`None`: a new partition). The owner may be a worker that
+    /// is not in the preview's workers (gone, or removed by the hypothesis).
+    pub from: Option<WorkerId>,
+    /// Its owner in the previewed map.
+    pub to: WorkerId,
+}
+
+/// What the leader would publish: see [`preview`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Preview {
+    /// The map the leader would converge to.
+    pub map: AssignmentMap,
+    /// Every partition whose owner changes (or that gets its first owner), in key order.
+    pub moves: Vec<Move>,
+    /// Publishes it takes with `maxMovesPerStep`: moves between two workers of the preview
+    /// are paced, the others (new partitions, those of gone workers) go in the first step.
+    /// 0 when nothing moves.
+    pub steps: usize,
+}
+
+/// What the leader would publish over `workers` for `partitions`, starting from `current` (the
+/// committed map) under `intents`, with `strategy` — the placement the leader itself makes for
+/// a rebalance (not a crash recovery, which moves only orphans), so that the same inputs give
+/// exactly the same moves. Nothing is written. `parti plan` is built on it.
+///
+/// # Errors
+///
+/// [`Error::InvalidPartition`] for a duplicate; the strategy's error (no workers, …); an
+/// [`Error::Strategy`] when the strategy returns a broken map.
+pub fn preview(
+    strategy: &dyn AssignmentStrategy,
+    workers: &[WorkerId],
+    partitions: &[Partition],
+    current: &AssignmentMap,
+    intents: &Intents,
+    max_moves_per_step: Option<MovesPerStep>,
+) -> Result<Preview> {
+    check_unique(partitions)?;
+    let mut workers = workers.to_vec();
+    workers.sort();
+    workers.dedup();
+    // As the leader: the partition list sorted, the committed map as the starting point.
+    let mut partitions = partitions.to_vec();
+    partitions.sort();
+    let map = crate::controller::placement::place(
+        strategy,
+        &workers,
+        &partitions,
+        current,
+        intents,
+        false,
+    )?;
+    map.verify(&workers, &partitions)?;
+    let owners = current.owners();
+    let mut moves: Vec<Move> = map
+        .iter()
+        .flat_map(|(to, held)| {
+            let owners = &owners;
+            held.iter().filter_map(move |p| {
+                let from = owners.get(p.keys()).map(|w| (*w).clone());
+                (from.as_ref() != Some(to)).then(|| Move {
+                    partition: p.clone(),
+                    from,
+                    to: to.clone(),
+                })
+            })
+        })
+        .collect();
+    moves.sort_by(|a, b| a.partition.cmp(&b.partition));
+    let paced = moves
+        .iter()
+        .filter(|m| m.from.as_ref().is_some_and(|f| map.contains_worker(f)))
+        .count();
+    let steps = match (moves.is_empty(), max_moves_per_step) {
+        (true, _) => 0,
+        (false, None) => 1,
+        (false, Some(limit)) => paced.div_ceil(limit.limit(partitions.len())).max(1),
+    };
+    Ok(Preview { map, moves, steps })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::strategy::WeightedConsistentHash;
+
+    #[test]
+    fn a_preview_lists_every_move_and_counts_the_paced_steps() {
+        let s = WeightedConsistentHash::default();
+        let workers: Vec<WorkerId> = (0..4).map(|i| WorkerId::new(format!("w{i}"))).collect();
+        let parts: Vec<Partition> = (0..400)
+            .map(|i| Partition::new([format!("p{i}")], 10).unwrap())
+            .collect();
+        let none = Intents::default();
+        let current = preview(&s, &workers, &parts, &AssignmentMap::new(), &none, None)
+            .unwrap()
+            .map;
+        // Same inputs: nothing moves, no step.
+        let same = preview(&s, &workers, &parts, &current, &none, None).unwrap();
+        assert_eq!((same.moves.len(), same.steps), (0, 0));
+        // A fifth worker and ten new partitions: the moves into it are paced, the new
+        // partitions are not.
+        let mut five = workers.clone();
+        five.push(WorkerId::new("w4"));
+        let mut more = parts.clone();
+        more.extend((400..410).map(|i| Partition::new([format!("p{i}")], 10).unwrap()));
+        let limit = Some(MovesPerStep::Count(20));
+        let p = preview(&s, &five, &more, &current, &none, limit).unwrap();
+        let new = p.moves.iter().filter(|m| m.from.is_none()).count();
+        assert_eq!(new, 10);
+        let paced = p.moves.len() - new;
+        assert!(paced >= 70, "{paced}");
+        assert_eq!(p.steps, paced.div_ceil(20));
+        assert!(p.moves.windows(2).all(|w| w[0].partition < w[1].partition));
+        for m in &p.moves {
+            assert_eq!(p.map.owner_of(&m.partition), Some(&m.to));
+            assert_ne!(current.owner_of(&m.partition), Some(&m.to));
+        }
     }
 }

@@ -26,7 +26,7 @@
 pub(crate) mod compat;
 pub(crate) mod handoff;
 mod leader;
-mod placement;
+pub(crate) mod placement;
 pub(crate) mod planner;
 pub(crate) mod publisher;
 mod runner;
