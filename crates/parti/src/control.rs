@@ -14,7 +14,8 @@
 //!   drained; otherwise the strategy places it as usual.
 //! - **freeze** (maintenance mode): nothing that has a live owner moves — no scale-up, no
 //!   rebalance for a list change, no drain or pin. Crash recovery still happens: partitions
-//!   of crashed or departed workers, and new ones, are placed (never on a drained worker).
+//!   of crashed or departed workers, and new ones, are placed (on workers that are not
+//!   drained, unless every survivor is; a pinned one on its pin).
 //!
 //! An edit is published with reason `operator` once `minRebalanceInterval` allows. A publish
 //! that could not honour the intents (a crash recovery moves only orphans) is followed by one

@@ -44,7 +44,18 @@ pub(crate) fn place(
 ) -> Result<AssignmentMap> {
     let targets = targets(workers, intents);
     if (orphans_only || intents.frozen) && !previous.is_empty() {
-        return reassign_orphans_onto(strategy, previous, workers, &targets, partitions);
+        let mut map = reassign_orphans_onto(strategy, previous, workers, &targets, partitions)?;
+        // Orphans move anyway: a pinned one goes straight to its pin (no second move later).
+        let live: BTreeSet<&WorkerId> = workers.iter().collect();
+        let owners = previous.owners();
+        let orphans: Vec<Partition> = partitions
+            .iter()
+            .filter(|p| owners.get(p.keys()).is_none_or(|w| !live.contains(w)))
+            .cloned()
+            .collect();
+        apply_pins(&mut map, &targets, &orphans, intents);
+        map.normalize();
+        return Ok(map);
     }
     let previous = (!previous.is_empty()).then_some(previous);
     let mut map = strategy.assign(&targets, partitions, previous)?;
@@ -277,6 +288,30 @@ mod tests {
         let recovered = place(&s, &three, &ps, &start, &none, false).unwrap();
         let (step, _) = pace(&start, &recovered, 1);
         step.verify(&three, &ps).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_orphan_goes_to_its_pin_in_a_crash_recovery() {
+        let s = WeightedConsistentHash::default();
+        let (ws, ps) = (workers(3), parts(60));
+        let before = cold(&ws, &ps);
+        // w2 crashes; one of its partitions is pinned to w0, one of w1's too.
+        let orphan = before.partitions_of(&ws[2])[0].clone();
+        let kept = before.partitions_of(&ws[1])[0].clone();
+        let mut intents = Intents::default();
+        intents.pinned.insert(orphan.subject_key(), ws[0].clone());
+        intents.pinned.insert(kept.subject_key(), ws[0].clone());
+        let survivors = ws[..2].to_vec();
+        let map = place(&s, &survivors, &ps, &before, &intents, true).unwrap();
+        map.verify(&survivors, &ps).unwrap();
+        assert_eq!(map.owner_of(&orphan), Some(&ws[0]));
+        // Only orphans move in a recovery: the live owner keeps its pinned partition.
+        assert_eq!(map.owner_of(&kept), Some(&ws[1]));
+        assert!(
+            moved(&before, &map)
+                .iter()
+                .all(|(_, from, _)| *from == ws[2])
+        );
     }
 
     #[test]
