@@ -88,6 +88,7 @@ async fn drain_pin_and_freeze_move_exactly_what_they_say() {
 
     // Drain: the drained worker ends with nothing, and only its partitions moved.
     let drained = ids[2].clone();
+    let mut events: Vec<_> = managers.iter().map(|m| m.events()).collect();
     let version = cluster.record().await.version;
     control.drain(drained.clone()).await.unwrap();
     let after = settle(&cluster, &managers, "the drain", |m| {
@@ -113,6 +114,16 @@ async fn drain_pin_and_freeze_move_exactly_what_they_say() {
         "{reasons:?}"
     );
     assert_eq!(control.read().await.unwrap().drained.len(), 1);
+    // The leader told its application which intents it applies.
+    let mut told = false;
+    for rx in &mut events {
+        while let Ok(event) = rx.try_recv() {
+            if let parti::Event::IntentsApplied { intents } = event {
+                told |= intents.drained.contains(&drained);
+            }
+        }
+    }
+    assert!(told, "no IntentsApplied event naming the drain");
 
     // Undrain: it gets a share back.
     control.undrain(&drained).await.unwrap();

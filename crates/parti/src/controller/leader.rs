@@ -614,7 +614,21 @@ impl Leader {
     /// garbled key is reported and keeps the last good ones.
     async fn read_intents(&mut self) {
         match control::read(&*self.ctx.assignment_bucket).await {
-            Ok(read) => self.intents = read.map(|(i, _)| i).unwrap_or_default(),
+            Ok(read) => {
+                let intents = read.map(|(i, _)| i).unwrap_or_default();
+                if intents != self.intents {
+                    metrics::gauge!("parti_intents_drained_workers")
+                        .set(intents.drained.len() as f64);
+                    metrics::gauge!("parti_intents_pinned_partitions")
+                        .set(intents.pinned.len() as f64);
+                    metrics::gauge!("parti_intents_frozen")
+                        .set(f64::from(u8::from(intents.frozen)));
+                    self.ctx.events.emit(Event::IntentsApplied {
+                        intents: Arc::new(intents.clone()),
+                    });
+                    self.intents = intents;
+                }
+            }
             Err(e) => self.ctx.events.error(e),
         }
     }

@@ -156,6 +156,14 @@ pub enum Event {
         /// Why.
         refusal: Refusal,
     },
+    /// As leader: the operator's intents (drain, pin, freeze; see [`control`](crate::control))
+    /// the leader applies changed — sent when it reads new ones, and once when it takes over
+    /// with intents in force. Each is published with reason `operator` (or, while frozen, kept
+    /// until unfrozen).
+    IntentsApplied {
+        /// The intents now in force.
+        intents: Arc<crate::control::Intents>,
+    },
     /// As leader: a live worker lacks capabilities this leader would rely on, so hand-offs
     /// from it take the safe, slower path (see [`Capability`]). Sent when the leader first sees
     /// it so.
@@ -226,7 +234,9 @@ pub(crate) fn spawn_dispatcher(
                 }
                 Event::Error(error) => hooks.on_error(error).await,
                 Event::Ownership(records) => hooks.on_ownership(records).await,
-                Event::WorkerRefused { .. } | Event::CapabilityFallback { .. } => {}
+                Event::WorkerRefused { .. }
+                | Event::CapabilityFallback { .. }
+                | Event::IntentsApplied { .. } => {}
             }
             if let Some(done) = done {
                 let _ = done.send(());
