@@ -204,7 +204,7 @@ impl ManagerBuilder {
             assignment: open(assignment).await?,
         };
 
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(super::EVENTS_CAPACITY);
         let gate_lease = self.consumer.as_ref().map(WorkerConsumer::lease_cell);
         let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
         let instance = new_instance_id();

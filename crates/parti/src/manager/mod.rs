@@ -29,6 +29,9 @@ pub mod hooks;
 mod runtime;
 mod state_cell;
 
+/// How many [`Event`]s a subscriber of [`Manager::events`] may fall behind before it lags.
+pub const EVENTS_CAPACITY: usize = 1024;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,7 +177,28 @@ impl Manager {
         self.degraded_reason.clone()
     }
 
-    /// Every [`Event`], in order, after the hooks saw it.
+    /// The [`Event`]s from now on, in order, each after the [`Hooks`](crate::Hooks) saw it.
+    ///
+    /// # Lag
+    ///
+    /// This is a [`tokio::sync::broadcast`] receiver with room for
+    /// [`EVENTS_CAPACITY`] events. A subscriber that falls
+    /// further behind does not slow the worker down: its next `recv` returns
+    /// [`RecvError::Lagged(n)`](tokio::sync::broadcast::error::RecvError::Lagged) — `n` events
+    /// were dropped *for it* — and then continues with the oldest event still kept. Nothing is
+    /// lost silently, but something is lost. A subscriber created later sees only later events.
+    ///
+    /// # Events versus hooks versus watch channels
+    ///
+    /// - **[`Hooks`](crate::Hooks)** are awaited, in order, for every event: nothing is dropped,
+    ///   and a slow hook delays the events after it (never the protocol: the worker fences and
+    ///   releases on its own). Use them for what must not be missed — acting on an
+    ///   assignment change, recording ownership.
+    /// - **`events()`** is for observers (logs, dashboards, tests) that can afford to miss
+    ///   some when they fall behind, and must handle `Lagged`.
+    /// - **Watch channels** ([`watch_state`](Self::watch_state),
+    ///   [`watch_assignment`](Self::watch_assignment), …) keep only the latest value: they never
+    ///   lag, but a reader sees the current state, not every step to it.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
