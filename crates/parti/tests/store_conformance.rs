@@ -117,3 +117,26 @@ async fn a_bucket_accepts_the_watches_its_spec_asks_for_beyond_the_server_defaul
         );
     }
 }
+
+#[tokio::test]
+async fn a_nats_failure_keeps_the_client_error_as_its_typed_source() {
+    use parti::StoreError;
+    use parti::store::BucketSpec;
+    use std::error::Error as _;
+
+    let server = NatsServer::start().await.unwrap();
+    let js = async_nats::jetstream::new(server.client().await.unwrap());
+    let store = NatsStore::new(js.clone());
+    let bucket = store.bucket(&BucketSpec::new("typed")).await.unwrap();
+    bucket.put("k", "v".into()).await.unwrap();
+    // The bucket's stream is gone under the handle: the client's error must reach the caller
+    // typed, not as text.
+    js.delete_stream("KV_typed").await.unwrap();
+    let err = bucket.get("k").await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+    let source = err.source().expect("a source");
+    assert!(
+        source.is::<async_nats::jetstream::kv::EntryError>(),
+        "the source is not the client's error: {source:?}"
+    );
+}

@@ -24,6 +24,7 @@ use futures::StreamExt;
 
 use super::names::{check_compatible, check_key, check_pattern, valid_bucket_name};
 use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchEvent, WatchStream};
+use crate::error::BoxError;
 
 /// Default bound on a single KV call.
 const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,7 +92,7 @@ impl NatsStore {
 
     async fn open(&self, spec: &BucketSpec) -> Result<kv::Store, StoreError> {
         let name = spec.name.as_str();
-        let backend = |op, e: &dyn std::fmt::Display| StoreError::backend(op, name, e);
+        let backend = |op, e: BoxError| StoreError::backend_source(op, name, e);
         match self.js.get_stream(format!("KV_{name}")).await {
             Ok(stream) => self.adopt(spec, stream).await,
             Err(e) if is_stream_not_found(&e) && !spec.create_if_missing => {
@@ -117,14 +118,14 @@ impl NatsStore {
                     Ok(stream) => stream,
                     Err(e) => {
                         return Err(match created {
-                            Err(create) => backend("create bucket", &create),
-                            Ok(_) => backend("create bucket", &e),
+                            Err(create) => backend("create bucket", create.into()),
+                            Ok(_) => backend("create bucket", e.into()),
                         });
                     }
                 };
                 self.adopt(spec, stream).await
             }
-            Err(e) => Err(backend("open bucket", &e)),
+            Err(e) => Err(backend("open bucket", e.into())),
         }
     }
 
@@ -136,11 +137,11 @@ impl NatsStore {
         mut stream: stream::Stream,
     ) -> Result<kv::Store, StoreError> {
         let name = spec.name.as_str();
-        let backend = |op, e: &dyn std::fmt::Display| StoreError::backend(op, name, e);
+        let backend = |op, e: BoxError| StoreError::backend_source(op, name, e);
         let info = stream
             .info()
             .await
-            .map_err(|e| backend("stream info", &e))?;
+            .map_err(|e| backend("stream info", e.into()))?;
         check_compatible(spec, &existing_spec(name, &info.config))?;
         let limit = match info.config.max_consumers {
             n if n > 0 => Some(n),
@@ -174,7 +175,7 @@ impl NatsStore {
         self.js
             .get_key_value(name)
             .await
-            .map_err(|e| backend("open bucket", &e))
+            .map_err(|e| backend("open bucket", e.into()))
     }
 }
 
@@ -285,8 +286,9 @@ impl std::fmt::Debug for NatsBucket {
 }
 
 impl NatsBucket {
-    fn backend(&self, op: &'static str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::backend(op, &self.name, e)
+    /// A failure of this bucket while doing `op`, with the client's error as the cause.
+    fn backend(&self, op: &'static str, e: impl Into<BoxError>) -> StoreError {
+        StoreError::backend_source(op, &self.name, e)
     }
 
     /// Publishes to the key's subject, optionally fenced on the key's last revision.
@@ -637,7 +639,7 @@ impl NatsWatch {
         &self,
         from: DeliverPolicy,
     ) -> Result<(String, u64, jetstream::consumer::push::Ordered), StoreError> {
-        let backend = |e: &dyn std::fmt::Display| StoreError::backend("watch", &self.bucket, e);
+        let backend = |e: BoxError| StoreError::backend_source("watch", &self.bucket, e);
         let timeout = || StoreError::Timeout {
             op: "watch",
             bucket: self.bucket.clone(),
@@ -653,12 +655,12 @@ impl NatsWatch {
         let consumer = match tokio::time::timeout(self.op_timeout, create).await {
             Ok(Ok(consumer)) => consumer,
             Ok(Err(e)) if e.kind() == ConsumerErrorKind::TimedOut => return Err(timeout()),
-            Ok(Err(e)) => return Err(backend(&e)),
+            Ok(Err(e)) => return Err(backend(e.into())),
             Err(_) => return Err(timeout()),
         };
         let pending = consumer.cached_info().num_pending;
         let name = consumer.cached_info().name.clone();
-        let messages = consumer.messages().await.map_err(|e| backend(&e))?;
+        let messages = consumer.messages().await.map_err(|e| backend(e.into()))?;
         Ok((name, pending, messages))
     }
 
@@ -798,7 +800,7 @@ impl WatchSession {
             let message = match next {
                 Ok(message) => message,
                 Err(e) => {
-                    return Some(Err(StoreError::backend("watch", &watch.bucket, e)));
+                    return Some(Err(StoreError::backend_source("watch", &watch.bucket, e)));
                 }
             };
             let Ok(info) = message.info() else {
