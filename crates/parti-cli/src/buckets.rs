@@ -113,6 +113,19 @@ impl ClusterBuckets {
         Ok(Self { all })
     }
 
+    /// The assignment bucket, or an error saying there is no cluster: for the commands that
+    /// act on a cluster's committed state and never create its buckets.
+    pub(crate) fn assignment(&self) -> anyhow::Result<Arc<dyn Bucket>> {
+        let found = self.get(Role::Assignment);
+        found.bucket.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no Parti cluster here: the assignment bucket {} does not exist (start a worker, \
+                 or `parti provision apply`, first)",
+                found.name
+            )
+        })
+    }
+
     pub(crate) fn get(&self, role: Role) -> &Found {
         // `all` is in `Role::ALL` order.
         &self.all[role as usize]

@@ -94,14 +94,7 @@ pub(crate) async fn run(intent: Intent, json: bool, global: &Global) -> anyhow::
     let client = global.connect.connect("parti control").await?;
     let js = async_nats::jetstream::new(client);
     let buckets = ClusterBuckets::open(&js, &config.kv_buckets, config.operation_timeout).await?;
-    let assignment = buckets.get(Role::Assignment);
-    let Some(bucket) = assignment.bucket.clone() else {
-        anyhow::bail!(
-            "no Parti cluster here: the assignment bucket {} does not exist (start a worker, or \
-             `parti provision apply`, first)",
-            assignment.name
-        );
-    };
+    let bucket = buckets.assignment()?;
     let control = Control::new(bucket);
     if let Intent::Drain(worker) | Intent::Pin(_, worker) = &intent {
         warn_unless_live(&buckets, worker).await;

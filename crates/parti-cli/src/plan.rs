@@ -82,13 +82,7 @@ pub(crate) async fn run(args: PlanArgs, global: &Global) -> anyhow::Result<ExitC
     let client = global.connect.connect("parti plan").await?;
     let js = async_nats::jetstream::new(client);
     let buckets = ClusterBuckets::open(&js, &config.kv_buckets, config.operation_timeout).await?;
-    let assignment = buckets.get(Role::Assignment);
-    let Some(bucket) = assignment.bucket.clone() else {
-        anyhow::bail!(
-            "no Parti cluster here: the assignment bucket {} does not exist",
-            assignment.name
-        );
-    };
+    let bucket = buckets.assignment()?;
     let committed = crate::status::read_committed(&*bucket).await?.map;
     let mut intents = Control::new(bucket).read().await?;
     intents
