@@ -33,11 +33,11 @@ use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent};
 use crate::manager::hooks::{Event, EventSink};
 use crate::partition::{Partition, WorkerId};
-use crate::records::{HISTORY_KEEP, HISTORY_KEY_PREFIX, HistoryEntry, Intents, history_key};
+use crate::records::Intents;
 use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
 use crate::state::ScalingReason;
-use crate::store::{Bucket, codec};
+use crate::store::Bucket;
 use crate::strategy::AssignmentStrategy;
 
 /// Everything the leader needs; built by the manager.
@@ -136,9 +136,6 @@ pub(crate) struct Leader {
     /// A paced rebalance has steps left: the next one is fed to the planner once the last
     /// one's hand-offs are complete.
     step_owed: bool,
-    /// The versions in the publish history, oldest first (listed at this term's first
-    /// publish): the oldest beyond [`HISTORY_KEEP`] are deleted as new ones are written.
-    history: Option<std::collections::VecDeque<u64>>,
 }
 
 /// The target of a paced rebalance and what it was computed from.
@@ -225,7 +222,6 @@ impl Leader {
             intents_owed: false,
             paced: None,
             step_owed: false,
-            history: None,
         }
     }
 
@@ -522,13 +518,6 @@ impl Leader {
         };
         let members = self.members_at(now());
         let version = self.publisher.publish(&map, meta, &members).await?;
-        let entry = control::history_entry(
-            &self.last_map,
-            &map,
-            &self.intents,
-            (version, self.publisher.agent_term(), unix_ms(), reason),
-        );
-        self.record_history(entry).await;
         metrics::histogram!("parti_rebalance_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("parti_partitions_moved_total").increment(moved as u64);
@@ -619,53 +608,6 @@ impl Leader {
         }
         self.step_owed = false;
         self.planner.handle(Input::StepDue { now: now() })
-    }
-
-    /// Writes a publish into the history and drops the oldest beyond [`HISTORY_KEEP`]. Best
-    /// effort: a failed write loses the entry, never the publish.
-    async fn record_history(&mut self, entry: HistoryEntry) {
-        let bucket = Arc::clone(&self.ctx.assignment_bucket);
-        let version = entry.version;
-        let written = match codec::encode(&entry) {
-            Ok(value) => bucket.put(&history_key(version), value).await.map(|_| ()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode a history entry");
-                return;
-            }
-        };
-        if let Err(e) = written {
-            tracing::warn!(error = %e, version, "publish history not written");
-            return;
-        }
-        if self.history.is_none() {
-            let listed = match bucket.list(&format!("{HISTORY_KEY_PREFIX}>")).await {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot list the publish history");
-                    return;
-                }
-            };
-            let mut versions: Vec<u64> = listed
-                .iter()
-                .filter_map(|e| e.key.strip_prefix(HISTORY_KEY_PREFIX)?.parse().ok())
-                .collect();
-            versions.sort_unstable();
-            self.history = Some(versions.into());
-        }
-        let Some(history) = self.history.as_mut() else {
-            return;
-        };
-        if history.back().is_none_or(|last| *last < version) {
-            history.push_back(version);
-        }
-        while history.len() > HISTORY_KEEP {
-            let Some(oldest) = history.pop_front() else {
-                break;
-            };
-            if let Err(e) = bucket.delete(&history_key(oldest), None).await {
-                tracing::warn!(error = %e, oldest, "cannot trim the publish history");
-            }
-        }
     }
 
     /// Re-reads the operator's intents into [`intents`](Self::intents); a failed read or a
