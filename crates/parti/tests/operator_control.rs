@@ -214,13 +214,19 @@ async fn a_paced_scale_up_moves_at_most_the_limit_per_step_and_ends_at_the_unpac
     .await;
     let settled_ns = parti::ownership::now_ns();
 
-    // Every distinct map from here on, as the leader commits it.
+    // Every distinct map from here on: read on each write of the `cluster` record (every
+    // commit writes it), so no step goes unseen.
     let maps = std::sync::Arc::new(std::sync::Mutex::new(vec![start.clone()]));
     let bucket = cluster.assignment_bucket();
+    let mut commits = bucket.watch(parti::records::CLUSTER_KEY).await.unwrap();
     let recorder = {
         let maps = std::sync::Arc::clone(&maps);
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            loop {
+            use futures::StreamExt as _;
+            while let Some(event) = commits.next().await {
+                if !matches!(event, Ok(parti::store::WatchEvent::Put(_))) {
+                    continue;
+                }
                 if let Ok(p) = parti::records::read_published(&*bucket).await {
                     let mut maps = maps.lock().unwrap();
                     if maps
@@ -230,7 +236,6 @@ async fn a_paced_scale_up_moves_at_most_the_limit_per_step_and_ends_at_the_unpac
                         maps.push(p.map);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }))
     };
