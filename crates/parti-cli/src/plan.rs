@@ -20,7 +20,7 @@ use parti::control::{Control, Move, preview};
 use parti::heartbeat::HeartbeatValue;
 use parti::source::NatsKv;
 use parti::store::codec;
-use parti::{AssignmentMap, Partition, WeightedConsistentHash, WorkerId};
+use parti::{AssignmentMap, Partition, PlacementRules, WeightedConsistentHash, WorkerId};
 use serde::Serialize;
 
 use crate::buckets::{ClusterBuckets, Role};
@@ -92,17 +92,22 @@ pub(crate) async fn run(args: PlanArgs, global: &Global) -> anyhow::Result<ExitC
     // The live workers, as the leader's membership sees them.
     let pool = crate::status::pool(&config);
     let mut workers: BTreeSet<WorkerId> = BTreeSet::new();
+    // Each live worker's capacity and labels, as announced.
+    let mut profiles = std::collections::BTreeMap::new();
     if let Some(heartbeats) = &buckets.get(Role::Heartbeat).bucket {
         for entry in heartbeats
             .list(">")
             .await
             .context("cannot read the heartbeats")?
         {
-            let decodes =
-                codec::decode::<HeartbeatValue>(heartbeats.name(), &entry.key, &entry.value)
-                    .is_ok();
-            if decodes && pool.is_pool_id(&entry.key) {
-                workers.insert(WorkerId::new(entry.key));
+            let decoded =
+                codec::decode::<HeartbeatValue>(heartbeats.name(), &entry.key, &entry.value);
+            if let Ok(beat) = decoded
+                && pool.is_pool_id(&entry.key)
+            {
+                let worker = WorkerId::new(entry.key);
+                profiles.insert(worker.clone(), beat.profile());
+                workers.insert(worker);
             }
         }
     }
@@ -141,6 +146,9 @@ pub(crate) async fn run(args: PlanArgs, global: &Global) -> anyhow::Result<ExitC
         &partitions,
         &committed,
         &intents,
+        &PlacementRules::new()
+            .with_profiles(profiles)
+            .with_unlabelled_policy(config.assignment.unlabelled_policy),
         config.assignment.max_moves_per_step,
     )
     .context("cannot compute the plan")?;

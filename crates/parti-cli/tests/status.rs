@@ -189,6 +189,7 @@ async fn status_flags_two_owners_and_garbage_with_exit_code_2() {
         lifecycle: Lifecycle::Running,
         first_assignment_at: None,
         lineages: Default::default(),
+        parked: Default::default(),
     };
     assignment
         .put(CLUSTER_KEY, codec::encode(&cluster).unwrap())
@@ -397,6 +398,7 @@ impl Buckets {
             lifecycle: Lifecycle::Running,
             first_assignment_at: Some(now_ms()),
             lineages: Default::default(),
+            parked: Default::default(),
         };
         self.assignment
             .put(CLUSTER_KEY, codec::encode(&cluster).unwrap())

@@ -43,6 +43,7 @@ use crate::assignment::AssignmentMap;
 use crate::config::{Config, MovesPerStep};
 use crate::error::{Error, Result, StoreError};
 use crate::partition::{Partition, WorkerId, check_unique};
+use crate::profile::PlacementRules;
 use crate::store::{Bucket, NatsStore, Store, codec, conflict_backoff, is_conflict};
 use crate::strategy::AssignmentStrategy;
 
@@ -234,10 +235,13 @@ pub struct Preview {
     /// are paced, the others (new partitions, those of gone workers) go in the first step.
     /// 0 when nothing moves.
     pub steps: usize,
+    /// Label → how many of its partitions would be parked (no worker may receive them, see
+    /// [`profile`](crate::profile)); they are in no one's list.
+    pub parked: std::collections::BTreeMap<String, usize>,
 }
 
 /// What the leader would publish over `workers` for `partitions`, starting from `current` (the
-/// committed map) under `intents`, with `strategy` — the placement the leader itself makes for
+/// committed map) under `intents` and `rules` (capacity and labels), with `strategy` — the placement the leader itself makes for
 /// a rebalance (not a crash recovery, which moves only orphans), so that the same inputs give
 /// exactly the same moves. Nothing is written. `parti plan` is built on it.
 ///
@@ -251,6 +255,7 @@ pub fn preview(
     partitions: &[Partition],
     current: &AssignmentMap,
     intents: &Intents,
+    rules: &PlacementRules,
     max_moves_per_step: Option<MovesPerStep>,
 ) -> Result<Preview> {
     check_unique(partitions)?;
@@ -260,15 +265,17 @@ pub fn preview(
     // As the leader: the partition list sorted, the committed map as the starting point.
     let mut partitions = partitions.to_vec();
     partitions.sort();
-    let map = crate::controller::placement::place(
+    let placed = crate::controller::placement::place(
         strategy,
         &workers,
         &partitions,
         current,
         intents,
+        rules,
         false,
     )?;
-    map.verify(&workers, &partitions)?;
+    placed.map.verify(&workers, &placed.placed(&partitions))?;
+    let (map, parked) = (placed.map, placed.parked);
     let owners = current.owners();
     let mut moves: Vec<Move> = map
         .iter()
@@ -294,7 +301,12 @@ pub fn preview(
         (false, None) => 1,
         (false, Some(limit)) => paced.div_ceil(limit.limit(partitions.len())).max(1),
     };
-    Ok(Preview { map, moves, steps })
+    Ok(Preview {
+        map,
+        moves,
+        steps,
+        parked,
+    })
 }
 
 #[cfg(test)]
@@ -312,11 +324,28 @@ mod tests {
             .map(|i| Partition::new([format!("p{i}")], 10).unwrap())
             .collect();
         let none = Intents::default();
-        let current = preview(&s, &workers, &parts, &AssignmentMap::new(), &none, None)
-            .unwrap()
-            .map;
+        let current = preview(
+            &s,
+            &workers,
+            &parts,
+            &AssignmentMap::new(),
+            &none,
+            &PlacementRules::default(),
+            None,
+        )
+        .unwrap()
+        .map;
         // Same inputs: nothing moves, no step.
-        let same = preview(&s, &workers, &parts, &current, &none, None).unwrap();
+        let same = preview(
+            &s,
+            &workers,
+            &parts,
+            &current,
+            &none,
+            &PlacementRules::default(),
+            None,
+        )
+        .unwrap();
         assert_eq!((same.moves.len(), same.steps), (0, 0));
         // A fifth worker and ten new partitions: the moves into it are paced, the new
         // partitions are not.
@@ -325,7 +354,16 @@ mod tests {
         let mut more = parts.clone();
         more.extend((400..410).map(|i| Partition::new([format!("p{i}")], 10).unwrap()));
         let limit = Some(MovesPerStep::Count(20));
-        let p = preview(&s, &five, &more, &current, &none, limit).unwrap();
+        let p = preview(
+            &s,
+            &five,
+            &more,
+            &current,
+            &none,
+            &PlacementRules::default(),
+            limit,
+        )
+        .unwrap();
         let new = p.moves.iter().filter(|m| m.from.is_none()).count();
         assert_eq!(new, 10);
         let paced = p.moves.len() - new;

@@ -36,6 +36,9 @@ pub struct Partition {
     /// copy the strings.
     keys: Arc<[String]>,
     weight: u64,
+    /// The [label](Self::label) workers must have to receive this partition. Shared for the
+    /// same reason as the keys.
+    label: Option<Arc<str>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -44,12 +47,18 @@ struct RawPartition {
     keys: Vec<String>,
     #[serde(default)]
     weight: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
 }
 
 impl TryFrom<RawPartition> for Partition {
     type Error = Error;
     fn try_from(raw: RawPartition) -> Result<Self> {
-        Partition::new(raw.keys, raw.weight)
+        let partition = Partition::new(raw.keys, raw.weight)?;
+        match raw.label {
+            Some(label) => partition.with_label(label),
+            None => Ok(partition),
+        }
     }
 }
 
@@ -58,6 +67,7 @@ impl From<Partition> for RawPartition {
         RawPartition {
             keys: p.keys.to_vec(),
             weight: p.weight,
+            label: p.label.map(|l| l.to_string()),
         }
     }
 }
@@ -93,7 +103,36 @@ impl Partition {
         Ok(Self {
             keys: keys.into(),
             weight,
+            label: None,
         })
+    }
+
+    /// Same keys and weight, placed only on workers that have `label` (see
+    /// [`WorkerProfile`](crate::WorkerProfile) and SPEC "Labels").
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPartition`] when the label is not a valid label name (see
+    /// [`check_label`]).
+    pub fn with_label(mut self, label: impl Into<String>) -> Result<Self> {
+        let label = label.into();
+        check_label(&label).map_err(|reason| Error::InvalidPartition {
+            partition: self.subject_key(),
+            reason,
+        })?;
+        self.label = Some(label.into());
+        Ok(self)
+    }
+
+    /// Same keys and weight, without a label.
+    pub fn without_label(mut self) -> Self {
+        self.label = None;
+        self
+    }
+
+    /// The label a worker must have to receive this partition, if any.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
     }
 
     /// The keys, in order.
@@ -150,6 +189,39 @@ impl Partition {
 impl fmt::Display for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.subject_key())
+    }
+}
+
+/// The longest label, in bytes.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Checks a label name (of a partition or a worker): 1 to [`MAX_LABEL_LEN`] bytes of ASCII
+/// letters, digits, `-`, `_`, `.`, `:` and `/`. Returns why not.
+///
+/// ```
+/// use parti::partition::check_label;
+/// assert!(check_label("gpu").is_ok());
+/// assert!(check_label("zone:eu-west/1").is_ok());
+/// assert!(check_label("has space").is_err());
+/// assert!(check_label("").is_err());
+/// ```
+pub fn check_label(label: &str) -> std::result::Result<(), String> {
+    if label.is_empty() {
+        return Err("a label must not be empty".into());
+    }
+    if label.len() > MAX_LABEL_LEN {
+        return Err(format!(
+            "label {label:?} is longer than {MAX_LABEL_LEN} bytes"
+        ));
+    }
+    match label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
+    {
+        Some(c) => Err(format!(
+            "label {label:?} contains {c:?} (allowed: ASCII letters, digits, - _ . : /)"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -209,6 +209,11 @@ pub struct ClusterRecord {
     /// published). A worker whose lineage differs holds nothing under this commit.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lineages: BTreeMap<WorkerId, Lineage>,
+    /// Label → how many of its partitions this map leaves parked: no worker that may receive
+    /// partitions has the label, and its `labelSpillGrace` has not run out (see
+    /// [`profile`](crate::profile)). They are not in `partitionCount`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parked: BTreeMap<String, usize>,
 }
 
 /// `refresh`: a follower's request for a partition refresh.

@@ -219,6 +219,8 @@ async fn undecodable_heartbeats_are_never_workers_and_good_ones_are_under_any_ke
             degraded_reason: None,
             protocol: parti::heartbeat::protocol::PROTOCOL,
             capabilities: parti::heartbeat::protocol::capabilities(),
+            capacity: parti::Capacity::DEFAULT,
+            labels: Default::default(),
         })
         .unwrap()
     };

@@ -68,6 +68,7 @@ async fn a_map_of_100k_partitions_over_1000_workers_fits_in_nats_values() {
         lifecycle: Lifecycle::Running,
         first_assignment_at: Some(1),
         lineages: Default::default(),
+        parked: Default::default(),
     })
     .unwrap();
     largest = largest.max(cluster.len());

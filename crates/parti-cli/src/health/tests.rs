@@ -75,6 +75,8 @@ impl World {
             degraded_reason: None,
             protocol: parti::heartbeat::protocol::PROTOCOL,
             capabilities: parti::heartbeat::protocol::capabilities(),
+            capacity: parti::Capacity::DEFAULT,
+            labels: Default::default(),
         };
         let bytes = codec::encode(&value).unwrap();
         self.snapshot
@@ -135,6 +137,7 @@ impl World {
             lifecycle: Lifecycle::Running,
             first_assignment_at: Some(NOW - 10_000),
             lineages: Default::default(),
+            parked: Default::default(),
         };
         published.record = Some((record, 200));
         published.cluster_revision = Some(200);

@@ -252,6 +252,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn labels_are_a_comma_separated_list_in_the_environment() {
+        let config = Config::default()
+            .with_env_overrides_from([("PARTI_LABELS", "gpu, zone-a"), ("PARTI_CAPACITY", "2.5")])
+            .expect("valid");
+        assert_eq!(config.labels, ["gpu", "zone-a"]);
+        let profile = config.profile().expect("valid");
+        assert_eq!(profile.capacity.get(), 2.5);
+        assert!(profile.has_label("zone-a"));
+        let err = Config::default()
+            .with_env_overrides_from([("PARTI_LABELS", "g pu"), ("PARTI_CAPACITY", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("labels") && err.contains("capacity"), "{err}");
+    }
+
+    #[test]
     fn names_are_derived_from_the_camel_case_paths() {
         let fields = env_fields().expect("fields");
         let vars: Vec<&str> = fields.iter().map(|f| f.var.as_str()).collect();
@@ -273,6 +289,10 @@ mod tests {
             "PARTI_COLD_START_QUIET",
             "PARTI_COLD_START_MAX_WINDOW",
             "PARTI_AUTO_PROVISION",
+            "PARTI_CAPACITY",
+            "PARTI_LABELS",
+            "PARTI_ASSIGNMENT_UNLABELLED_POLICY",
+            "PARTI_ASSIGNMENT_LABEL_SPILL_GRACE",
         ] {
             assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
         }
@@ -280,8 +300,8 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
-        // 19 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
-        // 2 + 5 + (1 + 5) + 5 in the sections.
-        assert_eq!(vars.len(), 21 + 2 + 5 + 6 + 5);
+        // 21 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
+        // 4 + 5 + (1 + 5) + 5 in the sections.
+        assert_eq!(vars.len(), 23 + 4 + 5 + 6 + 5);
     }
 }

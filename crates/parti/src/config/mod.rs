@@ -183,6 +183,15 @@ pub struct Config {
     /// What a worker whose lease ran out (NATS unreachable, paused) may still process
     /// (default `fence`, see [`DegradedHolding`]).
     pub degraded_holding: DegradedHolding,
+    /// This worker's share of the load relative to the others (default 1.0; from 0.01 to
+    /// 10000, kept to two decimals): a worker of capacity 2.0 is given twice the load of one of
+    /// 1.0 (see [`profile`](crate::profile)).
+    pub capacity: f64,
+    /// The labels whose partitions this worker may receive (default none; each 1 to 64 of
+    /// `[A-Za-z0-9_.:/-]`). A list, or in the environment a comma-separated text
+    /// (`PARTI_LABELS=gpu,zone-a`). See [`profile`](crate::profile).
+    #[serde(deserialize_with = "labels_list")]
+    pub labels: Vec<String>,
     /// Rebalancing cadence.
     pub assignment: AssignmentConfig,
     /// KV bucket names and replicas.
@@ -217,6 +226,8 @@ impl Default for Config {
             operation_timeout: Duration::from_secs(5),
             handoff_timeout: Duration::from_secs(30),
             degraded_holding: DegradedHolding::Fence,
+            capacity: 1.0,
+            labels: Vec::new(),
             assignment: AssignmentConfig::default(),
             kv_buckets: KvBucketConfig::default(),
             degraded_behavior: DegradedBehaviorConfig::default(),
@@ -225,7 +236,63 @@ impl Default for Config {
     }
 }
 
+/// `labels` as a list, or as one comma-separated text (how the environment sets it).
+fn labels_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(list) => list,
+        Raw::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 impl Config {
+    /// This worker's [`WorkerProfile`](crate::WorkerProfile): `capacity` and `labels`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when the capacity is out of range or a label is not valid.
+    pub fn profile(&self) -> crate::error::Result<crate::WorkerProfile> {
+        let mut violations = Vec::new();
+        let capacity = crate::Capacity::new(self.capacity).unwrap_or_else(|_| {
+            violations.push(crate::ConfigViolation::new(
+                "capacity",
+                format!(
+                    "{} must be a number from {} to {}",
+                    self.capacity,
+                    crate::Capacity::MIN,
+                    crate::Capacity::MAX
+                ),
+            ));
+            crate::Capacity::DEFAULT
+        });
+        let mut profile = crate::WorkerProfile::new().with_capacity(capacity);
+        for label in &self.labels {
+            match crate::partition::check_label(label) {
+                Ok(()) => {
+                    profile.labels.insert(label.clone());
+                }
+                Err(why) => violations.push(crate::ConfigViolation::new("labels", why)),
+            }
+        }
+        if violations.is_empty() {
+            Ok(profile)
+        } else {
+            Err(crate::Error::InvalidConfig { violations })
+        }
+    }
+
     /// Timings for tests against a real NATS server: heartbeats every 200ms, crash detection
     /// within about a second, windows of a few hundred milliseconds. Valid under
     /// [`validate`](Config::validate).

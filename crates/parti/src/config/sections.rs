@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration;
+use crate::profile::UnlabelledPolicy;
 
 /// How often and when the leader rebalances (`assignment`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,15 @@ pub struct AssignmentConfig {
     /// new partition) are placed at once, never paced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_moves_per_step: Option<MovesPerStep>,
+    /// Where partitions without a label go: `dedicated` (default: to workers without labels;
+    /// to every worker when all have labels) or `shared` (to every worker). See
+    /// [`profile`](crate::profile).
+    pub unlabelled_policy: UnlabelledPolicy,
+    /// How long the partitions of a label that no live worker has stay parked (held by no
+    /// one) before they spill to where unlabelled partitions go (default 60s; `> 0`). A worker
+    /// with the label coming back takes them again.
+    #[serde(with = "duration")]
+    pub label_spill_grace: Duration,
 }
 
 /// A limit on the moves of one publish (`assignment.maxMovesPerStep`).
@@ -105,6 +115,8 @@ impl Default for AssignmentConfig {
             min_rebalance_interval: Duration::from_secs(10),
             min_rebalance_threshold: 0.15,
             max_moves_per_step: None,
+            unlabelled_policy: UnlabelledPolicy::Dedicated,
+            label_spill_grace: Duration::from_secs(60),
         }
     }
 }

@@ -232,8 +232,14 @@ impl Config {
             || format!("{threshold} must be in [0, 1)"),
         );
 
+        let grace = self.assignment.label_spill_grace;
+        v.positive(grace, "assignment.labelSpillGrace");
+
         self.check_buckets(&mut v);
         self.check_degraded(&mut v);
+        if let Err(Error::InvalidConfig { violations }) = self.profile() {
+            v.0.extend(violations);
+        }
         v.0
     }
 

@@ -163,6 +163,10 @@ pub(crate) fn members_from(values: &BTreeMap<WorkerId, HeartbeatValue>) -> Membe
             .max()
             .unwrap_or(0),
         standing,
+        profiles: values
+            .iter()
+            .map(|(w, v)| (w.clone(), v.profile()))
+            .collect(),
     }
 }
 

@@ -47,6 +47,8 @@ pub(crate) struct Members {
     /// Live members that are not relied on fully (see [`compat`]): their protocol is not
     /// understood, or they lack a capability. Those not listed are [`compat::FULL`].
     pub(crate) standing: BTreeMap<WorkerId, Standing>,
+    /// Live member → the capacity and labels it announces.
+    pub(crate) profiles: BTreeMap<WorkerId, crate::WorkerProfile>,
 }
 
 impl Members {
@@ -227,6 +229,7 @@ mod tests {
             lineages: BTreeMap::new(),
             floor: 0,
             standing: BTreeMap::new(),
+            profiles: BTreeMap::new(),
         }
     }
     fn map(entries: &[(&str, &[&str])]) -> AssignmentMap {

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent};
 use crate::manager::hooks::{Event, EventSink};
 use crate::partition::{Partition, WorkerId};
+use crate::profile::{PlacementRules, UnlabelledPolicy, WorkerProfile};
 use crate::records::Intents;
 use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
@@ -63,6 +64,10 @@ pub(crate) struct LeaderContext {
     pub(crate) min_rebalance_threshold: f64,
     /// `assignment.maxMovesPerStep`: `None` publishes every rebalance in one step.
     pub(crate) max_moves_per_step: Option<MovesPerStep>,
+    /// `assignment.unlabelledPolicy`.
+    pub(crate) unlabelled_policy: UnlabelledPolicy,
+    /// `assignment.labelSpillGrace`: how long a label no worker has stays parked.
+    pub(crate) label_spill_grace: Duration,
     pub(crate) events: EventSink,
     /// Set by the manager when it recovers from Degraded: no crash is declared before it.
     pub(crate) suppress_crashes_until: watch::Receiver<Option<Instant>>,
@@ -136,6 +141,13 @@ pub(crate) struct Leader {
     /// A paced rebalance has steps left: the next one is fed to the planner once the last
     /// one's hand-offs are complete.
     step_owed: bool,
+    /// Labels of listed partitions that no target worker has: parked until `labelSpillGrace`
+    /// after this leader first saw them so, then spilled. A new leader starts the grace again
+    /// (it errs on the side of parking).
+    missing_labels: BTreeMap<String, MissingLabel>,
+    /// The profiles (capacity, labels) the last publish was placed with: a change of a live
+    /// worker's profile is a rebalance with reason `placement`.
+    placed_profiles: BTreeMap<WorkerId, WorkerProfile>,
 }
 
 /// The target of a paced rebalance and what it was computed from.
@@ -145,6 +157,17 @@ struct Paced {
     workers: Vec<WorkerId>,
     partitions: Vec<Partition>,
     intents: Intents,
+}
+
+/// A label that no target worker has (see [`Leader::missing_labels`]).
+#[derive(Debug, Clone, Copy)]
+struct MissingLabel {
+    /// When a publish first found it so.
+    since: Instant,
+    /// The publish that spills it has been asked for.
+    spill_asked: bool,
+    /// A publish spilled it (announced).
+    spilled: bool,
 }
 
 /// A loser whose lease was revoked: it holds nothing it lost up to `version` from `fenced_at`
@@ -222,6 +245,8 @@ impl Leader {
             intents_owed: false,
             paced: None,
             step_owed: false,
+            missing_labels: BTreeMap::new(),
+            placed_profiles: BTreeMap::new(),
         }
     }
 
@@ -371,6 +396,7 @@ impl Leader {
             handoff_due,
             self.expulsion_due(now_at),
             doubt_ends,
+            self.spill_due(),
         ]
         .into_iter()
         .flatten()
@@ -480,19 +506,23 @@ impl Leader {
             },
         };
         self.read_intents().await;
+        let rules = self.rules(now());
         let previous = &self.publisher.committed().map;
-        let map = placement::place(
+        let placed = placement::place(
             &*self.ctx.strategy,
             workers,
             &fresh,
             previous,
             &self.intents,
+            &rules,
             orphans_only,
         )?;
+        let covered = placed.placed(&fresh);
+        let map = placed.map;
         // Never publish a broken map, whatever the strategy returned.
-        map.verify(workers, &fresh)?;
+        map.verify(workers, &covered)?;
         if reason == RebalanceReason::PartitionChange.as_str()
-            && let Some(gain) = reweight_gain(previous, &map, &fresh)
+            && let Some(gain) = reweight_gain(previous, &map, &covered)
             && gain < self.ctx.min_rebalance_threshold
         {
             // Only weights changed, and rebalancing would improve the worst load by less than
@@ -507,7 +537,7 @@ impl Leader {
             return Ok(self.publisher.committed().version());
         }
         let map = self.paced_step(workers, &fresh, map, orphans_only);
-        map.verify(workers, &fresh)?;
+        map.verify(workers, &covered)?;
         let started = std::time::Instant::now();
         let moved = moved_partitions(&self.last_map, &map);
         let lifecycle = Lifecycle::Running;
@@ -515,6 +545,7 @@ impl Leader {
             phase: phase.to_cluster_phase(now(), unix_ms()),
             reason: reason.to_owned(),
             lifecycle,
+            parked: placed.parked.clone(),
         };
         let members = self.members_at(now());
         let version = self.publisher.publish(&map, meta, &members).await?;
@@ -533,7 +564,9 @@ impl Leader {
         );
         self.intents_owed = !self.intents.frozen
             && !self.step_owed
-            && !placement::honoured(&map, workers, &self.intents);
+            && !placement::honoured(&map, workers, &self.intents, &rules);
+        self.note_labels(workers, &fresh, &placed.parked, &rules);
+        self.placed_profiles = rules.profiles;
         self.last_map = map;
         self.lifecycle = lifecycle;
         self.partitions = Some(fresh);
@@ -547,7 +580,7 @@ impl Leader {
         let committed = &self.publisher.committed().map;
         self.intents_owed = !self.intents.frozen
             && self.paced.is_none()
-            && !placement::honoured(committed, workers, &self.intents);
+            && !placement::honoured(committed, workers, &self.intents, &self.rules(now()));
         if self.paced.is_some() {
             self.step_owed = true;
         }
@@ -610,6 +643,110 @@ impl Leader {
         self.planner.handle(Input::StepDue { now: now() })
     }
 
+    /// The capacity and labels in force at `now`: the live workers' profiles, the configured
+    /// unlabelled policy, and the labels whose grace has run out.
+    fn rules(&self, now: Instant) -> PlacementRules {
+        let spilled = self
+            .missing_labels
+            .iter()
+            .filter(|(_, m)| now >= m.since + self.ctx.label_spill_grace)
+            .map(|(l, _)| l.clone())
+            .collect();
+        PlacementRules::new()
+            .with_profiles(self.members.profiles.clone())
+            .with_unlabelled_policy(self.ctx.unlabelled_policy)
+            .with_spilled(spilled)
+    }
+
+    /// After a publish placed with `rules`: which labels no target worker had (`parked`, or
+    /// spilled), announcing the newly parked and the newly spilled.
+    fn note_labels(
+        &mut self,
+        workers: &[WorkerId],
+        partitions: &[Partition],
+        parked: &BTreeMap<String, usize>,
+        rules: &PlacementRules,
+    ) {
+        let now_at = now();
+        let mut missing: BTreeMap<&str, usize> =
+            parked.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        let had: BTreeSet<&str> = placement::targets(workers, &self.intents)
+            .iter()
+            .filter_map(|w| rules.labels_of(w))
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        for l in partitions.iter().filter_map(Partition::label) {
+            if rules.spilled.contains(l) && !had.contains(l) {
+                *missing.entry(l).or_default() += 1;
+            }
+        }
+        self.missing_labels
+            .retain(|l, _| missing.contains_key(l.as_str()));
+        for (&label, &count) in &missing {
+            let entry = self
+                .missing_labels
+                .entry(label.to_owned())
+                .or_insert_with(|| {
+                    self.ctx.events.emit(Event::LabelParked {
+                        label: label.to_owned(),
+                        partitions: count,
+                        spill_in: self.ctx.label_spill_grace,
+                    });
+                    MissingLabel {
+                        since: now_at,
+                        spill_asked: false,
+                        spilled: false,
+                    }
+                });
+            if rules.spilled.contains(label) && !entry.spilled {
+                entry.spilled = true;
+                self.ctx.events.emit(Event::LabelSpilled {
+                    label: label.to_owned(),
+                    partitions: count,
+                });
+            }
+        }
+        metrics::gauge!("parti_parked_partitions").set(parked.values().sum::<usize>() as f64);
+    }
+
+    /// When a parked label's grace runs out (one not asked for yet).
+    fn spill_due(&self) -> Option<Instant> {
+        self.missing_labels
+            .values()
+            .filter(|m| !m.spill_asked)
+            .map(|m| m.since + self.ctx.label_spill_grace)
+            .min()
+    }
+
+    /// A rebalance owed to the placement rules: a live worker's capacity or labels are not
+    /// those the last publish was placed with, or a parked label's grace has run out. What the
+    /// planner decides on it (asked once per change).
+    pub(crate) fn placement_due(&mut self) -> Vec<Decision> {
+        if self.last_map.is_empty() {
+            return Vec::new();
+        }
+        let now_at = now();
+        let changed = self.members.profiles.iter().any(|(w, profile)| {
+            self.last_map.contains_worker(w)
+                && self.placed_profiles.get(w).is_some_and(|p| p != profile)
+        });
+        let mut spill = false;
+        for m in self.missing_labels.values_mut() {
+            if !m.spill_asked && now_at >= m.since + self.ctx.label_spill_grace {
+                m.spill_asked = true;
+                spill = true;
+            }
+        }
+        if !(changed || spill) {
+            return Vec::new();
+        }
+        if changed {
+            self.placed_profiles = self.members.profiles.clone();
+        }
+        self.planner.handle(Input::PlacementChanged { now: now_at })
+    }
+
     /// Re-reads the operator's intents into [`intents`](Self::intents); a failed read or a
     /// garbled key is reported and keeps the last good ones.
     async fn read_intents(&mut self) {
@@ -650,15 +787,16 @@ impl Leader {
                 partitions,
                 &self.last_map,
                 &self.intents,
+                &self.rules(now()),
                 false,
             )
-            && target.owners() != self.last_map.owners()
+            && target.map.owners() != self.last_map.owners()
         {
             self.step_owed = true;
         }
         let owed = !self.intents.frozen
             && !workers.is_empty()
-            && !placement::honoured(&self.last_map, &workers, &self.intents);
+            && !placement::honoured(&self.last_map, &workers, &self.intents, &self.rules(now()));
         if owed {
             self.planner.handle(Input::IntentsChanged { now: now() })
         } else {
@@ -774,6 +912,13 @@ impl Leader {
             phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
             reason: reason.to_owned(),
             lifecycle: self.lifecycle,
+            parked: self
+                .publisher
+                .committed()
+                .record
+                .as_ref()
+                .map(|(r, _)| r.parked.clone())
+                .unwrap_or_default(),
         };
         match self.publisher.publish(&map, meta, members).await {
             Ok(version) => {

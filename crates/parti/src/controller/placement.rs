@@ -1,15 +1,17 @@
-//! The operator's [`Intents`] applied around the strategy: which workers may receive
-//! partitions, which partitions are pinned, and whether anything with a live owner may move.
-//! Pure: the leader reads the intents and the source, this decides the map.
+//! What is applied around the strategy: the operator's [`Intents`] (which workers may receive
+//! partitions, which partitions are pinned, whether anything with a live owner may move) and
+//! the [`PlacementRules`] (capacity and labels). Pure: the leader reads the intents, the
+//! heartbeats and the source, this decides the map.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::planner::orphans::reassign_orphans_onto;
 use crate::assignment::AssignmentMap;
 use crate::error::Result;
 use crate::partition::{Partition, WorkerId};
+use crate::profile::{Capacity, PlacementRules, UnlabelledPolicy};
 use crate::records::Intents;
-use crate::strategy::AssignmentStrategy;
+use crate::strategy::{AssignmentStrategy, Scaled};
 
 /// The workers that may receive partitions: `workers` without the drained ones, or all of
 /// them when every one is drained (the partitions must go somewhere).
@@ -26,53 +28,232 @@ pub(crate) fn targets(workers: &[WorkerId], intents: &Intents) -> Vec<WorkerId> 
     }
 }
 
+/// What [`place`] decided: the map, and the labels whose partitions are parked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// Every worker of the input, and every partition that is not parked.
+    pub(crate) map: AssignmentMap,
+    /// Label → how many of its partitions no one holds: no target worker has the label and
+    /// its `labelSpillGrace` has not run out.
+    pub(crate) parked: BTreeMap<String, usize>,
+}
+
+impl Placed {
+    /// The partitions of `partitions` that are placed (not parked): what the map must cover.
+    pub(crate) fn placed(&self, partitions: &[Partition]) -> Vec<Partition> {
+        if self.parked.is_empty() {
+            return partitions.to_vec();
+        }
+        partitions
+            .iter()
+            .filter(|p| p.label().is_none_or(|l| !self.parked.contains_key(l)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Which workers each partition may go to, over a set of workers (the targets, or all of
+/// them): the label rules of SPEC "Labels".
+#[derive(Debug)]
+struct Pools<'a> {
+    /// Where unlabelled partitions, and those of spilled labels, go (sorted).
+    unlabelled: Vec<WorkerId>,
+    /// Label → the workers that have it (sorted).
+    by_label: BTreeMap<&'a str, Vec<WorkerId>>,
+    spilled: &'a BTreeSet<String>,
+}
+
+impl<'a> Pools<'a> {
+    /// Over `workers` (sorted, unique).
+    fn new(workers: &[WorkerId], rules: &'a PlacementRules) -> Self {
+        let mut by_label: BTreeMap<&'a str, Vec<WorkerId>> = BTreeMap::new();
+        let mut plain = Vec::new();
+        for w in workers {
+            match rules.labels_of(w) {
+                Some(labels) if !labels.is_empty() => {
+                    for l in labels {
+                        by_label.entry(l.as_str()).or_default().push(w.clone());
+                    }
+                }
+                _ => plain.push(w.clone()),
+            }
+        }
+        let unlabelled = match rules.unlabelled_policy {
+            UnlabelledPolicy::Dedicated if !plain.is_empty() => plain,
+            _ => workers.to_vec(),
+        };
+        Self {
+            unlabelled,
+            by_label,
+            spilled: &rules.spilled,
+        }
+    }
+
+    /// True when every partition may go to every worker: no labels anywhere that matter.
+    fn unconstrained(&self, workers: &[WorkerId], partitions: &[Partition]) -> bool {
+        self.unlabelled.len() == workers.len() && partitions.iter().all(|p| p.label().is_none())
+    }
+
+    /// The pool of a partition with `label`: its key (`None` for the unlabelled pool) and its
+    /// workers; `None` when the partition is parked.
+    fn pool_of(&self, label: Option<&'a str>) -> Option<(Option<&'a str>, &[WorkerId])> {
+        match label {
+            None => Some((None, &self.unlabelled)),
+            Some(l) => match self.by_label.get(l) {
+                Some(workers) => Some((Some(l), workers)),
+                None if self.spilled.contains(l) => Some((None, &self.unlabelled)),
+                None => None,
+            },
+        }
+    }
+
+    /// Whether `worker` may hold `partition`.
+    fn allows(&self, worker: &WorkerId, partition: &Partition) -> bool {
+        self.pool_of(partition.label())
+            .is_some_and(|(_, workers)| workers.binary_search(worker).is_ok())
+    }
+
+    /// The partitions grouped by pool, and the parked ones counted by label.
+    #[allow(clippy::type_complexity)]
+    fn group(
+        &self,
+        partitions: &'a [Partition],
+    ) -> (
+        BTreeMap<Option<&'a str>, (&[WorkerId], Vec<Partition>)>,
+        BTreeMap<String, usize>,
+    ) {
+        let mut groups: BTreeMap<Option<&'a str>, (&[WorkerId], Vec<Partition>)> = BTreeMap::new();
+        let mut parked: BTreeMap<String, usize> = BTreeMap::new();
+        for p in partitions {
+            match self.pool_of(p.label()) {
+                Some((key, workers)) => groups
+                    .entry(key)
+                    .or_insert_with(|| (workers, Vec::new()))
+                    .1
+                    .push(p.clone()),
+                None => {
+                    *parked
+                        .entry(p.label().unwrap_or_default().to_owned())
+                        .or_default() += 1
+                }
+            }
+        }
+        (groups, parked)
+    }
+}
+
 /// The map over `workers` (sorted, unique, not empty) for `partitions`.
 ///
+/// - Labels (see [`profile`](crate::profile)): each partition may go only to the target
+///   workers its label allows; the strategy places each such pool on its own (so balance holds
+///   within each pool), and the partitions of a label no target worker has are parked (in no
+///   one's list) unless the label has spilled.
+/// - Capacity: the strategy sees each worker weighted by its capacity ([`Scaled`]).
 /// - Orphans only (a crash recovery, or a frozen cluster): every live worker keeps what it
-///   has and only orphans are placed, on the [`targets`].
+///   has and the labels allow; only orphans are placed, on the [`targets`].
 /// - Otherwise the strategy places everything over the targets, starting from `previous`
 ///   (so a drain moves only the drained workers' partitions with a sticky strategy); drained
 ///   workers are in the map with nothing. Then each pinned partition goes to its worker when
-///   that worker is a target.
+///   that worker is a target its label allows.
 pub(crate) fn place(
     strategy: &dyn AssignmentStrategy,
     workers: &[WorkerId],
     partitions: &[Partition],
     previous: &AssignmentMap,
     intents: &Intents,
+    rules: &PlacementRules,
     orphans_only: bool,
-) -> Result<AssignmentMap> {
+) -> Result<Placed> {
     let targets = targets(workers, intents);
+    let pools = Pools::new(&targets, rules);
+    let capacities: BTreeMap<WorkerId, Capacity> = rules
+        .profiles
+        .iter()
+        .map(|(w, p)| (w.clone(), p.capacity))
+        .collect();
+    let scaled = Scaled {
+        inner: strategy,
+        capacities: &capacities,
+    };
+    let unconstrained = pools.unconstrained(&targets, partitions);
     if (orphans_only || intents.frozen) && !previous.is_empty() {
-        let mut map = reassign_orphans_onto(strategy, previous, workers, &targets, partitions)?;
+        // What the labels no longer allow is an orphan too.
+        let everyone = Pools::new(workers, rules);
+        let allowed: AssignmentMap = if unconstrained {
+            previous.clone()
+        } else {
+            previous
+                .iter()
+                .map(|(w, held)| {
+                    let kept = held.iter().filter(|p| everyone.allows(w, p)).cloned();
+                    (w.clone(), kept.collect())
+                })
+                .collect()
+        };
+        let (mut map, parked) = if unconstrained {
+            let map = reassign_orphans_onto(&scaled, &allowed, workers, &targets, partitions)?;
+            (map, BTreeMap::new())
+        } else {
+            let (groups, parked) = pools.group(partitions);
+            let mut map = AssignmentMap::with_workers(workers);
+            for (pool, group) in groups.values() {
+                let part = reassign_orphans_onto(&scaled, &allowed, workers, pool, group)?;
+                merge(&mut map, part);
+            }
+            (map, parked)
+        };
         // Orphans move anyway: a pinned one goes straight to its pin (no second move later).
         let live: BTreeSet<&WorkerId> = workers.iter().collect();
-        let owners = previous.owners();
+        let owners = allowed.owners();
         let orphans: Vec<Partition> = partitions
             .iter()
             .filter(|p| owners.get(p.keys()).is_none_or(|w| !live.contains(w)))
             .cloned()
             .collect();
-        apply_pins(&mut map, &targets, &orphans, intents);
+        apply_pins(&mut map, &targets, &orphans, intents, &pools);
         map.normalize();
-        return Ok(map);
+        return Ok(Placed { map, parked });
     }
     let previous = (!previous.is_empty()).then_some(previous);
-    let mut map = strategy.assign(&targets, partitions, previous)?;
+    let (mut map, parked) = if unconstrained {
+        (
+            scaled.assign(&targets, partitions, previous)?,
+            BTreeMap::new(),
+        )
+    } else {
+        let (groups, parked) = pools.group(partitions);
+        let mut map = AssignmentMap::new();
+        for (pool, group) in groups.values() {
+            merge(&mut map, scaled.assign(pool, group, previous)?);
+        }
+        (map, parked)
+    };
     for worker in workers {
         map.insert_worker(worker.clone());
     }
-    apply_pins(&mut map, &targets, partitions, intents);
+    apply_pins(&mut map, &targets, partitions, intents, &pools);
     map.normalize();
-    Ok(map)
+    Ok(Placed { map, parked })
 }
 
-/// Moves each pinned partition of `partitions` to its worker when that worker is a target.
+/// Adds every worker and partition of `part` to `map`.
+fn merge(map: &mut AssignmentMap, part: AssignmentMap) {
+    for (worker, held) in part.iter() {
+        map.insert_worker(worker.clone());
+        for p in held {
+            map.push(worker, p.clone());
+        }
+    }
+}
+
+/// Moves each pinned partition of `partitions` to its worker when that worker is a target
+/// its label allows.
 fn apply_pins(
     map: &mut AssignmentMap,
     targets: &[WorkerId],
     partitions: &[Partition],
     intents: &Intents,
+    pools: &Pools<'_>,
 ) {
     if intents.pinned.is_empty() {
         return;
@@ -82,7 +263,10 @@ fn apply_pins(
         let Some(pin) = intents.pinned.get(&partition.subject_key()) else {
             continue;
         };
-        if !targets.contains(pin) || map.owner_of(partition) == Some(pin) {
+        if !targets.contains(pin)
+            || !pools.allows(pin, partition)
+            || map.owner_of(partition) == Some(pin)
+        {
             continue;
         }
         if let Some(owner) = map.owner_of(partition).cloned() {
@@ -99,10 +283,17 @@ fn apply_pins(
 }
 
 /// Whether `map` honours `intents` over `workers`: no drained worker holds anything (unless
-/// every worker is drained) and every pin to a target worker is in place. A frozen cluster
-/// honours its intents by not moving anything, so this is only asked when it is not frozen.
-pub(crate) fn honoured(map: &AssignmentMap, workers: &[WorkerId], intents: &Intents) -> bool {
+/// every worker is drained) and every pin to a target worker its label allows is in place. A
+/// frozen cluster honours its intents by not moving anything, so this is only asked when it
+/// is not frozen.
+pub(crate) fn honoured(
+    map: &AssignmentMap,
+    workers: &[WorkerId],
+    intents: &Intents,
+    rules: &PlacementRules,
+) -> bool {
     let targets = targets(workers, intents);
+    let pools = Pools::new(&targets, rules);
     let drained_empty = workers
         .iter()
         .filter(|w| !targets.contains(w))
@@ -112,7 +303,7 @@ pub(crate) fn honoured(map: &AssignmentMap, workers: &[WorkerId], intents: &Inte
             intents
                 .pinned
                 .get(&p.subject_key())
-                .is_none_or(|pin| pin == owner || !targets.contains(pin))
+                .is_none_or(|pin| pin == owner || !targets.contains(pin) || !pools.allows(pin, p))
         })
     });
     drained_empty && pins_in_place
@@ -197,18 +388,29 @@ mod tests {
             .collect()
     }
 
+    /// [`place`] without placement rules.
+    fn place(
+        s: &dyn AssignmentStrategy,
+        ws: &[WorkerId],
+        ps: &[Partition],
+        previous: &AssignmentMap,
+        intents: &Intents,
+        orphans_only: bool,
+    ) -> Result<AssignmentMap> {
+        let rules = PlacementRules::default();
+        super::place(s, ws, ps, previous, intents, &rules, orphans_only).map(|p| p.map)
+    }
+
+    /// [`honoured`] without placement rules.
+    fn honoured(map: &AssignmentMap, ws: &[WorkerId], intents: &Intents) -> bool {
+        super::honoured(map, ws, intents, &PlacementRules::default())
+    }
+
     /// The map without intents or a previous map.
     fn cold(ws: &[WorkerId], ps: &[Partition]) -> AssignmentMap {
         let none = Intents::default();
-        place(
-            &WeightedConsistentHash::default(),
-            ws,
-            ps,
-            &AssignmentMap::new(),
-            &none,
-            false,
-        )
-        .unwrap()
+        let s = WeightedConsistentHash::default();
+        place(&s, ws, ps, &AssignmentMap::new(), &none, false).unwrap()
     }
 
     fn moved(before: &AssignmentMap, after: &AssignmentMap) -> Vec<(String, WorkerId, WorkerId)> {

@@ -108,6 +108,9 @@ pub struct Planner {
     /// A paced rebalance has another step ready: published with reason `paced` unless
     /// something else is pending too.
     step_dirty: bool,
+    /// A worker's capacity or labels changed, or a parked label's grace ran out: published
+    /// with reason `placement` unless the list or the intents changed too.
+    placement_dirty: bool,
     last_publish: Option<Instant>,
     /// The last announced phase.
     phase: Phase,
@@ -148,6 +151,7 @@ impl Planner {
             partitions_dirty: false,
             intents_dirty: false,
             step_dirty: false,
+            placement_dirty: false,
             last_publish: None,
             phase: Phase::Stable,
         }
@@ -169,6 +173,7 @@ impl Planner {
             Input::PartitionsChanged { .. } => self.partitions_dirty = true,
             Input::IntentsChanged { .. } => self.intents_dirty = true,
             Input::StepDue { .. } => self.step_dirty = true,
+            Input::PlacementChanged { .. } => self.placement_dirty = true,
             Input::Published {
                 version,
                 workers,
@@ -461,6 +466,8 @@ impl Planner {
             RebalanceReason::PartitionChange
         } else if self.intents_dirty {
             RebalanceReason::Operator
+        } else if self.placement_dirty {
+            RebalanceReason::Placement
         } else {
             RebalanceReason::Paced
         };
@@ -470,7 +477,7 @@ impl Planner {
     /// A partition change waits, and nothing else (a window, an outstanding publish, the cold
     /// start) will include it.
     fn partition_change_pending(&self) -> bool {
-        (self.partitions_dirty || self.intents_dirty || self.step_dirty)
+        (self.partitions_dirty || self.intents_dirty || self.step_dirty || self.placement_dirty)
             && self.in_flight.is_none()
             && self.window.is_none()
             && self.awaiting_first.is_none()
@@ -492,6 +499,7 @@ impl Planner {
             self.partitions_dirty = false;
             self.intents_dirty = false;
             self.step_dirty = false;
+            self.placement_dirty = false;
         }
         self.in_flight = Some(InFlight {
             workers: workers.iter().cloned().collect(),

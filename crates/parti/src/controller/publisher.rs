@@ -29,6 +29,8 @@ pub(crate) struct PublishMeta {
     pub(crate) phase: ClusterPhase,
     pub(crate) reason: String,
     pub(crate) lifecycle: Lifecycle,
+    /// Label → partitions parked (not in the map).
+    pub(crate) parked: BTreeMap<String, usize>,
 }
 
 /// Publishes assignment maps for one leader term.
@@ -173,6 +175,7 @@ impl Publisher {
             lifecycle: meta.lifecycle,
             first_assignment_at,
             lineages: handoff::lineages(map.workers(), members),
+            parked: meta.parked,
         };
         // The floor first: a commit may land even when its reply is lost.
         let floor = codec::encode(&VersionFloor {
@@ -297,6 +300,7 @@ impl Publisher {
                 lifecycle: Lifecycle::ColdStart,
                 first_assignment_at: None,
                 lineages: BTreeMap::new(),
+                parked: BTreeMap::new(),
             };
             let revision = self.commit(&record, cluster_rev).await?;
             self.committed.record = Some((record, revision));

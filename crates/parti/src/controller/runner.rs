@@ -170,6 +170,10 @@ async fn serve(
         if !decisions.is_empty() {
             continue;
         }
+        decisions = leader.placement_due();
+        if !decisions.is_empty() {
+            continue;
+        }
         let wake = leader.next_wake();
         // Events with nothing for the planner go round again: hand-offs may have come due.
         let input = tokio::select! {

@@ -481,6 +481,8 @@ mod tests {
             degraded_reason: None,
             protocol: crate::heartbeat::protocol::PROTOCOL,
             capabilities: crate::heartbeat::protocol::capabilities(),
+            capacity: crate::Capacity::DEFAULT,
+            labels: Default::default(),
         };
         Entry {
             key: key.into(),

@@ -22,6 +22,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::clock::{unix_ms, unix_ns};
 use crate::error::Result;
 use crate::partition::WorkerId;
+use crate::profile::{Capacity, WorkerProfile};
 use crate::state::{DegradedReason, State};
 use crate::store::codec;
 use crate::store::{Bucket, BucketSpec};
@@ -97,6 +98,52 @@ pub struct HeartbeatValue {
     /// ignored); anything in the field that is not a name is dropped.
     #[serde(default, deserialize_with = "lenient_capabilities")]
     pub capabilities: BTreeSet<String>,
+    /// The writer's [capacity](crate::profile) (absent: 1.0). Read leniently: anything but a
+    /// number in range reads as 1.0, so the heartbeat itself stays valid.
+    #[serde(
+        default,
+        skip_serializing_if = "is_default_capacity",
+        deserialize_with = "lenient_capacity"
+    )]
+    pub capacity: Capacity,
+    /// The writer's [labels](crate::profile) (absent: none). Read leniently: entries that are
+    /// not valid label names are dropped.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeSet::is_empty",
+        deserialize_with = "lenient_labels"
+    )]
+    pub labels: BTreeSet<String>,
+}
+
+fn is_default_capacity(capacity: &Capacity) -> bool {
+    *capacity == Capacity::DEFAULT
+}
+
+/// `capacity` as written; the default for anything but a number in range.
+fn lenient_capacity<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Capacity, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value
+        .as_f64()
+        .and_then(|c| Capacity::new(c).ok())
+        .unwrap_or_default())
+}
+
+/// `labels` as written: the valid label names of an array, nothing for anything else.
+fn lenient_labels<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<BTreeSet<String>, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .filter(|l| crate::partition::check_label(l).is_ok())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// `protocol` as written; `u32::MAX` (not understood) for anything but a number that fits.
@@ -159,7 +206,24 @@ impl HeartbeatValue {
             degraded_reason: info.degraded_reason,
             protocol: protocol::PROTOCOL,
             capabilities: protocol::capabilities(),
+            capacity: Capacity::DEFAULT,
+            labels: BTreeSet::new(),
         }
+    }
+
+    /// `self` announcing `profile` (capacity and labels).
+    #[must_use]
+    pub fn with_profile(mut self, profile: &WorkerProfile) -> Self {
+        self.capacity = profile.capacity;
+        self.labels = profile.labels.clone();
+        self
+    }
+
+    /// The capacity and labels the writer announces.
+    pub fn profile(&self) -> WorkerProfile {
+        let mut profile = WorkerProfile::new().with_capacity(self.capacity);
+        profile.labels = self.labels.clone();
+        profile
     }
 
     /// Whether the writer announces `capability`.
@@ -203,6 +267,8 @@ pub struct Heartbeater {
     bucket: Arc<dyn Bucket>,
     worker: WorkerId,
     instance: String,
+    /// Announced in every value, the last one included.
+    profile: WorkerProfile,
     info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Receiver<u32>,
     renewed: watch::Receiver<Option<u64>>,
@@ -224,6 +290,25 @@ impl Heartbeater {
         interval: Duration,
         info: watch::Receiver<HeartbeatInfo>,
     ) -> Self {
+        Self::spawn_with_profile(
+            bucket,
+            worker,
+            instance,
+            interval,
+            info,
+            WorkerProfile::new(),
+        )
+    }
+
+    /// [`spawn`](Self::spawn), announcing `profile` (capacity and labels) in every value.
+    pub fn spawn_with_profile(
+        bucket: Arc<dyn Bucket>,
+        worker: WorkerId,
+        instance: String,
+        interval: Duration,
+        info: watch::Receiver<HeartbeatInfo>,
+        profile: WorkerProfile,
+    ) -> Self {
         let (failures_tx, failures) = watch::channel(0);
         let (renewed_tx, renewed) = watch::channel(None);
         let (revoked_tx, revoked) = watch::channel(0);
@@ -233,6 +318,7 @@ impl Heartbeater {
             bucket: bucket.clone(),
             worker: worker.clone(),
             instance: instance.clone(),
+            profile: profile.clone(),
             interval: interval.max(MIN_INTERVAL),
             info,
             failures: failures_tx,
@@ -246,6 +332,7 @@ impl Heartbeater {
             bucket,
             worker,
             instance,
+            profile,
             info: last_info,
             failures,
             renewed,
@@ -294,7 +381,8 @@ impl Heartbeater {
         if let Err(e) = self.task.await {
             tracing::error!(worker = %self.worker, error = %e, "heartbeat task failed");
         }
-        let value = HeartbeatValue::announce(self.instance.clone(), last);
+        let value =
+            HeartbeatValue::announce(self.instance.clone(), last).with_profile(&self.profile);
         // The last word matters less than leaving: delete even when the put failed (a leader
         // that missed the `Shutdown` value waits one TTL before handing our partitions on).
         let said = match codec::encode(&value) {
@@ -338,6 +426,7 @@ struct Beat {
     bucket: Arc<dyn Bucket>,
     worker: WorkerId,
     instance: String,
+    profile: WorkerProfile,
     interval: Duration,
     info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Sender<u32>,
@@ -355,7 +444,8 @@ impl Beat {
         let mut info_open = true;
         loop {
             let info = *self.info.borrow_and_update();
-            let value = HeartbeatValue::announce(self.instance.clone(), info);
+            let value =
+                HeartbeatValue::announce(self.instance.clone(), info).with_profile(&self.profile);
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.put(&value) => {}
@@ -536,6 +626,8 @@ mod tests {
             degraded_reason,
             protocol: protocol::PROTOCOL,
             capabilities: protocol::capabilities(),
+            capacity: crate::Capacity::DEFAULT,
+            labels: Default::default(),
         }
     }
 

@@ -68,6 +68,15 @@ impl ManagerBuilder {
         self
     }
 
+    /// This worker's capacity and labels (see [`profile`](crate::profile)): sets `capacity`
+    /// and `labels` of the configuration, so call it after [`config`](Self::config).
+    #[must_use]
+    pub fn profile(mut self, profile: crate::WorkerProfile) -> Self {
+        self.config.capacity = profile.capacity.get();
+        self.config.labels = profile.labels.into_iter().collect();
+        self
+    }
+
     /// Where the partitions come from.
     pub fn source(mut self, source: impl PartitionSource) -> Self {
         self.source = Arc::new(source);

@@ -398,6 +398,7 @@ mod tests {
             partition_count: 1,
             lifecycle: Lifecycle::Running,
             first_assignment_at: None,
+            parked: Default::default(),
             lineages: BTreeMap::new(),
         }
     }

@@ -164,6 +164,26 @@ pub enum Event {
         /// The intents now in force.
         intents: Arc<crate::control::Intents>,
     },
+    /// As leader: the partitions of `label` are parked — no live worker that may receive
+    /// partitions has the label, so no one holds them. They spill to where unlabelled
+    /// partitions go once they have been parked for `labelSpillGrace` (`spill_in` from now),
+    /// unless a worker with the label comes back first. Sent when a publish first parks them.
+    LabelParked {
+        /// The label.
+        label: String,
+        /// How many partitions have it.
+        partitions: usize,
+        /// How long until they spill.
+        spill_in: std::time::Duration,
+    },
+    /// As leader: the partitions of `label` were parked for `labelSpillGrace` and are now
+    /// placed where unlabelled partitions go, until a worker with the label comes back.
+    LabelSpilled {
+        /// The label.
+        label: String,
+        /// How many partitions have it.
+        partitions: usize,
+    },
     /// As leader: a live worker lacks capabilities this leader would rely on, so hand-offs
     /// from it take the safe, slower path (see [`Capability`]). Sent when the leader first sees
     /// it so.
@@ -236,7 +256,9 @@ pub(crate) fn spawn_dispatcher(
                 Event::Ownership(records) => hooks.on_ownership(records).await,
                 Event::WorkerRefused { .. }
                 | Event::CapabilityFallback { .. }
-                | Event::IntentsApplied { .. } => {}
+                | Event::IntentsApplied { .. }
+                | Event::LabelParked { .. }
+                | Event::LabelSpilled { .. } => {}
             }
             if let Some(done) = done {
                 let _ = done.send(());

@@ -329,6 +329,8 @@ impl Runtime {
             handoff_timeout: c.handoff_timeout,
             min_rebalance_threshold: c.assignment.min_rebalance_threshold,
             max_moves_per_step: c.assignment.max_moves_per_step,
+            unlabelled_policy: c.assignment.unlabelled_policy,
+            label_spill_grace: c.assignment.label_spill_grace,
             events: self.events.clone(),
             suppress_crashes_until: suppress,
         }
@@ -357,12 +359,15 @@ impl Runtime {
             told: false,
             sent_version: 0,
         };
-        let heartbeater = Heartbeater::spawn(
+        // Validated with the configuration at start.
+        let profile = self.config.profile().unwrap_or_default();
+        let heartbeater = Heartbeater::spawn_with_profile(
             Arc::clone(&self.buckets.heartbeat),
             id.clone(),
             self.instance.clone(),
             self.config.heartbeat_interval,
             info_rx,
+            profile,
         );
         let agent = self.agent_for(&id);
         let elector = Elector::spawn(Arc::clone(&agent), Some(Arc::clone(&self.buckets.election)));

@@ -34,6 +34,7 @@ mod key_order;
 mod problem;
 mod ring;
 mod round_robin;
+mod scaled;
 mod weighted;
 
 use std::fmt;
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 pub use consistent_hash::ConsistentHash;
 pub use round_robin::RoundRobin;
+pub(crate) use scaled::Scaled;
 pub use weighted::WeightedConsistentHash;
 
 use self::key_order::{KeyPrefixes, sort_by_keys};

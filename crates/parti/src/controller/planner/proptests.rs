@@ -328,7 +328,7 @@ impl Model {
                 });
                 prop_assert!(declared, "emergency with no crash past its grace");
             }
-            PartitionChange | Operator | Paced => {
+            PartitionChange | Operator | Paced | Placement => {
                 prop_assert!(self.running);
                 prop_assert_eq!(
                     reason == PartitionChange,

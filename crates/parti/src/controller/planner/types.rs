@@ -125,6 +125,14 @@ pub enum Input {
         /// The current time.
         now: Instant,
     },
+    /// A live worker's capacity or labels changed, or the partitions of a label no worker has
+    /// have been parked for `labelSpillGrace`. Handled like
+    /// [`PartitionsChanged`](Self::PartitionsChanged), with reason
+    /// [`RebalanceReason::Placement`] unless something else is pending too.
+    PlacementChanged {
+        /// The current time.
+        now: Instant,
+    },
     /// The runner's publish of the last [`Decision::Publish`] succeeded.
     Published {
         /// The version written.
@@ -162,6 +170,7 @@ impl Input {
             | Input::PartitionsChanged { now }
             | Input::IntentsChanged { now }
             | Input::StepDue { now }
+            | Input::PlacementChanged { now }
             | Input::Published { now, .. }
             | Input::SuppressCrashesUntil { now, .. }
             | Input::Tick { now } => *now,
@@ -216,6 +225,9 @@ pub enum RebalanceReason {
     Operator,
     /// The next step of a rebalance paced by `maxMovesPerStep`.
     Paced,
+    /// A worker's capacity or labels changed, or a parked label spilled (see
+    /// [`profile`](crate::profile)).
+    Placement,
 }
 
 impl RebalanceReason {
@@ -232,6 +244,7 @@ impl RebalanceReason {
             RebalanceReason::LeaderChange => "leader_change",
             RebalanceReason::Operator => "operator",
             RebalanceReason::Paced => "paced",
+            RebalanceReason::Placement => "placement",
         }
     }
 }
