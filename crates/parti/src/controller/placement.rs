@@ -376,6 +376,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::profile::WorkerProfile;
     use crate::strategy::WeightedConsistentHash;
 
     fn workers(n: usize) -> Vec<WorkerId> {
@@ -579,5 +580,255 @@ mod tests {
             !honoured(&emergency, &ws4, &frozen),
             "the drain is owed a publish"
         );
+    }
+
+    /// `n` workers named `{prefix}{i}` with `labels`.
+    fn labelled(prefix: &str, n: usize, labels: &[&str]) -> Vec<(WorkerId, WorkerProfile)> {
+        (0..n)
+            .map(|i| {
+                let mut profile = WorkerProfile::new();
+                for l in labels {
+                    profile = profile.with_label(*l).unwrap();
+                }
+                (WorkerId::new(format!("{prefix}{i}")), profile)
+            })
+            .collect()
+    }
+
+    /// Partitions `p{i}`, every third one labelled `gpu`.
+    fn mixed(n: usize) -> Vec<Partition> {
+        parts(n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i % 3 == 0 {
+                    p.with_label("gpu").unwrap()
+                } else {
+                    p
+                }
+            })
+            .collect()
+    }
+
+    fn rules_of(profiles: &[(WorkerId, WorkerProfile)]) -> PlacementRules {
+        PlacementRules::new().with_profiles(profiles.iter().cloned().collect())
+    }
+
+    /// Every partition of `map` sits on a worker its label allows under `rules`.
+    fn labels_respected(map: &AssignmentMap, rules: &PlacementRules) -> bool {
+        map.iter().all(|(w, held)| {
+            held.iter().all(|p| {
+                p.label().is_none_or(|l| {
+                    rules.labels_of(w).is_some_and(|ls| ls.contains(l)) || rules.spilled.contains(l)
+                })
+            })
+        })
+    }
+
+    #[test]
+    fn labelled_partitions_go_to_labelled_workers_only() {
+        let s = WeightedConsistentHash::default();
+        let mut profiles = labelled("gpu", 3, &["gpu"]);
+        profiles.extend(labelled("cpu", 3, &[]));
+        let ws: Vec<WorkerId> = profiles
+            .iter()
+            .map(|(w, _)| w.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ps = mixed(600);
+        let none = Intents::default();
+        for policy in [UnlabelledPolicy::Dedicated, UnlabelledPolicy::Shared] {
+            let rules = rules_of(&profiles).with_unlabelled_policy(policy);
+            let placed =
+                super::place(&s, &ws, &ps, &AssignmentMap::new(), &none, &rules, false).unwrap();
+            placed.map.verify(&ws, &ps).unwrap();
+            assert!(placed.parked.is_empty());
+            assert!(labels_respected(&placed.map, &rules));
+            let unlabelled_on_gpu = ws
+                .iter()
+                .filter(|w| w.as_str().starts_with("gpu"))
+                .flat_map(|w| placed.map.partitions_of(w))
+                .filter(|p| p.label().is_none())
+                .count();
+            match policy {
+                UnlabelledPolicy::Dedicated => assert_eq!(unlabelled_on_gpu, 0),
+                _ => assert!(unlabelled_on_gpu > 100, "{unlabelled_on_gpu}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_label_without_workers_parks_then_spills_and_comes_back() {
+        let s = WeightedConsistentHash::default();
+        let mut profiles = labelled("gpu", 2, &["gpu"]);
+        profiles.extend(labelled("cpu", 3, &[]));
+        let all: Vec<WorkerId> = profiles
+            .iter()
+            .map(|(w, _)| w.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ps = mixed(300);
+        let none = Intents::default();
+        let rules = rules_of(&profiles);
+        let before = super::place(&s, &all, &ps, &AssignmentMap::new(), &none, &rules, false)
+            .unwrap()
+            .map;
+        // Both gpu workers crash: a crash recovery parks their partitions, moves nothing else.
+        let cpu: Vec<WorkerId> = all
+            .iter()
+            .filter(|w| w.as_str().starts_with("cpu"))
+            .cloned()
+            .collect();
+        let parked = super::place(&s, &cpu, &ps, &before, &none, &rules, true).unwrap();
+        assert_eq!(parked.parked.get("gpu"), Some(&100));
+        let placed = parked.placed(&ps);
+        assert_eq!(placed.len(), 200);
+        parked.map.verify(&cpu, &placed).unwrap();
+        assert!(moved(&before, &parked.map).is_empty());
+        // The grace ran out: they spill onto the cpu workers.
+        let spilled_rules = rules.clone().with_spilled(["gpu".to_owned()].into());
+        let spilled =
+            super::place(&s, &cpu, &ps, &parked.map, &none, &spilled_rules, false).unwrap();
+        assert!(spilled.parked.is_empty());
+        spilled.map.verify(&cpu, &ps).unwrap();
+        // A gpu worker is back: every gpu partition goes to it, spilled or not.
+        let mut back = cpu.clone();
+        back.push(WorkerId::new("gpu0"));
+        back.sort();
+        let returned =
+            super::place(&s, &back, &ps, &spilled.map, &none, &spilled_rules, false).unwrap();
+        returned.map.verify(&back, &ps).unwrap();
+        let gpu0 = WorkerId::new("gpu0");
+        let on_gpu0 = returned.map.partitions_of(&gpu0);
+        assert_eq!(on_gpu0.len(), 100);
+        assert!(on_gpu0.iter().all(|p| p.label() == Some("gpu")));
+    }
+
+    #[test]
+    fn pins_and_crash_recovery_respect_labels() {
+        let s = WeightedConsistentHash::default();
+        let mut profiles = labelled("gpu", 2, &["gpu"]);
+        profiles.extend(labelled("cpu", 2, &[]));
+        let ws: Vec<WorkerId> = profiles
+            .iter()
+            .map(|(w, _)| w.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ps = mixed(60);
+        let rules = rules_of(&profiles);
+        // p0 (gpu) pinned to a cpu worker: ignored; p1 (plain) pinned to cpu1: honoured.
+        let mut intents = Intents::default();
+        intents.pinned.insert("p0".into(), WorkerId::new("cpu0"));
+        intents.pinned.insert("p1".into(), WorkerId::new("cpu1"));
+        let placed =
+            super::place(&s, &ws, &ps, &AssignmentMap::new(), &intents, &rules, false).unwrap();
+        assert!(labels_respected(&placed.map, &rules));
+        assert_eq!(placed.map.owner_of(&ps[1]), Some(&WorkerId::new("cpu1")));
+        assert!(super::honoured(&placed.map, &ws, &intents, &rules));
+        // gpu1 crashes: its partitions go to gpu0 only.
+        let survivors: Vec<WorkerId> = ws
+            .iter()
+            .filter(|w| w.as_str() != "gpu1")
+            .cloned()
+            .collect();
+        let after = super::place(&s, &survivors, &ps, &placed.map, &intents, &rules, true).unwrap();
+        after.map.verify(&survivors, &ps).unwrap();
+        assert!(labels_respected(&after.map, &rules));
+        let moves = moved(&placed.map, &after.map);
+        assert!(
+            moves
+                .iter()
+                .all(|(_, from, to)| from.as_str() == "gpu1" && to.as_str() == "gpu0")
+        );
+    }
+
+    #[test]
+    fn a_worker_that_lost_its_label_gives_its_labelled_partitions_up_even_in_a_recovery() {
+        let s = WeightedConsistentHash::default();
+        let profiles = labelled("w", 3, &["gpu"]);
+        let ws: Vec<WorkerId> = profiles.iter().map(|(w, _)| w.clone()).collect();
+        let ps = mixed(90);
+        let rules = rules_of(&profiles).with_unlabelled_policy(UnlabelledPolicy::Shared);
+        let before = super::place(
+            &s,
+            &ws,
+            &ps,
+            &AssignmentMap::new(),
+            &Intents::default(),
+            &rules,
+            false,
+        )
+        .unwrap();
+        // w2 restarts without the label (a rolling update), while the cluster is frozen.
+        let mut changed = profiles.clone();
+        changed[2].1 = WorkerProfile::new();
+        let rules = rules_of(&changed).with_unlabelled_policy(UnlabelledPolicy::Shared);
+        let frozen = Intents {
+            frozen: true,
+            ..Intents::default()
+        };
+        let after = super::place(&s, &ws, &ps, &before.map, &frozen, &rules, false).unwrap();
+        after.map.verify(&ws, &ps).unwrap();
+        assert!(labels_respected(&after.map, &rules));
+        assert!(
+            moved(&before.map, &after.map)
+                .iter()
+                .all(|(_, from, _)| *from == ws[2])
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Labels are never violated, every partition that is not parked is placed once, and a
+        /// worker joining a label's pool moves at most about the minimum within that pool.
+        #[test]
+        fn labels_hold_and_joins_move_little_within_a_pool(
+            gpu in 1usize..5,
+            cpu in 1usize..5,
+            n in 30usize..300,
+            shared in proptest::bool::ANY,
+            capacity in 1u32..4,
+        ) {
+            let s = WeightedConsistentHash::default();
+            let mut profiles = labelled("gpu", gpu, &["gpu"]);
+            profiles.extend(labelled("cpu", cpu, &[]));
+            profiles[0].1 = profiles[0].1.clone().with_capacity(Capacity::new(f64::from(capacity)).unwrap());
+            let policy = if shared { UnlabelledPolicy::Shared } else { UnlabelledPolicy::Dedicated };
+            let ws: Vec<WorkerId> = profiles.iter().map(|(w, _)| w.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let ps = mixed(n);
+            let rules = rules_of(&profiles).with_unlabelled_policy(policy);
+            let none = Intents::default();
+            let before = super::place(&s, &ws, &ps, &AssignmentMap::new(), &none, &rules, false).unwrap();
+            before.map.verify(&ws, &ps).unwrap();
+            proptest::prop_assert!(labels_respected(&before.map, &rules));
+            // One more gpu worker joins.
+            let mut joined = profiles.clone();
+            let newcomer = WorkerId::new(format!("gpu{gpu}"));
+            joined.push((newcomer.clone(), WorkerProfile::new().with_label("gpu").unwrap()));
+            let ws2: Vec<WorkerId> = joined.iter().map(|(w, _)| w.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let rules2 = rules_of(&joined).with_unlabelled_policy(policy);
+            let after = super::place(&s, &ws2, &ps, &before.map, &none, &rules2, false).unwrap();
+            after.map.verify(&ws2, &ps).unwrap();
+            proptest::prop_assert!(labels_respected(&after.map, &rules2));
+            // Within the gpu pool (dedicated: only gpu partitions there), the moved weight is
+            // at most 1.1 × the newcomer's share plus one partition.
+            if !shared {
+                let pool_weight: u64 = ps.iter().filter(|p| p.label().is_some()).map(Partition::effective_weight).sum();
+                let units: u64 = u64::from(capacity) + gpu as u64;
+                let minimum = pool_weight as f64 / units as f64;
+                let moved: u64 = moved(&before.map, &after.map)
+                    .iter()
+                    .map(|_| 10u64)
+                    .sum();
+                proptest::prop_assert!(
+                    moved as f64 <= 1.1 * minimum + 10.0,
+                    "moved {} > 1.1 × {}", moved, minimum
+                );
+            }
+        }
     }
 }
