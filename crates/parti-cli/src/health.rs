@@ -165,6 +165,9 @@ pub(crate) struct ClusterReport {
     /// Workers in the map.
     pub(crate) workers: usize,
     pub(crate) first_assignment_at_ms: Option<u64>,
+    /// Label → partitions parked (no worker has the label; held by no one), when any.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub(crate) parked: std::collections::BTreeMap<String, usize>,
 }
 
 /// The leader lease.
@@ -906,6 +909,7 @@ fn cluster_report(
         total_weight,
         workers: record.workers.len(),
         first_assignment_at_ms: record.first_assignment_at,
+        parked: record.parked.clone(),
     })
 }
 

@@ -37,6 +37,12 @@ pub(crate) fn human(report: &Report, server: &str) -> String {
                 "map        {} workers, {} of {} partitions owned, weight {}",
                 c.workers, c.owned_partitions, c.partition_count, c.total_weight
             );
+            for (label, count) in &c.parked {
+                let _ = writeln!(
+                    out,
+                    "parked     {count} partition(s) labelled {label}: no worker has the label"
+                );
+            }
         }
         None => {
             let _ = writeln!(out, "cluster    no assignment published yet");

@@ -108,7 +108,7 @@ impl Partition {
     }
 
     /// Same keys and weight, placed only on workers that have `label` (see
-    /// [`WorkerProfile`](crate::WorkerProfile) and SPEC "Labels").
+    /// [`profile`](crate::profile)).
     ///
     /// # Errors
     ///

@@ -72,6 +72,10 @@ pub(crate) struct Edit {
     /// The weight of partitions given on the command line (0: the default weight).
     #[arg(long, default_value_t = 0, conflicts_with = "file")]
     weight: u64,
+    /// The label of partitions given on the command line: only workers with that label
+    /// receive them.
+    #[arg(long, conflicts_with = "file")]
+    label: Option<String>,
 }
 
 impl Edit {
@@ -81,7 +85,13 @@ impl Edit {
             None => self
                 .partitions
                 .iter()
-                .map(|key| Ok(Partition::new(key.split('.'), self.weight)?))
+                .map(|key| {
+                    let p = Partition::new(key.split('.'), self.weight)?;
+                    Ok(match &self.label {
+                        Some(label) => p.with_label(label.clone())?,
+                        None => p,
+                    })
+                })
                 .collect(),
         }
     }
@@ -190,7 +200,12 @@ fn print_list(args: &PartitionsArgs, listed: &Listed, json: bool) -> anyhow::Res
         listed.partitions.len()
     );
     for p in &listed.partitions {
-        text.push_str(&format!("{}\t{}\n", p.subject_key(), p.effective_weight()));
+        let label = p.label().map(|l| format!("\t{l}")).unwrap_or_default();
+        text.push_str(&format!(
+            "{}\t{}{label}\n",
+            p.subject_key(),
+            p.effective_weight()
+        ));
     }
     print(&text)
 }

@@ -148,6 +148,11 @@ pub(crate) struct Leader {
     /// The profiles (capacity, labels) the last publish was placed with: a change of a live
     /// worker's profile is a rebalance with reason `placement`.
     placed_profiles: BTreeMap<WorkerId, WorkerProfile>,
+    /// A `placement` publish was asked for and has not been made yet: a partition-change
+    /// publish that is skipped (source down, re-weight below the threshold) asks again.
+    placement_owed: bool,
+    /// The publish `placement_owed` asked for was skipped: ask again.
+    placement_rearm: bool,
 }
 
 /// The target of a paced rebalance and what it was computed from.
@@ -157,6 +162,7 @@ struct Paced {
     workers: Vec<WorkerId>,
     partitions: Vec<Partition>,
     intents: Intents,
+    rules: PlacementRules,
 }
 
 /// A label that no target worker has (see [`Leader::missing_labels`]).
@@ -207,6 +213,24 @@ impl Leader {
             .as_ref()
             .map_or(Lifecycle::ColdStart, |(r, _)| r.lifecycle);
         let takeover = now();
+        // What the inherited map was placed with is unknown: the profiles as they are now (a
+        // later change is one), and the labels it parked, parked from now.
+        let placed_profiles = members.profiles.clone();
+        let missing_labels = committed
+            .record
+            .as_ref()
+            .map(|(r, _)| r.parked.keys())
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                let missing = MissingLabel {
+                    since: takeover,
+                    spill_asked: false,
+                    spilled: false,
+                };
+                (l.clone(), missing)
+            })
+            .collect();
         let lineage_seen = members
             .lineages
             .iter()
@@ -245,8 +269,10 @@ impl Leader {
             intents_owed: false,
             paced: None,
             step_owed: false,
-            missing_labels: BTreeMap::new(),
-            placed_profiles: BTreeMap::new(),
+            missing_labels,
+            placed_profiles,
+            placement_owed: false,
+            placement_rearm: false,
         }
     }
 
@@ -522,6 +548,7 @@ impl Leader {
         // Never publish a broken map, whatever the strategy returned.
         map.verify(workers, &covered)?;
         if reason == RebalanceReason::PartitionChange.as_str()
+            && !self.placement_owed
             && let Some(gain) = reweight_gain(previous, &map, &covered)
             && gain < self.ctx.min_rebalance_threshold
         {
@@ -536,7 +563,7 @@ impl Leader {
             self.rearm_after_skip(workers);
             return Ok(self.publisher.committed().version());
         }
-        let map = self.paced_step(workers, &fresh, map, orphans_only);
+        let map = self.paced_step(workers, &fresh, map, &rules, orphans_only);
         map.verify(workers, &covered)?;
         let started = std::time::Instant::now();
         let moved = moved_partitions(&self.last_map, &map);
@@ -567,6 +594,7 @@ impl Leader {
             && !placement::honoured(&map, workers, &self.intents, &rules);
         self.note_labels(workers, &fresh, &placed.parked, &rules);
         self.placed_profiles = rules.profiles;
+        self.placement_owed = false;
         self.last_map = map;
         self.lifecycle = lifecycle;
         self.partitions = Some(fresh);
@@ -584,6 +612,9 @@ impl Leader {
         if self.paced.is_some() {
             self.step_owed = true;
         }
+        if self.placement_owed {
+            self.placement_rearm = true;
+        }
     }
 
     /// With `maxMovesPerStep`, the step of `map` to publish now: towards the target being
@@ -595,6 +626,7 @@ impl Leader {
         workers: &[WorkerId],
         fresh: &[Partition],
         map: AssignmentMap,
+        rules: &PlacementRules,
         orphans_only: bool,
     ) -> AssignmentMap {
         let Some(limit) = self.ctx.max_moves_per_step else {
@@ -605,14 +637,18 @@ impl Leader {
         }
         let target = match self.paced.take() {
             Some(p)
-                if p.workers == workers && p.partitions == fresh && p.intents == self.intents =>
+                if p.workers == workers
+                    && p.partitions == fresh
+                    && p.intents == self.intents
+                    && p.rules == *rules =>
             {
                 p.target
             }
             _ => map,
         };
         let current = &self.publisher.committed().map;
-        let (step, more) = placement::pace(current, &target, limit.limit(fresh.len()));
+        let allowed = placement::Allowed::new(workers, &self.intents, rules);
+        let (step, more) = placement::pace(current, &target, limit.limit(fresh.len()), &allowed);
         self.step_owed = more;
         if more {
             self.paced = Some(Paced {
@@ -620,6 +656,7 @@ impl Leader {
                 workers: workers.to_vec(),
                 partitions: fresh.to_vec(),
                 intents: self.intents.clone(),
+                rules: rules.clone(),
             });
         }
         step
@@ -738,12 +775,14 @@ impl Leader {
                 spill = true;
             }
         }
-        if !(changed || spill) {
+        let rearm = std::mem::take(&mut self.placement_rearm);
+        if !(changed || spill || rearm) {
             return Vec::new();
         }
         if changed {
             self.placed_profiles = self.members.profiles.clone();
         }
+        self.placement_owed = true;
         self.planner.handle(Input::PlacementChanged { now: now_at })
     }
 
@@ -1190,11 +1229,13 @@ fn reweight_gain(
     proposed: &AssignmentMap,
     fresh: &[Partition],
 ) -> Option<f64> {
-    let current_keys: BTreeSet<&[String]> = current
+    // Keys and labels: a relabelled partition may have to move whatever the weights say.
+    let current_keys: BTreeSet<(&[String], Option<&str>)> = current
         .iter()
-        .flat_map(|(_, ps)| ps.iter().map(Partition::keys))
+        .flat_map(|(_, ps)| ps.iter().map(|p| (p.keys(), p.label())))
         .collect();
-    let fresh_keys: BTreeSet<&[String]> = fresh.iter().map(Partition::keys).collect();
+    let fresh_keys: BTreeSet<(&[String], Option<&str>)> =
+        fresh.iter().map(|p| (p.keys(), p.label())).collect();
     if current_keys != fresh_keys || !current.workers().eq(proposed.workers()) || current.is_empty()
     {
         return None;

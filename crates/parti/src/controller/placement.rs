@@ -53,7 +53,7 @@ impl Placed {
 }
 
 /// Which workers each partition may go to, over a set of workers (the targets, or all of
-/// them): the label rules of SPEC "Labels".
+/// them): the label rules of [`profile`](crate::profile).
 #[derive(Debug)]
 struct Pools<'a> {
     /// Where unlabelled partitions, and those of spilled labels, go (sorted).
@@ -142,6 +142,37 @@ impl<'a> Pools<'a> {
     }
 }
 
+/// Which worker may hold which partition under the label rules, over the targets of
+/// `workers` under `intents` (see [`place`]).
+#[derive(Debug)]
+pub(crate) struct Allowed<'a> {
+    targets: Vec<WorkerId>,
+    pools: Pools<'a>,
+    everyone: Pools<'a>,
+}
+
+impl<'a> Allowed<'a> {
+    /// Over `workers` (sorted, unique).
+    pub(crate) fn new(workers: &[WorkerId], intents: &Intents, rules: &'a PlacementRules) -> Self {
+        let targets = targets(workers, intents);
+        Self {
+            pools: Pools::new(&targets, rules),
+            everyone: Pools::new(workers, rules),
+            targets,
+        }
+    }
+
+    /// Whether `worker` may keep `partition`: a target as the pools over the targets say; a
+    /// drained worker as the pools over every worker say (a drain is not a label change).
+    pub(crate) fn allows(&self, worker: &WorkerId, partition: &Partition) -> bool {
+        if self.targets.binary_search(worker).is_ok() {
+            self.pools.allows(worker, partition)
+        } else {
+            self.everyone.allows(worker, partition)
+        }
+    }
+}
+
 /// The map over `workers` (sorted, unique, not empty) for `partitions`.
 ///
 /// - Labels (see [`profile`](crate::profile)): each partition may go only to the target
@@ -177,16 +208,23 @@ pub(crate) fn place(
     };
     let unconstrained = pools.unconstrained(&targets, partitions);
     if (orphans_only || intents.frozen) && !previous.is_empty() {
-        // What the labels no longer allow is an orphan too.
-        let everyone = Pools::new(workers, rules);
+        // What the labels no longer allow is an orphan too (judged on the partition as
+        // listed now: its label may have changed).
         let allowed: AssignmentMap = if unconstrained {
             previous.clone()
         } else {
+            let rules_now = Allowed::new(workers, intents, rules);
+            let listed: BTreeMap<&[String], &Partition> =
+                partitions.iter().map(|p| (p.keys(), p)).collect();
             previous
                 .iter()
                 .map(|(w, held)| {
-                    let kept = held.iter().filter(|p| everyone.allows(w, p)).cloned();
-                    (w.clone(), kept.collect())
+                    let kept = held.iter().filter(|p| {
+                        listed
+                            .get(p.keys())
+                            .is_some_and(|now| rules_now.allows(w, now))
+                    });
+                    (w.clone(), kept.cloned().collect())
                 })
                 .collect()
         };
@@ -313,11 +351,13 @@ pub(crate) fn honoured(
 /// worker of `target` to another; everything else of `target` (partitions whose owner is gone,
 /// new partitions, removals) at once. Returns the step and whether moves remain. Moves are
 /// taken round-robin over the gaining workers (in key order within each), so every gainer
-/// starts filling from the first step.
+/// starts filling from the first step. A move away from an owner that `permitted` no longer lets
+/// hold the partition (its labels) is never deferred, nor counted against the limit.
 pub(crate) fn pace(
     current: &AssignmentMap,
     target: &AssignmentMap,
     limit: usize,
+    permitted: &Allowed<'_>,
 ) -> (AssignmentMap, bool) {
     let owners_now = current.owners();
     // Per gainer, the moves into it, in key order (owners() is sorted by keys).
@@ -328,6 +368,7 @@ pub(crate) fn pace(
             if let Some(&from) = owners_now.get(p.keys())
                 && from != gainer
                 && target.contains_worker(from)
+                && permitted.allows(from, p)
             {
                 by_gainer.entry(gainer).or_default().push(p);
             }
@@ -358,6 +399,7 @@ pub(crate) fn pace(
                 Some(&from)
                     if from != gainer
                         && target.contains_worker(from)
+                        && permitted.allows(from, p)
                         && !allowed.contains(p.keys()) =>
                 {
                     from
@@ -400,6 +442,18 @@ mod tests {
     ) -> Result<AssignmentMap> {
         let rules = PlacementRules::default();
         super::place(s, ws, ps, previous, intents, &rules, orphans_only).map(|p| p.map)
+    }
+
+    /// [`pace`] without placement rules.
+    fn pace(
+        current: &AssignmentMap,
+        target: &AssignmentMap,
+        limit: usize,
+    ) -> (AssignmentMap, bool) {
+        let rules = PlacementRules::default();
+        let workers: Vec<WorkerId> = target.workers().cloned().collect();
+        let permitted = Allowed::new(&workers, &Intents::default(), &rules);
+        super::pace(current, target, limit, &permitted)
     }
 
     /// [`honoured`] without placement rules.
@@ -830,5 +884,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn pacing_never_defers_a_move_off_a_worker_the_labels_no_longer_allow() {
+        let s = WeightedConsistentHash::default();
+        let mut profiles = labelled("gpu", 2, &["gpu"]);
+        profiles.extend(labelled("cpu", 2, &[]));
+        let ws: Vec<WorkerId> = profiles
+            .iter()
+            .map(|(w, _)| w.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ps = mixed(90);
+        let none = Intents::default();
+        // Spilled onto the cpu workers while no gpu worker was there.
+        let cpu: Vec<WorkerId> = ws
+            .iter()
+            .filter(|w| w.as_str().starts_with("cpu"))
+            .cloned()
+            .collect();
+        let spilled_rules = rules_of(&profiles[2..]).with_spilled(["gpu".to_owned()].into());
+        let spilled = super::place(
+            &s,
+            &cpu,
+            &ps,
+            &AssignmentMap::new(),
+            &none,
+            &spilled_rules,
+            false,
+        )
+        .unwrap();
+        // The gpu workers are back: with a limit of one move per step, every gpu partition still
+        // leaves the cpu workers in the first step (they may not keep them).
+        let rules = rules_of(&profiles);
+        let target = super::place(&s, &ws, &ps, &spilled.map, &none, &rules, false).unwrap();
+        let permitted = Allowed::new(&ws, &none, &rules);
+        let (step, _) = super::pace(&spilled.map, &target.map, 1, &permitted);
+        step.verify(&ws, &ps).unwrap();
+        assert!(labels_respected(&step, &rules));
     }
 }
