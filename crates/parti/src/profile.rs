@@ -1,7 +1,7 @@
 //! What a worker announces about itself for placement: its [`Capacity`] and its labels.
 //!
-//! A worker's [`WorkerProfile`] is set in its configuration (`capacity`, `labels`) or builder ([`ManagerBuilder::capacity`](crate::ManagerBuilder::capacity),
-//! [`ManagerBuilder::labels`](crate::ManagerBuilder::labels)) and announced in its heartbeat.
+//! A worker's [`WorkerProfile`] is set in its configuration (`capacity`, `labels`) or builder
+//! ([`ManagerBuilder::profile`](crate::ManagerBuilder::profile)) and announced in its heartbeat.
 //! The leader applies both around the strategy, so every strategy respects them:
 //!
 //! - **Capacity**: a worker of capacity 2.0 is given the load of two workers of capacity 1.0
@@ -153,7 +153,7 @@ impl WorkerProfile {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when `label` is not a valid label name
-    /// ([`check_label`](crate::partition::check_label)).
+    /// ([`check_label`]).
     pub fn with_label(mut self, label: impl Into<String>) -> Result<Self> {
         let label = label.into();
         check_label(&label).map_err(|why| invalid("labels", why))?;

@@ -262,7 +262,8 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when the capacity is out of range or a label is not valid.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) when the capacity is out of range
+    /// or a label is not valid.
     pub fn profile(&self) -> crate::error::Result<crate::WorkerProfile> {
         let mut violations = Vec::new();
         let capacity = crate::Capacity::new(self.capacity).unwrap_or_else(|_| {
