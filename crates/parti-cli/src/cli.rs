@@ -82,6 +82,9 @@ pub(crate) enum Command {
     /// --remove-worker, --drain, --partitions FILE): every move with its weight and reason,
     /// the balance before and after, the number of steps. Nothing is written.
     Plan(crate::plan::PlanArgs),
+    /// The last publishes (version, term, time, reason) with every partition moved, from →
+    /// to and why; --follow prints new ones as they land. Nothing is written.
+    History(crate::history::HistoryArgs),
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - `parti partitions list|add|remove|set` — edit the partition list kept in NATS KV.
 //! - `parti drain|undrain|pin|unpin|freeze|unfreeze` — the operator's placement intents.
 //! - `parti plan` — what the leader would publish now or after a hypothetical change.
+//! - `parti history [--follow]` — the last publishes, each move with its reason.
 //!
 //! Every subcommand lives in its own module (`status`, `watch`, `worker`, `sim/`, `chaos/`) with an
 //! `Args` type for clap and an `async fn run(args, &Global) -> anyhow::Result<ExitCode>`; adding
@@ -45,6 +46,7 @@
 //!     plan (→ [`provision`]).
 //!   - [`control`] — `parti drain|undrain|pin|unpin|freeze|unfreeze`: edits the intents in the
 //!     assignment bucket (→ [`buckets`]); its `describe` is what `status` prints of them.
+//!   - [`history`] — `parti history`: the leader's publish history (→ [`buckets`]).
 //!   - [`plan`] — `parti plan`: reads the cluster as the leader does, previews the map with
 //!     the library's placement (→ [`buckets`], [`status`], [`partitions`]).
 //!   - [`partitions`] — `parti partitions`: the partition list in NATS KV; its `file` module
@@ -71,6 +73,7 @@ mod connect;
 mod control;
 mod global;
 mod health;
+mod history;
 mod metrics_server;
 mod output;
 mod partitions;
@@ -147,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Freeze(a) => control::run(Intent::Freeze(true), a.json, g).await,
         Command::Unfreeze(a) => control::run(Intent::Freeze(false), a.json, g).await,
         Command::Plan(args) => plan::run(args, g).await,
+        Command::History(args) => history::run(args, g).await,
     }
 }
 

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use parti::control::{Control, Move, preview};
+use parti::control::{Control, move_reason, preview};
 use parti::heartbeat::HeartbeatValue;
 use parti::source::NatsKv;
 use parti::store::codec;
@@ -152,7 +152,6 @@ pub(crate) async fn run(args: PlanArgs, global: &Global) -> anyhow::Result<ExitC
         config.assignment.max_moves_per_step,
     )
     .context("cannot compute the plan")?;
-    let added: BTreeSet<WorkerId> = args.add_worker.iter().cloned().map(WorkerId::new).collect();
     let moves: Vec<MoveJson> = plan
         .moves
         .iter()
@@ -161,7 +160,15 @@ pub(crate) async fn run(args: PlanArgs, global: &Global) -> anyhow::Result<ExitC
             weight: m.partition.effective_weight(),
             from: m.from.as_ref().map(ToString::to_string),
             to: m.to.to_string(),
-            reason: reason(m, &plan.map, &intents, &added),
+            reason: move_reason(
+                &m.partition,
+                m.from.as_ref(),
+                &m.to,
+                &committed,
+                &plan.map,
+                &intents,
+                "plan",
+            ),
         })
         .collect();
     let json = PlanJson {
@@ -178,31 +185,6 @@ pub(crate) async fn run(args: PlanArgs, global: &Global) -> anyhow::Result<ExitC
         print(&human(&json))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Why a partition moves.
-fn reason(
-    m: &Move,
-    map: &AssignmentMap,
-    intents: &parti::control::Intents,
-    added: &BTreeSet<WorkerId>,
-) -> String {
-    let Some(from) = &m.from else {
-        return "new partition".into();
-    };
-    if !map.contains_worker(from) {
-        return format!("{from} gone");
-    }
-    if intents.drained.contains(from) {
-        return format!("drain of {from}");
-    }
-    if intents.pinned.get(&m.partition.subject_key()) == Some(&m.to) {
-        return "pin".into();
-    }
-    if added.contains(&m.to) {
-        return format!("{} joins", m.to);
-    }
-    "rebalance".into()
 }
 
 /// The largest load over the mean load, `None` for an empty map.

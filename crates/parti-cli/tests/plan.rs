@@ -125,6 +125,40 @@ async fn the_plan_for_a_join_is_what_the_next_publish_does() {
         })
         .collect();
     assert_eq!(done, predicted, "the publish made other moves than planned");
+
+    // The history shows that publish, each move with its reason (written just after it).
+    let version = after.record.as_ref().map(|(r, _)| r.version).unwrap();
+    wait_until(Duration::from_secs(10), "the history entry", || async {
+        parti::records::read_history(&*bucket)
+            .await
+            .is_ok_and(|(h, _)| h.last().is_some_and(|e| e.version >= version))
+    })
+    .await
+    .unwrap();
+    let out = run(&url, cfg, &["history", "-n", "1", "--json"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let entry = out.json();
+    assert_eq!(entry["reason"], "scale_up", "{out:?}");
+    let joined = format!("{next} joined");
+    let recorded: BTreeSet<(String, String, String)> = entry["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["why"], joined.as_str(), "{m}");
+            (
+                m["partition"].as_str().unwrap().to_owned(),
+                m["from"].as_str().unwrap_or("").to_owned(),
+                m["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(recorded, predicted);
+    let text = run(&url, cfg, &["history"]).await;
+    assert!(
+        text.stdout.contains("cold_start") && text.stdout.contains("scale_up"),
+        "{text:?}"
+    );
     drop(workers);
     drop(joiner);
 }

@@ -292,14 +292,20 @@ pub fn preview(
         })
         .collect();
     moves.sort_by(|a, b| a.partition.cmp(&b.partition));
-    let paced = moves
+    let paced: Vec<&Move> = moves
         .iter()
         .filter(|m| m.from.as_ref().is_some_and(|f| map.contains_worker(f)))
-        .count();
+        .collect();
     let steps = match (moves.is_empty(), max_moves_per_step) {
         (true, _) => 0,
         (false, None) => 1,
-        (false, Some(limit)) => paced.div_ceil(limit.limit(partitions.len())).max(1),
+        (false, Some(limit)) => {
+            let budget = limit.budget(&partitions);
+            let cost: u128 = paced.iter().map(|m| budget.cost(&m.partition)).sum();
+            usize::try_from(cost.div_ceil(budget.cap().max(1)))
+                .unwrap_or(usize::MAX)
+                .max(1)
+        }
     };
     Ok(Preview {
         map,
@@ -309,12 +315,141 @@ pub fn preview(
     })
 }
 
+/// Why a publish with `reason` moves `partition` from `from` (its owner in `before`; `None`
+/// when it had none) to `to` (its owner in `after`), as `parti plan` and `parti history` say
+/// it: `new partition`, `crash of worker-3` (an emergency), `worker-3 left`, `drain of
+/// worker-3`, `pin`, `worker-3 joined`, `pacing step`, `partition list change`, `capacity or
+/// label change`, `rebalance`.
+pub fn move_reason(
+    partition: &Partition,
+    from: Option<&WorkerId>,
+    to: &WorkerId,
+    before: &AssignmentMap,
+    after: &AssignmentMap,
+    intents: &Intents,
+    reason: &str,
+) -> String {
+    let Some(from) = from else {
+        return "new partition".into();
+    };
+    if !after.contains_worker(from) {
+        return if reason == "emergency" {
+            format!("crash of {from}")
+        } else {
+            format!("{from} left")
+        };
+    }
+    if intents.drained.contains(from) {
+        return format!("drain of {from}");
+    }
+    if intents.pinned.get(&partition.subject_key()) == Some(to) {
+        return "pin".into();
+    }
+    if !before.contains_worker(to) {
+        return format!("{to} joined");
+    }
+    match reason {
+        "paced" => "pacing step".into(),
+        "partition_change" => "partition list change".into(),
+        "placement" => "capacity or label change".into(),
+        _ => "rebalance".into(),
+    }
+}
+
+/// The history entry of a publish from `before` to `after` (see [`HistoryEntry`]).
+pub(crate) fn history_entry(
+    before: &AssignmentMap,
+    after: &AssignmentMap,
+    intents: &Intents,
+    (version, term, at_ms, reason): (u64, u64, u64, &str),
+) -> crate::records::HistoryEntry {
+    let owners = before.owners();
+    let mut moved = 0;
+    let mut moves = Vec::new();
+    let mut all: Vec<(&Partition, Option<&WorkerId>, &WorkerId)> = after
+        .iter()
+        .flat_map(|(to, held)| {
+            let owners = &owners;
+            held.iter().filter_map(move |p| {
+                let from = owners.get(p.keys()).copied();
+                (from != Some(to)).then_some((p, from, to))
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    for (p, from, to) in all {
+        moved += 1;
+        if moves.len() < crate::records::HISTORY_MOVES_LISTED {
+            moves.push(crate::records::HistoryMove {
+                partition: p.subject_key(),
+                from: from.cloned(),
+                to: to.clone(),
+                why: move_reason(p, from, to, before, after, intents, reason),
+            });
+        }
+    }
+    crate::records::HistoryEntry {
+        version,
+        term,
+        at_ms,
+        reason: reason.to_owned(),
+        workers: after.len(),
+        partitions: after.partition_count(),
+        moved,
+        moves,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
     use crate::strategy::WeightedConsistentHash;
+
+    #[test]
+    fn a_history_entry_names_every_move_and_its_reason() {
+        let w = |i: u32| WorkerId::new(format!("w{i}"));
+        let p = |k: &str| Partition::new([k], 1).unwrap();
+        let mut before = AssignmentMap::with_workers(&[w(0), w(1), w(2)]);
+        before.push(&w(0), p("a"));
+        before.push(&w(1), p("b"));
+        before.push(&w(2), p("c"));
+        before.push(&w(2), p("d"));
+        // w2 crashed (gone), w3 joined, e is new, w1 is drained.
+        let mut after = AssignmentMap::with_workers(&[w(0), w(1), w(3)]);
+        after.push(&w(0), p("a"));
+        after.push(&w(3), p("b"));
+        after.push(&w(0), p("c"));
+        after.push(&w(3), p("d"));
+        after.push(&w(0), p("e"));
+        let mut intents = Intents::default();
+        intents.drained.insert(w(1));
+        let entry = history_entry(&before, &after, &intents, (9, 2, 1_000, "emergency"));
+        let whys: Vec<(&str, &str)> = entry
+            .moves
+            .iter()
+            .map(|m| (m.partition.as_str(), m.why.as_str()))
+            .collect();
+        assert_eq!(
+            whys,
+            [
+                ("b", "drain of w1"),
+                ("c", "crash of w2"),
+                ("d", "crash of w2"),
+                ("e", "new partition"),
+            ]
+        );
+        assert_eq!((entry.version, entry.moved, entry.workers), (9, 4, 3));
+        let left = history_entry(
+            &before,
+            &after,
+            &Intents::default(),
+            (9, 2, 0, "scale_down"),
+        );
+        assert_eq!(left.moves[0].why, "w3 joined");
+        assert_eq!(left.moves[1].why, "w2 left");
+    }
 
     #[test]
     fn a_preview_lists_every_move_and_counts_the_paced_steps() {

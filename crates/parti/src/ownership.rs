@@ -181,8 +181,19 @@ impl OwnershipLog {
 
     /// Stamps `event` with the time now and hands it to the sink.
     pub(crate) fn record(&self, worker: &WorkerId, event: OwnershipEvent) -> OwnershipRecord {
+        self.record_at(unix_ns(), worker, event)
+    }
+
+    /// Stamps `event` with `at_ns` (when it was decided, taken just before) and hands it to
+    /// the sink.
+    pub(crate) fn record_at(
+        &self,
+        at_ns: u64,
+        worker: &WorkerId,
+        event: OwnershipEvent,
+    ) -> OwnershipRecord {
         let record = OwnershipRecord {
-            at_ns: unix_ns(),
+            at_ns,
             worker: worker.clone(),
             instance: self.instance.to_string(),
             event,
@@ -282,8 +293,11 @@ impl Holdings {
     }
 
     /// Starts holding `gained` at `epoch`, valid until `valid_until_ns`.
+    /// Every record is stamped `at` (one instant for the whole change, at which the caller
+    /// checked the lease).
     pub(crate) fn hold(
         &mut self,
+        at: u64,
         worker: &WorkerId,
         gained: &[Partition],
         epoch: u64,
@@ -296,7 +310,7 @@ impl Holdings {
             self.applied = epoch;
             out.push(
                 self.log
-                    .record(worker, OwnershipEvent::Applied { version: epoch }),
+                    .record_at(at, worker, OwnershipEvent::Applied { version: epoch }),
             );
         }
         let before = out.len();
@@ -307,7 +321,8 @@ impl Holdings {
             }
             self.held
                 .insert(id.clone(), (partition.clone(), worker.clone(), epoch));
-            out.push(self.log.record(
+            out.push(self.log.record_at(
+                at,
                 worker,
                 OwnershipEvent::Hold {
                     partition: id,
@@ -387,8 +402,8 @@ mod tests {
         let view = holdings.watch();
         let w = WorkerId::new("w-0");
         let p = |k: &str| Partition::new([k], 1).unwrap();
-        holdings.hold(&w, &[p("a"), p("b")], 3, 100);
-        holdings.hold(&w, &[p("a"), p("c")], 4, 100);
+        holdings.hold(1, &w, &[p("a"), p("b")], 3, 100);
+        holdings.hold(1, &w, &[p("a"), p("c")], 4, 100);
         let held = view.borrow().clone();
         assert_eq!(
             held.epoch(&p("a")),
@@ -411,8 +426,8 @@ mod tests {
         let mut holdings = Holdings::new(OwnershipLog::new(Some(Arc::new(recorder.clone())), "i"));
         let w = WorkerId::new("w-0");
         let p = |k: &str| Partition::new([k], 1).unwrap();
-        holdings.hold(&w, &[p("a"), p("b")], 3, 100);
-        holdings.hold(&w, &[p("a")], 4, 100); // already held: no new holding
+        holdings.hold(1, &w, &[p("a"), p("b")], 3, 100);
+        holdings.hold(1, &w, &[p("a")], 4, 100); // already held: no new holding
         holdings.release(&[p("a"), p("zz")]);
         holdings.release(&[p("b")]);
         let kinds: Vec<String> = recorder

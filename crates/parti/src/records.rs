@@ -54,6 +54,79 @@ impl Intents {
     }
 }
 
+/// Prefix of the publish history: one key `history.<version>` (20 digits) per publish that
+/// changed the map, the last [`HISTORY_KEEP`] kept (see [`HistoryEntry`]).
+pub const HISTORY_KEY_PREFIX: &str = "history.";
+/// How many publishes the history keeps.
+pub const HISTORY_KEEP: usize = 64;
+/// How many moves one history entry lists (the count is always exact).
+pub const HISTORY_MOVES_LISTED: usize = 1_000;
+
+/// The history key of `version`.
+pub fn history_key(version: u64) -> String {
+    format!("{HISTORY_KEY_PREFIX}{version:020}")
+}
+
+/// `history.<version>`: one publish as the leader made it — when, why, and every partition it
+/// moved with the reason for that move. Written by the leader after each publish (best effort:
+/// a failed write loses the entry, never the publish); read by `parti history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct HistoryEntry {
+    /// The committed version.
+    pub version: u64,
+    /// The publishing leader's term.
+    pub term: u64,
+    /// When it was committed (Unix milliseconds, the leader's clock).
+    pub at_ms: u64,
+    /// Why it was published (`cold_start`, `scale_up`, `emergency`, `operator`, `paced`, …).
+    pub reason: String,
+    /// Workers in the map.
+    pub workers: usize,
+    /// Partitions in the map.
+    pub partitions: usize,
+    /// Partitions whose owner changed or that got a first owner.
+    pub moved: usize,
+    /// The first [`HISTORY_MOVES_LISTED`] of them, in key order.
+    pub moves: Vec<HistoryMove>,
+}
+
+/// One partition a published map moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct HistoryMove {
+    /// The partition's keys joined with `.`.
+    pub partition: String,
+    /// Its previous owner (`None`: a new partition, or one without an owner before).
+    pub from: Option<WorkerId>,
+    /// Its new owner.
+    pub to: WorkerId,
+    /// Why it moved: `new partition`, `crash of worker-3`, `worker-3 left`, `drain of
+    /// worker-3`, `pin`, `worker-3 joined`, `pacing step`, `partition list change`,
+    /// `rebalance`.
+    pub why: String,
+}
+
+/// The history entries in the bucket, oldest first, and the history keys that did not decode.
+///
+/// # Errors
+///
+/// The store's error when the keys cannot be listed.
+pub async fn read_history(bucket: &dyn Bucket) -> Result<(Vec<HistoryEntry>, Vec<String>)> {
+    let mut entries = Vec::new();
+    let mut garbage = Vec::new();
+    for entry in bucket.list(&format!("{HISTORY_KEY_PREFIX}>")).await? {
+        match codec::decode::<HistoryEntry>(bucket.name(), &entry.key, &entry.value) {
+            Ok(h) => entries.push(h),
+            Err(_) => garbage.push(entry.key),
+        }
+    }
+    entries.sort_by_key(|h| h.version);
+    Ok((entries, garbage))
+}
+
 /// `floor`: the highest version a publish may have committed, and the term it was made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -19,8 +19,8 @@
 use std::collections::BTreeMap;
 
 use parti::records::{
-    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, INTENTS_KEY, Intents, REFRESH_KEY, RefreshRequest,
-    VersionFloor, WorkerRecord, parse_worker_key,
+    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, HISTORY_KEY_PREFIX, HistoryEntry, INTENTS_KEY, Intents,
+    REFRESH_KEY, RefreshRequest, VersionFloor, WorkerRecord, parse_worker_key,
 };
 use parti::stable_id::StableIdConfig;
 use parti::store::{Entry, codec};
@@ -256,6 +256,11 @@ pub(crate) fn check_assignment(
                 }
                 Err(e) => bad(key, format!("not a refresh request: {}", short(&e))),
             },
+            _ if key.starts_with(HISTORY_KEY_PREFIX) => {
+                if let Err(e) = codec::decode::<HistoryEntry>(bucket, key, value) {
+                    bad(key, format!("not a history entry: {}", short(&e)));
+                }
+            }
             INTENTS_KEY => {
                 if let Err(e) = codec::decode::<Intents>(bucket, key, value) {
                     bad(key, format!("not operator intents: {}", short(&e)));
@@ -265,7 +270,7 @@ pub(crate) fn check_assignment(
                 None => bad(
                     key,
                     "unexpected key: the assignment bucket holds cluster, floor, refresh, \
-                     intents and worker.{id}.a|b"
+                     intents, history.{version} and worker.{id}.a|b"
                         .to_owned(),
                 ),
                 Some((worker, _)) => {

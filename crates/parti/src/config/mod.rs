@@ -48,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compat::{ConfigWarning, LoadReport};
 pub use degraded::{DegradedAlertConfig, DegradedBehaviorConfig, DegradedHolding, DegradedPreset};
-pub use sections::{AssignmentConfig, KvBucketConfig, MovesPerStep};
+pub use sections::{AssignmentConfig, KvBucketConfig, MovesPerStep, StepBudget};
 
 /// Everything a worker's coordination can be tuned with.
 ///

@@ -24,7 +24,7 @@ pub struct AssignmentConfig {
     /// limit). A larger rebalance is published as a sequence of steps towards the same target,
     /// each a complete hand-off: the next step follows once every move of the previous one is
     /// held by its gainer (and `minRebalanceInterval` has passed). A count (`500`) or a
-    /// percentage of the partitions (`"10%"`). Partitions without a live owner (a crash, a
+    /// percentage of the total partition weight (`"10%"`). Partitions without a live owner (a crash, a
     /// new partition) are placed at once, never paced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_moves_per_step: Option<MovesPerStep>,
@@ -46,16 +46,54 @@ pub struct AssignmentConfig {
 pub enum MovesPerStep {
     /// At most this many partitions (at least 1).
     Count(u32),
-    /// At most this fraction of the partitions, rounded up (in `(0, 1]`).
+    /// At most this fraction of the total partition weight, rounded up (in `(0, 1]`); with
+    /// equal weights, that fraction of the partitions.
     Fraction(f64),
 }
 
 impl MovesPerStep {
-    /// The number of moves allowed in one step over `partitions` partitions (at least 1).
-    pub fn limit(self, partitions: usize) -> usize {
+    /// What one step may move over `partitions`: [`Count`](Self::Count) partitions, or
+    /// [`Fraction`](Self::Fraction) of their total effective weight (rounded up; at least 1).
+    pub fn budget(self, partitions: &[crate::Partition]) -> StepBudget {
         match self {
-            Self::Count(n) => (n as usize).max(1),
-            Self::Fraction(f) => ((partitions as f64 * f).ceil() as usize).max(1),
+            Self::Count(n) => StepBudget::Moves((n as usize).max(1)),
+            Self::Fraction(f) => {
+                let total: u128 = partitions
+                    .iter()
+                    .map(|p| u128::from(p.effective_weight()))
+                    .sum();
+                // Float-to-int `as` saturates; totals beyond 2^53 round, which is fine here.
+                StepBudget::Weight(((total as f64 * f).ceil() as u128).max(1))
+            }
+        }
+    }
+}
+
+/// What one paced step may move (see [`MovesPerStep::budget`]). A step always makes at least
+/// one move, even one that alone exceeds the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepBudget {
+    /// At most this many partitions.
+    Moves(usize),
+    /// At most this much effective weight.
+    Weight(u128),
+}
+
+impl StepBudget {
+    /// What moving `partition` costs: 1, or its effective weight.
+    pub fn cost(self, partition: &crate::Partition) -> u128 {
+        match self {
+            Self::Moves(_) => 1,
+            Self::Weight(_) => u128::from(partition.effective_weight()),
+        }
+    }
+
+    /// The most one step may spend.
+    pub fn cap(self) -> u128 {
+        match self {
+            Self::Moves(n) => n as u128,
+            Self::Weight(w) => w,
         }
     }
 }

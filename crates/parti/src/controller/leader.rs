@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compat::{self, Fence, Standing};
 use super::handoff::{self, Members};
+use super::history::{HistorySender, Publish};
 use super::placement;
 use super::planner::{
     ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason,
@@ -69,6 +70,9 @@ pub(crate) struct LeaderContext {
     /// `assignment.labelSpillGrace`: how long a label no worker has stays parked.
     pub(crate) label_spill_grace: Duration,
     pub(crate) events: EventSink,
+    /// Where publishes go for the publish history; set by the runner for its term (`None`:
+    /// no history is written).
+    pub(crate) history: Option<HistorySender>,
     /// Set by the manager when it recovers from Degraded: no crash is declared before it.
     pub(crate) suppress_crashes_until: watch::Receiver<Option<Instant>>,
 }
@@ -153,6 +157,16 @@ pub(crate) struct Leader {
     placement_owed: bool,
     /// The publish `placement_owed` asked for was skipped: ask again.
     placement_rearm: bool,
+    /// The source failed at its last read: not asked again by the periodic check (nor by a
+    /// membership publish) before `retry_at`.
+    source_down: Option<SourceDown>,
+}
+
+/// A source that failed (see [`Leader::load_source`]).
+#[derive(Debug, Clone, Copy)]
+struct SourceDown {
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 /// The target of a paced rebalance and what it was computed from.
@@ -273,6 +287,7 @@ impl Leader {
             placed_profiles,
             placement_owed: false,
             placement_rearm: false,
+            source_down: None,
         }
     }
 
@@ -393,8 +408,15 @@ impl Leader {
 
     /// Asks the source whether it changed by itself since the map was built: the input to
     /// feed when it did. A source error is reported and counts as no change.
-    pub(crate) async fn source_changed(&self) -> Option<Input> {
-        match load_checked(&*self.ctx.source, self.ctx.source_timeout).await {
+    ///
+    /// After a failure the periodic check (`noticed` false) leaves the source alone until the
+    /// back-off ends: a source that hangs must not keep the loop busy (a crash waits behind
+    /// every call). A change notice (`noticed`) asks at once.
+    pub(crate) async fn source_changed(&mut self, noticed: bool) -> Option<Input> {
+        if !noticed && self.source_down.is_some_and(|d| now() < d.retry_at) {
+            return None;
+        }
+        match self.load_source().await {
             Ok(fresh) if self.partitions.as_ref().is_some_and(|p| *p != fresh) => {
                 Some(Input::PartitionsChanged { now: now() })
             }
@@ -404,6 +426,26 @@ impl Leader {
                 None
             }
         }
+    }
+
+    /// Reads the source, bounded by `operationTimeout`, and keeps track of its failures: after
+    /// one, the periodic check and membership publishes leave it alone for a back-off (1 s,
+    /// doubling up to 8 s), so that a hung source costs one timeout, not one per check.
+    async fn load_source(&mut self) -> Result<Vec<Partition>> {
+        let loaded = load_checked(&*self.ctx.source, self.ctx.source_timeout).await;
+        match &loaded {
+            Ok(_) => self.source_down = None,
+            Err(_) => {
+                let backoff = self.source_down.map_or(Duration::from_secs(1), |d| {
+                    (d.backoff * 2).min(Duration::from_secs(8))
+                });
+                self.source_down = Some(SourceDown {
+                    retry_at: now() + backoff,
+                    backoff,
+                });
+            }
+        }
+        loaded
     }
 
     /// When the leader must look again by itself: the planner's next deadline, a hand-off
@@ -512,7 +554,17 @@ impl Leader {
         {
             return Err(Error::LeadershipLost);
         }
-        let fresh = match load_checked(&*self.ctx.source, self.ctx.source_timeout).await {
+        // A membership publish (a crash above all) does not wait for a source that just
+        // failed: it places the last good list at once.
+        let source_down = self.source_down.is_some_and(|d| now() < d.retry_at);
+        let loaded = if source_down && reason != RebalanceReason::PartitionChange.as_str() {
+            Err(Error::Source(
+                "the partition source failed recently; placing the last good list".into(),
+            ))
+        } else {
+            self.load_source().await
+        };
+        let fresh = match loaded {
             Ok(fresh) => fresh,
             // A refresh cannot happen without the source: report it, keep the map; the periodic
             // source check notices the change once the source answers again.
@@ -595,7 +647,18 @@ impl Leader {
         self.note_labels(workers, &fresh, &placed.parked, &rules);
         self.placed_profiles = rules.profiles;
         self.placement_owed = false;
-        self.last_map = map;
+        let before = std::mem::replace(&mut self.last_map, map);
+        if let Some(history) = &self.ctx.history {
+            history.record(Publish {
+                before,
+                after: self.last_map.clone(),
+                intents: self.intents.clone(),
+                version,
+                term: self.publisher.agent_term(),
+                at_ms: unix_ms(),
+                reason: reason.to_owned(),
+            });
+        }
         self.lifecycle = lifecycle;
         self.partitions = Some(fresh);
         Ok(version)
@@ -648,7 +711,7 @@ impl Leader {
         };
         let current = &self.publisher.committed().map;
         let allowed = placement::Allowed::new(workers, &self.intents, rules);
-        let (step, more) = placement::pace(current, &target, limit.limit(fresh.len()), &allowed);
+        let (step, more) = placement::pace(current, &target, limit.budget(fresh), &allowed);
         self.step_owed = more;
         if more {
             self.paced = Some(Paced {

@@ -19,12 +19,15 @@
 //!   from, and the hand-off bookkeeping (members' heartbeats, lineages seen, batching,
 //!   expulsions). It has one method per operation: feed an input, execute a decision, complete
 //!   hand-offs, expel overdue losers, say when to wake next.
+//! - `history` writes each publish (its moves and their reasons) under `history.<version>`,
+//!   in a task of its own so that the publish path never waits for it.
 //! - `runner` is the thin I/O shell: it owns the membership watcher and the channels (its
 //!   `Feeds`), turns each event into one `Leader` call, and races the `Leader`'s store and
 //!   source calls against the term's cancellation.
 
 pub(crate) mod compat;
 pub(crate) mod handoff;
+mod history;
 mod leader;
 pub(crate) mod placement;
 pub(crate) mod planner;

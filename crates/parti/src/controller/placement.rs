@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::planner::orphans::reassign_orphans_onto;
 use crate::assignment::AssignmentMap;
+use crate::config::StepBudget;
 use crate::error::Result;
 use crate::partition::{Partition, WorkerId};
 use crate::profile::{Capacity, PlacementRules, UnlabelledPolicy};
@@ -347,8 +348,8 @@ pub(crate) fn honoured(
     drained_empty && pins_in_place
 }
 
-/// One step from `current` towards `target`: at most `limit` moves of a partition from a
-/// worker of `target` to another; everything else of `target` (partitions whose owner is gone,
+/// One step from `current` towards `target`: moves of a partition from a worker of `target` to
+/// another, within `budget`; everything else of `target` (partitions whose owner is gone,
 /// new partitions, removals) at once. Returns the step and whether moves remain. Moves are
 /// taken round-robin over the gaining workers (in key order within each), so every gainer
 /// starts filling from the first step. A move away from an owner that `permitted` no longer lets
@@ -356,7 +357,7 @@ pub(crate) fn honoured(
 pub(crate) fn pace(
     current: &AssignmentMap,
     target: &AssignmentMap,
-    limit: usize,
+    budget: StepBudget,
     permitted: &Allowed<'_>,
 ) -> (AssignmentMap, bool) {
     let owners_now = current.owners();
@@ -374,21 +375,27 @@ pub(crate) fn pace(
             }
         }
     }
-    let total: usize = by_gainer.values().map(Vec::len).sum();
-    if total <= limit {
+    let total: u128 = by_gainer.values().flatten().map(|p| budget.cost(p)).sum();
+    if total <= budget.cap() {
         return (target.clone(), false);
     }
+    // Round-robin over the gainers until the next move does not fit (the first always does).
     let mut allowed: BTreeSet<&[String]> = BTreeSet::new();
+    let mut spent: u128 = 0;
     let mut queues: Vec<std::collections::VecDeque<&Partition>> =
         by_gainer.into_values().map(Into::into).collect();
-    while allowed.len() < limit {
+    'fill: while queues.iter().any(|q| !q.is_empty()) {
         for queue in &mut queues {
-            if allowed.len() == limit {
-                break;
+            let Some(&p) = queue.front() else {
+                continue;
+            };
+            let cost = budget.cost(p);
+            if spent.saturating_add(cost) > budget.cap() && !allowed.is_empty() {
+                break 'fill;
             }
-            if let Some(p) = queue.pop_front() {
-                allowed.insert(p.keys());
-            }
+            queue.pop_front();
+            spent = spent.saturating_add(cost);
+            allowed.insert(p.keys());
         }
     }
     // Deferred moves stay with their current owner.
@@ -453,7 +460,7 @@ mod tests {
         let rules = PlacementRules::default();
         let workers: Vec<WorkerId> = target.workers().cloned().collect();
         let permitted = Allowed::new(&workers, &Intents::default(), &rules);
-        super::pace(current, target, limit, &permitted)
+        super::pace(current, target, StepBudget::Moves(limit), &permitted)
     }
 
     /// [`honoured`] without placement rules.
@@ -921,8 +928,49 @@ mod tests {
         let rules = rules_of(&profiles);
         let target = super::place(&s, &ws, &ps, &spilled.map, &none, &rules, false).unwrap();
         let permitted = Allowed::new(&ws, &none, &rules);
-        let (step, _) = super::pace(&spilled.map, &target.map, 1, &permitted);
+        let (step, _) = super::pace(&spilled.map, &target.map, StepBudget::Moves(1), &permitted);
         step.verify(&ws, &ps).unwrap();
         assert!(labels_respected(&step, &rules));
+    }
+
+    #[test]
+    fn a_weight_budget_bounds_the_weight_each_step_moves() {
+        let s = WeightedConsistentHash::default();
+        let ps: Vec<Partition> = (0..600)
+            .map(|i| Partition::new([format!("p{i}")], 1 + (i % 10)).unwrap())
+            .collect();
+        let total: u64 = ps.iter().map(Partition::effective_weight).sum();
+        let none = Intents::default();
+        let start = place(&s, &workers(3), &ps, &AssignmentMap::new(), &none, false).unwrap();
+        let six = workers(6);
+        let target = place(&s, &six, &ps, &start, &none, false).unwrap();
+        let budget = crate::config::MovesPerStep::Fraction(0.1).budget(&ps);
+        assert_eq!(budget, StepBudget::Weight(u128::from(total).div_ceil(10)));
+        let rules = PlacementRules::default();
+        let permitted = Allowed::new(&six, &none, &rules);
+        let mut current = start;
+        let mut steps = 0;
+        loop {
+            let (step, more) = super::pace(&current, &target, budget, &permitted);
+            let before = current.owners();
+            let moved: u128 = ps
+                .iter()
+                .filter(|p| {
+                    before
+                        .get(p.keys())
+                        .is_some_and(|w| step.owner_of(p) != Some(*w))
+                })
+                .map(|p| u128::from(p.effective_weight()))
+                .sum();
+            assert!(moved <= budget.cap(), "step {steps} moved weight {moved}");
+            steps += 1;
+            current = step;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(current, target);
+        // Half the weight moves from 3 to 6 workers: at least 5 steps of a tenth.
+        assert!(steps >= 5, "{steps}");
     }
 }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::compat;
+use super::history::HistoryWriter;
 use super::leader::{Leader, LeaderContext, now};
 use super::planner::{Decision, Input, PlannerConfig};
 use super::publisher::Publisher;
@@ -24,12 +25,27 @@ use crate::store::{WatchEvent, WatchStream};
 
 /// Runs the controller until `cancel` fires or leadership is lost.
 pub(crate) async fn run(
-    ctx: LeaderContext,
+    mut ctx: LeaderContext,
     term: u64,
     mut refresh: mpsc::UnboundedReceiver<()>,
     cancel: CancellationToken,
 ) -> Result<()> {
-    let publisher = retry_until(&cancel, || {
+    let (history, sender) =
+        HistoryWriter::spawn(Arc::clone(&ctx.assignment_bucket), ctx.source_timeout);
+    ctx.history = Some(sender);
+    let result = run_term(ctx, term, &mut refresh, &cancel).await;
+    history.stop().await;
+    result
+}
+
+/// [`run`] with the term's history writer running.
+async fn run_term(
+    ctx: LeaderContext,
+    term: u64,
+    refresh: &mut mpsc::UnboundedReceiver<()>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let publisher = retry_until(cancel, || {
         Publisher::load(Arc::clone(&ctx.assignment_bucket), term)
     })
     .await
@@ -39,15 +55,7 @@ pub(crate) async fn run(
         ctx.membership_resync,
         ctx.membership_resync,
     );
-    let result = lead(
-        ctx,
-        publisher,
-        &membership,
-        &mut members,
-        &mut refresh,
-        &cancel,
-    )
-    .await;
+    let result = lead(ctx, publisher, &membership, &mut members, refresh, cancel).await;
     membership.stop().await;
     result
 }
@@ -237,7 +245,7 @@ async fn serve(
                 }
                 let changed = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
-                    changed = leader.source_changed() => changed,
+                    changed = leader.source_changed(true) => changed,
                 };
                 match changed {
                     Some(input) => input,
@@ -256,7 +264,7 @@ async fn serve(
                 let (changed, intents) = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     changed = async {
-                        (leader.source_changed().await, leader.intents_changed().await)
+                        (leader.source_changed(false).await, leader.intents_changed().await)
                     } => changed,
                 };
                 match (changed, intents) {

@@ -220,6 +220,7 @@ impl ManagerBuilder {
         let ownership = OwnershipLog::new(self.ownership, &instance);
         let (lease, _) = watch::channel(0);
         let (released_tx, released) = watch::channel(0);
+        let (missed_tx, missed) = watch::channel(0);
         let lapse_pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
         let holdings = Holdings::new(ownership.clone());
@@ -231,6 +232,7 @@ impl ManagerBuilder {
             holdings,
             lease: lease.clone(),
             released: released_tx,
+            missed: missed_tx,
             lapse_pending: Arc::clone(&lapse_pending),
             gate_lease: gate_lease.clone(),
             log: ownership.clone(),
@@ -256,6 +258,7 @@ impl ManagerBuilder {
             lease,
             fence,
             released,
+            missed,
             holder: None,
             gate_lease,
             lapse_pending,

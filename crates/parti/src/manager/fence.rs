@@ -61,6 +61,9 @@ pub(crate) struct FenceParts {
     pub(crate) lease: watch::Sender<u64>,
     /// The highest commit version whose removals were carried out.
     pub(crate) released: watch::Sender<u64>,
+    /// Counts the changes whose gains were not started because the lease had run out by then
+    /// (the runtime lapses on it).
+    pub(crate) missed: watch::Sender<u64>,
     /// Lapses queued by the runtime and not carried out yet (lease extensions wait behind them).
     pub(crate) lapse_pending: Arc<AtomicU64>,
     /// The consumer gate's lease deadline (if a consumer was given).
@@ -98,12 +101,26 @@ pub(crate) fn spawn_fence(
 
 impl FenceParts {
     async fn carry_out(&mut self, worker: &WorkerId, change: HoldingChange, first: bool) {
-        let gained: Vec<Partition> = change.gained.iter().map(|(p, _)| p.clone()).collect();
         let lost: Vec<Partition> = change.lost.iter().map(|(p, _)| p.clone()).collect();
+        // Holdings start only on a lease that is still valid now: a change that waited here
+        // past the deadline starts nothing, and the runtime lapses.
         let valid_until = *self.lease.borrow();
+        let at = crate::clock::unix_ns();
+        let gained: Vec<Partition> = if at < valid_until {
+            change.gained.iter().map(|(p, _)| p.clone()).collect()
+        } else {
+            if !change.gained.is_empty() {
+                tracing::warn!(
+                    partitions = change.gained.len(),
+                    "lease ran out before these holdings could start; lapsing"
+                );
+                self.missed.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Vec::new()
+        };
         let mut records = self
             .holdings
-            .hold(worker, &gained, change.version, valid_until);
+            .hold(at, worker, &gained, change.version, valid_until);
         if !change.is_empty() {
             self.gate(worker, &lost).await;
         }
@@ -176,7 +193,7 @@ impl FenceParts {
         extend_lease(
             &self.lease,
             self.gate_lease.as_deref(),
-            &self.log,
+            (&self.log, crate::clock::unix_ns()),
             &self.events,
             worker,
             valid_until_ns,
@@ -191,11 +208,11 @@ impl FenceParts {
 }
 
 /// Makes a lease deadline current: for the holdings that start, for the consumer gate, and in
-/// the ownership record.
+/// the ownership record, stamped with the instant the extension was decided at (`log.1`).
 pub(crate) fn extend_lease(
     lease: &watch::Sender<u64>,
     gate: Option<&AtomicU64>,
-    log: &OwnershipLog,
+    (log, at_ns): (&OwnershipLog, u64),
     events: &EventSink,
     worker: &WorkerId,
     valid_until_ns: u64,
@@ -204,6 +221,92 @@ pub(crate) fn extend_lease(
     if let Some(cell) = gate {
         cell.store(valid_until_ns, Ordering::Release);
     }
-    let record = log.record(worker, OwnershipEvent::Extend { valid_until_ns });
+    let record = log.record_at(at_ns, worker, OwnershipEvent::Extend { valid_until_ns });
     events.emit(Event::Ownership(Arc::new([record])));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::manager::hooks::{NoHooks, spawn_dispatcher};
+    use crate::ownership::OwnershipRecorder;
+
+    /// A fence task over an ownership recorder, with the lease at `lease`.
+    fn fence(
+        lease: u64,
+    ) -> (
+        mpsc::UnboundedSender<FenceCommand>,
+        JoinHandle<()>,
+        OwnershipRecorder,
+        watch::Receiver<u64>,
+    ) {
+        let recorder = OwnershipRecorder::default();
+        let log = OwnershipLog::new(Some(Arc::new(recorder.clone())), "i");
+        let (events, _dispatcher) =
+            spawn_dispatcher(Arc::new(NoHooks), tokio::sync::broadcast::channel(16).0);
+        let (missed_tx, missed) = watch::channel(0);
+        let (fence, task) = spawn_fence(FenceParts {
+            consumer: Arc::default(),
+            consumer_timeout: Duration::from_secs(1),
+            events,
+            holdings: Holdings::new(log.clone()),
+            lease: watch::Sender::new(lease),
+            released: watch::Sender::new(0),
+            missed: missed_tx,
+            lapse_pending: Arc::default(),
+            gate_lease: None,
+            log,
+        });
+        (fence, task, recorder, missed)
+    }
+
+    fn gain(version: u64) -> FenceCommand {
+        FenceCommand::Change {
+            worker: WorkerId::new("w"),
+            change: HoldingChange {
+                gained: vec![(Partition::new(["p"], 1).unwrap(), version)],
+                version,
+                ..HoldingChange::default()
+            },
+            first: false,
+        }
+    }
+
+    async fn flush(fence: &mpsc::UnboundedSender<FenceCommand>) {
+        let (done, flushed) = oneshot::channel();
+        fence.send(FenceCommand::Flush(done)).unwrap();
+        flushed.await.unwrap();
+    }
+
+    fn holds(recorder: &OwnershipRecorder) -> Vec<OwnershipRecord> {
+        recorder
+            .records()
+            .into_iter()
+            .filter(|r| matches!(r.event, OwnershipEvent::Hold { .. }))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_change_carried_out_after_the_lease_ran_out_starts_nothing_and_is_reported() {
+        // The lease ran out (deadline 1 ns after the epoch) before the change got here.
+        let (fence, _task, recorder, mut missed) = fence(1);
+        fence.send(gain(3)).unwrap();
+        flush(&fence).await;
+        assert!(holds(&recorder).is_empty(), "{:?}", recorder.records());
+        assert_eq!(*missed.borrow_and_update(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_change_within_the_lease_starts_its_holdings_stamped_before_the_deadline() {
+        let deadline = crate::clock::unix_ns() + 60_000_000_000;
+        let (fence, _task, recorder, missed) = fence(deadline);
+        fence.send(gain(3)).unwrap();
+        flush(&fence).await;
+        let held = holds(&recorder);
+        assert_eq!(held.len(), 1);
+        assert!(held[0].at_ns < deadline);
+        assert_eq!(*missed.borrow(), 0);
+    }
 }

@@ -153,6 +153,10 @@ pub(crate) struct Runtime {
     pub(crate) fence: mpsc::UnboundedSender<FenceCommand>,
     /// The highest commit version the fence task finished releasing for.
     pub(crate) released: watch::Receiver<u64>,
+    /// How many changes the fence task could not start holding because the lease had run out
+    /// by the time it carried them out: each one ends the lineage (a lapse), so that a commit
+    /// naming the next one gives those partitions again.
+    pub(crate) missed: watch::Receiver<u64>,
     /// What this process may hold (self-fencing); created on the first claim.
     pub(crate) holder: Option<Holder>,
     /// The consumer gate's lease deadline (if a consumer was given): enforced per message.
@@ -331,6 +335,7 @@ impl Runtime {
             max_moves_per_step: c.assignment.max_moves_per_step,
             unlabelled_policy: c.assignment.unlabelled_policy,
             label_spill_grace: c.assignment.label_spill_grace,
+            history: None,
             events: self.events.clone(),
             suppress_crashes_until: suppress,
         }
@@ -391,6 +396,7 @@ impl Runtime {
         let mut restart_delay = Duration::from_millis(100);
         let mut restart_at: Option<tokio::time::Instant> = None;
         let mut released = self.released.clone();
+        let mut missed = self.missed.clone();
         let mut degraded =
             DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
         // Whether this degraded episode hides the heartbeats (crash declarations held back).
@@ -462,6 +468,15 @@ impl Runtime {
                     if changed.is_err() { continue; }
                     let lapses = *revoked.borrow_and_update();
                     let change = self.holder_mut().revoked(lapses, unix_ns());
+                    self.send_change(&mut session, change);
+                }
+                changed = missed.changed() => {
+                    if changed.is_err() { continue; }
+                    missed.borrow_and_update();
+                    // Holdings the fence task could not start: lapse, as if revoked.
+                    let holder = self.holder_mut();
+                    let lapses = holder.lapses();
+                    let change = holder.revoked(lapses, unix_ns());
                     self.send_change(&mut session, change);
                 }
                 changed = view.changed() => {
@@ -618,27 +633,33 @@ impl Runtime {
     /// could first expire (less the margin), unless it had lapsed already. After a lapse whose
     /// release is still queued, the extension waits behind it in the fence task.
     fn extend_lease(&mut self, session: &mut Session, started: u64) {
-        let change = self.holder_mut().renewed(started, unix_ns());
+        // The instant the renewal is judged at: the extension is recorded at it, and made
+        // current before the change is handed on, so that the fence task never starts what
+        // the change gains on the old deadline.
+        let now = unix_ns();
+        let change = self.holder_mut().renewed(started, now);
         let valid_until_ns = self.holder_mut().lease_until();
-        self.send_change(session, change);
-        if self
-            .lapse_pending
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0
-        {
-            let _ = self.fence.send(FenceCommand::Extend {
-                worker: session.id.clone(),
-                valid_until_ns,
-            });
-        } else {
+        let behind_lapse = change.lapse
+            || self
+                .lapse_pending
+                .load(std::sync::atomic::Ordering::Acquire)
+                > 0;
+        if !behind_lapse {
             extend_lease(
                 &self.lease,
                 self.gate_lease.as_deref(),
-                &self.ownership,
+                (&self.ownership, now),
                 &self.events,
                 &session.id,
                 valid_until_ns,
             );
+        }
+        self.send_change(session, change);
+        if behind_lapse {
+            let _ = self.fence.send(FenceCommand::Extend {
+                worker: session.id.clone(),
+                valid_until_ns,
+            });
         }
     }
 

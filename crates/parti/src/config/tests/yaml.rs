@@ -228,9 +228,29 @@ fn max_moves_per_step_is_a_count_or_a_percentage() {
     assert_eq!(moves("\"10%\"").unwrap(), Some(MovesPerStep::Fraction(0.1)));
     assert_eq!(moves("10%").unwrap(), Some(MovesPerStep::Fraction(0.1)));
     assert_eq!(Config::default().assignment.max_moves_per_step, None);
-    assert_eq!(MovesPerStep::Fraction(0.1).limit(10_000), 1_000);
-    assert_eq!(MovesPerStep::Fraction(0.1).limit(3), 1);
-    assert_eq!(MovesPerStep::Count(7).limit(3), 7);
+    let parts = |n: usize, w: u64| -> Vec<crate::Partition> {
+        (0..n)
+            .map(|i| crate::Partition::new([format!("p{i}")], w).unwrap())
+            .collect()
+    };
+    use crate::config::StepBudget;
+    assert_eq!(
+        MovesPerStep::Fraction(0.1).budget(&parts(10_000, 1)),
+        StepBudget::Weight(1_000)
+    );
+    // A tenth of the weight: 10 partitions of 100, or 1 of them at the least.
+    assert_eq!(
+        MovesPerStep::Fraction(0.1).budget(&parts(100, 10)),
+        StepBudget::Weight(100)
+    );
+    assert_eq!(
+        MovesPerStep::Fraction(0.1).budget(&parts(0, 1)),
+        StepBudget::Weight(1)
+    );
+    assert_eq!(
+        MovesPerStep::Count(7).budget(&parts(3, 1)),
+        StepBudget::Moves(7)
+    );
     for (bad, needle) in [
         ("0", "at least 1"),
         ("\"0%\"", "percentage"),
