@@ -201,6 +201,8 @@ struct Flaky {
     failing: AtomicBool,
     /// Creates are applied but report a timeout (a lost reply).
     losing_replies: AtomicBool,
+    /// Updates are applied but report a timeout (a lost reply).
+    losing_updates: AtomicBool,
     /// `create`, `update`, `put` and `delete` calls (a refused create counts: it is a round trip
     /// to the stream's leader all the same).
     writes: AtomicU64,
@@ -223,7 +225,12 @@ impl BucketHooks for Flaky {
     }
 
     fn after_write(&self, write: Write<'_>) -> Result<(), StoreError> {
-        if write.op == "create" && self.losing_replies.load(Ordering::SeqCst) {
+        let lost = match write.op {
+            "create" => self.losing_replies.load(Ordering::SeqCst),
+            "update" => self.losing_updates.load(Ordering::SeqCst),
+            _ => false,
+        };
+        if lost {
             return Err(write.timeout());
         }
         Ok(())
@@ -355,6 +362,32 @@ async fn a_create_whose_reply_was_lost_still_wins_the_lease() {
     // Another contender still sees a leader.
     let other = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-1"), "i-1".into(), TTL);
     assert_eq!(other.request().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_renewal_that_finds_its_own_earlier_write_writes_again() {
+    let server = NatsServer::start().await.unwrap();
+    let flaky = flaky_bucket(bucket(&server).await);
+    let agent = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-0"), "i-0".into(), TTL);
+    assert!(agent.request().await.unwrap().is_some());
+    // A renewal lands but its reply is lost: the key was renewed then, not later.
+    flaky.hooks().losing_updates.store(true, Ordering::SeqCst);
+    assert!(agent.renew().await.is_err(), "the reply was lost");
+    flaky.hooks().losing_updates.store(false, Ordering::SeqCst);
+    let landed = flaky.get(LEADER_KEY).await.unwrap().unwrap().revision;
+    // The next renewal conflicts, finds the key still ours, and must renew it from now: a new
+    // write (the key's expiry counts from the last write, which the elector's deadline assumes
+    // started within this renewal).
+    assert!(agent.renew().await.unwrap());
+    let now = flaky.get(LEADER_KEY).await.unwrap().unwrap().revision;
+    assert!(
+        now > landed,
+        "no fresh write: revision {now} after {landed}"
+    );
+    assert!(
+        agent.renew().await.unwrap(),
+        "and the next renewal goes through as usual"
+    );
 }
 
 /// `n` contenders, each on its own connection and counting bucket.

@@ -17,47 +17,6 @@ use parti_testkit::wait_until;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Waits until every manager holds what the published map gives it and `done` holds for
-/// that map; returns the map.
-async fn settle(
-    cluster: &TestCluster,
-    managers: &[&Manager],
-    what: &str,
-    done: impl Fn(&AssignmentMap) -> bool,
-) -> AssignmentMap {
-    let ok = wait_until(DEADLINE, what, || async {
-        let published = cluster.published().await;
-        done(&published.map)
-            && published
-                .workers
-                .values()
-                .all(|(_, record)| record.pending.is_empty())
-            && managers.iter().all(|m| {
-                m.state() == parti::State::Stable
-                    && m.assignment().partitions == published.map.partitions_of(&m.worker_id())
-            })
-    })
-    .await
-    .ok();
-    if ok.is_none() {
-        let p = cluster.published().await;
-        let counts: Vec<(String, usize)> = p
-            .map
-            .iter()
-            .map(|(w, ps)| (w.to_string(), ps.len()))
-            .collect();
-        let states: Vec<String> = managers
-            .iter()
-            .map(|m| format!("{}: {}", m.worker_id(), m.state()))
-            .collect();
-        panic!(
-            "timed out waiting for {what}; published {counts:?}, commits {:?}, workers {states:?}",
-            cluster.reasons_after(0)
-        );
-    }
-    cluster.published().await.map
-}
-
 /// Partitions whose owner changed, as (partition, from, to).
 fn moves(before: &AssignmentMap, after: &AssignmentMap) -> Vec<(String, WorkerId, WorkerId)> {
     let after: BTreeMap<String, WorkerId> = owners(after);

@@ -42,36 +42,6 @@ async fn start(cluster: &TestCluster, profile: WorkerProfile) -> Manager {
         .unwrap()
 }
 
-/// Waits until `done` holds for the published map, no hand-off is pending and every manager
-/// holds exactly its part of it.
-async fn settle(
-    cluster: &TestCluster,
-    managers: &[&Manager],
-    what: &str,
-    done: impl Fn(&AssignmentMap) -> bool,
-) -> AssignmentMap {
-    let settled = wait_until(DEADLINE, what, || async {
-        let published = cluster.published().await;
-        done(&published.map)
-            && published
-                .workers
-                .values()
-                .all(|(_, record)| record.pending.is_empty())
-            && managers.iter().all(|m| {
-                m.state() == parti::State::Stable
-                    && m.assignment().partitions == published.map.partitions_of(&m.worker_id())
-            })
-    })
-    .await;
-    if settled.is_err() {
-        panic!(
-            "timed out waiting for {what}; commits {:?}",
-            cluster.reasons_after(0)
-        );
-    }
-    cluster.published().await.map
-}
-
 #[tokio::test]
 async fn a_worker_of_capacity_two_holds_twice_the_load_of_each_other() {
     let cluster = TestCluster::start(Config::fast_for_tests(), partitions(600)).await;

@@ -671,6 +671,18 @@ mod tests {
             .collect()
     }
 
+    /// `gpu` workers labelled `gpu` and `cpu` without labels, and their IDs sorted.
+    fn fleet(gpu: usize, cpu: usize) -> (Vec<(WorkerId, WorkerProfile)>, Vec<WorkerId>) {
+        let mut profiles = labelled("gpu", gpu, &["gpu"]);
+        profiles.extend(labelled("cpu", cpu, &[]));
+        (profiles.clone(), sorted(&profiles))
+    }
+
+    fn sorted(profiles: &[(WorkerId, WorkerProfile)]) -> Vec<WorkerId> {
+        let ids: BTreeSet<WorkerId> = profiles.iter().map(|(w, _)| w.clone()).collect();
+        ids.into_iter().collect()
+    }
+
     fn rules_of(profiles: &[(WorkerId, WorkerProfile)]) -> PlacementRules {
         PlacementRules::new().with_profiles(profiles.iter().cloned().collect())
     }
@@ -689,14 +701,7 @@ mod tests {
     #[test]
     fn labelled_partitions_go_to_labelled_workers_only() {
         let s = WeightedConsistentHash::default();
-        let mut profiles = labelled("gpu", 3, &["gpu"]);
-        profiles.extend(labelled("cpu", 3, &[]));
-        let ws: Vec<WorkerId> = profiles
-            .iter()
-            .map(|(w, _)| w.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let (profiles, ws) = fleet(3, 3);
         let ps = mixed(600);
         let none = Intents::default();
         for policy in [UnlabelledPolicy::Dedicated, UnlabelledPolicy::Shared] {
@@ -722,14 +727,7 @@ mod tests {
     #[test]
     fn a_label_without_workers_parks_then_spills_and_comes_back() {
         let s = WeightedConsistentHash::default();
-        let mut profiles = labelled("gpu", 2, &["gpu"]);
-        profiles.extend(labelled("cpu", 3, &[]));
-        let all: Vec<WorkerId> = profiles
-            .iter()
-            .map(|(w, _)| w.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let (profiles, all) = fleet(2, 3);
         let ps = mixed(300);
         let none = Intents::default();
         let rules = rules_of(&profiles);
@@ -770,14 +768,7 @@ mod tests {
     #[test]
     fn pins_and_crash_recovery_respect_labels() {
         let s = WeightedConsistentHash::default();
-        let mut profiles = labelled("gpu", 2, &["gpu"]);
-        profiles.extend(labelled("cpu", 2, &[]));
-        let ws: Vec<WorkerId> = profiles
-            .iter()
-            .map(|(w, _)| w.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let (profiles, ws) = fleet(2, 2);
         let ps = mixed(60);
         let rules = rules_of(&profiles);
         // p0 (gpu) pinned to a cpu worker: ignored; p1 (plain) pinned to cpu1: honoured.
@@ -855,11 +846,9 @@ mod tests {
             capacity in 1u32..4,
         ) {
             let s = WeightedConsistentHash::default();
-            let mut profiles = labelled("gpu", gpu, &["gpu"]);
-            profiles.extend(labelled("cpu", cpu, &[]));
+            let (mut profiles, ws) = fleet(gpu, cpu);
             profiles[0].1 = profiles[0].1.clone().with_capacity(Capacity::new(f64::from(capacity)).unwrap());
             let policy = if shared { UnlabelledPolicy::Shared } else { UnlabelledPolicy::Dedicated };
-            let ws: Vec<WorkerId> = profiles.iter().map(|(w, _)| w.clone()).collect::<BTreeSet<_>>().into_iter().collect();
             let ps = mixed(n);
             let rules = rules_of(&profiles).with_unlabelled_policy(policy);
             let none = Intents::default();
@@ -870,7 +859,7 @@ mod tests {
             let mut joined = profiles.clone();
             let newcomer = WorkerId::new(format!("gpu{gpu}"));
             joined.push((newcomer.clone(), WorkerProfile::new().with_label("gpu").unwrap()));
-            let ws2: Vec<WorkerId> = joined.iter().map(|(w, _)| w.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let ws2 = sorted(&joined);
             let rules2 = rules_of(&joined).with_unlabelled_policy(policy);
             let after = super::place(&s, &ws2, &ps, &before.map, &none, &rules2, false).unwrap();
             after.map.verify(&ws2, &ps).unwrap();
@@ -896,14 +885,7 @@ mod tests {
     #[test]
     fn pacing_never_defers_a_move_off_a_worker_the_labels_no_longer_allow() {
         let s = WeightedConsistentHash::default();
-        let mut profiles = labelled("gpu", 2, &["gpu"]);
-        profiles.extend(labelled("cpu", 2, &[]));
-        let ws: Vec<WorkerId> = profiles
-            .iter()
-            .map(|(w, _)| w.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let (profiles, ws) = fleet(2, 2);
         let ps = mixed(90);
         let none = Intents::default();
         // Spilled onto the cpu workers while no gpu worker was there.

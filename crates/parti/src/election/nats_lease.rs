@@ -237,10 +237,18 @@ impl ElectionAgent for NatsLeaseElection {
             Err(e) if e.is_conflict() => e,
             Err(e) => return Err(e.into()),
         };
-        // A renewal of ours may have landed although its reply was lost.
+        // A write of ours may have landed although its reply was lost. It renewed the key when
+        // it landed, which may be long before this renewal started (a term write that timed
+        // out at acquisition): counting it as this renewal would stretch the lease past the
+        // key's expiry. Write again at its revision, so that the key is renewed from now.
         match ownership(&*self.bucket, LEADER_KEY, &held.value).await {
             Ownership::Ours(revision) => {
                 self.set_revision(held.term, revision);
+                let again = self
+                    .bucket
+                    .update(LEADER_KEY, held.value.clone(), revision)
+                    .await?;
+                self.set_revision(held.term, again);
                 Ok(true)
             }
             ownership @ (Ownership::Gone(_) | Ownership::Free) => {

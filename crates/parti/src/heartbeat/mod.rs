@@ -135,15 +135,7 @@ fn lenient_capacity<'de, D: Deserializer<'de>>(
 fn lenient_labels<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> std::result::Result<BTreeSet<String>, D::Error> {
-    let value = serde_json::Value::deserialize(deserializer)?;
-    Ok(value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str)
-        .filter(|l| crate::partition::check_label(l).is_ok())
-        .map(str::to_owned)
-        .collect())
+    strings_where(deserializer, |l| crate::partition::check_label(l).is_ok())
 }
 
 /// `protocol` as written; `u32::MAX` (not understood) for anything but a number that fits.
@@ -161,12 +153,21 @@ fn lenient_protocol<'de, D: Deserializer<'de>>(
 fn lenient_capabilities<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> std::result::Result<BTreeSet<String>, D::Error> {
+    strings_where(deserializer, |_| true)
+}
+
+/// The strings of an array that pass `keep`; nothing for anything but an array.
+fn strings_where<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    keep: impl Fn(&str) -> bool,
+) -> std::result::Result<BTreeSet<String>, D::Error> {
     let value = serde_json::Value::deserialize(deserializer)?;
     Ok(value
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(serde_json::Value::as_str)
+        .filter(|s| keep(s))
         .map(str::to_owned)
         .collect())
 }

@@ -221,6 +221,7 @@ impl ManagerBuilder {
         let (lease, _) = watch::channel(0);
         let (released_tx, released) = watch::channel(0);
         let (missed_tx, missed) = watch::channel(0);
+        let lineage = Arc::new(std::sync::atomic::AtomicU64::new(super::fence::NO_LINEAGE));
         let lapse_pending = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (sink, dispatcher) = spawn_dispatcher(self.hooks, events.clone());
         let holdings = Holdings::new(ownership.clone());
@@ -233,6 +234,7 @@ impl ManagerBuilder {
             lease: lease.clone(),
             released: released_tx,
             missed: missed_tx,
+            lineage: Arc::clone(&lineage),
             lapse_pending: Arc::clone(&lapse_pending),
             gate_lease: gate_lease.clone(),
             log: ownership.clone(),
@@ -259,6 +261,7 @@ impl ManagerBuilder {
             fence,
             released,
             missed,
+            lineage,
             holder: None,
             gate_lease,
             lapse_pending,

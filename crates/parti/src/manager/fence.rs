@@ -45,6 +45,8 @@ pub(crate) enum FenceCommand {
     Extend {
         worker: WorkerId,
         valid_until_ns: u64,
+        /// The lineage it was renewed under: applied only while still current.
+        lineage: u64,
     },
     /// Answer once every earlier command was carried out.
     Flush(oneshot::Sender<()>),
@@ -61,9 +63,12 @@ pub(crate) struct FenceParts {
     pub(crate) lease: watch::Sender<u64>,
     /// The highest commit version whose removals were carried out.
     pub(crate) released: watch::Sender<u64>,
-    /// Counts the changes whose gains were not started because the lease had run out by then
-    /// (the runtime lapses on it).
+    /// The highest lineage a change of which could not start its gains because the lease had
+    /// run out by then (the runtime lapses that lineage, if it is still current).
     pub(crate) missed: watch::Sender<u64>,
+    /// The runtime's current lineage ([`NO_LINEAGE`] while it has none): gains and lease
+    /// extensions decided under another one are stale and not carried out.
+    pub(crate) lineage: Arc<AtomicU64>,
     /// Lapses queued by the runtime and not carried out yet (lease extensions wait behind them).
     pub(crate) lapse_pending: Arc<AtomicU64>,
     /// The consumer gate's lease deadline (if a consumer was given).
@@ -89,7 +94,12 @@ pub(crate) fn spawn_fence(
                 FenceCommand::Extend {
                     worker,
                     valid_until_ns,
-                } => parts.extend(&worker, valid_until_ns),
+                    lineage,
+                } => {
+                    if parts.lineage.load(Ordering::Acquire) == lineage {
+                        parts.extend(&worker, valid_until_ns);
+                    }
+                }
                 FenceCommand::Flush(done) => {
                     let _ = done.send(());
                 }
@@ -104,17 +114,25 @@ impl FenceParts {
         let lost: Vec<Partition> = change.lost.iter().map(|(p, _)| p.clone()).collect();
         // Holdings start only on a lease that is still valid now: a change that waited here
         // past the deadline starts nothing, and the runtime lapses.
+        // Gains of a lineage that has ended since (a lapse, a lost ID) start nothing either:
+        // that lineage's lapse or close comes next in this queue.
         let valid_until = *self.lease.borrow();
         let at = crate::clock::unix_ns();
-        let gained: Vec<Partition> = if at < valid_until {
+        let current = self.lineage.load(Ordering::Acquire) == change.lineage;
+        let gained: Vec<Partition> = if current && at < valid_until {
             change.gained.iter().map(|(p, _)| p.clone()).collect()
         } else {
-            if !change.gained.is_empty() {
+            if current && !change.gained.is_empty() {
                 tracing::warn!(
                     partitions = change.gained.len(),
                     "lease ran out before these holdings could start; lapsing"
                 );
-                self.missed.send_modify(|n| *n = n.wrapping_add(1));
+                let lineage = change.lineage;
+                self.missed.send_if_modified(|m| {
+                    let newer = lineage >= *m;
+                    *m = (*m).max(lineage);
+                    newer
+                });
             }
             Vec::new()
         };
@@ -207,8 +225,12 @@ impl FenceParts {
     }
 }
 
+/// No lineage: the worker has no stable ID (lost, not claimed again yet).
+pub(crate) const NO_LINEAGE: u64 = u64::MAX;
+
 /// Makes a lease deadline current: for the holdings that start, for the consumer gate, and in
-/// the ownership record, stamped with the instant the extension was decided at (`log.1`).
+/// the ownership record, stamped with the instant the extension was decided at (`log.1`). A
+/// deadline never goes back (an extension queued behind a lapse may arrive after a newer one).
 pub(crate) fn extend_lease(
     lease: &watch::Sender<u64>,
     gate: Option<&AtomicU64>,
@@ -217,9 +239,18 @@ pub(crate) fn extend_lease(
     worker: &WorkerId,
     valid_until_ns: u64,
 ) {
-    lease.send_replace(valid_until_ns);
+    let raised = lease.send_if_modified(|v| {
+        let newer = valid_until_ns > *v;
+        if newer {
+            *v = valid_until_ns;
+        }
+        newer
+    });
+    if !raised {
+        return;
+    }
     if let Some(cell) = gate {
-        cell.store(valid_until_ns, Ordering::Release);
+        cell.fetch_max(valid_until_ns, Ordering::AcqRel);
     }
     let record = log.record_at(at_ns, worker, OwnershipEvent::Extend { valid_until_ns });
     events.emit(Event::Ownership(Arc::new([record])));
@@ -233,7 +264,8 @@ mod tests {
     use crate::manager::hooks::{NoHooks, spawn_dispatcher};
     use crate::ownership::OwnershipRecorder;
 
-    /// A fence task over an ownership recorder, with the lease at `lease`.
+    /// A fence task over an ownership recorder, with the lease at `lease` and lineage 2
+    /// current.
     fn fence(
         lease: u64,
     ) -> (
@@ -247,6 +279,7 @@ mod tests {
         let (events, _dispatcher) =
             spawn_dispatcher(Arc::new(NoHooks), tokio::sync::broadcast::channel(16).0);
         let (missed_tx, missed) = watch::channel(0);
+        let lineage = Arc::new(AtomicU64::new(2));
         let (fence, task) = spawn_fence(FenceParts {
             consumer: Arc::default(),
             consumer_timeout: Duration::from_secs(1),
@@ -255,6 +288,7 @@ mod tests {
             lease: watch::Sender::new(lease),
             released: watch::Sender::new(0),
             missed: missed_tx,
+            lineage,
             lapse_pending: Arc::default(),
             gate_lease: None,
             log,
@@ -262,12 +296,14 @@ mod tests {
         (fence, task, recorder, missed)
     }
 
-    fn gain(version: u64) -> FenceCommand {
+    /// A change of lineage `lineage` that gains `p`.
+    fn gain(version: u64, lineage: u64) -> FenceCommand {
         FenceCommand::Change {
             worker: WorkerId::new("w"),
             change: HoldingChange {
                 gained: vec![(Partition::new(["p"], 1).unwrap(), version)],
                 version,
+                lineage,
                 ..HoldingChange::default()
             },
             first: false,
@@ -292,21 +328,47 @@ mod tests {
     async fn a_change_carried_out_after_the_lease_ran_out_starts_nothing_and_is_reported() {
         // The lease ran out (deadline 1 ns after the epoch) before the change got here.
         let (fence, _task, recorder, mut missed) = fence(1);
-        fence.send(gain(3)).unwrap();
+        fence.send(gain(3, 2)).unwrap();
         flush(&fence).await;
         assert!(holds(&recorder).is_empty(), "{:?}", recorder.records());
-        assert_eq!(*missed.borrow_and_update(), 1);
+        assert!(missed.has_changed().unwrap());
+        assert_eq!(*missed.borrow_and_update(), 2, "the lineage to lapse");
+    }
+
+    #[tokio::test]
+    async fn gains_and_extensions_of_an_ended_lineage_are_not_carried_out() {
+        let deadline = crate::clock::unix_ns() + 60_000_000_000;
+        let (fence, _task, recorder, missed) = fence(deadline);
+        // Decided under lineage 1, which has ended (2 is current): nothing starts, nothing to
+        // lapse, and its extension does not touch the lease.
+        fence.send(gain(3, 1)).unwrap();
+        fence
+            .send(FenceCommand::Extend {
+                worker: WorkerId::new("w"),
+                valid_until_ns: deadline + 1,
+                lineage: 1,
+            })
+            .unwrap();
+        flush(&fence).await;
+        assert!(holds(&recorder).is_empty(), "{:?}", recorder.records());
+        assert!(!missed.has_changed().unwrap());
+        let extends = recorder
+            .records()
+            .into_iter()
+            .filter(|r| matches!(r.event, OwnershipEvent::Extend { .. }))
+            .count();
+        assert_eq!(extends, 0);
     }
 
     #[tokio::test]
     async fn a_change_within_the_lease_starts_its_holdings_stamped_before_the_deadline() {
         let deadline = crate::clock::unix_ns() + 60_000_000_000;
         let (fence, _task, recorder, missed) = fence(deadline);
-        fence.send(gain(3)).unwrap();
+        fence.send(gain(3, 2)).unwrap();
         flush(&fence).await;
         let held = holds(&recorder);
         assert_eq!(held.len(), 1);
         assert!(held[0].at_ns < deadline);
-        assert_eq!(*missed.borrow(), 0);
+        assert!(!missed.has_changed().unwrap());
     }
 }

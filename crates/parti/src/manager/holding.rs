@@ -46,6 +46,9 @@ pub(crate) struct HoldingChange {
     pub(crate) assignment: Arc<Assignment>,
     /// The lease lapsed with this change: what it releases ended at the deadline already.
     pub(crate) lapse: bool,
+    /// The lineage (lapse count) this change was decided under, set when it is handed to the
+    /// fence task: its gains start only while that lineage is still current.
+    pub(crate) lineage: u64,
 }
 
 impl HoldingChange {
@@ -281,6 +284,7 @@ impl Holder {
             version,
             assignment: self.assignment(),
             lapse: false,
+            lineage: self.lapses,
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::bucket_guard::{BucketGuard, Probes, Trouble};
 use super::degraded::{DegradedTracker, Verdict};
-use super::fence::{FenceCommand, extend_lease};
+use super::fence::{FenceCommand, NO_LINEAGE, extend_lease};
 use super::follower::{Follower, FollowerView};
 use super::holding::{Holder, HoldingChange};
 use super::hooks::{Event, EventSink};
@@ -157,6 +157,10 @@ pub(crate) struct Runtime {
     /// by the time it carried them out: each one ends the lineage (a lapse), so that a commit
     /// naming the next one gives those partitions again.
     pub(crate) missed: watch::Receiver<u64>,
+    /// The current lineage as the fence task sees it (see [`FenceParts::lineage`]): set after
+    /// every change of the holder's lineage, before anything decided under the new one is
+    /// handed on.
+    pub(crate) lineage: Arc<std::sync::atomic::AtomicU64>,
     /// What this process may hold (self-fencing); created on the first claim.
     pub(crate) holder: Option<Holder>,
     /// The consumer gate's lease deadline (if a consumer was given): enforced per message.
@@ -353,6 +357,8 @@ impl Runtime {
         // must not be held again.
         holder.restart();
         let lapses = holder.lapses();
+        self.lineage
+            .store(lapses, std::sync::atomic::Ordering::Release);
         let (info_tx, info_rx) = watch::channel(HeartbeatInfo {
             lapses,
             ..HeartbeatInfo::new(State::Election, 0)
@@ -397,6 +403,8 @@ impl Runtime {
         let mut restart_at: Option<tokio::time::Instant> = None;
         let mut released = self.released.clone();
         let mut missed = self.missed.clone();
+        // Misses of an earlier session are that session's business.
+        missed.borrow_and_update();
         let mut degraded =
             DegradedTracker::new(self.config.degraded_behavior, self.config.degraded_alert);
         // Whether this degraded episode hides the heartbeats (crash declarations held back).
@@ -472,11 +480,10 @@ impl Runtime {
                 }
                 changed = missed.changed() => {
                     if changed.is_err() { continue; }
-                    missed.borrow_and_update();
-                    // Holdings the fence task could not start: lapse, as if revoked.
-                    let holder = self.holder_mut();
-                    let lapses = holder.lapses();
-                    let change = holder.revoked(lapses, unix_ns());
+                    // Holdings the fence task could not start: lapse that lineage, as if
+                    // revoked (nothing when it has ended already).
+                    let lineage = *missed.borrow_and_update();
+                    let change = self.holder_mut().revoked(lineage, unix_ns());
                     self.send_change(&mut session, change);
                 }
                 changed = view.changed() => {
@@ -623,6 +630,9 @@ impl Runtime {
                 self.lease.send_replace(0);
                 let change = self.holder_mut().close();
                 self.send_change(&mut session, change);
+                // Nothing queued under this ID starts or extends from here on.
+                self.lineage
+                    .store(NO_LINEAGE, std::sync::atomic::Ordering::Release);
                 self.clear_assignment();
                 IdExit::Lost
             }
@@ -653,13 +663,26 @@ impl Runtime {
                 &session.id,
                 valid_until_ns,
             );
+            self.send_change(session, change);
+            return;
         }
-        self.send_change(session, change);
-        if behind_lapse {
-            let _ = self.fence.send(FenceCommand::Extend {
-                worker: session.id.clone(),
-                valid_until_ns,
-            });
+        let extend = FenceCommand::Extend {
+            worker: session.id.clone(),
+            valid_until_ns,
+            lineage: self.holder_mut().lapses(),
+        };
+        if change.lapse {
+            // The lapse first (it releases what the old lineage held), then the extension.
+            self.send_change(session, change);
+            let _ = self.fence.send(extend);
+        } else {
+            // Behind an earlier lapse still queued: the extension first, so that what this
+            // renewal gains starts on the new deadline.
+            let lineage = self.holder_mut().lapses();
+            self.lineage
+                .store(lineage, std::sync::atomic::Ordering::Release);
+            let _ = self.fence.send(extend);
+            self.send_change(session, change);
         }
     }
 
@@ -688,6 +711,11 @@ impl Runtime {
         }
         session.told |= first;
         session.sent_version = session.sent_version.max(change.version);
+        let mut change = change;
+        let lineage = self.holder_mut().lapses();
+        change.lineage = lineage;
+        self.lineage
+            .store(lineage, std::sync::atomic::Ordering::Release);
         if change.lapse {
             self.lapse_pending
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);

@@ -336,6 +336,47 @@ pub fn moved(before: &AssignmentMap, after: &AssignmentMap) -> usize {
         .count()
 }
 
+/// Waits until every manager holds what the published map gives it and `done` holds for
+/// that map (within 30 s); returns the map.
+pub async fn settle(
+    cluster: &TestCluster,
+    managers: &[&Manager],
+    what: &str,
+    done: impl Fn(&AssignmentMap) -> bool,
+) -> AssignmentMap {
+    let ok = wait_until(Duration::from_secs(30), what, || async {
+        let published = cluster.published().await;
+        done(&published.map)
+            && published
+                .workers
+                .values()
+                .all(|(_, record)| record.pending.is_empty())
+            && managers.iter().all(|m| {
+                m.state() == parti::State::Stable
+                    && m.assignment().partitions == published.map.partitions_of(&m.worker_id())
+            })
+    })
+    .await
+    .ok();
+    if ok.is_none() {
+        let p = cluster.published().await;
+        let counts: Vec<(String, usize)> = p
+            .map
+            .iter()
+            .map(|(w, ps)| (w.to_string(), ps.len()))
+            .collect();
+        let states: Vec<String> = managers
+            .iter()
+            .map(|m| format!("{}: {}", m.worker_id(), m.state()))
+            .collect();
+        panic!(
+            "timed out waiting for {what}; published {counts:?}, commits {:?}, workers {states:?}",
+            cluster.reasons_after(0)
+        );
+    }
+    cluster.published().await.map
+}
+
 /// Waits until every manager is Stable and holds what the published map says.
 pub async fn wait_all_stable(
     cluster: &TestCluster,
