@@ -153,9 +153,9 @@ pub(crate) struct Runtime {
     pub(crate) fence: mpsc::UnboundedSender<FenceCommand>,
     /// The highest commit version the fence task finished releasing for.
     pub(crate) released: watch::Receiver<u64>,
-    /// How many changes the fence task could not start holding because the lease had run out
-    /// by the time it carried them out: each one ends the lineage (a lapse), so that a commit
-    /// naming the next one gives those partitions again.
+    /// The highest lineage a change of which the fence task could not start because the lease
+    /// had run out by the time it carried it out: that lineage ends (a lapse, when it is still
+    /// current), so that a commit naming the next one gives those partitions again.
     pub(crate) missed: watch::Receiver<u64>,
     /// The current lineage as the fence task sees it (see [`FenceParts::lineage`]): set after
     /// every change of the holder's lineage, before anything decided under the new one is
