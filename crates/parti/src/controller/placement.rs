@@ -3,6 +3,7 @@
 //! the [`PlacementRules`] (capacity and labels). Pure: the leader reads the intents, the
 //! heartbeats and the source, this decides the map.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::planner::orphans::reassign_orphans_onto;
@@ -41,9 +42,10 @@ pub(crate) struct Placed {
 
 impl Placed {
     /// The partitions of `partitions` that are placed (not parked): what the map must cover.
-    pub(crate) fn placed(&self, partitions: &[Partition]) -> Vec<Partition> {
+    /// Borrowed when nothing is parked (every publish without labels: no copy of the list).
+    pub(crate) fn placed<'p>(&self, partitions: &'p [Partition]) -> Cow<'p, [Partition]> {
         if self.parked.is_empty() {
-            return partitions.to_vec();
+            return Cow::Borrowed(partitions);
         }
         partitions
             .iter()
