@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{DEADLINE, Files, Proc, run, status_until};
+use common::{DEADLINE, Files, Proc, history_moves, history_until, run, status_until};
 use parti_testkit::NatsServer;
 
 /// Waits for a line for which `matches` holds, printed after the first `after` lines.
@@ -64,6 +64,13 @@ async fn a_drained_worker_process_ends_with_nothing_and_status_shows_the_intents
         text.stdout.contains(&format!("intents    drained: {id_b}")),
         "{text:?}"
     );
+    // The history names the drain as the reason of every move of its publish.
+    let history = history_until(&url, &config, "the drain", |e| e["reason"] == "operator").await;
+    let drain = history.iter().find(|e| e["reason"] == "operator").unwrap();
+    let moves = history_moves(drain);
+    assert!(!moves.is_empty(), "{drain}");
+    let why = format!("drain of {id_b}");
+    assert!(moves.iter().all(|(_, w)| *w == why), "{drain}");
 
     // A pin to a live worker, then freeze: both recorded and shown.
     let out = run(&url, cfg, &["pin", "p3", &id_a]).await;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Files, Proc, parti, run};
+use common::{Files, Proc, history_moves, history_until, parti, run};
 use parti_testkit::NatsServer;
 
 /// The subject keys and weights of `list --json`.
@@ -98,9 +98,26 @@ async fn edits_are_checked_and_a_worker_follows_them() {
         .arg("parti-partitions");
     let mut worker = Proc::start(cmd);
     worker.wait_line("4 partitions").await;
+    let before = history_until(&url, &config, "the cold start", |e| {
+        e["reason"] == "cold_start"
+    })
+    .await
+    .len();
     let out = run(&url, cfg, &["partitions", "add", "late"]).await;
     assert_eq!(out.code, Some(0), "{out:?}");
     worker.wait_line("+late").await;
+    // The edit made exactly one publish, and the history says why.
+    let history = history_until(&url, &config, "the addition", |e| {
+        e["reason"] == "partitions_changed"
+    })
+    .await;
+    let after = &history[before..];
+    assert_eq!(after.len(), 1, "one publish for one edit: {after:?}");
+    assert_eq!(after[0]["reason"], "partitions_changed", "{after:?}");
+    assert_eq!(
+        history_moves(&after[0]),
+        vec![("late".to_owned(), "new partition".to_owned())]
+    );
     let out = run(&url, cfg, &["partitions", "remove", "p1", "x.y"]).await;
     assert_eq!(out.code, Some(0), "{out:?}");
     worker.wait_line("-p1").await;

@@ -350,7 +350,7 @@ pub fn move_reason(
     }
     match reason {
         "paced" => "pacing step".into(),
-        "partition_change" => "partition list change".into(),
+        "partitions_changed" => "partition list change".into(),
         "placement" => "capacity or label change".into(),
         _ => "rebalance".into(),
     }

@@ -270,3 +270,44 @@ pub async fn status_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs `parti history --json` until one of its entries satisfies `wanted`, within
+/// [`DEADLINE`]; returns every entry (oldest first). On timeout, panics with the last output.
+pub async fn history_until(
+    url: &str,
+    config: &Path,
+    what: &str,
+    mut wanted: impl FnMut(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let out = run(url, Some(config), &["history", "-n", "64", "--json"]).await;
+        let entries: Vec<serde_json::Value> = out
+            .stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if out.code == Some(0) && entries.iter().any(&mut wanted) {
+            return entries;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out waiting for {what} in the history; last output: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `(partition, why)` pairs of a history entry's moves.
+pub fn history_moves(entry: &serde_json::Value) -> Vec<(String, String)> {
+    entry["moves"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no moves: {entry}"))
+        .iter()
+        .map(|m| {
+            (
+                m["partition"].as_str().unwrap().to_owned(),
+                m["why"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}

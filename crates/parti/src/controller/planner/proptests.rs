@@ -333,7 +333,7 @@ impl Model {
                 prop_assert_eq!(
                     reason == PartitionChange,
                     self.list_dirty,
-                    "reason partition_change exactly when the list changed"
+                    "reason partitions_changed exactly when the list changed"
                 );
                 prop_assert_eq!(
                     reason == Operator,

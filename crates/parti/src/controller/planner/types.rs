@@ -240,7 +240,7 @@ impl RebalanceReason {
             RebalanceReason::ScaleDown => "scale_down",
             RebalanceReason::PlannedScale => "planned_scale",
             RebalanceReason::Emergency => "emergency",
-            RebalanceReason::PartitionChange => "partition_change",
+            RebalanceReason::PartitionChange => "partitions_changed",
             RebalanceReason::LeaderChange => "leader_change",
             RebalanceReason::Operator => "operator",
             RebalanceReason::Paced => "paced",
