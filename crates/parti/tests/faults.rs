@@ -977,6 +977,65 @@ async fn a_commit_overwritten_with_garbage_is_committed_again_and_a_later_leader
     }
 }
 
+/// Garbage written over a follower's committed value (not the `cluster` record): the leader
+/// sees the write, commits the same map again with that value written anew, and nothing
+/// moves or is held twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_worker_value_overwritten_with_garbage_is_written_again() {
+    let config = Config::fast_for_tests();
+    let cluster = TestCluster::start(config.clone(), partitions(40)).await;
+    let workers = cluster.workers(3).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+    let before_version = before.record.as_ref().map(|(r, _)| r.version).unwrap();
+    let (follower, _) = workers.iter().find(|(m, _)| !m.is_leader()).unwrap();
+    let id = follower.worker_id();
+    let slot = before.slots[&id];
+
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let assignment = store
+        .bucket(&BucketSpec::new(config.kv_buckets.assignment.clone()))
+        .await
+        .unwrap();
+    let at = parti::ownership::now_ns();
+    assignment
+        .put(
+            &parti::records::worker_key(&id, slot),
+            Bytes::from_static(b"\x00\xffnot json{"),
+        )
+        .await
+        .unwrap();
+    cluster.fault("garbage", at);
+
+    // Read afresh, the commit gives the follower its partitions again.
+    wait_until(SETTLE, "the follower's value written again", || async {
+        let published = cluster.published().await;
+        // (The garbage stays in the slot no commit names, until that slot is written next.)
+        published.map.partitions_of(&id) == before.map.partitions_of(&id)
+            && published.version() > before_version
+    })
+    .await
+    .unwrap();
+    let reasons = cluster.reasons_after(before_version);
+    assert!(reasons.iter().any(|r| r == "repair"), "{reasons:?}");
+    let repaired = cluster.wait_for_handoffs(SETTLE).await;
+    assert_eq!(
+        moved(&before.map, &repaired.map),
+        0,
+        "a repair moves nothing"
+    );
+    assert_eq!(
+        follower.assignment().partitions,
+        before.map.partitions_of(&id)
+    );
+    cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
 /// The assignment bucket (commit, worker values, version floor) and the election bucket are
 /// deleted under a running cluster, as `nats kv rm` would. The leader notices within a probe
 /// interval, degrades for a lost bucket, and the buckets are created again; the new assignment

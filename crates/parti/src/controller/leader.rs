@@ -73,8 +73,9 @@ pub(crate) struct LeaderContext {
     /// Where publishes go for the publish history; set by the runner for its term (`None`:
     /// no history is written).
     pub(crate) history: Option<HistorySender>,
-    /// Set by the manager when it recovers from Degraded: no crash is declared before it.
-    pub(crate) suppress_crashes_until: watch::Receiver<Option<Instant>>,
+    /// Set by the manager while it is degraded and when it recovers: which crashes are held
+    /// back, and until when (see [`CrashHold`](super::CrashHold)).
+    pub(crate) crash_hold: watch::Receiver<Option<super::CrashHold>>,
 }
 
 /// The longest a completed release waits for the others of its batch before its gainer is
@@ -1049,8 +1050,12 @@ impl Leader {
         if self.last_map.is_empty() || self.planner.lifecycle() == Lifecycle::ColdStart {
             return Ok(Vec::new());
         }
+        let damaged = self.publisher.has_damage();
         match self.publisher.commit_intact().await {
-            Ok(true) => return Ok(Vec::new()),
+            Ok(true) if !damaged => return Ok(Vec::new()),
+            Ok(true) => {
+                tracing::warn!("a committed worker value is still to be written again");
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "cannot check the commit");
@@ -1064,6 +1069,19 @@ impl Leader {
         // Tried again at the next check when it fails.
         self.republish(self.last_map.clone(), "repair", &members)
             .await
+    }
+
+    /// A write or delete of an assignment key was seen (the runner watches `worker.>`):
+    /// when it destroyed a committed worker value, commits the map again with that value
+    /// written anew (reason `repair`).
+    pub(crate) async fn slot_written(&mut self, key: &str, revision: u64) -> Result<Vec<Decision>> {
+        if !self.publisher.slot_written(key, revision) || self.last_map.is_empty() {
+            return Ok(Vec::new());
+        }
+        let members = self.members_at(now());
+        let map = self.publisher.committed().map.clone();
+        // Tried again at the next write seen or publish when it fails.
+        self.republish(map, "repair", &members).await
     }
 
     /// Revokes the lease of every live loser that has kept a gainer waiting for

@@ -38,5 +38,6 @@ pub(crate) use leader::LeaderContext;
 pub(crate) use runner::run as run_leader;
 
 pub use planner::{
-    ClusterView, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason, reassign_orphans,
+    ClusterView, CrashHold, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason,
+    reassign_orphans,
 };

@@ -56,7 +56,7 @@ mod proptests;
 mod tests;
 
 pub use orphans::reassign_orphans;
-pub use types::{ClusterView, Decision, Input, Phase, PlannerConfig, RebalanceReason};
+pub use types::{ClusterView, CrashHold, Decision, Input, Phase, PlannerConfig, RebalanceReason};
 
 /// The leader's pure state machine: inputs in, decisions out.
 ///
@@ -93,14 +93,16 @@ pub struct Planner {
     window: Option<Window>,
     /// A cold start (or restart) that waits for its first worker to open the window.
     awaiting_first: Option<ScalingReason>,
-    /// Map workers whose heartbeat expired, with the end of their grace period.
+    /// Map workers whose heartbeat expired, with when that was noticed (their grace period
+    /// runs from then).
     suspects: BTreeMap<WorkerId, Instant>,
     /// The workers of the map a restart window inherited, and when it opened. A leader that
     /// took over right after a store outage saw heartbeats expired, not processes gone: once
     /// enough of them are back that it is no full restart after all, the window is no longer
     /// than a planned one, and once all are back it ends.
     restart_of: Option<(BTreeSet<WorkerId>, Instant)>,
-    suppress_until: Option<Instant>,
+    /// Crash declarations held back around the leader's own degraded spell (SPEC §7).
+    hold: Option<CrashHold>,
     partitions_dirty: bool,
     /// The operator's intents changed (or a publish could not honour them): like a partition
     /// change, published with reason `operator` unless the list changed too.
@@ -147,7 +149,7 @@ impl Planner {
             awaiting_first: Some(ScalingReason::ColdStart),
             suspects: BTreeMap::new(),
             restart_of: None,
-            suppress_until: None,
+            hold: None,
             partitions_dirty: false,
             intents_dirty: false,
             step_dirty: false,
@@ -179,8 +181,8 @@ impl Planner {
                 workers,
                 now,
             } => self.on_published(version, workers, now),
-            Input::SuppressCrashesUntil { until, .. } => {
-                self.suppress_until = Some(until);
+            Input::HoldCrashes { hold, .. } => {
+                self.hold = Some(hold);
             }
             Input::Tick { .. } => {}
         }
@@ -258,10 +260,9 @@ impl Planner {
         }
         self.lifecycle = Lifecycle::Running;
         self.awaiting_first = None;
-        let grace_end = after(now, self.cfg.emergency_grace_period);
         self.suspects = map
             .difference(&self.live)
-            .map(|w| (w.clone(), grace_end))
+            .map(|w| (w.clone(), now))
             .collect();
         if !self.live.is_subset(&map) {
             self.open_planned(now, true);
@@ -378,8 +379,7 @@ impl Planner {
 
     fn on_expire(&mut self, worker: WorkerId, now: Instant) {
         if self.live.remove(&worker) && self.in_map(&worker) {
-            let grace_end = after(now, self.cfg.emergency_grace_period);
-            self.suspects.entry(worker).or_insert(grace_end);
+            self.suspects.entry(worker).or_insert(now);
         }
     }
 
@@ -517,8 +517,27 @@ impl Planner {
             .is_some_and(|m| m.contains(worker))
     }
 
-    fn fire_time(&self, grace_end: Instant) -> Instant {
-        self.suppress_until.map_or(grace_end, |s| s.max(grace_end))
+    /// When a crash noticed at `noticed` is declared: after the grace period, and not while
+    /// the leader is (or has just been) blind. An expiry noticed before the leader went blind
+    /// is not explained by its outage: once it has recovered, that crash is declared without
+    /// waiting for the recovery grace — unless a worker whose expiry *was* noticed during or
+    /// after the spell would be folded into the same emergency (an emergency drops every
+    /// absent worker from the map), which is the mass eviction the grace is there to prevent.
+    fn fire_time(&self, noticed: Instant) -> Instant {
+        let grace_end = after(noticed, self.cfg.emergency_grace_period);
+        let Some(hold) = self.hold else {
+            return grace_end;
+        };
+        let held_until = match hold.recovered_at {
+            Some(recovered)
+                if noticed < hold.blind_since
+                    && self.suspects.values().all(|&n| n < hold.blind_since) =>
+            {
+                recovered
+            }
+            _ => hold.until,
+        };
+        grace_end.max(held_until)
     }
 
     fn current_phase(&self) -> Phase {

@@ -42,6 +42,9 @@ pub(crate) struct Publisher {
     /// which leaves every later leader fenced until an operator clears `cluster`: known).
     term: u64,
     committed: Committed,
+    /// Workers whose committed value was overwritten or deleted under the leader (garbage, a
+    /// deposed leader's write): the next publish writes theirs again even when unchanged.
+    damaged: BTreeSet<WorkerId>,
 }
 
 impl Publisher {
@@ -52,6 +55,7 @@ impl Publisher {
             bucket,
             term: agent_term,
             committed,
+            damaged: BTreeSet::new(),
         })
     }
 
@@ -65,6 +69,33 @@ impl Publisher {
     pub(crate) async fn commit_intact(&self) -> Result<bool> {
         let current = self.bucket.get(CLUSTER_KEY).await?.map(|e| e.revision);
         Ok(current == self.committed.cluster_revision)
+    }
+
+    /// A write or delete of assignment key `key` at `revision` was seen: whether it
+    /// destroyed a committed worker value (a later write to its slot), which the next publish
+    /// then writes again — followers reading the commit would otherwise find garbage or
+    /// nothing where their value was. Writes this leader made itself are at or below the
+    /// revision it committed, or to the other slot.
+    pub(crate) fn slot_written(&mut self, key: &str, revision: u64) -> bool {
+        let Some((worker, slot)) = crate::records::parse_worker_key(key) else {
+            return false;
+        };
+        let intact = self.committed.slots.get(&worker) != Some(&slot)
+            || self
+                .committed
+                .workers
+                .get(&worker)
+                .is_none_or(|(rev, _)| revision <= *rev);
+        if intact {
+            return false;
+        }
+        tracing::warn!(%worker, key, "a committed assignment value was overwritten; writing it again");
+        self.damaged.insert(worker)
+    }
+
+    /// Whether a committed worker value must be written again (see [`Self::slot_written`]).
+    pub(crate) fn has_damage(&self) -> bool {
+        !self.damaged.is_empty()
     }
 
     /// The term the election agent granted this leader.
@@ -131,6 +162,7 @@ impl Publisher {
             let pending = pending.remove(worker).unwrap_or_default();
             if let Some((rev, rec)) = self.committed.workers.get(worker)
                 && let Some(slot) = self.committed.slots.get(worker)
+                && !self.damaged.contains(worker)
                 && rec.partitions == partitions
                 && rec.pending == pending
             {
@@ -200,6 +232,7 @@ impl Publisher {
             slots,
             garbage: Vec::new(),
         };
+        self.damaged.clear();
         for worker in departed {
             // Best effort: a leftover key is ignored by everyone (not in the record).
             for slot in [Slot::A, Slot::B] {

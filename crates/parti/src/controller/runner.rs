@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use super::compat;
 use super::history::HistoryWriter;
 use super::leader::{Leader, LeaderContext, now};
-use super::planner::{Decision, Input, PlannerConfig};
+use super::planner::{CrashHold, Decision, Input, PlannerConfig};
 use super::publisher::Publisher;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent, MembershipWatcher};
 use crate::partition::WorkerId;
-use crate::records::{INTENTS_KEY, REFRESH_KEY};
+use crate::records::{INTENTS_KEY, REFRESH_KEY, WORKER_KEY_PREFIX};
 use crate::store::{WatchEvent, WatchStream};
 
 /// Runs the controller until `cancel` fires or leadership is lost.
@@ -72,14 +72,17 @@ struct Feeds<'a> {
     refresh_watch: Option<WatchStream>,
     /// Every live member's heartbeat value: what hand-offs are completed from.
     heartbeats: watch::Receiver<BTreeMap<WorkerId, HeartbeatValue>>,
-    /// Set by the manager when it recovers from Degraded (see
-    /// [`LeaderContext::suppress_crashes_until`]).
-    suppress: watch::Receiver<Option<Instant>>,
+    /// Set by the manager around its degraded spells (see [`LeaderContext::crash_hold`]).
+    crash_hold: watch::Receiver<Option<CrashHold>>,
     /// When to ask the source whether it changed by itself.
     source_check: tokio::time::Interval,
     /// Writes to the operator's intents key; `None` once the watch has ended or when it
     /// could not be opened (the periodic check remains).
     intents_watch: Option<WatchStream>,
+    /// Writes to the worker values (`worker.>`): a committed value overwritten under the
+    /// leader is written again. `None` once the watch has ended or when it could not be
+    /// opened.
+    slots_watch: Option<WatchStream>,
     /// Change notices from a source that can tell (see
     /// [`PartitionSource::changes`](crate::source::PartitionSource::changes)); `None` when it
     /// cannot, or once the stream has ended (the periodic check remains).
@@ -117,14 +120,14 @@ async fn lead(
         .planner
         .min_rebalance_interval
         .max(Duration::from_secs(1));
-    let mut suppress = ctx.suppress_crashes_until.clone();
+    let mut crash_hold = ctx.crash_hold.clone();
     let mut heartbeats = membership.values();
     let known = compat::members_from(&heartbeats.borrow_and_update());
     let mut leader = Leader::new(ctx, publisher, known, cancel.clone());
     let mut decisions = leader.take_over(&live_now);
-    let suppressed = *suppress.borrow_and_update();
-    if let Some(until) = suppressed {
-        decisions.extend(leader.handle(Input::SuppressCrashesUntil { until, now: now() }));
+    let held = *crash_hold.borrow_and_update();
+    if let Some(hold) = held {
+        decisions.extend(leader.handle(Input::HoldCrashes { hold, now: now() }));
     }
     // These takeover reads (stable IDs, the refresh watch) are not raced against `cancel`.
     decisions.extend(leader.departed_gracefully(&live_now).await);
@@ -132,6 +135,10 @@ async fn lead(
 
     let refresh_watch = assignment_bucket.watch(REFRESH_KEY).await.ok();
     let intents_watch = assignment_bucket.watch(INTENTS_KEY).await.ok();
+    let slots_watch = assignment_bucket
+        .watch(&format!("{WORKER_KEY_PREFIX}>"))
+        .await
+        .ok();
     let mut source_check = tokio::time::interval(check_every);
     source_check.tick().await;
     let feeds = Feeds {
@@ -139,9 +146,10 @@ async fn lead(
         refresh,
         refresh_watch,
         heartbeats,
-        suppress,
+        crash_hold,
         source_check,
         intents_watch,
+        slots_watch,
         source_changes,
     };
     serve(leader, feeds, decisions, cancel).await
@@ -217,10 +225,10 @@ async fn serve(
                 decisions = feed(&mut leader, inputs);
                 continue;
             },
-            changed = feeds.suppress.changed() => {
+            changed = feeds.crash_hold.changed() => {
                 if changed.is_err() { return Err(Error::Shutdown); }
-                match *feeds.suppress.borrow_and_update() {
-                    Some(until) => Input::SuppressCrashesUntil { until, now: now() },
+                match *feeds.crash_hold.borrow_and_update() {
+                    Some(hold) => Input::HoldCrashes { hold, now: now() },
                     None => continue,
                 }
             },
@@ -237,6 +245,17 @@ async fn serve(
                     Some(input) => input,
                     None => continue,
                 }
+            },
+            written = next_slot_write(&mut feeds.slots_watch) => {
+                let Some((key, revision)) = written else {
+                    feeds.slots_watch = None;
+                    continue;
+                };
+                decisions = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    repaired = leader.slot_written(&key, revision) => repaired?,
+                };
+                continue;
             },
             notice = next_notice(&mut feeds.source_changes) => {
                 if notice.is_none() {
@@ -312,6 +331,23 @@ async fn next_write(watch: &mut Option<WatchStream>) -> Option<()> {
         match stream.next().await? {
             Ok(WatchEvent::Put(_) | WatchEvent::Deleted { .. } | WatchEvent::Expired { .. }) => {
                 return Some(());
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// The key and revision of the next write or delete of a watched key, the snapshot
+/// included; `None` when the watch ended, pending for ever when there is none.
+async fn next_slot_write(watch: &mut Option<WatchStream>) -> Option<(String, u64)> {
+    let Some(stream) = watch.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.next().await? {
+            Ok(WatchEvent::Put(e) | WatchEvent::InitApply(e)) => return Some((e.key, e.revision)),
+            Ok(WatchEvent::Deleted { key, revision } | WatchEvent::Expired { key, revision }) => {
+                return Some((key, revision));
             }
             _ => continue,
         }

@@ -22,7 +22,7 @@ use crate::assignment::Assignment;
 use crate::clock::unix_ms;
 use crate::clock::unix_ns;
 use crate::config::Config;
-use crate::controller::{LeaderContext, PlannerConfig, run_leader};
+use crate::controller::{CrashHold, LeaderContext, PlannerConfig, run_leader};
 use crate::election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
 use crate::error::{Error, Result};
 use crate::heartbeat::HeartbeatInfo;
@@ -320,7 +320,7 @@ impl Runtime {
     fn leader_context(
         &self,
         agent: Arc<dyn ElectionAgent>,
-        suppress: watch::Receiver<Option<std::time::Instant>>,
+        crash_hold: watch::Receiver<Option<CrashHold>>,
     ) -> LeaderContext {
         let c = &self.config;
         LeaderContext {
@@ -341,7 +341,7 @@ impl Runtime {
             label_spill_grace: c.assignment.label_spill_grace,
             history: None,
             events: self.events.clone(),
-            suppress_crashes_until: suppress,
+            crash_hold,
         }
     }
 
@@ -397,7 +397,7 @@ impl Runtime {
         let mut renewed = heartbeater.renewed();
         let mut revoked = heartbeater.revoked();
         let mut id_failures = lease.failures();
-        let (suppress_tx, suppress_rx) = watch::channel(None);
+        let (hold_tx, hold_rx) = watch::channel(None::<CrashHold>);
         let mut leader: Option<LeaderTask> = None;
         let mut restart_delay = Duration::from_millis(100);
         let mut restart_at: Option<tokio::time::Instant> = None;
@@ -422,7 +422,7 @@ impl Runtime {
                     restart_at = None;
                     let still_leading = *leadership.borrow();
                     if let (Leadership::Leader { term }, None) = (still_leading, &leader) {
-                        leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
+                        leader = Some(self.spawn_leader(Arc::clone(&agent), term, hold_rx.clone()));
                     }
                 }
                 () = sleep_until_ns(deadline) => {
@@ -447,7 +447,7 @@ impl Runtime {
                             raise_floor(&self.floor_seen, 0, term);
                             self.guard_periodic.send_replace(true);
                             restart_delay = Duration::from_millis(100);
-                            leader = Some(self.spawn_leader(Arc::clone(&agent), term, suppress_rx.clone()));
+                            leader = Some(self.spawn_leader(Arc::clone(&agent), term, hold_rx.clone()));
                             self.out.leader.send_replace(true);
                             metrics::gauge!("parti_leader").set(1.0);
                             tracing::info!(worker = %id, term, "leadership gained");
@@ -521,7 +521,11 @@ impl Runtime {
                             blind = !matches!(reason, DegradedReason::BucketMissing | DegradedReason::BucketRecreated)
                                 || self.bucket_trouble.borrow().as_ref().is_some_and(|t| t.bucket == self.buckets.heartbeat.name());
                             if blind {
-                                suppress_tx.send_replace(Some(tokio::time::Instant::now().into_std() + SUPPRESS_WHILE_DEGRADED));
+                                // A spell that starts within the last one's recovery grace
+                                // continues it: what was noticed then is still in doubt.
+                                let now = tokio::time::Instant::now().into_std();
+                                let since = hold_tx.borrow().filter(|h| h.until > now).map_or(now, |h| h.blind_since);
+                                hold_tx.send_replace(Some(CrashHold::blind(since, now + SUPPRESS_WHILE_DEGRADED)));
                             }
                             // The reason first: whoever sees the state sees why.
                             self.out.degraded_reason.send_replace(Some(reason));
@@ -538,9 +542,11 @@ impl Runtime {
                                 break IdExit::Lost;
                             }
                             // Workers cut off with us are not mass-evicted (SPEC §7).
+                            // Crashes noticed before the spell are declared from now on.
                             if std::mem::take(&mut blind) {
-                                let until = tokio::time::Instant::now().into_std() + self.config.degraded_behavior.recovery_grace_period;
-                                suppress_tx.send_replace(Some(until));
+                                let now = tokio::time::Instant::now().into_std();
+                                let until = now + self.config.degraded_behavior.recovery_grace_period;
+                                hold_tx.send_modify(|hold| *hold = hold.map(|h| h.recovered(now, until)));
                             }
                             let snapshot = view.borrow().clone();
                             self.apply(&mut session, &snapshot, false);
@@ -757,9 +763,9 @@ impl Runtime {
         &self,
         agent: Arc<dyn ElectionAgent>,
         term: u64,
-        suppress: watch::Receiver<Option<std::time::Instant>>,
+        crash_hold: watch::Receiver<Option<CrashHold>>,
     ) -> LeaderTask {
-        let ctx = self.leader_context(agent, suppress);
+        let ctx = self.leader_context(agent, crash_hold);
         let cancel = CancellationToken::new();
         let (refresh, refresh_rx) = mpsc::unbounded_channel();
         let task = AbortOnDropHandle::new(tokio::spawn(run_leader(

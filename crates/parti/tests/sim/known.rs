@@ -28,9 +28,9 @@ pub const KNOWN: &[Known] = &[
         violation: "notConverged",
         faults: &["storeOutage"],
         reason: "a worker that died during a store outage expires unseen (no event while the \
-                 watch was down) and crash declarations stay held back after the leader's own \
-                 degraded spell, so the map can keep it longer than the settle time (seen \
-                 before the ownership changes too: seed 208)",
+                 watch was down), so its crash is noticed only after the outage and waits for \
+                 the leader's recovery grace: the map can keep it longer than the settle time \
+                 (seen before the ownership changes too: seed 208)",
     },
     Known {
         violation: "revived",
@@ -66,15 +66,6 @@ pub const KNOWN: &[Known] = &[
                  a cold-start window and may outlast the settle time; a worker that lost its ID \
                  and re-claimed another is not always taken back into the map in time (§13 \
                  stable ID loss)",
-    },
-    Known {
-        violation: "gap",
-        faults: &["bucketDeleted"],
-        reason: "a worker that crashes just before the heartbeat bucket is lost is declared \
-                 only after the bucket trouble and the leader's degraded spell end (crash \
-                 declarations are held back while liveness cannot be read), so its partitions \
-                 stay unheld past the excuse (seed 1541: 38 s); declaring the crashes the \
-                 leader had already seen before the bucket went would fix it",
     },
     Known {
         violation: "crashMovedOthers",

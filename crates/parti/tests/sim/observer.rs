@@ -129,43 +129,51 @@ impl Shared {
 }
 
 /// Follows the assignment bucket: records every committed `cluster` version and rebuilds the
-/// committed map.
+/// committed map. A watch that ends (a store outage, a deleted bucket) is opened again, and
+/// its snapshot replaces what was known, as the library's own watchers do.
 pub async fn observe(bucket: Arc<dyn Bucket>, shared: Arc<Shared>) {
-    let mut watch = loop {
-        match bucket.watch(">").await {
-            Ok(watch) => break watch,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-        }
-    };
     let mut view = View::default();
-    let mut staged: Option<BTreeMap<String, (u64, bytes::Bytes)>> = None;
-    while let Some(event) = watch.next().await {
-        let Ok(event) = event else { continue };
-        match event {
-            WatchEvent::Init => staged = Some(BTreeMap::new()),
-            WatchEvent::InitApply(e) => {
-                if let Some(staged) = staged.as_mut() {
-                    staged.insert(e.key, (e.revision, e.value));
+    loop {
+        let mut watch = loop {
+            match bucket.watch(">").await {
+                Ok(watch) => break watch,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        };
+        let mut staged: Option<BTreeMap<String, (u64, bytes::Bytes)>> = None;
+        while let Some(event) = watch.next().await {
+            let Ok(event) = event else { continue };
+            match event {
+                WatchEvent::Init => staged = Some(BTreeMap::new()),
+                WatchEvent::InitApply(e) => {
+                    if let Some(staged) = staged.as_mut() {
+                        staged.insert(e.key, (e.revision, e.value));
+                    }
                 }
-            }
-            WatchEvent::InitDone => {
-                if let Some(keys) = staged.take() {
-                    view.keys = keys;
+                WatchEvent::InitDone => {
+                    if let Some(keys) = staged.take() {
+                        view.keys = keys;
+                        // A commit made while the watch was down is seen here.
+                        if let Some(&(revision, _)) = view.keys.get(CLUSTER_KEY) {
+                            view.check_commit(&shared, revision);
+                        }
+                    }
                 }
-            }
-            WatchEvent::Put(e) => {
-                view.keys
-                    .insert(e.key.clone(), (e.revision, e.value.clone()));
-                if e.key == CLUSTER_KEY {
-                    view.check_commit(&shared, e.revision);
+                WatchEvent::Put(e) => {
+                    view.keys
+                        .insert(e.key.clone(), (e.revision, e.value.clone()));
+                    if e.key == CLUSTER_KEY {
+                        view.check_commit(&shared, e.revision);
+                    }
                 }
+                WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
+                    view.keys.remove(&key);
+                }
+                // An event this observer does not know changes no key it tracks.
+                _ => {}
             }
-            WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
-                view.keys.remove(&key);
-            }
-            // An event this observer does not know changes no key it tracks.
-            _ => {}
         }
+        shared.log("observer: the assignment watch ended; opening it again");
     }
 }
 

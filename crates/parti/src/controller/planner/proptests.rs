@@ -38,7 +38,10 @@ enum Ev {
     IntentsChanged,
     StepDue,
     Published,
-    Suppress(u64),
+    /// The leader goes blind, holding crashes back for this many ms at most.
+    Blind(u64),
+    /// The leader recovers, with a recovery grace of this many ms.
+    Recover(u64),
     Tick,
     /// Jump to `next_wakeup` and tick there.
     Wake,
@@ -53,7 +56,8 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => Just(Ev::IntentsChanged),
         1 => Just(Ev::StepDue),
         3 => Just(Ev::Published),
-        1 => (0..10_000u64).prop_map(Ev::Suppress),
+        1 => (0..100_000u64).prop_map(Ev::Blind),
+        1 => (0..10_000u64).prop_map(Ev::Recover),
         1 => Just(Ev::Tick),
         3 => Just(Ev::Wake),
     ]
@@ -78,7 +82,8 @@ struct Model {
     running: bool,
     outstanding: Option<Vec<WorkerId>>,
     last_published: Option<Instant>,
-    suppress_until: Option<Instant>,
+    /// The crash hold last fed.
+    hold: Option<CrashHold>,
     /// A partition change not yet covered by a full publish emitted after it.
     dirty: bool,
     /// The partition list (not only the intents) changed since the last full publish.
@@ -113,7 +118,7 @@ impl Model {
             running: false,
             outstanding: None,
             last_published: None,
-            suppress_until: None,
+            hold: None,
             dirty: false,
             list_dirty: false,
             intents_dirty: false,
@@ -205,10 +210,18 @@ impl Model {
                 self.feed(Input::StepDue { now })
             }
             Ev::Published => self.publish_done(),
-            Ev::Suppress(ms) => {
-                let until = now + Duration::from_millis(ms);
-                self.suppress_until = Some(until);
-                self.feed(Input::SuppressCrashesUntil { until, now })
+            Ev::Blind(ms) => {
+                let hold = CrashHold::blind(now, now + Duration::from_millis(ms));
+                self.hold = Some(hold);
+                self.feed(Input::HoldCrashes { hold, now })
+            }
+            Ev::Recover(ms) => {
+                let Some(hold) = self.hold else {
+                    return Ok(());
+                };
+                let hold = hold.recovered(now, now + Duration::from_millis(ms));
+                self.hold = Some(hold);
+                self.feed(Input::HoldCrashes { hold, now })
             }
             Ev::Tick => self.feed(Input::Tick { now }),
             Ev::Wake => match self.planner.next_wakeup() {
@@ -323,7 +336,18 @@ impl Model {
             Emergency => {
                 prop_assert!(self.running, "emergency before the first map");
                 let declared = self.expired_at.iter().any(|(w, &t)| {
-                    let fire = self.suppress_until.map_or(t + GRACE, |s| s.max(t + GRACE));
+                    // A crash seen before the blind spell waits only for the recovery,
+                    // unless one seen since would be evicted with it.
+                    let fire = self.hold.map_or(t + GRACE, |h| {
+                        let alone = self.expired_at.iter().all(|(w, &seen)| {
+                            !self.map.contains(w) || self.live.contains(w) || seen < h.blind_since
+                        });
+                        let held = match h.recovered_at {
+                            Some(r) if t < h.blind_since && alone => r,
+                            _ => h.until,
+                        };
+                        held.max(t + GRACE)
+                    });
                     self.map.contains(w) && fire <= now
                 });
                 prop_assert!(declared, "emergency with no crash past its grace");

@@ -142,13 +142,11 @@ pub enum Input {
         /// The current time.
         now: Instant,
     },
-    /// Declare no crash before `until`; replaces any earlier suppression. The runner sends a
-    /// far-away `until` while the leader is degraded and, when it recovers,
-    /// `now + recoveryGracePeriod` (SPEC §7), so workers cut off together with the leader are
-    /// not mass-evicted.
-    SuppressCrashesUntil {
-        /// No crash is declared before this instant.
-        until: Instant,
+    /// Hold crash declarations back around the leader's own degraded spell (SPEC §7);
+    /// replaces any earlier hold. See [`CrashHold`].
+    HoldCrashes {
+        /// What is held back, and until when.
+        hold: CrashHold,
         /// The current time.
         now: Instant,
     },
@@ -172,7 +170,7 @@ impl Input {
             | Input::StepDue { now }
             | Input::PlacementChanged { now }
             | Input::Published { now, .. }
-            | Input::SuppressCrashesUntil { now, .. }
+            | Input::HoldCrashes { now, .. }
             | Input::Tick { now } => *now,
         }
     }
@@ -311,4 +309,44 @@ impl Phase {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Crash declarations held back because the leader could not see the cluster (SPEC §7).
+///
+/// While the leader is degraded it cannot tell a crash from its own outage, so it declares
+/// none. When it recovers, workers cut off together with it get `recoveryGracePeriod` to come
+/// back before they are declared crashed, so they are not mass-evicted. A crash it had
+/// noticed *before* it went blind is its own observation, not an artefact of the outage: that
+/// one is declared as soon as the leader has recovered (and its grace period has run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CrashHold {
+    /// When the leader went blind.
+    pub blind_since: Instant,
+    /// When it recovered; `None` while it is still blind.
+    pub recovered_at: Option<Instant>,
+    /// No crash noticed at or after `blind_since` is declared before this instant.
+    pub until: Instant,
+}
+
+impl CrashHold {
+    /// Blind since `now`, declaring nothing noticed from now on before `until`.
+    pub fn blind(now: Instant, until: Instant) -> Self {
+        Self {
+            blind_since: now,
+            recovered_at: None,
+            until,
+        }
+    }
+
+    /// Recovered at `now`: crashes noticed before the blind spell are declared from now on,
+    /// the others not before `until`.
+    #[must_use]
+    pub fn recovered(self, now: Instant, until: Instant) -> Self {
+        Self {
+            recovered_at: Some(now),
+            until,
+            ..self
+        }
+    }
 }

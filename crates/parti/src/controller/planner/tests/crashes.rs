@@ -96,7 +96,8 @@ fn an_expired_worker_never_in_the_map_just_leaves_the_live_set() {
 fn no_crash_is_declared_before_suppression_ends() {
     let mut h = H::running(&[0, 1, 2, 3]);
     let (until, now) = (h.at(20_000), h.at(0));
-    assert_eq!(h.p.handle(Input::SuppressCrashesUntil { until, now }), []);
+    let hold = CrashHold::blind(now, until);
+    assert_eq!(h.p.handle(Input::HoldCrashes { hold, now }), []);
     h.expire(1, 1_000);
     h.expire(2, 1_000);
     assert_eq!(h.tick(1_000 + GRACE), []);
@@ -107,6 +108,84 @@ fn no_crash_is_declared_before_suppression_ends() {
     h.published(&[0, 2, 3], 20_100);
     h.expire(3, 25_000);
     assert_eq!(h.wake(25_000 + GRACE), emergency(&[0, 2]));
+}
+
+#[test]
+fn a_crash_noticed_before_the_leader_went_blind_waits_only_for_its_recovery() {
+    let mut h = H::running(&[0, 1, 2, 3]);
+    // worker-1's expiry is seen while the leader is healthy; then the leader goes blind.
+    h.expire(1, 0);
+    let blind = CrashHold::blind(h.at(500), h.at(500 + 86_400_000));
+    assert_eq!(
+        h.p.handle(Input::HoldCrashes {
+            hold: blind,
+            now: h.at(500)
+        }),
+        []
+    );
+    // Blind: nothing is declared, even past the grace period.
+    assert_eq!(h.tick(GRACE + 5_000), []);
+    // Recovered at 10 s with a recovery grace until 25 s: worker-1 is declared at once.
+    let recovered = blind.recovered(h.at(10_000), h.at(25_000));
+    assert_eq!(
+        h.p.handle(Input::HoldCrashes {
+            hold: recovered,
+            now: h.at(10_000)
+        }),
+        emergency(&[0, 2, 3])
+    );
+    // A crash noticed after the recovery still waits for the recovery grace.
+    h.published(&[0, 2, 3], 10_100);
+    h.expire(2, 12_000);
+    assert_eq!(h.wake(25_000), emergency(&[0, 3]));
+}
+
+#[test]
+fn an_early_crash_is_not_declared_early_when_that_would_evict_a_worker_cut_off_with_the_leader() {
+    let mut h = H::running(&[0, 1, 2, 3]);
+    h.expire(1, 0);
+    let blind = CrashHold::blind(h.at(500), h.at(500 + 86_400_000));
+    h.p.handle(Input::HoldCrashes {
+        hold: blind,
+        now: h.at(500),
+    });
+    // worker-2's expiry is seen while blind: it may be the leader's own outage.
+    h.expire(2, 2_000);
+    let recovered = blind.recovered(h.at(10_000), h.at(25_000));
+    // Declaring worker-1 now would drop worker-2 from the map too: both wait for the grace.
+    assert_eq!(
+        h.p.handle(Input::HoldCrashes {
+            hold: recovered,
+            now: h.at(10_000)
+        }),
+        []
+    );
+    assert_eq!(h.p.next_wakeup(), Some(h.at(25_000)));
+    // worker-2 comes back in time: worker-1 alone is held back no longer, and only it is
+    // declared.
+    assert_eq!(h.join(2, 20_000), emergency(&[0, 2, 3]));
+}
+
+#[test]
+fn a_crash_noticed_before_a_recovery_grace_still_waits_for_its_own_grace() {
+    let mut h = H::running(&[0, 1, 2]);
+    h.expire(1, 0);
+    let blind = CrashHold::blind(h.at(100), h.at(86_400_000));
+    h.p.handle(Input::HoldCrashes {
+        hold: blind,
+        now: h.at(100),
+    });
+    // Recovered before worker-1's grace ran out: declared when it does, not earlier.
+    let recovered = blind.recovered(h.at(1_000), h.at(20_000));
+    assert_eq!(
+        h.p.handle(Input::HoldCrashes {
+            hold: recovered,
+            now: h.at(1_000)
+        }),
+        []
+    );
+    assert_eq!(h.p.next_wakeup(), Some(h.at(GRACE)));
+    assert_eq!(h.wake(GRACE), emergency(&[0, 2]));
 }
 
 // ---- interleavings ----------------------------------------------------------------------
