@@ -44,7 +44,7 @@ use crate::config::{Config, MovesPerStep};
 use crate::error::{Error, Result, StoreError};
 use crate::partition::{Partition, WorkerId, check_unique};
 use crate::profile::PlacementRules;
-use crate::store::{Bucket, NatsStore, Store, codec, conflict_backoff, is_conflict};
+use crate::store::{Bucket, Store, codec, conflict_backoff, is_conflict};
 use crate::strategy::AssignmentStrategy;
 
 /// Reads and edits the [`Intents`] of one cluster.
@@ -58,16 +58,17 @@ impl Control {
     ///
     /// # Errors
     ///
-    /// [`Error::Nats`] when the bucket cannot be opened.
+    /// [`Error::Store`] when the bucket cannot be opened.
+    #[cfg(feature = "nats")]
     pub async fn open(js: async_nats::jetstream::Context, config: &Config) -> Result<Self> {
-        Self::open_in(&NatsStore::new(js), config).await
+        Self::open_in(&crate::store::NatsStore::new(js), config).await
     }
 
     /// The control of the cluster `config` describes, in `store`.
     ///
     /// # Errors
     ///
-    /// [`Error::Nats`] when the bucket cannot be opened.
+    /// [`Error::Store`] when the bucket cannot be opened.
     pub async fn open_in(store: &dyn Store, config: &Config) -> Result<Self> {
         let [.., assignment] = config.bucket_specs();
         Ok(Self::new(store.bucket(&assignment).await?))
@@ -82,10 +83,10 @@ impl Control {
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] when the key holds something else; [`Error::Nats`] when the store
+    /// [`Error::Decode`] when the key holds something else; [`Error::Store`] when the store
     /// fails.
     pub async fn read(&self) -> Result<Intents> {
-        Ok(read(&*self.bucket)
+        Ok(crate::records::read_intents(&*self.bucket)
             .await?
             .map(|(i, _)| i)
             .unwrap_or_default())
@@ -166,13 +167,13 @@ impl Control {
     /// # Errors
     ///
     /// The error `edit` returns (nothing is written); [`StoreError::Conflict`] when the key
-    /// stays contended through every retry; [`Error::Nats`] when the store fails.
+    /// stays contended through every retry; [`Error::Store`] when the store fails.
     pub async fn modify<F>(&self, edit: F) -> Result<Intents>
     where
         F: Fn(&mut Intents) -> Result<()> + Send + Sync,
     {
         let attempt = || async {
-            let (mut intents, revision) = match read(&*self.bucket).await {
+            let (mut intents, revision) = match crate::records::read_intents(&*self.bucket).await {
                 Ok(Some((intents, revision))) => (intents, Some(revision)),
                 Ok(None) => (Intents::default(), None),
                 Err(Error::Decode { .. }) => {
@@ -190,23 +191,12 @@ impl Control {
             match written {
                 Ok(_) => Ok(intents),
                 Err(StoreError::AlreadyExists { bucket, key }) => {
-                    Err(Error::Nats(StoreError::Conflict { bucket, key }))
+                    Err(Error::Store(StoreError::Conflict { bucket, key }))
                 }
                 Err(e) => Err(e.into()),
             }
         };
         attempt.retry(conflict_backoff()).when(is_conflict).await
-    }
-}
-
-/// The intents and their revision; `None` when the key is missing.
-pub(crate) async fn read(bucket: &dyn Bucket) -> Result<Option<(Intents, u64)>> {
-    match bucket.get(INTENTS_KEY).await? {
-        Some(entry) => {
-            let intents = codec::decode::<Intents>(bucket.name(), INTENTS_KEY, &entry.value)?;
-            Ok(Some((intents, entry.revision)))
-        }
-        None => Ok(None),
     }
 }
 
@@ -315,96 +305,14 @@ pub fn preview(
     })
 }
 
-/// Why a publish with `reason` moves `partition` from `from` (its owner in `before`; `None`
-/// when it had none) to `to` (its owner in `after`), as `parti plan` and `parti history` say
-/// it: `new partition`, `crash of worker-3` (an emergency), `worker-3 left`, `drain of
-/// worker-3`, `pin`, `worker-3 joined`, `pacing step`, `partition list change`, `capacity or
-/// label change`, `rebalance`.
-pub fn move_reason(
-    partition: &Partition,
-    from: Option<&WorkerId>,
-    to: &WorkerId,
-    before: &AssignmentMap,
-    after: &AssignmentMap,
-    intents: &Intents,
-    reason: &str,
-) -> String {
-    let Some(from) = from else {
-        return "new partition".into();
-    };
-    if !after.contains_worker(from) {
-        return if reason == "emergency" {
-            format!("crash of {from}")
-        } else {
-            format!("{from} left")
-        };
-    }
-    if intents.drained.contains(from) {
-        return format!("drain of {from}");
-    }
-    if intents.pinned.get(&partition.subject_key()) == Some(to) {
-        return "pin".into();
-    }
-    if !before.contains_worker(to) {
-        return format!("{to} joined");
-    }
-    match reason {
-        "paced" => "pacing step".into(),
-        "partitions_changed" => "partition list change".into(),
-        "placement" => "capacity or label change".into(),
-        _ => "rebalance".into(),
-    }
-}
-
-/// The history entry of a publish from `before` to `after` (see [`HistoryEntry`]).
-pub(crate) fn history_entry(
-    before: &AssignmentMap,
-    after: &AssignmentMap,
-    intents: &Intents,
-    (version, term, at_ms, reason): (u64, u64, u64, &str),
-) -> crate::records::HistoryEntry {
-    let owners = before.owners();
-    let mut moved = 0;
-    let mut moves = Vec::new();
-    let mut all: Vec<(&Partition, Option<&WorkerId>, &WorkerId)> = after
-        .iter()
-        .flat_map(|(to, held)| {
-            let owners = &owners;
-            held.iter().filter_map(move |p| {
-                let from = owners.get(p.keys()).copied();
-                (from != Some(to)).then_some((p, from, to))
-            })
-        })
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    for (p, from, to) in all {
-        moved += 1;
-        if moves.len() < crate::records::HISTORY_MOVES_LISTED {
-            moves.push(crate::records::HistoryMove {
-                partition: p.subject_key(),
-                from: from.cloned(),
-                to: to.clone(),
-                why: move_reason(p, from, to, before, after, intents, reason),
-            });
-        }
-    }
-    crate::records::HistoryEntry {
-        version,
-        term,
-        at_ms,
-        reason: reason.to_owned(),
-        workers: after.len(),
-        partitions: after.partition_count(),
-        moved,
-        moves,
-    }
-}
+pub use crate::controller::history::move_reason;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::controller::history::history_entry;
     use crate::strategy::WeightedConsistentHash;
 
     #[test]

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::partition::WorkerId;
 use crate::state::State;
+use crate::worker_id::WorkerId;
 
 /// A boxed error from a dependency (NATS client, I/O, a user's source or strategy).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -88,9 +88,11 @@ pub enum Error {
         /// How long was waited.
         timeout: std::time::Duration,
     },
-    /// The coordination store (NATS JetStream KV) failed.
+    /// The coordination store failed: NATS JetStream KV, or the backend behind a custom
+    /// [`Store`](crate::store::Store). The [`StoreError`] says what went wrong (unreachable,
+    /// timed out, a bucket missing, a revision conflict, …).
     #[error(transparent)]
-    Nats(#[from] StoreError),
+    Store(#[from] StoreError),
     /// The assignment strategy failed.
     ///
     /// The cause is kept as the error's [`source`](std::error::Error::source): a custom
@@ -102,7 +104,7 @@ pub enum Error {
     ///
     /// The cause is kept as the error's [`source`](std::error::Error::source), as for
     /// [`Strategy`](Self::Strategy). When a source returns another `parti::Error` (say a store
-    /// failure, [`Nats`](Self::Nats)), that error is the source.
+    /// failure, [`Store`](Self::Store)), that error is the source.
     #[error("partition source failed: {0}")]
     Source(#[source] BoxError),
     /// A partition is malformed, or a partition list contains a duplicate.
@@ -164,6 +166,7 @@ pub enum Error {
 
 /// One violated configuration rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConfigViolation {
     /// The camelCase field path, e.g. `heartbeatTtl` or `assignment.minRebalanceInterval`.
     pub field: String,

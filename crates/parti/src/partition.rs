@@ -1,6 +1,5 @@
 //! Partitions (units of work) and worker IDs.
 
-use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
@@ -9,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::error::{Error, Result};
+pub use crate::worker_id::WorkerId;
 
 /// The weight used for a partition whose weight is `0`.
 pub const DEFAULT_WEIGHT: u64 = 100;
@@ -195,14 +195,21 @@ impl fmt::Display for Partition {
 /// The longest label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
 
-/// Checks a label name (of a partition or a worker): 1 to [`MAX_LABEL_LEN`] bytes of ASCII
-/// letters, digits, `-`, `_`, `.`, `:` and `/`. Returns why not.
+/// The most labels one worker may have (as in Go Parti v2).
+pub const MAX_WORKER_LABELS: usize = 16;
+
+/// Checks a label name (of a partition or a worker): 1 to [`MAX_LABEL_LEN`] bytes of UTF-8
+/// without whitespace, control characters or commas (a comma separates labels in
+/// `PARTI_LABELS`). Every non-empty label Go Parti v2 accepts is valid here (it also refuses
+/// `.`, which is allowed here). Returns why not.
 ///
 /// ```
 /// use parti::partition::check_label;
 /// assert!(check_label("gpu").is_ok());
 /// assert!(check_label("zone:eu-west/1").is_ok());
+/// assert!(check_label("région=ouest").is_ok());
 /// assert!(check_label("has space").is_err());
+/// assert!(check_label("a,b").is_err());
 /// assert!(check_label("").is_err());
 /// ```
 pub fn check_label(label: &str) -> std::result::Result<(), String> {
@@ -216,10 +223,10 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
     }
     match label
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
+        .find(|c| c.is_whitespace() || c.is_control() || *c == ',')
     {
         Some(c) => Err(format!(
-            "label {label:?} contains {c:?} (allowed: ASCII letters, digits, - _ . : /)"
+            "label {label:?} contains {c:?} (not allowed: whitespace, control characters, commas)"
         )),
         None => Ok(()),
     }
@@ -245,60 +252,6 @@ pub fn check_unique(partitions: &[Partition]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A worker's stable ID, e.g. `worker-3`.
-///
-/// ```
-/// use parti::WorkerId;
-/// let id = WorkerId::new("worker-3");
-/// assert_eq!(id.as_str(), "worker-3");
-/// assert_eq!(id.to_string(), "worker-3");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct WorkerId(String);
-
-impl WorkerId {
-    /// Wraps a string as a worker ID.
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    /// The ID as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Borrow<str> for WorkerId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for WorkerId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for WorkerId {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-impl From<String> for WorkerId {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
 }
 
 #[cfg(test)]

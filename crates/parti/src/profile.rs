@@ -153,11 +153,15 @@ impl WorkerProfile {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] when `label` is not a valid label name
-    /// ([`check_label`]).
+    /// ([`check_label`]), or when the worker would have more than
+    /// [`MAX_WORKER_LABELS`](crate::partition::MAX_WORKER_LABELS) labels.
     pub fn with_label(mut self, label: impl Into<String>) -> Result<Self> {
         let label = label.into();
         check_label(&label).map_err(|why| invalid("labels", why))?;
         self.labels.insert(label);
+        if self.labels.len() > crate::partition::MAX_WORKER_LABELS {
+            return Err(invalid("labels", too_many_labels()));
+        }
         Ok(self)
     }
 
@@ -241,6 +245,14 @@ impl PlacementRules {
     pub fn labels_of(&self, worker: &WorkerId) -> Option<&BTreeSet<String>> {
         self.profiles.get(worker).map(|p| &p.labels)
     }
+}
+
+/// Why a worker's label set is refused for its size.
+pub(crate) fn too_many_labels() -> String {
+    format!(
+        "a worker may have at most {} labels",
+        crate::partition::MAX_WORKER_LABELS
+    )
 }
 
 #[cfg(test)]

@@ -247,6 +247,7 @@ pub struct WorkerRecord {
 /// back commits again.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Lineage {
     /// The process's instance ID.
     pub instance: String,
@@ -292,6 +293,7 @@ pub struct ClusterRecord {
 /// `refresh`: a follower's request for a partition refresh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct RefreshRequest {
     /// Who asked.
     pub requested_by: WorkerId,
@@ -387,4 +389,15 @@ pub async fn read_published(bucket: &dyn Bucket) -> Result<Published> {
 pub(crate) fn garbage_seen(error: &crate::Error) {
     tracing::warn!(%error, "ignoring undecodable value");
     metrics::counter!("parti_kv_decode_errors_total").increment(1);
+}
+
+/// The intents and their revision; `None` when the key is missing.
+pub(crate) async fn read_intents(bucket: &dyn Bucket) -> Result<Option<(Intents, u64)>> {
+    match bucket.get(INTENTS_KEY).await? {
+        Some(entry) => {
+            let intents = codec::decode::<Intents>(bucket.name(), INTENTS_KEY, &entry.value)?;
+            Ok(Some((intents, entry.revision)))
+        }
+        None => Ok(None),
+    }
 }

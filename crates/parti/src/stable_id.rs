@@ -199,7 +199,7 @@ pub struct StableIdLease {
 /// An ID whose live claim names `instance` (left by a create of this instance whose reply was
 /// lost) is taken back first.
 ///
-/// Errors: [`Error::IdPoolExhausted`] when every ID is held, [`Error::Nats`] when the store fails
+/// Errors: [`Error::IdPoolExhausted`] when every ID is held, [`Error::Store`] when the store fails
 /// (nothing is claimed then, except a create whose reply was lost, which expires by itself),
 /// [`Error::InvalidConfig`] for an empty pool or a zero renewal interval.
 pub async fn claim(

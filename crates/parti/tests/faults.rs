@@ -1119,7 +1119,7 @@ async fn without_auto_provision_a_missing_bucket_fails_the_start_and_nothing_is_
     };
     let [stable_id, ..] = config.bucket_specs();
     match start().await {
-        Err(e @ Error::Nats(StoreError::BucketMissing { .. })) => {
+        Err(e @ Error::Store(StoreError::BucketMissing { .. })) => {
             let message = e.to_string();
             assert!(message.contains(&stable_id.name), "{message}");
             assert!(message.contains("parti provision apply"), "{message}");

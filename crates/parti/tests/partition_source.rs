@@ -113,12 +113,12 @@ async fn the_leader_follows_a_partition_list_in_nats_kv_and_bad_lists_revoke_not
     assert_eq!(
         reasons
             .iter()
-            .filter(|r| r.as_str() == "partition_change")
+            .filter(|r| r.as_str() == "partitions_changed")
             .count(),
         1,
         "{reasons:?}"
     );
-    assert_eq!(reasons[0], "partition_change", "{reasons:?}");
+    assert_eq!(reasons[0], "partitions_changed", "{reasons:?}");
 
     // Garbage under the key: reported, and the map stays as it was.
     let mut events: Vec<_> = managers.iter().map(Manager::events).collect();

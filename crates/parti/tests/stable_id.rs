@@ -397,7 +397,7 @@ async fn a_claim_retried_after_a_lost_reply_takes_back_the_id_it_created() {
         LoseFirstCreateReply::default(),
     ));
     match stable_id::claim(lossy.clone(), &cfg, "instance-b").await {
-        Err(Error::Nats(StoreError::Timeout { .. })) => {}
+        Err(Error::Store(StoreError::Timeout { .. })) => {}
         other => panic!("expected the lost reply's timeout, got {other:?}"),
     }
     let made = real

@@ -118,7 +118,7 @@ pub(crate) async fn run(args: PartitionsArgs, global: &Global) -> anyhow::Result
         .create_if_missing(creates);
     let kv = match NatsKv::open_in(&store, &spec).await {
         Ok(kv) => kv.key(args.key.clone()),
-        Err(parti::Error::Nats(parti::StoreError::BucketMissing { .. })) => {
+        Err(parti::Error::Store(parti::StoreError::BucketMissing { .. })) => {
             if let Action::List { json } = args.action {
                 print_list(&args, &Listed::default(), json)?;
                 return Ok(ExitCode::SUCCESS);

@@ -25,6 +25,8 @@ const ROOT_KEYS: &[&str] = &[
     "handoff",
     "assignmentTtl",
     "workerLabels",
+    "unlabeledPartitionPolicy",
+    "labelSpillGrace",
 ];
 
 /// Go keys of `kvBuckets` that have no field of that name here.
@@ -167,13 +169,47 @@ pub(super) fn apply(
                 "ignored: there is no handoff bucket; handoffTimeout bounds how long a release \
                  may take",
             ),
-            "workerLabels" => match value {
-                Value::Mapping(_) | Value::Sequence(_) | Value::Null => out.warn(
-                    &path,
-                    "ignored: assignment here does not take worker labels into account",
-                ),
-                other => out.violation(&path, invalid_type(&other, "a map or a list of labels")),
-            },
+            "workerLabels" => worker_labels(config, &seen.ours, value, &mut out),
+            "unlabeledPartitionPolicy" => {
+                let ours = "assignment.unlabelledPolicy";
+                match value {
+                    Value::String(policy) => {
+                        let parsed = match policy.as_str() {
+                            "dedicated" => Some(crate::UnlabelledPolicy::Dedicated),
+                            "shared" => Some(crate::UnlabelledPolicy::Shared),
+                            _ => None,
+                        };
+                        match parsed {
+                            Some(_) if seen.ours.contains(ours) => out.warn(
+                                &path,
+                                format!("ignored: {ours} is also set and takes precedence"),
+                            ),
+                            Some(parsed) => config.assignment.unlabelled_policy = parsed,
+                            None => out.violation(
+                                &path,
+                                format!("unknown policy {policy:?} (dedicated or shared)"),
+                            ),
+                        }
+                    }
+                    other => out.violation(&path, invalid_type(&other, "dedicated or shared")),
+                }
+            }
+            "labelSpillGrace" => {
+                let ours = "assignment.labelSpillGrace";
+                if let Some(d) = out.duration(&path, value) {
+                    if seen.ours.contains(ours) {
+                        out.warn(&path, overridden(ours, d));
+                    } else if d.is_zero() {
+                        // The Go library reads 0 in a file as "the default".
+                        out.warn(
+                            &path,
+                            "ignored: 0 means the default (60s) in the Go library's files",
+                        );
+                    } else {
+                        config.assignment.label_spill_grace = d;
+                    }
+                }
+            }
             // The filter only takes out the keys listed above.
             _ => out.warn(
                 &path,
@@ -239,6 +275,36 @@ fn handoff(config: &mut Config, ours: &BTreeSet<String>, value: Value, out: &mut
         )
     };
     out.warn("handoff", message);
+}
+
+/// The Go library's `workerLabels`: a list of names becomes `labels` (unless `labels` is set
+/// too); key=value maps (an older draft) have no counterpart.
+fn worker_labels(config: &mut Config, ours: &BTreeSet<String>, value: Value, out: &mut Outcome) {
+    const PATH: &str = "workerLabels";
+    match value {
+        Value::Null => {}
+        Value::Sequence(items) => {
+            let mut labels = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(label) => labels.push(label),
+                    other => return out.violation(PATH, invalid_type(&other, "a label name")),
+                }
+            }
+            if ours.contains("labels") {
+                out.warn(PATH, "ignored: labels is also set and takes precedence");
+            } else {
+                // Checked with `labels` when the profile is built.
+                config.labels = labels;
+            }
+        }
+        Value::Mapping(_) => out.warn(
+            PATH,
+            "ignored: key=value labels have no counterpart here; list plain label names \
+             (labels: [gpu, zone-a])",
+        ),
+        other => out.violation(PATH, invalid_type(&other, "a list of labels")),
+    }
 }
 
 fn two_phase(on: bool) -> &'static str {

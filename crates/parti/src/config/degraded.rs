@@ -139,6 +139,7 @@ pub enum DegradedHolding {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct DegradedBehaviorConfig {
     /// How long NATS must be unreachable before the worker enters degraded mode.
     #[serde(with = "duration")]

@@ -141,6 +141,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "yaml")]
     fn refuses_bare_numbers_in_yaml() {
         let err = serde_yaml_ng::from_str::<HumanDuration>("30").expect_err("a number");
         assert!(err.to_string().contains("duration"), "{err}");

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::Config;
-use super::load::invalid;
+use super::invalid;
 use super::suggest::edit_distance;
 use crate::error::{ConfigViolation, Error, Result};
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::compat::{self, ConfigWarning, LoadReport};
 use super::filter::{Filter, Level, Seen};
-use super::{Config, suggest};
+use super::{Config, invalid, suggest};
 use crate::error::{ConfigViolation, Error, Result};
 
 /// Field name used for an error that concerns the whole document (e.g. a YAML syntax error).
@@ -146,11 +146,5 @@ fn strip_path_prefix<'a>(message: &'a str, path: &str) -> &'a str {
             Some(i) => prefix = &prefix[..i],
             None => return message,
         }
-    }
-}
-
-pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidConfig {
-        violations: vec![ConfigViolation::new(field, reason)],
     }
 }

@@ -29,23 +29,27 @@
 //! - The TTLs that become bucket `max_age`s (`workerIdTtl`, `heartbeatTtl`, `electionTtl`) must
 //!   be at least 100ms, NATS's floor for a stream's `max_age`.
 
+#[cfg(feature = "yaml")]
 mod compat;
 mod degraded;
 mod duration;
 mod env;
+#[cfg(feature = "yaml")]
 mod filter;
+#[cfg(feature = "yaml")]
 mod load;
 mod sections;
 mod suggest;
 mod validate;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "yaml"))]
 mod tests;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "yaml")]
 pub use compat::{ConfigWarning, LoadReport};
 pub use degraded::{DegradedAlertConfig, DegradedBehaviorConfig, DegradedHolding, DegradedPreset};
 pub use sections::{AssignmentConfig, KvBucketConfig, MovesPerStep, StepBudget};
@@ -187,9 +191,11 @@ pub struct Config {
     /// 10000, kept to two decimals): a worker of capacity 2.0 is given twice the load of one of
     /// 1.0 (see [`profile`](crate::profile)).
     pub capacity: f64,
-    /// The labels whose partitions this worker may receive (default none; each 1 to 64 of
-    /// `[A-Za-z0-9_.:/-]`). A list, or in the environment a comma-separated text
-    /// (`PARTI_LABELS=gpu,zone-a`). See [`profile`](crate::profile).
+    /// The labels whose partitions this worker may receive (default none; at most 16, each 1
+    /// to 64 bytes without whitespace or commas, see
+    /// [`check_label`](crate::partition::check_label)). A list, or in the environment a
+    /// comma-separated text (`PARTI_LABELS=gpu,zone-a`). Go Parti's `workerLabels` is read as
+    /// this. See [`profile`](crate::profile).
     #[serde(deserialize_with = "labels_list")]
     pub labels: Vec<String>,
     /// Rebalancing cadence.
@@ -287,6 +293,12 @@ impl Config {
                 Err(why) => violations.push(crate::ConfigViolation::new("labels", why)),
             }
         }
+        if profile.labels.len() > crate::partition::MAX_WORKER_LABELS {
+            violations.push(crate::ConfigViolation::new(
+                "labels",
+                crate::profile::too_many_labels(),
+            ));
+        }
         if violations.is_empty() {
             Ok(profile)
         } else {
@@ -296,7 +308,8 @@ impl Config {
 
     /// Timings for tests against a real NATS server: heartbeats every 200ms, crash detection
     /// within about a second, windows of a few hundred milliseconds. Valid under
-    /// [`validate`](Config::validate).
+    /// [`validate`](Config::validate). Needs the `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn fast_for_tests() -> Self {
         let ms = Duration::from_millis;
         Self {
@@ -404,5 +417,12 @@ impl Config {
             spec.min_consumers(consumers)
                 .create_if_missing(self.auto_provision)
         })
+    }
+}
+
+/// An [`Error::InvalidConfig`](crate::Error::InvalidConfig) with one violation.
+pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> crate::Error {
+    crate::Error::InvalidConfig {
+        violations: vec![crate::ConfigViolation::new(field, reason)],
     }
 }

@@ -5,6 +5,7 @@
 /// Case is ignored when measuring, so `HeartbeatInterval` suggests `heartbeatInterval`; a name
 /// qualifies when at most 3 edits away and fewer than half its own length, so that short names do
 /// not suggest anything at all.
+#[cfg(feature = "yaml")]
 pub(crate) fn closest<'a>(
     unknown: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -20,6 +21,7 @@ pub(crate) fn closest<'a>(
 }
 
 /// The reason of an unknown key: a suggestion when one is close, the known keys otherwise.
+#[cfg(feature = "yaml")]
 pub(crate) fn unknown_field(key: &str, known: &[&str]) -> String {
     match closest(key, known.iter().copied()) {
         Some(name) => format!("unknown field `{key}`, did you mean `{name}`?"),
@@ -38,6 +40,7 @@ pub(crate) fn unknown_field(key: &str, known: &[&str]) -> String {
 /// becomes ``unknown field `heartbeatIntervl`, did you mean `heartbeatInterval`? at line 1
 /// column 1``. The known keys are those the message lists, plus `extra`. Any other message is
 /// returned as is.
+#[cfg(feature = "yaml")]
 pub(crate) fn with_suggestion(message: &str, key: &str, extra: &[&str]) -> String {
     let head = format!("unknown field `{key}`");
     let Some(rest) = message.strip_prefix(&head) else {

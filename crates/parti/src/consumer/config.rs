@@ -4,20 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::WorkerConsumer;
-use super::handler::MessageHandler;
+use super::handler::{AckMode, MessageHandler};
 use super::subjects::{is_valid_name, template_problem};
 use crate::error::{ConfigViolation, Error, Result};
-
-/// Who acknowledges messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum AckMode {
-    /// Ack when the handler returns `Ok`, nak when it returns `Err` (redelivered by JetStream).
-    #[default]
-    Auto,
-    /// The handler acks (or naks, or extends) each message itself.
-    Manual,
-}
 
 /// Settings of a [`WorkerConsumer`]; [`Default`] gives the defaults of SPEC §9.
 #[derive(Debug, Clone, PartialEq, Eq)]

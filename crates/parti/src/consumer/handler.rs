@@ -6,10 +6,20 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use async_trait::async_trait;
 
-use super::config::AckMode;
 use super::gate::Permit;
 use super::health::HealthCell;
 use crate::error::BoxError;
+
+/// Who acknowledges messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum AckMode {
+    /// Ack when the handler returns `Ok`, nak when it returns `Err` (redelivered by JetStream).
+    #[default]
+    Auto,
+    /// The handler acks (or naks, or extends) each message itself.
+    Manual,
+}
 
 /// Processes one message of an owned partition.
 ///

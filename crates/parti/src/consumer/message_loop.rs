@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{self, ApiError};
-use super::config::AckMode;
+use super::handler::AckMode;
 use super::handler::{dispatch, gated, nak_gated};
 use super::{Mode, Shared, backoff};
 

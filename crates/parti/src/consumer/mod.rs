@@ -97,8 +97,8 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-pub use config::{AckMode, ConsumerConfig, WorkerConsumerBuilder};
-pub use handler::MessageHandler;
+pub use config::{ConsumerConfig, WorkerConsumerBuilder};
+pub use handler::{AckMode, MessageHandler};
 pub use health::{ConsumerHealth, ConsumerStatus};
 
 use gate::Gate;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::assignment::AssignmentMap;
-use crate::control;
+use crate::partition::{Partition, WorkerId};
 use crate::records::{HISTORY_KEEP, HISTORY_KEY_PREFIX, Intents, history_key};
 use crate::store::{Bucket, codec};
 
@@ -113,7 +113,7 @@ async fn write_one(
     let version = publish.version;
     // Computing the moves reads both maps: on the blocking pool for big ones.
     let entry = match tokio::task::spawn_blocking(move || {
-        control::history_entry(
+        history_entry(
             &publish.before,
             &publish.after,
             &publish.intents,
@@ -182,6 +182,91 @@ async fn write_one(
             Ok(Ok(())) => {}
             _ => tracing::warn!(oldest, "cannot trim the publish history"),
         }
+    }
+}
+
+/// Why a publish with `reason` moves `partition` from `from` (its owner in `before`; `None`
+/// when it had none) to `to` (its owner in `after`), as `parti plan` and `parti history` say
+/// it: `new partition`, `crash of worker-3` (an emergency), `worker-3 left`, `drain of
+/// worker-3`, `pin`, `worker-3 joined`, `pacing step`, `partition list change`, `capacity or
+/// label change`, `rebalance`.
+pub fn move_reason(
+    partition: &Partition,
+    from: Option<&WorkerId>,
+    to: &WorkerId,
+    before: &AssignmentMap,
+    after: &AssignmentMap,
+    intents: &Intents,
+    reason: &str,
+) -> String {
+    let Some(from) = from else {
+        return "new partition".into();
+    };
+    if !after.contains_worker(from) {
+        return if reason == "emergency" {
+            format!("crash of {from}")
+        } else {
+            format!("{from} left")
+        };
+    }
+    if intents.drained.contains(from) {
+        return format!("drain of {from}");
+    }
+    if intents.pinned.get(&partition.subject_key()) == Some(to) {
+        return "pin".into();
+    }
+    if !before.contains_worker(to) {
+        return format!("{to} joined");
+    }
+    match reason {
+        "paced" => "pacing step".into(),
+        "partitions_changed" => "partition list change".into(),
+        "placement" => "capacity or label change".into(),
+        _ => "rebalance".into(),
+    }
+}
+
+/// The history entry of a publish from `before` to `after` (see [`HistoryEntry`]).
+pub(crate) fn history_entry(
+    before: &AssignmentMap,
+    after: &AssignmentMap,
+    intents: &Intents,
+    (version, term, at_ms, reason): (u64, u64, u64, &str),
+) -> crate::records::HistoryEntry {
+    let owners = before.owners();
+    let mut moved = 0;
+    let mut moves = Vec::new();
+    let mut all: Vec<(&Partition, Option<&WorkerId>, &WorkerId)> = after
+        .iter()
+        .flat_map(|(to, held)| {
+            let owners = &owners;
+            held.iter().filter_map(move |p| {
+                let from = owners.get(p.keys()).copied();
+                (from != Some(to)).then_some((p, from, to))
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    for (p, from, to) in all {
+        moved += 1;
+        if moves.len() < crate::records::HISTORY_MOVES_LISTED {
+            moves.push(crate::records::HistoryMove {
+                partition: p.subject_key(),
+                from: from.cloned(),
+                to: to.clone(),
+                why: move_reason(p, from, to, before, after, intents, reason),
+            });
+        }
+    }
+    crate::records::HistoryEntry {
+        version,
+        term,
+        at_ms,
+        reason: reason.to_owned(),
+        workers: after.len(),
+        partitions: after.partition_count(),
+        moved,
+        moves,
     }
 }
 

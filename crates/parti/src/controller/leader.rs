@@ -28,11 +28,10 @@ use super::publisher::{PublishMeta, Publisher};
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
 use crate::config::MovesPerStep;
-use crate::control;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
+use crate::events::{Event, EventSink};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent};
-use crate::manager::hooks::{Event, EventSink};
 use crate::partition::{Partition, WorkerId};
 use crate::profile::{PlacementRules, UnlabelledPolicy, WorkerProfile};
 use crate::records::Intents;
@@ -480,7 +479,8 @@ impl Leader {
                 let published = phase.to_cluster_phase(now(), unix_ms());
                 let mut delay = Duration::from_millis(50);
                 loop {
-                    match self.publisher.set_phase(published).await {
+                    let floor = self.members_at(now()).floor;
+                    match self.publisher.set_phase(published, floor).await {
                         Ok(()) => return Ok(Vec::new()),
                         Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
                         // A phase write is informational: give up after a few tries, the next
@@ -853,7 +853,7 @@ impl Leader {
     /// Re-reads the operator's intents into [`intents`](Self::intents); a failed read or a
     /// garbled key is reported and keeps the last good ones.
     async fn read_intents(&mut self) {
-        match control::read(&*self.ctx.assignment_bucket).await {
+        match crate::records::read_intents(&*self.ctx.assignment_bucket).await {
             Ok(read) => {
                 let intents = read.map(|(i, _)| i).unwrap_or_default();
                 if intents != self.intents {

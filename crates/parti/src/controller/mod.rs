@@ -27,7 +27,7 @@
 
 pub(crate) mod compat;
 pub(crate) mod handoff;
-mod history;
+pub(crate) mod history;
 mod leader;
 pub(crate) mod placement;
 pub(crate) mod planner;

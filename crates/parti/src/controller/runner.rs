@@ -45,7 +45,7 @@ async fn run_term(
     refresh: &mut mpsc::UnboundedReceiver<()>,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let publisher = retry_until(cancel, || {
+    let publisher = crate::retry::until_cancelled(cancel, "loading the committed map", || {
         Publisher::load(Arc::clone(&ctx.assignment_bucket), term)
     })
     .await
@@ -366,25 +366,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn retry_until<T, F, Fut>(cancel: &CancellationToken, mut op: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => tracing::debug!(error = %e, "retrying"),
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -173,7 +173,7 @@ async fn run(
     mut tracker: Tracker,
     cancel: CancellationToken,
 ) {
-    let mut retry = WATCH_RETRY;
+    let mut retries = crate::retry::doubling(WATCH_RETRY, resync);
     loop {
         let opened = tokio::select! {
             () = cancel.cancelled() => return,
@@ -185,13 +185,12 @@ async fn run(
                 tracing::warn!(bucket = %bucket.name(), error = %e, "cannot open the heartbeat watch");
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(retry) => {}
+                    () = tokio::time::sleep(retries.next_delay()) => {}
                 }
-                retry = (retry * 2).min(resync);
                 continue;
             }
         };
-        retry = WATCH_RETRY;
+        retries = crate::retry::doubling(WATCH_RETRY, resync);
         let mut resync_at = Instant::now() + resync;
         loop {
             let doubt = tracker.next_doubt();

@@ -6,14 +6,14 @@ use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::dispatcher::{ManagedConsumer, SharedConsumer, spawn_dispatcher};
 use super::fence::{FenceParts, spawn_fence};
-use super::hooks::{Hooks, NoHooks, SharedConsumer, spawn_dispatcher};
+use super::hooks::{Hooks, NoHooks};
 use super::runtime::{Buckets, Ended, Outputs, Runtime};
 use super::state_cell::StateCell;
 use super::{Manager, WaitFailed};
 use crate::assignment::Assignment;
 use crate::config::Config;
-use crate::consumer::WorkerConsumer;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result, StoreError};
 use crate::ownership::{Holdings, OwnershipLog, OwnershipSink};
@@ -27,6 +27,7 @@ use crate::strategy::{AssignmentStrategy, WeightedConsistentHash};
 #[derive(Debug)]
 pub(crate) enum StoreSource {
     /// NATS KV over this context; built at start so that `operationTimeout` applies.
+    #[cfg(feature = "nats")]
     Nats(Box<async_nats::jetstream::Context>),
     /// A store supplied as is.
     Custom(Arc<dyn Store>),
@@ -44,7 +45,7 @@ pub struct ManagerBuilder {
     strategy: Arc<dyn AssignmentStrategy>,
     hooks: Arc<dyn Hooks>,
     election: Option<Arc<dyn ElectionAgent>>,
-    consumer: Option<WorkerConsumer>,
+    consumer: Option<ManagedConsumer>,
     ownership: Option<Arc<dyn OwnershipSink>>,
 }
 
@@ -116,8 +117,10 @@ impl ManagerBuilder {
 
     /// A JetStream consumer kept pointed at this worker's partitions: updated on the initial
     /// assignment and on every change, before the hooks run; paused when the worker owns
-    /// nothing or is fenced; closed by [`Manager::stop`].
-    pub fn consumer(mut self, consumer: WorkerConsumer) -> Self {
+    /// nothing or is fenced; closed by [`Manager::stop`]. Needs the `nats` feature.
+    #[cfg(feature = "nats")]
+    #[must_use]
+    pub fn consumer(mut self, consumer: crate::WorkerConsumer) -> Self {
         self.consumer = Some(consumer);
         self
     }
@@ -171,6 +174,7 @@ impl ManagerBuilder {
         self.config.validate()?;
         let config = Arc::new(self.config);
         let store: Arc<dyn Store> = match self.store {
+            #[cfg(feature = "nats")]
             StoreSource::Nats(js) => Arc::new(
                 crate::store::NatsStore::new(*js).with_operation_timeout(config.operation_timeout),
             ),
@@ -182,8 +186,12 @@ impl ManagerBuilder {
         let open = |spec: BucketSpec| {
             let store = Arc::clone(&store);
             async move {
-                let mut delay = std::time::Duration::from_millis(50);
+                let mut delays = crate::retry::doubling(
+                    std::time::Duration::from_millis(50),
+                    std::time::Duration::from_secs(2),
+                );
                 loop {
+                    let delay = delays.next_delay();
                     let error = match tokio::time::timeout_at(deadline, store.bucket(&spec)).await {
                         Ok(Ok(bucket)) => return Ok(bucket),
                         Ok(Err(
@@ -201,7 +209,6 @@ impl ManagerBuilder {
                     }
                     tracing::warn!(bucket = %spec.name, %error, "cannot open bucket yet; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 }
             }
         };
@@ -214,7 +221,7 @@ impl ManagerBuilder {
         };
 
         let (events, _) = broadcast::channel(super::EVENTS_CAPACITY);
-        let gate_lease = self.consumer.as_ref().map(WorkerConsumer::lease_cell);
+        let gate_lease = self.consumer.as_ref().map(ManagedConsumer::lease_cell);
         let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
         let instance = new_instance_id();
         let ownership = OwnershipLog::new(self.ownership, &instance);

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::hooks::AlertLevel;
 use crate::config::{DegradedAlertConfig, DegradedBehaviorConfig};
+use crate::events::AlertLevel;
 use crate::state::DegradedReason;
 
 /// What the tracker concluded from one observation.

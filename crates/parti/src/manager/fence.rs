@@ -21,10 +21,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::dispatcher::SharedConsumer;
 use super::holding::HoldingChange;
-use super::hooks::{Event, EventSink, SharedConsumer};
 use crate::assignment::Assignment;
 use crate::error::Error;
+use crate::events::{Event, EventSink};
 use crate::ownership::{Holdings, OwnershipEvent, OwnershipLog, OwnershipRecord};
 use crate::partition::{Partition, WorkerId};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -261,7 +262,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::manager::hooks::{NoHooks, spawn_dispatcher};
+    use crate::manager::dispatcher::spawn_dispatcher;
+    use crate::manager::hooks::NoHooks;
     use crate::ownership::OwnershipRecorder;
 
     /// A fence task over an ownership recorder, with the lease at `lease` and lineage 2

@@ -172,20 +172,7 @@ fn decode_worker(bucket: &str, entry: &Entry) -> Option<(Slot, (u64, WorkerRecor
 
 /// Opens a watch, retrying with backoff until it opens or `cancel` fires.
 async fn open(bucket: &dyn Bucket, key: &str, cancel: &CancellationToken) -> Option<WatchStream> {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match bucket.watch(key).await {
-            Ok(stream) => return Some(stream),
-            Err(e) => {
-                tracing::debug!(%key, error = %e, "opening assignment watch");
-                tokio::select! {
-                    () = cancel.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    crate::retry::until_cancelled(cancel, "opening an assignment watch", || bucket.watch(key)).await
 }
 
 /// What one watch pair has applied: snapshots are staged and applied on `InitDone`, so a

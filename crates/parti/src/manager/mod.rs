@@ -22,6 +22,7 @@
 mod bucket_guard;
 mod builder;
 mod degraded;
+mod dispatcher;
 mod fence;
 pub(crate) mod follower;
 mod holding;
@@ -39,8 +40,8 @@ use tokio::sync::{Mutex, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::events::Event;
 pub use builder::ManagerBuilder;
-use hooks::Event;
 
 use crate::assignment::Assignment;
 use crate::error::{Error, Result};
@@ -78,7 +79,7 @@ pub struct Manager {
     cancel: CancellationToken,
     shutdown_timeout: Duration,
     runtime: Mutex<Option<AbortOnDropHandle<Result<()>>>>,
-    consumer: hooks::SharedConsumer,
+    consumer: dispatcher::SharedConsumer,
     dispatcher: Mutex<Option<AbortOnDropHandle<()>>>,
     /// Carries out holding changes (gate, hooks, records, release acknowledgements).
     fence: Mutex<Option<AbortOnDropHandle<()>>>,
@@ -88,7 +89,8 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// A builder over a JetStream context (the usual way).
+    /// A builder over a JetStream context (the usual way; `nats` feature).
+    #[cfg(feature = "nats")]
     pub fn builder(jetstream: async_nats::jetstream::Context) -> ManagerBuilder {
         ManagerBuilder::new(builder::StoreSource::Nats(Box::new(jetstream)))
     }
@@ -336,7 +338,9 @@ impl Manager {
     }
 
     /// Stops every task at once without any stop path, as a killed process would: nothing is
-    /// released, the heartbeat and the ID expire by TTL. Meant for tests and chaos drills.
+    /// released, the heartbeat and the ID expire by TTL. Meant for tests and chaos drills;
+    /// needs the `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
     pub async fn kill(&self) {
         if let Some(runtime) = self.runtime.lock().await.take() {
             runtime.abort();

@@ -16,7 +16,6 @@ use super::degraded::{DegradedTracker, Verdict};
 use super::fence::{FenceCommand, NO_LINEAGE, extend_lease};
 use super::follower::{Follower, FollowerView};
 use super::holding::{Holder, HoldingChange};
-use super::hooks::{Event, EventSink};
 use super::state_cell::StateCell;
 use crate::assignment::Assignment;
 use crate::clock::unix_ms;
@@ -25,6 +24,7 @@ use crate::config::Config;
 use crate::controller::{CrashHold, LeaderContext, PlannerConfig, run_leader};
 use crate::election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
 use crate::error::{Error, Result};
+use crate::events::{Event, EventSink};
 use crate::heartbeat::HeartbeatInfo;
 use crate::heartbeat::Heartbeater;
 use crate::ownership::OwnershipLog;
@@ -277,7 +277,11 @@ impl Runtime {
 
     async fn claim(&self, cancel: &CancellationToken, first: bool) -> Result<StableIdLease> {
         let cfg = self.id_pool();
-        let mut delay = Duration::from_millis(50);
+        let max = self
+            .config
+            .heartbeat_interval
+            .max(Duration::from_millis(100));
+        let mut delays = crate::retry::doubling(Duration::from_millis(50), max);
         loop {
             match stable_id::claim(Arc::clone(&self.buckets.stable_id), &cfg, &self.instance).await
             {
@@ -289,13 +293,8 @@ impl Runtime {
                     self.events.error(e);
                     tokio::select! {
                         () = cancel.cancelled() => return Err(Error::Shutdown),
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(delays.next_delay()) => {}
                     }
-                    delay = (delay * 2).min(
-                        self.config
-                            .heartbeat_interval
-                            .max(Duration::from_millis(100)),
-                    );
                 }
             }
         }

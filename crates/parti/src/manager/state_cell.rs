@@ -4,7 +4,7 @@
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::hooks::{Event, EventSink};
+use crate::events::{Event, EventSink};
 use crate::state::State;
 
 #[derive(Debug)]

@@ -14,9 +14,7 @@ use super::PartitionSource;
 use super::document::{self, Decoded, Layout, Manifest};
 use crate::error::{Error, Result, StoreError};
 use crate::partition::{Partition, check_unique};
-use crate::store::{
-    Bucket, BucketSpec, NatsStore, Store, WatchEvent, conflict_backoff, is_conflict,
-};
+use crate::store::{Bucket, BucketSpec, Store, WatchEvent, conflict_backoff, is_conflict};
 
 /// Chunks fetched at once when reading a chunked list.
 const PARALLEL_CHUNK_READS: usize = 16;
@@ -173,16 +171,17 @@ impl NatsKv {
     ///
     /// # Errors
     ///
-    /// [`Error::Nats`] when the bucket cannot be opened or created.
+    /// [`Error::Store`] when the bucket cannot be opened or created.
+    #[cfg(feature = "nats")]
     pub async fn open(js: async_nats::jetstream::Context, bucket: &str) -> Result<Self> {
-        Self::open_in(&NatsStore::new(js), &BucketSpec::new(bucket)).await
+        Self::open_in(&crate::store::NatsStore::new(js), &BucketSpec::new(bucket)).await
     }
 
     /// Opens the bucket `spec` describes in `store`.
     ///
     /// # Errors
     ///
-    /// [`Error::Nats`] when the bucket cannot be opened (or is missing and `spec` does not
+    /// [`Error::Store`] when the bucket cannot be opened (or is missing and `spec` does not
     /// create it).
     pub async fn open_in(store: &dyn Store, spec: &BucketSpec) -> Result<Self> {
         Ok(Self::new(store.bucket(spec).await?))
@@ -228,7 +227,7 @@ impl NatsKv {
     /// # Errors
     ///
     /// [`Error::Decode`] when the stored value is not a partition list (or has a duplicate);
-    /// [`Error::Nats`] when the store fails.
+    /// [`Error::Store`] when the store fails.
     pub async fn read(&self) -> Result<Listed> {
         Ok(match self.read_current().await? {
             Some(current) => Listed {
@@ -247,8 +246,8 @@ impl NatsKv {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Conflict`] (as [`Error::Nats`]) when someone else wrote the list since;
-    /// [`Error::InvalidPartition`] naming a duplicate; [`Error::Nats`] when the store fails.
+    /// [`StoreError::Conflict`] (as [`Error::Store`]) when someone else wrote the list since;
+    /// [`Error::InvalidPartition`] naming a duplicate; [`Error::Store`] when the store fails.
     /// Whatever is stored at
     /// `expected` is replaced, even a value that is not a partition list.
     pub async fn update(&self, partitions: &[Partition], expected: Option<u64>) -> Result<u64> {
@@ -298,7 +297,7 @@ impl NatsKv {
     /// # Errors
     ///
     /// [`Error::InvalidPartition`] naming a duplicate; [`StoreError::Conflict`] when the key
-    /// stays contended through every retry; [`Error::Nats`] when the store fails.
+    /// stays contended through every retry; [`Error::Store`] when the store fails.
     pub async fn set(&self, partitions: Vec<Partition>) -> Result<u64> {
         check_unique(&partitions)?;
         let attempt = || async {
@@ -551,7 +550,7 @@ impl NatsKv {
     }
 
     fn conflict(&self) -> Error {
-        Error::Nats(StoreError::Conflict {
+        Error::Store(StoreError::Conflict {
             bucket: self.bucket.name().to_owned(),
             key: self.key.clone(),
         })
@@ -659,12 +658,12 @@ mod tests {
         // A stale revision is a conflict and writes nothing.
         let err = kv.update(&parts(&["q"]), Some(r1)).await.unwrap_err();
         assert!(
-            matches!(err, Error::Nats(StoreError::Conflict { .. })),
+            matches!(err, Error::Store(StoreError::Conflict { .. })),
             "{err}"
         );
         let err = kv.update(&parts(&["q"]), None).await.unwrap_err();
         assert!(
-            matches!(err, Error::Nats(StoreError::Conflict { .. })),
+            matches!(err, Error::Store(StoreError::Conflict { .. })),
             "{err}"
         );
         kv.remove(["a", "c"]).await.unwrap();

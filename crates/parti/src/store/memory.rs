@@ -119,12 +119,15 @@ impl MemoryStore {
         }
     }
 
-    /// The faults of this client.
+    /// The faults of this client (`test-util` feature).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn faults(&self) -> &Faults {
         &self.faults
     }
 
-    /// The faults of the backend, felt by every client (e.g. cut every client off: an outage).
+    /// The faults of the backend, felt by every client (e.g. cut every client off: an outage;
+    /// `test-util` feature).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn backend_faults(&self) -> &Faults {
         &self.backend.faults
     }
@@ -133,7 +136,9 @@ impl MemoryStore {
     ///
     /// Calls through existing handles fail with a backend error until the bucket is created
     /// again by a [`Store::bucket`] call; they then reach the new, empty bucket. Open watches
-    /// yield one error, then a fresh snapshot of the new bucket once there is one.
+    /// yield one error, then a fresh snapshot of the new bucket once there is one. Needs the
+    /// `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn delete_bucket(&self, name: &str) -> bool {
         let Some(core) = self.backend.buckets().remove(name) else {
             return false;

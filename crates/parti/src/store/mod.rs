@@ -20,8 +20,10 @@
 pub mod codec;
 mod memory;
 mod names;
+#[cfg(feature = "nats")]
 mod nats;
 mod pattern;
+#[cfg(test)]
 #[cfg(test)]
 pub(crate) mod probe;
 
@@ -35,6 +37,7 @@ use futures::stream::BoxStream;
 
 pub use crate::error::StoreError;
 pub use memory::{Faults, MemoryStore};
+#[cfg(feature = "nats")]
 pub use nats::NatsStore;
 pub use pattern::key_matches;
 
@@ -219,5 +222,5 @@ pub(crate) fn conflict_backoff() -> backon::ExponentialBuilder {
 
 /// Whether `e` is a lost revision race, worth retrying from a fresh read.
 pub(crate) fn is_conflict(e: &crate::Error) -> bool {
-    matches!(e, crate::Error::Nats(StoreError::Conflict { .. }))
+    matches!(e, crate::Error::Store(StoreError::Conflict { .. }))
 }

@@ -2,6 +2,7 @@
 //! unknown keys still refused (with a suggestion).
 
 use super::*;
+use crate::UnlabelledPolicy;
 
 /// A configuration as the Go library's v2 documentation writes it: its v1 keys (some under Go
 /// names), the v2 keys, and the `kvBuckets` additions.
@@ -59,9 +60,9 @@ degradedAlert:
   criticalThreshold: 10m
   alertInterval: 1m
 
-workerLabels:
-  zone: eu-west-1a
-  tier: gold
+workerLabels: [gpu, zone-a]
+unlabeledPartitionPolicy: dedicated
+labelSpillGrace: 90s
 "#;
 
 /// A configuration of the Go library's v1, with its `assignmentTtl` written as Go writes a zero
@@ -138,9 +139,10 @@ fn a_go_v2_file_loads_with_its_keys_mapped_or_reported() {
             "kvBuckets.assignmentTtl",
             "kvBuckets.handoffBucket",
             "kvBuckets.handoffTtl",
-            "workerLabels",
         ]
     );
+    assert_eq!(c.labels, ["gpu", "zone-a"]);
+    assert_eq!(c.assignment.label_spill_grace, s(90));
     for w in &r.warnings {
         assert!(w.message.starts_with("ignored"), "{w}");
         assert_eq!(w.to_string(), format!("{}: {}", w.field, w.message));
@@ -279,19 +281,50 @@ fn a_top_level_assignment_ttl_is_reported() {
 }
 
 #[test]
-fn worker_labels_are_a_map_or_a_list() {
-    for yaml in [
-        "workerLabels: { zone: a, tier: gold }\n",
-        "workerLabels: [gpu, ssd]\n",
-        "workerLabels:\n",
-    ] {
-        let w = warning(yaml);
-        assert_eq!(w.field, "workerLabels", "{yaml}");
-        assert!(w.message.contains("labels"), "{w}");
-    }
+fn worker_labels_become_labels_and_a_map_of_them_is_reported() {
+    let r = report("workerLabels: [gpu, ssd]\n");
+    assert_eq!(r.warnings, []);
+    assert_eq!(r.config.labels, ["gpu", "ssd"]);
+    assert!(r.config.profile().unwrap().has_label("ssd"));
+    assert_eq!(report("workerLabels:\n").warnings, []);
+    let w = warning("workerLabels: { zone: a, tier: gold }\n");
+    assert_eq!(w.field, "workerLabels");
+    assert!(w.message.contains("key=value"), "{w}");
+    // Ours wins.
+    let r = report("labels: [a]\nworkerLabels: [b]\n");
+    assert_eq!(r.config.labels, ["a"]);
+    assert_eq!(warned(&r), ["workerLabels"]);
     let v = parse_error("workerLabels: gpu\n");
     assert_eq!(v.field, "workerLabels");
-    assert!(v.reason.contains("a map or a list"), "{v}");
+    assert!(v.reason.contains("a list of labels"), "{v}");
+    let v = parse_error("workerLabels: [[nested]]\n");
+    assert!(v.reason.contains("a label name"), "{v}");
+}
+
+#[test]
+fn go_label_placement_keys_map_onto_the_assignment_section() {
+    let r = report("unlabeledPartitionPolicy: shared\nlabelSpillGrace: 2m\n");
+    assert_eq!(r.warnings, []);
+    assert_eq!(
+        r.config.assignment.unlabelled_policy,
+        UnlabelledPolicy::Shared
+    );
+    assert_eq!(r.config.assignment.label_spill_grace, s(120));
+    // 0 in a Go file means its default.
+    let r = report("labelSpillGrace: 0s\n");
+    assert_eq!(warned(&r), ["labelSpillGrace"]);
+    assert_eq!(r.config.assignment.label_spill_grace, s(60));
+    // Ours wins.
+    let r =
+        report("unlabeledPartitionPolicy: shared\nassignment: { unlabelledPolicy: dedicated }\n");
+    assert_eq!(
+        r.config.assignment.unlabelled_policy,
+        UnlabelledPolicy::Dedicated
+    );
+    assert_eq!(warned(&r), ["unlabeledPartitionPolicy"]);
+    let v = parse_error("unlabeledPartitionPolicy: everyone\n");
+    assert_eq!(v.field, "unlabeledPartitionPolicy");
+    assert!(v.reason.contains("dedicated or shared"), "{v}");
 }
 
 #[test]
@@ -367,9 +400,10 @@ fn unknown_keys_suggest_the_closest_known_key() {
 
 #[test]
 fn parse_yaml_str_reports_without_validating() {
-    let r = Config::parse_yaml_str("heartbeatTtl: 1s\nworkerLabels: [a]\n").expect("parses");
+    let r =
+        Config::parse_yaml_str("heartbeatTtl: 1s\nenableTwoPhaseHandoff: true\n").expect("parses");
     assert_eq!(r.config.heartbeat_ttl, s(1));
-    assert_eq!(warned(&r), ["workerLabels"]);
+    assert_eq!(warned(&r), ["enableTwoPhaseHandoff"]);
     assert_eq!(fields(&violations(r.config.validate())), ["heartbeatTtl"]);
     // The validating loaders refuse it.
     assert!(Config::from_yaml_str_with_warnings("heartbeatTtl: 1s\n").is_err());

@@ -71,6 +71,7 @@ impl BucketCore {
     }
 
     /// Marks the bucket deleted and drops its data; its watchers' channels close.
+    #[cfg(any(test, feature = "test-util"))]
     pub(super) fn delete(&self) {
         self.deleted.store(true, Ordering::SeqCst);
         let mut state = self.lock();
