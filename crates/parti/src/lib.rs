@@ -5,7 +5,7 @@
 //!
 //! Each worker embeds a [`Manager`]. It claims a stable ID ([`stable_id`]), heartbeats
 //! ([`heartbeat`]), takes part in a leader election ([`election`]), and follows the assignment
-//! the leader's [`controller`] publishes with a pluggable [`strategy`]. The application hears of
+//! the leader's controller publishes with a pluggable [`strategy`]. The application hears of
 //! changes through [`hooks`], [`Manager::watch_assignment`] and [`Manager::events`]; a
 //! [`WorkerConsumer`] can keep a JetStream consumer pointed at exactly its partitions.
 //!
@@ -78,7 +78,7 @@
 //!   in-memory implementations, both held to one conformance suite (in `parti-testkit`).
 //! - [`stable_id`], [`heartbeat`], [`election`]: the three leases, each a small task around
 //!   one bucket.
-//! - [`controller`]: the leader — a pure planner (events in, decisions out) driven by a runner
+//! - `controller` (crate-private): the leader — a pure planner (events in, decisions out) driven by a runner
 //!   that does the I/O, a pure placement step (intents and paced moves around the strategy),
 //!   and the publisher that writes versioned, fenced maps.
 //! - [`records`]: the wire format of the assignment bucket (SPEC §5.4).
@@ -118,7 +118,7 @@ pub mod config;
 #[cfg(feature = "nats")]
 pub mod consumer;
 pub mod control;
-pub mod controller;
+pub(crate) mod controller;
 pub mod election;
 pub mod error;
 pub mod events;

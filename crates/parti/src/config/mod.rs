@@ -56,7 +56,7 @@ pub use sections::{AssignmentConfig, KvBucketConfig, MovesPerStep, StepBudget};
 
 /// Everything a worker's coordination can be tuned with.
 ///
-/// Build one from [`Config::default()`] (production timings), [`Config::fast_for_tests()`], or a
+/// Build one from [`Config::default()`] (production timings), `Config::fast_for_tests()` (`test-util` feature), or a
 /// YAML file; [`validate`](Config::validate) it before use (the loaders do).
 ///
 /// ```

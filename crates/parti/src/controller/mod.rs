@@ -37,7 +37,4 @@ mod runner;
 pub(crate) use leader::LeaderContext;
 pub(crate) use runner::run as run_leader;
 
-pub use planner::{
-    ClusterView, CrashHold, Decision, Input, Phase, Planner, PlannerConfig, RebalanceReason,
-    reassign_orphans,
-};
+pub(crate) use planner::{CrashHold, PlannerConfig};

@@ -55,31 +55,10 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use orphans::reassign_orphans;
 pub use types::{ClusterView, CrashHold, Decision, Input, Phase, PlannerConfig, RebalanceReason};
 
-/// The leader's pure state machine: inputs in, decisions out.
-///
-/// ```
-/// use std::time::{Duration, Instant};
-/// use parti::controller::{Decision, Input, Planner, PlannerConfig, RebalanceReason};
-/// use parti::{Lifecycle, WorkerId};
-///
-/// let t0 = Instant::now();
-/// let mut planner = Planner::new(PlannerConfig::default());
-/// let live = vec![WorkerId::new("worker-0"), WorkerId::new("worker-1")];
-/// planner.handle(Input::BecameLeader { cluster: None, live: live.clone(), now: t0 });
-/// let deadline = planner.next_wakeup().unwrap();
-/// assert_eq!(deadline, t0 + Duration::from_secs(30));
-/// let decisions = planner.handle(Input::Tick { now: deadline });
-/// assert!(decisions.contains(&Decision::Publish {
-///     workers: live.clone(),
-///     reason: RebalanceReason::ColdStart,
-///     orphans_only: false,
-/// }));
-/// planner.handle(Input::Published { version: 1, workers: live, now: deadline });
-/// assert_eq!(planner.lifecycle(), Lifecycle::Running);
-/// ```
+/// The leader's pure state machine: inputs in, decisions out (see the module docs; the
+/// whole loop is exercised in `tests/` and `proptests`).
 #[derive(Debug, Clone)]
 pub struct Planner {
     cfg: PlannerConfig,
@@ -233,11 +212,13 @@ impl Planner {
     }
 
     /// The last published version this planner knows of (inherited or confirmed).
+    #[cfg(test)]
     pub fn version(&self) -> u64 {
         self.version
     }
 
     /// The live workers, sorted.
+    #[cfg(test)]
     pub fn live(&self) -> impl ExactSizeIterator<Item = &WorkerId> {
         self.live.iter()
     }

@@ -315,12 +315,17 @@ impl Publisher {
     /// Rewrites the cluster record with a new phase, same version (followers mirror phases).
     ///
     /// `floor` is the highest version the live workers say they applied: when the record is
-    /// missing (its bucket recreated) but workers hold a map, no version-0 stub is written —
-    /// readers would see the version go back.
+    /// missing (its bucket recreated) but workers hold a map, or the bucket's version floor or
+    /// worker values show that maps were published, no version-0 stub is written — readers
+    /// would see the version go back.
     pub(crate) async fn set_phase(&mut self, phase: ClusterPhase, floor: u64) -> Result<()> {
         let (current, cluster_rev) = self.fence().await?;
         let Some(mut record) = current else {
-            if cluster_rev.is_some() || self.committed.version() > 0 || floor > 0 {
+            if cluster_rev.is_some()
+                || self.committed.version() > 0
+                || floor > 0
+                || self.records_floor().await? > 0
+            {
                 // The record is garbage or was lost after maps were published: a stub would
                 // take the version back. The next publish heals it; skip the announcement.
                 return Ok(());

@@ -215,7 +215,7 @@ impl Manager {
     /// two looks (e.g. `Rebalancing` for a few microseconds) may be missed, as with
     /// [`watch_state`](Self::watch_state). Settled states (`Stable`, `Degraded`, `Shutdown`)
     /// are not. `Shutdown` is entered when a stop *begins*: await [`stop`](Self::stop) to know
-    /// the ID is released. After [`kill`](Self::kill) the state keeps its last value.
+    /// the ID is released. After `kill` (`test-util`) the state keeps its last value.
     ///
     /// The error a worker ended with on its own (e.g. `IdPoolExhausted`) is reported once, to
     /// the first waiter (or to `stop`); later ones get `Shutdown`.

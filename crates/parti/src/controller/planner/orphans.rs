@@ -18,7 +18,8 @@ use crate::strategy::AssignmentStrategy;
 ///
 /// Errors: duplicate partitions, no live worker to take orphans, a strategy error, or a
 /// strategy that leaves an orphan unassigned or gives it to a worker outside `live`.
-pub fn reassign_orphans(
+#[cfg(test)]
+pub(crate) fn reassign_orphans(
     strategy: &dyn AssignmentStrategy,
     previous: &AssignmentMap,
     live: &[WorkerId],

@@ -279,17 +279,7 @@ pub enum Phase {
 impl Phase {
     /// The published form: `until` becomes wall-clock milliseconds, given that `now` is
     /// `now_unix_ms` milliseconds since the Unix epoch.
-    ///
-    /// ```
-    /// use std::time::{Duration, Instant};
-    /// use parti::{ClusterPhase, ScalingReason, controller::Phase};
-    /// let now = Instant::now();
-    /// let phase = Phase::Scaling { reason: ScalingReason::ColdStart, until: now + Duration::from_secs(2) };
-    /// assert_eq!(
-    ///     phase.to_cluster_phase(now, 1_000),
-    ///     ClusterPhase::Scaling { reason: ScalingReason::ColdStart, until_ms: 3_000 },
-    /// );
-    /// ```
+    /// (`until` 2 s after `now`, with `now` at 1 000 ms, is `until_ms` 3 000.)
     pub fn to_cluster_phase(self, now: Instant, now_unix_ms: u64) -> ClusterPhase {
         match self {
             Phase::Stable => ClusterPhase::Stable,

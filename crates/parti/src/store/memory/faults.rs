@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// A handle on the faults of one client (or, from
-/// [`MemoryStore::backend_faults`](super::MemoryStore::backend_faults), of every client at once: an
+/// `MemoryStore::backend_faults` (`test-util` feature), of every client at once: an
 /// outage of the backend). Cheap to clone; every clone controls the same faults.
 ///
 /// While cut off, every call fails with [`StoreError::Backend`](crate::StoreError::Backend),

@@ -157,3 +157,45 @@ fn emergency(workers: &[u32]) -> Vec<Decision> {
 mod crashes;
 mod membership;
 mod rebalance;
+
+#[test]
+fn a_cold_start_end_to_end_with_the_default_configuration() {
+    let t0 = Instant::now();
+    let mut planner = Planner::new(PlannerConfig::default());
+    let live = vec![WorkerId::new("worker-0"), WorkerId::new("worker-1")];
+    planner.handle(Input::BecameLeader {
+        cluster: None,
+        live: live.clone(),
+        now: t0,
+    });
+    let deadline = planner.next_wakeup().unwrap();
+    assert_eq!(deadline, t0 + Duration::from_secs(30));
+    let decisions = planner.handle(Input::Tick { now: deadline });
+    assert!(decisions.contains(&Decision::Publish {
+        workers: live.clone(),
+        reason: RebalanceReason::ColdStart,
+        orphans_only: false,
+    }));
+    planner.handle(Input::Published {
+        version: 1,
+        workers: live,
+        now: deadline,
+    });
+    assert_eq!(planner.lifecycle(), Lifecycle::Running);
+}
+
+#[test]
+fn a_scaling_phase_is_published_with_wall_clock_milliseconds() {
+    let now = Instant::now();
+    let phase = Phase::Scaling {
+        reason: ScalingReason::ColdStart,
+        until: now + Duration::from_secs(2),
+    };
+    assert_eq!(
+        phase.to_cluster_phase(now, 1_000),
+        crate::ClusterPhase::Scaling {
+            reason: ScalingReason::ColdStart,
+            until_ms: 3_000
+        },
+    );
+}
