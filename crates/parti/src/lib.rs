@@ -81,7 +81,8 @@
 //! - `controller` (crate-private): the leader — a pure planner (events in, decisions out) driven by a runner
 //!   that does the I/O, a pure placement step (intents and paced moves around the strategy),
 //!   and the publisher that writes versioned, fenced maps.
-//! - [`records`]: the wire format of the assignment bucket (SPEC §5.4).
+//! - `records` (public with the `tools` feature): the wire format of the assignment bucket
+//!   (SPEC §5.4), and `store::codec`, the value encoding of every bucket.
 //!
 //! **Private**: the wall clock (`clock`).
 //!
@@ -100,6 +101,10 @@
 //!   Go Parti's files included, with [`ConfigWarning`](config::ConfigWarning)s). Without it,
 //!   configuration comes from code and the environment
 //!   ([`Config::with_env_overrides`]).
+//! - **`tools`**: the wire format of the buckets, for tools that read them (the `parti`
+//!   command enables it): `records` (the assignment bucket's values, `read_published`,
+//!   `read_history`) and `store::codec`. It follows the bucket format, so it is not part of the
+//!   stable API.
 //! - **`test-util`**: helpers for tests and drills, which are not part of the stable API:
 //!   `Config::fast_for_tests` (timings of a few hundred milliseconds), `Manager::kill` (stop
 //!   every task as a killed process would), and the fault injection of
@@ -127,7 +132,10 @@ pub mod manager;
 pub mod ownership;
 pub mod partition;
 pub mod profile;
+#[cfg(feature = "tools")]
 pub mod records;
+#[cfg(not(feature = "tools"))]
+pub(crate) mod records;
 mod retry;
 pub mod source;
 pub mod stable_id;

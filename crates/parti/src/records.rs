@@ -1,7 +1,9 @@
 //! The values Parti writes into the `assignment` bucket (SPEC §5.4).
 //!
-//! Public so that tools (the `parti status` command, dashboards) can read a cluster's state.
+//! Public with the `tools` feature, so that tools (the `parti status` command, dashboards) can
+//! read a cluster's state.
 //! All values are JSON with `"v": 1` (see [`store::codec`](crate::store::codec)).
+#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::collections::BTreeMap;
 

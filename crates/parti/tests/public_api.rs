@@ -9,7 +9,7 @@
 //! The list is read from the source text (no compiler JSON is available offline): module
 //! declarations are followed from `lib.rs` through `pub mod` only, and an item counts when its
 //! declaration starts a line with `pub ` (not `pub(crate)`). Methods and fields are not listed;
-//! their types are.
+//! their types are. An item behind a cargo feature is listed as `[feature] …`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,11 +31,25 @@ fn module_file(parent: &Path, name: &str) -> PathBuf {
 }
 
 /// The statements of `source` that start a line with `pub ` (joined to one line each), in
-/// order.
-fn pub_statements(source: &str) -> Vec<String> {
+/// order, each with the cargo feature it is declared under (`#[cfg(feature = "…")]` or
+/// `#[cfg(any(test, feature = "…"))]` just above it), if any.
+fn pub_statements(source: &str) -> Vec<(Option<String>, String)> {
     let mut out = Vec::new();
+    let mut feature: Option<String> = None;
     let mut lines = source.lines();
     while let Some(line) = lines.next() {
+        if line.starts_with("#[cfg(") {
+            feature = line
+                .split("feature = \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_owned);
+            continue;
+        }
+        if line.starts_with("#[") || line.starts_with("///") {
+            continue;
+        }
+        let gate = feature.take();
         if !line.starts_with("pub ") {
             continue;
         }
@@ -49,7 +63,7 @@ fn pub_statements(source: &str) -> Vec<String> {
             }
             statement = statement.replace("{ ", "{").replace(", }", "}");
         }
-        out.push(statement);
+        out.push((gate, statement));
     }
     out
 }
@@ -76,15 +90,24 @@ fn item(statement: &str) -> String {
     }
 }
 
-fn collect(path: &str, file: &Path, out: &mut BTreeSet<String>) {
+/// Lists the public items of the module at `path` (in `file`); `gate` is the feature the
+/// module itself needs, if any. Items behind a feature are listed as `[feature] …`.
+fn collect(path: &str, file: &Path, gate: Option<&str>, out: &mut BTreeSet<String>) {
     let source = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
-    for statement in pub_statements(&source) {
+    for (feature, statement) in pub_statements(&source) {
+        let feature = feature.as_deref().or(gate);
+        let tag = feature.map(|f| format!("[{f}] ")).unwrap_or_default();
         let item = item(&statement);
         if let Some(name) = item.strip_prefix("mod ") {
-            out.insert(format!("{path} mod {name}"));
-            collect(&format!("{path}::{name}"), &module_file(file, name), out);
+            out.insert(format!("{tag}{path} mod {name}"));
+            collect(
+                &format!("{path}::{name}"),
+                &module_file(file, name),
+                feature,
+                out,
+            );
         } else {
-            out.insert(format!("{path} {item}"));
+            out.insert(format!("{tag}{path} {item}"));
         }
     }
 }
@@ -93,7 +116,7 @@ fn collect(path: &str, file: &Path, out: &mut BTreeSet<String>) {
 fn the_public_items_are_the_listed_ones() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut items = BTreeSet::new();
-    collect("parti", &root.join("src/lib.rs"), &mut items);
+    collect("parti", &root.join("src/lib.rs"), None, &mut items);
     let found: String = items.iter().map(|i| format!("{i}\n")).collect();
     let listed_path = root.join("tests/public_api.txt");
     if std::env::var_os("PARTI_BLESS").is_some() {

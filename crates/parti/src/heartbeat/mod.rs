@@ -68,8 +68,7 @@ pub struct HeartbeatValue {
     /// version of the move.
     #[serde(default)]
     pub released: u64,
-    /// How many times this process's lease lapsed (see
-    /// [`Lineage`](crate::records::Lineage)).
+    /// How many times this process's lease lapsed (see `Lineage` in the `cluster` record).
     #[serde(default)]
     pub lapses: u64,
     /// Written by a leader, not by the worker: the lease of this lineage is revoked (the worker

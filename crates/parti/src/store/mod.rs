@@ -17,7 +17,10 @@
 //!   position it starts a fresh snapshot, so a consumer that rebuilds its view on `InitDone` never
 //!   misses a change. Transient errors are yielded as `Err` items; the stream carries on.
 
+#[cfg(feature = "tools")]
 pub mod codec;
+#[cfg(not(feature = "tools"))]
+pub(crate) mod codec;
 mod memory;
 mod names;
 #[cfg(feature = "nats")]
