@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::assignment::Assignment;
 use crate::error::Error;
-use crate::heartbeat::protocol::{Capability, Refusal};
+pub use crate::heartbeat::protocol::{Capability, Refusal};
 use crate::ownership::OwnershipRecord;
 use crate::partition::{Partition, WorkerId};
 use crate::state::{DegradedReason, State};
@@ -92,7 +92,7 @@ pub enum Event {
     /// [`ownership`](crate::ownership)).
     Ownership(Arc<[OwnershipRecord]>),
     /// As leader: a live worker speaks a protocol this leader does not understand, so it is
-    /// kept out of the map (see [`protocol`](crate::heartbeat::protocol)). Sent when the
+    /// kept out of the map (see [`Capability`] and [`Refusal`]). Sent when the
     /// leader first sees it so.
     WorkerRefused {
         /// The worker kept out.

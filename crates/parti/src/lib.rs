@@ -3,8 +3,8 @@
 //! Weighted partitions (work units: a sensor, a tenant, a message subject) handed to a changing
 //! set of worker processes, coordinated only through NATS JetStream key-value buckets.
 //!
-//! Each worker embeds a [`Manager`]. It claims a stable ID ([`stable_id`]), heartbeats
-//! ([`heartbeat`]), takes part in a leader election ([`election`]), and follows the assignment
+//! Each worker embeds a [`Manager`]. It claims a stable ID, heartbeats, takes part in a leader
+//! election ([`election`]), and follows the assignment
 //! the leader's controller publishes with a pluggable [`strategy`]. The application hears of
 //! changes through [`hooks`], [`Manager::watch_assignment`] and [`Manager::events`]; a
 //! [`WorkerConsumer`] can keep a JetStream consumer pointed at exactly its partitions.
@@ -72,12 +72,15 @@
 //! - [`consumer`]: [`WorkerConsumer`], a JetStream durable that follows the worker's holdings.
 //! - [`error`]: [`Error`] and [`StoreError`], typed, with their causes as sources.
 //!
-//! **Building blocks** the manager is made of, public for custom stores, tools (the `parti`
-//! CLI reads the buckets through them) and tests:
-//! - [`store`]: the [`Store`](store::Store)/[`Bucket`](store::Bucket) trait with its NATS and
-//!   in-memory implementations, both held to one conformance suite (in `parti-testkit`).
-//! - [`stable_id`], [`heartbeat`], [`election`]: the three leases, each a small task around
-//!   one bucket.
+//! **What an extension needs**: [`store`], the [`Store`](store::Store)/[`Bucket`](store::Bucket)
+//! trait with its NATS and in-memory implementations, both held to one conformance suite (in
+//! `parti-testkit`), for a custom backend; and [`election`]'s [`ElectionAgent`] for a custom
+//! lease.
+//!
+//! **Building blocks** the manager is made of, public only with the `tools` feature (the
+//! `parti` CLI and the test kit read the buckets and drive the leases through them):
+//! - `stable_id`, `heartbeat` and the election's `Elector`: the three leases, each a small
+//!   task around one bucket.
 //! - `controller` (crate-private): the leader — a pure planner (events in, decisions out) driven by a runner
 //!   that does the I/O, a pure placement step (intents and paced moves around the strategy),
 //!   and the publisher that writes versioned, fenced maps.
@@ -127,7 +130,10 @@ pub(crate) mod controller;
 pub mod election;
 pub mod error;
 pub mod events;
+#[cfg(feature = "tools")]
 pub mod heartbeat;
+#[cfg(not(feature = "tools"))]
+pub(crate) mod heartbeat;
 pub mod manager;
 pub mod ownership;
 pub mod partition;
@@ -138,7 +144,10 @@ pub mod records;
 pub(crate) mod records;
 mod retry;
 pub mod source;
+#[cfg(feature = "tools")]
 pub mod stable_id;
+#[cfg(not(feature = "tools"))]
+pub(crate) mod stable_id;
 pub mod state;
 pub mod store;
 pub mod strategy;
@@ -151,15 +160,19 @@ pub use consumer::{
     AckMode, ConsumerConfig, ConsumerHealth, ConsumerStatus, MessageHandler, WorkerConsumer,
     WorkerConsumerBuilder,
 };
-pub use election::{ElectionAgent, Elector, Leadership, NatsLeaseElection};
+#[cfg(feature = "tools")]
+pub use election::Elector;
+pub use election::{ElectionAgent, Leadership, NatsLeaseElection};
 pub use error::{ConfigViolation, Error, Result, StoreError};
 pub use events::{AlertLevel, Event};
+#[cfg(feature = "tools")]
 pub use heartbeat::{Heartbeater, MembershipEvent, MembershipWatcher};
 pub use manager::hooks::{self, Hooks};
 pub use manager::{Manager, ManagerBuilder};
 pub use ownership::{OwnershipEvent, OwnershipRecord, OwnershipRecorder, OwnershipSink};
 pub use partition::{Partition, WorkerId};
 pub use profile::{Capacity, PlacementRules, UnlabelledPolicy, WorkerProfile};
+#[cfg(feature = "tools")]
 pub use stable_id::{IdStatus, StableIdConfig, StableIdLease};
 pub use state::{ClusterPhase, DegradedReason, ScalingReason, State};
 pub use strategy::{AssignmentStrategy, ConsistentHash, RoundRobin, WeightedConsistentHash};

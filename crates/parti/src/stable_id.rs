@@ -21,6 +21,7 @@
 //! fence itself and claim again. A transient store error keeps the lease (status stays `Held`)
 //! and is retried at the next tick; [`StableIdLease::failures`] counts consecutive failures so
 //! the caller can judge degradation.
+#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -39,11 +39,14 @@ fn pub_statements(source: &str) -> Vec<(Option<String>, String)> {
     let mut lines = source.lines();
     while let Some(line) = lines.next() {
         if line.starts_with("#[cfg(") {
-            feature = line
-                .split("feature = \"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .map(str::to_owned);
+            feature = if line.starts_with("#[cfg(doctest)]") {
+                Some("doctest".to_owned())
+            } else {
+                line.split("feature = \"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .map(str::to_owned)
+            };
             continue;
         }
         if line.starts_with("#[") || line.starts_with("///") {

@@ -16,6 +16,7 @@
 //! quickly while the lease, counted from the start of the last successful renewal, has more
 //! than a safety margin left; after that the worker steps down, so it never believes it leads
 //! past its lease.
+#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Leader election (SPEC §5.3): a lease on the `leader` key of the election bucket.
 //!
 //! [`ElectionAgent`] is the pluggable part (acquire, renew, release a lease); [`NatsLeaseElection`]
-//! is the default agent over the election bucket. [`Elector`] is the loop around any agent: it
+//! is the default agent over the election bucket. The `Elector` is the loop around any agent: it
 //! requests leadership as a follower — with a watch on the leader key, only when the key is
 //! vacated or its renewals stop showing, so followers write nothing while a leader renews —
 //! renews it as a leader, steps down at once when a renewal says the lease is lost, and never
@@ -16,26 +16,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::store::BucketSpec;
 
+#[cfg(feature = "tools")]
 pub use elector::Elector;
-pub use nats_lease::{LEADER_KEY, LeaderRecord, NatsLeaseElection, current_leader};
+#[cfg(not(feature = "tools"))]
+pub(crate) use elector::Elector;
+pub use nats_lease::NatsLeaseElection;
+#[cfg(feature = "tools")]
+pub use nats_lease::{LEADER_KEY, LeaderRecord, bucket_spec, current_leader};
+#[cfg(not(feature = "tools"))]
+#[allow(unused_imports)]
+pub(crate) use nats_lease::{LEADER_KEY, LeaderRecord, bucket_spec, current_leader};
 
-/// The spec of the election bucket: the leader key expires `election_ttl` after its last renewal,
-/// and the expiry leaves a marker that followers see.
-///
-/// ```
-/// use std::time::Duration;
-/// let spec = parti::election::bucket_spec("parti-election", Duration::from_secs(10), 1);
-/// assert_eq!(spec.max_age, Some(Duration::from_secs(10)));
-/// ```
-pub fn bucket_spec(name: impl Into<String>, election_ttl: Duration, replicas: usize) -> BucketSpec {
-    BucketSpec::new(name)
-        .expiring(election_ttl)
-        .replicas(replicas)
-}
-
-/// A way to hold a leadership lease. The [`Elector`] drives it; a user may supply their own.
+/// A way to hold a leadership lease. The manager's elector drives it; a user may supply their
+/// own.
 #[async_trait]
 pub trait ElectionAgent: Send + Sync + std::fmt::Debug {
     /// Tries to acquire leadership: `Some(term)` when this worker now leads (or already led),

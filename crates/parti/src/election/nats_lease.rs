@@ -5,6 +5,7 @@
 //! the highest term recorded in the assignment bucket — written into the value right after and
 //! kept across renewals.
 //! Renew = update with the expected revision; release = delete with the expected revision.
+#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::error::Result;
 use crate::partition::WorkerId;
 use crate::stable_id::{Ownership, ownership};
 use crate::store::Bucket;
+use crate::store::BucketSpec;
 use crate::store::codec;
 
 /// The key of the leader lease in the election bucket.
@@ -80,8 +82,8 @@ pub struct NatsLeaseElection {
 }
 
 impl NatsLeaseElection {
-    /// An agent for `worker` over `bucket`, whose `max_age` must be `ttl` (see
-    /// [`bucket_spec`](super::bucket_spec)).
+    /// An agent for `worker` over `bucket`, whose `max_age` must be `ttl` (the election bucket's
+    /// spec, as the manager creates it).
     pub fn new(bucket: Arc<dyn Bucket>, worker: WorkerId, instance: String, ttl: Duration) -> Self {
         Self {
             bucket,
@@ -296,4 +298,18 @@ impl ElectionAgent for NatsLeaseElection {
     fn lease_ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// The spec of the election bucket: the leader key expires `election_ttl` after its last renewal,
+/// and the expiry leaves a marker that followers see.
+///
+/// ```
+/// use std::time::Duration;
+/// let spec = parti::election::bucket_spec("parti-election", Duration::from_secs(10), 1);
+/// assert_eq!(spec.max_age, Some(Duration::from_secs(10)));
+/// ```
+pub fn bucket_spec(name: impl Into<String>, election_ttl: Duration, replicas: usize) -> BucketSpec {
+    BucketSpec::new(name)
+        .expiring(election_ttl)
+        .replicas(replicas)
 }

@@ -6,6 +6,7 @@
 //! [`MembershipEvent`]s for the leader. Every value also announces the writer's
 //! [`protocol`] version and capabilities, so that a leader never relies on what a worker of an
 //! older build lacks (rolling upgrades).
+#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 mod membership;
 pub mod protocol;

@@ -87,14 +87,14 @@ pub enum Refusal {
     ProtocolTooNew {
         /// The worker's protocol.
         protocol: u32,
-        /// The highest this leader understands ([`PROTOCOL`]).
+        /// The highest this leader understands.
         max: u32,
     },
     /// The worker speaks an older protocol than this leader still understands.
     ProtocolTooOld {
         /// The worker's protocol.
         protocol: u32,
-        /// The lowest this leader understands ([`MIN_PROTOCOL`]).
+        /// The lowest this leader understands.
         min: u32,
     },
 }
