@@ -676,7 +676,7 @@ async fn s11_bad_input_is_a_clear_error_and_loses_nothing() {
     dup.push(dup[0].clone());
     cluster.source.set(dup).await;
     let leader = workers.iter().find(|(m, _)| m.is_leader()).unwrap();
-    leader.0.refresh_partitions().await.unwrap();
+    leader.0.refresh_partitions().unwrap();
     let reported = tokio::time::timeout(SETTLE, async {
         while let Ok(event) = errors.recv().await {
             if let Event::Error(e) = event
@@ -776,7 +776,7 @@ async fn s11_a_failing_source_keeps_the_map_and_does_not_block_crash_handling() 
         .store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(source.list_partitions().await.is_err());
     // A refresh while the source fails: reported, the map stays.
-    leader.refresh_partitions().await.unwrap();
+    leader.refresh_partitions().unwrap();
     let reported = tokio::time::timeout(SETTLE, async {
         while let Ok(event) = events.recv().await {
             if let Event::Error(e) = event
@@ -809,7 +809,7 @@ async fn s11_a_failing_source_keeps_the_map_and_does_not_block_crash_handling() 
         .hanging
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let leader = workers.iter().find(|m| m.is_leader()).unwrap();
-    leader.refresh_partitions().await.unwrap();
+    leader.refresh_partitions().unwrap();
     let victim = workers.iter().position(|m| !m.is_leader()).unwrap();
     let victim = workers.remove(victim);
     let crashed = Instant::now();

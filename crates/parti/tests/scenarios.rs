@@ -404,7 +404,7 @@ async fn s08_partition_refresh_from_follower_and_leader() {
     }
     cluster.source.set(next.clone()).await;
     let follower = workers.iter().find(|(m, _)| !m.is_leader()).unwrap();
-    follower.0.refresh_partitions().await.unwrap();
+    follower.0.refresh_partitions().unwrap();
     let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     assert_eq!(after.map.partition_count(), 60);
     let weights: Vec<u64> = after
@@ -426,7 +426,7 @@ async fn s08_partition_refresh_from_follower_and_leader() {
     // From the leader: shrink to 30.
     cluster.source.set(partitions(30)).await;
     let leader = workers.iter().find(|(m, _)| m.is_leader()).unwrap();
-    leader.0.refresh_partitions().await.unwrap();
+    leader.0.refresh_partitions().unwrap();
     let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
     assert_eq!(after.map.partition_count(), 30);
     wait_all_stable(&cluster, &workers, SETTLE).await;
@@ -556,7 +556,7 @@ async fn s05c_a_deposed_leader_that_keeps_trying_never_commits() {
     .unwrap();
     let taken_over = cluster.record().await.version;
     for _ in 0..5 {
-        old.refresh_partitions().await.unwrap();
+        old.refresh_partitions().unwrap();
         cluster.source.set(partitions(40)).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -477,24 +477,26 @@ impl Leader {
         match decision {
             Decision::SetPhase(phase) => {
                 let published = phase.to_cluster_phase(now(), unix_ms());
-                let mut delay = Duration::from_millis(50);
+                // A phase write is informational: four tries (50 to 400 ms apart), then the
+                // next publish carries the phase anyway.
+                let mut delays =
+                    crate::retry::doubling(Duration::from_millis(50), Duration::from_millis(400));
+                let mut tries = 0;
                 loop {
                     let floor = self.members_at(now()).floor;
+                    tries += 1;
                     match self.publisher.set_phase(published, floor).await {
                         Ok(()) => return Ok(Vec::new()),
                         Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
-                        // A phase write is informational: give up after a few tries, the next
-                        // publish carries the phase anyway.
-                        Err(e) if delay > Duration::from_millis(400) => {
+                        Err(e) if tries > 4 => {
                             self.ctx.events.error(e);
                             return Ok(Vec::new());
                         }
                         Err(_) => {
                             tokio::select! {
                                 () = self.cancel.cancelled() => return Err(Error::Shutdown),
-                                () = tokio::time::sleep(delay) => {}
+                                () = tokio::time::sleep(delays.next_delay()) => {}
                             }
-                            delay *= 2;
                         }
                     }
                 }
@@ -504,7 +506,8 @@ impl Leader {
                 reason,
                 orphans_only,
             } => {
-                let mut delay = Duration::from_millis(50);
+                let mut delays =
+                    crate::retry::doubling(Duration::from_millis(50), Duration::from_secs(5));
                 loop {
                     match self.publish(&workers, reason.as_str(), orphans_only).await {
                         Ok(version) => {
@@ -532,9 +535,8 @@ impl Leader {
                             }
                             tokio::select! {
                                 () = self.cancel.cancelled() => return Err(Error::Shutdown),
-                                () = tokio::time::sleep(delay) => {}
+                                () = tokio::time::sleep(delays.next_delay()) => {}
                             }
-                            delay = (delay * 2).min(Duration::from_secs(5));
                         }
                     }
                 }
@@ -1075,7 +1077,11 @@ impl Leader {
     /// when it destroyed a committed worker value, commits the map again with that value
     /// written anew (reason `repair`).
     pub(crate) async fn slot_written(&mut self, key: &str, revision: u64) -> Result<Vec<Decision>> {
-        if !self.publisher.slot_written(key, revision) || self.last_map.is_empty() {
+        // In a cold start or restart window the window's own publish comes next.
+        if !self.publisher.slot_written(key, revision)
+            || self.last_map.is_empty()
+            || self.planner.lifecycle() == Lifecycle::ColdStart
+        {
             return Ok(Vec::new());
         }
         let members = self.members_at(now());

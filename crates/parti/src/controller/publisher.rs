@@ -16,12 +16,10 @@ use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 use crate::records::{
-    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, Slot, VersionFloor, WorkerRecord, worker_key,
+    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, Published, Slot, VersionFloor, WorkerRecord, worker_key,
 };
 use crate::state::ClusterPhase;
 use crate::store::{Bucket, codec};
-
-pub(crate) use crate::records::Published as Committed;
 
 /// What one publish should say besides the map.
 #[derive(Debug, Clone)]
@@ -41,7 +39,7 @@ pub(crate) struct Publisher {
     /// fences this leader out for good (terms restart when the election bucket is recreated,
     /// which leaves every later leader fenced until an operator clears `cluster`: known).
     term: u64,
-    committed: Committed,
+    committed: Published,
     /// Workers whose committed value was overwritten or deleted under the leader (garbage, a
     /// deposed leader's write): the next publish writes theirs again even when unchanged.
     damaged: BTreeSet<WorkerId>,
@@ -59,7 +57,7 @@ impl Publisher {
         })
     }
 
-    pub(crate) fn committed(&self) -> &Committed {
+    pub(crate) fn committed(&self) -> &Published {
         &self.committed
     }
 
@@ -224,7 +222,7 @@ impl Publisher {
             .filter(|w| !map.contains_worker(w))
             .cloned()
             .collect();
-        self.committed = Committed {
+        self.committed = Published {
             record: Some((record, revision)),
             cluster_revision: Some(revision),
             map: map.clone(),
@@ -320,6 +318,12 @@ impl Publisher {
     /// would see the version go back.
     pub(crate) async fn set_phase(&mut self, phase: ClusterPhase, floor: u64) -> Result<()> {
         let (current, cluster_rev) = self.fence().await?;
+        if cluster_rev != self.committed.cluster_revision {
+            // Someone committed since we last read or wrote (a commit of ours whose reply was
+            // lost, a deposed leader's late write): take in what it committed before writing
+            // over it, or the next publish would plan its hand-offs from older records.
+            self.committed = crate::records::read_published(&*self.bucket).await?;
+        }
         let Some(mut record) = current else {
             if cluster_rev.is_some()
                 || self.committed.version() > 0
@@ -371,5 +375,64 @@ impl Publisher {
             e if e.is_conflict() => Error::LeadershipLost,
             other => Error::Store(other),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::partition::Partition;
+    use crate::store::{MemoryStore, Store};
+
+    fn map(owners: &[(&str, &[&str])]) -> AssignmentMap {
+        let ids: Vec<WorkerId> = owners.iter().map(|(w, _)| WorkerId::new(*w)).collect();
+        let mut m = AssignmentMap::with_workers(&ids);
+        for (w, ps) in owners {
+            for p in *ps {
+                m.push(&WorkerId::new(*w), Partition::new([*p], 1).unwrap());
+            }
+        }
+        m
+    }
+
+    fn meta() -> PublishMeta {
+        PublishMeta {
+            phase: ClusterPhase::Stable,
+            reason: "test".into(),
+            lifecycle: Lifecycle::Running,
+            parked: BTreeMap::new(),
+        }
+    }
+
+    /// A commit this leader did not see land (its reply lost, or a deposed leader's) must be
+    /// taken in by a phase write over it: the next publish plans hand-offs from its records.
+    #[tokio::test]
+    async fn a_phase_write_over_an_unseen_commit_takes_that_commit_in() {
+        let store = MemoryStore::new();
+        let bucket = store
+            .bucket(&crate::store::BucketSpec::new("parti-assignment"))
+            .await
+            .unwrap();
+        let members = Members::default();
+        let mut a = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let first = map(&[("w0", &["p0"]), ("w1", &["p1"])]);
+        assert_eq!(a.publish(&first, meta(), &members).await.unwrap(), 1);
+        // The same term commits again without `a` seeing it land.
+        let mut unseen = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let second = map(&[("w0", &["p0", "p1"]), ("w1", &[])]);
+        assert_eq!(unseen.publish(&second, meta(), &members).await.unwrap(), 2);
+
+        a.set_phase(ClusterPhase::Rebalancing, 0).await.unwrap();
+        assert_eq!(
+            a.committed().map,
+            second,
+            "built on the commit it wrote over"
+        );
+        assert_eq!(a.committed().version(), 2);
+        let read = crate::records::read_published(&*bucket).await.unwrap();
+        assert_eq!(read.map, second);
+        assert_eq!(read.cluster_revision, a.committed().cluster_revision);
     }
 }

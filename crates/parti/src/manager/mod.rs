@@ -102,7 +102,8 @@ impl Manager {
     }
 
     /// This worker's stable ID, e.g. `worker-3`. It can change only if the ID was lost (taken
-    /// over while this worker was cut off) and re-claimed.
+    /// over while this worker was cut off) and re-claimed. Always set: [`ManagerBuilder::start`]
+    /// and [`ManagerBuilder::spawn`] return a manager only once it has claimed an ID.
     pub fn worker_id(&self) -> WorkerId {
         self.worker_id
             .borrow()
@@ -288,7 +289,9 @@ impl Manager {
 
     /// Asks for the partition source to be re-read and the map rebalanced. On the leader this
     /// goes straight to its controller; on a follower it is a request through the KV bucket.
-    pub async fn refresh_partitions(&self) -> Result<()> {
+    /// Returns at once: the request is queued, and requests in a row coalesce into one
+    /// rebalance (after `minRebalanceInterval`). `Error::Shutdown` once the manager stopped.
+    pub fn refresh_partitions(&self) -> Result<()> {
         if self.cancel.is_cancelled() {
             return Err(Error::Shutdown);
         }

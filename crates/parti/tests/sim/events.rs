@@ -290,7 +290,7 @@ impl Sim {
             self.partitions.len()
         ));
         if let Some((_, manager)) = self.alive().into_iter().find(|(m, _)| *m == n) {
-            let _ = manager.refresh_partitions().await;
+            let _ = manager.refresh_partitions();
         }
     }
 }
