@@ -35,10 +35,10 @@ use crate::heartbeat::{HeartbeatValue, MembershipEvent};
 use crate::partition::{Partition, WorkerId};
 use crate::profile::{PlacementRules, UnlabelledPolicy, WorkerProfile};
 use crate::records::Intents;
-use crate::records::{Lineage, WorkerRecord};
+use crate::records::{Lineage, WORKER_KEY_PREFIX, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
 use crate::state::ScalingReason;
-use crate::store::Bucket;
+use crate::store::{Bucket, WatchStream};
 use crate::strategy::AssignmentStrategy;
 
 /// Everything the leader needs; built by the manager.
@@ -1074,11 +1074,17 @@ impl Leader {
     }
 
     /// A write or delete of an assignment key was seen (the runner watches `worker.>`):
-    /// when it destroyed a committed worker value, commits the map again with that value
-    /// written anew (reason `repair`).
-    pub(crate) async fn slot_written(&mut self, key: &str, revision: u64) -> Result<Vec<Decision>> {
+    /// whether it destroyed a committed worker value (see [`Publisher::slot_written`]); then
+    /// [`repair_slots`](Self::repair_slots) writes it again.
+    pub(crate) fn note_slot_write(&mut self, key: &str, revision: u64) -> bool {
+        self.publisher.slot_written(key, revision)
+    }
+
+    /// Commits the map again with every destroyed worker value written anew (reason
+    /// `repair`), when there is one. Tried again at the next source check when it fails.
+    pub(crate) async fn repair_slots(&mut self) -> Result<Vec<Decision>> {
         // In a cold start or restart window the window's own publish comes next.
-        if !self.publisher.slot_written(key, revision)
+        if !self.publisher.has_damage()
             || self.last_map.is_empty()
             || self.planner.lifecycle() == Lifecycle::ColdStart
         {
@@ -1086,8 +1092,17 @@ impl Leader {
         }
         let members = self.members_at(now());
         let map = self.publisher.committed().map.clone();
-        // Tried again at the next write seen or publish when it fails.
         self.republish(map, "repair", &members).await
+    }
+
+    /// A watch of every worker value (`worker.>`), for [`note_slot_write`](Self::note_slot_write);
+    /// `None` when it cannot be opened now.
+    pub(crate) async fn watch_slots(&self) -> Option<WatchStream> {
+        self.ctx
+            .assignment_bucket
+            .watch(&format!("{WORKER_KEY_PREFIX}>"))
+            .await
+            .ok()
     }
 
     /// Revokes the lease of every live loser that has kept a gainer waiting for

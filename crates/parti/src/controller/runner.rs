@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt as _, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +20,7 @@ use super::publisher::Publisher;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent, MembershipWatcher};
 use crate::partition::WorkerId;
-use crate::records::{INTENTS_KEY, REFRESH_KEY, WORKER_KEY_PREFIX};
+use crate::records::{INTENTS_KEY, REFRESH_KEY};
 use crate::store::{WatchEvent, WatchStream};
 
 /// Runs the controller until `cancel` fires or leadership is lost.
@@ -135,10 +135,7 @@ async fn lead(
 
     let refresh_watch = assignment_bucket.watch(REFRESH_KEY).await.ok();
     let intents_watch = assignment_bucket.watch(INTENTS_KEY).await.ok();
-    let slots_watch = assignment_bucket
-        .watch(&format!("{WORKER_KEY_PREFIX}>"))
-        .await
-        .ok();
+    let slots_watch = leader.watch_slots().await;
     let mut source_check = tokio::time::interval(check_every);
     source_check.tick().await;
     let feeds = Feeds {
@@ -251,9 +248,27 @@ async fn serve(
                     feeds.slots_watch = None;
                     continue;
                 };
+                let mut damaged = leader.note_slot_write(&key, revision);
+                // A publish writes one value per worker: take in the rest of the burst in this
+                // wake-up rather than one round of the loop per value.
+                loop {
+                    match next_slot_write(&mut feeds.slots_watch).now_or_never() {
+                        Some(Some((key, revision))) => {
+                            damaged |= leader.note_slot_write(&key, revision);
+                        }
+                        Some(None) => {
+                            feeds.slots_watch = None;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if !damaged {
+                    continue;
+                }
                 decisions = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
-                    repaired = leader.slot_written(&key, revision) => repaired?,
+                    repaired = leader.repair_slots() => repaired?,
                 };
                 continue;
             },
@@ -272,6 +287,9 @@ async fn serve(
                 }
             },
             _ = feeds.source_check.tick() => {
+                if feeds.slots_watch.is_none() {
+                    feeds.slots_watch = leader.watch_slots().await;
+                }
                 let repaired = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     repaired = leader.repair_commit() => repaired?,
