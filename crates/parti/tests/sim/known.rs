@@ -54,10 +54,11 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         violation: "versionRegression",
-        faults: MAP_LOST,
-        reason: "the observer sees a phase-only stub or a first commit in a recreated bucket \
-                 (floor key gone with it) below what it saw before (§13 durable floor across \
-                 bucket loss)",
+        faults: &["bucketDeleted"],
+        reason: "the assignment bucket (its floor key with it) deleted while every worker \
+                 restarts: no version floor is left anywhere, so the first commit in the \
+                 recreated bucket starts again below what was seen before (§13 durable floor \
+                 across bucket loss; the same double fault as epochNotIncreasing)",
     },
     Known {
         violation: "notConverged",
@@ -75,11 +76,12 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         violation: "twoLeaders",
-        faults: &["pause", "bucketDeleted"],
-        reason: "a paused leader believes it leads until its blocked renewal returns \
-                 (leadership has no local deadline), and terms restart in a recreated election \
-                 bucket; publishes stay fenced by the `cluster` revision check, and holdings are \
-                 judged by the ownership checker, not by leadership (§13 terms floor)",
+        faults: &["bucketDeleted"],
+        reason: "the election bucket deleted under a leader: a worker wins the lease in the \
+                 recreated bucket before the old leader's next renewal fails (it steps down \
+                 then, within a renewal interval); publishes stay fenced by the terms floor \
+                 and the `cluster` revision check, and holdings are judged by the ownership \
+                 checker, not by leadership",
     },
 ];
 
