@@ -1,6 +1,6 @@
 //! Operator control over placement: drain a worker, pin a partition, freeze rebalancing.
 //!
-//! The intents live in the assignment bucket (key [`INTENTS_KEY`]) as one [`Intents`] record,
+//! The intents live in the assignment bucket (key `intents`) as one [`Intents`] record,
 //! edited with revision checks, so they survive leader changes and two operators never undo
 //! each other's edit. The leader watches the key and applies them *around* the strategy on
 //! every publish, whichever strategy is configured:
@@ -37,7 +37,11 @@ use std::sync::Arc;
 
 use backon::Retryable as _;
 
-pub use crate::records::{INTENTS_KEY, Intents};
+#[cfg(feature = "tools")]
+pub use crate::records::INTENTS_KEY;
+#[cfg(not(feature = "tools"))]
+use crate::records::INTENTS_KEY;
+pub use crate::records::Intents;
 
 use crate::assignment::AssignmentMap;
 use crate::config::{Config, MovesPerStep};
@@ -305,6 +309,7 @@ pub fn preview(
     })
 }
 
+#[cfg(feature = "tools")]
 pub use crate::controller::history::move_reason;
 
 #[cfg(test)]

@@ -57,9 +57,11 @@
 //! Three layers; arrows point down only.
 //!
 //! **What an application embeds** (the semver promise):
-//! - [`manager`]: the [`Manager`], its builder, [`hooks`] and [`Event`]s. One `Runtime` task per
+//! - [`manager`]: the [`Manager`], its builder and the [`hooks`] trait. One `Runtime` task per
 //!   worker owns the state machine; the follower, the holdings, the bucket guard and the
 //!   dispatcher of hooks are its children, each owned, cancelled and awaited.
+//! - [`events`]: the [`Event`]s hooks are called for and [`Manager::events`] broadcasts — a
+//!   low floor every layer reports through, depending on none of them.
 //! - [`config`]: [`Config`], from YAML, the environment or code, with every violation reported
 //!   at once. [`state`]: [`State`], [`ClusterPhase`], [`DegradedReason`].
 //! - [`partition`], [`assignment`], [`ownership`]: the values the application receives —
@@ -87,7 +89,8 @@
 //! - `records` (public with the `tools` feature): the wire format of the assignment bucket
 //!   (SPEC §5.4), and `store::codec`, the value encoding of every bucket.
 //!
-//! **Private**: the wall clock (`clock`).
+//! **Private**: the wall clock (`clock`), the retry delays (`retry`), the `WorkerId` type's
+//! home (`worker_id`, re-exported from [`partition`]).
 //!
 //! The public items are listed in `tests/public_api.txt`; a test fails when the code and the
 //! list differ, so that a change of surface is a deliberate, reviewed change.
@@ -104,10 +107,11 @@
 //!   Go Parti's files included, with [`ConfigWarning`](config::ConfigWarning)s). Without it,
 //!   configuration comes from code and the environment
 //!   ([`Config::with_env_overrides`]).
-//! - **`tools`**: the wire format of the buckets, for tools that read them (the `parti`
-//!   command enables it): `records` (the assignment bucket's values, `read_published`,
-//!   `read_history`) and `store::codec`. It follows the bucket format, so it is not part of the
-//!   stable API.
+//! - **`tools`**: what tools need to read the buckets and drive the leases (the `parti`
+//!   command and the test kit enable it): `records` (the assignment bucket's values,
+//!   `read_published`, `read_history`), `store::codec`, `stable_id`, `heartbeat`, the
+//!   election's `Elector`, `bucket_spec`, `LeaderRecord` and `current_leader`. It follows the
+//!   bucket format, so it is not part of the stable API.
 //! - **`test-util`**: helpers for tests and drills, which are not part of the stable API:
 //!   `Config::fast_for_tests` (timings of a few hundred milliseconds), `Manager::kill` (stop
 //!   every task as a killed process would), and the fault injection of

@@ -125,6 +125,7 @@ impl Partition {
     }
 
     /// Same keys and weight, without a label.
+    #[must_use]
     pub fn without_label(mut self) -> Self {
         self.label = None;
         self
@@ -175,6 +176,7 @@ impl Partition {
     }
 
     /// Same keys, different weight.
+    #[must_use]
     pub fn with_weight(mut self, weight: u64) -> Self {
         self.weight = weight;
         self

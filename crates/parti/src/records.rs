@@ -3,7 +3,6 @@
 //! Public with the `tools` feature, so that tools (the `parti status` command, dashboards) can
 //! read a cluster's state.
 //! All values are JSON with `"v": 1` (see [`store::codec`](crate::store::codec)).
-#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::collections::BTreeMap;
 
@@ -116,6 +115,7 @@ pub struct HistoryMove {
 /// # Errors
 ///
 /// The store's error when the keys cannot be listed.
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
 pub async fn read_history(bucket: &dyn Bucket) -> Result<(Vec<HistoryEntry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut garbage = Vec::new();
@@ -329,6 +329,7 @@ impl Published {
     }
 
     /// True when the bucket holds exactly `map`, every worker's value committed.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn matches(&self, map: &AssignmentMap) -> bool {
         let Some((record, _)) = &self.record else {
             return false;

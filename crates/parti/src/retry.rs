@@ -1,6 +1,7 @@
-//! Waiting between attempts: every retry loop of the crate takes its delays from here (built on
-//! `backon`), so there is one policy per kind of wait rather than one hand-written doubling per
-//! loop.
+//! Waiting between attempts: the crate's retry loops take their delays from here, built on
+//! `backon` (as do the consumer's jittered back-off and the revision-conflict policy of
+//! `store::conflict_backoff`), so there is one policy per kind of wait rather than one
+//! hand-written doubling per loop.
 
 use std::future::Future;
 use std::time::Duration;

@@ -21,7 +21,6 @@
 //! fence itself and claim again. A transient store error keeps the lease (status stays `Held`)
 //! and is retried at the next tick; [`StableIdLease::failures`] counts consecutive failures so
 //! the caller can judge degradation.
-#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +77,7 @@ pub struct StableIdConfig {
 impl StableIdConfig {
     /// A pool of IDs `{prefix}-{min}` … `{prefix}-{max}`, each lease renewed every
     /// `renew_interval`.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn new(prefix: impl Into<String>, min: u32, max: u32, renew_interval: Duration) -> Self {
         Self {
             prefix: prefix.into(),
@@ -107,6 +107,7 @@ impl StableIdConfig {
     /// assert!(cfg.is_pool_id("worker-9"));
     /// assert!(!cfg.is_pool_id("worker-10") && !cfg.is_pool_id("worker-07") && !cfg.is_pool_id("ghost"));
     /// ```
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn is_pool_id(&self, key: &str) -> bool {
         self.number(key).is_some()
     }
@@ -175,6 +176,7 @@ pub enum IdStatus {
 
 impl IdStatus {
     /// True while the ID is held.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn is_held(&self) -> bool {
         matches!(self, Self::Held { .. })
     }

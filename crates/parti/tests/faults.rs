@@ -924,12 +924,7 @@ async fn a_commit_overwritten_with_garbage_is_committed_again_and_a_later_leader
     let settled_ns = parti::ownership::now_ns();
     let before_version = before.record.as_ref().map(|(r, _)| r.version).unwrap();
 
-    let client = cluster.server.client().await.unwrap();
-    let store = NatsStore::new(async_nats::jetstream::new(client));
-    let assignment = store
-        .bucket(&BucketSpec::new(config.kv_buckets.assignment.clone()))
-        .await
-        .unwrap();
+    let assignment = cluster.assignment_bucket();
     let at = parti::ownership::now_ns();
     assignment
         .put("cluster", Bytes::from_static(b"\x00\xffnot json{"))
@@ -993,12 +988,7 @@ async fn a_committed_worker_value_overwritten_with_garbage_is_written_again() {
     let id = follower.worker_id();
     let slot = before.slots[&id];
 
-    let client = cluster.server.client().await.unwrap();
-    let store = NatsStore::new(async_nats::jetstream::new(client));
-    let assignment = store
-        .bucket(&BucketSpec::new(config.kv_buckets.assignment.clone()))
-        .await
-        .unwrap();
+    let assignment = cluster.assignment_bucket();
     let at = parti::ownership::now_ns();
     assignment
         .put(

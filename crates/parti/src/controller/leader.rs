@@ -163,10 +163,11 @@ pub(crate) struct Leader {
 }
 
 /// A source that failed (see [`Leader::load_source`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct SourceDown {
     retry_at: Instant,
-    backoff: Duration,
+    /// The pauses after the next failures.
+    delays: crate::retry::Delays,
 }
 
 /// The target of a paced rebalance and what it was computed from.
@@ -413,7 +414,12 @@ impl Leader {
     /// back-off ends: a source that hangs must not keep the loop busy (a crash waits behind
     /// every call). A change notice (`noticed`) asks at once.
     pub(crate) async fn source_changed(&mut self, noticed: bool) -> Option<Input> {
-        if !noticed && self.source_down.is_some_and(|d| now() < d.retry_at) {
+        if !noticed
+            && self
+                .source_down
+                .as_ref()
+                .is_some_and(|d| now() < d.retry_at)
+        {
             return None;
         }
         match self.load_source().await {
@@ -436,13 +442,11 @@ impl Leader {
         match &loaded {
             Ok(_) => self.source_down = None,
             Err(_) => {
-                let backoff = self.source_down.map_or(Duration::from_secs(1), |d| {
-                    (d.backoff * 2).min(Duration::from_secs(8))
+                let down = self.source_down.get_or_insert_with(|| SourceDown {
+                    retry_at: now(),
+                    delays: crate::retry::doubling(Duration::from_secs(1), Duration::from_secs(8)),
                 });
-                self.source_down = Some(SourceDown {
-                    retry_at: now() + backoff,
-                    backoff,
-                });
+                down.retry_at = now() + down.delays.next_delay();
             }
         }
         loaded
@@ -559,7 +563,10 @@ impl Leader {
         }
         // A membership publish (a crash above all) does not wait for a source that just
         // failed: it places the last good list at once.
-        let source_down = self.source_down.is_some_and(|d| now() < d.retry_at);
+        let source_down = self
+            .source_down
+            .as_ref()
+            .is_some_and(|d| now() < d.retry_at);
         let loaded = if source_down && reason != RebalanceReason::PartitionChange.as_str() {
             Err(Error::Source(
                 "the partition source failed recently; placing the last good list".into(),

@@ -16,7 +16,6 @@
 //! quickly while the lease, counted from the start of the last successful renewal, has more
 //! than a safety margin left; after that the worker steps down, so it never believes it leads
 //! past its lease.
-#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +40,7 @@ const REOPEN_MIN: Duration = Duration::from_millis(50);
 /// Runs the election for one worker in the background.
 #[derive(Debug)]
 pub struct Elector {
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     agent: Arc<dyn ElectionAgent>,
     leadership: watch::Receiver<Leadership>,
     cancel: CancellationToken,
@@ -84,6 +84,7 @@ impl Elector {
     }
 
     /// The agent the loop drives.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn agent(&self) -> &Arc<dyn ElectionAgent> {
         &self.agent
     }
@@ -271,8 +272,9 @@ struct LeaderWatch {
     bucket: Arc<dyn Bucket>,
     stream: Option<WatchStream>,
     reopen_at: Instant,
-    /// The pause before the next reopen after a failure (doubling up to the request period).
-    backoff: Duration,
+    /// The pauses before the next reopen after a failure (doubling up to the request period);
+    /// started afresh once a snapshot completes.
+    backoff: crate::retry::Delays,
     max_backoff: Duration,
     /// How long the key may go without a visible write, or the watch without telling anything.
     stale: Duration,
@@ -292,7 +294,7 @@ impl LeaderWatch {
             bucket,
             stream: None,
             reopen_at: now,
-            backoff: REOPEN_MIN,
+            backoff: crate::retry::doubling(REOPEN_MIN, max_backoff.max(REOPEN_MIN)),
             max_backoff: max_backoff.max(REOPEN_MIN),
             stale,
             state: KeyState::Unknown { since: now },
@@ -390,8 +392,7 @@ impl LeaderWatch {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot watch the leader key");
-                        self.reopen_at = Instant::now() + self.backoff;
-                        self.backoff = (self.backoff * 2).min(self.max_backoff);
+                        self.reopen_at = Instant::now() + self.backoff.next_delay();
                     }
                 }
                 continue;
@@ -400,7 +401,7 @@ impl LeaderWatch {
                 Some(Ok(WatchEvent::Init)) => self.saw_leader = false,
                 Some(Ok(WatchEvent::InitApply(_))) => self.saw_leader = true,
                 Some(Ok(WatchEvent::InitDone)) => {
-                    self.backoff = REOPEN_MIN;
+                    self.backoff = crate::retry::doubling(REOPEN_MIN, self.max_backoff);
                     if !self.saw_leader {
                         return self.vacant();
                     }
@@ -424,8 +425,7 @@ impl LeaderWatch {
                 }
                 None => {
                     self.stream = None;
-                    self.reopen_at = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(self.max_backoff);
+                    self.reopen_at = Instant::now() + self.backoff.next_delay();
                     self.unknown();
                     return Change::Other;
                 }

@@ -5,7 +5,6 @@
 //! the highest term recorded in the assignment bucket — written into the value right after and
 //! kept across renewals.
 //! Renew = update with the expected revision; release = delete with the expected revision.
-#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -44,6 +43,7 @@ pub struct LeaderRecord {
 /// Reads the current leader, if any (for status displays; the agent itself never needs it).
 ///
 /// A value that does not decode is an [`Error::Decode`](crate::Error::Decode).
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
 pub async fn current_leader(bucket: &dyn Bucket) -> Result<Option<LeaderRecord>> {
     match bucket.get(LEADER_KEY).await? {
         Some(entry) => Ok(Some(codec::decode(

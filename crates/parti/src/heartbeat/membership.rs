@@ -70,6 +70,7 @@ pub enum MembershipEvent {
 
 impl MembershipEvent {
     /// The worker the event is about.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn worker(&self) -> &WorkerId {
         match self {
             Self::Joined(id) | Self::Left(id) | Self::Expired(id) => id,
@@ -83,6 +84,7 @@ pub struct MembershipWatcher {
     live: watch::Receiver<BTreeSet<WorkerId>>,
     values: watch::Receiver<BTreeMap<WorkerId, HeartbeatValue>>,
     synced: watch::Receiver<bool>,
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     decode_errors: Arc<AtomicU64>,
     cancel: CancellationToken,
     task: AbortOnDropHandle<()>,
@@ -91,6 +93,7 @@ pub struct MembershipWatcher {
 impl MembershipWatcher {
     /// Starts watching; the TTL used to classify vanished IDs is taken to be `resync_interval`
     /// (SPEC §5.2 resyncs every heartbeat TTL). See [`spawn_with_ttl`](Self::spawn_with_ttl).
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn spawn(
         bucket: Arc<dyn Bucket>,
         resync_interval: Duration,
@@ -154,6 +157,7 @@ impl MembershipWatcher {
     }
 
     /// Heartbeat values seen that did not decode (none of them counts as live).
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors.load(Ordering::Relaxed)
     }

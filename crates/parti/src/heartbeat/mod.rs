@@ -6,7 +6,6 @@
 //! [`MembershipEvent`]s for the leader. Every value also announces the writer's
 //! [`protocol`] version and capabilities, so that a leader never relies on what a worker of an
 //! older build lacks (rolling upgrades).
-#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 mod membership;
 pub mod protocol;
@@ -270,6 +269,7 @@ pub struct Heartbeater {
     instance: String,
     /// Announced in every value, the last one included.
     profile: WorkerProfile,
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     info: watch::Receiver<HeartbeatInfo>,
     failures: watch::Receiver<u32>,
     renewed: watch::Receiver<Option<u64>>,
@@ -284,6 +284,7 @@ impl Heartbeater {
     ///
     /// Dropping the returned value stops the task without deleting the key (like
     /// [`abort`](Self::abort)).
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn spawn(
         bucket: Arc<dyn Bucket>,
         worker: WorkerId,
@@ -366,6 +367,7 @@ impl Heartbeater {
 
     /// Stops the task, puts a last value with `state: Shutdown` (this worker holds nothing any
     /// more), then deletes the key: a graceful *leave*, seen as `Left` by the watcher.
+    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub async fn stop(self) -> Result<()> {
         let last = HeartbeatInfo {
             state: State::Shutdown,

@@ -38,6 +38,7 @@ pub(crate) enum StoreSource {
 /// Defaults: [`Config::default`], an empty [`Static`] source, [`WeightedConsistentHash`], no
 /// hooks, and the NATS KV lease for elections.
 #[derive(Debug)]
+#[must_use = "a builder does nothing until `start` or `spawn`"]
 pub struct ManagerBuilder {
     store: StoreSource,
     config: Config,
@@ -71,7 +72,6 @@ impl ManagerBuilder {
 
     /// This worker's capacity and labels (see [`profile`](crate::profile)): sets `capacity`
     /// and `labels` of the configuration, so call it after [`config`](Self::config).
-    #[must_use]
     pub fn profile(mut self, profile: crate::WorkerProfile) -> Self {
         self.config.capacity = profile.capacity.get();
         self.config.labels = profile.labels.into_iter().collect();
@@ -119,7 +119,6 @@ impl ManagerBuilder {
     /// assignment and on every change, before the hooks run; paused when the worker owns
     /// nothing or is fenced; closed by [`Manager::stop`]. Needs the `nats` feature.
     #[cfg(feature = "nats")]
-    #[must_use]
     pub fn consumer(mut self, consumer: crate::WorkerConsumer) -> Self {
         self.consumer = Some(consumer);
         self
@@ -128,7 +127,6 @@ impl ManagerBuilder {
     /// Where to send this worker's [ownership records](crate::ownership) as they happen
     /// (for example an [`OwnershipRecorder`](crate::OwnershipRecorder) in tests, or the
     /// `--ownership-log` file of `parti worker`).
-    #[must_use]
     pub fn ownership_sink(mut self, sink: Arc<dyn OwnershipSink>) -> Self {
         self.ownership = Some(sink);
         self
@@ -138,7 +136,7 @@ impl ManagerBuilder {
     /// `Stable`, within `startupTimeout`: [`spawn`](Self::spawn) followed by
     /// [`Manager::wait_for_state`]`(State::Stable, …)` under one deadline.
     ///
-    /// Errors: `InvalidConfig`, `IdPoolExhausted`, `Nats` (buckets cannot be opened or are
+    /// Errors: `InvalidConfig`, `IdPoolExhausted`, `Store` (buckets cannot be opened or are
     /// incompatible), `StartupTimeout { state }` with the state the worker was stuck in. A start
     /// that fails stops the worker gracefully (its stable ID is released).
     ///
@@ -173,6 +171,7 @@ impl ManagerBuilder {
     async fn launch(self) -> Result<(Manager, tokio::time::Instant)> {
         self.config.validate()?;
         let config = Arc::new(self.config);
+        #[cfg_attr(not(feature = "nats"), allow(clippy::infallible_destructuring_match))]
         let store: Arc<dyn Store> = match self.store {
             #[cfg(feature = "nats")]
             StoreSource::Nats(js) => Arc::new(

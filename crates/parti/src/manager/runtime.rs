@@ -398,7 +398,9 @@ impl Runtime {
         let mut id_failures = lease.failures();
         let (hold_tx, hold_rx) = watch::channel(None::<CrashHold>);
         let mut leader: Option<LeaderTask> = None;
-        let mut restart_delay = Duration::from_millis(100);
+        let ttl = self.config.heartbeat_ttl;
+        let restart_delays = move || crate::retry::doubling(Duration::from_millis(100), ttl);
+        let mut restarts = restart_delays();
         let mut restart_at: Option<tokio::time::Instant> = None;
         let mut released = self.released.clone();
         let mut missed = self.missed.clone();
@@ -445,7 +447,7 @@ impl Runtime {
                         Leadership::Leader { term } if leader.is_none() => {
                             raise_floor(&self.floor_seen, 0, term);
                             self.guard_periodic.send_replace(true);
-                            restart_delay = Duration::from_millis(100);
+                            restarts = restart_delays();
                             leader = Some(self.spawn_leader(Arc::clone(&agent), term, hold_rx.clone()));
                             self.out.leader.send_replace(true);
                             metrics::gauge!("parti_leader").set(1.0);
@@ -569,8 +571,7 @@ impl Runtime {
                         // Back off between restarts (a controller failing at once would
                         // otherwise spin), up to the heartbeat TTL — on a timer, so that this
                         // loop keeps renewing and following meanwhile.
-                        restart_at = Some(tokio::time::Instant::now() + restart_delay);
-                        restart_delay = (restart_delay * 2).min(self.config.heartbeat_ttl);
+                        restart_at = Some(tokio::time::Instant::now() + restarts.next_delay());
                     }
                 }
             }

@@ -3,7 +3,6 @@
 //! A value that does not parse, or carries another schema version, is a
 //! [`Error::Decode`]: callers log it, count it and ignore it, never panic
 //! and never take it as valid.
-#![cfg_attr(not(feature = "tools"), allow(dead_code))]
 
 use bytes::Bytes;
 use serde::Serialize;

@@ -34,7 +34,7 @@ use faults::{merge_cut_offs, wait_unpaused};
 use state::{BucketCore, BucketState, Kind};
 
 /// An in-memory [`Store`]: bucket-wide increasing revisions, CAS writes, tombstones, `max_age`
-/// expiry with `Expired` events, snapshot-then-watch, and injectable [`Faults`].
+/// expiry with `Expired` events, snapshot-then-watch, and injectable faults (`Faults`, with the `test-util` feature).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

@@ -27,7 +27,6 @@ mod names;
 mod nats;
 mod pattern;
 #[cfg(test)]
-#[cfg(test)]
 pub(crate) mod probe;
 
 use std::fmt;
@@ -39,7 +38,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use crate::error::StoreError;
-pub use memory::{Faults, MemoryStore};
+#[cfg(any(test, feature = "test-util"))]
+pub use memory::Faults;
+pub use memory::MemoryStore;
 #[cfg(feature = "nats")]
 pub use nats::NatsStore;
 pub use pattern::key_matches;
@@ -125,6 +126,7 @@ impl BucketSpec {
     }
 
     /// Sets `max_age` and turns limit markers on, so expiries are visible to watchers.
+    #[must_use]
     pub fn expiring(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
         self.limit_markers = true;
@@ -132,6 +134,7 @@ impl BucketSpec {
     }
 
     /// Sets the number of replicas.
+    #[must_use]
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas;
         self

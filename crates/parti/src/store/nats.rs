@@ -71,6 +71,7 @@ impl NatsStore {
     }
 
     /// Bounds every single KV call (`operationTimeout` in the config).
+    #[must_use]
     pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = timeout;
         self

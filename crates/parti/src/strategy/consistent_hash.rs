@@ -45,12 +45,14 @@ impl ConsistentHash {
     }
 
     /// Sets the number of virtual nodes per worker (`0` is treated as `1`).
+    #[must_use]
     pub fn with_virtual_nodes(mut self, virtual_nodes: u32) -> Self {
         self.virtual_nodes = virtual_nodes;
         self
     }
 
     /// Sets the hash seed (for workers' points and partitions alike).
+    #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

@@ -83,18 +83,21 @@ impl WeightedConsistentHash {
     /// Sets ε, the allowed excess over the mean load. It must be finite and `>= 0`, or
     /// [`assign`](AssignmentStrategy::assign) fails with [`Error::Strategy`]. A smaller ε
     /// balances more tightly and moves a little more.
+    #[must_use]
     pub fn with_epsilon(mut self, epsilon: f64) -> Self {
         self.epsilon = epsilon;
         self
     }
 
     /// Sets the number of virtual nodes per worker on the cold-start ring (`0` is treated as `1`).
+    #[must_use]
     pub fn with_virtual_nodes(mut self, virtual_nodes: u32) -> Self {
         self.virtual_nodes = virtual_nodes;
         self
     }
 
     /// Sets the hash seed.
+    #[must_use]
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
         self

@@ -1,4 +1,6 @@
 //! Injectable faults of a [`MemoryStore`](super::MemoryStore) client or of its whole backend.
+// The setters are the `test-util` API; without it only the checks run.
+#![cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
