@@ -164,9 +164,9 @@ pub use consumer::{
     AckMode, ConsumerConfig, ConsumerHealth, ConsumerStatus, MessageHandler, WorkerConsumer,
     WorkerConsumerBuilder,
 };
+pub use election::ElectionAgent;
 #[cfg(feature = "tools")]
-pub use election::Elector;
-pub use election::{ElectionAgent, Leadership, NatsLeaseElection};
+pub use election::{Elector, Leadership, NatsLeaseElection};
 pub use error::{ConfigViolation, Error, Result, StoreError};
 pub use events::{AlertLevel, Event};
 #[cfg(feature = "tools")]

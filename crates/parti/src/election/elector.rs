@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::{ElectionAgent, LEADER_KEY, Leadership};
+use super::{ElectionAgent, LEADER_KEY};
 use crate::error::Result;
 use crate::store::{Bucket, WatchEvent, WatchStream};
 
@@ -430,6 +430,35 @@ impl LeaderWatch {
                     return Change::Other;
                 }
             }
+        }
+    }
+}
+
+/// Whether this worker leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Leadership {
+    /// This worker leads, under `term`.
+    Leader {
+        /// The term (fencing token) of this leadership.
+        term: u64,
+    },
+    /// Another worker leads, or nobody does.
+    Follower,
+}
+
+#[cfg_attr(not(feature = "tools"), allow(dead_code))]
+impl Leadership {
+    /// True for [`Leadership::Leader`].
+    pub fn is_leader(&self) -> bool {
+        matches!(self, Self::Leader { .. })
+    }
+
+    /// The term while leading.
+    pub fn term(&self) -> Option<u64> {
+        match self {
+            Self::Leader { term } => Some(*term),
+            Self::Follower => None,
         }
     }
 }

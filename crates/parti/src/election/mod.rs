@@ -1,11 +1,11 @@
 //! Leader election (SPEC §5.3): a lease on the `leader` key of the election bucket.
 //!
-//! [`ElectionAgent`] is the pluggable part (acquire, renew, release a lease); [`NatsLeaseElection`]
+//! [`ElectionAgent`] is the pluggable part (acquire, renew, release a lease); `NatsLeaseElection`
 //! is the default agent over the election bucket. The `Elector` is the loop around any agent: it
 //! requests leadership as a follower — with a watch on the leader key, only when the key is
 //! vacated or its renewals stop showing, so followers write nothing while a leader renews —
 //! renews it as a leader, steps down at once when a renewal says the lease is lost, and never
-//! believes it leads past the lease after transient errors. It publishes [`Leadership`] on a
+//! believes it leads past the lease after transient errors. It publishes `Leadership` on a
 //! `watch` channel.
 
 mod elector;
@@ -18,10 +18,13 @@ use async_trait::async_trait;
 use crate::error::Result;
 
 #[cfg(feature = "tools")]
-pub use elector::Elector;
+pub use elector::{Elector, Leadership};
 #[cfg(not(feature = "tools"))]
-pub(crate) use elector::Elector;
+pub(crate) use elector::{Elector, Leadership};
+#[cfg(feature = "tools")]
 pub use nats_lease::NatsLeaseElection;
+#[cfg(not(feature = "tools"))]
+pub(crate) use nats_lease::NatsLeaseElection;
 #[cfg(feature = "tools")]
 pub use nats_lease::{LEADER_KEY, LeaderRecord, bucket_spec, current_leader};
 #[cfg(not(feature = "tools"))]
@@ -52,32 +55,4 @@ pub trait ElectionAgent: Send + Sync + std::fmt::Debug {
 
     /// How long a lease lasts without renewal.
     fn lease_ttl(&self) -> Duration;
-}
-
-/// Whether this worker leads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Leadership {
-    /// This worker leads, under `term`.
-    Leader {
-        /// The term (fencing token) of this leadership.
-        term: u64,
-    },
-    /// Another worker leads, or nobody does.
-    Follower,
-}
-
-impl Leadership {
-    /// True for [`Leadership::Leader`].
-    pub fn is_leader(&self) -> bool {
-        matches!(self, Self::Leader { .. })
-    }
-
-    /// The term while leading.
-    pub fn term(&self) -> Option<u64> {
-        match self {
-            Self::Leader { term } => Some(*term),
-            Self::Follower => None,
-        }
-    }
 }
