@@ -193,7 +193,13 @@ impl Planner {
             .filter(|w| !nobody || w.reason != ScalingReason::PlannedScale)
             .map(|w| w.deadline);
         let crashes = (!nobody)
-            .then(|| self.suspects.values().map(|&d| self.fire_time(d)).min())
+            .then(|| {
+                let alone = self.early_alone();
+                self.suspects
+                    .values()
+                    .map(|&d| self.fire_time(d, alone))
+                    .min()
+            })
             .flatten();
         [window, crashes, self.partition_change_due()]
             .into_iter()
@@ -395,7 +401,12 @@ impl Planner {
     }
 
     fn emergency(&mut self, now: Instant) -> Option<Decision> {
-        if !self.suspects.values().any(|&d| self.fire_time(d) <= now) {
+        let alone = self.early_alone();
+        if !self
+            .suspects
+            .values()
+            .any(|&d| self.fire_time(d, alone) <= now)
+        {
             return None;
         }
         let survivors: Vec<WorkerId> = self.live.intersection(&self.published).cloned().collect();
@@ -504,21 +515,26 @@ impl Planner {
     /// waiting for the recovery grace — unless a worker whose expiry *was* noticed during or
     /// after the spell would be folded into the same emergency (an emergency drops every
     /// absent worker from the map), which is the mass eviction the grace is there to prevent.
-    fn fire_time(&self, noticed: Instant) -> Instant {
+    fn fire_time(&self, noticed: Instant, early_alone: bool) -> Instant {
         let grace_end = after(noticed, self.cfg.emergency_grace_period);
         let Some(hold) = self.hold else {
             return grace_end;
         };
         let held_until = match hold.recovered_at {
-            Some(recovered)
-                if noticed < hold.blind_since
-                    && self.suspects.values().all(|&n| n < hold.blind_since) =>
-            {
-                recovered
-            }
+            Some(recovered) if noticed < hold.blind_since && early_alone => recovered,
             _ => hold.until,
         };
         grace_end.max(held_until)
+    }
+
+    /// Whether every suspect was noticed before the leader went blind (see
+    /// [`fire_time`](Self::fire_time)); computed once per question, not once per suspect.
+    fn early_alone(&self) -> bool {
+        self.hold.is_none_or(|hold| {
+            self.suspects
+                .values()
+                .all(|&noticed| noticed < hold.blind_since)
+        })
     }
 
     fn current_phase(&self) -> Phase {
