@@ -174,17 +174,13 @@ async fn open_existing(
     };
     let max_age = (!config.max_age.is_zero()).then_some(config.max_age);
     let history = u8::try_from(config.max_messages_per_subject.max(1)).unwrap_or(u8::MAX);
-    let spec = BucketSpec {
-        name: name.to_owned(),
-        max_age,
-        history,
-        replicas: config.num_replicas,
-        // Reading never depends on markers; asking for them would reject a bucket without.
-        limit_markers: false,
-        min_consumers: None,
-        // Reading an existing bucket: never create one.
-        create_if_missing: false,
-    };
+    // Reading an existing bucket: never create one. Reading never depends on markers either
+    // (asking for them would reject a bucket without), so they stay off.
+    let mut spec = BucketSpec::new(name)
+        .replicas(config.num_replicas)
+        .create_if_missing(false);
+    spec.max_age = max_age;
+    spec.history = history;
     let bucket = store.bucket(&spec).await?;
     Ok(Some((bucket, max_age)))
 }

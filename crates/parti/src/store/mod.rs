@@ -87,6 +87,7 @@ pub enum WatchEvent {
 
 /// How a bucket must be configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BucketSpec {
     /// The bucket name.
     pub name: String,
