@@ -1053,27 +1053,33 @@ impl Leader {
     /// last read or wrote (gone with its bucket, garbage): followers keep holding what the
     /// lost commit gave them, and a later leader must find a commit to build on rather than
     /// start cold. The republish builds on what is there now, so every partition waits for
-    /// every live worker that might hold it (see `Publisher::publish`).
+    /// every live worker that might hold it (see `Publisher::publish`). Also when a committed
+    /// worker value was destroyed under the leader ([`note_slot_write`](Self::note_slot_write)):
+    /// the republish writes it anew. Tried again at the next source check when it fails.
     pub(crate) async fn repair_commit(&mut self) -> Result<Vec<Decision>> {
         // In a cold start or restart window the window's own publish comes next.
         if self.last_map.is_empty() || self.planner.lifecycle() == Lifecycle::ColdStart {
             return Ok(Vec::new());
         }
+        // A destroyed worker value (see `note_slot_write`) is repaired the same way: the
+        // republish writes it anew.
         let damaged = self.publisher.has_damage();
-        match self.publisher.commit_intact().await {
-            Ok(true) if !damaged => return Ok(Vec::new()),
-            Ok(true) => {
-                tracing::warn!("a committed worker value is still to be written again");
-            }
-            Ok(false) => {}
+        let intact = match self.publisher.commit_intact().await {
+            Ok(intact) => intact,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot check the commit");
                 return Ok(Vec::new());
             }
+        };
+        match (intact, damaged) {
+            (true, false) => return Ok(Vec::new()),
+            (false, _) => tracing::warn!(
+                "the committed `cluster` record is gone or was overwritten; committing again"
+            ),
+            (true, true) => {
+                tracing::info!("committing again to write a destroyed worker value anew")
+            }
         }
-        tracing::warn!(
-            "the committed `cluster` record is gone or was overwritten; committing again"
-        );
         let members = self.members_at(now());
         // Tried again at the next check when it fails.
         self.republish(self.last_map.clone(), "repair", &members)
@@ -1082,24 +1088,9 @@ impl Leader {
 
     /// A write or delete of an assignment key was seen (the runner watches `worker.>`):
     /// whether it destroyed a committed worker value (see [`Publisher::slot_written`]); then
-    /// [`repair_slots`](Self::repair_slots) writes it again.
+    /// [`repair_commit`](Self::repair_commit) writes it again.
     pub(crate) fn note_slot_write(&mut self, key: &str, revision: u64) -> bool {
         self.publisher.slot_written(key, revision)
-    }
-
-    /// Commits the map again with every destroyed worker value written anew (reason
-    /// `repair`), when there is one. Tried again at the next source check when it fails.
-    pub(crate) async fn repair_slots(&mut self) -> Result<Vec<Decision>> {
-        // In a cold start or restart window the window's own publish comes next.
-        if !self.publisher.has_damage()
-            || self.last_map.is_empty()
-            || self.planner.lifecycle() == Lifecycle::ColdStart
-        {
-            return Ok(Vec::new());
-        }
-        let members = self.members_at(now());
-        let map = self.publisher.committed().map.clone();
-        self.republish(map, "repair", &members).await
     }
 
     /// A watch of every worker value (`worker.>`), for [`note_slot_write`](Self::note_slot_write);

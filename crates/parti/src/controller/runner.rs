@@ -268,7 +268,7 @@ async fn serve(
                 }
                 decisions = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
-                    repaired = leader.repair_slots() => repaired?,
+                    repaired = leader.repair_commit() => repaired?,
                 };
                 continue;
             },
