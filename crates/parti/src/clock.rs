@@ -1,6 +1,6 @@
 //! Wall-clock time for values written to KV (timestamps people and other processes read).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn unix_ms() -> u64 {
@@ -32,4 +32,11 @@ pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// A duration drawn uniformly from `[0, max]`: the random part of a jittered delay.
+pub(crate) fn uniform_up_to(max: Duration) -> Duration {
+    use rand::Rng;
+    let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=max))
 }

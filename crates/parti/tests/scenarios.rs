@@ -847,3 +847,92 @@ async fn start_jitter_spreads_the_claims_of_a_fleet_started_at_once() {
         manager.stop().await.unwrap();
     }
 }
+
+/// The consumer infos of stream `name`, by consumer name.
+async fn consumer_infos(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Vec<async_nats::jetstream::consumer::Info> {
+    use futures::TryStreamExt;
+    let stream = js.get_stream(name).await.unwrap();
+    stream.consumers().try_collect().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_api_rate_spreads_the_consumer_calls_of_a_fleet_started_at_once() {
+    // Eight workers with consumers share 2 calls/s: each spaces its consumer calls 4 s apart,
+    // the first at a random point of its first 4 s, so the durables are created at
+    // spread-out moments — all within 800 ms by chance has a probability of about 1e-4;
+    // without the limit they are created within a few hundred ms of the first commit. Every
+    // consumer still ends up following exactly its worker's partitions.
+    const WORKERS: usize = 8;
+    let mut config = config();
+    config.consumer_api_rate = 2.0;
+    config.cold_start_window = Duration::from_millis(500);
+    let cluster = TestCluster::start(config, partitions(40)).await;
+    let js = async_nats::jetstream::new(cluster.server.client().await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HERD".into(),
+        subjects: vec!["herd.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let managers = futures::future::join_all((0..WORKERS).map(|_| async {
+        let js = async_nats::jetstream::new(cluster.server.client().await.unwrap());
+        let consumer = parti::WorkerConsumer::builder(js, "HERD")
+            .subject_template("herd.{partition}")
+            .handler(|_msg: async_nats::jetstream::Message| async {
+                Ok::<(), parti::error::BoxError>(())
+            })
+            .build()
+            .await
+            .unwrap();
+        let client = cluster.server.client().await.unwrap();
+        cluster.builder(client).consumer(consumer).spawn().await.unwrap()
+    }))
+    .await;
+    for manager in &managers {
+        manager.wait_for_state(State::Stable, SETTLE).await.unwrap();
+    }
+    // Every worker's durable exists and filters exactly its partitions.
+    let following = || async {
+        let infos = consumer_infos(&js, "HERD").await;
+        managers.iter().all(|m| {
+            let name = format!("parti-{}", m.worker_id());
+            let mut want: Vec<String> = m
+                .assignment()
+                .partitions
+                .iter()
+                .map(|p| format!("herd.{}", p.subject_key()))
+                .collect();
+            want.sort();
+            infos.iter().any(|i| {
+                let mut got = i.config.filter_subjects.clone();
+                got.sort();
+                i.name == name && got == want
+            })
+        })
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "every consumer follows its worker's partitions",
+        following,
+    )
+    .await
+    .unwrap();
+    let created: Vec<_> = consumer_infos(&js, "HERD")
+        .await
+        .iter()
+        .map(|i| i.created)
+        .collect();
+    assert_eq!(created.len(), WORKERS);
+    let (first, last) = (created.iter().min().unwrap(), created.iter().max().unwrap());
+    assert!(
+        (*last - *first).whole_milliseconds() >= 800,
+        "consumer creations not spread: {created:?}"
+    );
+    for manager in &managers {
+        manager.stop().await.unwrap();
+    }
+}

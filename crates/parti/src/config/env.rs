@@ -286,6 +286,8 @@ mod tests {
             "PARTI_HANDOFF_TIMEOUT",
             "PARTI_DEGRADED_HOLDING",
             "PARTI_START_JITTER",
+            "PARTI_ASSIGNMENT_DEBOUNCE",
+            "PARTI_CONSUMER_API_RATE",
             "PARTI_COLD_START_QUIET",
             "PARTI_COLD_START_MAX_WINDOW",
             "PARTI_AUTO_PROVISION",
@@ -300,8 +302,8 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), vars.len(), "variable names collide: {vars:?}");
-        // 21 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
+        // 23 top-level scalars + emergencyGracePeriod + coldStartMaxWindow,
         // 4 + 5 + (1 + 5) + 5 in the sections.
-        assert_eq!(vars.len(), 23 + 4 + 5 + 6 + 5);
+        assert_eq!(vars.len(), 25 + 4 + 5 + 6 + 5);
     }
 }

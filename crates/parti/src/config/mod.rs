@@ -166,6 +166,23 @@ pub struct Config {
     /// instead of one burst.
     #[serde(with = "duration")]
     pub start_jitter: Duration,
+    /// How long a worker gathers the changes its assignment watch delivers before acting on
+    /// them (default 0: at once; `< heartbeatTtl`). The first change of a burst is acted on
+    /// this long after it arrived, together with everything that arrived meanwhile — a
+    /// publish, its commit and the phase change after it become one reaction (one hook call,
+    /// one consumer update) instead of several. It delays hand-offs by at most this much.
+    #[serde(with = "duration")]
+    pub assignment_debounce: Duration,
+    /// JetStream API calls per second that the whole fleet's
+    /// [`WorkerConsumer`](crate::WorkerConsumer) create and update calls may make together
+    /// (default 0: no limit). Each worker takes its share — this rate divided by the number of
+    /// workers in the latest published map — and spaces its calls that far apart, the first
+    /// one at a random point of its first interval, so a fleet started (or re-assigned) at
+    /// once spreads its consumer calls instead of sending them in one burst. Changes that
+    /// arrive while a call waits for its turn are merged into it. Costs latency: with 200
+    /// workers at 100 calls/s a worker's consumer follows its assignment up to 2 s late
+    /// (holding is not affected: the local gate changes at once).
+    pub consumer_api_rate: f64,
     /// Whether a worker creates the KV buckets that do not exist (default `true`), at start and
     /// when one is deleted under it. `false` for fleets whose buckets are provisioned by an
     /// operator (`parti provision apply`): a missing bucket then fails the start with
@@ -227,6 +244,8 @@ impl Default for Config {
             election_ttl: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
             start_jitter: Duration::ZERO,
+            assignment_debounce: Duration::ZERO,
+            consumer_api_rate: 0.0,
             auto_provision: true,
             shutdown_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(5),

@@ -208,6 +208,27 @@ impl Config {
                 )
             },
         );
+        v.check(
+            self.assignment_debounce < self.heartbeat_ttl,
+            "assignmentDebounce",
+            || {
+                format!(
+                    "{} must be shorter than heartbeatTtl ({})",
+                    format(self.assignment_debounce),
+                    format(self.heartbeat_ttl)
+                )
+            },
+        );
+        v.check(
+            self.consumer_api_rate.is_finite() && self.consumer_api_rate >= 0.0,
+            "consumerApiRate",
+            || {
+                format!(
+                    "{} must be a number of calls per second, at least 0 (0: no limit)",
+                    self.consumer_api_rate
+                )
+            },
+        );
         v.positive(self.shutdown_timeout, "shutdownTimeout");
         v.positive(self.operation_timeout, "operationTimeout");
         v.positive(self.handoff_timeout, "handoffTimeout");

@@ -82,6 +82,7 @@ mod handoff;
 mod health;
 mod markers;
 mod message_loop;
+mod pace;
 mod plan;
 mod reconcile;
 mod subjects;
@@ -135,6 +136,8 @@ pub(crate) struct Shared {
     /// Work queue: subjects of which the message loop nak'ed a gated message (see
     /// [`message_loop`]): their release is followed by a reset of the durable.
     gated_subjects: std::sync::Mutex<HashSet<String>>,
+    /// The fleet's consumer API rate and size (see [`pace`]).
+    pub(crate) pace: Arc<pace::PaceCell>,
 }
 
 impl Shared {
@@ -257,6 +260,7 @@ impl WorkerConsumer {
             gate: Gate::new(&config_template),
             filter: std::sync::Mutex::default(),
             gated_subjects: std::sync::Mutex::default(),
+            pace: Arc::default(),
         });
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (consumer_tx, consumer_rx) = watch::channel(None);
@@ -292,7 +296,9 @@ impl WorkerConsumer {
     /// returns once the server has the new filter: removed subjects are gone, added ones are in
     /// (except, on a work-queue stream, those another consumer still holds: they are added in
     /// the background as soon as it lets go), and the backlog of added subjects is being
-    /// drained in the background. An empty assignment pauses consumption.
+    /// drained in the background. An empty assignment pauses consumption. Under a
+    /// [`Manager`](crate::Manager) with `consumerApiRate` set, a change that must wait for its
+    /// turn returns at once and is applied (merged with later ones) when the turn comes.
     ///
     /// Errors: [`Error::TooManySubjects`] and [`Error::WorkerIdChanged`] (nothing changes);
     /// [`Error::Consumer`] when the server could not be updated — the change is kept and
@@ -395,6 +401,14 @@ impl WorkerConsumer {
     /// 0: none): the [`Manager`](crate::Manager) stores each renewal's deadline there.
     pub(crate) fn lease_cell(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.shared.gate.lease()
+    }
+
+    /// Limits this consumer's share of the fleet's `consumerApiRate` (calls per second for
+    /// the whole fleet; 0: none): returns the cell in which the [`Manager`](crate::Manager)
+    /// keeps the number of workers sharing it (see [`pace`]).
+    pub(crate) fn pace(&self, fleet_rate: f64) -> Arc<std::sync::atomic::AtomicU64> {
+        self.shared.pace.set_rate(fleet_rate);
+        self.shared.pace.fleet()
     }
 
     /// A snapshot of the consumer's health.

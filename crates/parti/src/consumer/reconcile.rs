@@ -27,10 +27,12 @@ use tokio::time::Instant;
 use super::api::{self, ApiError};
 use super::handoff::{self, Gain};
 use super::health::ConfigState;
+use super::pace::Pacer;
 use super::plan::{self, Applied, Command, Write};
 use super::subjects::durable_name;
 use super::takeover;
 use super::{Shared, backoff};
+use crate::clock::sleep_until_opt;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 
@@ -114,6 +116,10 @@ pub(crate) struct Reconciler {
     error: Option<String>,
     /// The durable was deleted behind our back and must be re-created.
     recreate: bool,
+    /// Spaces the syncs under `consumerApiRate`.
+    pacer: Pacer,
+    /// When a sync deferred by the pacer goes (`None`: none is waiting).
+    paced_at: Option<Instant>,
 }
 
 impl Reconciler {
@@ -142,6 +148,8 @@ impl Reconciler {
             delays: backoff(MAX_BACKOFF),
             error: None,
             recreate: false,
+            pacer: Pacer::default(),
+            paced_at: None,
         }
     }
 
@@ -169,8 +177,12 @@ impl Reconciler {
                 () = self.loop_failed.notified() => self.check().await,
                 Some(done) = self.gains.join_next(), if !self.gains.is_empty() => self.gain_done(done).await,
                 _ = check.tick() => self.check().await,
-                () = sleep_until(retry_at), if retry_at.is_some() => {
+                () = sleep_until_opt(retry_at), if retry_at.is_some() => {
                     self.retry_at = None;
+                    let _ = self.sync().await;
+                }
+                () = sleep_until_opt(self.paced_at), if self.paced_at.is_some() => {
+                    self.paced_at = None;
                     let _ = self.sync().await;
                 }
             }
@@ -199,8 +211,21 @@ impl Reconciler {
         self.sync().await
     }
 
-    /// One reconciliation, with the retry bookkeeping around it.
+    /// One reconciliation, with the pacing and retry bookkeeping around it. When it is not
+    /// this worker's turn under `consumerApiRate` it is deferred to the pacer's slot (answering
+    /// `Ok` now): it then reconciles whatever is desired by that time, so changes that arrive
+    /// meanwhile are merged into one.
     async fn sync(&mut self) -> Result<()> {
+        let spacing = self.shared.pace.spacing();
+        let now = Instant::now();
+        let slot = self.pacer.slot(spacing, now);
+        if slot > now {
+            tracing::debug!(consumer = ?self.durable, wait = ?(slot - now), "consumer update paced");
+            self.paced_at = Some(slot);
+            return Ok(());
+        }
+        self.paced_at = None;
+        self.pacer.went(spacing, now);
         let result = self.try_sync().await;
         match &result {
             Ok(()) => {
@@ -649,13 +674,5 @@ impl Reconciler {
             catching_up: self.draining.len(),
             error: self.error.clone(),
         });
-    }
-}
-
-/// Sleeps until `at`; for ever when `None`.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

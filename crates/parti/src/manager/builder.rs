@@ -221,6 +221,10 @@ impl ManagerBuilder {
 
         let (events, _) = broadcast::channel(super::EVENTS_CAPACITY);
         let gate_lease = self.consumer.as_ref().map(ManagedConsumer::lease_cell);
+        let consumer_fleet = self
+            .consumer
+            .as_ref()
+            .map(|c| c.pace(config.consumer_api_rate));
         let consumer: SharedConsumer = Arc::new(Mutex::new(self.consumer));
         let instance = new_instance_id();
         let ownership = OwnershipLog::new(self.ownership, &instance);
@@ -270,6 +274,7 @@ impl ManagerBuilder {
             lineage,
             holder: None,
             gate_lease,
+            consumer_fleet,
             lapse_pending,
             out: Outputs {
                 state,

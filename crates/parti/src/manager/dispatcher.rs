@@ -29,6 +29,10 @@ impl ManagedConsumer {
         match *self {}
     }
 
+    pub(crate) fn pace(&self, _fleet_rate: f64) -> Arc<std::sync::atomic::AtomicU64> {
+        match *self {}
+    }
+
     pub(crate) async fn set_held(&self, _held: &[crate::Partition]) {
         match *self {}
     }

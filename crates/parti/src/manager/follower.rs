@@ -118,18 +118,29 @@ impl Follower {
     /// also re-opened every [`REOPEN_EVERY`] intervals; re-opening them on every interval cost
     /// two consumer creations per worker per interval, and their leftovers filled the stream's
     /// consumer limit on a fleet of 500.
+    ///
+    /// `debounce` (`assignmentDebounce`) gathers the changes the watches deliver: the view is
+    /// updated once, `debounce` after the first change of a burst, with everything that
+    /// arrived meanwhile — a publish's value, its commit and the phase change after it become
+    /// one update instead of three, so the worker reacts (hooks, consumer filter) once. It
+    /// never delays a change by more than `debounce`. A snapshot (the first, or after a
+    /// re-open) is shown at once. Zero: every change at once.
     pub(crate) fn spawn(
         bucket: Arc<dyn Bucket>,
         me: WorkerId,
         resync: Duration,
+        debounce: Duration,
         cancel: CancellationToken,
     ) -> Self {
         let (tx, view) = watch::channel(FollowerView::default());
         let task = AbortOnDropHandle::new(tokio::spawn(run(
-            bucket,
-            me,
+            Watched {
+                bucket,
+                me,
+                resync: resync.max(MIN_RESYNC),
+                debounce,
+            },
             tx,
-            resync.max(MIN_RESYNC),
             cancel.clone(),
         )));
         Self { view, cancel, task }
@@ -228,16 +239,38 @@ impl Owed {
     }
 }
 
-async fn run(
+/// What the follower task follows, and how.
+struct Watched {
     bucket: Arc<dyn Bucket>,
     me: WorkerId,
-    tx: watch::Sender<FollowerView>,
     resync: Duration,
-    cancel: CancellationToken,
-) {
+    debounce: Duration,
+}
+
+/// What a watch event did to the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Changed {
+    /// Nothing the view shows.
+    No,
+    /// A change: shown after the debounce.
+    Yes,
+    /// A snapshot completed: shown at once.
+    Now,
+}
+
+async fn run(watched: Watched, tx: watch::Sender<FollowerView>, cancel: CancellationToken) {
+    let Watched {
+        bucket,
+        me,
+        resync,
+        debounce,
+    } = watched;
     let name = bucket.name().to_owned();
     let my_keys = worker_pattern(&me);
     let mut stage = Staging::default();
+    // The view as the watches have it; `tx` shows it `debounce` after a change at the latest.
+    let mut view = FollowerView::default();
+    let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         let (Some(mut cluster_watch), Some(mut mine_watch)) = (
             open(&*bucket, CLUSTER_KEY, &cancel).await,
@@ -249,11 +282,16 @@ async fn run(
         let mut owed: Option<Owed> = None;
         let reopen_at = tokio::time::Instant::now() + resync * REOPEN_EVERY;
         loop {
-            tokio::select! {
+            let changed = tokio::select! {
                 () = cancel.cancelled() => return,
+                () = crate::clock::sleep_until_opt(flush_at) => {
+                    flush_at = None;
+                    tx.send_replace(view.clone());
+                    Changed::No
+                }
                 () = tokio::time::sleep_until(check_at) => {
                     if let Some(owed) = owed.take()
-                        && owed.still(&stage, &tx.borrow())
+                        && owed.still(&stage, &view)
                     {
                         tracing::debug!(worker = %me, ?owed, "an assignment watch fell behind");
                         break;
@@ -265,20 +303,31 @@ async fn run(
                     // No answer is no evidence: the watches stay.
                     let Ok(read) = bucket.get(CLUSTER_KEY).await else { continue };
                     let read = read.map_or(0, |e| e.revision);
-                    owed = Owed::of(read, &stage, &tx.borrow(), &me);
+                    owed = Owed::of(read, &stage, &view, &me);
                     if owed.is_some() {
                         check_at = tokio::time::Instant::now() + CATCH_UP;
                     }
+                    Changed::No
                 }
                 event = cluster_watch.next() => {
                     let Some(event) = event else { break };
                     let Ok(event) = event else { continue };
-                    stage.cluster_event(&name, event, &tx);
+                    stage.cluster_event(&name, event, &mut view)
                 }
                 event = mine_watch.next() => {
                     let Some(event) = event else { break };
                     let Ok(event) = event else { continue };
-                    stage.mine_event(&name, event, &tx);
+                    stage.mine_event(&name, event, &mut view)
+                }
+            };
+            match changed {
+                Changed::No => {}
+                Changed::Yes if !debounce.is_zero() => {
+                    flush_at.get_or_insert_with(|| tokio::time::Instant::now() + debounce);
+                }
+                Changed::Yes | Changed::Now => {
+                    flush_at = None;
+                    tx.send_replace(view.clone());
                 }
             }
         }
@@ -291,67 +340,74 @@ impl Staging {
         self.cluster_synced && self.mine_synced
     }
 
-    fn cluster_event(&mut self, name: &str, event: WatchEvent, tx: &watch::Sender<FollowerView>) {
+    fn cluster_event(&mut self, name: &str, event: WatchEvent, view: &mut FollowerView) -> Changed {
         match event {
             WatchEvent::Init => {
                 self.cluster = None;
                 self.cluster_revision = 0;
+                Changed::No
             }
             WatchEvent::InitApply(e) => {
                 self.cluster_revision = e.revision;
                 self.cluster = decode_cluster(name, &e);
+                Changed::No
             }
             WatchEvent::InitDone => {
                 self.cluster_synced = true;
-                let staged = self.cluster.take();
-                let synced = self.synced();
-                tx.send_modify(|v| {
-                    v.cluster = staged;
-                    v.synced = synced;
-                });
+                view.cluster = self.cluster.take();
+                view.synced = self.synced();
+                Changed::Now
             }
             WatchEvent::Put(e) => {
                 self.cluster_revision = e.revision;
-                if let Some(record) = decode_cluster(name, &e) {
-                    tx.send_modify(|v| v.cluster = Some(record));
+                match decode_cluster(name, &e) {
+                    Some(record) => {
+                        view.cluster = Some(record);
+                        Changed::Yes
+                    }
+                    None => Changed::No,
                 }
             }
             WatchEvent::Deleted { revision, .. } | WatchEvent::Expired { revision, .. } => {
                 self.cluster_revision = revision;
-                tx.send_modify(|v| v.cluster = None);
+                view.cluster = None;
+                Changed::Yes
             }
         }
     }
 
-    fn mine_event(&mut self, name: &str, event: WatchEvent, tx: &watch::Sender<FollowerView>) {
+    fn mine_event(&mut self, name: &str, event: WatchEvent, view: &mut FollowerView) -> Changed {
         match event {
-            WatchEvent::Init => self.mine.clear(),
+            WatchEvent::Init => {
+                self.mine.clear();
+                Changed::No
+            }
             WatchEvent::InitApply(e) => {
                 if let Some((slot, value)) = decode_worker(name, &e) {
                     self.mine.insert(slot, value);
                 }
+                Changed::No
             }
             WatchEvent::InitDone => {
                 self.mine_synced = true;
-                let staged = std::mem::take(&mut self.mine);
-                let synced = self.synced();
-                tx.send_modify(|v| {
-                    v.mine = staged;
-                    v.synced = synced;
-                });
+                view.mine = std::mem::take(&mut self.mine);
+                view.synced = self.synced();
+                Changed::Now
             }
-            WatchEvent::Put(e) => {
-                if let Some((slot, value)) = decode_worker(name, &e) {
-                    tx.send_modify(|v| {
-                        v.mine.insert(slot, value);
-                    });
+            WatchEvent::Put(e) => match decode_worker(name, &e) {
+                Some((slot, value)) => {
+                    view.mine.insert(slot, value);
+                    Changed::Yes
                 }
-            }
+                None => Changed::No,
+            },
             WatchEvent::Deleted { key, .. } | WatchEvent::Expired { key, .. } => {
-                if let Some((_, slot)) = parse_worker_key(&key) {
-                    tx.send_modify(|v| {
-                        v.mine.remove(&slot);
-                    });
+                match parse_worker_key(&key) {
+                    Some((_, slot)) => {
+                        view.mine.remove(&slot);
+                        Changed::Yes
+                    }
+                    None => Changed::No,
                 }
             }
         }
@@ -453,13 +509,23 @@ mod tests {
     }
 
     async fn following() -> (Arc<Probe>, Follower, WorkerId) {
+        following_with(Duration::ZERO).await
+    }
+
+    async fn following_with(debounce: Duration) -> (Arc<Probe>, Follower, WorkerId) {
         let inner = MemoryStore::new()
             .bucket(&BucketSpec::new("assignment"))
             .await
             .unwrap();
         let probe = Probe::new(inner);
         let me = WorkerId::new("w-0");
-        let follower = Follower::spawn(probe.clone(), me.clone(), RESYNC, CancellationToken::new());
+        let follower = Follower::spawn(
+            probe.clone(),
+            me.clone(),
+            RESYNC,
+            debounce,
+            CancellationToken::new(),
+        );
         (probe, follower, me)
     }
 
@@ -552,6 +618,52 @@ mod tests {
         })
         .await;
         assert!(gone.is_ok(), "the follower still shows the deleted record");
+        follower.stop().await;
+    }
+
+    /// The version the view commits for `me` now.
+    fn shown(follower: &Follower, me: &WorkerId) -> Option<u64> {
+        follower
+            .view()
+            .borrow()
+            .committed(me, false)
+            .map(|a| a.version)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_debounce_gathers_a_burst_into_one_update_no_later_than_the_debounce() {
+        const DEBOUNCE: Duration = Duration::from_millis(300);
+        let (probe, follower, me) = following_with(DEBOUNCE).await;
+        publish(&*probe, &me, 1).await;
+        // The snapshot is shown at once, not after the debounce.
+        committed(&follower, &me, 1, Duration::from_millis(10)).await;
+        let mut view = follower.view();
+        view.borrow_and_update();
+        let start = tokio::time::Instant::now();
+        publish(&*probe, &me, 2).await;
+        tokio::time::sleep(DEBOUNCE / 2).await;
+        assert_eq!(shown(&follower, &me), Some(1), "version 2 shown before the debounce");
+        assert!(!view.has_changed().unwrap(), "the view changed during the debounce");
+        publish(&*probe, &me, 3).await;
+        // One update, at the first change + the debounce, with both publishes in it: the later
+        // change does not push it back.
+        view.changed().await.unwrap();
+        let at = start.elapsed();
+        assert_eq!(view.borrow_and_update().committed(&me, false).map(|a| a.version), Some(3));
+        assert!(
+            at >= DEBOUNCE && at <= DEBOUNCE + Duration::from_millis(10),
+            "shown {at:?} after the first change"
+        );
+        follower.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_debounce_each_change_is_shown_at_once() {
+        let (probe, follower, me) = following().await;
+        publish(&*probe, &me, 1).await;
+        committed(&follower, &me, 1, Duration::from_millis(10)).await;
+        publish(&*probe, &me, 2).await;
+        committed(&follower, &me, 2, Duration::from_millis(10)).await;
         follower.stop().await;
     }
 }

@@ -61,12 +61,7 @@ pub(crate) struct Outputs {
 
 /// A delay drawn uniformly from `[0, jitter]` (`startJitter`); `None` when there is none.
 fn start_delay(jitter: Duration) -> Option<Duration> {
-    use rand::Rng;
-    if jitter.is_zero() {
-        return None;
-    }
-    let max = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
-    Some(Duration::from_nanos(rand::rng().random_range(0..=max)))
+    (!jitter.is_zero()).then(|| crate::clock::uniform_up_to(jitter))
 }
 
 /// The slot for the error a worker ended with (taken by the first reader).
@@ -165,6 +160,9 @@ pub(crate) struct Runtime {
     pub(crate) holder: Option<Holder>,
     /// The consumer gate's lease deadline (if a consumer was given): enforced per message.
     pub(crate) gate_lease: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// How many workers share `consumerApiRate` (if a consumer was given): the workers of the
+    /// latest commit, stored on every commit seen.
+    pub(crate) consumer_fleet: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// How many lapses are queued in the fence task (lease extensions wait behind them).
     pub(crate) lapse_pending: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) out: Outputs,
@@ -385,6 +383,7 @@ impl Runtime {
             Arc::clone(&self.buckets.assignment),
             id.clone(),
             self.config.heartbeat_ttl,
+            self.config.assignment_debounce,
             cancel.child_token(),
         );
         self.out.state.set(State::WaitingAssignment);
@@ -786,6 +785,10 @@ impl Runtime {
     fn apply(&mut self, session: &mut Session, view: &FollowerView, degraded: bool) {
         if let Some(cluster) = &view.cluster {
             raise_floor(&self.floor_seen, cluster.version, cluster.term);
+            if let Some(fleet) = &self.consumer_fleet {
+                let workers = u64::try_from(cluster.workers.len()).unwrap_or(u64::MAX);
+                fleet.store(workers, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if let Some(next) = view.committed(&session.id, session.had_assignment) {
             let held = self.out.assignment.borrow().clone();

@@ -54,6 +54,9 @@ fn each_rule_reports_its_field() {
         ("startupTimeout", |c| c.startup_timeout = Duration::ZERO),
         ("startupTimeout", |c| c.startup_timeout = s(30)),
         ("startJitter", |c| c.start_jitter = s(60)),
+        ("assignmentDebounce", |c| c.assignment_debounce = s(6)),
+        ("consumerApiRate", |c| c.consumer_api_rate = -1.0),
+        ("consumerApiRate", |c| c.consumer_api_rate = f64::INFINITY),
         ("shutdownTimeout", |c| c.shutdown_timeout = Duration::ZERO),
         ("operationTimeout", |c| c.operation_timeout = Duration::ZERO),
         ("assignment.minRebalanceInterval", |c| {

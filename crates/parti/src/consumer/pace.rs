@@ -1,0 +1,147 @@
+//! Spacing of one worker's consumer reconciliations, so that a fleet's together stay under
+//! `consumerApiRate`.
+//!
+//! A fleet of hundreds that starts at once, or is re-assigned by one publish, would otherwise
+//! create or update hundreds of durable consumers in the same instant: a burst of JetStream API
+//! calls the server (and, on a cluster, its meta leader) must absorb at once. Each worker takes
+//! its share of the fleet's rate — the rate divided by the workers in the latest published map
+//! — and spaces its reconciliations that far apart. Its first one waits a random part of one
+//! spacing, so workers that start together spread out instead of queueing in step.
+//!
+//! This is not a token bucket from a rate-limiting crate on purpose: the share changes with
+//! the fleet, the first slot is randomised, and the clock is tokio's (paused in tests).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The fleet's rate and size, set by the [`Manager`](crate::Manager) and read by the pacer.
+#[derive(Debug, Default)]
+pub(crate) struct PaceCell {
+    /// Calls per second for the whole fleet, as `f64` bits (0: no limit).
+    rate: AtomicU64,
+    /// Workers in the latest published map (0 is read as 1); the manager's runtime stores it.
+    fleet: Arc<AtomicU64>,
+}
+
+impl PaceCell {
+    /// Sets the fleet-wide rate (`consumerApiRate`; 0 or less: no limit).
+    pub(crate) fn set_rate(&self, per_second: f64) {
+        self.rate.store(per_second.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The cell holding the number of workers sharing the rate.
+    pub(crate) fn fleet(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.fleet)
+    }
+
+    /// This worker's spacing between reconciliations; `None` without a limit.
+    pub(crate) fn spacing(&self) -> Option<Duration> {
+        let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
+        if !(rate.is_finite() && rate > 0.0) {
+            return None;
+        }
+        let fleet = self.fleet.load(Ordering::Relaxed).max(1) as f64;
+        Duration::try_from_secs_f64(fleet / rate).ok()
+    }
+}
+
+/// When this worker's next reconciliation may go.
+#[derive(Debug, Default)]
+pub(crate) struct Pacer {
+    /// The earliest instant of the next one (`None`: none has been asked for yet).
+    next: Option<Instant>,
+}
+
+impl Pacer {
+    /// When a reconciliation asked for at `now` may go: `now` without a limit; the first one a
+    /// random part of one spacing after `now`; later ones one spacing after the previous.
+    pub(crate) fn slot(&mut self, spacing: Option<Duration>, now: Instant) -> Instant {
+        let Some(spacing) = spacing else {
+            return now;
+        };
+        let next = *self
+            .next
+            .get_or_insert_with(|| now + crate::clock::uniform_up_to(spacing));
+        next.max(now)
+    }
+
+    /// A reconciliation went at `at`: the next one waits a spacing.
+    pub(crate) fn went(&mut self, spacing: Option<Duration>, at: Instant) {
+        self.next = Some(at + spacing.unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(rate: f64, fleet: usize) -> PaceCell {
+        let cell = PaceCell::default();
+        cell.set_rate(rate);
+        cell.fleet().store(fleet as u64, Ordering::Relaxed);
+        cell
+    }
+
+    #[test]
+    fn the_share_is_the_fleet_rate_divided_by_the_workers() {
+        assert_eq!(cell(100.0, 200).spacing(), Some(Duration::from_secs(2)));
+        assert_eq!(cell(100.0, 1).spacing(), Some(Duration::from_millis(10)));
+        assert_eq!(cell(100.0, 0).spacing(), Some(Duration::from_millis(10)));
+        for no_limit in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(cell(no_limit, 200).spacing(), None, "{no_limit}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_limit_every_call_goes_at_once() {
+        let mut pacer = Pacer::default();
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(pacer.slot(None, now), now);
+            pacer.went(None, now);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_are_a_spacing_apart_and_the_first_within_one_spacing() {
+        let spacing = Some(Duration::from_secs(2));
+        let mut pacer = Pacer::default();
+        let t0 = Instant::now();
+        let first = pacer.slot(spacing, t0);
+        assert!(first >= t0 && first <= t0 + Duration::from_secs(2));
+        // Asking again before it went does not move the slot.
+        assert_eq!(pacer.slot(spacing, t0 + Duration::from_millis(1)), first);
+        pacer.went(spacing, first);
+        assert_eq!(pacer.slot(spacing, first), first + Duration::from_secs(2));
+        // A call long after the last goes at once.
+        let late = first + Duration::from_secs(10);
+        assert_eq!(pacer.slot(spacing, late), late);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fleet_starting_together_spreads_its_first_calls_over_one_spacing() {
+        let spacing = Some(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let mut firsts: Vec<Duration> = (0..200)
+            .map(|_| Pacer::default().slot(spacing, t0) - t0)
+            .collect();
+        firsts.sort();
+        // In any 100 ms, about 10 of 200 (uniform over 2 s); a burst would put them all in one.
+        let densest = firsts
+            .iter()
+            .enumerate()
+            .map(|(i, at)| {
+                firsts[i..]
+                    .iter()
+                    .take_while(|b| **b - *at < Duration::from_millis(100))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        assert!(densest <= 40, "{densest} of 200 first calls within 100 ms");
+        assert!(firsts.last().is_some_and(|l| *l <= Duration::from_secs(2)));
+    }
+}
