@@ -5,6 +5,7 @@
 //! cargo run --release -p parti --example scale_bench -- --workers 50 --partitions 5000
 //! cargo run --release -p parti --example scale_bench -- --workers 200 --partitions 20000 --json
 //! cargo run --release -p parti --example scale_bench -- --workers 10 --partitions 100 --default-timings --steady-secs 30
+//! cargo run --release -p parti --example scale_bench -- --workers 200 --partitions 20000 --consumers [--herd] --json
 //! ```
 //!
 //! Starts one local nats-server (found like the test kit finds it: `$PARTI_NATS_SERVER`,
@@ -29,6 +30,18 @@
 //!   from the first start to the crash below): watches, listings and those not yet deleted.
 //! - `crashToHeldMs`: a non-leader is [`Manager::kill`]ed; from the kill until the survivors'
 //!   [`Manager::held`] together cover all P partitions again.
+//! - `jsApi`: JetStream API requests of the account (`$JS.API.>`: consumer creates and
+//!   updates, watches, listings, stream infos; not KV puts), from the account info sampled
+//!   every 250 ms — which itself adds about 4 requests/s, as do the bench's own stream infos —
+//!   `atStart` until the cluster is stable, consistent (and, with `--consumers`, every
+//!   consumer follows its worker), `peakPerSec` the most in any 1 s over that time, and
+//!   `steadyPerSec`; `perSecondAtStart` lists the requests of each second from the start.
+//!
+//! `--consumers` gives every manager a [`WorkerConsumer`] on a stream `BENCH` (`bench.>`,
+//! memory storage, no messages) and reports `allConsumingMs`: every durable filters exactly
+//! its worker's assignment. `--herd` turns on the herd controls: `startJitter` = half the
+//! cold-start window, `assignmentDebounce` = 100 ms and `consumerApiRate` = N ÷ 3 (one round of
+//! consumer calls spread over 3 s).
 
 use std::collections::BTreeSet;
 use std::error::Error;
@@ -39,13 +52,17 @@ use async_nats::jetstream;
 use parti::records::read_published;
 use parti::source::Static;
 use parti::store::{NatsStore, Store};
-use parti::{Assignment, Config, Manager, Partition, State, WorkerId};
+use parti::{Assignment, Config, Manager, Partition, State, WorkerConsumer, WorkerId};
 use parti_testkit::NatsServer;
 use tokio::sync::{Notify, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 /// Errors of the example: anything, with a message.
 pub type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The stream the `--consumers` managers consume from, and its subjects' prefix.
+const STREAM: &str = "BENCH";
+const SUBJECT_PREFIX: &str = "bench.";
 
 /// The longest any phase (start-up, recovery) may take before the run fails.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -66,10 +83,15 @@ pub struct Options {
     pub default_timings: bool,
     /// One JSON object on stdout instead of a summary.
     pub json: bool,
+    /// Every manager gets a `WorkerConsumer`.
+    pub consumers: bool,
+    /// The herd controls on (`startJitter`, `assignmentDebounce`, `consumerApiRate`).
+    pub herd: bool,
 }
 
 impl Options {
-    /// Reads `--workers N`, `--partitions P`, `--steady-secs S`, `--default-timings`, `--json`.
+    /// Reads `--workers N`, `--partitions P`, `--steady-secs S`, `--default-timings`, `--json`,
+    /// `--consumers`, `--herd`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let options = Self {
             workers: number(args, "--workers", 10)?,
@@ -77,6 +99,8 @@ impl Options {
             steady_secs: number(args, "--steady-secs", 10)?,
             default_timings: args.iter().any(|a| a == "--default-timings"),
             json: args.iter().any(|a| a == "--json"),
+            consumers: args.iter().any(|a| a == "--consumers"),
+            herd: args.iter().any(|a| a == "--herd"),
         };
         if options.workers < 2 {
             return Err("--workers must be at least 2 (a leader and a non-leader to kill)".into());
@@ -117,8 +141,23 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     config.worker_id_max = config
         .worker_id_max
         .max(config.worker_id_min.saturating_add(needed));
+    if options.herd {
+        config.start_jitter = config.cold_start_window / 2;
+        config.assignment_debounce = Duration::from_millis(100);
+        config.consumer_api_rate = n as f64 / 3.0;
+    }
     let server = NatsServer::start().await?;
     let js = jetstream::new(server.client().await?);
+    if options.consumers {
+        js.create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECT_PREFIX}>")],
+            storage: jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let api = ApiSampler::start(js.clone()).await?;
     let store = NatsStore::new(js.clone());
     let [.., assignment_spec] = config.bucket_specs();
     for spec in config.bucket_specs() {
@@ -186,8 +225,9 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
             )
         }
     });
+    let consumers = options.consumers;
     let started = futures::future::join_all(
-        (0..n).map(|_| start_one(&server, &config, &source, &joined, t0)),
+        (0..n).map(|_| start_one(&server, &config, &source, consumers, &joined, t0)),
     )
     .await;
     let mut live = Vec::with_capacity(n);
@@ -206,6 +246,12 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         live.push(manager);
     }
     let (consistent_at, cold_start_publishes) = poller.await??;
+    let all_consuming = if consumers {
+        Some(all_consuming(&js, &live, t0).await?)
+    } else {
+        None
+    };
+    let api_started = api.now()?;
     let seq_started = sequences(&js, &buckets).await?;
     let rss_after = rss_kb()?;
     let writes_at_start = diff(&seq_before, &seq_started);
@@ -220,6 +266,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     let steady_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(options.steady_secs)).await;
     let seq_steady = sequences(&js, &buckets).await?;
+    let api_steady = api.now()?;
     let steady_secs = steady_from.elapsed().as_secs_f64();
     let steady: Vec<f64> = diff(&seq_started, &seq_steady)
         .iter()
@@ -234,6 +281,8 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         ms(crash.0)
     );
     let peak = *peak_consumers.lock().map_err(|_| "poisoned")?;
+    let api_peak = api.peak_per_sec(t0, api_started.0)?;
+    let api_timeline = api.per_second(t0, api_started.0)?;
     futures::future::join_all(live.iter().map(Manager::kill)).await;
     drop(server);
 
@@ -266,6 +315,17 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         "crashPartitions": crash.1,
         "rssKbPerManager": (rss_after - rss_before) / n as i64,
         "peakConsumers": per_bucket(&peak.iter().map(|c| (*c).into()).collect::<Vec<_>>()),
+        "herdControls": options.herd,
+        "allConsumingMs": all_consuming.map(ms),
+        "jsApi": {
+            "atStart": api_started.1.saturating_sub(api.first),
+            "peakPerSec": api_peak,
+            "perSecondAtStart": api_timeline,
+            "steadyPerSec": round1(
+                api_steady.1.saturating_sub(api_started.1) as f64
+                    / api_steady.0.duration_since(api_started.0).as_secs_f64().max(1e-3)
+            ),
+        },
     }))
 }
 
@@ -275,14 +335,23 @@ async fn start_one(
     server: &NatsServer,
     config: &Config,
     source: &Static,
+    consumer: bool,
     joined: &Joined,
     t0: Instant,
 ) -> Result<(Manager, Duration, Duration)> {
-    let manager = Manager::builder(jetstream::new(server.client().await?))
+    let js = jetstream::new(server.client().await?);
+    let mut builder = Manager::builder(js.clone())
         .config(config.clone())
-        .source(source.clone())
-        .spawn()
-        .await?;
+        .source(source.clone());
+    if consumer {
+        let consumer = WorkerConsumer::builder(js, STREAM)
+            .subject_template(format!("{SUBJECT_PREFIX}{{partition}}"))
+            .handler(|_msg: jetstream::Message| async { Ok::<(), parti::error::BoxError>(()) })
+            .build()
+            .await?;
+        builder = builder.consumer(consumer);
+    }
+    let manager = builder.spawn().await?;
     let joined_at = t0.elapsed();
     joined
         .lock()
@@ -323,6 +392,151 @@ async fn consistent(
         && published.map.iter().map(|(_, ps)| ps.len()).sum::<usize>() == p
         && workers.iter().all(|(_, v)| *v == record.version);
     Ok(ok.then_some(record.version))
+}
+
+/// The time (since `t0`) at which every manager's durable consumer filters exactly its
+/// assignment's subjects (polled every 250 ms).
+async fn all_consuming(js: &jetstream::Context, live: &[Manager], t0: Instant) -> Result<Duration> {
+    use futures::TryStreamExt;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let infos: Vec<jetstream::consumer::Info> = js
+            .get_stream(STREAM)
+            .await?
+            .consumers()
+            .try_collect()
+            .await?;
+        let filters: std::collections::HashMap<&str, BTreeSet<&str>> = infos
+            .iter()
+            .map(|i| {
+                let mut subjects: BTreeSet<&str> = i
+                    .config
+                    .filter_subjects
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                if !i.config.filter_subject.is_empty() {
+                    subjects.insert(i.config.filter_subject.as_str());
+                }
+                (i.name.as_str(), subjects)
+            })
+            .collect();
+        let behind: Vec<String> = live
+            .iter()
+            .filter_map(|m| {
+                let want: BTreeSet<String> = m
+                    .assignment()
+                    .partitions
+                    .iter()
+                    .map(|p| format!("{SUBJECT_PREFIX}{}", p.subject_key()))
+                    .collect();
+                let name = format!("parti-{}", m.worker_id());
+                let lagging = filters.get(name.as_str()).is_none_or(|got| {
+                    got.len() != want.len() || want.iter().any(|w| !got.contains(w.as_str()))
+                });
+                lagging.then(|| {
+                    let got = filters.get(name.as_str()).map(BTreeSet::len);
+                    format!("{name}: {got:?} of {} subjects", want.len())
+                })
+            })
+            .collect();
+        if behind.is_empty() {
+            return Ok(t0.elapsed());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} of {} consumers listed; {} do not follow their assignment, e.g. {:?}",
+                infos.len(),
+                live.len(),
+                behind.len(),
+                &behind[..behind.len().min(5)]
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Samples the account's JetStream API request count every 250 ms.
+struct ApiSampler {
+    /// The count before anything started.
+    first: u64,
+    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl ApiSampler {
+    async fn start(js: jetstream::Context) -> Result<Self> {
+        let first = js.query_account().await?.requests.total;
+        let samples = Arc::new(Mutex::new(vec![(Instant::now(), first)]));
+        let task = AbortOnDropHandle::new(tokio::spawn({
+            let samples = Arc::clone(&samples);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if let Ok(account) = js.query_account().await
+                        && let Ok(mut samples) = samples.lock()
+                    {
+                        samples.push((Instant::now(), account.requests.total));
+                    }
+                }
+            }
+        }));
+        Ok(Self {
+            first,
+            samples,
+            _task: task,
+        })
+    }
+
+    /// The latest sample.
+    fn now(&self) -> Result<(Instant, u64)> {
+        let samples = self.samples.lock().map_err(|_| "poisoned")?;
+        Ok(*samples.last().ok_or("no sample")?)
+    }
+
+    /// Requests in each whole second from `from` to `to` (from the samples nearest each
+    /// second's start).
+    fn per_second(&self, from: Instant, to: Instant) -> Result<Vec<u64>> {
+        let samples = self.samples.lock().map_err(|_| "poisoned")?;
+        let at = |t: Instant| {
+            samples
+                .iter()
+                .rev()
+                .find(|(when, _)| *when <= t)
+                .or(samples.first())
+                .map_or(0, |(_, total)| *total)
+        };
+        let seconds = to.duration_since(from).as_secs();
+        Ok((0..seconds)
+            .map(|i| {
+                let start = from + Duration::from_secs(i);
+                at(start + Duration::from_secs(1)).saturating_sub(at(start))
+            })
+            .collect())
+    }
+
+    /// The most requests in any 1 s (between samples about 1 s apart) from `from` to `to`.
+    fn peak_per_sec(&self, from: Instant, to: Instant) -> Result<f64> {
+        let samples = self.samples.lock().map_err(|_| "poisoned")?;
+        let window: Vec<&(Instant, u64)> = samples
+            .iter()
+            .filter(|(at, _)| *at + Duration::from_secs(1) >= from && *at <= to)
+            .collect();
+        let mut peak = 0.0_f64;
+        for (i, (at, total)) in window.iter().enumerate() {
+            if let Some((then, before)) = window[..i]
+                .iter()
+                .rev()
+                .find(|(then, _)| at.duration_since(*then) >= Duration::from_secs(1))
+            {
+                let rate =
+                    total.saturating_sub(*before) as f64 / at.duration_since(*then).as_secs_f64();
+                peak = peak.max(rate);
+            }
+        }
+        Ok(round1(peak))
+    }
 }
 
 /// Kills a non-leader that holds something (taking it out of `live`); returns the time from

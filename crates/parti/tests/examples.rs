@@ -154,4 +154,27 @@ async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
     assert!(number("/crashToHeldMs") > 0.0);
     assert!(number("/crashPartitions") >= 1.0);
     number("/rssKbPerManager");
+    assert!(
+        number("/jsApi/atStart") > 0.0,
+        "watches are JetStream API calls"
+    );
+    assert!(number("/jsApi/peakPerSec") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_bench_with_consumers_and_herd_controls_runs_at_a_tiny_size() {
+    let args: Vec<String> = "--workers 3 --partitions 30 --steady-secs 1 --consumers --herd --json"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let options = scale_bench::Options::parse(&args).unwrap();
+    let figures = scale_bench::run(&options).await.unwrap();
+    println!("{figures}");
+    assert_eq!(figures["herdControls"], true);
+    // `run` fails unless every consumer ends up filtering exactly its worker's partitions.
+    assert!(
+        figures["allConsumingMs"].as_f64().unwrap() > 0.0,
+        "{figures}"
+    );
+    assert!(figures["jsApi"]["perSecondAtStart"].is_array(), "{figures}");
 }

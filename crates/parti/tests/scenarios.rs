@@ -889,7 +889,12 @@ async fn consumer_api_rate_spreads_the_consumer_calls_of_a_fleet_started_at_once
             .await
             .unwrap();
         let client = cluster.server.client().await.unwrap();
-        cluster.builder(client).consumer(consumer).spawn().await.unwrap()
+        cluster
+            .builder(client)
+            .consumer(consumer)
+            .spawn()
+            .await
+            .unwrap()
     }))
     .await;
     for manager in &managers {

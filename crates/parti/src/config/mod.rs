@@ -160,10 +160,10 @@ pub struct Config {
     /// start is not Stable before its window closes).
     #[serde(with = "duration")]
     pub startup_timeout: Duration,
-    /// A random delay, uniform in `[0, startJitter]`, before a worker first claims its stable
-    /// ID (default 0: none; `< startupTimeout`, and it counts towards it). Spreads the first
-    /// KV writes of a fleet started at once (a rollout of hundreds of pods) over this time
-    /// instead of one burst.
+    /// A random delay, uniform in `[0, startJitter]`, before a worker's first call to NATS
+    /// (opening the buckets, then claiming its stable ID) (default 0: none; `< startupTimeout`,
+    /// and it counts towards it). Spreads the start-up calls of a fleet started at once (a
+    /// rollout of hundreds of pods) over this time instead of one burst.
     #[serde(with = "duration")]
     pub start_jitter: Duration,
     /// How long a worker gathers the changes its assignment watch delivers before acting on

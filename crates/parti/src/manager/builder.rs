@@ -180,6 +180,13 @@ impl ManagerBuilder {
             StoreSource::Custom(store) => store,
         };
         let deadline = tokio::time::Instant::now() + config.startup_timeout;
+        // `startJitter`: before the first call to NATS (opening the buckets is a burst of
+        // JetStream API calls of its own), counted towards the start-up deadline.
+        if !config.start_jitter.is_zero() {
+            let delay = crate::clock::uniform_up_to(config.start_jitter);
+            tracing::debug!(?delay, "start jitter");
+            tokio::time::sleep(delay).await;
+        }
         // NATS may still be coming up: retry transient failures until the start-up deadline;
         // a misconfigured or (without autoProvision) missing bucket is reported at once.
         let open = |spec: BucketSpec| {

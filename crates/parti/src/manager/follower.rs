@@ -642,14 +642,26 @@ mod tests {
         let start = tokio::time::Instant::now();
         publish(&*probe, &me, 2).await;
         tokio::time::sleep(DEBOUNCE / 2).await;
-        assert_eq!(shown(&follower, &me), Some(1), "version 2 shown before the debounce");
-        assert!(!view.has_changed().unwrap(), "the view changed during the debounce");
+        assert_eq!(
+            shown(&follower, &me),
+            Some(1),
+            "version 2 shown before the debounce"
+        );
+        assert!(
+            !view.has_changed().unwrap(),
+            "the view changed during the debounce"
+        );
         publish(&*probe, &me, 3).await;
         // One update, at the first change + the debounce, with both publishes in it: the later
         // change does not push it back.
         view.changed().await.unwrap();
         let at = start.elapsed();
-        assert_eq!(view.borrow_and_update().committed(&me, false).map(|a| a.version), Some(3));
+        assert_eq!(
+            view.borrow_and_update()
+                .committed(&me, false)
+                .map(|a| a.version),
+            Some(3)
+        );
         assert!(
             at >= DEBOUNCE && at <= DEBOUNCE + Duration::from_millis(10),
             "shown {at:?} after the first change"

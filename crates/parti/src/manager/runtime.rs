@@ -59,11 +59,6 @@ pub(crate) struct Outputs {
     pub(crate) ended: Ended,
 }
 
-/// A delay drawn uniformly from `[0, jitter]` (`startJitter`); `None` when there is none.
-fn start_delay(jitter: Duration) -> Option<Duration> {
-    (!jitter.is_zero()).then(|| crate::clock::uniform_up_to(jitter))
-}
-
 /// The slot for the error a worker ended with (taken by the first reader).
 pub(crate) type Ended = Arc<std::sync::Mutex<Option<Error>>>;
 
@@ -225,16 +220,6 @@ impl Runtime {
 
     /// Claims an ID and runs with it, again after each loss, until stopped.
     async fn run_ids(&mut self, cancel: CancellationToken) -> Result<()> {
-        if let Some(delay) = start_delay(self.config.start_jitter) {
-            tracing::debug!(?delay, "start jitter");
-            tokio::select! {
-                () = cancel.cancelled() => {
-                    self.out.state.set(State::Shutdown);
-                    return Ok(());
-                }
-                () = tokio::time::sleep(delay) => {}
-            }
-        }
         let mut first = true;
         loop {
             if !self.out.state.set(State::ClaimingId) {
