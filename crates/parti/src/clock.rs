@@ -40,3 +40,21 @@ pub(crate) fn uniform_up_to(max: Duration) -> Duration {
     let max = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
     Duration::from_nanos(rand::rng().random_range(0..=max))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_draws_stay_within_the_bound_and_spread_over_it() {
+        assert_eq!(uniform_up_to(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_millis(500);
+        let draws: Vec<Duration> = (0..200).map(|_| uniform_up_to(max)).collect();
+        assert!(draws.iter().all(|d| *d <= max));
+        let (min, top) = (draws.iter().min(), draws.iter().max());
+        assert!(
+            matches!((min, top), (Some(lo), Some(hi)) if *hi - *lo > max / 2),
+            "200 draws from [0, 500ms] spread over less than 250ms: {min:?}..{top:?}"
+        );
+    }
+}

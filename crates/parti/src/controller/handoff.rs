@@ -18,7 +18,7 @@
 //!
 //! [`WorkerRecord::pending`]: crate::records::WorkerRecord::pending
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::compat::{self, Standing};
 use crate::assignment::AssignmentMap;
@@ -108,35 +108,47 @@ pub(crate) fn plan(
     members: &Members,
     unknown: &BTreeSet<WorkerId>,
 ) -> BTreeMap<WorkerId, Pending> {
-    // Who may hold each partition now, by the committed records.
-    let mut holders: BTreeMap<String, BTreeMap<WorkerId, u64>> = BTreeMap::new();
-    for (worker, record) in records {
-        for partition in &record.partitions {
-            let id = partition.id();
-            let waits = holders.entry(id.clone()).or_default();
-            match record.pending.get(&id) {
-                Some(earlier) => waits.extend(earlier.iter().map(|(w, v)| (w.clone(), *v))),
-                // It held (or may hold) it: losing it now means waiting for it.
-                None => {
-                    waits.insert(worker.clone(), version);
-                }
-            }
-        }
-    }
+    // Which committed record lists each partition (a committed map lists each once). Keyed by
+    // the partition's keys, borrowed: nothing is allocated for the partitions that stay put,
+    // which on a large map are nearly all of them.
+    let listed_by: HashMap<&[String], (&WorkerId, &WorkerRecord)> = records
+        .iter()
+        .flat_map(|(w, r)| r.partitions.iter().map(move |p| (p.keys(), (w, r))))
+        .collect();
     next.iter()
         .map(|(worker, partitions)| {
+            let may_hold = |w: &WorkerId, lost_at: u64| w != worker && members.may_hold(w, lost_at);
+            // Every partition waits for the unknown holders, wherever it goes.
+            let for_unknown: Vec<(&WorkerId, u64)> = unknown
+                .iter()
+                .filter(|w| may_hold(w, version))
+                .map(|w| (w, version))
+                .collect();
             let pending: Pending = partitions
                 .iter()
                 .filter_map(|p| {
-                    let id = p.id();
-                    let known = holders.get(&id).into_iter().flatten();
-                    let unknown = unknown.iter().map(|w| (w, &version));
-                    let waits: BTreeMap<WorkerId, u64> = known
-                        .chain(unknown)
-                        .filter(|(w, lost_at)| *w != worker && members.may_hold(w, **lost_at))
-                        .map(|(w, v)| (w.clone(), *v))
-                        .collect();
-                    (!waits.is_empty()).then_some((id, waits))
+                    let mut waits: BTreeMap<WorkerId, u64> = BTreeMap::new();
+                    if let Some((holder, record)) = listed_by.get(p.keys()) {
+                        let earlier = (!record.pending.is_empty())
+                            .then(|| record.pending.get(&p.id()))
+                            .flatten();
+                        match earlier {
+                            // Still pending: it keeps waiting for whom it waited for.
+                            Some(earlier) => waits.extend(
+                                earlier
+                                    .iter()
+                                    .filter(|(w, v)| may_hold(w, **v))
+                                    .map(|(w, v)| (w.clone(), *v)),
+                            ),
+                            // Its holder held (or may hold) it: losing it now means waiting.
+                            None if may_hold(holder, version) => {
+                                waits.insert((*holder).clone(), version);
+                            }
+                            None => {}
+                        }
+                    }
+                    waits.extend(for_unknown.iter().map(|(w, v)| ((*w).clone(), *v)));
+                    (!waits.is_empty()).then(|| (p.id(), waits))
                 })
                 .collect();
             (worker.clone(), pending)

@@ -856,22 +856,3 @@ impl Runtime {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_delay_is_none_without_jitter_and_spread_within_it() {
-        assert_eq!(start_delay(Duration::ZERO), None);
-        let jitter = Duration::from_millis(500);
-        let draws: Vec<Duration> = (0..200).filter_map(|_| start_delay(jitter)).collect();
-        assert_eq!(draws.len(), 200);
-        assert!(draws.iter().all(|d| *d <= jitter));
-        let (min, max) = (draws.iter().min(), draws.iter().max());
-        assert!(
-            matches!((min, max), (Some(lo), Some(hi)) if *hi - *lo > jitter / 2),
-            "200 draws from [0, 500ms] spread over less than 250ms: {min:?}..{max:?}"
-        );
-    }
-}
