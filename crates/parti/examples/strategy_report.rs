@@ -47,6 +47,8 @@ pub struct Row {
     weights: &'static str,
     assign_ms: f64,
     reassign_ms: f64,
+    /// `AssignmentMap::verify` of the cold map (the leader runs it before every publish).
+    verify_ms: f64,
     max_over_mean: f64,
     up_max_over_mean: f64,
     down_max_over_mean: f64,
@@ -124,9 +126,9 @@ fn partitions(case: Case) -> Result<Vec<Partition>, parti::Error> {
         .collect()
 }
 
-fn median_ms(
+fn median_ms<T>(
     runs: usize,
-    mut f: impl FnMut() -> Result<AssignmentMap, parti::Error>,
+    mut f: impl FnMut() -> Result<T, parti::Error>,
 ) -> Result<f64, parti::Error> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -196,6 +198,7 @@ pub fn measure(
         weights: if case.skewed { "skewed" } else { "uniform" },
         assign_ms: median_ms(runs, || strategy.assign(&before, &parts, None))?,
         reassign_ms: median_ms(runs, || strategy.assign(&grown, &parts, Some(&cold)))?,
+        verify_ms: median_ms(runs, || cold.verify(&before, &parts))?,
         max_over_mean: max_over_mean(&cold, total),
         up_max_over_mean: max_over_mean(&up, total),
         down_max_over_mean: max_over_mean(&down, total),

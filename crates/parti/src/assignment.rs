@@ -217,25 +217,46 @@ impl AssignmentMap {
                 workers.len()
             ));
         }
-        let mut count: BTreeMap<&[String], usize> = BTreeMap::new();
-        for list in self.workers.values() {
-            for p in list {
-                *count.entry(p.keys()).or_default() += 1;
+        // Both sides sorted by a 64-bit hash of the keys, then the keys (compared only on equal
+        // hashes), and walked together: far cheaper than a map of every partition's keys, and
+        // exact (a hash collision is told apart by the keys).
+        fn by_keys(p: &Partition) -> (u64, &Partition) {
+            (p.hash_with_seed(0), p)
+        }
+        let order = |a: &(u64, &Partition), b: &(u64, &Partition)| {
+            a.0.cmp(&b.0).then_with(|| a.1.keys().cmp(b.1.keys()))
+        };
+        let mut listed: Vec<(u64, &Partition)> =
+            self.workers.values().flatten().map(by_keys).collect();
+        let mut expected: Vec<(u64, &Partition)> = partitions.iter().map(by_keys).collect();
+        listed.sort_unstable_by(order);
+        expected.sort_unstable_by(order);
+        let same = |a: &(u64, &Partition), b: &(u64, &Partition)| order(a, b).is_eq();
+        for run in listed.chunk_by(same) {
+            if let [(_, p), _, ..] = run {
+                return strategy_err(format!("partition {p} assigned {} times", run.len()));
             }
         }
-        for p in partitions {
-            match count.remove(p.keys()) {
-                Some(1) => {}
-                Some(n) => {
-                    return strategy_err(format!("partition {p} assigned {n} times"));
-                }
-                None => return strategy_err(format!("partition {p} is not assigned")),
+        let unknown = |p: &Partition| {
+            strategy_err(format!("unknown partition {} assigned", p.keys().join(".")))
+        };
+        let missing = |p: &Partition| strategy_err(format!("partition {p} is not assigned"));
+        let (mut l, mut e) = (listed.iter().peekable(), expected.iter().peekable());
+        loop {
+            match (l.peek(), e.peek()) {
+                (None, None) => return Ok(()),
+                (Some(a), None) => return unknown(a.1),
+                (None, Some(b)) => return missing(b.1),
+                (Some(a), Some(b)) => match order(a, b) {
+                    std::cmp::Ordering::Less => return unknown(a.1),
+                    std::cmp::Ordering::Greater => return missing(b.1),
+                    std::cmp::Ordering::Equal => {
+                        l.next();
+                        e.next();
+                    }
+                },
             }
         }
-        if let Some((keys, _)) = count.into_iter().next() {
-            return strategy_err(format!("unknown partition {} assigned", keys.join(".")));
-        }
-        Ok(())
     }
 }
 

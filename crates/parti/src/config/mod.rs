@@ -176,12 +176,16 @@ pub struct Config {
     /// JetStream API calls per second that the whole fleet's
     /// [`WorkerConsumer`](crate::WorkerConsumer) create and update calls may make together
     /// (default 0: no limit). Each worker takes its share — this rate divided by the number of
-    /// workers in the latest published map — and spaces its calls that far apart, the first
-    /// one at a random point of its first interval, so a fleet started (or re-assigned) at
-    /// once spreads its consumer calls instead of sending them in one burst. Changes that
+    /// workers in the latest published map — and makes its calls on a grid of that spacing, at
+    /// a random offset of its own, so a fleet started (or re-assigned) at once spreads its
+    /// consumer calls over one spacing instead of sending them in one burst. Changes that
     /// arrive while a call waits for its turn are merged into it. Costs latency: with 200
     /// workers at 100 calls/s a worker's consumer follows its assignment up to 2 s late
-    /// (holding is not affected: the local gate changes at once).
+    /// (holding is not affected: the local gate changes at once). On a work-queue stream keep
+    /// that spacing well below the consumer's `takeoverAfter`, or gainers take subjects over
+    /// from healthy workers whose release is still waiting for its turn. A call that waits
+    /// for its turn reports a failure in the consumer's health and the log, not as an
+    /// [`Event::Error`](crate::Event::Error).
     pub consumer_api_rate: f64,
     /// Whether a worker creates the KV buckets that do not exist (default `true`), at start and
     /// when one is deleted under it. `false` for fleets whose buckets are provisioned by an

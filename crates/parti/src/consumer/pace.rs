@@ -48,24 +48,41 @@ impl PaceCell {
     }
 }
 
-/// When this worker's next reconciliation may go.
+/// When this worker's next reconciliation may go: on a grid of the spacing, at a random
+/// offset drawn once per worker.
+///
+/// The grid is what spreads the fleet not only when it starts but every time one publish
+/// re-assigns it: a worker idle for a while does not go at once (every worker would, in the
+/// same instant), it waits for its next grid point, and the workers' offsets are spread over
+/// one spacing. Consecutive reconciliations of one worker are at least a spacing apart.
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
-    /// The earliest instant of the next one (`None`: none has been asked for yet).
+    /// This worker's first grid point (`None`: none has been asked for yet).
+    anchor: Option<Instant>,
+    /// The earliest instant of the next one after the last that went.
     next: Option<Instant>,
 }
 
 impl Pacer {
-    /// When a reconciliation asked for at `now` may go: `now` without a limit; the first one a
-    /// random part of one spacing after `now`; later ones one spacing after the previous.
+    /// When a reconciliation asked for at `now` may go: `now` without a limit; otherwise the
+    /// first grid point at or after `now`, and not before a spacing after the previous one.
     pub(crate) fn slot(&mut self, spacing: Option<Duration>, now: Instant) -> Instant {
-        let Some(spacing) = spacing else {
+        let Some(spacing) = spacing.filter(|s| !s.is_zero()) else {
             return now;
         };
-        let next = *self
-            .next
+        let anchor = *self
+            .anchor
             .get_or_insert_with(|| now + crate::clock::uniform_up_to(spacing));
-        next.max(now)
+        let grid = if now <= anchor {
+            anchor
+        } else {
+            let steps = (now - anchor).as_nanos().div_ceil(spacing.as_nanos());
+            u64::try_from(steps.saturating_mul(spacing.as_nanos()))
+                .ok()
+                .and_then(|ns| anchor.checked_add(Duration::from_nanos(ns)))
+                .unwrap_or(now)
+        };
+        self.next.map_or(grid, |next| grid.max(next))
     }
 
     /// A reconciliation went at `at`: the next one waits a spacing.
@@ -116,32 +133,54 @@ mod tests {
         assert_eq!(pacer.slot(spacing, t0 + Duration::from_millis(1)), first);
         pacer.went(spacing, first);
         assert_eq!(pacer.slot(spacing, first), first + Duration::from_secs(2));
-        // A call long after the last goes at once.
-        let late = first + Duration::from_secs(10);
-        assert_eq!(pacer.slot(spacing, late), late);
+        // A call long after the last waits for its grid point: within a spacing, on the grid.
+        let late = first + Duration::from_millis(10_500);
+        assert_eq!(pacer.slot(spacing, late), first + Duration::from_secs(12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_fleet_re_assigned_at_once_spreads_its_calls_again() {
+        let spacing = Some(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let mut fleet: Vec<Pacer> = (0..200).map(|_| Pacer::default()).collect();
+        for pacer in &mut fleet {
+            let slot = pacer.slot(spacing, t0);
+            pacer.went(spacing, slot);
+        }
+        // A minute later one publish re-assigns every worker at the same instant.
+        let t1 = t0 + Duration::from_secs(60);
+        let slots: Vec<Duration> = fleet.iter_mut().map(|p| p.slot(spacing, t1) - t1).collect();
+        assert!(
+            slots.iter().all(|s| *s <= Duration::from_secs(2)),
+            "{slots:?}"
+        );
+        assert!(densest_100ms(slots) <= 40);
+    }
+
+    /// The most of `at` that fall within one 100 ms.
+    fn densest_100ms(mut at: Vec<Duration>) -> usize {
+        at.sort();
+        (0..at.len())
+            .map(|i| {
+                at[i..]
+                    .iter()
+                    .take_while(|b| **b - at[i] < Duration::from_millis(100))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_fleet_starting_together_spreads_its_first_calls_over_one_spacing() {
         let spacing = Some(Duration::from_secs(2));
         let t0 = Instant::now();
-        let mut firsts: Vec<Duration> = (0..200)
+        let firsts: Vec<Duration> = (0..200)
             .map(|_| Pacer::default().slot(spacing, t0) - t0)
             .collect();
-        firsts.sort();
+        assert!(firsts.iter().all(|f| *f <= Duration::from_secs(2)));
         // In any 100 ms, about 10 of 200 (uniform over 2 s); a burst would put them all in one.
-        let densest = firsts
-            .iter()
-            .enumerate()
-            .map(|(i, at)| {
-                firsts[i..]
-                    .iter()
-                    .take_while(|b| **b - *at < Duration::from_millis(100))
-                    .count()
-            })
-            .max()
-            .unwrap_or(0);
+        let densest = densest_100ms(firsts);
         assert!(densest <= 40, "{densest} of 200 first calls within 100 ms");
-        assert!(firsts.last().is_some_and(|l| *l <= Duration::from_secs(2)));
     }
 }

@@ -108,13 +108,21 @@ pub(crate) fn plan(
     members: &Members,
     unknown: &BTreeSet<WorkerId>,
 ) -> BTreeMap<WorkerId, Pending> {
-    // Which committed record lists each partition (a committed map lists each once). Keyed by
-    // the partition's keys, borrowed: nothing is allocated for the partitions that stay put,
-    // which on a large map are nearly all of them.
-    let listed_by: HashMap<&[String], (&WorkerId, &WorkerRecord)> = records
-        .iter()
-        .flat_map(|(w, r)| r.partitions.iter().map(move |p| (p.keys(), (w, r))))
-        .collect();
+    // Which committed records list each partition. A verified map lists each once, but a
+    // commit the leader did not write (garbage, another version's) may not: every record that
+    // lists it is waited for, as if it held it. Keyed by the partition's keys, borrowed:
+    // nothing is allocated for the partitions that stay put, which on a large map are nearly
+    // all of them; the rare second listings go to a side table.
+    let mut listed_by: HashMap<&[String], (&WorkerId, &WorkerRecord)> = HashMap::new();
+    let mut listed_again: HashMap<&[String], Vec<(&WorkerId, &WorkerRecord)>> = HashMap::new();
+    for (w, r) in records {
+        for p in &r.partitions {
+            if let Some(first) = listed_by.insert(p.keys(), (w, r)) {
+                listed_by.insert(p.keys(), first);
+                listed_again.entry(p.keys()).or_default().push((w, r));
+            }
+        }
+    }
     next.iter()
         .map(|(worker, partitions)| {
             let may_hold = |w: &WorkerId, lost_at: u64| w != worker && members.may_hold(w, lost_at);
@@ -128,7 +136,11 @@ pub(crate) fn plan(
                 .iter()
                 .filter_map(|p| {
                     let mut waits: BTreeMap<WorkerId, u64> = BTreeMap::new();
-                    if let Some((holder, record)) = listed_by.get(p.keys()) {
+                    let listings = listed_by
+                        .get(p.keys())
+                        .into_iter()
+                        .chain(listed_again.get(p.keys()).into_iter().flatten());
+                    for (holder, record) in listings {
                         let earlier = (!record.pending.is_empty())
                             .then(|| record.pending.get(&p.id()))
                             .flatten();
@@ -265,6 +277,28 @@ mod tests {
         );
         assert!(plan[&w("a")].is_empty(), "a keeps x: nothing to wait for");
         assert_eq!(plan[&w("b")]["y"], [(w("a"), 5)].into());
+    }
+
+    #[test]
+    fn a_partition_listed_by_two_committed_records_waits_for_every_lister() {
+        // Not a map the leader writes (it verifies each), but a commit it did not write may
+        // be anything: `a` lists x as held, `b` as pending on `a` at version 3, which `a` has
+        // released. `a` may still hold x under the first listing: `c` waits for it.
+        let pending_on_a: Pending = [("x".to_owned(), [(w("a"), 3)].into())].into();
+        let records = [
+            (w("a"), record(&["x"], Pending::new())),
+            (w("b"), record(&["x"], pending_on_a)),
+        ]
+        .into();
+        let next = map(&[("a", &[]), ("b", &[]), ("c", &["x"])]);
+        let plan = plan(
+            &records,
+            &next,
+            5,
+            &members(&[("a", 3), ("b", 4), ("c", 4)]),
+            &BTreeSet::new(),
+        );
+        assert_eq!(plan[&w("c")]["x"], [(w("a"), 5)].into());
     }
 
     #[test]

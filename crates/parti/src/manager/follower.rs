@@ -331,6 +331,11 @@ async fn run(watched: Watched, tx: watch::Sender<FollowerView>, cancel: Cancella
                 }
             }
         }
+        // What was gathered is shown now: re-opening may take long (it retries until it
+        // succeeds), and the worker must not sit on a commit it has already received.
+        if flush_at.take().is_some() {
+            tx.send_replace(view.clone());
+        }
         tracing::trace!(worker = %me, "re-opening the assignment watches");
     }
 }
