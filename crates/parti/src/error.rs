@@ -247,6 +247,21 @@ pub enum StoreError {
         /// Bucket name.
         bucket: String,
     },
+    /// A value larger than the store accepts under one key (for NATS, the server's
+    /// `max_payload` less room for headers). Nothing was written. For the leader's worker
+    /// values it means one worker's share of the partitions is too large to publish: fewer or
+    /// shorter partition keys per worker (more workers), or a larger `max_payload`.
+    #[error("value of {size} bytes for {bucket}/{key} exceeds the store's limit of {limit} bytes")]
+    ValueTooLarge {
+        /// Bucket name.
+        bucket: String,
+        /// Key name.
+        key: String,
+        /// The value's size in bytes.
+        size: usize,
+        /// The largest value accepted, in bytes.
+        limit: usize,
+    },
     /// A key or bucket name is not valid for the store.
     #[error("invalid key or bucket name {name:?}: {reason}")]
     InvalidName {

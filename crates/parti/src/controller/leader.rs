@@ -530,6 +530,13 @@ impl Leader {
                             return Ok(next);
                         }
                         Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
+                        Err(e) if publishing_again_cannot_fix(&e) => {
+                            // The planner tries again later, over the workers live then;
+                            // crashes and joins are handled meanwhile.
+                            tracing::warn!(error = %e, reason = reason.as_str(), "publish failed; the map stays as it was");
+                            self.ctx.events.error(e);
+                            return Ok(self.planner.handle(Input::PublishFailed { now: now() }));
+                        }
                         Err(e) => {
                             // Retried with backoff until it succeeds or leadership is lost; the
                             // last good map stays in force meanwhile.
@@ -1380,6 +1387,18 @@ pub(crate) fn moved_partitions(before: &AssignmentMap, after: &AssignmentMap) ->
 /// Now, on tokio's clock (the paused test clock drives it).
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// Whether a publish failed in a way that publishing the same workers again cannot fix: a
+/// worker's value too large for the store, the strategy refusing the input, a partition it
+/// cannot place. (A store that is down or slow, a lost race: retried.)
+fn publishing_again_cannot_fix(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store(crate::StoreError::ValueTooLarge { .. })
+            | Error::Strategy(_)
+            | Error::InvalidPartition { .. }
+    )
 }
 
 #[cfg(test)]

@@ -260,6 +260,10 @@ async fn timed<T>(
     })
 }
 
+/// Room left in the server's `max_payload` for a write's headers (the expected-revision
+/// header of a revision-checked write, a TTL marker's): a value may use the rest.
+const HEADER_ROOM: usize = 512;
+
 struct NatsBucket {
     js: Context,
     kv: kv::Store,
@@ -301,6 +305,20 @@ impl NatsBucket {
         value: Bytes,
     ) -> Result<u64, StoreError> {
         check_key(key)?;
+        // Refused here with the sizes rather than by the client with a bare "payload too
+        // large" (or, past a client's check, by the server closing the connection).
+        let max_payload = self.js.client().server_info().max_payload;
+        if max_payload > 0 {
+            let limit = max_payload.saturating_sub(HEADER_ROOM);
+            if value.len() > limit {
+                return Err(StoreError::ValueTooLarge {
+                    bucket: self.name.clone(),
+                    key: key.to_owned(),
+                    size: value.len(),
+                    limit,
+                });
+            }
+        }
         let subject = format!("{}{}", self.subject_prefix, key);
         let ack = self
             .js

@@ -69,6 +69,9 @@ pub struct Planner {
     /// Workers of the last confirmed map.
     published: BTreeSet<WorkerId>,
     in_flight: Option<InFlight>,
+    /// A publish that failed for good ([`Input::PublishFailed`]): its reason, and when to try
+    /// again with the workers live then.
+    failed: Option<(RebalanceReason, Instant)>,
     window: Option<Window>,
     /// A cold start (or restart) that waits for its first worker to open the window.
     awaiting_first: Option<ScalingReason>,
@@ -101,6 +104,7 @@ pub struct Planner {
 struct InFlight {
     workers: BTreeSet<WorkerId>,
     emergency: bool,
+    reason: RebalanceReason,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +128,7 @@ impl Planner {
             live: BTreeSet::new(),
             published: BTreeSet::new(),
             in_flight: None,
+            failed: None,
             window: None,
             awaiting_first: Some(ScalingReason::ColdStart),
             suspects: BTreeMap::new(),
@@ -160,6 +165,7 @@ impl Planner {
                 workers,
                 now,
             } => self.on_published(version, workers, now),
+            Input::PublishFailed { now } => self.on_publish_failed(now),
             Input::HoldCrashes { hold, .. } => {
                 self.hold = Some(hold);
             }
@@ -201,7 +207,11 @@ impl Planner {
                     .min()
             })
             .flatten();
-        [window, crashes, self.partition_change_due()]
+        let retry = self
+            .failed
+            .filter(|_| !nobody && self.window.is_none())
+            .map(|(_, at)| at);
+        [window, crashes, retry, self.partition_change_due()]
             .into_iter()
             .flatten()
             .min()
@@ -370,8 +380,31 @@ impl Planner {
         }
     }
 
+    fn on_publish_failed(&mut self, now: Instant) {
+        if let Some(failed) = self.in_flight.take() {
+            let pause = self.cfg.min_rebalance_interval.max(PUBLISH_RETRY_MIN);
+            self.failed = Some((failed.reason, after(now, pause)));
+        }
+    }
+
+    /// The publish that failed for good, again, once its pause is over, over the workers live
+    /// now.
+    fn retry_failed(&mut self, now: Instant) -> Option<Decision> {
+        let (reason, at) = self.failed?;
+        // An open window publishes over the workers live when it closes.
+        if now < at || self.live.is_empty() || self.window.is_some() {
+            return None;
+        }
+        self.failed = None;
+        let workers = self.live.iter().cloned().collect();
+        Some(self.publish(workers, reason))
+    }
+
     fn on_published(&mut self, version: u64, workers: Vec<WorkerId>, now: Instant) {
-        self.in_flight = None;
+        // An emergency publish places only the orphans: a failed publish is still owed.
+        if self.in_flight.take().is_none_or(|f| !f.emergency) {
+            self.failed = None;
+        }
         self.published = workers.into_iter().collect();
         self.version = version;
         self.lifecycle = Lifecycle::Running;
@@ -388,6 +421,7 @@ impl Planner {
         let decision = self
             .emergency(now)
             .or_else(|| self.close_window(now))
+            .or_else(|| self.retry_failed(now))
             .or_else(|| self.partition_change(now));
         self.prune();
         decision
@@ -496,6 +530,7 @@ impl Planner {
         self.in_flight = Some(InFlight {
             workers: workers.iter().cloned().collect(),
             emergency: orphans_only,
+            reason,
         });
         Decision::Publish {
             workers,
@@ -563,6 +598,9 @@ fn map_in_force<'a>(
         (None, Lifecycle::ColdStart) => None,
     }
 }
+
+/// The shortest pause before a publish that failed for good is tried again.
+const PUBLISH_RETRY_MIN: Duration = Duration::from_secs(1);
 
 /// `t + d`, saturating far in the future instead of overflowing on absurd durations.
 fn after(t: Instant, d: Duration) -> Instant {

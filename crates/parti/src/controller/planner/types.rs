@@ -133,6 +133,14 @@ pub enum Input {
         /// The current time.
         now: Instant,
     },
+    /// The runner's publish of the last [`Decision::Publish`] failed in a way that publishing
+    /// the same workers again cannot fix (a worker's value too large for the store, a strategy
+    /// error). The planner tries again with the workers live then, after a pause (a join that
+    /// shrinks every share may be what fixes it); meanwhile it handles crashes and joins.
+    PublishFailed {
+        /// The current time.
+        now: Instant,
+    },
     /// The runner's publish of the last [`Decision::Publish`] succeeded.
     Published {
         /// The version written.
@@ -170,6 +178,7 @@ impl Input {
             | Input::StepDue { now }
             | Input::PlacementChanged { now }
             | Input::Published { now, .. }
+            | Input::PublishFailed { now }
             | Input::HoldCrashes { now, .. }
             | Input::Tick { now } => *now,
         }

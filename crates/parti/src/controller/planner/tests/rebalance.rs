@@ -181,3 +181,66 @@ fn phase_converts_to_wall_clock() {
         ClusterPhase::Emergency
     );
 }
+
+// ---- a publish that failed for good -------------------------------------------------------
+
+#[test]
+fn a_publish_that_failed_for_good_is_tried_again_over_the_workers_live_then() {
+    // The cold start's map over worker-0 alone cannot be published (its value is too large).
+    let mut h = H::new();
+    h.leader(None, &[0], 0);
+    assert_eq!(h.wake(COLD), rebalance(&[0], RebalanceReason::ColdStart));
+    let now = h.at(COLD);
+    assert_eq!(
+        h.p.handle(Input::PublishFailed { now }),
+        [set(Phase::Stable)]
+    );
+    // Alone, it is tried again after the pause (and fails again).
+    assert_eq!(
+        h.wake(COLD + COOLDOWN),
+        rebalance(&[0], RebalanceReason::ColdStart)
+    );
+    let now = h.at(COLD + COOLDOWN);
+    assert_eq!(
+        h.p.handle(Input::PublishFailed { now }),
+        [set(Phase::Stable)]
+    );
+    // Not busy any more: a join is taken in (its window replaces the retry) and the
+    // window's publish covers it.
+    assert_eq!(
+        h.join(1, COLD + COOLDOWN + 100),
+        [h.scaling(PlannedScale, COLD + COOLDOWN + 100 + WINDOW)]
+    );
+    assert_eq!(
+        h.wake(COLD + COOLDOWN + 100 + WINDOW),
+        rebalance(&[0, 1], RebalanceReason::ScaleUp)
+    );
+    h.published(&[0, 1], COLD + COOLDOWN + 100 + WINDOW);
+    assert_eq!(h.p.lifecycle(), Lifecycle::Running);
+    assert_eq!(h.p.next_wakeup(), None);
+}
+
+#[test]
+fn a_crash_is_handled_while_a_failed_publish_waits_for_its_retry() {
+    let mut h = H::running(&[0, 1, 2]);
+    h.join(3, 0);
+    assert_eq!(
+        h.wake(WINDOW),
+        rebalance(&[0, 1, 2, 3], RebalanceReason::ScaleUp)
+    );
+    let now = h.at(WINDOW);
+    assert_eq!(
+        h.p.handle(Input::PublishFailed { now }),
+        [set(Phase::Stable)]
+    );
+    // worker-2 crashes before the retry is due: its partitions are not left waiting (the
+    // emergency places the orphans over the published map's survivors) ...
+    assert_eq!(h.expire(2, WINDOW + 100), []);
+    assert_eq!(h.wake(WINDOW + 100 + GRACE), emergency(&[0, 1]));
+    h.published(&[0, 1], WINDOW + 100 + GRACE);
+    // ... and the failed scale-up is still owed: tried again over the workers live then.
+    assert_eq!(
+        h.wake(WINDOW + COOLDOWN),
+        rebalance(&[0, 1, 3], RebalanceReason::ScaleUp)
+    );
+}
