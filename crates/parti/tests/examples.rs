@@ -110,15 +110,18 @@ async fn consumer_example_processes_messages_published_before_and_after_it_start
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
-    let args: Vec<String> = "--workers 3 --partitions 30 --steady-secs 1 --json"
-        .split(' ')
-        .map(String::from)
-        .collect();
+/// Runs the scale benchmark with `args` (space-separated); prints and returns its figures.
+async fn scale_bench_figures(args: &str) -> serde_json::Value {
+    let args: Vec<String> = args.split(' ').map(String::from).collect();
     let options = scale_bench::Options::parse(&args).unwrap();
     let figures = scale_bench::run(&options).await.unwrap();
     println!("{figures}");
+    figures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
+    let figures = scale_bench_figures("--workers 3 --partitions 30 --steady-secs 1 --json").await;
     let number = |field: &str| {
         figures
             .pointer(field)
@@ -163,13 +166,10 @@ async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_bench_with_consumers_and_herd_controls_runs_at_a_tiny_size() {
-    let args: Vec<String> = "--workers 3 --partitions 30 --steady-secs 1 --consumers --herd --json"
-        .split(' ')
-        .map(String::from)
-        .collect();
-    let options = scale_bench::Options::parse(&args).unwrap();
-    let figures = scale_bench::run(&options).await.unwrap();
-    println!("{figures}");
+    let figures = scale_bench_figures(
+        "--workers 3 --partitions 30 --steady-secs 1 --consumers --herd --json",
+    )
+    .await;
     assert_eq!(figures["herdControls"], true);
     // `run` fails unless every consumer ends up filtering exactly its worker's partitions.
     assert!(
