@@ -1034,7 +1034,7 @@ async fn a_committed_worker_value_overwritten_with_garbage_is_written_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_assignment_and_election_buckets_are_created_again_with_their_floors() {
     let cluster = TestCluster::start(outage_config(), partitions(60)).await;
-    let workers = cluster.workers(3).await;
+    let workers = cluster.workers(5).await;
     cluster.wait_for_map(&ids(&workers), SETTLE).await;
     wait_all_stable(&cluster, &workers, SETTLE).await;
     let before = cluster.record().await;
