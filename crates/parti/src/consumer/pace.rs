@@ -61,15 +61,23 @@ pub(crate) struct Pacer {
     anchor: Option<Instant>,
     /// The earliest instant of the next one after the last that went.
     next: Option<Instant>,
+    /// The slot a deferred reconciliation was given: it goes once that time has come, however
+    /// late its timer fires (recomputing the grid then would push it a spacing further, for
+    /// ever).
+    promised: Option<Instant>,
 }
 
 impl Pacer {
     /// When a reconciliation asked for at `now` may go: `now` without a limit; otherwise the
-    /// first grid point at or after `now`, and not before a spacing after the previous one.
+    /// slot promised earlier, or the first grid point at or after `now` and not before a
+    /// spacing after the previous one.
     pub(crate) fn slot(&mut self, spacing: Option<Duration>, now: Instant) -> Instant {
         let Some(spacing) = spacing.filter(|s| !s.is_zero()) else {
             return now;
         };
+        if let Some(promised) = self.promised {
+            return promised.max(now);
+        }
         let anchor = *self
             .anchor
             .get_or_insert_with(|| now + crate::clock::uniform_up_to(spacing));
@@ -82,12 +90,17 @@ impl Pacer {
                 .and_then(|ns| anchor.checked_add(Duration::from_nanos(ns)))
                 .unwrap_or(now)
         };
-        self.next.map_or(grid, |next| grid.max(next))
+        let slot = self.next.map_or(grid, |next| grid.max(next));
+        if slot > now {
+            self.promised = Some(slot);
+        }
+        slot
     }
 
-    /// A reconciliation went at `at`: the next one waits a spacing.
+    /// A reconciliation went at `at`: the next one waits a spacing from its slot.
     pub(crate) fn went(&mut self, spacing: Option<Duration>, at: Instant) {
-        self.next = Some(at + spacing.unwrap_or_default());
+        let base = self.promised.take().map_or(at, |p| p.min(at));
+        self.next = Some(base + spacing.unwrap_or_default());
     }
 }
 
@@ -132,10 +145,25 @@ mod tests {
         // Asking again before it went does not move the slot.
         assert_eq!(pacer.slot(spacing, t0 + Duration::from_millis(1)), first);
         pacer.went(spacing, first);
-        assert_eq!(pacer.slot(spacing, first), first + Duration::from_secs(2));
+        let second = pacer.slot(spacing, first);
+        assert_eq!(second, first + Duration::from_secs(2));
+        pacer.went(spacing, second);
         // A call long after the last waits for its grid point: within a spacing, on the grid.
         let late = first + Duration::from_millis(10_500);
         assert_eq!(pacer.slot(spacing, late), first + Duration::from_secs(12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_call_goes_when_its_timer_fires_even_late() {
+        let spacing = Some(Duration::from_secs(2));
+        let mut pacer = Pacer::default();
+        let t0 = Instant::now();
+        let slot = pacer.slot(spacing, t0 + Duration::from_millis(1));
+        let late = slot.max(t0 + Duration::from_millis(1)) + Duration::from_millis(3);
+        assert_eq!(pacer.slot(spacing, late), late, "deferred again instead of going");
+        pacer.went(spacing, late);
+        // The next one keeps to the grid: a spacing after the slot, not after the late start.
+        assert_eq!(pacer.slot(spacing, late), slot + Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
