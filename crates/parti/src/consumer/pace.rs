@@ -54,7 +54,8 @@ impl PaceCell {
 /// The grid is what spreads the fleet not only when it starts but every time one publish
 /// re-assigns it: a worker idle for a while does not go at once (every worker would, in the
 /// same instant), it waits for its next grid point, and the workers' offsets are spread over
-/// one spacing. Consecutive reconciliations of one worker are at least a spacing apart.
+/// one spacing. A worker's reconciliations keep to its grid: one per spacing on average (one
+/// whose timer fired late may be followed closely by the next, on its grid point).
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
     /// This worker's first grid point (`None`: none has been asked for yet).
@@ -160,7 +161,11 @@ mod tests {
         let t0 = Instant::now();
         let slot = pacer.slot(spacing, t0 + Duration::from_millis(1));
         let late = slot.max(t0 + Duration::from_millis(1)) + Duration::from_millis(3);
-        assert_eq!(pacer.slot(spacing, late), late, "deferred again instead of going");
+        assert_eq!(
+            pacer.slot(spacing, late),
+            late,
+            "deferred again instead of going"
+        );
         pacer.went(spacing, late);
         // The next one keeps to the grid: a spacing after the slot, not after the late start.
         assert_eq!(pacer.slot(spacing, late), slot + Duration::from_secs(2));

@@ -204,7 +204,9 @@ impl NatsKv {
     }
 
     /// Splits a stored list longer than `bytes` over several keys (default 512 KiB). Keep it
-    /// below the server's `max_payload` (1 MiB by default). At least 1.
+    /// at most the server's `max_payload` (1 MiB by default) less 512 bytes kept for headers,
+    /// or the write is refused with [`StoreError::ValueTooLarge`](crate::StoreError::ValueTooLarge).
+    /// At least 1.
     #[must_use]
     pub fn chunk_bytes(mut self, bytes: usize) -> Self {
         self.layout.chunk_bytes = bytes.max(1);

@@ -381,10 +381,32 @@ impl Planner {
     }
 
     fn on_publish_failed(&mut self, now: Instant) {
-        if let Some(failed) = self.in_flight.take() {
-            let pause = self.cfg.min_rebalance_interval.max(PUBLISH_RETRY_MIN);
-            self.failed = Some((failed.reason, after(now, pause)));
+        let Some(failed) = self.in_flight.take() else {
+            return;
+        };
+        // Partition changes, paced steps and placement changes wait their cooldown from this
+        // attempt, not from the last publish that succeeded: no tight loop of failing publishes.
+        self.last_publish = Some(now);
+        if self.lifecycle == Lifecycle::ColdStart {
+            // A cold start (or restart) that could not publish is a cold start still: a short
+            // window of the same kind, which joins extend as they extend any cold start, then
+            // its publish over the workers live then.
+            let reason = if failed.reason == RebalanceReason::Restart {
+                ScalingReason::Restart
+            } else {
+                ScalingReason::ColdStart
+            };
+            if self.window.is_none() {
+                self.window = Some(Window {
+                    reason,
+                    deadline: after(now, PUBLISH_RETRY),
+                    limit: after(now, PUBLISH_RETRY.max(self.cfg.cold_start_max_window)),
+                    leader_change: false,
+                });
+            }
+            return;
         }
+        self.failed = Some((failed.reason, after(now, PUBLISH_RETRY)));
     }
 
     /// The publish that failed for good, again, once its pause is over, over the workers live
@@ -401,8 +423,9 @@ impl Planner {
     }
 
     fn on_published(&mut self, version: u64, workers: Vec<WorkerId>, now: Instant) {
-        // An emergency publish places only the orphans: a failed publish is still owed.
-        if self.in_flight.take().is_none_or(|f| !f.emergency) {
+        // Only a publish of a map the planner asked for settles a failed one: an emergency
+        // places only the orphans, and a republish (hand-offs, repair) is the old map again.
+        if self.in_flight.take().is_some_and(|f| !f.emergency) {
             self.failed = None;
         }
         self.published = workers.into_iter().collect();
@@ -428,10 +451,19 @@ impl Planner {
     }
 
     /// Forgets suspects that no longer hold partitions in the map.
+    ///
+    /// While a publish is in flight, a suspect the published map still gives partitions to is
+    /// kept: the publish may fail ([`Input::PublishFailed`]), and the published map is then the
+    /// one in force again, with the suspect's grace still counted from when it was noticed.
     fn prune(&mut self) {
         let Self { live, suspects, .. } = self;
         let map = map_in_force(&self.in_flight, self.lifecycle, &self.published);
-        suspects.retain(|w, _| map.is_some_and(|m| m.contains(w)) && !live.contains(w));
+        let published = (self.in_flight.is_some() && self.lifecycle == Lifecycle::Running)
+            .then_some(&self.published);
+        suspects.retain(|w, _| {
+            !live.contains(w)
+                && (map.is_some_and(|m| m.contains(w)) || published.is_some_and(|p| p.contains(w)))
+        });
     }
 
     fn emergency(&mut self, now: Instant) -> Option<Decision> {
@@ -580,7 +612,12 @@ impl Planner {
                 reason: w.reason,
                 until: w.deadline,
             },
-            (None, None) => Phase::Stable,
+            // A failed publish is still owed: the phase stays what it was while it is retried.
+            (None, None) => match self.failed {
+                Some((RebalanceReason::Emergency, _)) => Phase::Emergency,
+                Some(_) => Phase::Rebalancing,
+                None => Phase::Stable,
+            },
         }
     }
 }
@@ -599,8 +636,8 @@ fn map_in_force<'a>(
     }
 }
 
-/// The shortest pause before a publish that failed for good is tried again.
-const PUBLISH_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The pause before a publish that failed for good is tried again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(1);
 
 /// `t + d`, saturating far in the future instead of overflowing on absurd durations.
 fn after(t: Instant, d: Duration) -> Instant {

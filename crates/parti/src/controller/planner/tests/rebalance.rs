@@ -185,7 +185,7 @@ fn phase_converts_to_wall_clock() {
 // ---- a publish that failed for good -------------------------------------------------------
 
 #[test]
-fn a_publish_that_failed_for_good_is_tried_again_over_the_workers_live_then() {
+fn a_cold_start_that_failed_to_publish_is_a_short_cold_start_again() {
     // The cold start's map over worker-0 alone cannot be published (its value is too large).
     let mut h = H::new();
     h.leader(None, &[0], 0);
@@ -193,54 +193,73 @@ fn a_publish_that_failed_for_good_is_tried_again_over_the_workers_live_then() {
     let now = h.at(COLD);
     assert_eq!(
         h.p.handle(Input::PublishFailed { now }),
-        [set(Phase::Stable)]
+        [h.scaling(ColdStart, COLD + 1_000)]
     );
-    // Alone, it is tried again after the pause (and fails again).
+    // Alone, it is tried again a second later (and fails again).
     assert_eq!(
-        h.wake(COLD + COOLDOWN),
+        h.wake(COLD + 1_000),
         rebalance(&[0], RebalanceReason::ColdStart)
     );
-    let now = h.at(COLD + COOLDOWN);
+    let now = h.at(COLD + 1_000);
+    h.p.handle(Input::PublishFailed { now });
+    // A join is taken in as in any cold start; the window's publish covers it.
+    h.join(1, COLD + 1_100);
+    let at = h.p.next_wakeup().unwrap();
+    assert!(at > h.at(COLD + 1_100));
     assert_eq!(
-        h.p.handle(Input::PublishFailed { now }),
+        h.p.handle(Input::Tick { now: at }),
+        rebalance(&[0, 1], RebalanceReason::ColdStart)
+    );
+    assert_eq!(
+        h.p.handle(Input::Published {
+            version: 1,
+            workers: ws(&[0, 1]),
+            now: at
+        }),
         [set(Phase::Stable)]
     );
-    // Not busy any more: a join is taken in (its window replaces the retry) and the
-    // window's publish covers it.
-    assert_eq!(
-        h.join(1, COLD + COOLDOWN + 100),
-        [h.scaling(PlannedScale, COLD + COOLDOWN + 100 + WINDOW)]
-    );
-    assert_eq!(
-        h.wake(COLD + COOLDOWN + 100 + WINDOW),
-        rebalance(&[0, 1], RebalanceReason::ScaleUp)
-    );
-    h.published(&[0, 1], COLD + COOLDOWN + 100 + WINDOW);
     assert_eq!(h.p.lifecycle(), Lifecycle::Running);
     assert_eq!(h.p.next_wakeup(), None);
 }
 
 #[test]
-fn a_crash_is_handled_while_a_failed_publish_waits_for_its_retry() {
+fn a_failed_scale_up_is_retried_over_the_workers_live_then_and_a_crash_is_not_forgotten() {
     let mut h = H::running(&[0, 1, 2]);
     h.join(3, 0);
     assert_eq!(
         h.wake(WINDOW),
         rebalance(&[0, 1, 2, 3], RebalanceReason::ScaleUp)
     );
+    // The publish fails for good: the phase stays Rebalancing while it is owed.
     let now = h.at(WINDOW);
-    assert_eq!(
-        h.p.handle(Input::PublishFailed { now }),
-        [set(Phase::Stable)]
-    );
-    // worker-2 crashes before the retry is due: its partitions are not left waiting (the
-    // emergency places the orphans over the published map's survivors) ...
+    assert_eq!(h.p.handle(Input::PublishFailed { now }), []);
+    // worker-2 crashes before the retry: the retry leaves it out ...
     assert_eq!(h.expire(2, WINDOW + 100), []);
-    assert_eq!(h.wake(WINDOW + 100 + GRACE), emergency(&[0, 1]));
-    h.published(&[0, 1], WINDOW + 100 + GRACE);
-    // ... and the failed scale-up is still owed: tried again over the workers live then.
     assert_eq!(
-        h.wake(WINDOW + COOLDOWN),
-        rebalance(&[0, 1, 3], RebalanceReason::ScaleUp)
+        h.wake(WINDOW + 1_000),
+        [publish(&[0, 1, 3], RebalanceReason::ScaleUp)]
     );
+    // ... and fails again: worker-2 is a crash suspect of the published map again, handled
+    // after its grace.
+    let now = h.at(WINDOW + 1_000);
+    assert_eq!(h.p.handle(Input::PublishFailed { now }), []);
+    assert_eq!(
+        h.wake(WINDOW + 1_000 + 1_000),
+        [publish(&[0, 1, 3], RebalanceReason::ScaleUp)]
+    );
+    let now = h.at(WINDOW + 2_000);
+    h.p.handle(Input::PublishFailed { now });
+    assert_eq!(h.p.next_wakeup(), Some(h.at(WINDOW + 3_000)));
+    // The suspect's grace (from the first failure) ends at WINDOW + 1_000 + GRACE.
+    let mut saw_emergency = false;
+    for _ in 0..4 {
+        let at = h.p.next_wakeup().unwrap();
+        let out = h.p.handle(Input::Tick { now: at });
+        if out.contains(&publish(&[0, 1, 3], RebalanceReason::Emergency)) {
+            saw_emergency = true;
+            break;
+        }
+        h.p.handle(Input::PublishFailed { now: at });
+    }
+    assert!(saw_emergency, "the crash of worker-2 was forgotten");
 }
