@@ -514,16 +514,24 @@ mod tests {
     }
 
     async fn following() -> (Arc<Probe>, Follower, WorkerId) {
-        following_with(Duration::ZERO).await
+        following_with(Duration::ZERO, None).await
     }
 
-    async fn following_with(debounce: Duration) -> (Arc<Probe>, Follower, WorkerId) {
+    /// A follower with `debounce`, started after `version` (if any) was published: that one is
+    /// in its watches' snapshots.
+    async fn following_with(
+        debounce: Duration,
+        version: Option<u64>,
+    ) -> (Arc<Probe>, Follower, WorkerId) {
         let inner = MemoryStore::new()
             .bucket(&BucketSpec::new("assignment"))
             .await
             .unwrap();
         let probe = Probe::new(inner);
         let me = WorkerId::new("w-0");
+        if let Some(version) = version {
+            publish(&*probe, &me, version).await;
+        }
         let follower = Follower::spawn(
             probe.clone(),
             me.clone(),
@@ -638,8 +646,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_debounce_gathers_a_burst_into_one_update_no_later_than_the_debounce() {
         const DEBOUNCE: Duration = Duration::from_millis(300);
-        let (probe, follower, me) = following_with(DEBOUNCE).await;
-        publish(&*probe, &me, 1).await;
+        let (probe, follower, me) = following_with(DEBOUNCE, Some(1)).await;
         // The snapshot is shown at once, not after the debounce.
         committed(&follower, &me, 1, Duration::from_millis(10)).await;
         let mut view = follower.view();
