@@ -18,6 +18,7 @@
 //!
 //! [`WorkerRecord::pending`]: crate::records::WorkerRecord::pending
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::compat::{self, Standing};
@@ -117,9 +118,11 @@ pub(crate) fn plan(
     let mut listed_again: HashMap<&[String], Vec<(&WorkerId, &WorkerRecord)>> = HashMap::new();
     for (w, r) in records {
         for p in &r.partitions {
-            if let Some(first) = listed_by.insert(p.keys(), (w, r)) {
-                listed_by.insert(p.keys(), first);
-                listed_again.entry(p.keys()).or_default().push((w, r));
+            match listed_by.entry(p.keys()) {
+                Entry::Vacant(first) => {
+                    first.insert((w, r));
+                }
+                Entry::Occupied(_) => listed_again.entry(p.keys()).or_default().push((w, r)),
             }
         }
     }
