@@ -23,7 +23,9 @@
 //!   version (polled every 10 ms); `coldStartPublishes` is that version (versions start at 1).
 //! - `kvWritesAtStart`: messages appended to each bucket's stream (`KV_<bucket>`, by
 //!   `last_sequence`) until the cluster is both stable and consistent; this counts every
-//!   message, TTL markers included. `stableIdWritesPerWorker` = stable-ID writes ÷ N.
+//!   message, TTL markers included. `stableIdWritesPerWorker`: the stable-ID writes from the
+//!   first start until the last worker has joined (its claim done), ÷ N — the claims, without
+//!   the renewals that follow every third of `workerIdTtl`.
 //! - `steadyKvWritesPerSec`: the same, per second, over `--steady-secs` (default 10) after that.
 //! - `rssKbPerManager`: (VmRSS once stable − VmRSS before the first manager) ÷ N.
 //! - `peakConsumers`: the most consumers seen on each bucket's stream (sampled every 250 ms
@@ -225,11 +227,30 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
             )
         }
     });
+    // The stable-ID writes of the claims alone: sampled when the last worker has joined,
+    // before the first renewals (a third of `workerIdTtl` after each claim).
+    let claimed = {
+        let (joined, js, buckets) = (Arc::clone(&joined), js.clone(), &buckets);
+        async move {
+            let deadline = Instant::now() + DEADLINE;
+            while joined.lock().map_err(|_| "poisoned")?.len() < n {
+                if Instant::now() >= deadline {
+                    return Err::<_, Box<dyn Error + Send + Sync>>(
+                        "not every worker joined".into(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sequences(&js, buckets).await
+        }
+    };
     let consumers = options.consumers;
-    let started = futures::future::join_all(
-        (0..n).map(|_| start_one(&server, &config, &source, consumers, &joined, t0)),
-    )
-    .await;
+    let (started, claimed) = tokio::join!(
+        futures::future::join_all(
+            (0..n).map(|_| start_one(&server, &config, &source, consumers, &joined, t0)),
+        ),
+        claimed
+    );
     let mut live = Vec::with_capacity(n);
     let (mut all_joined, mut all_stable) = (Duration::ZERO, Duration::ZERO);
     for result in started {
@@ -255,6 +276,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     let seq_started = sequences(&js, &buckets).await?;
     let rss_after = rss_kb()?;
     let writes_at_start = diff(&seq_before, &seq_started);
+    let writes_to_join = diff(&seq_before, &claimed?);
     eprintln!(
         "{n} workers, {p} partitions: joined {:.0} ms, stable {:.0} ms, consistent {:.0} ms at v{cold_start_publishes}",
         ms(all_joined),
@@ -308,7 +330,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         "consistentMapMs": ms(consistent_at),
         "coldStartPublishes": cold_start_publishes,
         "kvWritesAtStart": per_bucket(&start_json),
-        "stableIdWritesPerWorker": round1(writes_at_start[0] as f64 / n as f64),
+        "stableIdWritesPerWorker": round1(writes_to_join[0] as f64 / n as f64),
         "steadySecs": round1(steady_secs),
         "steadyKvWritesPerSec": steady_json,
         "crashToHeldMs": ms(crash.0),
@@ -551,7 +573,8 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
             )
             .into());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Counting 100k holdings costs milliseconds: a tight poll would starve the fleet.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let victim = live
         .iter()
@@ -573,6 +596,7 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
         })
         .collect();
     let killed = Instant::now();
+    tracing::info!(worker = %victim.worker_id(), lost, "killing a worker");
     victim.kill().await;
     while held_by(live) < p {
         if Instant::now() >= killed + DEADLINE {
@@ -583,6 +607,9 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
             .into());
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), changed.notified()).await;
+        // At most one count per 10 ms however often holdings change (the resolution of the
+        // figure), so that the measurement does not starve what it measures.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok((killed.elapsed(), lost))
 }
@@ -620,11 +647,13 @@ fn shortfall(live: &[Manager], p: usize) -> String {
 /// How many distinct partitions `managers` hold together.
 fn held_by(managers: &[Manager]) -> usize {
     let helds: Vec<_> = managers.iter().map(Manager::held).collect();
-    helds
-        .iter()
-        .flat_map(|h| h.iter().map(|(partition, _)| partition.id()))
-        .collect::<BTreeSet<_>>()
-        .len()
+    let mut ids = std::collections::HashSet::with_capacity(helds.iter().map(|h| h.len()).sum());
+    ids.extend(
+        helds
+            .iter()
+            .flat_map(|h| h.iter().map(|(partition, _)| partition.id())),
+    );
+    ids.len()
 }
 
 /// `last_sequence` of each bucket's stream, in the order of `buckets`.

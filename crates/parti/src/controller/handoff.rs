@@ -82,12 +82,15 @@ impl Members {
 
 /// The live losers that keep some gainer waiting, each with the highest version it has yet to
 /// release: what a leader expels once they have kept it waiting for `handoffTimeout`.
-pub(crate) fn waited_on(
-    records: &BTreeMap<WorkerId, WorkerRecord>,
+pub(crate) fn waited_on<'a>(
+    records: impl IntoIterator<Item = (&'a WorkerId, &'a WorkerRecord)>,
     members: &Members,
 ) -> BTreeMap<WorkerId, u64> {
     let mut out: BTreeMap<WorkerId, u64> = BTreeMap::new();
-    let waits = records.values().flat_map(|r| r.pending.values()).flatten();
+    let waits = records
+        .into_iter()
+        .flat_map(|(_, r)| r.pending.values())
+        .flatten();
     for (worker, lost_at) in waits {
         // An unproven absentee has no heartbeat to revoke: its doubt runs out by itself.
         if members.may_hold(worker, *lost_at) && !members.unproven.contains(worker) {
@@ -180,13 +183,13 @@ pub(crate) fn plan(
 /// cannot say when it released — its heartbeat key now belongs to the newcomer. `settled`
 /// tells whether a worker's current lineage has been seen for a full heartbeat TTL, by which
 /// time the previous process's lease has provably ended.
-pub(crate) fn lineage_stale(
-    records: &BTreeMap<WorkerId, WorkerRecord>,
+pub(crate) fn lineage_stale<'a>(
+    records: impl IntoIterator<Item = (&'a WorkerId, &'a WorkerRecord)>,
     committed_lineages: &BTreeMap<WorkerId, Lineage>,
     members: &Members,
     settled: impl Fn(&WorkerId) -> bool,
 ) -> bool {
-    records.keys().any(|w| {
+    records.into_iter().any(|(w, _)| {
         let Some(current) = members.lineages.get(w) else {
             return false;
         };
@@ -199,11 +202,11 @@ pub(crate) fn lineage_stale(
 }
 
 /// How many pending entries a republish would resolve, and how many are pending in all.
-pub(crate) fn resolvable(
-    records: &BTreeMap<WorkerId, WorkerRecord>,
+pub(crate) fn resolvable<'a>(
+    records: impl IntoIterator<Item = (&'a WorkerId, &'a WorkerRecord)>,
     members: &Members,
 ) -> (usize, usize) {
-    let waits = records.values().flat_map(|r| r.pending.values());
+    let waits = records.into_iter().flat_map(|(_, r)| r.pending.values());
     let (mut ready, mut total) = (0, 0);
     for waiting_for in waits {
         total += 1;
@@ -322,7 +325,7 @@ mod tests {
         let planned = plan(&records, &next, 5, &m, &BTreeSet::new());
         assert_eq!(planned[&w("b")]["x"], [(w("gone"), 5)].into());
         let pending: Pending = [("x".to_owned(), [(w("gone"), 5)].into())].into();
-        let after = [(w("b"), record(&["x"], pending))].into();
+        let after: BTreeMap<WorkerId, WorkerRecord> = [(w("b"), record(&["x"], pending))].into();
         assert_eq!(resolvable(&after, &m), (0, 1));
         assert!(
             waited_on(&after, &m).is_empty(),
@@ -389,7 +392,8 @@ mod tests {
 
     #[test]
     fn a_stale_lineage_needs_a_republish() {
-        let records = [(w("a"), record(&["x"], Pending::new()))].into();
+        let records: BTreeMap<WorkerId, WorkerRecord> =
+            [(w("a"), record(&["x"], Pending::new()))].into();
         let lineage = |n| Lineage {
             instance: "i".into(),
             lapses: n,

@@ -935,6 +935,9 @@ impl Leader {
     /// previous holders all released, or a worker back with a new lineage (SPEC §13). Expels
     /// the losers that keep a gainer waiting too long on the way.
     pub(crate) async fn complete_handoffs(&mut self) -> Result<Vec<Decision>> {
+        // Called on every round of the term's loop (every heartbeat change at the least): the
+        // committed records are read in place, never copied — at 100k partitions a copy per
+        // round was most of the leader's work.
         let committed = self.publisher.committed();
         let Some((record, _)) = &committed.record else {
             return Ok(Vec::new());
@@ -943,11 +946,6 @@ impl Leader {
             return Ok(Vec::new());
         }
         let committed_version = record.version;
-        let records: BTreeMap<WorkerId, WorkerRecord> = committed
-            .workers
-            .iter()
-            .map(|(w, (_, r))| (w.clone(), r.clone()))
-            .collect();
         // A cold start (or full restart) window ends in one publish that names every lineage:
         // republishing the old map for returning workers meanwhile would only add moves.
         // (Also while a restart waits for its first worker: no phase is announced then.)
@@ -968,12 +966,22 @@ impl Leader {
                     .get(w)
                     .is_some_and(|(_, since)| now_at >= *since + ttl)
         };
-        let stale =
-            !cold && handoff::lineage_stale(&records, &record.lineages, &self.members, settled);
-        if !stale
+        let stale = !cold
+            && handoff::lineage_stale(
+                self.committed_records(),
+                &record.lineages,
+                &self.members,
+                settled,
+            );
+        let newcomer = !stale
             && !cold
-            && handoff::lineage_stale(&records, &record.lineages, &self.members, |_| true)
-        {
+            && handoff::lineage_stale(
+                self.committed_records(),
+                &record.lineages,
+                &self.members,
+                |_| true,
+            );
+        if newcomer {
             // A newcomer under a mapped ID waits out the previous process's lease: look again
             // then.
             let due = self.lineage_seen.values().map(|(_, since)| *since).max();
@@ -984,9 +992,13 @@ impl Leader {
         }
         // Losers of one publish release within moments of each other: complete their hand-offs
         // in one commit, unless some keep the others waiting for longer than `HANDOFF_BATCH`.
-        self.expel_overdue(&records, committed_version).await;
-        let members = self.members_at(now());
-        let (ready, pending) = handoff::resolvable(&records, &members);
+        self.expel_overdue(committed_version).await;
+        // Mostly nothing is pending: the members' view is then not even built.
+        let (ready, pending) = if self.anything_pending() {
+            handoff::resolvable(self.committed_records(), &self.members_at(now()))
+        } else {
+            (0, 0)
+        };
         let batch_due = match (ready, self.handoff_ready_since) {
             (0, _) => {
                 self.handoff_ready_since = None;
@@ -1013,6 +1025,7 @@ impl Leader {
         self.handoff_ready_since = None;
         self.last_handoff = Some(now());
         let map = self.publisher.committed().map.clone();
+        let members = self.members_at(now());
         // Tried again at the next heartbeat change or decision when it fails.
         self.republish(map, "handoff", &members).await
     }
@@ -1110,17 +1123,35 @@ impl Leader {
             .ok()
     }
 
+    /// Whether any committed record has a partition pending (waiting for a release).
+    fn anything_pending(&self) -> bool {
+        self.committed_records().any(|(_, r)| !r.pending.is_empty())
+    }
+
+    /// Each committed worker's record, read in place.
+    fn committed_records(&self) -> impl Iterator<Item = (&WorkerId, &WorkerRecord)> {
+        self.publisher
+            .committed()
+            .workers
+            .iter()
+            .map(|(w, (_, r))| (w, r))
+    }
+
     /// Revokes the lease of every live loser that has kept a gainer waiting for
     /// `handoffTimeout` (SPEC §13, expulsion): an expulsion marker written over its heartbeat,
     /// revision-checked against the value read, so that no renewal of that lineage can succeed
     /// after it. One heartbeat TTL later the loser holds nothing it lost up to `committed` (the
     /// latest commit, which names no later lineage of it: a later lineage would have shown in
     /// the heartbeat the write was checked against).
-    async fn expel_overdue(&mut self, records: &BTreeMap<WorkerId, WorkerRecord>, committed: u64) {
+    async fn expel_overdue(&mut self, committed: u64) {
         let now_at = now();
         let ttl = self.ctx.membership_resync;
         self.settle_attempts(now_at);
-        let waited = handoff::waited_on(records, &self.members_at(now_at));
+        let waited = if self.anything_pending() {
+            handoff::waited_on(self.committed_records(), &self.members_at(now_at))
+        } else {
+            BTreeMap::new()
+        };
         self.waiting.retain(|w, _| waited.contains_key(w));
         self.retry_at
             .retain(|w, at| waited.contains_key(w) && *at > now_at);

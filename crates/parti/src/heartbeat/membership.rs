@@ -344,9 +344,9 @@ impl Tracker {
     fn put(&mut self, id: WorkerId, member: Member) {
         self.doubtful.remove(&id);
         if self.known.insert(id.clone(), member).is_none() {
-            self.emit(MembershipEvent::Joined(id));
+            self.emit(MembershipEvent::Joined(id.clone()));
         }
-        self.publish();
+        self.show(&id);
     }
 
     /// `id` went away without proof that it stopped: it expires one TTL from `now` unless it
@@ -374,10 +374,10 @@ impl Tracker {
         for id in due {
             self.doubtful.remove(&id);
             if self.known.remove(&id).is_some() {
+                self.show(&id);
                 self.emit(MembershipEvent::Expired(id));
             }
         }
-        self.publish();
     }
 
     fn remove(&mut self, key: &str, revision: u64, event: fn(WorkerId) -> MembershipEvent) {
@@ -387,8 +387,8 @@ impl Tracker {
         }
         if let Some((id, _)) = self.known.remove_entry(key) {
             self.doubtful.remove(&id);
+            self.show(&id);
             self.emit(event(id));
-            self.publish();
         }
     }
 
@@ -425,6 +425,39 @@ impl Tracker {
         let _ = self.events.send(event);
     }
 
+    /// Shows `id`'s membership as `known` has it (its value, or its absence) in the `live`
+    /// and `values` watches. O(log N): every heartbeat of the fleet comes through here, and
+    /// rebuilding both watches from `known` on each cost the leader O(N²) work per heartbeat
+    /// interval (a third of a core at 1,000 workers).
+    fn show(&mut self, id: &WorkerId) {
+        match self.known.get(id) {
+            Some(member) => {
+                if self.reported.insert(id.clone()) {
+                    self.live.send_modify(|live| {
+                        live.insert(id.clone());
+                    });
+                }
+                self.values.send_if_modified(|values| {
+                    if values.get(id) == Some(&member.value) {
+                        return false;
+                    }
+                    values.insert(id.clone(), member.value.clone());
+                    true
+                });
+            }
+            None => {
+                if self.reported.remove(id) {
+                    self.live.send_modify(|live| {
+                        live.remove(id);
+                    });
+                }
+                self.values
+                    .send_if_modified(|values| values.remove(id).is_some());
+            }
+        }
+    }
+
+    /// Shows the whole of `known` in the `live` and `values` watches (after a snapshot).
     fn publish(&mut self) {
         let live: BTreeSet<WorkerId> = self.known.keys().cloned().collect();
         self.reported.clone_from(&live);

@@ -18,15 +18,17 @@ use super::holding::MyCommit;
 use crate::assignment::Assignment;
 use crate::partition::WorkerId;
 use crate::records::{
-    CLUSTER_KEY, ClusterRecord, Slot, WorkerRecord, garbage_seen, parse_worker_key, worker_pattern,
+    CLUSTER_KEY, MyCluster, Slot, WorkerRecord, garbage_seen, parse_worker_key, worker_pattern,
 };
 use crate::store::{Bucket, Entry, WatchEvent, WatchStream, codec};
 
 /// What the follower knows of the published state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct FollowerView {
-    /// The latest cluster record (`None` before the first one, or while it is garbage).
-    pub(crate) cluster: Option<ClusterRecord>,
+    /// The latest cluster record as it concerns this worker (`None` before the first one, or
+    /// while it is garbage). Only this worker's entries are kept: the record names every
+    /// worker of the fleet, and every follower reads every change of it.
+    pub(crate) cluster: Option<MyCluster>,
     /// This worker's latest value in each slot, with its revision.
     pub(crate) mine: BTreeMap<Slot, (u64, WorkerRecord)>,
     /// True once both watches delivered their first snapshot.
@@ -39,14 +41,14 @@ impl FollowerView {
     /// `None` while nothing is committed for this worker: before the first publish, or while
     /// the worker is not (yet) part of the map. `had_assignment` turns "not in the map" into an
     /// empty assignment for a worker that was removed from it.
-    pub(crate) fn committed(&self, me: &WorkerId, had_assignment: bool) -> Option<Assignment> {
+    pub(crate) fn committed(&self, had_assignment: bool) -> Option<Assignment> {
         let cluster = self.cluster.as_ref()?;
         if cluster.version == 0 {
             return None;
         }
-        match cluster.workers.get(me) {
+        match cluster.mine {
             Some(rev) => {
-                let (_, record) = self.mine.values().find(|(r, _)| r == rev)?;
+                let (_, record) = self.mine.values().find(|(r, _)| *r == rev)?;
                 Some(Assignment {
                     version: record.version,
                     lifecycle: record.lifecycle,
@@ -68,14 +70,14 @@ impl FollowerView {
     /// does not list me), what is pending, the lineage it names for me. `None` before the
     /// first commit, while the `cluster` record is garbage, or while my committed value has not
     /// arrived yet.
-    pub(crate) fn my_commit(&self, me: &WorkerId) -> Option<MyCommit> {
+    pub(crate) fn my_commit(&self) -> Option<MyCommit> {
         let cluster = self.cluster.as_ref()?;
         if cluster.version == 0 {
             return None;
         }
-        let (assignment, pending) = match cluster.workers.get(me) {
+        let (assignment, pending) = match cluster.mine {
             Some(rev) => {
-                let (_, record) = self.mine.values().find(|(r, _)| r == rev)?;
+                let (_, record) = self.mine.values().find(|(r, _)| *r == rev)?;
                 let assignment = Assignment {
                     version: record.version,
                     lifecycle: record.lifecycle,
@@ -96,7 +98,7 @@ impl FollowerView {
             version: cluster.version,
             assignment: Arc::new(assignment),
             pending,
-            lineage: cluster.lineages.get(me).cloned(),
+            lineage: cluster.lineage.clone(),
         })
     }
 }
@@ -167,8 +169,8 @@ const REOPEN_EVERY: u32 = 5;
 /// How long a watch may take to deliver a revision a direct read already shows.
 const CATCH_UP: Duration = Duration::from_millis(500);
 
-fn decode_cluster(bucket: &str, entry: &Entry) -> Option<ClusterRecord> {
-    codec::decode(bucket, &entry.key, &entry.value)
+fn decode_cluster(bucket: &str, entry: &Entry, me: &WorkerId) -> Option<MyCluster> {
+    MyCluster::for_worker(bucket, &entry.key, &entry.value, me)
         .inspect_err(garbage_seen)
         .ok()
 }
@@ -190,7 +192,7 @@ async fn open(bucket: &dyn Bucket, key: &str, cancel: &CancellationToken) -> Opt
 /// resnapshot replaces the view.
 #[derive(Default)]
 struct Staging {
-    cluster: Option<ClusterRecord>,
+    cluster: Option<MyCluster>,
     mine: BTreeMap<Slot, (u64, WorkerRecord)>,
     cluster_synced: bool,
     mine_synced: bool,
@@ -213,13 +215,12 @@ impl Owed {
     /// What the watches owe, given the `cluster` revision read directly and the view so far:
     /// a newer revision than the watch delivered, or a lower one (the key deleted, or the
     /// bucket deleted and created again, its revisions restarted), or my committed value.
-    fn of(read: u64, stage: &Staging, view: &FollowerView, me: &WorkerId) -> Option<Self> {
+    fn of(read: u64, stage: &Staging, view: &FollowerView) -> Option<Self> {
         let mine = view
             .cluster
             .as_ref()
-            .and_then(|c| c.workers.get(me))
-            .filter(|rev| !view.mine.values().any(|(r, _)| r == *rev))
-            .copied();
+            .and_then(|c| c.mine)
+            .filter(|rev| !view.mine.values().any(|(r, _)| r == rev));
         let owed = Self {
             read,
             seen: stage.cluster_revision,
@@ -303,7 +304,7 @@ async fn run(watched: Watched, tx: watch::Sender<FollowerView>, cancel: Cancella
                     // No answer is no evidence: the watches stay.
                     let Ok(read) = bucket.get(CLUSTER_KEY).await else { continue };
                     let read = read.map_or(0, |e| e.revision);
-                    owed = Owed::of(read, &stage, &view, &me);
+                    owed = Owed::of(read, &stage, &view);
                     if owed.is_some() {
                         check_at = tokio::time::Instant::now() + CATCH_UP;
                     }
@@ -312,7 +313,7 @@ async fn run(watched: Watched, tx: watch::Sender<FollowerView>, cancel: Cancella
                 event = cluster_watch.next() => {
                     let Some(event) = event else { break };
                     let Ok(event) = event else { continue };
-                    stage.cluster_event(&name, event, &mut view)
+                    stage.cluster_event(&name, &me, event, &mut view)
                 }
                 event = mine_watch.next() => {
                     let Some(event) = event else { break };
@@ -345,7 +346,13 @@ impl Staging {
         self.cluster_synced && self.mine_synced
     }
 
-    fn cluster_event(&mut self, name: &str, event: WatchEvent, view: &mut FollowerView) -> Changed {
+    fn cluster_event(
+        &mut self,
+        name: &str,
+        me: &WorkerId,
+        event: WatchEvent,
+        view: &mut FollowerView,
+    ) -> Changed {
         match event {
             WatchEvent::Init => {
                 self.cluster = None;
@@ -354,7 +361,7 @@ impl Staging {
             }
             WatchEvent::InitApply(e) => {
                 self.cluster_revision = e.revision;
-                self.cluster = decode_cluster(name, &e);
+                self.cluster = decode_cluster(name, &e, me);
                 Changed::No
             }
             WatchEvent::InitDone => {
@@ -365,7 +372,7 @@ impl Staging {
             }
             WatchEvent::Put(e) => {
                 self.cluster_revision = e.revision;
-                match decode_cluster(name, &e) {
+                match decode_cluster(name, &e, me) {
                     Some(record) => {
                         view.cluster = Some(record);
                         Changed::Yes
@@ -428,7 +435,7 @@ mod tests {
     use super::*;
     use crate::assignment::Lifecycle;
     use crate::partition::Partition;
-    use crate::records::worker_key;
+    use crate::records::{ClusterRecord, worker_key};
     use crate::state::ClusterPhase;
     use crate::store::probe::Probe;
     use crate::store::{BucketSpec, MemoryStore, Store};
@@ -465,12 +472,12 @@ mod tests {
     fn only_committed_revisions_apply() {
         let me = WorkerId::new("w-0");
         let view = FollowerView {
-            cluster: Some(cluster(3, &[("w-0", 10)])),
+            cluster: Some(MyCluster::of(&cluster(3, &[("w-0", 10)]), &me)),
             mine: [(Slot::A, (11, mine(4)))].into(),
             synced: true,
         };
         assert_eq!(
-            view.committed(&me, true),
+            view.committed(true),
             None,
             "uncommitted write (deposed leader)"
         );
@@ -478,19 +485,19 @@ mod tests {
             mine: [(Slot::A, (11, mine(4))), (Slot::B, (10, mine(3)))].into(),
             ..view
         };
-        assert_eq!(view.committed(&me, false).unwrap().version, 3);
+        assert_eq!(view.committed(false).unwrap().version, 3);
     }
 
     #[test]
     fn removed_worker_gets_an_empty_assignment_only_if_it_had_one() {
         let me = WorkerId::new("w-0");
         let view = FollowerView {
-            cluster: Some(cluster(5, &[("w-1", 10)])),
+            cluster: Some(MyCluster::of(&cluster(5, &[("w-1", 10)]), &me)),
             mine: BTreeMap::new(),
             synced: true,
         };
-        assert_eq!(view.committed(&me, false), None);
-        let empty = view.committed(&me, true).unwrap();
+        assert_eq!(view.committed(false), None);
+        let empty = view.committed(true).unwrap();
         assert!(empty.partitions.is_empty());
         assert_eq!(empty.version, 5);
     }
@@ -542,16 +549,11 @@ mod tests {
         (probe, follower, me)
     }
 
-    /// Waits (paused clock) until the view commits `version` for `me`; the time it took.
-    async fn committed(
-        follower: &Follower,
-        me: &WorkerId,
-        version: u64,
-        within: Duration,
-    ) -> Duration {
+    /// Waits (paused clock) until the view commits `version` for its worker; the time it took.
+    async fn committed(follower: &Follower, version: u64, within: Duration) -> Duration {
         let start = tokio::time::Instant::now();
         let mut view = follower.view();
-        while view.borrow().committed(me, false).map(|a| a.version) != Some(version) {
+        while view.borrow().committed(false).map(|a| a.version) != Some(version) {
             assert!(
                 start.elapsed() <= within,
                 "version {version} not committed within {within:?}: {:?}",
@@ -566,10 +568,10 @@ mod tests {
     async fn healthy_watches_are_kept_not_reopened_on_a_timer() {
         let (probe, follower, me) = following().await;
         publish(&*probe, &me, 1).await;
-        committed(&follower, &me, 1, RESYNC).await;
+        committed(&follower, 1, RESYNC).await;
         tokio::time::sleep((REOPEN_EVERY - 1) * RESYNC).await;
         publish(&*probe, &me, 2).await;
-        committed(&follower, &me, 2, Duration::from_millis(100)).await;
+        committed(&follower, 2, Duration::from_millis(100)).await;
         assert_eq!(
             probe.watches(),
             2,
@@ -582,10 +584,10 @@ mod tests {
     async fn a_watch_gone_quiet_is_replaced_within_a_resync_and_a_catch_up() {
         let (probe, follower, me) = following().await;
         publish(&*probe, &me, 1).await;
-        committed(&follower, &me, 1, RESYNC).await;
+        committed(&follower, 1, RESYNC).await;
         probe.muted.store(true, Ordering::SeqCst);
         publish(&*probe, &me, 2).await;
-        let took = committed(&follower, &me, 2, RESYNC + CATCH_UP + RESYNC).await;
+        let took = committed(&follower, 2, RESYNC + CATCH_UP + RESYNC).await;
         assert!(
             took <= RESYNC + CATCH_UP + Duration::from_millis(100),
             "caught up after {took:?}"
@@ -598,7 +600,7 @@ mod tests {
     async fn a_missing_value_of_mine_that_the_record_commits_reopens_the_watches() {
         let (probe, follower, me) = following().await;
         publish(&*probe, &me, 1).await;
-        committed(&follower, &me, 1, RESYNC).await;
+        committed(&follower, 1, RESYNC).await;
         // The record arrives, my key's new value does not: only the key watch went quiet.
         probe.mine_muted.store(true, Ordering::SeqCst);
         let rev = probe
@@ -610,7 +612,7 @@ mod tests {
             .put(CLUSTER_KEY, codec::encode(&record).unwrap())
             .await
             .unwrap();
-        committed(&follower, &me, 2, 2 * RESYNC + CATCH_UP).await;
+        committed(&follower, 2, 2 * RESYNC + CATCH_UP).await;
         follower.stop().await;
     }
 
@@ -618,7 +620,7 @@ mod tests {
     async fn a_record_gone_under_a_quiet_watch_is_noticed_by_the_lower_revision() {
         let (probe, follower, me) = following().await;
         publish(&*probe, &me, 1).await;
-        committed(&follower, &me, 1, RESYNC).await;
+        committed(&follower, 1, RESYNC).await;
         // The record is deleted (a bucket deleted, its revisions restarted) while the watch
         // misses it: the direct read shows no revision where the watch saw one.
         probe.muted.store(true, Ordering::SeqCst);
@@ -634,13 +636,9 @@ mod tests {
         follower.stop().await;
     }
 
-    /// The version the view commits for `me` now.
-    fn shown(follower: &Follower, me: &WorkerId) -> Option<u64> {
-        follower
-            .view()
-            .borrow()
-            .committed(me, false)
-            .map(|a| a.version)
+    /// The version the view commits for its worker now.
+    fn shown(follower: &Follower) -> Option<u64> {
+        follower.view().borrow().committed(false).map(|a| a.version)
     }
 
     #[tokio::test(start_paused = true)]
@@ -648,14 +646,14 @@ mod tests {
         const DEBOUNCE: Duration = Duration::from_millis(300);
         let (probe, follower, me) = following_with(DEBOUNCE, Some(1)).await;
         // The snapshot is shown at once, not after the debounce.
-        committed(&follower, &me, 1, Duration::from_millis(10)).await;
+        committed(&follower, 1, Duration::from_millis(10)).await;
         let mut view = follower.view();
         view.borrow_and_update();
         let start = tokio::time::Instant::now();
         publish(&*probe, &me, 2).await;
         tokio::time::sleep(DEBOUNCE / 2).await;
         assert_eq!(
-            shown(&follower, &me),
+            shown(&follower),
             Some(1),
             "version 2 shown before the debounce"
         );
@@ -669,9 +667,7 @@ mod tests {
         view.changed().await.unwrap();
         let at = start.elapsed();
         assert_eq!(
-            view.borrow_and_update()
-                .committed(&me, false)
-                .map(|a| a.version),
+            view.borrow_and_update().committed(false).map(|a| a.version),
             Some(3)
         );
         assert!(
@@ -685,9 +681,9 @@ mod tests {
     async fn without_a_debounce_each_change_is_shown_at_once() {
         let (probe, follower, me) = following().await;
         publish(&*probe, &me, 1).await;
-        committed(&follower, &me, 1, Duration::from_millis(10)).await;
+        committed(&follower, 1, Duration::from_millis(10)).await;
         publish(&*probe, &me, 2).await;
-        committed(&follower, &me, 2, Duration::from_millis(10)).await;
+        committed(&follower, 2, Duration::from_millis(10)).await;
         follower.stop().await;
     }
 }

@@ -771,11 +771,11 @@ impl Runtime {
         if let Some(cluster) = &view.cluster {
             raise_floor(&self.floor_seen, cluster.version, cluster.term);
             if let Some(fleet) = &self.consumer_fleet {
-                let workers = u64::try_from(cluster.workers.len()).unwrap_or(u64::MAX);
+                let workers = u64::try_from(cluster.workers).unwrap_or(u64::MAX);
                 fleet.store(workers, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        if let Some(next) = view.committed(&session.id, session.had_assignment) {
+        if let Some(next) = view.committed(session.had_assignment) {
             let held = self.out.assignment.borrow().clone();
             if !session.had_assignment || next.version > held.version {
                 let next = Arc::new(next);
@@ -787,7 +787,7 @@ impl Runtime {
                 tracing::info!(worker = %session.id, version = next.version, partitions = next.partitions.len(), "assignment applied");
             }
         }
-        if let Some(commit) = view.my_commit(&session.id) {
+        if let Some(commit) = view.my_commit() {
             let change = self.holder_mut().committed(commit, unix_ns());
             self.send_change(session, change);
         }

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 
 use crate::error::{Error, Result};
 
@@ -20,11 +20,60 @@ struct Out<'a, T> {
     value: &'a T,
 }
 
-#[derive(serde::Deserialize)]
-struct In<T> {
+/// Only the schema version of a value: every other field is skipped unparsed.
+///
+/// Decoding reads the version with this and then the value itself from the same bytes (where
+/// `v` is an unknown field, ignored). A `#[serde(flatten)]` wrapper would do it in one pass but
+/// buffers the whole value in serde's generic `Content` tree first: several times the
+/// allocations, on the hottest path of a large fleet (every follower decodes every `cluster`
+/// record, which names every worker).
+///
+/// Only a JSON object passes: a derived `Deserialize` would also take a struct written as an
+/// array (`[1, …]`), which no writer produces.
+struct Schema {
     v: u64,
-    #[serde(flatten)]
-    value: T,
+}
+
+impl<'de> serde::Deserialize<'de> for Schema {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+
+        #[derive(serde::Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            V,
+            #[serde(other)]
+            Other,
+        }
+
+        struct ObjectWithV;
+
+        impl<'de> Visitor<'de> for ObjectWithV {
+            type Value = Schema;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object with a schema version `v`")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Schema, A::Error> {
+                let mut v = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::V if v.is_some() => return Err(de::Error::duplicate_field("v")),
+                        Field::V => v = Some(map.next_value::<u64>()?),
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                v.map(|v| Schema { v })
+                    .ok_or_else(|| de::Error::missing_field("v"))
+            }
+        }
+
+        d.deserialize_map(ObjectWithV)
+    }
 }
 
 /// Encodes a value as JSON with `"v": 1`.
@@ -52,20 +101,52 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
 }
 
 /// Decodes a value written by [`encode`]; `bucket` and `key` name it in the error.
+///
+/// `T` must accept the schema field `v` as an unknown field: a struct without
+/// `#[serde(deny_unknown_fields)]` (every record of this crate is one).
 pub fn decode<T: DeserializeOwned>(bucket: &str, key: &str, bytes: &[u8]) -> Result<T> {
-    let err = |reason: String| Error::Decode {
+    check_schema(bucket, key, bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| decode_error(bucket, key, e.to_string()))
+}
+
+/// [`decode`] with a seed: for readers that take only part of a value (see
+/// `records::MyCluster`). The same schema check, the same refusal of trailing input.
+pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
+    bucket: &str,
+    key: &str,
+    bytes: &'de [u8],
+    seed: S,
+) -> Result<S::Value> {
+    check_schema(bucket, key, bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    seed.deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value))
+        .map_err(|e| decode_error(bucket, key, e.to_string()))
+}
+
+/// Fails unless `bytes` carry the schema version this build writes.
+fn check_schema(bucket: &str, key: &str, bytes: &[u8]) -> Result<()> {
+    let schema: Schema =
+        serde_json::from_slice(bytes).map_err(|e| decode_error(bucket, key, e.to_string()))?;
+    if schema.v != SCHEMA_VERSION {
+        return Err(decode_error(
+            bucket,
+            key,
+            format!(
+                "schema version {} is not supported (expected {SCHEMA_VERSION})",
+                schema.v
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_error(bucket: &str, key: &str, reason: String) -> Error {
+    Error::Decode {
         bucket: bucket.to_owned(),
         key: key.to_owned(),
         reason,
-    };
-    let parsed: In<T> = serde_json::from_slice(bytes).map_err(|e| err(e.to_string()))?;
-    if parsed.v != SCHEMA_VERSION {
-        return Err(err(format!(
-            "schema version {} is not supported (expected {SCHEMA_VERSION})",
-            parsed.v
-        )));
     }
-    Ok(parsed.value)
 }
 
 #[cfg(test)]
@@ -82,6 +163,17 @@ mod tests {
         assert!(decode::<V>("b", "k", br#"{"v":2,"a":1}"#).is_err());
         assert!(decode::<V>("b", "k", br#"{"a":1}"#).is_err());
         assert!(decode::<V>("b", "k", b"").is_err());
+        assert!(decode::<V>("b", "k", br#"{"v":"1","a":1}"#).is_err());
+        assert!(
+            decode::<V>("b", "k", br#"{"v":1}"#).is_err(),
+            "a missing field"
+        );
+        assert!(decode::<V>("b", "k", br#"{"v":1,"a":"x"}"#).is_err());
+        assert!(
+            decode::<V>("b", "k", b"[1,3]").is_err(),
+            "an array, not an object"
+        );
+        assert!(decode::<V>("b", "k", br#"{"v":1,"v":1,"a":3}"#).is_err());
         let e = decode::<V>("bkt", "key", b"{").unwrap_err();
         assert!(e.to_string().contains("bkt/key"), "{e}");
         assert_eq!(
