@@ -142,6 +142,9 @@ pub(crate) struct Leader {
     /// The rebalance being paced (`maxMovesPerStep`): its target, and the inputs it was
     /// computed from (a step is taken towards it while they stay the same).
     paced: Option<Paced>,
+    /// A phase announcement the runner left to the publish that came with it (see
+    /// [`carry_phase`](Self::carry_phase)): announced after all if that publish fails.
+    unannounced: Option<Phase>,
     /// A paced rebalance has steps left: the next one is fed to the planner once the last
     /// one's hand-offs are complete.
     step_owed: bool,
@@ -283,6 +286,7 @@ impl Leader {
             intents: Intents::default(),
             intents_owed: false,
             paced: None,
+            unannounced: None,
             step_owed: false,
             missing_labels,
             placed_profiles,
@@ -480,30 +484,8 @@ impl Leader {
     pub(crate) async fn execute(&mut self, decision: Decision) -> Result<Vec<Decision>> {
         match decision {
             Decision::SetPhase(phase) => {
-                let published = phase.to_cluster_phase(now(), unix_ms());
-                // A phase write is informational: four tries (50 to 400 ms apart), then the
-                // next publish carries the phase anyway.
-                let mut delays =
-                    crate::retry::doubling(Duration::from_millis(50), Duration::from_millis(400));
-                let mut tries = 0;
-                loop {
-                    let floor = self.members_at(now()).floor;
-                    tries += 1;
-                    match self.publisher.set_phase(published, floor).await {
-                        Ok(()) => return Ok(Vec::new()),
-                        Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
-                        Err(e) if tries > 4 => {
-                            self.ctx.events.error(e);
-                            return Ok(Vec::new());
-                        }
-                        Err(_) => {
-                            tokio::select! {
-                                () = self.cancel.cancelled() => return Err(Error::Shutdown),
-                                () = tokio::time::sleep(delays.next_delay()) => {}
-                            }
-                        }
-                    }
-                }
+                self.announce(phase).await?;
+                Ok(Vec::new())
             }
             Decision::Publish {
                 workers,
@@ -515,6 +497,8 @@ impl Leader {
                 loop {
                     match self.publish(&workers, reason.as_str(), orphans_only).await {
                         Ok(version) => {
+                            // The commit carried the phase.
+                            self.unannounced = None;
                             metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
                                 .increment(1);
                             let mut next = self.planner.handle(Input::Published {
@@ -531,6 +515,7 @@ impl Leader {
                         }
                         Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
                         Err(e) if publishing_again_cannot_fix(&e) => {
+                            self.announce_carried().await?;
                             // The planner tries again later, over the workers live then;
                             // crashes and joins are handled meanwhile.
                             tracing::warn!(error = %e, reason = reason.as_str(), "publish failed; the map stays as it was");
@@ -541,6 +526,7 @@ impl Leader {
                             // Retried with backoff until it succeeds or leadership is lost; the
                             // last good map stays in force meanwhile.
                             self.ctx.events.error(e);
+                            self.announce_carried().await?;
                             if !self.ctx.agent.is_leader() {
                                 return Err(Error::LeadershipLost);
                             }
@@ -555,6 +541,53 @@ impl Leader {
         }
     }
 
+    /// Leaves the announcement of `phase` to the publish the planner decided with it: the
+    /// commit carries the phase anyway, and announcing it first would send every follower the
+    /// whole `cluster` record once more just before the commit — at 1,000 workers a burst of
+    /// decoding that delayed the crash publish behind it by most of a second. Announced after
+    /// all if that publish fails (see [`announce_carried`](Self::announce_carried)).
+    pub(crate) fn carry_phase(&mut self, phase: Phase) {
+        self.unannounced = Some(phase);
+    }
+
+    /// Announces a phase left to a publish that did not commit.
+    async fn announce_carried(&mut self) -> Result<()> {
+        match self.unannounced.take() {
+            Some(phase) => self.announce(phase).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `phase` into the `cluster` record. A phase write is informational: four tries
+    /// (50 to 400 ms apart), then it is reported and the next publish carries the phase anyway.
+    async fn announce(&mut self, phase: Phase) -> Result<()> {
+        let published = phase.to_cluster_phase(now(), unix_ms());
+        let mut delays =
+            crate::retry::doubling(Duration::from_millis(50), Duration::from_millis(400));
+        let mut tries = 0;
+        loop {
+            let floor = self.members_at(now()).floor;
+            tries += 1;
+            match self.publisher.set_phase(published, floor).await {
+                Ok(()) => {
+                    tracing::debug!(phase = ?published, "phase announced");
+                    return Ok(());
+                }
+                Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
+                Err(e) if tries > 4 => {
+                    self.ctx.events.error(e);
+                    return Ok(());
+                }
+                Err(_) => {
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Err(Error::Shutdown),
+                        () = tokio::time::sleep(delays.next_delay()) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// One attempt at publishing a map over `workers` from a fresh partition list; returns the
     /// committed version (unchanged when the publish was skipped).
     async fn publish(
@@ -563,6 +596,7 @@ impl Leader {
         reason: &str,
         orphans_only: bool,
     ) -> Result<u64> {
+        let entered = std::time::Instant::now();
         let phase = self.planner.phase();
         if !self.ctx.agent.is_leader() || self.ctx.agent.term() != Some(self.publisher.agent_term())
         {
@@ -656,6 +690,7 @@ impl Leader {
             workers = workers.len(),
             partitions = fresh.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
+            placed_ms = started.duration_since(entered).as_millis() as u64,
             "published assignment"
         );
         self.intents_owed = !self.intents.frozen

@@ -162,7 +162,14 @@ async fn serve(
     cancel: &CancellationToken,
 ) -> Result<()> {
     loop {
-        for decision in std::mem::take(&mut decisions) {
+        let mut batch = std::mem::take(&mut decisions).into_iter().peekable();
+        while let Some(decision) = batch.next() {
+            if let Decision::SetPhase(phase) = decision
+                && matches!(batch.peek(), Some(Decision::Publish { .. }))
+            {
+                leader.carry_phase(phase);
+                continue;
+            }
             let follow_up = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
                 follow_up = leader.execute(decision) => follow_up?,
