@@ -1,6 +1,6 @@
 //! Emergency reassignment: place the orphans, move nothing else.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::assignment::AssignmentMap;
 use crate::error::{Error, Result};
@@ -40,20 +40,24 @@ pub(crate) fn reassign_orphans_onto(
     partition::check_unique(partitions)?;
     let live_set: BTreeSet<&WorkerId> = live.iter().collect();
     let target_set: BTreeSet<&WorkerId> = targets.iter().collect();
-    let current: BTreeMap<&[String], &Partition> =
-        partitions.iter().map(|p| (p.keys(), p)).collect();
+    // Hashed, not ordered: at 100k partitions an ordered map of keys cost most of a crash's
+    // placement (key comparisons), and nothing here needs the order.
+    let mut current: HashMap<&[String], &Partition> = HashMap::with_capacity(partitions.len());
+    current.extend(partitions.iter().map(|p| (p.keys(), p)));
 
     let mut kept = AssignmentMap::with_workers(live);
-    let mut placed: BTreeSet<&[String]> = BTreeSet::new();
+    let mut placed: HashSet<&[String]> = HashSet::with_capacity(partitions.len());
     for (worker, owned) in previous.iter().filter(|(w, _)| live_set.contains(w)) {
-        for p in owned {
-            // A garbage map may list a partition twice: the first owner keeps it.
-            if let Some(&now) = current.get(p.keys())
-                && placed.insert(now.keys())
-            {
-                kept.push(worker, now.clone());
-            }
-        }
+        // A garbage map may list a partition twice: the first owner keeps it.
+        let list: Vec<Partition> = owned
+            .iter()
+            .filter_map(|p| {
+                let now = *current.get(p.keys())?;
+                placed.insert(now.keys()).then(|| now.clone())
+            })
+            .collect();
+        // One insert per worker, not one map lookup per partition.
+        kept.set(worker.clone(), list);
     }
     let orphans: Vec<&Partition> = partitions
         .iter()
@@ -74,11 +78,21 @@ pub(crate) fn reassign_orphans_onto(
     }
 
     let candidate = strategy.assign(targets, partitions, Some(&kept))?;
-    let owners = candidate.owners();
+    // Only the orphans' owners are wanted: a walk of the candidate against the (few) orphans,
+    // not a map of every partition's owner.
+    let mut owners: HashMap<&[String], Option<&WorkerId>> =
+        orphans.iter().map(|p| (p.keys(), None)).collect();
+    for (worker, list) in candidate.iter() {
+        for p in list {
+            if let Some(owner) = owners.get_mut(p.keys()) {
+                owner.get_or_insert(worker);
+            }
+        }
+    }
     let mut result = kept;
     for orphan in orphans {
-        match owners.get(orphan.keys()) {
-            Some(&owner) if target_set.contains(owner) => result.push(owner, orphan.clone()),
+        match owners.get(orphan.keys()).copied().flatten() {
+            Some(owner) if target_set.contains(owner) => result.push(owner, orphan.clone()),
             Some(owner) => {
                 return Err(Error::Strategy(
                     format!(
