@@ -601,6 +601,12 @@ impl NatsServer {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The server process's ID while it runs (`None` once stopped or killed): for reading its
+    /// resource use, as the scale benchmark does from `/proc/<pid>/stat`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The file that receives the server's stdout and stderr, across restarts.
     ///
     /// ```no_run

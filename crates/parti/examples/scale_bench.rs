@@ -6,10 +6,12 @@
 //! cargo run --release -p parti --example scale_bench -- --workers 200 --partitions 20000 --json
 //! cargo run --release -p parti --example scale_bench -- --workers 10 --partitions 100 --default-timings --steady-secs 30
 //! cargo run --release -p parti --example scale_bench -- --workers 200 --partitions 20000 --consumers [--herd] --json
+//! cargo run --release -p parti --example scale_bench -- --workers 300 --partitions 30000 --default-timings --cluster --json
 //! ```
 //!
 //! Starts one local nats-server (found like the test kit finds it: `$PARTI_NATS_SERVER`,
-//! `.tools/bin`, then `PATH`), opens the four KV buckets with the workers' own specs (creating
+//! `.tools/bin`, then `PATH`) — with `--cluster` a local 3-node cluster, every bucket at 3
+//! replicas and each manager's client knowing all three nodes — opens the four KV buckets with the workers' own specs (creating
 //! a bucket writes no KV message), then starts N = `--workers` managers at once, each on its
 //! own connection, over P = `--partitions` equally weighted partitions, with
 //! [`Config::fast_for_tests`] timings (`--default-timings`: [`Config::default`]). Each manager
@@ -27,6 +29,9 @@
 //!   first start until the last worker has joined (its claim done), ÷ N — the claims, without
 //!   the renewals that follow every third of `workerIdTtl`.
 //! - `steadyKvWritesPerSec`: the same, per second, over `--steady-secs` (default 10) after that.
+//! - `steadyCpuPercent`: CPU time (user + system, percent of one core) over that steady
+//!   window, of the nats-server process (`natsServer`) and of this process — every manager
+//!   and the bench's own samplers (`fleet`). Linux only (`/proc`).
 //! - `rssKbPerManager`: (VmRSS once stable − VmRSS before the first manager) ÷ N.
 //! - `peakConsumers`: the most consumers seen on each bucket's stream (sampled every 250 ms
 //!   from the first start to the crash below): watches, listings and those not yet deleted.
@@ -55,7 +60,7 @@ use parti::records::read_published;
 use parti::source::Static;
 use parti::store::{NatsStore, Store};
 use parti::{Assignment, Config, Manager, Partition, State, WorkerConsumer, WorkerId};
-use parti_testkit::NatsServer;
+use parti_testkit::{NatsCluster, NatsServer};
 use tokio::sync::{Notify, watch};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -89,11 +94,13 @@ pub struct Options {
     pub consumers: bool,
     /// The herd controls on (`startJitter`, `assignmentDebounce`, `consumerApiRate`).
     pub herd: bool,
+    /// A local 3-node cluster with every bucket at 3 replicas instead of one server.
+    pub cluster: bool,
 }
 
 impl Options {
     /// Reads `--workers N`, `--partitions P`, `--steady-secs S`, `--default-timings`, `--json`,
-    /// `--consumers`, `--herd`.
+    /// `--consumers`, `--herd`, `--cluster`.
     pub fn parse(args: &[String]) -> Result<Self> {
         let options = Self {
             workers: number(args, "--workers", 10)?,
@@ -103,6 +110,7 @@ impl Options {
             json: args.iter().any(|a| a == "--json"),
             consumers: args.iter().any(|a| a == "--consumers"),
             herd: args.iter().any(|a| a == "--herd"),
+            cluster: args.iter().any(|a| a == "--cluster"),
         };
         if options.workers < 2 {
             return Err("--workers must be at least 2 (a leader and a non-leader to kill)".into());
@@ -148,7 +156,12 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         config.assignment_debounce = Duration::from_millis(100);
         config.consumer_api_rate = n as f64 / 3.0;
     }
-    let server = NatsServer::start().await?;
+    let server = if options.cluster {
+        config.kv_buckets.replicas = 3;
+        Nats::Cluster(NatsCluster::start(3).await?)
+    } else {
+        Nats::Single(NatsServer::start().await?)
+    };
     let js = jetstream::new(server.client().await?);
     if options.consumers {
         js.create_stream(jetstream::stream::Config {
@@ -285,11 +298,22 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     );
 
     // Steady state.
+    let nats_pids = server.pids()?;
+    let nats_ticks = || -> Result<u64> {
+        nats_pids
+            .iter()
+            .map(|pid| cpu_ticks(&pid.to_string()))
+            .sum::<Result<u64>>()
+    };
+    let cpu_from = (cpu_ticks("self")?, nats_ticks()?);
     let steady_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(options.steady_secs)).await;
     let seq_steady = sequences(&js, &buckets).await?;
     let api_steady = api.now()?;
     let steady_secs = steady_from.elapsed().as_secs_f64();
+    let cpu_to = (cpu_ticks("self")?, nats_ticks()?);
+    // Percent of one core: ticks are 1/100 s (`CLK_TCK` on Linux).
+    let cpu_percent = |from: u64, to: u64| round1(to.saturating_sub(from) as f64 / steady_secs);
     let steady: Vec<f64> = diff(&seq_started, &seq_steady)
         .iter()
         .map(|w| round1(*w as f64 / steady_secs))
@@ -324,6 +348,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "workers": n,
         "partitions": p,
+        "nats": if options.cluster { "3-node cluster, R3" } else { "one server" },
         "timings": if options.default_timings { "default" } else { "fast" },
         "allJoinedMs": ms(all_joined),
         "allStableMs": ms(all_stable),
@@ -333,6 +358,10 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         "stableIdWritesPerWorker": round1(writes_to_join[0] as f64 / n as f64),
         "steadySecs": round1(steady_secs),
         "steadyKvWritesPerSec": steady_json,
+        "steadyCpuPercent": {
+            "natsServer": cpu_percent(cpu_from.1, cpu_to.1),
+            "fleet": cpu_percent(cpu_from.0, cpu_to.0),
+        },
         "crashToHeldMs": ms(crash.0),
         "crashPartitions": crash.1,
         "rssKbPerManager": (rss_after - rss_before) / n as i64,
@@ -354,7 +383,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
 /// Spawns one manager on its own connection and waits until it is Stable; returns it with
 /// the times (since `t0`) its `spawn()` and its `wait_for_state` returned.
 async fn start_one(
-    server: &NatsServer,
+    server: &Nats,
     config: &Config,
     source: &Static,
     consumer: bool,
@@ -654,6 +683,54 @@ fn held_by(managers: &[Manager]) -> usize {
             .flat_map(|h| h.iter().map(|(partition, _)| partition.id())),
     );
     ids.len()
+}
+
+/// The NATS the fleet runs on: one server, or a 3-node cluster (each manager's client knows
+/// every node and connects to one of them).
+enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    async fn client(&self) -> Result<async_nats::Client> {
+        Ok(match self {
+            Self::Single(server) => server.client().await?,
+            Self::Cluster(cluster) => cluster.client().await?,
+        })
+    }
+
+    /// The server processes.
+    fn pids(&self) -> Result<Vec<u32>> {
+        let pids = match self {
+            Self::Single(server) => vec![server.pid()],
+            Self::Cluster(cluster) => (0..cluster.size()).map(|i| cluster.node(i).pid()).collect(),
+        };
+        Ok(pids
+            .into_iter()
+            .collect::<Option<Vec<u32>>>()
+            .ok_or("a nats-server process is gone")?)
+    }
+}
+
+/// User plus system CPU time of process `pid` (or `self`) so far, in clock ticks.
+fn cpu_ticks(pid: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces, so split after its `)`): state is
+    // field 3 of stat(5), utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("unreadable /proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> Result<u64> {
+        Ok(fields
+            .get(n - 3)
+            .ok_or("short /proc stat")?
+            .parse::<u64>()?)
+    };
+    Ok(field(14)? + field(15)?)
 }
 
 /// `last_sequence` of each bucket's stream, in the order of `buckets`.

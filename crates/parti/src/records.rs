@@ -491,13 +491,13 @@ mod project {
         lapses: u64,
     }
 
-    /// Whether a map key is `.0`, compared without allocating when the input allows.
-    struct IsMe<'m>(&'m str);
+    /// A map key, borrowed from the input when it has no escapes.
+    struct Key;
 
-    impl<'de> DeserializeSeed<'de> for IsMe<'_> {
-        type Value = bool;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-            Ok(cow_str(d)? == self.0)
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Cow<'de, str>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            cow_str(d)
         }
     }
 
@@ -523,8 +523,9 @@ mod project {
         d.deserialize_str(V)
     }
 
-    /// A `{worker: T}` map: counts its entries and keeps the value under `.0` (the last one,
-    /// as a `BTreeMap` would), checking every value as a `T`.
+    /// A `{worker: T}` map: counts its distinct keys and keeps the value under `.0` (the last
+    /// one, as a `BTreeMap` would), checking every value as a `T`. The keys are collected
+    /// borrowed; a key written twice (or once escaped) counts once, as in the map.
     struct Only<'m, T>(&'m str, std::marker::PhantomData<T>);
 
     impl<'de, T> DeserializeSeed<'de> for Only<'_, T>
@@ -546,15 +547,27 @@ mod project {
             f.write_str("a map by worker ID")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let (mut count, mut mine) = (0, None);
-            while let Some(is_me) = map.next_key_seed(IsMe(self.0))? {
-                count += 1;
+            let mut keys: Vec<Cow<'de, str>> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+            // Every record a leader writes lists its keys in ascending order (a serialized
+            // `BTreeMap`): then they are distinct without a check. Otherwise they are counted
+            // after sorting.
+            let mut ascending = true;
+            let mut mine = None;
+            while let Some(key) = map.next_key_seed(Key)? {
                 let value = map.next_value::<T>()?;
-                if is_me {
+                if key == self.0 {
                     mine = Some(value);
                 }
+                if keys.last().is_some_and(|last| *last >= key) {
+                    ascending = false;
+                }
+                keys.push(key);
             }
-            Ok((count, mine))
+            if !ascending {
+                keys.sort_unstable();
+                keys.dedup();
+            }
+            Ok((keys.len(), mine))
         }
     }
 
@@ -790,6 +803,15 @@ mod tests {
                 .into_bytes(),
         );
         out.push(b"[1,7,3]".to_vec());
+        // A worker written twice inside a map, plainly and escaped.
+        out.push(
+            text.replace("\"w-0\":10", "\"w-0\":10,\"w-0\":12")
+                .into_bytes(),
+        );
+        out.push(
+            text.replace("\"w-0\":10", "\"w-0\":10,\"w\\u002d0\":13")
+                .into_bytes(),
+        );
         out
     }
 

@@ -162,6 +162,27 @@ async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
         "watches are JetStream API calls"
     );
     assert!(number("/jsApi/peakPerSec") > 0.0);
+    assert!(number("/steadyCpuPercent/natsServer") >= 0.0);
+    assert!(
+        number("/steadyCpuPercent/fleet") > 0.0,
+        "three managers heartbeat for a second"
+    );
+    assert_eq!(figures["nats"], "one server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_bench_runs_on_a_three_node_cluster_at_a_tiny_size() {
+    let figures =
+        scale_bench_figures("--workers 3 --partitions 30 --steady-secs 1 --cluster --json").await;
+    assert_eq!(figures["nats"], "3-node cluster, R3");
+    // `run` fails unless the map became consistent and the crash was recovered.
+    assert!(figures["crashToHeldMs"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert!(
+        figures["steadyCpuPercent"]["natsServer"]
+            .as_f64()
+            .is_some_and(|cpu| cpu > 0.0),
+        "three replicating servers use some CPU: {figures}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

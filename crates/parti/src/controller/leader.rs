@@ -145,6 +145,10 @@ pub(crate) struct Leader {
     /// A phase announcement the runner left to the publish that came with it (see
     /// [`carry_phase`](Self::carry_phase)): announced after all if that publish fails.
     unannounced: Option<Phase>,
+    /// Whether this term has written the `cluster` record yet (a phase or a commit). Its first
+    /// write is never left to a publish: it stamps the new term into the record at once, so
+    /// that a deposed leader's commit still in flight fails its revision check early.
+    wrote_record: bool,
     /// A paced rebalance has steps left: the next one is fed to the planner once the last
     /// one's hand-offs are complete.
     step_owed: bool,
@@ -287,6 +291,7 @@ impl Leader {
             intents_owed: false,
             paced: None,
             unannounced: None,
+            wrote_record: false,
             step_owed: false,
             missing_labels,
             placed_profiles,
@@ -499,6 +504,7 @@ impl Leader {
                         Ok(version) => {
                             // The commit carried the phase.
                             self.unannounced = None;
+                            self.wrote_record = true;
                             metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
                                 .increment(1);
                             let mut next = self.planner.handle(Input::Published {
@@ -546,8 +552,13 @@ impl Leader {
     /// whole `cluster` record once more just before the commit — at 1,000 workers a burst of
     /// decoding that delayed the crash publish behind it by most of a second. Announced after
     /// all if that publish fails (see [`announce_carried`](Self::announce_carried)).
-    pub(crate) fn carry_phase(&mut self, phase: Phase) {
+    /// Returns false, leaving the announcement to the caller, for the term's first write.
+    pub(crate) fn carry_phase(&mut self, phase: Phase) -> bool {
+        if !self.wrote_record {
+            return false;
+        }
         self.unannounced = Some(phase);
+        true
     }
 
     /// Announces a phase left to a publish that did not commit.
@@ -571,6 +582,7 @@ impl Leader {
             match self.publisher.set_phase(published, floor).await {
                 Ok(()) => {
                     tracing::debug!(phase = ?published, "phase announced");
+                    self.wrote_record = true;
                     return Ok(());
                 }
                 Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),

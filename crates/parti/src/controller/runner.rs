@@ -166,8 +166,8 @@ async fn serve(
         while let Some(decision) = batch.next() {
             if let Decision::SetPhase(phase) = decision
                 && matches!(batch.peek(), Some(Decision::Publish { .. }))
+                && leader.carry_phase(phase)
             {
-                leader.carry_phase(phase);
                 continue;
             }
             let follow_up = tokio::select! {

@@ -343,10 +343,12 @@ impl Tracker {
 
     fn put(&mut self, id: WorkerId, member: Member) {
         self.doubtful.remove(&id);
-        if self.known.insert(id.clone(), member).is_none() {
-            self.emit(MembershipEvent::Joined(id.clone()));
-        }
+        let joined = self.known.insert(id.clone(), member).is_none();
+        // The watches first: whoever handles the event reads them and must find the member.
         self.show(&id);
+        if joined {
+            self.emit(MembershipEvent::Joined(id));
+        }
     }
 
     /// `id` went away without proof that it stopped: it expires one TTL from `now` unless it

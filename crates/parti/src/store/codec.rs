@@ -103,7 +103,9 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
 /// Decodes a value written by [`encode`]; `bucket` and `key` name it in the error.
 ///
 /// `T` must accept the schema field `v` as an unknown field: a struct without
-/// `#[serde(deny_unknown_fields)]` (every record of this crate is one).
+/// `#[serde(deny_unknown_fields)]` (every record of this crate is one). Fields `T` does not
+/// know — written by a newer version — are skipped, not checked (not even for valid UTF-8);
+/// every field `T` reads is checked in full.
 pub fn decode<T: DeserializeOwned>(bucket: &str, key: &str, bytes: &[u8]) -> Result<T> {
     check_schema(bucket, key, bytes)?;
     serde_json::from_slice(bytes).map_err(|e| decode_error(bucket, key, e.to_string()))

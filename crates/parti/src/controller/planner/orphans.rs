@@ -84,8 +84,10 @@ pub(crate) fn reassign_orphans_onto(
         orphans.iter().map(|p| (p.keys(), None)).collect();
     for (worker, list) in candidate.iter() {
         for p in list {
+            // A strategy that lists a partition twice: the last listing counts, as in
+            // `AssignmentMap::owners`.
             if let Some(owner) = owners.get_mut(p.keys()) {
-                owner.get_or_insert(worker);
+                *owner = Some(worker);
             }
         }
     }
