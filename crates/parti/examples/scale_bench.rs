@@ -160,7 +160,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         config.kv_buckets.replicas = 3;
         Nats::Cluster(NatsCluster::start(3).await?)
     } else {
-        Nats::Single(NatsServer::start().await?)
+        Nats::Single(Box::new(NatsServer::start().await?))
     };
     let js = jetstream::new(server.client().await?);
     if options.consumers {
@@ -688,7 +688,7 @@ fn held_by(managers: &[Manager]) -> usize {
 /// The NATS the fleet runs on: one server, or a 3-node cluster (each manager's client knows
 /// every node and connects to one of them).
 enum Nats {
-    Single(NatsServer),
+    Single(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
