@@ -256,6 +256,19 @@ pub fn check_unique(partitions: &[Partition]) -> Result<()> {
     Ok(())
 }
 
+/// A fleet for the benchmarks at scale: workers `worker-{i}` and equally weighted partitions
+/// `p{i}`.
+#[cfg(test)]
+pub(crate) fn bench_fleet(workers: usize, partitions: usize) -> (Vec<WorkerId>, Vec<Partition>) {
+    let workers = (0..workers)
+        .map(|i| WorkerId::new(format!("worker-{i}")))
+        .collect();
+    let partitions = (0..partitions)
+        .filter_map(|i| Partition::new([format!("p{i}")], 100).ok())
+        .collect();
+    (workers, partitions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

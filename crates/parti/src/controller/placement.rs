@@ -969,12 +969,7 @@ mod tests {
     #[test]
     #[ignore = "a benchmark: run it in release"]
     fn placement_at_scale() {
-        let ws: Vec<WorkerId> = (0..1000)
-            .map(|i| WorkerId::new(format!("worker-{i}")))
-            .collect();
-        let ps: Vec<Partition> = (0..100_000)
-            .map(|i| Partition::new([format!("p{i}")], 100).unwrap())
-            .collect();
+        let (ws, ps) = crate::partition::bench_fleet(1000, 100_000);
         let s = WeightedConsistentHash::default();
         let intents = Intents::default();
         let time = |f: &dyn Fn() -> AssignmentMap| {

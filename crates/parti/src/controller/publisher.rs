@@ -483,12 +483,7 @@ mod tests {
             .bucket(&crate::store::BucketSpec::new("parti-assignment"))
             .await
             .unwrap();
-        let workers: Vec<WorkerId> = (0..1000)
-            .map(|i| WorkerId::new(format!("worker-{i}")))
-            .collect();
-        let partitions: Vec<Partition> = (0..100_000)
-            .map(|i| Partition::new([format!("p{i}")], 100).unwrap())
-            .collect();
+        let (workers, partitions) = crate::partition::bench_fleet(1000, 100_000);
         let strategy = WeightedConsistentHash::default();
         let cold = strategy.assign(&workers, &partitions, None).unwrap();
         let crashed = strategy
