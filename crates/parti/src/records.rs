@@ -451,9 +451,10 @@ impl MyCluster {
     }
 }
 
-/// The seeds behind [`MyCluster::for_worker`]: serde visitors that check every field of a
-/// [`ClusterRecord`] as its derived `Deserialize` does (types, required fields, duplicate
-/// fields) while keeping only one worker's entries and allocating nothing for the others.
+/// The seeds behind [`MyCluster::for_worker`]: serde visitors that parse and check every field
+/// of a [`ClusterRecord`] as its derived `Deserialize` does (types, required fields, duplicate
+/// fields) while keeping only one worker's entries: the other workers' keys are borrowed from
+/// the input (one vector of them, to count them), their values checked and dropped.
 mod project {
     use std::borrow::Cow;
     use std::collections::BTreeMap;

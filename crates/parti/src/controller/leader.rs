@@ -500,11 +500,17 @@ impl Leader {
                 let mut delays =
                     crate::retry::doubling(Duration::from_millis(50), Duration::from_secs(5));
                 loop {
+                    let before = self.publisher.committed().version();
                     match self.publish(&workers, reason.as_str(), orphans_only).await {
                         Ok(version) => {
-                            // The commit carried the phase.
+                            // A new version carried the phase. An unchanged one is a skipped
+                            // publish (a re-weight below the threshold, a refresh without the
+                            // source): nothing was written, and the phase it would have carried
+                            // is over — the planner announces the next one.
                             self.unannounced = None;
-                            self.wrote_record = true;
+                            if version > before {
+                                self.wrote_record = true;
+                            }
                             metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
                                 .increment(1);
                             let mut next = self.planner.handle(Input::Published {
@@ -1102,6 +1108,7 @@ impl Leader {
         match self.publisher.publish(&map, meta, members).await {
             Ok(version) => {
                 tracing::debug!(version, reason, "map committed again");
+                self.wrote_record = true;
                 Ok(self.planner.handle(Input::Published {
                     version,
                     workers,

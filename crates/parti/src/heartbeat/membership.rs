@@ -397,13 +397,14 @@ impl Tracker {
     fn replace(&mut self, snapshot: BTreeMap<WorkerId, Member>) {
         let now = Instant::now();
         let old = std::mem::replace(&mut self.known, snapshot);
+        let mut events = Vec::new();
         for (id, member) in old {
             if self.known.contains_key(&id) {
                 continue;
             }
             if member.value.state == State::Shutdown {
                 // Its last word was a graceful stop.
-                self.emit(MembershipEvent::Left(id));
+                events.push(MembershipEvent::Left(id));
             } else {
                 // Missed events: keep it until a TTL of silence proves it stopped.
                 self.known.insert(id.clone(), member);
@@ -412,11 +413,15 @@ impl Tracker {
         }
         for id in self.known.keys() {
             if !self.doubtful.contains_key(id) && !self.reported.contains(id) {
-                self.emit(MembershipEvent::Joined(id.clone()));
+                events.push(MembershipEvent::Joined(id.clone()));
             }
         }
         self.reported = self.known.keys().cloned().collect();
+        // The watches first, as in `put`: whoever handles an event reads them.
         self.publish();
+        for event in events {
+            self.emit(event);
+        }
         self.synced
             .send_if_modified(|s| !std::mem::replace(s, true));
     }
