@@ -232,6 +232,68 @@ async fn s04_crash_reassigns_only_orphans_quickly() {
     }
 }
 
+/// The crash publish carries its `Emergency` phase in the commit: the leader does not first
+/// rewrite the `cluster` record just to announce the phase (every follower reads every
+/// rewrite of it, which at a thousand workers delayed the crash publish behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04b_the_crash_publish_carries_its_emergency_phase() {
+    use futures::StreamExt;
+    use parti::store::WatchEvent;
+
+    let cluster = TestCluster::start(config(), partitions(60)).await;
+    let mut workers = cluster.workers(3).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let bucket = cluster.assignment_bucket();
+    let mut watch = bucket
+        .watch(parti::records::CLUSTER_KEY)
+        .await
+        .expect("a watch on the cluster record");
+    // Every write of the record from now on, as (version, phase).
+    let writes = tokio::spawn(async move {
+        let mut writes = Vec::new();
+        let mut live = false;
+        while let Some(Ok(event)) = watch.next().await {
+            match event {
+                WatchEvent::InitDone => live = true,
+                WatchEvent::Put(entry) if live => {
+                    let record: ClusterRecord =
+                        parti::store::codec::decode("a", "cluster", &entry.value)
+                            .expect("a record the leader wrote");
+                    let done = record.version > 0
+                        && record.phase == ClusterPhase::Stable
+                        && record.reason == "emergency";
+                    writes.push((record.version, record.phase));
+                    if done {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        writes
+    });
+    let victim = workers.iter().position(|(m, _)| !m.is_leader()).unwrap();
+    let (victim, _) = workers.remove(victim);
+    victim.kill().await;
+    let writes = tokio::time::timeout(SETTLE, writes)
+        .await
+        .expect("the crash was published and the phase went back to Stable")
+        .unwrap();
+    let v = before.version();
+    assert_eq!(
+        writes,
+        [
+            (v + 1, ClusterPhase::Emergency),
+            (v + 1, ClusterPhase::Stable)
+        ],
+        "one commit carrying Emergency, then Stable; no announcement before the commit"
+    );
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership() {
     let config = config();
