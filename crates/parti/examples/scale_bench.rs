@@ -35,8 +35,9 @@
 //! - `rssKbPerManager`: (VmRSS once stable − VmRSS before the first manager) ÷ N.
 //! - `peakConsumers`: the most consumers seen on each bucket's stream (sampled every 250 ms
 //!   from the first start to the crash below): watches, listings and those not yet deleted.
-//! - `crashToHeldMs`: a non-leader is [`Manager::kill`]ed; from the kill until the survivors'
-//!   [`Manager::held`] together cover all P partitions again.
+//! - `crashToHeldMs`: a non-leader is [`Manager::kill`]ed, at a random point of a heartbeat
+//!   interval; from the kill until the survivors' [`Manager::held`] together cover all P
+//!   partitions again.
 //! - `jsApi`: JetStream API requests of the account (`$JS.API.>`: consumer creates and
 //!   updates, watches, listings, stream infos; not KV puts), from the account info sampled
 //!   every 250 ms — which itself adds about 4 requests/s, as do the bench's own stream infos —
@@ -320,7 +321,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         .collect();
 
     // A non-leader crashes.
-    let crash = crash_to_held(&mut live, p).await?;
+    let crash = crash_to_held(&mut live, p, config.heartbeat_interval).await?;
     eprintln!(
         "crash: {} partitions held again after {:.0} ms",
         crash.1,
@@ -592,7 +593,11 @@ impl ApiSampler {
 
 /// Kills a non-leader that holds something (taking it out of `live`); returns the time from
 /// the kill until the survivors together hold all `p` partitions, and how many it held.
-async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, usize)> {
+async fn crash_to_held(
+    live: &mut Vec<Manager>,
+    p: usize,
+    heartbeat_interval: Duration,
+) -> Result<(Duration, usize)> {
     let deadline = Instant::now() + DEADLINE;
     while held_by(live) < p {
         if Instant::now() >= deadline {
@@ -605,6 +610,11 @@ async fn crash_to_held(live: &mut Vec<Manager>, p: usize) -> Result<(Duration, u
         // Counting 100k holdings costs milliseconds: a tight poll would starve the fleet.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The fleet's heartbeats run in phase (every worker writes one at once when its state
+    // changes, as all do at the cold start's end), so a kill a whole number of intervals later
+    // would always come right after the victim's last heartbeat: the slowest case. A random
+    // point of the interval gives the typical one.
+    tokio::time::sleep(heartbeat_interval.mul_f64(rand::random::<f64>())).await;
     let victim = live
         .iter()
         .position(|m| !m.is_leader() && !m.held().is_empty())
