@@ -145,10 +145,6 @@ pub(crate) struct Leader {
     /// A phase announcement the runner left to the publish that came with it (see
     /// [`carry_phase`](Self::carry_phase)): announced after all if that publish fails.
     unannounced: Option<Phase>,
-    /// Whether this term has written the `cluster` record yet (a phase or a commit). Its first
-    /// write is never left to a publish: it stamps the new term into the record at once, so
-    /// that a deposed leader's commit still in flight fails its revision check early.
-    wrote_record: bool,
     /// A paced rebalance has steps left: the next one is fed to the planner once the last
     /// one's hand-offs are complete.
     step_owed: bool,
@@ -291,7 +287,6 @@ impl Leader {
             intents_owed: false,
             paced: None,
             unannounced: None,
-            wrote_record: false,
             step_owed: false,
             missing_labels,
             placed_profiles,
@@ -500,7 +495,6 @@ impl Leader {
                 let mut delays =
                     crate::retry::doubling(Duration::from_millis(50), Duration::from_secs(5));
                 loop {
-                    let before = self.publisher.committed().version();
                     match self.publish(&workers, reason.as_str(), orphans_only).await {
                         Ok(version) => {
                             // A new version carried the phase. An unchanged one is a skipped
@@ -508,9 +502,6 @@ impl Leader {
                             // source): nothing was written, and the phase it would have carried
                             // is over — the planner announces the next one.
                             self.unannounced = None;
-                            if version > before {
-                                self.wrote_record = true;
-                            }
                             metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
                                 .increment(1);
                             let mut next = self.planner.handle(Input::Published {
@@ -558,9 +549,11 @@ impl Leader {
     /// whole `cluster` record once more just before the commit — at 1,000 workers a burst of
     /// decoding that delayed the crash publish behind it by most of a second. Announced after
     /// all if that publish fails (see [`announce_carried`](Self::announce_carried)).
-    /// Returns false, leaving the announcement to the caller, for the term's first write.
+    /// Returns false, leaving the announcement to the caller, while this term has not written
+    /// the `cluster` record yet: its first write stamps the new term into the record at once,
+    /// so that a deposed leader's commit still in flight fails its revision check early.
     pub(crate) fn carry_phase(&mut self, phase: Phase) -> bool {
-        if !self.wrote_record {
+        if !self.publisher.wrote_this_term() {
             return false;
         }
         self.unannounced = Some(phase);
@@ -588,7 +581,6 @@ impl Leader {
             match self.publisher.set_phase(published, floor).await {
                 Ok(()) => {
                     tracing::debug!(phase = ?published, "phase announced");
-                    self.wrote_record = true;
                     return Ok(());
                 }
                 Err(Error::LeadershipLost) => return Err(Error::LeadershipLost),
@@ -1045,9 +1037,12 @@ impl Leader {
         }
         // Losers of one publish release within moments of each other: complete their hand-offs
         // in one commit, unless some keep the others waiting for longer than `HANDOFF_BATCH`.
-        self.expel_overdue(committed_version).await;
-        // Mostly nothing is pending: the members' view is then not even built.
-        let (ready, pending) = if self.anything_pending() {
+        // Mostly nothing is pending: the members' view is then not even built. (Expelling
+        // writes only heartbeats: the committed records stay as they are.)
+        let anything_pending = self.anything_pending();
+        self.expel_overdue(committed_version, anything_pending)
+            .await;
+        let (ready, pending) = if anything_pending {
             handoff::resolvable(self.committed_records(), &self.members_at(now()))
         } else {
             (0, 0)
@@ -1108,7 +1103,6 @@ impl Leader {
         match self.publisher.publish(&map, meta, members).await {
             Ok(version) => {
                 tracing::debug!(version, reason, "map committed again");
-                self.wrote_record = true;
                 Ok(self.planner.handle(Input::Published {
                     version,
                     workers,
@@ -1197,11 +1191,13 @@ impl Leader {
     /// after it. One heartbeat TTL later the loser holds nothing it lost up to `committed` (the
     /// latest commit, which names no later lineage of it: a later lineage would have shown in
     /// the heartbeat the write was checked against).
-    async fn expel_overdue(&mut self, committed: u64) {
+    /// `anything_pending`: whether any committed record has a pending partition (nobody to
+    /// expel otherwise).
+    async fn expel_overdue(&mut self, committed: u64, anything_pending: bool) {
         let now_at = now();
         let ttl = self.ctx.membership_resync;
         self.settle_attempts(now_at);
-        let waited = if self.anything_pending() {
+        let waited = if anything_pending {
             handoff::waited_on(self.committed_records(), &self.members_at(now_at))
         } else {
             BTreeMap::new()

@@ -107,6 +107,15 @@ impl Publisher {
         self.term
     }
 
+    /// Whether the `cluster` record this writer last read or wrote carries its own term: this
+    /// term has written it (a phase or a commit; both stamp the term).
+    pub(crate) fn wrote_this_term(&self) -> bool {
+        self.committed
+            .record
+            .as_ref()
+            .is_some_and(|(record, _)| record.term == self.term)
+    }
+
     /// Checks that nobody with a newer term committed since; returns the current record and
     /// the `cluster` key's revision.
     async fn fence(&self) -> Result<(Option<ClusterRecord>, Option<u64>)> {
