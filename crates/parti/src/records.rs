@@ -265,7 +265,10 @@ pub struct Lineage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRecord {
-    /// The latest publish version; increases by one per publish, across leaders.
+    /// The latest publish version; increases by one per publish, across leaders. A group's
+    /// first version (and the first after every record of earlier versions was lost) is the
+    /// publishing leader's clock in Unix milliseconds, so that versions never start again
+    /// below earlier ones.
     pub version: u64,
     /// Term of the leader that wrote it.
     pub term: u64,

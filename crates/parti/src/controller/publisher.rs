@@ -158,7 +158,7 @@ impl Publisher {
             .max(self.committed.version())
             .max(records_floor)
             .max(members.floor);
-        let version = base_version.saturating_add(1);
+        let version = next_version(base_version, crate::clock::unix_ms());
         let committed_records: BTreeMap<WorkerId, WorkerRecord> = self
             .committed
             .workers
@@ -419,6 +419,26 @@ impl Publisher {
     }
 }
 
+/// The version of the next publish, `base` being the highest version known anywhere (the
+/// commit, the `floor` key, the worker values, what live workers applied).
+///
+/// Above a known version: the next one. With nothing known at all — a new group, or one
+/// whose assignment bucket was deleted while every worker was down, so that no floor is left
+/// anywhere — the first version is the publishing leader's clock in Unix milliseconds. A
+/// group's versions therefore start at its first publish's time and grow by one per publish,
+/// and a group that lost everything starts above every version it published before, as long
+/// as it published fewer than one map per millisecond on average and the new leader's clock
+/// is not behind the old leaders' by more than the time in between. Epochs, which are
+/// versions, keep increasing across such a loss, so the fencing tokens applications stored
+/// stay valid.
+fn next_version(base: u64, now_ms: u64) -> u64 {
+    if base == 0 {
+        now_ms.max(1)
+    } else {
+        base.saturating_add(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -447,6 +467,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn versions_start_at_the_clock_and_then_count_publishes() {
+        let now = 1_764_480_006_000;
+        assert_eq!(next_version(0, now), now, "nothing known: the clock");
+        assert_eq!(
+            next_version(0, 0),
+            1,
+            "a clock before 1970 still gives a version"
+        );
+        assert_eq!(
+            next_version(7, now),
+            8,
+            "above a known version: the next one"
+        );
+        assert_eq!(next_version(now + 5, now), now + 6);
+        assert_eq!(next_version(u64::MAX, now), u64::MAX, "no overflow");
+    }
+
+    /// The first publish of a group whose assignment bucket was lost with every worker down
+    /// starts above what it published before: its versions started at the clock.
+    #[tokio::test]
+    async fn a_group_that_lost_its_bucket_starts_above_its_old_versions() {
+        let store = MemoryStore::new();
+        let spec = crate::store::BucketSpec::new("parti-assignment");
+        let bucket = store.bucket(&spec).await.unwrap();
+        let members = Members::default();
+        let m = map(&[("w0", &["p0"]), ("w1", &["p1"])]);
+        let mut first = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let before = crate::clock::unix_ms();
+        let v1 = first.publish(&m, meta(), &members).await.unwrap();
+        assert!(
+            v1 >= before,
+            "the first version is the clock: {v1} < {before}"
+        );
+        let mut last = v1;
+        for _ in 0..3 {
+            last = first.publish(&m, meta(), &members).await.unwrap().max(last);
+        }
+        assert!(store.delete_bucket(&spec.name));
+        // A real gap: versions count publishes, the clock counts milliseconds.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while crate::clock::unix_ms() <= last && tokio::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        let bucket = store.bucket(&spec).await.unwrap();
+        let mut after = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let v = after.publish(&m, meta(), &members).await.unwrap();
+        assert!(
+            v > last,
+            "version went back after the bucket was lost: {v} <= {last}"
+        );
+    }
+
     /// A commit this leader did not see land (its reply lost, or a deposed leader's) must be
     /// taken in by a phase write over it: the next publish plans hand-offs from its records.
     #[tokio::test]
@@ -459,11 +532,14 @@ mod tests {
         let members = Members::default();
         let mut a = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
         let first = map(&[("w0", &["p0"]), ("w1", &["p1"])]);
-        assert_eq!(a.publish(&first, meta(), &members).await.unwrap(), 1);
+        let v1 = a.publish(&first, meta(), &members).await.unwrap();
         // The same term commits again without `a` seeing it land.
         let mut unseen = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
         let second = map(&[("w0", &["p0", "p1"]), ("w1", &[])]);
-        assert_eq!(unseen.publish(&second, meta(), &members).await.unwrap(), 2);
+        assert_eq!(
+            unseen.publish(&second, meta(), &members).await.unwrap(),
+            v1 + 1
+        );
 
         a.set_phase(ClusterPhase::Rebalancing, 0).await.unwrap();
         assert_eq!(
@@ -471,7 +547,7 @@ mod tests {
             second,
             "built on the commit it wrote over"
         );
-        assert_eq!(a.committed().version(), 2);
+        assert_eq!(a.committed().version(), v1 + 1);
         let read = crate::records::read_published(&*bucket).await.unwrap();
         assert_eq!(read.map, second);
         assert_eq!(read.cluster_revision, a.committed().cluster_revision);

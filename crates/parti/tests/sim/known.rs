@@ -46,21 +46,6 @@ pub const KNOWN: &[Known] = &[
                  partitions move; the check assumes every ID comes back",
     },
     Known {
-        violation: "epochNotIncreasing",
-        faults: &["bucketDeleted"],
-        reason: "the version floor lives in the assignment bucket and the heartbeats: losing the \
-                 bucket while every worker restarts starts versions (and so epochs) again; a \
-                 floor kept in a second bucket would survive it (§13 durable floor)",
-    },
-    Known {
-        violation: "versionRegression",
-        faults: &["bucketDeleted"],
-        reason: "the assignment bucket (its floor key with it) deleted while every worker \
-                 restarts: no version floor is left anywhere, so the first commit in the \
-                 recreated bucket starts again below what was seen before (§13 durable floor \
-                 across bucket loss; the same double fault as epochNotIncreasing)",
-    },
-    Known {
         violation: "notConverged",
         faults: &["garbage", "bucketDeleted", "idStolen"],
         reason: "with the commit lost or garbage, or a recreated bucket, recovery goes through \
