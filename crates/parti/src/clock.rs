@@ -25,6 +25,12 @@ pub(crate) fn unix_ns() -> u64 {
     base_ns.saturating_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Now, in Unix milliseconds, from the process clock of [`unix_ns`] (the paused test clock
+/// drives it too).
+pub(crate) fn process_unix_ms() -> u64 {
+    unix_ns() / 1_000_000
+}
+
 /// Sleeps until `at`, or for ever when there is nothing to wait for (a `select!` branch that
 /// only fires when a deadline is set).
 pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -158,7 +158,7 @@ impl Publisher {
             .max(self.committed.version())
             .max(records_floor)
             .max(members.floor);
-        let version = next_version(base_version, crate::clock::unix_ms());
+        let version = next_version(base_version, crate::clock::process_unix_ms());
         let committed_records: BTreeMap<WorkerId, WorkerRecord> = self
             .committed
             .workers
@@ -495,7 +495,7 @@ mod tests {
         let members = Members::default();
         let m = map(&[("w0", &["p0"]), ("w1", &["p1"])]);
         let mut first = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
-        let before = crate::clock::unix_ms();
+        let before = crate::clock::process_unix_ms();
         let v1 = first.publish(&m, meta(), &members).await.unwrap();
         assert!(
             v1 >= before,
@@ -508,7 +508,7 @@ mod tests {
         assert!(store.delete_bucket(&spec.name));
         // A real gap: versions count publishes, the clock counts milliseconds.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while crate::clock::unix_ms() <= last && tokio::time::Instant::now() < deadline {
+        while crate::clock::process_unix_ms() <= last && tokio::time::Instant::now() < deadline {
             tokio::task::yield_now().await;
         }
         let bucket = store.bucket(&spec).await.unwrap();
