@@ -267,12 +267,16 @@ impl<'a> Messages<'a> {
 
 /// Per source, in time order, a version lower than the highest seen before. Sources are the
 /// observers' (`history.versions`) and each instance's applied versions.
+///
+/// Version 0 is not a publication: it is the `cluster` record a leader writes to announce the
+/// cold-start window of a bucket that has no commit (and no trace of one), and it commits no
+/// map. It is not compared; the first real publish after it is, against everything before.
 pub(super) fn version_regressions(
     timeline: &Timeline<'_>,
     versions: &[VersionRecord],
 ) -> Vec<Violation> {
     let mut by_source: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
-    for record in versions {
+    for record in versions.iter().filter(|r| r.version > 0) {
         let seen = (record.at_ns, record.version);
         by_source.entry(&record.source).or_default().push(seen);
     }

@@ -562,6 +562,32 @@ fn versions_never_go_back_per_source() {
     );
 }
 
+#[test]
+fn a_version_0_announcement_is_no_regression_but_a_lower_publish_after_it_is() {
+    let seen = |at_ns, version| VersionRecord {
+        at_ns,
+        source: "cluster".into(),
+        version,
+    };
+    let mut history = history(vec![]);
+    // The bucket was recreated: its first record announces the cold start (version 0), then a
+    // publish above everything before.
+    history.versions = vec![seen(10, 7), seen(20, 0), seen(30, 9)];
+    assert!(check(&history, &strict()).is_clean());
+    // The same, but the publish after it went back.
+    history.versions = vec![seen(10, 7), seen(20, 0), seen(30, 3)];
+    assert_eq!(
+        check(&history, &strict()).violations,
+        [Violation::VersionRegression {
+            source: "cluster".into(),
+            at_ns: 30,
+            version: 3,
+            highest_before: 7,
+            highest_at_ns: 10,
+        }]
+    );
+}
+
 // ---- tolerance ----------------------------------------------------------------------------
 
 #[test]
