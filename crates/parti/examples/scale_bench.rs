@@ -22,7 +22,9 @@
 //! - `allJoinedMs`, `allStableMs`: the last `spawn()` / `wait_for_state(Stable)` returned.
 //! - `consistentMapMs`: the committed `cluster` record names exactly the N workers, its
 //!   committed map covers all P partitions, and every worker's `assignment()` has the record's
-//!   version (polled every 10 ms); `coldStartPublishes` is that version (versions start at 1).
+//!   version (polled every 10 ms); `coldStartPublishes`: the commits of distinct versions
+//!   (the cold start's phase announcement, version 0, aside) seen by a watch on the `cluster`
+//!   key from the start up to that version.
 //! - `kvWritesAtStart`: messages appended to each bucket's stream (`KV_<bucket>`, by
 //!   `last_sequence`) until the cluster is both stable and consistent; this counts every
 //!   message, TTL markers included. `stableIdWritesPerWorker`: the stable-ID writes from the
@@ -210,6 +212,34 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
             }
         }
     }));
+    // Every version committed from the start (one watch on the `cluster` key).
+    let commits: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let _commit_watch = AbortOnDropHandle::new(tokio::spawn({
+        let (bucket, commits) = (Arc::clone(&assignment_bucket), Arc::clone(&commits));
+        async move {
+            use futures::StreamExt;
+            let Ok(mut events) = bucket.watch(parti::records::CLUSTER_KEY).await else {
+                return;
+            };
+            while let Some(event) = events.next().await {
+                let entry = match event {
+                    Ok(
+                        parti::store::WatchEvent::InitApply(e) | parti::store::WatchEvent::Put(e),
+                    ) => e,
+                    _ => continue,
+                };
+                if let Ok(record) = parti::store::codec::decode::<parti::records::ClusterRecord>(
+                    bucket.name(),
+                    &entry.key,
+                    &entry.value,
+                ) && record.version > 0
+                    && let Ok(mut commits) = commits.lock()
+                {
+                    commits.insert(record.version);
+                }
+            }
+        }
+    }));
     let poller = tokio::spawn({
         let (joined, bucket) = (Arc::clone(&joined), Arc::clone(&assignment_bucket));
         async move {
@@ -280,7 +310,12 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         all_stable = all_stable.max(stable_at);
         live.push(manager);
     }
-    let (consistent_at, cold_start_publishes) = poller.await??;
+    let (consistent_at, consistent_version) = poller.await??;
+    let cold_start_publishes = commits
+        .lock()
+        .map_err(|_| "poisoned")?
+        .range(..=consistent_version)
+        .count();
     let all_consuming = if consumers {
         Some(all_consuming(&js, &live, t0).await?)
     } else {
@@ -292,7 +327,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     let writes_at_start = diff(&seq_before, &seq_started);
     let writes_to_join = diff(&seq_before, &claimed?);
     eprintln!(
-        "{n} workers, {p} partitions: joined {:.0} ms, stable {:.0} ms, consistent {:.0} ms at v{cold_start_publishes}",
+        "{n} workers, {p} partitions: joined {:.0} ms, stable {:.0} ms, consistent {:.0} ms at v{consistent_version} ({cold_start_publishes} publishes)",
         ms(all_joined),
         ms(all_stable),
         ms(consistent_at)
