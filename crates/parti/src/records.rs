@@ -265,11 +265,11 @@ pub struct Lineage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRecord {
-    /// The latest publish version; increases with every publish, across leaders: the next
-    /// number, or the publishing leader's clock in Unix milliseconds when that is higher (a
-    /// group's first version is its clock), so that versions never start again below earlier
-    /// ones when every record of them was lost. 0 in the record announcing a cold start before
-    /// anything was published.
+    /// The latest publish version; one more with every publish, across leaders. A group's
+    /// first version, and the first after its commit was lost or garbage, is at least the
+    /// publishing leader's clock in Unix milliseconds, so that versions never start again
+    /// below earlier ones. 0 in the record announcing a cold start before anything was
+    /// published.
     pub version: u64,
     /// Term of the leader that wrote it.
     pub term: u64,

@@ -158,7 +158,9 @@ impl Publisher {
             .max(self.committed.version())
             .max(records_floor)
             .max(members.floor);
-        let version = next_version(base_version, crate::clock::process_unix_ms());
+        // No commit to go on (a new group, or its record lost or garbage): the clock too.
+        let no_commit = current.as_ref().is_none_or(|r| r.version == 0);
+        let version = next_version(base_version, no_commit.then(crate::clock::process_unix_ms));
         let committed_records: BTreeMap<WorkerId, WorkerRecord> = self
             .committed
             .workers
@@ -420,17 +422,20 @@ impl Publisher {
 }
 
 /// The version of the next publish, `base` being the highest version known anywhere (the
-/// commit, the `floor` key, the worker values, what live workers applied).
+/// commit, the `floor` key, the worker values, what live workers applied): the next one.
 ///
-/// The next version above `base`, and never below the publishing leader's clock in Unix
-/// milliseconds. Versions thus follow the time of their publishes: a group whose assignment
-/// bucket was lost while its workers restarted (so that no floor, or only a lagging one, is
-/// left anywhere) still publishes above every version it published before — as long as it
-/// published fewer than one map per millisecond and the new leader's clock is not behind the
-/// old leaders' by more than the time in between. Epochs, which are versions, keep increasing
-/// across such a loss, so the fencing tokens applications stored stay valid.
-fn next_version(base: u64, now_ms: u64) -> u64 {
-    base.saturating_add(1).max(now_ms)
+/// When no commit can be read — a new group, or a `cluster` record that is garbage or gone,
+/// for example with the assignment bucket deleted while its workers restarted — the floors
+/// that are left may lag or be gone too: the version is then also at least `clock_ms`, the
+/// publishing leader's clock in Unix milliseconds. A group's first version is that clock, so
+/// a group that lost everything still publishes above every version it published before, as
+/// long as it published fewer than one map per millisecond and the new leader's clock is not
+/// behind the old leaders' by more than the time in between. Epochs, which are versions, keep
+/// increasing across such a loss, and the fencing tokens applications stored stay valid.
+/// While a commit can be read, versions count publishes (one more each).
+fn next_version(base: u64, clock_ms: Option<u64>) -> u64 {
+    let next = base.saturating_add(1);
+    clock_ms.map_or(next, |clock| next.max(clock))
 }
 
 #[cfg(test)]
@@ -462,17 +467,31 @@ mod tests {
     }
 
     #[test]
-    fn versions_are_the_next_one_and_never_below_the_clock() {
+    fn versions_count_publishes_and_start_at_the_clock_without_a_commit() {
         let now = 1_764_480_006_000;
-        assert_eq!(next_version(0, now), now, "nothing known: the clock");
-        assert_eq!(next_version(0, 0), 1, "a clock before 1970 still gives one");
-        assert_eq!(next_version(7, now), now, "a lagging floor: the clock");
-        assert_eq!(next_version(now + 5, now), now + 6, "ahead: the next one");
-        assert_eq!(next_version(u64::MAX, now), u64::MAX, "no overflow");
+        assert_eq!(next_version(7, None), 8, "after a commit: the next one");
+        assert_eq!(next_version(0, Some(now)), now, "nothing known: the clock");
+        assert_eq!(
+            next_version(0, Some(0)),
+            1,
+            "a clock before 1970 still gives one"
+        );
+        assert_eq!(
+            next_version(7, Some(now)),
+            now,
+            "no commit, a lagging floor: the clock"
+        );
+        assert_eq!(
+            next_version(now + 5, Some(now)),
+            now + 6,
+            "ahead: the next one"
+        );
+        assert_eq!(next_version(u64::MAX, None), u64::MAX, "no overflow");
+        assert_eq!(next_version(u64::MAX, Some(now)), u64::MAX);
     }
 
     /// The first publish of a group whose assignment bucket was lost with every worker down
-    /// starts above what it published before: versions follow the clock.
+    /// starts above what it published before: without a commit, versions start at the clock.
     #[tokio::test]
     async fn a_group_that_lost_its_bucket_starts_above_its_old_versions() {
         let store = MemoryStore::new();
@@ -499,7 +518,12 @@ mod tests {
         }
         let bucket = store.bucket(&spec).await.unwrap();
         let mut after = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
-        let v = after.publish(&m, meta(), &members).await.unwrap();
+        // A live worker that applied only the first version: a floor that lags.
+        let lagging = Members {
+            floor: v1,
+            ..Members::default()
+        };
+        let v = after.publish(&m, meta(), &lagging).await.unwrap();
         assert!(
             v > last,
             "version went back after the bucket was lost: {v} <= {last}"
@@ -523,7 +547,7 @@ mod tests {
         let mut unseen = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
         let second = map(&[("w0", &["p0", "p1"]), ("w1", &[])]);
         let v2 = unseen.publish(&second, meta(), &members).await.unwrap();
-        assert!(v2 > v1);
+        assert_eq!(v2, v1 + 1, "over a commit, versions count publishes");
 
         a.set_phase(ClusterPhase::Rebalancing, 0).await.unwrap();
         assert_eq!(
