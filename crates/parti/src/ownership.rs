@@ -122,8 +122,7 @@ pub enum OwnershipEvent {
 /// Implementations must be quick and must not block for long (a file append is fine): they run
 /// on the manager's tasks.
 pub trait OwnershipSink: Send + Sync + fmt::Debug + 'static {
-    /// One record. Records of one process arrive one at a time and in time order (`at_ns`
-    /// never decreases), even when several of the manager's tasks record at once.
+    /// One record, in the order they happened for this worker.
     fn record(&self, record: &OwnershipRecord);
 }
 
@@ -165,19 +164,11 @@ impl OwnershipSink for OwnershipRecorder {
     }
 }
 
-/// Stamps records for one process and hands them to the sink (if any), in time order.
+/// Stamps records for one process and hands them to the sink (if any).
 #[derive(Debug, Clone)]
 pub(crate) struct OwnershipLog {
     sink: Option<Arc<dyn OwnershipSink>>,
     instance: Arc<str>,
-    /// The stamp of the last record handed over. Several tasks record (the fence task its
-    /// holds and releases, the runtime its lease extensions), each stamped when it was
-    /// decided: a record decided just before another task's was handed over would reach the
-    /// sink out of time order. Under this lock a record is stamped no earlier than the last
-    /// one and handed over before the next. Moving a stamp later is the safe direction: it is
-    /// still no later than the moment of handing over, and a holding starts (the consumer
-    /// gate opens) only after its record was handed over.
-    last_ns: Arc<Mutex<u64>>,
 }
 
 impl OwnershipLog {
@@ -185,7 +176,6 @@ impl OwnershipLog {
         Self {
             sink,
             instance: instance.into(),
-            last_ns: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -194,21 +184,16 @@ impl OwnershipLog {
         self.record_at(unix_ns(), worker, event)
     }
 
-    /// Stamps `event` with `at_ns` (when it was decided, taken just before) — or with the
-    /// stamp of the last record handed over, if that is later — and hands it to the sink.
+    /// Stamps `event` with `at_ns` (when it was decided, taken just before) and hands it to
+    /// the sink.
     pub(crate) fn record_at(
         &self,
         at_ns: u64,
         worker: &WorkerId,
         event: OwnershipEvent,
     ) -> OwnershipRecord {
-        let mut last_ns = self
-            .last_ns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last_ns = (*last_ns).max(at_ns);
         let record = OwnershipRecord {
-            at_ns: *last_ns,
+            at_ns,
             worker: worker.clone(),
             instance: self.instance.to_string(),
             event,
@@ -409,54 +394,6 @@ mod tests {
             r#"{"atNs":6,"worker":"worker-3","instance":"i1","event":"extend","validUntilNs":10}"#;
         let parsed: OwnershipRecord = serde_json::from_str(extend).unwrap();
         assert_eq!(parsed.event, OwnershipEvent::Extend { valid_until_ns: 10 });
-    }
-
-    /// A record decided before another task's record was handed over (an extension decided at
-    /// a renewal, handed over after a hold stamped later) reaches the sink no earlier than it.
-    #[test]
-    fn the_sink_gets_records_in_time_order_even_when_decided_out_of_order() {
-        let recorder = OwnershipRecorder::default();
-        let log = OwnershipLog::new(Some(Arc::new(recorder.clone())), "i");
-        let worker = WorkerId::new("w");
-        let hold = OwnershipEvent::Hold {
-            partition: "p".into(),
-            epoch: 1,
-            valid_until_ns: 100,
-        };
-        log.record_at(20, &worker, hold);
-        let late = log.record_at(10, &worker, OwnershipEvent::Extend { valid_until_ns: 90 });
-        assert_eq!(
-            late.at_ns, 20,
-            "the returned record carries the stamp the sink got"
-        );
-        log.record_at(
-            30,
-            &worker,
-            OwnershipEvent::Extend {
-                valid_until_ns: 110,
-            },
-        );
-        let stamps: Vec<u64> = recorder.records().iter().map(|r| r.at_ns).collect();
-        assert_eq!(stamps, [20, 20, 30]);
-
-        // Many threads recording at once, each stamped just before: still in order.
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let log = log.clone();
-                let worker = worker.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..500 {
-                        log.record(&worker, OwnershipEvent::Extend { valid_until_ns: 1 });
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let stamps: Vec<u64> = recorder.records().iter().map(|r| r.at_ns).collect();
-        assert_eq!(stamps.len(), 2003);
-        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "out of order");
     }
 
     #[test]

@@ -11,14 +11,6 @@
 //! TTL) and while the key stays vacant although requests are refused — an agent that does not
 //! use the key (the watch is reopened once to rule out a missed write).
 //!
-//! A lease the watch saw renewed ends only with a deletion or expiry marker, or when it has
-//! provably run out. A key that vanished without one — the election bucket deleted and created
-//! again, a watch that errs or reopens on a snapshot without the key — may still be held by a
-//! leader that has not noticed yet (its next renewal fails): the follower requests no earlier
-//! than the last renewal it saw plus the TTL and half a period. The leader trusts a renewal
-//! for less than the TTL from the renewal's *start*, which came before the follower saw it, so
-//! the two never both lead.
-//!
 //! Leader: renew every `ttl/3`, and at once when the watch sees the key deleted or expired; a
 //! renewal that reports the lease lost means `Follower` at once; a renewal error is retried
 //! quickly while the lease, counted from the start of the last successful renewal, has more
@@ -157,14 +149,15 @@ impl Runner {
     }
 
     /// When the next request is due, `last` being when the previous one was made (`None`: at
-    /// once), and never before a lease the watch saw renewed has provably ended.
+    /// once).
     fn next_request(&self, last: Option<Instant>) -> Instant {
-        let Some(watch) = &self.watch else {
-            return last.map_or_else(Instant::now, |last| last + self.period);
+        let Some(last) = last else {
+            return Instant::now();
         };
-        match last {
-            Some(last) => watch.next_request(last + self.period),
-            None => watch.not_before().unwrap_or_else(Instant::now),
+        let poll = last + self.period;
+        match &self.watch {
+            Some(watch) => watch.next_request(poll),
+            None => poll,
         }
     }
 
@@ -178,10 +171,6 @@ impl Runner {
                 () = cancel.cancelled() => return None,
                 () = tokio::time::sleep_until(due) => {}
                 change = next_change(&mut self.watch) => match change {
-                    Change::Vacated if self.watch.as_ref().is_some_and(|w| w.not_before().is_some()) => {
-                        tracing::debug!("leader key gone without an end of its lease; waiting it out");
-                        continue;
-                    }
                     Change::Vacated => tracing::debug!("leader key vacant; requesting"),
                     Change::Other => continue,
                 },
@@ -292,11 +281,6 @@ struct LeaderWatch {
     state: KeyState,
     /// Whether the snapshot in progress contained the key.
     saw_leader: bool,
-    /// When the watch last showed the key written (a snapshot entry or a put), until a
-    /// deletion or expiry marker ends that lease: followers do not request before this plus
-    /// `stale` unless the lease's end was seen. Kept across errors and reopens, which is what
-    /// it is for.
-    renewed: Option<Instant>,
     /// Requests refused while the key looked vacant, since it last looked held.
     vacant_refusals: u32,
     /// Whether the watch was reopened to check a vacancy that refused requests contradict.
@@ -315,7 +299,6 @@ impl LeaderWatch {
             stale,
             state: KeyState::Unknown { since: now },
             saw_leader: false,
-            renewed: None,
             vacant_refusals: 0,
             vacancy_rechecked: false,
         }
@@ -327,18 +310,9 @@ impl LeaderWatch {
             // Someone renews the key: only the safety net, in case the watch misses its end.
             KeyState::Held { seen } => poll.max(seen + self.stale),
             // Vacant after a refused request (an agent that does not use the key), or the watch
-            // cannot tell: poll, once a lease seen renewed has provably ended.
-            KeyState::Vacant | KeyState::Unknown { .. } => {
-                self.not_before().map_or(poll, |fence| poll.max(fence))
-            }
+            // cannot tell: poll.
+            KeyState::Vacant | KeyState::Unknown { .. } => poll,
         }
-    }
-
-    /// While the last lease the watch saw renewed has not been seen to end (no deletion or
-    /// expiry marker since) and may still run: when it has provably ended.
-    fn not_before(&self) -> Option<Instant> {
-        let fence = self.renewed? + self.stale;
-        (Instant::now() < fence).then_some(fence)
     }
 
     /// Drops the stream and opens a fresh one (with a fresh snapshot) at once.
@@ -381,9 +355,9 @@ impl LeaderWatch {
     }
 
     fn held(&mut self) {
-        let now = Instant::now();
-        self.state = KeyState::Held { seen: now };
-        self.renewed = Some(now);
+        self.state = KeyState::Held {
+            seen: Instant::now(),
+        };
         self.vacant_refusals = 0;
         self.vacancy_rechecked = false;
     }
@@ -441,7 +415,6 @@ impl LeaderWatch {
                 // A new end of a lease: contend even if the key already looked vacant.
                 Some(Ok(WatchEvent::Deleted { .. } | WatchEvent::Expired { .. })) => {
                     self.state = KeyState::Vacant;
-                    self.renewed = None;
                     return Change::Vacated;
                 }
                 Some(Err(e)) => {
@@ -507,13 +480,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(3);
 
     async fn contenders(n: usize) -> (Vec<Option<Elector>>, Vec<Arc<Probe>>) {
-        contenders_in(&MemoryStore::new(), n).await
-    }
-
-    async fn contenders_in(
-        store: &MemoryStore,
-        n: usize,
-    ) -> (Vec<Option<Elector>>, Vec<Arc<Probe>>) {
+        let store = MemoryStore::new();
         let mut electors = Vec::new();
         let mut probes = Vec::new();
         for i in 0..n {
@@ -636,42 +603,6 @@ mod tests {
         let stale = TTL + TTL / 6;
         assert!(took <= stale + TTL / 3, "took {took:?}");
         assert!(probes[follower].watches() >= 2);
-    }
-
-    /// The election bucket deleted and created again under a leader: the key is gone without a
-    /// marker, and the leader learns it only at its next renewal. The followers wait out the
-    /// lease they saw renewed, so there is never more than one leader, and one leads again
-    /// within the TTL and a period of the deletion.
-    #[tokio::test(start_paused = true)]
-    async fn a_key_gone_without_a_marker_is_not_taken_before_the_lease_it_had_ends() {
-        let store = MemoryStore::new();
-        let (electors, _) = contenders_in(&store, 3).await;
-        one_leader(&electors, Duration::from_secs(1)).await;
-        // Right after a renewal, so that the old leader notices as late as it can.
-        tokio::time::sleep(TTL + Duration::from_millis(20)).await;
-        let deleted_at = Instant::now();
-        assert!(store.delete_bucket("election"));
-        store
-            .client()
-            .bucket(&bucket_spec("election", TTL, 1))
-            .await
-            .unwrap();
-        let (mut vacated, mut again) = (false, None);
-        while deleted_at.elapsed() <= 3 * TTL {
-            let now = leaders(&electors);
-            assert!(
-                now.len() <= 1,
-                "two leaders {:?} after the bucket was recreated: {now:?}",
-                deleted_at.elapsed()
-            );
-            vacated |= now.is_empty();
-            if vacated && now.len() == 1 {
-                again.get_or_insert(deleted_at.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let took = again.expect("the old leader steps down and someone leads again");
-        assert!(took <= TTL + TTL / 3, "took {took:?}");
     }
 
     /// Grants leadership when told to; never touches the leader key.

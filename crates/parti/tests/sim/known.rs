@@ -59,6 +59,15 @@ pub const KNOWN: &[Known] = &[
         reason: "a leader that lost the committed map assigns from scratch, so a crash moves \
                  partitions of survivors too (the map itself is not kept anywhere else)",
     },
+    Known {
+        violation: "twoLeaders",
+        faults: &["bucketDeleted"],
+        reason: "the election bucket deleted under a leader: a worker wins the lease in the \
+                 recreated bucket before the old leader's next renewal fails (it steps down \
+                 then, within a renewal interval); publishes stay fenced by the terms floor \
+                 and the `cluster` revision check, and holdings are judged by the ownership \
+                 checker, not by leadership",
+    },
 ];
 
 /// Whether a violation of `kind` is explained by a fault the seed injected (or needs none).
