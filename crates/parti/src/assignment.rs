@@ -36,6 +36,8 @@ pub enum Lifecycle {
 #[non_exhaustive]
 pub struct Assignment {
     /// The cluster-wide assignment version; increases by one on every publish, across leaders.
+    /// A group's first version (and the first after its commit was lost) is at least the
+    /// leader's clock in Unix milliseconds, so versions never start again below earlier ones.
     pub version: u64,
     /// The cluster lifecycle at publication.
     pub lifecycle: Lifecycle,

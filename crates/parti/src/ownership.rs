@@ -122,7 +122,11 @@ pub enum OwnershipEvent {
 /// Implementations must be quick and must not block for long (a file append is fine): they run
 /// on the manager's tasks.
 pub trait OwnershipSink: Send + Sync + fmt::Debug + 'static {
-    /// One record, in the order they happened for this worker.
+    /// One record, in the order they were made for this worker. Each record is stamped when
+    /// its change was decided, and the manager records from more than one task (lease
+    /// extensions from its runtime, holds and releases from its fence task), so `at_ns` can
+    /// go back slightly from one record to the next: sort a process's records by `at_ns`
+    /// before reading them as a timeline.
     fn record(&self, record: &OwnershipRecord);
 }
 

@@ -271,6 +271,8 @@ impl<'a> Messages<'a> {
 /// Version 0 is not a publication: it is the `cluster` record a leader writes to announce the
 /// cold-start window of a bucket that has no commit (and no trace of one), and it commits no
 /// map. It is not compared; the first real publish after it is, against everything before.
+/// (That the leader never writes it over published state is checked where it is written:
+/// `a_version_0_announcement_is_never_written_over_published_state` in the publisher.)
 pub(super) fn version_regressions(
     timeline: &Timeline<'_>,
     versions: &[VersionRecord],

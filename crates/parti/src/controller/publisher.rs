@@ -530,6 +530,52 @@ mod tests {
         );
     }
 
+    /// The cold-start announcement is a version-0 record with no map: written into a bucket
+    /// with no trace of a publish, never over published state — a `cluster` record lost
+    /// under a `floor` key, or an empty bucket while live workers report a version — where
+    /// readers would see the version go back to 0.
+    #[tokio::test]
+    async fn a_version_0_announcement_is_never_written_over_published_state() {
+        let cold = ClusterPhase::Scaling {
+            reason: crate::state::ScalingReason::ColdStart,
+            until_ms: 1,
+        };
+        let read = |bucket: Arc<dyn crate::store::Bucket>| async move {
+            crate::records::read_published(&*bucket)
+                .await
+                .unwrap()
+                .record
+                .map(|(r, _)| r.version)
+        };
+        let store = MemoryStore::new();
+        let spec = |name: &str| crate::store::BucketSpec::new(name);
+
+        // Nothing anywhere: the announcement is written, as version 0.
+        let fresh = store.bucket(&spec("fresh")).await.unwrap();
+        let mut leader = Publisher::load(Arc::clone(&fresh), 1).await.unwrap();
+        leader.set_phase(cold, 0).await.unwrap();
+        assert_eq!(read(Arc::clone(&fresh)).await, Some(0));
+
+        // The record lost, its `floor` key left: nothing is written.
+        let lost = store.bucket(&spec("lost")).await.unwrap();
+        let mut first = Publisher::load(Arc::clone(&lost), 1).await.unwrap();
+        let m = map(&[("w0", &["p0"])]);
+        first
+            .publish(&m, meta(), &Members::default())
+            .await
+            .unwrap();
+        lost.delete(CLUSTER_KEY, None).await.unwrap();
+        let mut next = Publisher::load(Arc::clone(&lost), 2).await.unwrap();
+        next.set_phase(cold, 0).await.unwrap();
+        assert_eq!(read(Arc::clone(&lost)).await, None);
+
+        // An empty bucket under workers that report a version: nothing is written.
+        let recreated = store.bucket(&spec("recreated")).await.unwrap();
+        let mut leader = Publisher::load(Arc::clone(&recreated), 3).await.unwrap();
+        leader.set_phase(cold, 7).await.unwrap();
+        assert_eq!(read(Arc::clone(&recreated)).await, None);
+    }
+
     /// A commit this leader did not see land (its reply lost, or a deposed leader's) must be
     /// taken in by a phase write over it: the next publish plans hand-offs from its records.
     #[tokio::test]
