@@ -646,7 +646,14 @@ impl Leader {
         };
         self.read_intents().await;
         let rules = self.rules(now());
-        let previous = &self.publisher.committed().map;
+        // Without a readable commit, the worker values left still say where partitions were.
+        let last_known = self.publisher.last_known_map().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the worker values left; placing afresh");
+            None
+        });
+        let previous = last_known
+            .as_ref()
+            .unwrap_or(&self.publisher.committed().map);
         let placed = placement::place(
             &*self.ctx.strategy,
             workers,

@@ -322,6 +322,69 @@ impl Publisher {
         Ok(committed.max(listed).unwrap_or(0))
     }
 
+    /// When no commit can be read (the `cluster` record garbage or gone): the map the worker
+    /// values left in the bucket still describe — each worker's newer slot, and a partition
+    /// listed by two workers kept by the newer value. `None` while a commit can be read (its
+    /// map is the one to build on) or when no worker value is left.
+    ///
+    /// A hint for the strategy's stickiness only, so that a crash handled meanwhile moves the
+    /// crashed worker's partitions and not the survivors': who may still hold what is decided
+    /// by [`unknown_holders`](Self::unknown_holders) (every live worker releases first).
+    pub(crate) async fn last_known_map(&self) -> Result<Option<AssignmentMap>> {
+        if self.committed.record.is_some() {
+            return Ok(None);
+        }
+        let pattern = format!("{}>", crate::records::WORKER_KEY_PREFIX);
+        let mut newest: BTreeMap<WorkerId, WorkerRecord> = BTreeMap::new();
+        for entry in self.bucket.list(&pattern).await? {
+            let Some((worker, _)) = crate::records::parse_worker_key(&entry.key) else {
+                continue;
+            };
+            let Ok(record) =
+                codec::decode::<WorkerRecord>(self.bucket.name(), &entry.key, &entry.value)
+            else {
+                continue;
+            };
+            if newest
+                .get(&worker)
+                .is_none_or(|r| r.version < record.version)
+            {
+                newest.insert(worker, record);
+            }
+        }
+        if newest.is_empty() {
+            return Ok(None);
+        }
+        // Partition ID → (version of the value listing it, its worker): the newest listing wins.
+        let mut owner: std::collections::HashMap<String, (u64, &WorkerId)> =
+            std::collections::HashMap::new();
+        for (worker, record) in &newest {
+            for partition in &record.partitions {
+                let listing = (record.version, worker);
+                owner
+                    .entry(partition.id())
+                    .and_modify(|o| {
+                        if listing.0 > o.0 {
+                            *o = listing;
+                        }
+                    })
+                    .or_insert(listing);
+            }
+        }
+        let mut map = AssignmentMap::with_workers(newest.keys());
+        for (worker, record) in &newest {
+            for partition in &record.partitions {
+                if owner
+                    .get(&partition.id())
+                    .is_some_and(|(_, w)| *w == worker)
+                {
+                    map.push(worker, partition.clone());
+                }
+            }
+        }
+        Ok(Some(map))
+    }
+
     /// Live members whose holdings the committed state does not tell: all of them when the
     /// commit is garbage, or gone after something was committed (worker values remain, or a
     /// member's heartbeat reports a version: the bucket was deleted and created again under
@@ -574,6 +637,38 @@ mod tests {
         let mut leader = Publisher::load(Arc::clone(&recreated), 3).await.unwrap();
         leader.set_phase(cold, 7).await.unwrap();
         assert_eq!(read(Arc::clone(&recreated)).await, None);
+    }
+
+    /// Garbage over the commit: the next leader cannot read the map, but the worker values
+    /// left say where partitions were — each worker's newer slot, a partition moved since
+    /// kept by its newer listing.
+    #[tokio::test]
+    async fn without_a_readable_commit_the_worker_values_give_the_last_known_map() {
+        let store = MemoryStore::new();
+        let bucket = store
+            .bucket(&crate::store::BucketSpec::new("parti-assignment"))
+            .await
+            .unwrap();
+        let members = Members::default();
+        let mut leader = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        assert_eq!(leader.last_known_map().await.unwrap(), None, "nothing yet");
+        let first = map(&[("w0", &["p0", "p1"]), ("w1", &["p2"])]);
+        leader.publish(&first, meta(), &members).await.unwrap();
+        // p1 moves to w1: w1's value is written again, w0's too (its newer slot drops p1).
+        let second = map(&[("w0", &["p0"]), ("w1", &["p1", "p2"])]);
+        leader.publish(&second, meta(), &members).await.unwrap();
+        assert_eq!(
+            leader.last_known_map().await.unwrap(),
+            None,
+            "a commit to build on"
+        );
+
+        bucket
+            .put(CLUSTER_KEY, bytes::Bytes::from_static(b"{garbage"))
+            .await
+            .unwrap();
+        let next = Publisher::load(Arc::clone(&bucket), 2).await.unwrap();
+        assert_eq!(next.last_known_map().await.unwrap(), Some(second));
     }
 
     /// A commit this leader did not see land (its reply lost, or a deposed leader's) must be
