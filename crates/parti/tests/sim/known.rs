@@ -56,8 +56,10 @@ pub const KNOWN: &[Known] = &[
     Known {
         violation: "crashMovedOthers",
         faults: MAP_LOST,
-        reason: "a leader that lost the committed map assigns from scratch, so a crash moves \
-                 partitions of survivors too (the map itself is not kept anywhere else)",
+        reason: "a leader that cannot read the commit places over the worker values left in \
+                 the bucket; with those gone too (the bucket deleted) or garbage over a \
+                 survivor's value, it places those partitions afresh, so a crash moves \
+                 partitions of survivors too",
     },
     Known {
         violation: "twoLeaders",
