@@ -327,9 +327,10 @@ impl Publisher {
     /// listed by two workers kept by the newer value. `None` while a commit can be read (its
     /// map is the one to build on) or when no worker value is left.
     ///
-    /// A hint for the strategy's stickiness only, so that a crash handled meanwhile moves the
-    /// crashed worker's partitions and not the survivors': who may still hold what is decided
-    /// by [`unknown_holders`](Self::unknown_holders) (every live worker releases first).
+    /// A hint for the strategy's stickiness only (for a leader that has no map of its own
+    /// yet), so that a crash handled meanwhile moves little beyond the crashed worker's
+    /// partitions: who may still hold what is decided by
+    /// [`unknown_holders`](Self::unknown_holders) (every live worker releases first).
     pub(crate) async fn last_known_map(&self) -> Result<Option<AssignmentMap>> {
         if self.committed.record.is_some() {
             return Ok(None);
@@ -355,14 +356,15 @@ impl Publisher {
         if newest.is_empty() {
             return Ok(None);
         }
-        // Partition ID → (version of the value listing it, its worker): the newest listing wins.
-        let mut owner: std::collections::HashMap<String, (u64, &WorkerId)> =
+        // Partition keys → (version of the value listing it, its worker): the newest listing
+        // wins.
+        let mut owner: std::collections::HashMap<&[String], (u64, &WorkerId)> =
             std::collections::HashMap::new();
         for (worker, record) in &newest {
             for partition in &record.partitions {
                 let listing = (record.version, worker);
                 owner
-                    .entry(partition.id())
+                    .entry(partition.keys())
                     .and_modify(|o| {
                         if listing.0 > o.0 {
                             *o = listing;
@@ -375,7 +377,7 @@ impl Publisher {
         for (worker, record) in &newest {
             for partition in &record.partitions {
                 if owner
-                    .get(&partition.id())
+                    .get(partition.keys())
                     .is_some_and(|(_, w)| *w == worker)
                 {
                     map.push(worker, partition.clone());
@@ -668,6 +670,15 @@ mod tests {
             .await
             .unwrap();
         let next = Publisher::load(Arc::clone(&bucket), 2).await.unwrap();
+        assert_eq!(next.last_known_map().await.unwrap(), Some(second.clone()));
+
+        // Garbage over w0's newer value as well: its older one lists p1 too, but w1's newer
+        // listing of p1 wins.
+        let w0_newer = worker_key(&WorkerId::new("w0"), Slot::B);
+        bucket
+            .put(&w0_newer, bytes::Bytes::from_static(b"[]"))
+            .await
+            .unwrap();
         assert_eq!(next.last_known_map().await.unwrap(), Some(second));
     }
 
