@@ -522,6 +522,14 @@ mod tests {
         m
     }
 
+    /// An assignment bucket in a fresh memory store.
+    async fn assignment_bucket() -> Arc<dyn crate::store::Bucket> {
+        MemoryStore::new()
+            .bucket(&crate::store::BucketSpec::new("parti-assignment"))
+            .await
+            .unwrap()
+    }
+
     fn meta() -> PublishMeta {
         PublishMeta {
             phase: ClusterPhase::Stable,
@@ -646,11 +654,7 @@ mod tests {
     /// kept by its newer listing.
     #[tokio::test]
     async fn without_a_readable_commit_the_worker_values_give_the_last_known_map() {
-        let store = MemoryStore::new();
-        let bucket = store
-            .bucket(&crate::store::BucketSpec::new("parti-assignment"))
-            .await
-            .unwrap();
+        let bucket = assignment_bucket().await;
         let members = Members::default();
         let mut leader = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
         assert_eq!(leader.last_known_map().await.unwrap(), None, "nothing yet");
@@ -686,11 +690,7 @@ mod tests {
     /// taken in by a phase write over it: the next publish plans hand-offs from its records.
     #[tokio::test]
     async fn a_phase_write_over_an_unseen_commit_takes_that_commit_in() {
-        let store = MemoryStore::new();
-        let bucket = store
-            .bucket(&crate::store::BucketSpec::new("parti-assignment"))
-            .await
-            .unwrap();
+        let bucket = assignment_bucket().await;
         let members = Members::default();
         let mut a = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
         let first = map(&[("w0", &["p0"]), ("w1", &["p1"])]);
