@@ -1010,3 +1010,88 @@ async fn consumer_api_rate_spreads_the_consumer_calls_of_a_fleet_started_at_once
         manager.stop().await.unwrap();
     }
 }
+
+/// Records the `previous` map of every call, then assigns like the default strategy.
+#[derive(Debug, Default, Clone)]
+struct PreviousSpy {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Option<parti::AssignmentMap>>>>,
+    inner: parti::WeightedConsistentHash,
+}
+
+impl parti::AssignmentStrategy for PreviousSpy {
+    fn name(&self) -> &str {
+        "previous_spy"
+    }
+
+    fn assign(
+        &self,
+        workers: &[parti::WorkerId],
+        partitions: &[Partition],
+        previous: Option<&parti::AssignmentMap>,
+    ) -> parti::Result<parti::AssignmentMap> {
+        self.seen.lock().unwrap().push(previous.cloned());
+        self.inner.assign(workers, partitions, previous)
+    }
+}
+
+/// The leader crashes and garbage lands on the `cluster` record before anyone reads it: the
+/// next leader has no readable commit and no map of its own, and builds on the map the worker
+/// values left in the bucket (each survivor's partitions as they were), not on nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05d_a_new_leader_without_a_readable_commit_builds_on_the_worker_values() {
+    let cluster = TestCluster::start(config(), partitions(120)).await;
+    let spy = PreviousSpy::default();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let recorder = Recorder::default();
+        let client = cluster.server.client().await.expect("connect");
+        let manager = cluster
+            .builder(client)
+            .strategy(spy.clone())
+            .hooks(recorder.clone())
+            .spawn()
+            .await
+            .expect("worker start");
+        workers.push((manager, recorder));
+    }
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+
+    let leader = workers
+        .iter()
+        .position(|(m, _)| m.is_leader())
+        .expect("a leader");
+    let (leader, _) = workers.remove(leader);
+    cluster.kill(&leader).await;
+    cluster
+        .assignment_bucket()
+        .put(
+            parti::records::CLUSTER_KEY,
+            bytes::Bytes::from_static(b"{garbage"),
+        )
+        .await
+        .unwrap();
+    let calls_before = spy.seen.lock().unwrap().len();
+    let after = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    assert!(after.version() > before.version());
+
+    let seen = spy.seen.lock().unwrap()[calls_before..].to_vec();
+    let previous = seen
+        .iter()
+        .flatten()
+        .next_back()
+        .expect("the new leader placed with a previous map");
+    for (m, _) in &workers {
+        let id = m.worker_id();
+        assert_eq!(
+            previous.partitions_of(&id),
+            before.map.partitions_of(&id),
+            "{id}: the previous map the strategy got is what the worker values say"
+        );
+    }
+    cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
