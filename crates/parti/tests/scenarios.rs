@@ -303,17 +303,8 @@ async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership()
     let failover_budget = config.election_ttl + Duration::from_secs(1);
     let cluster = TestCluster::start(config, partitions(150)).await;
     let mut workers = cluster.workers(5).await;
-    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
-    wait_all_stable(&cluster, &workers, SETTLE).await;
-    let settled_ns = parti::ownership::now_ns();
-
-    let leader_index = workers
-        .iter()
-        .position(|(m, _)| m.is_leader())
-        .expect("a leader");
-    let (leader, _) = workers.remove(leader_index);
-    let crashed_at = Instant::now();
-    cluster.kill(&leader).await;
+    let (before, settled_ns, crashed_at) =
+        settle_then_kill_the_leader(&cluster, &mut workers).await;
 
     wait_until(failover_budget + SETTLE, "a new leader", || async {
         workers.iter().any(|(m, _)| m.is_leader())
@@ -1011,6 +1002,25 @@ async fn consumer_api_rate_spreads_the_consumer_calls_of_a_fleet_started_at_once
     }
 }
 
+/// Waits for the map over `workers` and for every worker to be stable, then kills the leader
+/// (removed from `workers`); returns that map, when it had settled and when the leader died.
+async fn settle_then_kill_the_leader(
+    cluster: &TestCluster,
+    workers: &mut Vec<(parti::Manager, Recorder)>,
+) -> (parti::records::Published, u64, Instant) {
+    let before = cluster.wait_for_map(&ids(workers), SETTLE).await;
+    wait_all_stable(cluster, workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+    let leader = workers
+        .iter()
+        .position(|(m, _)| m.is_leader())
+        .expect("a leader");
+    let (leader, _) = workers.remove(leader);
+    let crashed_at = Instant::now();
+    cluster.kill(&leader).await;
+    (before, settled_ns, crashed_at)
+}
+
 /// Records the `previous` map of every call, then assigns like the default strategy.
 #[derive(Debug, Default, Clone)]
 struct PreviousSpy {
@@ -1054,16 +1064,7 @@ async fn s05d_a_new_leader_without_a_readable_commit_builds_on_the_worker_values
             .expect("worker start");
         workers.push((manager, recorder));
     }
-    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
-    wait_all_stable(&cluster, &workers, SETTLE).await;
-    let settled_ns = parti::ownership::now_ns();
-
-    let leader = workers
-        .iter()
-        .position(|(m, _)| m.is_leader())
-        .expect("a leader");
-    let (leader, _) = workers.remove(leader);
-    cluster.kill(&leader).await;
+    let (before, settled_ns, _) = settle_then_kill_the_leader(&cluster, &mut workers).await;
     cluster
         .assignment_bucket()
         .put(
