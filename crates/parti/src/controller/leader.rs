@@ -648,19 +648,17 @@ impl Leader {
         let rules = self.rules(now());
         // Without a readable commit: this term's own last map, or else the map the worker
         // values left still describe (a stickiness hint only; see `last_known_map`).
-        let last_known = if self.publisher.committed().record.is_none() && self.last_map.is_empty()
-        {
-            self.publisher.last_known_map().await.unwrap_or_else(|e| {
+        let last_known;
+        let previous = if self.publisher.committed().record.is_some() {
+            &self.publisher.committed().map
+        } else if !self.last_map.is_empty() {
+            &self.last_map
+        } else {
+            last_known = self.publisher.last_known_map().await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read the worker values left; placing afresh");
                 None
-            })
-        } else {
-            None
-        };
-        let previous = match (&last_known, self.publisher.committed().record.is_none()) {
-            (Some(map), _) => map,
-            (None, true) => &self.last_map,
-            (None, false) => &self.publisher.committed().map,
+            });
+            last_known.as_ref().unwrap_or(&self.last_map)
         };
         let placed = placement::place(
             &*self.ctx.strategy,
