@@ -16,6 +16,14 @@
 //! quickly while the lease, counted from the start of the last successful renewal, has more
 //! than a safety margin left; after that the worker steps down, so it never believes it leads
 //! past its lease.
+//!
+//! A granted request is announced (`Leader`) only once no other worker can still believe in a
+//! lease the watch saw it hold: `lease` after its last renewal seen, or after the watch lost
+//! sight of the key while held. That wait is normally over when the key can be created at all
+//! (a released key was deleted after its leader stepped down; an expired one outlived its
+//! lease), but not when the election bucket was deleted and created again: a follower wins the
+//! new bucket's empty key while the old leader trusts its last renewal until the next one
+//! fails. The winner renews meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,12 +68,13 @@ impl Elector {
         // Longer than the TTL by half a renewal period: the expiry marker of a key that was
         // not renewed normally comes first.
         let stale = ttl.max(MIN_PERIOD) + period / 2;
+        let lease = ttl.saturating_sub(ttl / 5);
         let runner = Runner {
             agent: agent.clone(),
-            watch: bucket_for_watch.map(|bucket| LeaderWatch::new(bucket, stale, period)),
+            watch: bucket_for_watch.map(|bucket| LeaderWatch::new(bucket, stale, period, lease)),
             tx,
             period,
-            lease: ttl.saturating_sub(ttl / 5),
+            lease,
             retry: (period / 4).clamp(MIN_PERIOD, MAX_RETRY),
         };
         let cancel = CancellationToken::new();
@@ -123,10 +132,9 @@ impl Runner {
     /// Runs until cancelled; store calls in flight are finished, not dropped, so the agent's view
     /// of the lease stays exact for the final release.
     async fn run(mut self, cancel: CancellationToken) -> Result<()> {
-        while let Some((term, since)) = self.follow(&cancel).await {
-            self.tx.send_replace(Leadership::Leader { term });
-            tracing::info!(term, "leading");
-            let Some(reason) = self.lead(&cancel, since).await else {
+        while let Some(won) = self.follow(&cancel).await {
+            let term = won.term;
+            let Some(reason) = self.lead(&cancel, won).await else {
                 break;
             };
             self.tx.send_replace(Leadership::Follower);
@@ -162,8 +170,8 @@ impl Runner {
     }
 
     /// Requests leadership (at once, then as [`next_request`](Self::next_request) says) until
-    /// granted (`Some((term, time of the request))`) or cancelled.
-    async fn follow(&mut self, cancel: &CancellationToken) -> Option<(u64, Instant)> {
+    /// granted or cancelled (`None`).
+    async fn follow(&mut self, cancel: &CancellationToken) -> Option<Won> {
         let mut last = None;
         loop {
             let due = self.next_request(last);
@@ -186,7 +194,19 @@ impl Runner {
                 return None;
             }
             match result {
-                Ok(Some(term)) => return Some((term, started)),
+                Ok(Some(term)) => {
+                    // Read before any event of our own write is taken from the watch.
+                    let announce_at = self
+                        .watch
+                        .as_ref()
+                        .and_then(LeaderWatch::seen_lease_until)
+                        .unwrap_or(started);
+                    return Some(Won {
+                        term,
+                        since: started,
+                        announce_at,
+                    });
+                }
                 Ok(None) => {
                     if let Some(watch) = self.watch.as_mut() {
                         watch.refused();
@@ -205,14 +225,46 @@ impl Runner {
         }
     }
 
-    /// Renews until the lease is lost (`Some(reason)`) or the loop is cancelled (`None`).
-    async fn lead(&mut self, cancel: &CancellationToken, since: Instant) -> Option<&'static str> {
+    /// Renews until the lease is lost (`Some(reason)`) or the loop is cancelled (`None`), and
+    /// announces `Leader` once `won.announce_at` has passed (renewing meanwhile).
+    async fn lead(&mut self, cancel: &CancellationToken, won: Won) -> Option<&'static str> {
+        let Won {
+            term,
+            since,
+            announce_at,
+        } = won;
         let mut deadline = since + self.lease;
         let mut next_renew = since + self.period;
+        let mut announced = false;
+        if Instant::now() < announce_at {
+            tracing::info!(
+                term,
+                wait_ms = u64::try_from(announce_at.duration_since(Instant::now()).as_millis())
+                    .unwrap_or(u64::MAX),
+                "won the leader lease while another worker may still believe in its own (the \
+                 election bucket was recreated, or the watch lost sight of its renewals); \
+                 leading once that lease has run out"
+            );
+        }
         loop {
+            if !announced && Instant::now() >= announce_at {
+                announced = true;
+                self.tx.send_replace(Leadership::Leader { term });
+                tracing::info!(term, "leading");
+            }
+            let wake = if announced {
+                next_renew.min(deadline)
+            } else {
+                next_renew.min(deadline).min(announce_at)
+            };
             tokio::select! {
                 () = cancel.cancelled() => return None,
-                () = tokio::time::sleep_until(next_renew.min(deadline)) => {}
+                () = tokio::time::sleep_until(wake) => {
+                    if Instant::now() < next_renew.min(deadline) {
+                        // Woken to announce only.
+                        continue;
+                    }
+                }
                 change = next_change(&mut self.watch) => match change {
                     // Our key vanished: check at once rather than at the next renewal.
                     Change::Vacated => {}
@@ -237,6 +289,17 @@ impl Runner {
             }
         }
     }
+}
+
+/// A granted request.
+#[derive(Debug, Clone, Copy)]
+struct Won {
+    term: u64,
+    /// When the granting request started: the lease is counted from then.
+    since: Instant,
+    /// When `Leader` may be announced: once no other worker can still believe in a lease the
+    /// watch saw it hold (see [`LeaderWatch::seen_lease_until`]).
+    announce_at: Instant,
 }
 
 /// The next change the watch reports; never returns without a watch.
@@ -285,10 +348,24 @@ struct LeaderWatch {
     vacant_refusals: u32,
     /// Whether the watch was reopened to check a vacancy that refused requests contradict.
     vacancy_rechecked: bool,
+    /// How long a leader trusts a renewal (the elector's `lease`).
+    lease: Duration,
+    /// Until when the worker whose write of the key was seen last may still believe it leads:
+    /// `lease` after that write was seen, or after the watch lost sight of a held key (an
+    /// error, the stream ending: renewals may have landed unseen). Cleared only by a delete or
+    /// expiry of the key, which end a lease; *not* by a snapshot without the key, which is
+    /// also what a recreated bucket shows while the old leader still trusts its last renewal
+    /// (its next one fails, but it may be a period away).
+    seen_lease_until: Option<Instant>,
 }
 
 impl LeaderWatch {
-    fn new(bucket: Arc<dyn Bucket>, stale: Duration, max_backoff: Duration) -> Self {
+    fn new(
+        bucket: Arc<dyn Bucket>,
+        stale: Duration,
+        max_backoff: Duration,
+        lease: Duration,
+    ) -> Self {
         let now = Instant::now();
         Self {
             bucket,
@@ -301,6 +378,24 @@ impl LeaderWatch {
             saw_leader: false,
             vacant_refusals: 0,
             vacancy_rechecked: false,
+            lease,
+            seen_lease_until: None,
+        }
+    }
+
+    /// Until when another worker may still believe in a lease this watch saw it hold, if that
+    /// is still ahead: a request granted before then must not be announced yet. A lease is
+    /// believed for at most `lease` after its last renewal started, and the watch sees a
+    /// renewal after it started.
+    fn seen_lease_until(&self) -> Option<Instant> {
+        self.seen_lease_until
+            .filter(|&until| until > Instant::now())
+    }
+
+    /// The watch lost sight of the key: a key it saw held may be renewed unseen from now on.
+    fn lost_sight(&mut self) {
+        if matches!(self.state, KeyState::Held { .. }) {
+            self.seen_lease_until = Some(Instant::now() + self.lease);
         }
     }
 
@@ -355,9 +450,9 @@ impl LeaderWatch {
     }
 
     fn held(&mut self) {
-        self.state = KeyState::Held {
-            seen: Instant::now(),
-        };
+        let now = Instant::now();
+        self.state = KeyState::Held { seen: now };
+        self.seen_lease_until = Some(now + self.lease);
         self.vacant_refusals = 0;
         self.vacancy_rechecked = false;
     }
@@ -415,17 +510,20 @@ impl LeaderWatch {
                 // A new end of a lease: contend even if the key already looked vacant.
                 Some(Ok(WatchEvent::Deleted { .. } | WatchEvent::Expired { .. })) => {
                     self.state = KeyState::Vacant;
+                    self.seen_lease_until = None;
                     return Change::Vacated;
                 }
                 Some(Err(e)) => {
                     // The stream carries on (with a fresh snapshot when it must); poll meanwhile.
                     tracing::debug!(error = %e, "leader watch error");
+                    self.lost_sight();
                     self.unknown();
                     return Change::Other;
                 }
                 None => {
                     self.stream = None;
                     self.reopen_at = Instant::now() + self.backoff.next_delay();
+                    self.lost_sight();
                     self.unknown();
                     return Change::Other;
                 }
@@ -480,7 +578,13 @@ mod tests {
     const TTL: Duration = Duration::from_secs(3);
 
     async fn contenders(n: usize) -> (Vec<Option<Elector>>, Vec<Arc<Probe>>) {
-        let store = MemoryStore::new();
+        contenders_in(&MemoryStore::new(), n).await
+    }
+
+    async fn contenders_in(
+        store: &MemoryStore,
+        n: usize,
+    ) -> (Vec<Option<Elector>>, Vec<Arc<Probe>>) {
         let mut electors = Vec::new();
         let mut probes = Vec::new();
         for i in 0..n {
@@ -575,6 +679,44 @@ mod tests {
             }
         }
         assert!(took <= TTL, "took {took:?}");
+    }
+
+    /// The election bucket deleted and created again under a leader: a follower wins the lease
+    /// in the new bucket before the old leader's next renewal finds its key gone. It leads
+    /// only once the old leader's lease, counted from its last renewal the follower saw, has
+    /// run out, so that two workers never lead at once; and not much later.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_won_in_a_recreated_bucket_waits_out_the_old_one() {
+        let store = MemoryStore::new();
+        let (electors, _) = contenders_in(&store, 2).await;
+        let (old, _) = one_leader(&electors, Duration::from_secs(1)).await;
+        tokio::time::sleep(TTL + TTL / 6).await;
+        let deleted_at = Instant::now();
+        assert!(store.delete_bucket("election"));
+        store
+            .bucket(&bucket_spec("election", TTL, 1))
+            .await
+            .unwrap();
+        let mut handed_over = None;
+        while deleted_at.elapsed() <= 3 * TTL {
+            let now_leading = leaders(&electors);
+            assert!(
+                now_leading.len() <= 1,
+                "{now_leading:?} lead at once, {:?} after the bucket was deleted",
+                deleted_at.elapsed()
+            );
+            if handed_over.is_none() && now_leading.iter().any(|&l| l != old) {
+                handed_over = Some(deleted_at.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(leaders(&electors), [1 - old]);
+        // The old leader's last renewal seen was at most a renewal period before the delete.
+        let took = handed_over.unwrap();
+        assert!(
+            took <= TTL - TTL / 5 + Duration::from_millis(50),
+            "took {took:?}"
+        );
     }
 
     /// A watch that stops delivering (the expiry marker never arrives): the follower contends

@@ -61,15 +61,6 @@ pub const KNOWN: &[Known] = &[
                  survivor's value, it places those partitions afresh, so a crash moves \
                  partitions of survivors too",
     },
-    Known {
-        violation: "twoLeaders",
-        faults: &["bucketDeleted"],
-        reason: "the election bucket deleted under a leader: a worker wins the lease in the \
-                 recreated bucket before the old leader's next renewal fails (it steps down \
-                 then, within a renewal interval); publishes stay fenced by the terms floor \
-                 and the `cluster` revision check, and holdings are judged by the ownership \
-                 checker, not by leadership",
-    },
 ];
 
 /// Whether a violation of `kind` is explained by a fault the seed injected (or needs none).
