@@ -18,12 +18,16 @@
 //! past its lease.
 //!
 //! A granted request is announced (`Leader`) only once no other worker can still believe in a
-//! lease the watch saw it hold: `lease` after its last renewal seen, or after the watch lost
-//! sight of the key while held. That wait is normally over when the key can be created at all
-//! (a released key was deleted after its leader stepped down; an expired one outlived its
-//! lease), but not when the election bucket was deleted and created again: a follower wins the
-//! new bucket's empty key while the old leader trusts its last renewal until the next one
-//! fails. The winner renews meanwhile.
+//! lease the watch saw it hold: `lease` after its last renewal seen (cleared by a delete or
+//! expiry seen since), and `lease` after the watch, having lost sight of a held key (an error,
+//! the stream ending, a reopen), completed its next snapshot. That wait is normally over when
+//! the key can be created at all, but not when the election bucket was deleted and created
+//! again: a follower wins the new bucket's empty key while the old leader trusts its last
+//! renewal until the next one fails. On NATS the deleted bucket shows no marker; the
+//! follower's watch goes quiet, is reopened once no renewal has shown for the TTL, and the
+//! winner leads a lease after that. The winner renews meanwhile. A quiet watch over a leader
+//! that crashed (its expiry marker missed) costs the same extra lease. A process that starts
+//! just as the bucket is recreated has seen no lease and does not wait.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,7 +203,7 @@ impl Runner {
                     let announce_at = self
                         .watch
                         .as_ref()
-                        .and_then(LeaderWatch::seen_lease_until)
+                        .and_then(LeaderWatch::lease_seen_until)
                         .unwrap_or(started);
                     return Some(Won {
                         term,
@@ -247,7 +251,7 @@ impl Runner {
             );
         }
         loop {
-            if !announced && Instant::now() >= announce_at {
+            if !announced && Instant::now() >= announce_at && Instant::now() < deadline {
                 announced = true;
                 self.tx.send_replace(Leadership::Leader { term });
                 tracing::info!(term, "leading");
@@ -298,7 +302,7 @@ struct Won {
     /// When the granting request started: the lease is counted from then.
     since: Instant,
     /// When `Leader` may be announced: once no other worker can still believe in a lease the
-    /// watch saw it hold (see [`LeaderWatch::seen_lease_until`]).
+    /// watch saw it hold (see [`LeaderWatch::lease_seen_until`]).
     announce_at: Instant,
 }
 
@@ -350,13 +354,20 @@ struct LeaderWatch {
     vacancy_rechecked: bool,
     /// How long a leader trusts a renewal (the elector's `lease`).
     lease: Duration,
-    /// Until when the worker whose write of the key was seen last may still believe it leads:
-    /// `lease` after that write was seen, or after the watch lost sight of a held key (an
-    /// error, the stream ending: renewals may have landed unseen). Cleared only by a delete or
-    /// expiry of the key, which end a lease; *not* by a snapshot without the key, which is
-    /// also what a recreated bucket shows while the old leader still trusts its last renewal
-    /// (its next one fails, but it may be a period away).
+    /// Until when the writer of the latest write of the key seen may still believe it leads:
+    /// `lease` after the write was seen (a renewal is seen after it started). Cleared by a
+    /// delete or expiry of the key seen in the same unbroken view.
     seen_lease_until: Option<Instant>,
+    /// Whether the watch lost sight of the key (an error, the stream ending, a reopen) while a
+    /// lease may have been believed, and has not completed a snapshot since: renewals may be
+    /// landing unseen, and the bucket may be deleted and created again meanwhile (on NATS that
+    /// shows no marker at all).
+    blind: bool,
+    /// Until when a lease renewed while the watch was blind may still be believed: `lease`
+    /// after the snapshot that ended the blindness. Only time clears it: a snapshot without
+    /// the key, and any delete seen after it, may be a recreated bucket's, which says nothing
+    /// about the old leader's lease.
+    blind_until: Option<Instant>,
 }
 
 impl LeaderWatch {
@@ -380,22 +391,36 @@ impl LeaderWatch {
             vacancy_rechecked: false,
             lease,
             seen_lease_until: None,
+            blind: false,
+            blind_until: None,
         }
     }
 
-    /// Until when another worker may still believe in a lease this watch saw it hold, if that
-    /// is still ahead: a request granted before then must not be announced yet. A lease is
-    /// believed for at most `lease` after its last renewal started, and the watch sees a
-    /// renewal after it started.
-    fn seen_lease_until(&self) -> Option<Instant> {
-        self.seen_lease_until
-            .filter(|&until| until > Instant::now())
+    /// Until when another worker may still believe in a lease this watch saw it hold, or that
+    /// it may have renewed while the watch was blind, if that is still ahead: a request granted
+    /// before then must not be announced yet.
+    fn lease_seen_until(&self) -> Option<Instant> {
+        let until = match (self.seen_lease_until, self.blind_until) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        // Still blind (a request is made while the watch cannot tell): at least a lease from now.
+        let until = if self.blind {
+            until.max(Some(Instant::now() + self.lease))
+        } else {
+            until
+        };
+        until.filter(|&until| until > Instant::now())
     }
 
-    /// The watch lost sight of the key: a key it saw held may be renewed unseen from now on.
+    /// The watch lost sight of the key: if a lease may be believed, renewals may land unseen.
     fn lost_sight(&mut self) {
-        if matches!(self.state, KeyState::Held { .. }) {
-            self.seen_lease_until = Some(Instant::now() + self.lease);
+        let believed = matches!(self.state, KeyState::Held { .. })
+            || self
+                .seen_lease_until
+                .is_some_and(|until| until > Instant::now());
+        if believed {
+            self.blind = true;
         }
     }
 
@@ -413,6 +438,7 @@ impl LeaderWatch {
     /// Drops the stream and opens a fresh one (with a fresh snapshot) at once.
     fn reopen(&mut self, why: &str) {
         tracing::debug!(reason = why, "reopening the leader watch");
+        self.lost_sight();
         self.stream = None;
         self.reopen_at = Instant::now();
         self.state = KeyState::Unknown {
@@ -497,6 +523,9 @@ impl LeaderWatch {
                 Some(Ok(WatchEvent::InitApply(_))) => self.saw_leader = true,
                 Some(Ok(WatchEvent::InitDone)) => {
                     self.backoff = crate::retry::doubling(REOPEN_MIN, self.max_backoff);
+                    if std::mem::take(&mut self.blind) {
+                        self.blind_until = Some(Instant::now() + self.lease);
+                    }
                     if !self.saw_leader {
                         return self.vacant();
                     }
@@ -683,8 +712,8 @@ mod tests {
 
     /// The election bucket deleted and created again under a leader: a follower wins the lease
     /// in the new bucket before the old leader's next renewal finds its key gone. It leads
-    /// only once the old leader's lease, counted from its last renewal the follower saw, has
-    /// run out, so that two workers never lead at once; and not much later.
+    /// only once a lease renewed just before the bucket went would have run out, so that two
+    /// workers never lead at once; and not much later.
     #[tokio::test(start_paused = true)]
     async fn a_lease_won_in_a_recreated_bucket_waits_out_the_old_one() {
         let store = MemoryStore::new();
@@ -738,12 +767,16 @@ mod tests {
             }
             probe.muted.store(false, Ordering::SeqCst);
         });
-        let (new, _) = one_leader(&electors, 3 * TTL).await;
+        let (new, _) = one_leader(&electors, 4 * TTL).await;
         let took = muted_at.elapsed();
         assert_eq!(new, follower);
-        // The last renewal seen was at most a period before the mute.
+        // The last renewal seen was at most a period before the mute. The reopened watch's
+        // snapshot has no key, but renewals may have landed unseen while the watch was quiet
+        // (a recreated bucket looks the same on NATS): the winner leads a lease after it.
         let stale = TTL + TTL / 6;
-        assert!(took <= stale + TTL / 3, "took {took:?}");
+        let lease = TTL - TTL / 5;
+        assert!(took >= stale - TTL / 3 + lease, "took {took:?}");
+        assert!(took <= stale + TTL / 3 + lease, "took {took:?}");
         assert!(probes[follower].watches() >= 2);
     }
 

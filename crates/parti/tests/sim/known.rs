@@ -33,12 +33,6 @@ pub const KNOWN: &[Known] = &[
                  (seen before the ownership changes too: seed 208)",
     },
     Known {
-        violation: "revived",
-        faults: &["bucketDeleted"],
-        reason: "the same: a recreated bucket restarts revisions and its watches replay from \
-                 scratch (§13, bucket recreated)",
-    },
-    Known {
         violation: "rollingRestartMoved",
         faults: &["pause", "idStolen"],
         reason: "a restarted worker whose old ID is still held (by a paused process, or one that \
