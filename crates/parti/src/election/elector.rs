@@ -18,16 +18,20 @@
 //! past its lease.
 //!
 //! A granted request is announced (`Leader`) only once no other worker can still believe in a
-//! lease the watch saw it hold: `lease` after its last renewal seen (cleared by a delete or
-//! expiry seen since), and `lease` after the watch, having lost sight of a held key (an error,
-//! the stream ending, a reopen), completed its next snapshot. That wait is normally over when
-//! the key can be created at all, but not when the election bucket was deleted and created
-//! again: a follower wins the new bucket's empty key while the old leader trusts its last
-//! renewal until the next one fails. On NATS the deleted bucket shows no marker; the
-//! follower's watch goes quiet, is reopened once no renewal has shown for the TTL, and the
-//! winner leads a lease after that. The winner renews meanwhile. A quiet watch over a leader
-//! that crashed (its expiry marker missed) costs the same extra lease. A process that starts
-//! just as the bucket is recreated has seen no lease and does not wait.
+//! lease the watch knows of; the winner renews meanwhile. The watch knows of a lease for
+//! `lease` after it saw a write of the key (until it sees a delete or expiry), for a poll
+//! period plus `lease` after a refused request (the winner's write may have been missed), and
+//! for `lease` after it shows the key again having lost sight of it while a lease was known
+//! (an error, the stream ending; a later session's watch starts that way). Without faults that
+//! wait is over by the time the key can be created at all. It matters when the election
+//! bucket was deleted and created again: a follower wins the new bucket's empty key while the
+//! old leader trusts its last renewal until the next one fails. It costs up to a lease without
+//! a leader when a watch error came shortly before a leader crash (a store outage, a
+//! reconnect). A watch that went quiet is reopened without that wait: no renewal has shown for
+//! longer than a lease, so every renewal seen has run out, and one made unseen in a bucket
+//! that still exists shows in the new snapshot. Not covered: a watch that went quiet while its
+//! leader still renewed, followed by the bucket created again; and a process that starts just
+//! as the bucket is recreated (it has seen no lease).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +70,25 @@ impl Elector {
     ///
     /// Dropping the returned value stops the loop without releasing (like [`abort`](Self::abort)).
     pub fn spawn(agent: Arc<dyn ElectionAgent>, bucket_for_watch: Option<Arc<dyn Bucket>>) -> Self {
+        Self::start(agent, bucket_for_watch, false)
+    }
+
+    /// [`spawn`](Self::spawn) for a worker that was running before (a session after its stable
+    /// ID was lost): its watch starts blind, so that a lease won before the watch has shown the
+    /// key for a lease is not announced yet — a leader of the earlier session's view may still
+    /// trust its lease, in a bucket that may have been created again meanwhile.
+    pub(crate) fn spawn_again(
+        agent: Arc<dyn ElectionAgent>,
+        bucket_for_watch: Option<Arc<dyn Bucket>>,
+    ) -> Self {
+        Self::start(agent, bucket_for_watch, true)
+    }
+
+    fn start(
+        agent: Arc<dyn ElectionAgent>,
+        bucket_for_watch: Option<Arc<dyn Bucket>>,
+        blind: bool,
+    ) -> Self {
         let (tx, leadership) = watch::channel(Leadership::Follower);
         let ttl = agent.lease_ttl();
         let period = (ttl / 3).max(MIN_PERIOD);
@@ -75,7 +98,11 @@ impl Elector {
         let lease = ttl.saturating_sub(ttl / 5);
         let runner = Runner {
             agent: agent.clone(),
-            watch: bucket_for_watch.map(|bucket| LeaderWatch::new(bucket, stale, period, lease)),
+            watch: bucket_for_watch.map(|bucket| {
+                let mut watch = LeaderWatch::new(bucket, stale, period, lease);
+                watch.blind = blind;
+                watch
+            }),
             tx,
             period,
             lease,
@@ -354,42 +381,43 @@ struct LeaderWatch {
     vacancy_rechecked: bool,
     /// How long a leader trusts a renewal (the elector's `lease`).
     lease: Duration,
+    /// How often a follower polls while the key looks vacant (the elector's `period`).
+    period: Duration,
+    /// Whether the key was ever seen written: only then does a refused request speak of a
+    /// lease (an agent that does not use the key is refused without one).
+    key_seen: bool,
     /// Until when the writer of the latest write of the key seen may still believe it leads:
     /// `lease` after the write was seen (a renewal is seen after it started). Cleared by a
     /// delete or expiry of the key seen in the same unbroken view.
     seen_lease_until: Option<Instant>,
-    /// Whether the watch lost sight of the key (an error, the stream ending, a reopen) while a
-    /// lease may have been believed, and has not completed a snapshot since: renewals may be
-    /// landing unseen, and the bucket may be deleted and created again meanwhile (on NATS that
-    /// shows no marker at all).
+    /// Whether the watch lost sight of the key (an error, the stream ending) while a lease may
+    /// have been believed, and has shown nothing since: renewals may be landing unseen, and the
+    /// bucket may be deleted and created again meanwhile.
     blind: bool,
     /// Until when a lease renewed while the watch was blind may still be believed: `lease`
-    /// after the snapshot that ended the blindness. Only time clears it: a snapshot without
-    /// the key, and any delete seen after it, may be a recreated bucket's, which says nothing
-    /// about the old leader's lease.
+    /// after the watch showed the key again. Only time clears it: a snapshot without the key,
+    /// and any delete seen after it, may be a recreated bucket's, which says nothing about the
+    /// old leader's lease.
     blind_until: Option<Instant>,
 }
 
 impl LeaderWatch {
-    fn new(
-        bucket: Arc<dyn Bucket>,
-        stale: Duration,
-        max_backoff: Duration,
-        lease: Duration,
-    ) -> Self {
+    fn new(bucket: Arc<dyn Bucket>, stale: Duration, period: Duration, lease: Duration) -> Self {
         let now = Instant::now();
         Self {
             bucket,
             stream: None,
             reopen_at: now,
-            backoff: crate::retry::doubling(REOPEN_MIN, max_backoff.max(REOPEN_MIN)),
-            max_backoff: max_backoff.max(REOPEN_MIN),
+            backoff: crate::retry::doubling(REOPEN_MIN, period.max(REOPEN_MIN)),
+            max_backoff: period.max(REOPEN_MIN),
             stale,
             state: KeyState::Unknown { since: now },
             saw_leader: false,
             vacant_refusals: 0,
             vacancy_rechecked: false,
             lease,
+            period,
+            key_seen: false,
             seen_lease_until: None,
             blind: false,
             blind_until: None,
@@ -411,6 +439,15 @@ impl LeaderWatch {
             until
         };
         until.filter(|&until| until > Instant::now())
+    }
+
+    /// The watch shows the key again after losing sight of it (a completed snapshot, or a live
+    /// event of a stream that carried on): renewals made meanwhile may have been missed, in a
+    /// bucket that may since have been created again.
+    fn regain_sight(&mut self) {
+        if std::mem::take(&mut self.blind) {
+            self.blind_until = Some(Instant::now() + self.lease);
+        }
     }
 
     /// The watch lost sight of the key: if a lease may be believed, renewals may land unseen.
@@ -438,7 +475,6 @@ impl LeaderWatch {
     /// Drops the stream and opens a fresh one (with a fresh snapshot) at once.
     fn reopen(&mut self, why: &str) {
         tracing::debug!(reason = why, "reopening the leader watch");
-        self.lost_sight();
         self.stream = None;
         self.reopen_at = Instant::now();
         self.state = KeyState::Unknown {
@@ -464,7 +500,16 @@ impl LeaderWatch {
     /// Called after a refused request. A key that still looks vacant although a request was
     /// refused twice means either an agent that does not use the key (nothing to see) or a watch
     /// that missed the winner's write: reopen it once to tell.
+    ///
+    /// A refusal also proves that another worker holds a lease the watch may not show (it
+    /// missed the winner's write): until the winner's first renewal is seen, assume it renews
+    /// just before each poll, so that a lease won at a later poll in a recreated bucket waits
+    /// for it.
     fn refused(&mut self) {
+        if self.key_seen {
+            let until = Instant::now() + self.period + self.lease;
+            self.seen_lease_until = self.seen_lease_until.max(Some(until));
+        }
         if self.state != KeyState::Vacant {
             return;
         }
@@ -476,6 +521,7 @@ impl LeaderWatch {
     }
 
     fn held(&mut self) {
+        self.key_seen = true;
         let now = Instant::now();
         self.state = KeyState::Held { seen: now };
         self.seen_lease_until = Some(now + self.lease);
@@ -523,9 +569,7 @@ impl LeaderWatch {
                 Some(Ok(WatchEvent::InitApply(_))) => self.saw_leader = true,
                 Some(Ok(WatchEvent::InitDone)) => {
                     self.backoff = crate::retry::doubling(REOPEN_MIN, self.max_backoff);
-                    if std::mem::take(&mut self.blind) {
-                        self.blind_until = Some(Instant::now() + self.lease);
-                    }
+                    self.regain_sight();
                     if !self.saw_leader {
                         return self.vacant();
                     }
@@ -533,11 +577,13 @@ impl LeaderWatch {
                     return Change::Other;
                 }
                 Some(Ok(WatchEvent::Put(_))) => {
+                    self.regain_sight();
                     self.held();
                     return Change::Other;
                 }
                 // A new end of a lease: contend even if the key already looked vacant.
                 Some(Ok(WatchEvent::Deleted { .. } | WatchEvent::Expired { .. })) => {
+                    self.regain_sight();
                     self.state = KeyState::Vacant;
                     self.seen_lease_until = None;
                     return Change::Vacated;
@@ -748,6 +794,73 @@ mod tests {
         );
     }
 
+    /// An elector of a later session (its stable ID was lost) has not seen what the leader key
+    /// did meanwhile: a lease it wins at once is announced only a lease after its watch showed
+    /// the key; the process's first elector announces at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_later_sessions_elector_waits_a_lease_before_leading() {
+        for again in [false, true] {
+            let store = MemoryStore::new();
+            let bucket = store
+                .bucket(&bucket_spec("election", TTL, 1))
+                .await
+                .unwrap();
+            let agent = Arc::new(NatsLeaseElection::new(
+                bucket.clone(),
+                WorkerId::new("w-0"),
+                "i-0".into(),
+                TTL,
+            ));
+            let started = Instant::now();
+            let elector = if again {
+                Elector::spawn_again(agent.clone(), Some(bucket))
+            } else {
+                Elector::spawn(agent.clone(), Some(bucket))
+            };
+            let mut leadership = elector.leadership();
+            leadership.wait_for(Leadership::is_leader).await.unwrap();
+            let took = started.elapsed();
+            assert!(agent.is_leader());
+            let lease = TTL - TTL / 5;
+            if again {
+                assert!(took >= lease, "took {took:?}");
+                assert!(took <= lease + Duration::from_millis(50), "took {took:?}");
+            } else {
+                assert!(took <= Duration::from_millis(50), "took {took:?}");
+            }
+            elector.stop().await.unwrap();
+        }
+    }
+
+    /// A refused request proves that someone holds a lease, even when the watch missed its
+    /// write: a lease won at a later poll (in a bucket created again meanwhile) waits until the
+    /// winner's lease, renewed at most a poll earlier, has run out.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_request_counts_as_a_lease_seen() {
+        let store = MemoryStore::new();
+        let bucket = store
+            .bucket(&bucket_spec("election", TTL, 1))
+            .await
+            .unwrap();
+        let period = TTL / 3;
+        let lease = TTL - TTL / 5;
+        let mut watch = LeaderWatch::new(bucket, TTL + period / 2, period, lease);
+        // Refused before the key was ever seen: an agent that may not use the key; no lease.
+        watch.vacant();
+        watch.refused();
+        assert_eq!(watch.lease_seen_until(), None);
+        watch.held();
+        watch.vacant();
+        // The end of the lease was seen: nothing to wait for.
+        watch.seen_lease_until = None;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        watch.refused();
+        assert_eq!(
+            watch.lease_seen_until(),
+            Some(Instant::now() + period + lease)
+        );
+    }
+
     /// A watch that stops delivering (the expiry marker never arrives): the follower contends
     /// once no renewal has shown for longer than the TTL, and reopens its watch.
     #[tokio::test(start_paused = true)]
@@ -767,16 +880,13 @@ mod tests {
             }
             probe.muted.store(false, Ordering::SeqCst);
         });
-        let (new, _) = one_leader(&electors, 4 * TTL).await;
+        let (new, _) = one_leader(&electors, 3 * TTL).await;
         let took = muted_at.elapsed();
         assert_eq!(new, follower);
-        // The last renewal seen was at most a period before the mute. The reopened watch's
-        // snapshot has no key, but renewals may have landed unseen while the watch was quiet
-        // (a recreated bucket looks the same on NATS): the winner leads a lease after it.
+        // The last renewal seen was at most a period before the mute; every renewal seen has
+        // run out by the time the watch is found quiet, so the winner leads at once.
         let stale = TTL + TTL / 6;
-        let lease = TTL - TTL / 5;
-        assert!(took >= stale - TTL / 3 + lease, "took {took:?}");
-        assert!(took <= stale + TTL / 3 + lease, "took {took:?}");
+        assert!(took <= stale + TTL / 3, "took {took:?}");
         assert!(probes[follower].watches() >= 2);
     }
 

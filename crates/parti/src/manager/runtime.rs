@@ -334,6 +334,8 @@ impl Runtime {
         self.out.worker_id.send_replace(Some(id.clone()));
         self.out.state.set(State::Election);
 
+        // The holder is created on the first claim: none yet means the process's first session.
+        let first_session = self.holder.is_none();
         let holder = self.holder_mut();
         // A new stable ID is a new lineage: commits naming this process under an older ID
         // must not be held again.
@@ -363,7 +365,13 @@ impl Runtime {
             profile,
         );
         let agent = self.agent_for(&id);
-        let elector = Elector::spawn(Arc::clone(&agent), Some(Arc::clone(&self.buckets.election)));
+        let election = Some(Arc::clone(&self.buckets.election));
+        let elector = if first_session {
+            Elector::spawn(Arc::clone(&agent), election)
+        } else {
+            // What the earlier session's watch saw is gone with it.
+            Elector::spawn_again(Arc::clone(&agent), election)
+        };
         let follower = Follower::spawn(
             Arc::clone(&self.buckets.assignment),
             id.clone(),
