@@ -21,17 +21,18 @@
 //! lease the watch knows of; the winner renews meanwhile. The watch knows of a lease for
 //! `lease` after it saw a write of the key (until it sees a delete or expiry), for a poll
 //! period plus `lease` after a refused request (the winner's write may have been missed), and
-//! for `lease` after it shows the key again having lost sight of it while a lease was known
-//! (an error, the stream ending; a later session's watch starts that way). Without faults that
+//! for `lease` after it shows the key again having lost sight of it (an error, the stream
+//! ending) once the key was ever seen (a later session's watch starts that way). Without faults that
 //! wait is over by the time the key can be created at all. It matters when the election
 //! bucket was deleted and created again: a follower wins the new bucket's empty key while the
 //! old leader trusts its last renewal until the next one fails. It costs up to a lease without
-//! a leader when a watch error came shortly before a leader crash (a store outage, a
-//! reconnect). A watch that went quiet is reopened without that wait: no renewal has shown for
+//! a leader when a watch error (a store outage, a reconnect) came less than a lease before the
+//! leader crashed or released the key. A watch that went quiet is reopened without that wait: no renewal has shown for
 //! longer than a lease, so every renewal seen has run out, and one made unseen in a bucket
 //! that still exists shows in the new snapshot. Not covered: a watch that went quiet while its
-//! leader still renewed, followed by the bucket created again; and a process that starts just
-//! as the bucket is recreated (it has seen no lease).
+//! leader still renewed, followed by the bucket created again; a watch error queued while this
+//! worker's winning request ran (its wait is fixed before the watch is read again); and a
+//! process that starts just as the bucket is recreated (it has seen no lease).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -388,7 +389,8 @@ struct LeaderWatch {
     key_seen: bool,
     /// Until when the writer of the latest write of the key seen may still believe it leads:
     /// `lease` after the write was seen (a renewal is seen after it started). Cleared by a
-    /// delete or expiry of the key seen in the same unbroken view.
+    /// delete or expiry of the key seen (when the watch lost sight in between, `blind_until`
+    /// still holds).
     seen_lease_until: Option<Instant>,
     /// Whether the watch lost sight of the key (an error, the stream ending) while a lease may
     /// have been believed, and has shown nothing since: renewals may be landing unseen, and the
@@ -451,8 +453,10 @@ impl LeaderWatch {
     }
 
     /// The watch lost sight of the key: if a lease may be believed, renewals may land unseen.
+    /// Once the key was ever seen that is always a possibility: a vacancy is the moment a
+    /// create is expected, and that create may be the write the watch misses.
     fn lost_sight(&mut self) {
-        let believed = matches!(self.state, KeyState::Held { .. })
+        let believed = self.key_seen
             || self
                 .seen_lease_until
                 .is_some_and(|until| until > Instant::now());
