@@ -22,17 +22,18 @@
 //! `lease` after it saw a write of the key (until it sees a delete or expiry), for a poll
 //! period plus `lease` after a refused request (the winner's write may have been missed), and
 //! for `lease` after it shows the key again having lost sight of it (an error, the stream
-//! ending) once the key was ever seen (a later session's watch starts that way). Without faults that
-//! wait is over by the time the key can be created at all. It matters when the election
+//! ending) once the key was ever seen (a later session's watch starts that way). Without faults
+//! that wait is over by the time the key can be created at all. It matters when the election
 //! bucket was deleted and created again: a follower wins the new bucket's empty key while the
 //! old leader trusts its last renewal until the next one fails. It costs up to a lease without
 //! a leader when a watch error (a store outage, a reconnect) came less than a lease before the
-//! leader crashed or released the key. A watch that went quiet is reopened without that wait: no renewal has shown for
-//! longer than a lease, so every renewal seen has run out, and one made unseen in a bucket
-//! that still exists shows in the new snapshot. Not covered: a watch that went quiet while its
-//! leader still renewed, followed by the bucket created again; a watch error queued while this
-//! worker's winning request ran (its wait is fixed before the watch is read again); and a
-//! process that starts just as the bucket is recreated (it has seen no lease).
+//! leader crashed or released the key. A watch that went quiet is reopened without that wait:
+//! no renewal has shown for longer than a lease, so every renewal seen has run out, and one
+//! made unseen in a bucket that still exists shows in the new snapshot. Not covered: a watch
+//! that went quiet while its leader still renewed, followed by the bucket created again; a
+//! watch error queued while this worker's winning request ran (its wait is fixed before the
+//! watch is read again); and a process that starts just as the bucket is recreated (it has seen
+//! no lease).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -430,10 +431,8 @@ impl LeaderWatch {
     /// it may have renewed while the watch was blind, if that is still ahead: a request granted
     /// before then must not be announced yet.
     fn lease_seen_until(&self) -> Option<Instant> {
-        let until = match (self.seen_lease_until, self.blind_until) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        // `None` orders below every `Some`.
+        let until = self.seen_lease_until.max(self.blind_until);
         // Still blind (a request is made while the watch cannot tell): at least a lease from now.
         let until = if self.blind {
             until.max(Some(Instant::now() + self.lease))
