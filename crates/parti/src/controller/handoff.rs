@@ -151,13 +151,22 @@ pub(crate) fn plan(
                             .then(|| record.pending.get(&p.id()))
                             .flatten();
                         match earlier {
-                            // Still pending: it keeps waiting for whom it waited for.
-                            Some(earlier) => waits.extend(
-                                earlier
-                                    .iter()
-                                    .filter(|(w, v)| may_hold(w, **v))
-                                    .map(|(w, v)| (w.clone(), *v)),
-                            ),
+                            // Still pending: it keeps waiting for whom it waited for. The lister
+                            // too, until it applied the commit that made it pending: it may have
+                            // held the partition under an earlier one (a partition that stays
+                            // put waits for unknown holders as well), and lets go of it only then.
+                            Some(earlier) => {
+                                waits.extend(
+                                    earlier
+                                        .iter()
+                                        .filter(|(w, v)| may_hold(w, **v))
+                                        .map(|(w, v)| (w.clone(), *v)),
+                                );
+                                if may_hold(holder, record.version) {
+                                    let lost_at = waits.entry((*holder).clone()).or_default();
+                                    *lost_at = (*lost_at).max(record.version);
+                                }
+                            }
                             // Its holder held (or may hold) it: losing it now means waiting.
                             None if may_hold(holder, version) => {
                                 waits.insert((*holder).clone(), version);
@@ -356,6 +365,25 @@ mod tests {
         let released = members(&[("a", 5), ("b", 5), ("c", 5)]);
         assert_eq!(resolvable(&records, &released), (1, 1));
         assert!(plan(&records, &next, 6, &released, &BTreeSet::new())[&w("c")].is_empty());
+    }
+
+    /// A commit without a readable predecessor made every partition wait for the unknown
+    /// holders, also those that stayed put: `a` held x before version 5 and lets go of it when
+    /// it applies 5, which lists x as pending for it. Moving x on at 6 waits for `a` as well
+    /// until it released 5, not only for whom x waited.
+    #[test]
+    fn a_partition_pending_on_its_lister_waits_for_the_lister_too() {
+        let pending_on_b: Pending = [("x".to_owned(), [(w("b"), 5)].into())].into();
+        let mut a_record = record(&["x"], pending_on_b);
+        a_record.version = 5;
+        let records = [(w("a"), a_record), (w("b"), record(&[], Pending::new()))].into();
+        let next = map(&[("a", &[]), ("b", &[]), ("c", &["x"])]);
+        let not_applied = members(&[("a", 4), ("b", 4), ("c", 5)]);
+        let planned = plan(&records, &next, 6, &not_applied, &BTreeSet::new());
+        assert_eq!(planned[&w("c")]["x"], [(w("a"), 5), (w("b"), 5)].into());
+        let applied = members(&[("a", 5), ("b", 4), ("c", 5)]);
+        let planned = plan(&records, &next, 6, &applied, &BTreeSet::new());
+        assert_eq!(planned[&w("c")]["x"], [(w("b"), 5)].into());
     }
 
     #[test]
