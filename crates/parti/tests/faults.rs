@@ -1204,3 +1204,78 @@ async fn without_auto_provision_a_deleted_bucket_is_left_to_the_operator() {
         m.stop().await.unwrap();
     }
 }
+
+/// A leader whose stable ID is taken from it (here: garbage over its stable-ID key) stops
+/// leading, and gives the lease up: the `leader` key is deleted, not left to expire, so that
+/// another worker leads at once rather than an election TTL later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_stable_id_gives_the_lease_up() {
+    use futures::StreamExt;
+    use parti::store::WatchEvent;
+
+    let config = Config::fast_for_tests();
+    let cluster = TestCluster::start(config.clone(), partitions(30)).await;
+    let workers = cluster.workers(3).await;
+    cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let b = &config.kv_buckets;
+    let stable = store
+        .bucket(&parti::stable_id::bucket_spec(
+            &b.stable_id,
+            config.worker_id_ttl,
+            1,
+        ))
+        .await
+        .unwrap();
+    let election = store
+        .bucket(&parti::election::bucket_spec(
+            &b.election,
+            config.election_ttl,
+            1,
+        ))
+        .await
+        .unwrap();
+    let mut leader_key = election.watch("leader").await.unwrap();
+    // The snapshot first: the live lease.
+    loop {
+        match leader_key.next().await.unwrap().unwrap() {
+            WatchEvent::InitDone => break,
+            _ => continue,
+        }
+    }
+    let (leader, _) = workers.iter().find(|(m, _)| m.is_leader()).unwrap();
+    let old = leader.worker_id();
+    stable
+        .put(old.as_str(), Bytes::from_static(b"\x00\xffnot json{"))
+        .await
+        .unwrap();
+
+    // The lease's end, as the election bucket shows it.
+    let ended = tokio::time::timeout(SETTLE, async {
+        loop {
+            match leader_key.next().await.unwrap().unwrap() {
+                WatchEvent::Put(_) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the lease ends");
+    assert!(
+        matches!(ended, WatchEvent::Deleted { .. }),
+        "the lease was not given up but ended by {ended:?}"
+    );
+    wait_until(SETTLE, "another worker leads", || async {
+        workers
+            .iter()
+            .any(|(m, _)| m.is_leader() && m.worker_id() != old)
+    })
+    .await
+    .unwrap();
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}

@@ -619,9 +619,16 @@ impl Runtime {
             }
             IdExit::Lost => {
                 // Fence at once: stop processing what we no longer own. The ID (and its
-                // heartbeat key) may belong to another instance now, so nothing is deleted.
+                // heartbeat key) may belong to another instance now, so nothing of it is
+                // deleted. The leader lease is given up (deleted only if the key is still
+                // ours, by revision) so that another worker leads at once rather than a TTL
+                // later; the controller has stopped above. Bounded: the store may be away.
                 tracing::warn!(worker = %id, "stable ID lost: fencing and re-claiming");
-                elector.abort();
+                match tokio::time::timeout(self.config.operation_timeout, elector.stop()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the leader lease"),
+                    Err(_) => tracing::debug!("releasing the leader lease timed out"),
+                }
                 heartbeater.abort();
                 follower.stop().await;
                 lease.abort();
