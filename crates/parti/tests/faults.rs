@@ -1246,10 +1246,12 @@ async fn a_leader_that_loses_its_stable_id_gives_the_lease_up() {
             _ => continue,
         }
     }
-    let (leader, _) = workers.iter().find(|(m, _)| m.is_leader()).unwrap();
-    let old = leader.worker_id();
+    let old = workers.iter().position(|(m, _)| m.is_leader()).unwrap();
     stable
-        .put(old.as_str(), Bytes::from_static(b"\x00\xffnot json{"))
+        .put(
+            workers[old].0.worker_id().as_str(),
+            Bytes::from_static(b"\x00\xffnot json{"),
+        )
         .await
         .unwrap();
 
@@ -1257,13 +1259,14 @@ async fn a_leader_that_loses_its_stable_id_gives_the_lease_up() {
     let ended = tokio::time::timeout(SETTLE, async {
         loop {
             match leader_key.next().await.unwrap().unwrap() {
-                WatchEvent::Put(_) => continue,
-                other => return other,
+                end @ (WatchEvent::Deleted { .. } | WatchEvent::Expired { .. }) => return end,
+                _ => continue,
             }
         }
     })
     .await
     .expect("the lease ends");
+    let ended_at = Instant::now();
     assert!(
         matches!(ended, WatchEvent::Deleted { .. }),
         "the lease was not given up but ended by {ended:?}"
@@ -1271,10 +1274,14 @@ async fn a_leader_that_loses_its_stable_id_gives_the_lease_up() {
     wait_until(SETTLE, "another worker leads", || async {
         workers
             .iter()
-            .any(|(m, _)| m.is_leader() && m.worker_id() != old)
+            .enumerate()
+            .any(|(i, (m, _))| i != old && m.is_leader())
     })
     .await
     .unwrap();
+    // A follower contends on the delete: well within the TTL a lapsed key would take.
+    let took = ended_at.elapsed();
+    assert!(took < config.election_ttl / 2, "took {took:?}");
     for (m, _) in &workers {
         m.stop().await.unwrap();
     }

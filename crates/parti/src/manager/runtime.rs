@@ -620,15 +620,8 @@ impl Runtime {
             IdExit::Lost => {
                 // Fence at once: stop processing what we no longer own. The ID (and its
                 // heartbeat key) may belong to another instance now, so nothing of it is
-                // deleted. The leader lease is given up (deleted only if the key is still
-                // ours, by revision) so that another worker leads at once rather than a TTL
-                // later; the controller has stopped above. Bounded: the store may be away.
+                // deleted.
                 tracing::warn!(worker = %id, "stable ID lost: fencing and re-claiming");
-                match tokio::time::timeout(self.config.operation_timeout, elector.stop()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the leader lease"),
-                    Err(_) => tracing::debug!("releasing the leader lease timed out"),
-                }
                 heartbeater.abort();
                 follower.stop().await;
                 lease.abort();
@@ -639,6 +632,14 @@ impl Runtime {
                 self.lineage
                     .store(NO_LINEAGE, std::sync::atomic::Ordering::Release);
                 self.clear_assignment();
+                // Then the leader lease is given up (deleted only while the key is still ours,
+                // by revision), so that another worker leads at once rather than a TTL later;
+                // the controller has stopped above. Bounded: the store may be away.
+                match tokio::time::timeout(self.config.operation_timeout, elector.stop()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the leader lease"),
+                    Err(_) => tracing::debug!("releasing the leader lease timed out"),
+                }
                 IdExit::Lost
             }
         }
