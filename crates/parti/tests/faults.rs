@@ -18,6 +18,21 @@ use parti_testkit::{FaultProxy, NatsCluster, wait_until};
 
 const SETTLE: Duration = Duration::from_secs(15);
 
+/// The buckets of `config` as its workers create them — stable ID, election, heartbeat,
+/// assignment — opened through a client of the test's own (an operator, or a fault).
+async fn open_buckets(
+    cluster: &TestCluster,
+    config: &Config,
+) -> [Arc<dyn parti::store::Bucket>; 4] {
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let mut buckets = Vec::new();
+    for spec in config.bucket_specs() {
+        buckets.push(store.bucket(&spec).await.unwrap());
+    }
+    buckets.try_into().unwrap()
+}
+
 /// Timings where a few seconds of outage do not expire stable IDs.
 fn outage_config() -> Config {
     let mut c = Config::fast_for_tests();
@@ -834,32 +849,7 @@ async fn s11_garbage_under_live_keys_of_every_bucket_is_never_taken_as_valid() {
     wait_all_stable(&cluster, &workers, SETTLE).await;
     let settled_ns = parti::ownership::now_ns();
 
-    let client = cluster.server.client().await.unwrap();
-    let store = NatsStore::new(async_nats::jetstream::new(client));
-    let b = &config.kv_buckets;
-    let open = |spec: BucketSpec| {
-        let store = &store;
-        async move { store.bucket(&spec).await.unwrap() }
-    };
-    let stable = open(parti::stable_id::bucket_spec(
-        &b.stable_id,
-        config.worker_id_ttl,
-        1,
-    ))
-    .await;
-    let heartbeat = open(parti::heartbeat::bucket_spec(
-        &b.heartbeat,
-        config.heartbeat_ttl,
-        1,
-    ))
-    .await;
-    let election = open(parti::election::bucket_spec(
-        &b.election,
-        config.election_ttl,
-        1,
-    ))
-    .await;
-    let assignment = open(BucketSpec::new(b.assignment.clone())).await;
+    let [stable, election, heartbeat, assignment] = open_buckets(&cluster, &config).await;
 
     let followers: Vec<String> = workers
         .iter()
@@ -1219,25 +1209,7 @@ async fn a_leader_that_loses_its_stable_id_gives_the_lease_up() {
     cluster.wait_for_map(&ids(&workers), SETTLE).await;
     wait_all_stable(&cluster, &workers, SETTLE).await;
 
-    let client = cluster.server.client().await.unwrap();
-    let store = NatsStore::new(async_nats::jetstream::new(client));
-    let b = &config.kv_buckets;
-    let stable = store
-        .bucket(&parti::stable_id::bucket_spec(
-            &b.stable_id,
-            config.worker_id_ttl,
-            1,
-        ))
-        .await
-        .unwrap();
-    let election = store
-        .bucket(&parti::election::bucket_spec(
-            &b.election,
-            config.election_ttl,
-            1,
-        ))
-        .await
-        .unwrap();
+    let [stable, election, ..] = open_buckets(&cluster, &config).await;
     let mut leader_key = election.watch("leader").await.unwrap();
     // The snapshot first: the live lease.
     loop {
