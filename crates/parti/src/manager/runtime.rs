@@ -447,13 +447,16 @@ impl Runtime {
                             self.events.emit(Event::LeadershipChanged { is_leader: true, term: Some(term) });
                         }
                         Leadership::Follower if leader.is_some() => {
-                            // Stop the controller before anything else.
-                            if let Some(task) = leader.take() { task.stop().await; }
-                            self.guard_periodic.send_replace(false);
+                            // Say so at once: the lease is no longer trusted, and whatever the
+                            // controller still has in flight is fenced by its term. Stopping it
+                            // waits for its store calls in flight, which may take long (a paused
+                            // process finishes them when it resumes).
                             self.out.leader.send_replace(false);
                             metrics::gauge!("parti_leader").set(0.0);
                             tracing::warn!(worker = %id, "leadership lost");
                             self.events.emit(Event::LeadershipChanged { is_leader: false, term: None });
+                            if let Some(task) = leader.take() { task.stop().await; }
+                            self.guard_periodic.send_replace(false);
                         }
                         _ => {}
                     }
