@@ -8,8 +8,6 @@
 //! - a partition already pending keeps waiting for the same workers, wherever it goes next,
 //!   and for the worker that lists it until that worker applied the record that made it
 //!   pending (it may have held it under an earlier commit);
-//! - a partition that no committed record lists (new, or removed and now added again) waits
-//!   for every worker that may not have applied its latest record yet;
 //! - a worker stops being waited for once its heartbeat says it released that version
 //!   (`released ≥ version`), or once it is no longer a live member — the membership watcher
 //!   drops a member only on proof that it holds nothing (key expired, or deleted after its own
@@ -133,14 +131,6 @@ pub(crate) fn plan(
             }
         }
     }
-    // Workers that may not have applied their latest committed record yet: they may still
-    // hold partitions an earlier commit gave them and that record took away — even ones no
-    // record lists any more (removed from the source, and added again now).
-    let laggards: Vec<(&WorkerId, u64)> = records
-        .iter()
-        .filter(|(w, r)| members.may_hold(w, r.version))
-        .map(|(w, r)| (w, r.version))
-        .collect();
     next.iter()
         .map(|(worker, partitions)| {
             let may_hold = |w: &WorkerId, lost_at: u64| w != worker && members.may_hold(w, lost_at);
@@ -154,17 +144,8 @@ pub(crate) fn plan(
                 .iter()
                 .filter_map(|p| {
                     let mut waits: BTreeMap<WorkerId, u64> = BTreeMap::new();
-                    let first = listed_by.get(p.keys());
-                    if first.is_none() {
-                        // Listed by no committed record: a laggard may still hold it.
-                        waits.extend(
-                            laggards
-                                .iter()
-                                .filter(|(w, _)| *w != worker)
-                                .map(|(w, v)| ((*w).clone(), *v)),
-                        );
-                    }
-                    let listings = first
+                    let listings = listed_by
+                        .get(p.keys())
                         .into_iter()
                         .chain(listed_again.get(p.keys()).into_iter().flatten());
                     for (holder, record) in listings {
@@ -405,26 +386,6 @@ mod tests {
         let applied = members(&[("a", 5), ("b", 4), ("c", 5)]);
         let planned = plan(&records, &next, 6, &applied, &BTreeSet::new());
         assert_eq!(planned[&w("c")]["x"], [(w("b"), 5)].into());
-    }
-
-    /// x left the map at version 2 (removed from the source) and comes back at 3, to `c`: no
-    /// committed record lists it, but `a`, which had it before 2, may not have applied 2 yet.
-    #[test]
-    fn a_partition_no_record_lists_waits_for_workers_behind_their_record() {
-        let mut a_record = record(&[], Pending::new());
-        a_record.version = 2;
-        let records = [(w("a"), a_record), (w("b"), record(&["y"], Pending::new()))].into();
-        let next = map(&[("a", &[]), ("b", &["y"]), ("c", &["x"])]);
-        let lagging = members(&[("a", 1), ("b", 1), ("c", 2)]);
-        let planned = plan(&records, &next, 3, &lagging, &BTreeSet::new());
-        assert_eq!(
-            planned[&w("c")]["x"],
-            [(w("a"), 2)].into(),
-            "b applied its record (version 1): it holds nothing beyond it"
-        );
-        assert!(planned[&w("b")].is_empty(), "y stays with b");
-        let applied = members(&[("a", 2), ("b", 1), ("c", 2)]);
-        assert!(plan(&records, &next, 3, &applied, &BTreeSet::new())[&w("c")].is_empty());
     }
 
     #[test]

@@ -146,7 +146,6 @@ impl Elector {
     }
 
     /// Stops the loop without releasing, as a crash would: the lease runs out by itself.
-    #[cfg_attr(not(feature = "tools"), allow(dead_code))]
     pub fn abort(self) {
         self.task.abort();
     }

@@ -635,13 +635,21 @@ impl Runtime {
                 self.lineage
                     .store(NO_LINEAGE, std::sync::atomic::Ordering::Release);
                 self.clear_assignment();
-                // Then the leader lease is given up (deleted only while the key is still ours,
-                // by revision), so that another worker leads at once rather than a TTL later;
-                // the controller has stopped above. Bounded: the store may be away.
-                match tokio::time::timeout(self.config.operation_timeout, elector.stop()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "cannot release the leader lease"),
-                    Err(_) => tracing::debug!("releasing the leader lease timed out"),
+                // Then a leader lease held is given up (deleted only while the key is still
+                // ours, by revision), so that another worker leads at once rather than a TTL
+                // later; the controller has stopped above. Bounded: the store may be away. A
+                // follower has nothing to give up and re-claims at once.
+                if elector.agent().is_leader() {
+                    match tokio::time::timeout(self.config.operation_timeout, elector.stop()).await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "cannot release the leader lease");
+                        }
+                        Err(_) => tracing::debug!("releasing the leader lease timed out"),
+                    }
+                } else {
+                    elector.abort();
                 }
                 IdExit::Lost
             }
