@@ -451,15 +451,11 @@ impl LeaderWatch {
         }
     }
 
-    /// The watch lost sight of the key: if a lease may be believed, renewals may land unseen.
-    /// Once the key was ever seen that is always a possibility: a vacancy is the moment a
+    /// The watch lost sight of the key: once the key was ever seen (every lease it knows of
+    /// comes from that), renewals may land unseen — even while it looks vacant, the moment a
     /// create is expected, and that create may be the write the watch misses.
     fn lost_sight(&mut self) {
-        let believed = self.key_seen
-            || self
-                .seen_lease_until
-                .is_some_and(|until| until > Instant::now());
-        if believed {
+        if self.key_seen {
             self.blind = true;
         }
     }
