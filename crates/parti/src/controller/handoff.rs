@@ -107,8 +107,8 @@ pub(crate) fn waited_on<'a>(
 /// worker's committed record), given what the members reported. `unknown` are workers whose
 /// holdings cannot be read (their committed value, or the commit itself, is garbage or gone):
 /// every partition waits for them, wherever it goes, until they release this version.
-pub(crate) fn plan(
-    records: &BTreeMap<WorkerId, WorkerRecord>,
+pub(crate) fn plan<'a>(
+    records: impl IntoIterator<Item = (&'a WorkerId, &'a WorkerRecord)>,
     next: &AssignmentMap,
     version: u64,
     members: &Members,
@@ -248,6 +248,9 @@ mod tests {
     use crate::assignment::Lifecycle;
     use crate::partition::Partition;
 
+    /// Committed records, as the publisher keeps them.
+    type Records = BTreeMap<WorkerId, WorkerRecord>;
+
     fn p(k: &str) -> Partition {
         Partition::new([k], 1).unwrap()
     }
@@ -283,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_move_from_a_live_holder_waits_for_it() {
-        let records = [(w("a"), record(&["x", "y"], Pending::new()))].into();
+        let records: Records = [(w("a"), record(&["x", "y"], Pending::new()))].into();
         let next = map(&[("a", &["x"]), ("b", &["y"])]);
         let plan = plan(
             &records,
@@ -302,7 +305,7 @@ mod tests {
         // be anything: `a` lists x as held, `b` as pending on `a` at version 3, which `a` has
         // released. `a` may still hold x under the first listing: `c` waits for it.
         let pending_on_a: Pending = [("x".to_owned(), [(w("a"), 3)].into())].into();
-        let records = [
+        let records: Records = [
             (w("a"), record(&["x"], Pending::new())),
             (w("b"), record(&["x"], pending_on_a)),
         ]
@@ -320,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_move_from_a_departed_holder_or_a_new_partition_is_immediate() {
-        let records = [(w("gone"), record(&["x"], Pending::new()))].into();
+        let records: Records = [(w("gone"), record(&["x"], Pending::new()))].into();
         let next = map(&[("b", &["x", "fresh"])]);
         let plan = plan(&records, &next, 5, &members(&[("b", 4)]), &BTreeSet::new());
         assert!(plan[&w("b")].is_empty());
@@ -329,7 +332,7 @@ mod tests {
     #[test]
     fn an_unproven_absentee_is_waited_for_until_its_doubt_runs_out() {
         // A new leader found no heartbeat for "gone": it may still hold x.
-        let records = [(w("gone"), record(&["x"], Pending::new()))].into();
+        let records: Records = [(w("gone"), record(&["x"], Pending::new()))].into();
         let next = map(&[("b", &["x"])]);
         let mut m = members(&[("b", 4)]);
         m.unproven.insert(w("gone"));
@@ -350,7 +353,7 @@ mod tests {
     fn waiting_survives_further_moves_and_ends_with_the_release() {
         // y went a → b at v5 and is still pending; now it moves on to c at v6.
         let pending: Pending = [("y".to_owned(), [(w("a"), 5)].into())].into();
-        let records = [
+        let records: Records = [
             (w("a"), record(&["x"], Pending::new())),
             (w("b"), record(&["y"], pending)),
         ]
@@ -378,7 +381,7 @@ mod tests {
         let pending_on_b: Pending = [("x".to_owned(), [(w("b"), 5)].into())].into();
         let mut a_record = record(&["x"], pending_on_b);
         a_record.version = 5;
-        let records = [(w("a"), a_record), (w("b"), record(&[], Pending::new()))].into();
+        let records: Records = [(w("a"), a_record), (w("b"), record(&[], Pending::new()))].into();
         let next = map(&[("a", &[]), ("b", &[]), ("c", &["x"])]);
         let not_applied = members(&[("a", 4), ("b", 4), ("c", 5)]);
         let planned = plan(&records, &next, 6, &not_applied, &BTreeSet::new());

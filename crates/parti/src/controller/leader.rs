@@ -689,8 +689,15 @@ impl Leader {
             self.rearm_after_skip(workers);
             return Ok(self.publisher.committed().version());
         }
-        let map = self.paced_step(workers, &fresh, map, &rules, orphans_only);
-        map.verify(workers, &covered)?;
+        // A paced step is checked as well; a map published as placed was checked above (once:
+        // on a large map the check costs a fair part of the placement).
+        let map = match self.paced_step(workers, &fresh, &map, &rules, orphans_only) {
+            Some(step) => {
+                step.verify(workers, &covered)?;
+                step
+            }
+            None => map,
+        };
         let started = std::time::Instant::now();
         let moved = moved_partitions(&self.last_map, &map);
         let lifecycle = Lifecycle::Running;
@@ -758,20 +765,19 @@ impl Leader {
     /// With `maxMovesPerStep`, the step of `map` to publish now: towards the target being
     /// paced while the inputs are those it was computed from, otherwise towards `map`. A crash
     /// recovery (orphans only) or a frozen cluster is never paced; a paced rebalance it
-    /// interrupts is taken up again by the next step.
+    /// interrupts is taken up again by the next step. `None` when `map` is not paced (it is
+    /// published as it is).
     fn paced_step(
         &mut self,
         workers: &[WorkerId],
         fresh: &[Partition],
-        map: AssignmentMap,
+        map: &AssignmentMap,
         rules: &PlacementRules,
         orphans_only: bool,
-    ) -> AssignmentMap {
-        let Some(limit) = self.ctx.max_moves_per_step else {
-            return map;
-        };
+    ) -> Option<AssignmentMap> {
+        let limit = self.ctx.max_moves_per_step?;
         if orphans_only || self.intents.frozen {
-            return map;
+            return None;
         }
         let target = match self.paced.take() {
             Some(p)
@@ -782,7 +788,7 @@ impl Leader {
             {
                 p.target
             }
-            _ => map,
+            _ => map.clone(),
         };
         let current = &self.publisher.committed().map;
         let allowed = placement::Allowed::new(workers, &self.intents, rules);
@@ -797,7 +803,7 @@ impl Leader {
                 rules: rules.clone(),
             });
         }
-        step
+        Some(step)
     }
 
     /// The next paced step, once the last one's hand-offs are complete (every moved partition

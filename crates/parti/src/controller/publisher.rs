@@ -161,30 +161,24 @@ impl Publisher {
         // No commit to go on (a new group, or its record lost or garbage): the clock too.
         let no_commit = current.as_ref().is_none_or(|r| r.version == 0);
         let version = next_version(base_version, no_commit.then(crate::clock::process_unix_ms));
-        let committed_records: BTreeMap<WorkerId, WorkerRecord> = self
-            .committed
-            .workers
-            .iter()
-            .map(|(w, (_, r))| (w.clone(), r.clone()))
-            .collect();
         let unknown = self.unknown_holders(members).await?;
-        let mut pending = handoff::plan(&committed_records, map, version, members, &unknown);
+        let committed_records = self.committed.workers.iter().map(|(w, (_, r))| (w, r));
+        let mut pending = handoff::plan(committed_records, map, version, members, &unknown);
 
+        // Unchanged workers keep their committed value: only its revision goes into the new
+        // record, and their entries in `self.committed` stay where they are (a large map's
+        // records are not copied on every publish).
         let mut revisions = BTreeMap::new();
-        let mut records = BTreeMap::new();
-        let mut slots = BTreeMap::new();
         let mut writes = Vec::new();
         for (worker, partitions) in map.iter() {
             let pending = pending.remove(worker).unwrap_or_default();
             if let Some((rev, rec)) = self.committed.workers.get(worker)
-                && let Some(slot) = self.committed.slots.get(worker)
+                && self.committed.slots.contains_key(worker)
                 && !self.damaged.contains(worker)
                 && rec.partitions == partitions
                 && rec.pending == pending
             {
                 revisions.insert(worker.clone(), *rev);
-                records.insert(worker.clone(), (*rev, rec.clone()));
-                slots.insert(worker.clone(), *slot);
                 continue;
             }
             let record = WorkerRecord {
@@ -217,11 +211,11 @@ impl Publisher {
             })
             .collect();
         let mut written = futures::stream::iter(puts).buffer_unordered(PUT_CONCURRENCY);
+        let mut changed = Vec::new();
         while let Some(result) = written.next().await {
             let (worker, slot, record, rev) = result?;
             revisions.insert(worker.clone(), rev);
-            records.insert(worker.clone(), (rev, record));
-            slots.insert(worker, slot);
+            changed.push((worker, slot, record, rev));
         }
         drop(written);
 
@@ -256,14 +250,21 @@ impl Publisher {
             .filter(|w| !map.contains_worker(w))
             .cloned()
             .collect();
-        self.committed = Published {
-            record: Some((record, revision)),
-            cluster_revision: Some(revision),
-            map: map.clone(),
-            workers: records,
-            slots,
-            garbage: Vec::new(),
-        };
+        // What is committed now: the unchanged entries stay, the written ones replace theirs,
+        // the departed ones go.
+        let committed = &mut self.committed;
+        for worker in &departed {
+            committed.workers.remove(worker);
+            committed.slots.remove(worker);
+        }
+        for (worker, slot, record, rev) in changed {
+            committed.slots.insert(worker.clone(), slot);
+            committed.workers.insert(worker, (rev, record));
+        }
+        committed.record = Some((record, revision));
+        committed.cluster_revision = Some(revision);
+        committed.map = map.clone();
+        committed.garbage.clear();
         self.damaged.clear();
         // Best effort: a leftover key is ignored by everyone (not in the record).
         let deletes: Vec<_> = departed
