@@ -21,7 +21,7 @@ use crate::records::{
     CLUSTER_KEY, ClusterRecord, FLOOR_KEY, Published, Slot, VersionFloor, WorkerRecord, worker_key,
 };
 use crate::state::ClusterPhase;
-use crate::store::{Bucket, codec};
+use crate::store::{Bucket, Entry, codec};
 
 /// KV writes of one publish in flight at once (the changed worker values, the departed keys'
 /// deletes): enough to fill the connection's pipeline, few enough not to flood the server.
@@ -145,13 +145,16 @@ impl Publisher {
         meta: PublishMeta,
         members: &Members,
     ) -> Result<u64> {
-        let (current, cluster_rev) = self.fence().await?;
+        // Both reads at once: one round trip less on the way to a crash's commit.
+        let ((current, cluster_rev), floor) = futures::try_join!(self.fence(), async {
+            Ok(self.bucket.get(FLOOR_KEY).await?)
+        })?;
         if cluster_rev != self.committed.cluster_revision {
             // Someone committed since we last read or wrote (a deposed leader's late write, a
             // retried commit whose reply was lost, garbage): build on what is there now.
             self.committed = crate::records::read_published(&*self.bucket).await?;
         }
-        let records_floor = self.records_floor().await?;
+        let records_floor = self.records_floor(floor).await?;
         let base_version = current
             .as_ref()
             .map_or(0, |r| r.version)
@@ -288,15 +291,16 @@ impl Publisher {
 
     /// The highest version any worker value carries: the committed ones, or — when the commit
     /// is garbage or gone — every value left in the bucket, so that versions (and the epochs
-    /// built on them) never start again below what workers may have held.
-    async fn records_floor(&self) -> Result<u64> {
+    /// built on them) never start again below what workers may have held. `floor` is the
+    /// `floor` key as read.
+    async fn records_floor(&self, floor: Option<Entry>) -> Result<u64> {
         let committed = self
             .committed
             .workers
             .values()
             .map(|(_, r)| r.version)
             .max();
-        let floor = match self.bucket.get(FLOOR_KEY).await? {
+        let floor = match floor {
             Some(entry) => {
                 codec::decode::<VersionFloor>(self.bucket.name(), FLOOR_KEY, &entry.value)
                     .inspect_err(crate::records::garbage_seen)
@@ -437,7 +441,10 @@ impl Publisher {
             if cluster_rev.is_some()
                 || self.committed.version() > 0
                 || floor > 0
-                || self.records_floor().await? > 0
+                || self
+                    .records_floor(self.bucket.get(FLOOR_KEY).await?)
+                    .await?
+                    > 0
             {
                 // The record is garbage or was lost after maps were published: a stub would
                 // take the version back. The next publish heals it; skip the announcement.
