@@ -131,6 +131,17 @@ impl AssignmentMap {
         self.workers.insert(worker, partitions);
     }
 
+    /// Replaces a worker's partitions with a list already in order (as [`set`](Self::set)
+    /// would sort it): a strategy that sorted it once skips the second pass, which on a large
+    /// map reads every partition's keys again.
+    pub(crate) fn set_sorted(&mut self, worker: WorkerId, partitions: Vec<Partition>) {
+        debug_assert!(
+            partitions.is_sorted(),
+            "set_sorted: the list is not in order"
+        );
+        self.workers.insert(worker, partitions);
+    }
+
     /// Removes a worker, returning what it owned.
     pub fn remove_worker(&mut self, worker: &WorkerId) -> Option<Vec<Partition>> {
         self.workers.remove(worker)

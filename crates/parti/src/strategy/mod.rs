@@ -184,8 +184,7 @@ pub(crate) fn collect_map(
             .iter()
             .map(|&(_, i)| partitions[i as usize].clone())
             .collect();
-        // `set` checks the order again (a sort of a sorted list), while the list is in cache.
-        map.set(worker.clone(), list);
+        map.set_sorted(worker.clone(), list);
     }
     map
 }
