@@ -29,7 +29,7 @@ pub const DEFAULT_WEIGHT: u64 = 100;
 /// assert!(Partition::new(["bad.key"], 1).is_err());
 /// # Ok::<(), parti::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "RawPartition", into = "RawPartition")]
 pub struct Partition {
     /// Shared: partitions are cloned into every map a strategy builds, and a clone must not
@@ -201,6 +201,17 @@ fn hash_keys(keys: &[String], seed: u64) -> u64 {
         // The key length is mixed in so that ["ab","c"] and ["a","bc"] differ.
         xxh3_64_with_seed(key.as_bytes(), h ^ (key.len() as u64).rotate_left(32))
     })
+}
+
+impl fmt::Debug for Partition {
+    /// The fields a partition is made of (not the cached hash).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Partition")
+            .field("keys", &self.keys)
+            .field("weight", &self.weight)
+            .field("label", &self.label)
+            .finish()
+    }
 }
 
 impl fmt::Display for Partition {

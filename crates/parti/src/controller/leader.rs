@@ -691,13 +691,10 @@ impl Leader {
         }
         // A paced step is checked as well; a map published as placed was checked above (once:
         // on a large map the check costs a fair part of the placement).
-        let map = match self.paced_step(workers, &fresh, &map, &rules, orphans_only) {
-            Some(step) => {
-                step.verify(workers, &covered)?;
-                step
-            }
-            None => map,
-        };
+        let (map, paced) = self.paced_step(workers, &fresh, map, &rules, orphans_only);
+        if paced {
+            map.verify(workers, &covered)?;
+        }
         let started = std::time::Instant::now();
         let moved = moved_partitions(&self.last_map, &map);
         let lifecycle = Lifecycle::Running;
@@ -765,19 +762,21 @@ impl Leader {
     /// With `maxMovesPerStep`, the step of `map` to publish now: towards the target being
     /// paced while the inputs are those it was computed from, otherwise towards `map`. A crash
     /// recovery (orphans only) or a frozen cluster is never paced; a paced rebalance it
-    /// interrupts is taken up again by the next step. `None` when `map` is not paced (it is
-    /// published as it is).
+    /// interrupts is taken up again by the next step. Returns the map to publish and whether
+    /// it is a step (not `map` as it was given).
     fn paced_step(
         &mut self,
         workers: &[WorkerId],
         fresh: &[Partition],
-        map: &AssignmentMap,
+        map: AssignmentMap,
         rules: &PlacementRules,
         orphans_only: bool,
-    ) -> Option<AssignmentMap> {
-        let limit = self.ctx.max_moves_per_step?;
+    ) -> (AssignmentMap, bool) {
+        let Some(limit) = self.ctx.max_moves_per_step else {
+            return (map, false);
+        };
         if orphans_only || self.intents.frozen {
-            return None;
+            return (map, false);
         }
         let target = match self.paced.take() {
             Some(p)
@@ -788,7 +787,7 @@ impl Leader {
             {
                 p.target
             }
-            _ => map.clone(),
+            _ => map,
         };
         let current = &self.publisher.committed().map;
         let allowed = placement::Allowed::new(workers, &self.intents, rules);
@@ -803,7 +802,7 @@ impl Leader {
                 rules: rules.clone(),
             });
         }
-        Some(step)
+        (step, true)
     }
 
     /// The next paced step, once the last one's hand-offs are complete (every moved partition

@@ -145,10 +145,11 @@ impl Publisher {
         meta: PublishMeta,
         members: &Members,
     ) -> Result<u64> {
-        // Both reads at once: one round trip less on the way to a crash's commit.
-        let ((current, cluster_rev), floor) = futures::try_join!(self.fence(), async {
-            Ok(self.bucket.get(FLOOR_KEY).await?)
-        })?;
+        // Both reads at once: one round trip less on the way to a crash's commit. The fence's
+        // answer comes first: a lost leadership is reported as such whatever the floor read did.
+        let (fenced, floor) = futures::join!(self.fence(), self.bucket.get(FLOOR_KEY));
+        let (current, cluster_rev) = fenced?;
+        let floor = floor?;
         if cluster_rev != self.committed.cluster_revision {
             // Someone committed since we last read or wrote (a deposed leader's late write, a
             // retried commit whose reply was lost, garbage): build on what is there now.
