@@ -39,7 +39,12 @@
 //!   from the first start to the crash below): watches, listings and those not yet deleted.
 //! - `crashToHeldMs`: a non-leader is [`Manager::kill`]ed, at a random point of a heartbeat
 //!   interval; from the kill until the survivors' [`Manager::held`] together cover all P
-//!   partitions again.
+//!   partitions again. `leaderCrashToHeldMs`: then the leader is killed the same way; until
+//!   the survivors hold all P again (a new leader is elected and publishes).
+//!   `crashPartitions` and `leaderCrashPartitions`: what each victim held.
+//! - `mapBytes`: the committed map once consistent: its worker values (`values`) and the
+//!   `cluster` record (`cluster`), in bytes. (What one publish costs the leader alone is
+//!   measured by `cargo test --release -p parti --lib publish_at_scale -- --ignored --nocapture`.)
 //! - `jsApi`: JetStream API requests of the account (`$JS.API.>`: consumer creates and
 //!   updates, watches, listings, stream infos; not KV puts), from the account info sampled
 //!   every 250 ms — which itself adds about 4 requests/s, as do the bench's own stream infos —
@@ -115,8 +120,12 @@ impl Options {
             herd: args.iter().any(|a| a == "--herd"),
             cluster: args.iter().any(|a| a == "--cluster"),
         };
-        if options.workers < 2 {
-            return Err("--workers must be at least 2 (a leader and a non-leader to kill)".into());
+        if options.workers < 3 {
+            return Err(
+                "--workers must be at least 3 (a non-leader and then the leader are killed, \
+                 and someone must be left)"
+                    .into(),
+            );
         }
         if options.partitions < options.workers {
             return Err("--partitions must be at least --workers".into());
@@ -324,6 +333,7 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
     let api_started = api.now()?;
     let seq_started = sequences(&js, &buckets).await?;
     let rss_after = rss_kb()?;
+    let map_bytes = committed_bytes(&*assignment_bucket).await?;
     let writes_at_start = diff(&seq_before, &seq_started);
     let writes_to_join = diff(&seq_before, &claimed?);
     eprintln!(
@@ -355,12 +365,19 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         .map(|w| round1(*w as f64 / steady_secs))
         .collect();
 
-    // A non-leader crashes.
-    let crash = crash_to_held(&mut live, p, config.heartbeat_interval).await?;
+    // A non-leader crashes, then the leader.
+    let crash = crash_to_held(&mut live, p, config.heartbeat_interval, Victim::Follower).await?;
     eprintln!(
         "crash: {} partitions held again after {:.0} ms",
         crash.1,
         ms(crash.0)
+    );
+    let leader_crash =
+        crash_to_held(&mut live, p, config.heartbeat_interval, Victim::Leader).await?;
+    eprintln!(
+        "leader crash: {} partitions held again after {:.0} ms",
+        leader_crash.1,
+        ms(leader_crash.0)
     );
     let peak = *peak_consumers.lock().map_err(|_| "poisoned")?;
     let api_peak = api.peak_per_sec(t0, api_started.0)?;
@@ -400,6 +417,12 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         },
         "crashToHeldMs": ms(crash.0),
         "crashPartitions": crash.1,
+        "leaderCrashToHeldMs": ms(leader_crash.0),
+        "leaderCrashPartitions": leader_crash.1,
+        "mapBytes": {
+            "values": map_bytes.0,
+            "cluster": map_bytes.1,
+        },
         "rssKbPerManager": (rss_after - rss_before) / n as i64,
         "peakConsumers": per_bucket(&peak.iter().map(|c| (*c).into()).collect::<Vec<_>>()),
         "herdControls": options.herd,
@@ -626,12 +649,46 @@ impl ApiSampler {
     }
 }
 
-/// Kills a non-leader that holds something (taking it out of `live`); returns the time from
-/// the kill until the survivors together hold all `p` partitions, and how many it held.
+/// Which manager [`crash_to_held`] kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    /// A non-leader that holds something.
+    Follower,
+    /// The leader (whatever it holds: its partitions wait for a new leader as well).
+    Leader,
+}
+
+/// The bytes of the committed map: its worker values (the revisions the `cluster` record
+/// names) and the `cluster` record itself.
+async fn committed_bytes(bucket: &dyn parti::store::Bucket) -> Result<(usize, usize)> {
+    let Some(cluster) = bucket.get(parti::records::CLUSTER_KEY).await? else {
+        return Err("no cluster record".into());
+    };
+    let record = read_published(bucket)
+        .await?
+        .record
+        .ok_or("the cluster record does not decode")?
+        .0;
+    let values = bucket
+        .list(&format!("{}>", parti::records::WORKER_KEY_PREFIX))
+        .await?
+        .iter()
+        .filter(|e| {
+            parti::records::parse_worker_key(&e.key)
+                .is_some_and(|(w, _)| record.workers.get(&w) == Some(&e.revision))
+        })
+        .map(|e| e.value.len())
+        .sum();
+    Ok((values, cluster.value.len()))
+}
+
+/// Kills `victim` (taking it out of `live`); returns the time from the kill until the
+/// survivors together hold all `p` partitions, and how many it held.
 async fn crash_to_held(
     live: &mut Vec<Manager>,
     p: usize,
     heartbeat_interval: Duration,
+    victim: Victim,
 ) -> Result<(Duration, usize)> {
     let deadline = Instant::now() + DEADLINE;
     while held_by(live) < p {
@@ -650,10 +707,16 @@ async fn crash_to_held(
     // would always come right after the victim's last heartbeat: the slowest case. A random
     // point of the interval gives the typical one.
     tokio::time::sleep(heartbeat_interval.mul_f64(rand::random::<f64>())).await;
-    let victim = live
-        .iter()
-        .position(|m| !m.is_leader() && !m.held().is_empty())
-        .ok_or("no non-leader holding partitions")?;
+    let victim = match victim {
+        Victim::Follower => live
+            .iter()
+            .position(|m| !m.is_leader() && !m.held().is_empty())
+            .ok_or("no non-leader holding partitions")?,
+        Victim::Leader => live
+            .iter()
+            .position(Manager::is_leader)
+            .ok_or("no leader")?,
+    };
     let victim = live.remove(victim);
     let lost = victim.held().len();
     // Wake the check on every change of a survivor's holdings.
@@ -670,7 +733,7 @@ async fn crash_to_held(
         })
         .collect();
     let killed = Instant::now();
-    tracing::info!(worker = %victim.worker_id(), lost, "killing a worker");
+    tracing::info!(worker = %victim.worker_id(), lost, leader = victim.is_leader(), "killing a worker");
     victim.kill().await;
     while held_by(live) < p {
         if Instant::now() >= killed + DEADLINE {

@@ -163,6 +163,13 @@ async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
     );
     assert!(number("/crashToHeldMs") > 0.0);
     assert!(number("/crashPartitions") >= 1.0);
+    assert!(number("/leaderCrashToHeldMs") > 0.0);
+    number("/leaderCrashPartitions");
+    assert!(
+        number("/mapBytes/values") >= 30.0 * 4.0,
+        "thirty partition keys at least"
+    );
+    assert!(number("/mapBytes/cluster") > 0.0);
     number("/rssKbPerManager");
     assert!(
         number("/jsApi/atStart") > 0.0,
