@@ -300,6 +300,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_cached_hash_is_the_hash_of_the_keys_whatever_the_path() {
+        let p = Partition::new(["tenant-a", "sensor-7"], 3).unwrap();
+        let expected = hash_keys(&["tenant-a".to_owned(), "sensor-7".to_owned()], 0);
+        let json = serde_json::to_string(&p).unwrap();
+        let decoded: Partition = serde_json::from_str(&json).unwrap();
+        let labelled = p.clone().with_label("gpu").unwrap();
+        for q in [
+            &p,
+            &decoded,
+            &p.clone().with_weight(9),
+            &labelled,
+            &labelled.clone().without_label(),
+        ] {
+            assert_eq!(q.hash_with_seed(0), expected, "{q:?}");
+        }
+        assert_ne!(p.hash_with_seed(1), expected, "other seeds are computed");
+        assert_ne!(
+            Partition::new(["tenant-a", "sensor-8"], 3)
+                .unwrap()
+                .hash_with_seed(0),
+            expected
+        );
+    }
+
+    #[test]
     fn rejects_bad_keys() {
         for keys in [
             vec![],
