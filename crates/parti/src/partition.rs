@@ -190,8 +190,7 @@ impl Partition {
 
     /// True when `other` has the same keys (a duplicate, whatever the weights).
     pub fn same_keys(&self, other: &Partition) -> bool {
-        // Shared keys (a clone) are equal without reading them.
-        Arc::ptr_eq(&self.keys, &other.keys) || self.keys == other.keys
+        self.keys == other.keys
     }
 }
 
