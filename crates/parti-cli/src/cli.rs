@@ -42,6 +42,13 @@ pub(crate) enum Command {
     /// behind its own fault proxy; reports every fault with its recovery time and every
     /// violation of the ownership contract. Exit codes: 0 no violation, 2 violations, 1 error.
     Chaos(crate::chaos::ChaosArgs),
+    /// Real `parti worker` processes (up to 200), measured: start-up, the cold start's
+    /// publishes, KV writes per bucket, the steady state's writes and CPU, RSS per process,
+    /// and how long a killed follower's and a killed leader's partitions stay unheld.
+    ///
+    /// Starts its own nats-server (or with --cluster a 3-node cluster). Exit codes: 0 the
+    /// ownership checker found nothing, 2 it found violations, 1 error.
+    Bench(crate::chaos::bench::BenchArgs),
     /// Create the KV buckets (and a WorkerConsumer stream) ahead of time and find drift:
     /// `plan` compares the server with the configuration, `apply` creates what is missing and
     /// handles drift by --policy warn|adopt|force.

@@ -5,6 +5,7 @@
 //! - `parti worker` — one worker process from a config and a partition list.
 //! - `parti sim` — the demo: workers, messages and chaos in one process, then a report.
 //! - `parti chaos` — real worker processes under real faults, judged by the ownership checker.
+//! - `parti bench` — real worker processes measured: start-up, KV writes, CPU, RSS, crash recovery.
 //! - `parti provision plan|apply` — create the buckets ahead of time, report and fix drift.
 //! - `parti validate [--live]` — check a configuration; exit 3 when invalid (see [`validate`]).
 //! - `parti partitions list|add|remove|set` — edit the partition list kept in NATS KV.
@@ -39,7 +40,8 @@
 //!     `transport` → `producer` → `memlog` → `ledger`, `holdings`, `shared`, `server`.
 //!   - [`chaos`] — `parti chaos`: real worker processes under real faults. Under `chaos/`:
 //!     `faults` (the fault-injecting half of `mod`'s `Runner`) → `fleet` → `nats`; `plan`;
-//!     `report` (the run's final report) → `recovery`; `observer`, `producer`.
+//!     `report` (the run's final report) → `recovery`; `observer`, `producer`; `bench` (`parti
+//!     bench`: the same servers, fleet and `Runner`, measured instead of judged).
 //!   - [`provision`] — `parti provision plan|apply`: `plan` (pure decisions) and `report` (what it
 //!     prints) under `provision/`.
 //!   - [`validate`] — `parti validate`: configuration checks; `--live` reuses the provisioning
@@ -102,7 +104,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's live view and report tell its story; the library's retry warnings (which
     // its chaos provokes on purpose) would only scroll through it.
-    let default_level = if matches!(cli.command, Command::Sim(_) | Command::Chaos(_)) {
+    let default_level = if matches!(
+        cli.command,
+        Command::Sim(_) | Command::Chaos(_) | Command::Bench(_)
+    ) {
         "error"
     } else {
         "warn"
@@ -135,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(args, &cli.global).await,
         Command::Sim(args) => sim::run(args, &cli.global).await,
         Command::Chaos(args) => chaos::run(args, &cli.global).await,
+        Command::Bench(args) => chaos::bench::run(args, &cli.global).await,
         Command::Provision(args) => provision::run(args, &cli.global).await,
         Command::Validate(args) => validate::run(args, &cli.global).await,
         Command::Partitions(args) => partitions::run(args, &cli.global).await,

@@ -112,6 +112,11 @@ impl WorkerProcess {
         })
     }
 
+    /// Its process ID, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Whether it still runs.
     pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -261,6 +266,14 @@ impl Fleet {
     /// The process in `slot`, mutably.
     pub(crate) fn process_mut(&mut self, slot: usize) -> Option<&mut WorkerProcess> {
         self.slots.get_mut(slot)?.process.as_mut()
+    }
+
+    /// The process IDs of the running processes.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.process.as_ref()?.pid())
+            .collect()
     }
 
     /// The link of `slot`.

@@ -18,6 +18,7 @@
 //!   with its recovery time (until every partition was held again) and every violation.
 //! - Exit codes: 0 no violation, 2 violations found, 1 error; 130 on Ctrl-C.
 
+pub(crate) mod bench;
 mod faults;
 mod fleet;
 mod nats;

@@ -47,6 +47,16 @@ impl Backend {
         }
     }
 
+    /// The process IDs of the servers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Single(server) => server.pid().into_iter().collect(),
+            Self::Cluster(cluster) => (0..cluster.size())
+                .filter_map(|i| cluster.node(i).pid())
+                .collect(),
+        }
+    }
+
     /// Replicas for the stream (and the buckets).
     pub(crate) fn replicas(&self) -> usize {
         match self {
