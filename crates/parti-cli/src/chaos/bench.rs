@@ -23,10 +23,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use clap::Args;
 use parti::ownership::now_ns;
-use parti::store::{BucketSpec, NatsStore, Store as _};
 use parti_testkit::checker::{self, CheckConfig, History};
 use serde_json::json;
 use tokio::sync::watch;
@@ -38,7 +37,7 @@ use super::fleet::Fleet;
 use super::nats::Backend;
 use super::plan::{FaultKind, Timings};
 use super::recovery::{self, Recovery};
-use super::{Runner, STREAM, SUBJECT_PREFIX, millis, nanos, observer, plan, read_logs};
+use super::{Runner, millis, nanos, observer, plan, read_logs};
 use crate::global::Global;
 use crate::output::print;
 use crate::rng::{SplitMix, random_seed};
@@ -103,22 +102,8 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
     let launch = super::write_files(dir, &config, &partitions)?;
     let backend = Backend::start(args.cluster).await?;
     eprintln!("bench: {}; {n} workers, {p} partitions", backend.describe());
-    let js = jetstream::new(backend.client("parti bench").await?);
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec![format!("{SUBJECT_PREFIX}>")],
-        retention: stream::RetentionPolicy::WorkQueue,
-        num_replicas: backend.replicas(),
-        ..Default::default()
-    })
-    .await
-    .context("cannot create the stream")?;
+    let (js, assignment) = super::open_run(&backend, &config, "parti bench").await?;
     let b = &config.kv_buckets;
-    let assignment = NatsStore::new(js.clone())
-        .with_operation_timeout(config.operation_timeout)
-        .bucket(&BucketSpec::new(b.assignment.clone()).replicas(b.replicas))
-        .await
-        .context("cannot open the assignment bucket")?;
     let names = [
         b.stable_id.clone(),
         b.heartbeat.clone(),

@@ -197,25 +197,8 @@ async fn execute(args: &ChaosArgs, seed: u64, dir: &Path) -> anyhow::Result<Chao
         backend.describe(),
         dir.display()
     );
-    let client = backend.client("parti chaos").await?;
-    let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec![format!("{SUBJECT_PREFIX}>")],
-        retention: stream::RetentionPolicy::WorkQueue,
-        num_replicas: backend.replicas(),
-        ..Default::default()
-    })
-    .await
-    .context("cannot create the stream")?;
-
+    let (js, assignment) = open_run(&backend, &config, "parti chaos").await?;
     // The observer first, so that it sees the first commit.
-    let b = &config.kv_buckets;
-    let assignment = NatsStore::new(js.clone())
-        .with_operation_timeout(config.operation_timeout)
-        .bucket(&BucketSpec::new(b.assignment.clone()).replicas(b.replicas))
-        .await
-        .context("cannot open the assignment bucket")?;
     let (latest_tx, latest) = watch::channel(None);
     let cancel_observer = CancellationToken::new();
     let observer = AbortOnDropHandle::new(tokio::spawn(observer::run(
@@ -393,6 +376,32 @@ impl Runner {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The runner's own connection to `backend` (named `client_name`), the stream the workers
+/// consume (created), and the assignment bucket (opened, for the observer).
+async fn open_run(
+    backend: &Backend,
+    config: &Config,
+    client_name: &str,
+) -> anyhow::Result<(jetstream::Context, std::sync::Arc<dyn parti::store::Bucket>)> {
+    let js = jetstream::new(backend.client(client_name).await?);
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec![format!("{SUBJECT_PREFIX}>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        num_replicas: backend.replicas(),
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the stream")?;
+    let b = &config.kv_buckets;
+    let assignment = NatsStore::new(js.clone())
+        .with_operation_timeout(config.operation_timeout)
+        .bucket(&BucketSpec::new(b.assignment.clone()).replicas(b.replicas))
+        .await
+        .context("cannot open the assignment bucket")?;
+    Ok((js, assignment))
 }
 
 /// Writes the workers' configuration and partition list into `dir`.
