@@ -69,10 +69,11 @@ impl Publisher {
 
     /// Whether the `cluster` key still holds the commit this leader last read or wrote: not
     /// when it is gone (its bucket deleted and created again), garbage, or written by
-    /// someone else.
+    /// someone else. Garbage this leader read itself (a phase write re-reads the record when
+    /// its revision moved) is no commit either, though its revision is the one last read.
     pub(crate) async fn commit_intact(&self) -> Result<bool> {
         let current = self.bucket.get(CLUSTER_KEY).await?.map(|e| e.revision);
-        Ok(current == self.committed.cluster_revision)
+        Ok(current == self.committed.cluster_revision && self.committed.record.is_some())
     }
 
     /// A write or delete of assignment key `key` at `revision` was seen: whether it
@@ -720,6 +721,34 @@ mod tests {
         let read = crate::records::read_published(&*bucket).await.unwrap();
         assert_eq!(read.map, second);
         assert_eq!(read.cluster_revision, a.committed().cluster_revision);
+    }
+
+    /// Garbage over the commit right after a publish, read by the next phase write: the
+    /// commit is not intact (the leader's repair commits its map again), although the `cluster`
+    /// revision is the one the leader last read.
+    #[tokio::test]
+    async fn garbage_a_phase_write_read_is_no_intact_commit() {
+        let bucket = assignment_bucket().await;
+        let mut publisher = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        publisher
+            .publish(&map(&[("w0", &["p0"])]), meta(), &Members::default())
+            .await
+            .unwrap();
+        assert!(publisher.commit_intact().await.unwrap());
+        bucket
+            .put(CLUSTER_KEY, b"junk".to_vec().into())
+            .await
+            .unwrap();
+        publisher
+            .set_phase(ClusterPhase::Rebalancing, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            publisher.committed().cluster_revision,
+            bucket.get(CLUSTER_KEY).await.unwrap().map(|e| e.revision),
+            "the phase write read the garbage"
+        );
+        assert!(!publisher.commit_intact().await.unwrap());
     }
 
     /// Publish time at scale on a real nats-server: 100,000 partitions over 1,000 workers, a
