@@ -1,7 +1,7 @@
 //! `parti bench`: a fleet of real `parti worker` processes, measured.
 //!
-//! The servers, the fleet, the observer and the logs are those of `parti chaos`; there is no
-//! producer and no fault schedule. Once the fleet is stable, two faults: a follower is killed
+//! The servers, the fleet, the observer and the logs are those of `parti chaos`, and so are
+//! its fast timings unless `--default-timings`; there is no producer and no fault schedule. Once the fleet is stable, two faults: a follower is killed
 //! (`kill -9`), then the leader, each restarted at once as a supervisor would. The figures:
 //!
 //! - `allAppliedMs`, `consistentMs`: from the first process's start until every process has
@@ -58,6 +58,11 @@ pub(crate) struct BenchArgs {
     /// How long the steady state is measured.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) steady: Duration,
+    /// The library's default timings (`coldStartWindow` 30 s, `heartbeatTtl` 6 s,
+    /// `electionTtl` 10 s, …) instead of the chaos run's fast ones. Fast timings on a small
+    /// machine leave a fleet of 100 processes no room: leases of 1 s lapse under the load.
+    #[arg(long)]
+    pub(crate) default_timings: bool,
     /// Seed of the choice of the killed follower (random by default).
     #[arg(long)]
     pub(crate) seed: Option<u64>,
@@ -97,7 +102,17 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
     let n = usize::from(args.workers);
     let p = usize::try_from(args.partitions).context("too many partitions")?;
     let partitions: Vec<String> = (0..args.partitions).map(|i| format!("p{i}")).collect();
-    let config = plan::worker_config(args.cluster);
+    let mut config = if args.default_timings {
+        let mut config = parti::Config::default();
+        config.kv_buckets.replicas = if args.cluster { 3 } else { 1 };
+        config
+    } else {
+        plan::worker_config(args.cluster)
+    };
+    // Room in the ID pool for every process and for the restarted ones, whose old IDs are
+    // still held until they expire.
+    let pool = u32::from(args.workers) * 2;
+    config.worker_id_max = config.worker_id_max.max(config.worker_id_min + pool);
     let timings = Timings::new(&config);
     let launch = super::write_files(dir, &config, &partitions)?;
     let backend = Backend::start(args.cluster).await?;
@@ -120,7 +135,6 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
 
     // The buckets do not exist yet (the workers create them): every write of the start is
     // counted from sequence 0.
-    let window_start = now_ns();
     let began = Instant::now();
     let fleet = Fleet::start(launch, &backend.addrs(), n).await?;
     let mut runner = Runner {
@@ -157,6 +171,9 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // The checker's window opens once the fleet holds everything: partitions are unheld
+    // during the cold start by design.
+    let window_start = now_ns();
     let seq_started = sequences(&js, &names).await?;
     let (history, _) = parti::records::read_history(assignment.as_ref())
         .await
