@@ -316,3 +316,87 @@ async fn explain_missing(js: &jetstream::Context, lost: &[&SentRecord]) {
         }
     }
 }
+
+/// A killed manager is a dead process: a handler call running when `kill` is called has
+/// finished before `kill` returns (the checker would otherwise see a message handled after
+/// the holding ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_call_running_at_a_kill_ends_before_kill_returns() {
+    let cluster = TestCluster::start(Config::fast_for_tests(), partitions(1)).await;
+    let js = jetstream::new(cluster.server.client().await.unwrap());
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["e2e.>".into()],
+        retention: RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let entered = Arc::new(AtomicBool::new(false));
+    let finished_ns = Arc::new(AtomicU64::new(0));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(Mutex::new(released));
+    let consumer = WorkerConsumer::builder(js.clone(), STREAM)
+        .subject_template("e2e.{partition}")
+        .consumer_prefix("e2e")
+        .handler({
+            let (entered, finished_ns) = (entered.clone(), finished_ns.clone());
+            move |_msg: Message| {
+                let (entered, finished_ns, released) =
+                    (entered.clone(), finished_ns.clone(), released.clone());
+                async move {
+                    entered.store(true, Ordering::SeqCst);
+                    // Blocks the poll itself, as CPU-bound handler work does: an abort cannot
+                    // cut it short, only wait for it.
+                    let _ = released
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(10));
+                    finished_ns.store(parti::ownership::now_ns(), Ordering::SeqCst);
+                    Ok::<(), BoxError>(())
+                }
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let manager = Arc::new(
+        cluster
+            .builder(cluster.server.client().await.unwrap())
+            .consumer(consumer)
+            .start()
+            .await
+            .unwrap(),
+    );
+    js.publish("e2e.p0", "0".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the handler to be called", || {
+        let entered = entered.clone();
+        async move { entered.load(Ordering::SeqCst) }
+    })
+    .await
+    .unwrap();
+
+    let mut kill = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            manager.kill().await;
+            parti::ownership::now_ns()
+        }
+    });
+    // Give `kill` the chance to return early (it must not: the handler is still running).
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut kill).await;
+    release.send(()).unwrap();
+    let killed_ns = match early {
+        Ok(done) => done.unwrap(),
+        Err(_) => kill.await.unwrap(),
+    };
+    let finished_ns = finished_ns.load(Ordering::SeqCst);
+    assert!(
+        finished_ns != 0 && finished_ns <= killed_ns,
+        "the handler call finished at {finished_ns}, after kill returned at {killed_ns}"
+    );
+}

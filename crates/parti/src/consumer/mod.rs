@@ -421,6 +421,24 @@ impl WorkerConsumer {
         &self.shared.config
     }
 
+    /// Stops at once, as a killed process would: the message loop and the reconciler are
+    /// aborted and awaited, so no handler call of this consumer runs after this returns.
+    /// Nothing is released or acknowledged; the server redelivers what was in flight.
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) async fn kill(self) {
+        let Self {
+            message_loop,
+            reconciler,
+            ..
+        } = self;
+        for task in [message_loop, reconciler] {
+            task.abort();
+            // An aborted task ends at its next await; awaiting it waits for the poll running
+            // on another thread (a handler call, say) to finish.
+            let _ = task.await;
+        }
+    }
+
     /// Stops gracefully within `closeTimeout`: finishes the message being handled, stops
     /// pulling, then releases every subject so that other workers can take them at once. The
     /// durable consumer is kept.

@@ -37,6 +37,11 @@ impl ManagedConsumer {
         match *self {}
     }
 
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) async fn kill(self) {
+        match self {}
+    }
+
     pub(crate) async fn follow(
         &self,
         _worker: &crate::WorkerId,

@@ -341,21 +341,34 @@ impl Manager {
     }
 
     /// Stops every task at once without any stop path, as a killed process would: nothing is
-    /// released, the heartbeat and the ID expire by TTL. Meant for tests and chaos drills;
-    /// needs the `test-util` feature.
+    /// released, the heartbeat and the ID expire by TTL. Every task is aborted and awaited, so
+    /// nothing of this manager (no hook, no handler call) runs after this returns. Meant for
+    /// tests and chaos drills; needs the `test-util` feature.
     #[cfg(any(test, feature = "test-util"))]
     pub async fn kill(&self) {
-        if let Some(runtime) = self.runtime.lock().await.take() {
-            runtime.abort();
+        // Everything is aborted before anything is awaited, so no task sees another one end
+        // and reacts (a fence releasing, say): a process dies all at once.
+        let runtime = self.runtime.lock().await.take();
+        let fence = self.fence.lock().await.take();
+        let dispatcher = self.dispatcher.lock().await.take();
+        if let Some(task) = &runtime {
+            task.abort();
         }
-        if let Some(fence) = self.fence.lock().await.take() {
-            fence.abort();
+        for task in [&fence, &dispatcher].into_iter().flatten() {
+            task.abort();
         }
-        if let Some(dispatcher) = self.dispatcher.lock().await.take() {
-            dispatcher.abort();
+        // Not closed, like a killed process: its messages are redelivered.
+        if let Some(consumer) = self.consumer.lock().await.take() {
+            consumer.kill().await;
         }
-        // Dropped without closing, like a killed process: its messages are redelivered.
-        drop(self.consumer.lock().await.take());
+        // An aborted task ends at its next await: awaiting it waits out a poll still running
+        // on another thread, so nothing of this manager runs once this returns.
+        if let Some(task) = runtime {
+            let _ = task.await;
+        }
+        for task in [fence, dispatcher].into_iter().flatten() {
+            let _ = task.await;
+        }
         self.cancel.cancel();
     }
 }
