@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parti::store::{Bucket, Entry, StoreError, WatchStream};
+use parti::store::{Bucket, Entry, StoreError, WatchEvent, WatchStream};
 
 /// A write the wrapped bucket is about to make, or has just made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +147,14 @@ impl<H: BucketHooks> Bucket for HookedBucket<H> {
         match self.hooks.get(key) {
             Some(answer) => answer,
             None => self.inner.get(key).await,
+        }
+    }
+
+    async fn last_change(&self, key: &str) -> Result<Option<WatchEvent>, StoreError> {
+        match self.hooks.get(key) {
+            // A read the hooks answer: a value, or nothing left of the key.
+            Some(answer) => answer.map(|entry| entry.map(WatchEvent::Put)),
+            None => self.inner.last_change(key).await,
         }
     }
 

@@ -56,6 +56,7 @@ pub async fn run(harness: &dyn StoreHarness) {
     list_matches_patterns(&*store).await;
     watch_snapshot_then_live(&*store).await;
     expiry_is_seen_as_expired(&*store).await;
+    last_change_tells_a_delete_from_an_expiry(&*store).await;
     incompatible_bucket_is_reported(&*store).await;
     garbage_values_are_decode_errors(&*store).await;
     invalid_names_are_errors(&*store).await;
@@ -333,6 +334,60 @@ async fn expiry_is_seen_as_expired(store: &dyn Store) {
             .update("k", Bytes::from_static(b"1"), rev)
             .await
             .unwrap_or_else(|e| panic!("{case}: renewal within max_age must succeed: {e}"));
+    }
+}
+
+/// [`Bucket::last_change`] says how a key's last value ended: a leader tells a stable ID that
+/// was released (a graceful stop) from one that lapsed (a crash) by it.
+async fn last_change_tells_a_delete_from_an_expiry(store: &dyn Store) {
+    let case = "last_change_tells_a_delete_from_an_expiry";
+    let ttl = Duration::from_secs(1);
+    let b = open(store, BucketSpec::new(bucket_name("last")).expiring(ttl)).await;
+    assert_eq!(
+        b.last_change("never").await.unwrap(),
+        None,
+        "{case}: a key never written"
+    );
+    let mut watch = b.watch(">").await.unwrap();
+    assert!(read_snapshot(&mut watch, case).await.is_empty(), "{case}");
+
+    let released = b
+        .create("released", Bytes::from_static(b"r"))
+        .await
+        .unwrap();
+    let lapsed = b.create("lapsed", Bytes::from_static(b"l")).await.unwrap();
+    match b.last_change("released").await.unwrap() {
+        Some(WatchEvent::Put(e)) => {
+            assert_eq!(
+                (e.revision, e.value.as_ref()),
+                (released, &b"r"[..]),
+                "{case}"
+            )
+        }
+        other => panic!("{case}: a live key's last change is its put, got {other:?}"),
+    }
+    b.delete("released", Some(released)).await.unwrap();
+    match b.last_change("released").await.unwrap() {
+        Some(WatchEvent::Deleted { key, revision }) => {
+            assert_eq!(key, "released", "{case}");
+            assert!(revision > lapsed, "{case}: the delete's own revision");
+        }
+        other => panic!("{case}: a deleted key's last change is the delete, got {other:?}"),
+    }
+    // The expiry is awaited on the watch, which shows the delete first.
+    loop {
+        if let WatchEvent::Expired { key, .. } = next_event(&mut watch, case).await
+            && key == "lapsed"
+        {
+            break;
+        }
+    }
+    match b.last_change("lapsed").await.unwrap() {
+        Some(WatchEvent::Expired { key, revision }) => {
+            assert_eq!(key, "lapsed", "{case}");
+            assert!(revision > lapsed, "{case}: the expiry's own revision");
+        }
+        other => panic!("{case}: an expired key's last change is the expiry, got {other:?}"),
     }
 }
 

@@ -297,6 +297,50 @@ async fn s04b_the_crash_publish_carries_its_emergency_phase() {
     }
 }
 
+/// A leader elected only after a crashed worker's stable ID has lapsed still handles that
+/// worker as a crash (emergency after the grace period), not as a graceful leave (a planned
+/// window): only a released ID, deleted by its owner, proves a graceful stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04c_a_crash_whose_id_lapsed_before_the_next_leader_took_over_is_still_a_crash() {
+    let ms = Duration::from_millis;
+    let mut config = config();
+    // IDs lapse well before the dead leader's lease does; a planned window would show.
+    config.worker_id_ttl = ms(700);
+    config.election_ttl = ms(2_500);
+    config.planned_scale_window = ms(3_000);
+    config.cold_start_window = ms(3_000);
+    let cluster = TestCluster::start(config.clone(), partitions(80)).await;
+    let mut workers = cluster.workers(4).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+
+    // The leader and a follower die together: the next leader takes over after the lease,
+    // by when the follower's ID has lapsed.
+    let leader = workers.iter().position(|(m, _)| m.is_leader()).unwrap();
+    let (leader, _) = workers.remove(leader);
+    let follower = workers.iter().position(|(m, _)| !m.is_leader()).unwrap();
+    let (follower, _) = workers.remove(follower);
+    let crashed_at = Instant::now();
+    cluster.kill(&leader).await;
+    cluster.kill(&follower).await;
+
+    cluster
+        .wait_for_map(&ids(&workers), config.planned_scale_window + SETTLE)
+        .await;
+    let elapsed = crashed_at.elapsed();
+    let reasons = cluster.reasons_after(before.version());
+    assert!(
+        reasons.first().is_some_and(|r| r == "emergency"),
+        "the two crashes are placed by an emergency publish, not a planned window: {reasons:?}"
+    );
+    println!("crashes placed {elapsed:?} after the kill by {reasons:?}");
+    cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership() {
     let config = config();

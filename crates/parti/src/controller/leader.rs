@@ -38,7 +38,7 @@ use crate::records::Intents;
 use crate::records::{Lineage, WORKER_KEY_PREFIX, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
 use crate::state::ScalingReason;
-use crate::store::{Bucket, WatchStream};
+use crate::store::{Bucket, WatchEvent, WatchStream};
 use crate::strategy::AssignmentStrategy;
 
 /// Everything the leader needs; built by the manager.
@@ -333,6 +333,11 @@ impl Leader {
     /// A published worker that is gone (not in `live`) and released its stable ID left
     /// gracefully (a rolling update in progress): a planned change, not a crash.
     ///
+    /// Released means deleted: an ID that lapsed (its expiry marker), or of which nothing is
+    /// left, is no proof of a graceful stop. A leader elected late, after a crashed worker's
+    /// ID expired, must still see a crash: taken for a leave, the crash would wait out a
+    /// planned window instead of the grace period.
+    ///
     /// Its takeover doubt (`unproven`) is kept: the stable-ID read may come from
     /// a replica that is behind (a NATS cluster serves direct gets from any replica), so a
     /// missing key is no proof that it released everything; what it gave up waits at most one
@@ -353,7 +358,9 @@ impl Leader {
             .unwrap_or_default();
         let mut decisions = Vec::new();
         for worker in absent {
-            if let Ok(None) = self.ctx.stable_id_bucket.get(worker.as_str()).await {
+            if let Ok(Some(WatchEvent::Deleted { .. })) =
+                self.ctx.stable_id_bucket.last_change(worker.as_str()).await
+            {
                 decisions.extend(self.planner.handle(Input::Left { worker, now: now() }));
             }
         }

@@ -183,6 +183,18 @@ pub trait Bucket: Send + Sync + fmt::Debug + 'static {
     /// The live value of a key, or `None` when absent, deleted or expired.
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
 
+    /// The key's last change, as a watcher would have seen it: [`WatchEvent::Put`] with its
+    /// live value; [`WatchEvent::Deleted`] or [`WatchEvent::Expired`] when its last value was
+    /// deleted on purpose or expired through `max_age` (the bucket needs limit markers); `None`
+    /// when nothing is left of it (never written, or the tombstone has aged out). No other
+    /// variant is returned.
+    ///
+    /// This tells a stable ID released by a graceful stop from one that lapsed after a crash.
+    /// The default, for a store that keeps no tombstones, reports live values only.
+    async fn last_change(&self, key: &str) -> Result<Option<WatchEvent>, StoreError> {
+        Ok(self.get(key).await?.map(WatchEvent::Put))
+    }
+
     /// Writes a key that has no live value; [`StoreError::AlreadyExists`] otherwise.
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError>;
 

@@ -445,6 +445,27 @@ impl Bucket for NatsBucket {
             }))
     }
 
+    async fn last_change(&self, key: &str) -> Result<Option<WatchEvent>, StoreError> {
+        let entry = timed(self.op_timeout, "get", &self.name, self.last_raw(key)).await?;
+        Ok(entry.map(|e| match e.operation {
+            kv::Operation::Put => WatchEvent::Put(Entry {
+                key: e.key,
+                value: e.value,
+                revision: e.revision,
+            }),
+            kv::Operation::Delete => WatchEvent::Deleted {
+                key: e.key,
+                revision: e.revision,
+            },
+            // The client reads an expiry's limit marker (`MaxAge`) as a purge; no Parti
+            // bucket is ever purged, so a purge is an expiry here.
+            kv::Operation::Purge => WatchEvent::Expired {
+                key: e.key,
+                revision: e.revision,
+            },
+        }))
+    }
+
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
         timed(
             self.op_timeout,

@@ -60,6 +60,9 @@ impl Bucket for Probe {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.get(key).await
     }
+    async fn last_change(&self, key: &str) -> Result<Option<WatchEvent>, StoreError> {
+        self.inner.last_change(key).await
+    }
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {
         self.write();
         self.inner.create(key, value).await

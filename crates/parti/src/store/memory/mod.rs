@@ -29,7 +29,7 @@ use tokio::time::Instant;
 pub use faults::Faults;
 
 use super::names::{check_compatible, check_key, check_pattern, valid_bucket_name};
-use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchStream};
+use super::{Bucket, BucketSpec, Entry, Store, StoreError, WatchEvent, WatchStream};
 use faults::{merge_cut_offs, wait_unpaused};
 use state::{BucketCore, BucketState, Kind};
 
@@ -330,6 +330,12 @@ impl Bucket for MemoryBucket {
             }))
         })
         .await
+    }
+
+    async fn last_change(&self, key: &str) -> Result<Option<WatchEvent>, StoreError> {
+        check_key(key)?;
+        self.call("get", false, |state, _| Ok(state.last_change(key)))
+            .await
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<u64, StoreError> {

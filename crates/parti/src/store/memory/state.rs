@@ -125,6 +125,8 @@ struct Slot {
     value: Option<Bytes>,
     revision: u64,
     written_at: Instant,
+    /// A tombstone left by `max_age` rather than by a delete.
+    expired: bool,
 }
 
 pub(super) struct Watcher {
@@ -137,6 +139,21 @@ impl BucketState {
         self.keys
             .get(key)
             .and_then(|s| s.value.as_ref().map(|v| (v, s.revision)))
+    }
+
+    /// The key's last change (see [`Bucket::last_change`](crate::store::Bucket::last_change)).
+    pub(super) fn last_change(&self, key: &str) -> Option<WatchEvent> {
+        let slot = self.keys.get(key)?;
+        let (key, revision) = (key.to_owned(), slot.revision);
+        Some(match &slot.value {
+            Some(value) => WatchEvent::Put(Entry {
+                key,
+                value: value.clone(),
+                revision,
+            }),
+            None if slot.expired => WatchEvent::Expired { key, revision },
+            None => WatchEvent::Deleted { key, revision },
+        })
     }
 
     pub(super) fn write(
@@ -172,6 +189,7 @@ impl BucketState {
                 value,
                 revision,
                 written_at: now,
+                expired: matches!(event, WatchEvent::Expired { .. }),
             },
         );
         revision
