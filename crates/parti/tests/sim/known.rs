@@ -48,15 +48,6 @@ pub const KNOWN: &[Known] = &[
                  stable ID loss)",
     },
     Known {
-        violation: "gap",
-        faults: &["slowStore"],
-        reason: "rare, not reproduced on replay: with store calls of up to 500 ms (and lost \
-                 replies, outages, cuts), a kill — of the leader in seed 1333 — is followed by \
-                 a gap of about 30 s: the next leader is elected late and places the dead \
-                 worker's partitions through a planned window (seeds 1820, 1333, 432; see \
-                 docs/ownership.md, What is not done yet)",
-    },
-    Known {
         violation: "crashMovedOthers",
         faults: MAP_LOST,
         reason: "a leader that cannot read the commit places over the worker values left in \
