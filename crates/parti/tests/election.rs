@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parti::WorkerId;
-use parti::election::{self, ElectionAgent, Elector, LEADER_KEY, Leadership, NatsLeaseElection};
+use parti::election::{
+    self, ElectionAgent, Elector, LEADER_KEY, LeaderRecord, Leadership, NatsLeaseElection,
+};
 use parti::store::{Bucket, Entry, NatsStore, Store, StoreError};
 use parti_testkit::{BucketHooks, HookedBucket, NatsServer, Write, wait_until};
 use tokio::time::Instant;
@@ -341,27 +343,47 @@ async fn one_leader_again_after_a_server_restart() {
     }
 }
 
+/// A create that landed although its reply was lost wins within the same request: left
+/// unclaimed, the seat would keep every contender out (this one included) for a whole TTL.
 #[tokio::test]
-async fn a_create_whose_reply_was_lost_still_wins_the_lease() {
+async fn a_create_whose_reply_was_lost_still_wins_the_lease_in_the_same_request() {
     let server = NatsServer::start().await.unwrap();
     let flaky = flaky_bucket(bucket(&server).await);
     let agent = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-0"), "i-0".into(), TTL);
     flaky.hooks().losing_replies.store(true, Ordering::SeqCst);
-    assert!(agent.request().await.is_err(), "the reply was lost");
-    flaky.hooks().losing_replies.store(false, Ordering::SeqCst);
-    let created = flaky.get(LEADER_KEY).await.unwrap().unwrap().revision;
-    // The key is ours: the next request takes it at once instead of waiting out the TTL.
     let term = agent.request().await.unwrap();
+    flaky.hooks().losing_replies.store(false, Ordering::SeqCst);
+    let created = flaky.get(LEADER_KEY).await.unwrap().unwrap();
+    let record: LeaderRecord =
+        parti::store::codec::decode("election", LEADER_KEY, &created.value).unwrap();
+    assert!(term.is_some(), "the create landed: the lease is ours");
     assert_eq!(
         term,
-        Some(created),
-        "the term is the revision of our create"
+        Some(record.term),
+        "the term written is the one announced"
     );
     assert!(agent.is_leader());
     assert!(agent.renew().await.unwrap());
     // Another contender still sees a leader.
     let other = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-1"), "i-1".into(), TTL);
     assert_eq!(other.request().await.unwrap(), None);
+}
+
+/// A create that failed without landing is an error still: nothing of ours is in the key.
+#[tokio::test]
+async fn a_create_that_failed_is_an_error_and_takes_no_seat() {
+    let server = NatsServer::start().await.unwrap();
+    let flaky = flaky_bucket(bucket(&server).await);
+    let agent = NatsLeaseElection::new(flaky.clone(), WorkerId::new("worker-0"), "i-0".into(), TTL);
+    flaky.hooks().failing.store(true, Ordering::SeqCst);
+    assert!(agent.request().await.is_err(), "the create failed");
+    flaky.hooks().failing.store(false, Ordering::SeqCst);
+    assert!(!agent.is_leader());
+    assert!(flaky.get(LEADER_KEY).await.unwrap().is_none());
+    assert!(
+        agent.request().await.unwrap().is_some(),
+        "free: the next request wins"
+    );
 }
 
 #[tokio::test]

@@ -173,7 +173,16 @@ impl ElectionAgent for NatsLeaseElection {
                 }
                 None => return Ok(None),
             },
-            Err(e) => return Err(e.into()),
+            // The outcome is unknown (a timeout, a lost reply): the create may have landed.
+            // Left unclaimed, a seat of ours would keep every contender out, this one
+            // included (its watch shows someone's lease), for a whole TTL.
+            Err(e) => match self.own_create().await {
+                Ok(Some((revision, at))) => {
+                    acquired_at = at;
+                    revision
+                }
+                Ok(None) | Err(_) => return Err(e.into()),
+            },
         };
         let floor = match &self.term_floor {
             // Read after the create won: a leader before us committed with a term in it.
