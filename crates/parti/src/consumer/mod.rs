@@ -421,22 +421,29 @@ impl WorkerConsumer {
         &self.shared.config
     }
 
-    /// Stops at once, as a killed process would: the message loop and the reconciler are
-    /// aborted and awaited, so no handler call of this consumer runs after this returns.
-    /// Nothing is released or acknowledged; the server redelivers what was in flight.
+    /// Stops at once, as a killed process would: no handler call starts after this is
+    /// called, and every call already running (in the message loop or a catch-up drain) has
+    /// finished when it returns. Nothing is released on the server or acknowledged; the server
+    /// redelivers what was in flight. Must not be called from a handler: it waits for it.
     #[cfg(any(test, feature = "test-util"))]
     pub(crate) async fn kill(self) {
         let Self {
+            shared,
             message_loop,
             reconciler,
             ..
         } = self;
-        for task in [message_loop, reconciler] {
-            task.abort();
-            // An aborted task ends at its next await; awaiting it waits for the poll running
-            // on another thread (a handler call, say) to finish.
-            let _ = task.await;
-        }
+        // Locally, at once: nothing is admitted any more, and `running` names every call
+        // admitted so far.
+        let running = shared.gate.set_held(std::iter::empty());
+        message_loop.abort();
+        reconciler.abort();
+        // An aborted task ends at its next await; awaiting it waits out a poll still running
+        // on another thread. The reconciler's drains are aborted with it but not awaited: the
+        // gate tells when their calls are done.
+        let _ = message_loop.await;
+        let _ = reconciler.await;
+        shared.gate.wait(running).await;
     }
 
     /// Stops gracefully within `closeTimeout`: finishes the message being handled, stops

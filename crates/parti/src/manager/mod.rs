@@ -341,9 +341,15 @@ impl Manager {
     }
 
     /// Stops every task at once without any stop path, as a killed process would: nothing is
-    /// released, the heartbeat and the ID expire by TTL. Every task is aborted and awaited, so
-    /// nothing of this manager (no hook, no handler call) runs after this returns. Meant for
-    /// tests and chaos drills; needs the `test-util` feature.
+    /// released, the heartbeat and the ID expire by TTL. Meant for tests and chaos drills;
+    /// needs the `test-util` feature.
+    ///
+    /// Once this returns, no hook and no handler call of this manager runs: the tasks that
+    /// call them are aborted and awaited, and the consumer's gate admits nothing more. The
+    /// leader's and heartbeat tasks are aborted with the runtime but not awaited: a
+    /// [`PartitionSource`](crate::source::PartitionSource) or strategy call that blocks its
+    /// thread may still finish. Must not be called from a hook or a handler: it waits for
+    /// them.
     #[cfg(any(test, feature = "test-util"))]
     pub async fn kill(&self) {
         // Everything is aborted before anything is awaited, so no task sees another one end
