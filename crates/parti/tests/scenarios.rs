@@ -299,16 +299,18 @@ async fn s04b_the_crash_publish_carries_its_emergency_phase() {
 
 /// A leader elected only after a crashed worker's stable ID has lapsed still handles that
 /// worker as a crash (emergency after the grace period), not as a graceful leave (a planned
-/// window): only a released ID, deleted by its owner, proves a graceful stop.
+/// window): the ID's expiry, not a release, is its last change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s04c_a_crash_whose_id_lapsed_before_the_next_leader_took_over_is_still_a_crash() {
     let ms = Duration::from_millis;
     let mut config = config();
-    // IDs lapse well before the dead leader's lease does; a planned window would show.
-    config.worker_id_ttl = ms(700);
-    config.election_ttl = ms(2_500);
-    config.planned_scale_window = ms(3_000);
-    config.cold_start_window = ms(3_000);
+    // The follower's ID (2 s, renewed every 667 ms) lapses by the time the dead leader's lease
+    // (3 s, renewed every second) runs out, and its expiry marker (2 s) is still there when
+    // the next leader takes over. A planned window would show.
+    config.worker_id_ttl = ms(2_000);
+    config.election_ttl = ms(3_000);
+    config.planned_scale_window = ms(4_000);
+    config.cold_start_window = ms(4_000);
     let cluster = TestCluster::start(config.clone(), partitions(80)).await;
     let mut workers = cluster.workers(4).await;
     let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;

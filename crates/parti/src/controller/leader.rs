@@ -333,10 +333,11 @@ impl Leader {
     /// A published worker that is gone (not in `live`) and released its stable ID left
     /// gracefully (a rolling update in progress): a planned change, not a crash.
     ///
-    /// Released means deleted: an ID that lapsed (its expiry marker), or of which nothing is
-    /// left, is no proof of a graceful stop. A leader elected late, after a crashed worker's
-    /// ID expired, must still see a crash: taken for a leave, the crash would wait out a
-    /// planned window instead of the grace period.
+    /// An ID whose last change is an expiry lapsed: that worker crashed, however long ago. A
+    /// leader elected late, after a crashed worker's ID expired, must still see a crash:
+    /// taken for a leave, it would wait out a planned window instead of the grace period. An
+    /// ID deleted by its owner, or of which nothing is left (the tombstone aged out after
+    /// `workerIdTtl`, or the bucket was created again), counts as released.
     ///
     /// Its takeover doubt (`unproven`) is kept: the stable-ID read may come from
     /// a replica that is behind (a NATS cluster serves direct gets from any replica), so a
@@ -358,7 +359,7 @@ impl Leader {
             .unwrap_or_default();
         let mut decisions = Vec::new();
         for worker in absent {
-            if let Ok(Some(WatchEvent::Deleted { .. })) =
+            if let Ok(None | Some(WatchEvent::Deleted { .. })) =
                 self.ctx.stable_id_bucket.last_change(worker.as_str()).await
             {
                 decisions.extend(self.planner.handle(Input::Left { worker, now: now() }));
