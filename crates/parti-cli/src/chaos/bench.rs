@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use backon::Retryable as _;
 use clap::Args;
 use parti::ownership::now_ns;
 use parti_testkit::checker::{self, CheckConfig, History};
@@ -337,21 +338,38 @@ fn text(f: &serde_json::Value) -> String {
 }
 
 /// `last_sequence` of each bucket's stream (`KV_<bucket>`), in the order of `names`.
+///
+/// Each read is retried a few times: with a large fleet starting or failing over, a
+/// stream-info request can time out on a busy server, and one slow answer must not end a run
+/// that took minutes to set up.
 async fn sequences(js: &jetstream::Context, names: &[String; 4]) -> anyhow::Result<[u64; 4]> {
     let mut out = [0; 4];
     for (slot, name) in out.iter_mut().zip(names) {
-        let mut stream = js
-            .get_stream(format!("KV_{name}"))
-            .await
-            .with_context(|| format!("no stream for bucket {name}"))?;
-        *slot = stream
-            .info()
-            .await
-            .with_context(|| format!("cannot read the stream of bucket {name}"))?
-            .state
-            .last_sequence;
+        *slot = (|| last_sequence(js, name))
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_max_times(5),
+            )
+            .notify(|e, after| tracing::warn!(error = %e, ?after, "reading a bucket's stream"))
+            .await?;
     }
     Ok(out)
+}
+
+/// `last_sequence` of the stream of bucket `name`.
+async fn last_sequence(js: &jetstream::Context, name: &str) -> anyhow::Result<u64> {
+    let mut stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .with_context(|| format!("no stream for bucket {name}"))?;
+    Ok(stream
+        .info()
+        .await
+        .with_context(|| format!("cannot read the stream of bucket {name}"))?
+        .state
+        .last_sequence)
 }
 
 /// User plus system CPU time of process `pid` so far, in clock ticks (`None` once it is gone).
