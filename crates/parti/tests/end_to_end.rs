@@ -85,6 +85,20 @@ impl Processed {
     }
 }
 
+/// A JetStream context on `cluster`'s server, with the work-queue stream of the test created.
+async fn work_queue(cluster: &TestCluster) -> jetstream::Context {
+    let js = jetstream::new(cluster.server.client().await.unwrap());
+    js.create_stream(stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["e2e.>".into()],
+        retention: RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
 async fn worker(cluster: &TestCluster, processed: &Processed) -> Manager {
     let client = cluster.server.client().await.unwrap();
     let js = jetstream::new(client);
@@ -121,15 +135,7 @@ async fn worker(cluster: &TestCluster, processed: &Processed) -> Manager {
 async fn s12_every_message_is_processed_through_crashes_scaling_and_failover() {
     let config = Config::fast_for_tests();
     let cluster = TestCluster::start(config, partitions(PARTITIONS)).await;
-    let js = jetstream::new(cluster.server.client().await.unwrap());
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["e2e.>".into()],
-        retention: RetentionPolicy::WorkQueue,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = work_queue(&cluster).await;
 
     let processed = Processed::default();
     let mut workers = Vec::new();
@@ -323,15 +329,7 @@ async fn explain_missing(js: &jetstream::Context, lost: &[&SentRecord]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_call_running_at_a_kill_ends_before_kill_returns() {
     let cluster = TestCluster::start(Config::fast_for_tests(), partitions(1)).await;
-    let js = jetstream::new(cluster.server.client().await.unwrap());
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["e2e.>".into()],
-        retention: RetentionPolicy::WorkQueue,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let js = work_queue(&cluster).await;
     let entered = Arc::new(AtomicBool::new(false));
     let finished_ns = Arc::new(AtomicU64::new(0));
     let (release, released) = std::sync::mpsc::channel::<()>();
