@@ -196,9 +196,15 @@ async fn serve(
         }
         let wake = leader.next_wake();
         // Events with nothing for the planner go round again: hand-offs may have come due.
+        //
+        // Biased: a membership event already queued is fed before a wake-up that fell due, so
+        // a worker's return is known before its crash is declared (a suspect whose `Joined`
+        // waits behind the `Tick` would be dropped from the map although it is back). The
+        // other feeds come after the wake-up, heartbeat changes last: they arrive many times a
+        // second on a large fleet and must hold back neither the timers nor the other feeds.
         let input = tokio::select! {
+            biased;
             () = cancel.cancelled() => return Ok(()),
-            () = sleep_until(wake) => Input::Tick { now: now() },
             event = feeds.members.recv() => match event {
                 Some(event) => {
                     // A join is judged on the heartbeat that made it (a worker this leader
@@ -214,6 +220,7 @@ async fn serve(
                 }
                 None => return Err(Error::Shutdown),
             },
+            () = sleep_until(wake) => Input::Tick { now: now() },
             request = feeds.refresh.recv() => match request {
                 Some(()) => Input::PartitionsChanged { now: now() },
                 None => return Err(Error::Shutdown),
@@ -221,13 +228,6 @@ async fn serve(
             event = next_refresh(&mut feeds.refresh_watch) => match event {
                 Some(()) => Input::PartitionsChanged { now: now() },
                 None => { feeds.refresh_watch = None; continue; }
-            },
-            changed = feeds.heartbeats.changed() => {
-                if changed.is_err() { return Err(Error::Shutdown); }
-                let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
-                let inputs = leader.on_heartbeats(members);
-                decisions = feed(&mut leader, inputs);
-                continue;
             },
             changed = feeds.crash_hold.changed() => {
                 if changed.is_err() { return Err(Error::Shutdown); }
@@ -320,6 +320,14 @@ async fn serve(
                     (Some(input), None) | (None, Some(input)) => input,
                     (None, None) => continue,
                 }
+            },
+            // Last: on a large fleet heartbeats change many times a second.
+            changed = feeds.heartbeats.changed() => {
+                if changed.is_err() { return Err(Error::Shutdown); }
+                let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
+                let inputs = leader.on_heartbeats(members);
+                decisions = feed(&mut leader, inputs);
+                continue;
             },
         };
         decisions = leader.handle(input);
