@@ -137,6 +137,8 @@ async fn lead(
     let intents_watch = assignment_bucket.watch(INTENTS_KEY).await.ok();
     let slots_watch = leader.watch_slots().await;
     let mut source_check = tokio::time::interval(check_every);
+    // After a long publish or a slow source, one check, not one per missed period.
+    source_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     source_check.tick().await;
     let feeds = Feeds {
         members,
@@ -194,33 +196,31 @@ async fn serve(
         if !decisions.is_empty() {
             continue;
         }
+        // What is already queued on the membership and crash-hold feeds goes in before the
+        // wait, where a wake-up that fell due meanwhile could be picked first: a crash must not
+        // be declared for a worker whose return is queued, nor under a hold already replaced.
+        if let Ok(event) = feeds.members.try_recv() {
+            decisions = on_member(&mut leader, &mut feeds, event);
+            continue;
+        }
+        if feeds.crash_hold.has_changed().unwrap_or(false)
+            && let Some(hold) = *feeds.crash_hold.borrow_and_update()
+        {
+            decisions = leader.handle(Input::HoldCrashes { hold, now: now() });
+            continue;
+        }
         let wake = leader.next_wake();
         // Events with nothing for the planner go round again: hand-offs may have come due.
-        //
-        // Biased: a membership event already queued is fed before a wake-up that fell due, so
-        // a worker's return is known before its crash is declared (a suspect whose `Joined`
-        // waits behind the `Tick` would be dropped from the map although it is back). The
-        // other feeds come after the wake-up, heartbeat changes last: they arrive many times a
-        // second on a large fleet and must hold back neither the timers nor the other feeds.
         let input = tokio::select! {
-            biased;
             () = cancel.cancelled() => return Ok(()),
+            () = sleep_until(wake) => Input::Tick { now: now() },
             event = feeds.members.recv() => match event {
                 Some(event) => {
-                    // A join is judged on the heartbeat that made it (a worker this leader
-                    // does not understand is not fed to the planner).
-                    if matches!(event, MembershipEvent::Joined(_)) {
-                        let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
-                        let inputs = leader.on_heartbeats(members);
-                        decisions = feed(&mut leader, inputs);
-                    }
-                    let input = leader.on_membership(event);
-                    decisions.extend(leader.handle(input));
+                    decisions = on_member(&mut leader, &mut feeds, event);
                     continue;
                 }
                 None => return Err(Error::Shutdown),
             },
-            () = sleep_until(wake) => Input::Tick { now: now() },
             request = feeds.refresh.recv() => match request {
                 Some(()) => Input::PartitionsChanged { now: now() },
                 None => return Err(Error::Shutdown),
@@ -228,6 +228,13 @@ async fn serve(
             event = next_refresh(&mut feeds.refresh_watch) => match event {
                 Some(()) => Input::PartitionsChanged { now: now() },
                 None => { feeds.refresh_watch = None; continue; }
+            },
+            changed = feeds.heartbeats.changed() => {
+                if changed.is_err() { return Err(Error::Shutdown); }
+                let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
+                let inputs = leader.on_heartbeats(members);
+                decisions = feed(&mut leader, inputs);
+                continue;
             },
             changed = feeds.crash_hold.changed() => {
                 if changed.is_err() { return Err(Error::Shutdown); }
@@ -321,17 +328,24 @@ async fn serve(
                     (None, None) => continue,
                 }
             },
-            // Last: on a large fleet heartbeats change many times a second.
-            changed = feeds.heartbeats.changed() => {
-                if changed.is_err() { return Err(Error::Shutdown); }
-                let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
-                let inputs = leader.on_heartbeats(members);
-                decisions = feed(&mut leader, inputs);
-                continue;
-            },
         };
         decisions = leader.handle(input);
     }
+}
+
+/// Feeds one membership event to the planner; returns what it decides. A join is judged on
+/// the heartbeat that made it (a worker this leader does not understand is not fed to the
+/// planner).
+fn on_member(leader: &mut Leader, feeds: &mut Feeds<'_>, event: MembershipEvent) -> Vec<Decision> {
+    let mut decisions = Vec::new();
+    if matches!(event, MembershipEvent::Joined(_)) {
+        let members = compat::members_from(&feeds.heartbeats.borrow_and_update());
+        let inputs = leader.on_heartbeats(members);
+        decisions = feed(leader, inputs);
+    }
+    let input = leader.on_membership(event);
+    decisions.extend(leader.handle(input));
+    decisions
 }
 
 /// Feeds `inputs` to the planner in order; returns what it decides.
