@@ -294,7 +294,9 @@ async fn held_again(
         let faults = std::slice::from_ref(fault);
         let now = now_ns();
         let recovery = recovery::recoveries(&ownership, faults, partitions, (window_start, now));
-        if !matches!(recovery.first(), Some(Recovery::NotRecovered)) || Instant::now() >= end {
+        // Not "no gap": right after a kill the victim's holdings still count until its lease
+        // ends, so no gap has opened yet (a victim that held nothing waits out `within`).
+        if matches!(recovery.first(), Some(Recovery::Recovered { .. })) || Instant::now() >= end {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
