@@ -13,9 +13,11 @@
 //! - `steadyKvWritesPerSec`, `steadyCpuPercent` (`natsServer`, all nodes; `fleet`, all worker
 //!   processes; percent of one core): over `--steady` of steady state.
 //! - `rssKb`: the worker processes' resident sets (`mean`, `max`), once steady.
-//! - `crashToHeldMs`, `leaderCrashToHeldMs`: from each kill until every partition was held
-//!   again, read from the workers' ownership logs as `parti chaos` reads recoveries (`null`
-//!   when no partition went unheld).
+//! - `crashToHeldMs`, `leaderCrashToHeldMs`: from each kill until every partition the killed
+//!   process held was held by another one, read from the workers' ownership logs (`"not
+//!   recovered"` when some never was). Only the victim's partitions count: the restarted
+//!   process comes back under a new ID (its old one is still held), and the rebalance its join
+//!   starts is not the crash's recovery.
 //! - `violations`: what the ownership checker finds over the whole run (0 expected).
 
 use std::path::Path;
@@ -26,8 +28,8 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use backon::Retryable as _;
 use clap::Args;
-use parti::ownership::now_ns;
-use parti_testkit::checker::{self, CheckConfig, History};
+use parti::ownership::{OwnershipEvent, OwnershipRecord, now_ns};
+use parti_testkit::checker::{self, CheckConfig, FaultRecord, History};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -37,7 +39,6 @@ use tokio_util::task::AbortOnDropHandle;
 use super::fleet::Fleet;
 use super::nats::Backend;
 use super::plan::{FaultKind, Timings};
-use super::recovery::{self, Recovery};
 use super::{Runner, millis, nanos, observer, plan, read_logs};
 use crate::global::Global;
 use crate::output::print;
@@ -206,7 +207,7 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
         runner.settle(timings.settle).await?;
         eprintln!("bench: killing {what}");
         let fault = runner.inject(kind).await?.record;
-        held_again(dir, &fault, &partitions, window_start, timings.settle).await?;
+        held_again(dir, &fault, timings.settle).await?;
         faults.push(fault);
     }
     let window_end = now_ns();
@@ -217,7 +218,10 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
 
     let (ownership, processed) = read_logs(dir)?;
     let window = (window_start, window_end);
-    let recoveries = recovery::recoveries(&ownership, &faults, &partitions, window);
+    let recoveries: Vec<Option<u64>> = faults
+        .iter()
+        .map(|f| victim_held_again_ms(&ownership, f))
+        .collect();
     let check = checker::check(
         &History {
             ownership,
@@ -238,11 +242,7 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
         |i: usize| round1(seq_steady[i].saturating_sub(seq_started[i]) as f64 / steady_secs);
     let cpu = |from: u64, to: u64| round1(to.saturating_sub(from) as f64 / steady_secs);
     let at_start = seq_started;
-    let recovered = |r: &Recovery| match r {
-        Recovery::Recovered { after_ms } => json!(after_ms),
-        Recovery::NoGap => json!(null),
-        Recovery::NotRecovered => json!("not recovered"),
-    };
+    let recovered = |r: &Option<u64>| r.map_or_else(|| json!("not recovered"), |ms| json!(ms));
     Ok(json!({
         "nats": if args.cluster { "3-node cluster, R3" } else { "single server" },
         "workers": n,
@@ -279,28 +279,58 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
     }))
 }
 
-/// Waits (up to `within`) until every partition was held again after `fault`, as the
-/// ownership logs in `dir` show.
-async fn held_again(
-    dir: &Path,
-    fault: &parti_testkit::checker::FaultRecord,
-    partitions: &[String],
-    window_start: u64,
-    within: Duration,
-) -> anyhow::Result<()> {
+/// Waits (up to `within`) until every partition the victim of `fault` held was held by
+/// another process, as the ownership logs in `dir` show.
+async fn held_again(dir: &Path, fault: &FaultRecord, within: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + within;
     loop {
         let (ownership, _) = read_logs(dir)?;
-        let faults = std::slice::from_ref(fault);
-        let now = now_ns();
-        let recovery = recovery::recoveries(&ownership, faults, partitions, (window_start, now));
-        // Not "no gap": right after a kill the victim's holdings still count until its lease
-        // ends, so no gap has opened yet (a victim that held nothing waits out `within`).
-        if matches!(recovery.first(), Some(Recovery::Recovered { .. })) || Instant::now() >= end {
+        if victim_held_again_ms(&ownership, fault).is_some() || Instant::now() >= end {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// How long after `fault` every partition its victim process held then was held by another
+/// process (the first such hold of each), in ms; `None` while some is not, or when the fault
+/// names no process.
+fn victim_held_again_ms(ownership: &[OwnershipRecord], fault: &FaultRecord) -> Option<u64> {
+    let victim = fault.instance.as_deref()?;
+    let mut own: Vec<&OwnershipRecord> = ownership
+        .iter()
+        .filter(|r| r.instance == victim && r.at_ns <= fault.start_ns)
+        .collect();
+    own.sort_by_key(|r| r.at_ns);
+    let mut held = std::collections::BTreeSet::new();
+    for r in own {
+        match &r.event {
+            OwnershipEvent::Hold { partition, .. } => {
+                held.insert(partition.as_str());
+            }
+            OwnershipEvent::Release { partition, .. } => {
+                held.remove(partition.as_str());
+            }
+            _ => {}
+        }
+    }
+    let mut first = std::collections::BTreeMap::new();
+    for r in ownership
+        .iter()
+        .filter(|r| r.instance != victim && r.at_ns >= fault.start_ns)
+    {
+        if let OwnershipEvent::Hold { partition, .. } = &r.event
+            && held.contains(partition.as_str())
+        {
+            let at = first.entry(partition.as_str()).or_insert(r.at_ns);
+            *at = (*at).min(r.at_ns);
+        }
+    }
+    if first.len() < held.len() {
+        return None;
+    }
+    let last = first.values().copied().max().unwrap_or(fault.start_ns);
+    Some(last.saturating_sub(fault.start_ns) / 1_000_000)
 }
 
 /// The figures as lines.
@@ -394,4 +424,65 @@ fn rss_kb(pid: u32) -> Option<u64> {
 /// `x` rounded to one decimal.
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn hold(at_ns: u64, instance: &str, partition: &str) -> OwnershipRecord {
+        let event = OwnershipEvent::Hold {
+            partition: partition.into(),
+            epoch: 1,
+            valid_until_ns: at_ns + S,
+        };
+        OwnershipRecord::new(at_ns, "w".into(), instance, event)
+    }
+
+    fn release(at_ns: u64, instance: &str, partition: &str) -> OwnershipRecord {
+        let event = OwnershipEvent::Release {
+            partition: partition.into(),
+            epoch: 1,
+        };
+        OwnershipRecord::new(at_ns, "w".into(), instance, event)
+    }
+
+    fn kill(at_ns: u64, instance: &str) -> FaultRecord {
+        FaultRecord {
+            kind: "kill".into(),
+            worker: Some("w".into()),
+            instance: Some(instance.into()),
+            start_ns: at_ns,
+            end_ns: at_ns,
+            ends_process: true,
+        }
+    }
+
+    /// Only what the victim held at the kill counts, each until its first hold elsewhere; a
+    /// partition it had released, or others' later moves, do not.
+    #[test]
+    fn a_crash_is_recovered_once_every_partition_of_the_victim_is_held_elsewhere() {
+        let mut logs = vec![
+            hold(S, "dead", "a"),
+            hold(S, "dead", "b"),
+            hold(S, "dead", "c"),
+            release(2 * S, "dead", "c"),
+            hold(3 * S, "other", "c"),
+            hold(12 * S, "other", "a"),
+        ];
+        let fault = kill(5 * S, "dead");
+        assert_eq!(victim_held_again_ms(&logs, &fault), None, "b is not held");
+        logs.push(hold(14 * S, "new", "b"));
+        // A later move of `a` (a rebalance) is not the crash's recovery.
+        logs.push(release(30 * S, "other", "a"));
+        logs.push(hold(31 * S, "third", "a"));
+        assert_eq!(victim_held_again_ms(&logs, &fault), Some(9_000));
+        let nobody = FaultRecord {
+            instance: None,
+            ..fault
+        };
+        assert_eq!(victim_held_again_ms(&logs, &nobody), None);
+    }
 }
