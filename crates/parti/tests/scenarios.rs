@@ -344,6 +344,53 @@ async fn s04c_a_crash_whose_id_lapsed_before_the_next_leader_took_over_is_still_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04d_a_dead_worker_whose_id_was_claimed_again_before_the_takeover_is_a_leave() {
+    use parti::store::{NatsStore, Store};
+
+    let config = config();
+    let cluster = TestCluster::start(config.clone(), partitions(80)).await;
+    let mut workers = cluster.workers(4).await;
+    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
+    wait_all_stable(&cluster, &workers, SETTLE).await;
+    let settled_ns = parti::ownership::now_ns();
+
+    // The leader dies and a successor process claims its ID at once (a restart under the
+    // same ID), but has not heartbeated yet when the next leader takes over.
+    let leader = workers.iter().position(|(m, _)| m.is_leader()).unwrap();
+    let (leader, _) = workers.remove(leader);
+    cluster.kill(&leader).await;
+    let client = cluster.server.client().await.unwrap();
+    let store = NatsStore::new(async_nats::jetstream::new(client));
+    let [stable_id_spec, ..] = config.bucket_specs();
+    let stable_ids = store.bucket(&stable_id_spec).await.unwrap();
+    let claim = parti::stable_id::StableIdValue {
+        instance: "successor".into(),
+        host: "test".into(),
+        claimed_at: 1,
+    };
+    stable_ids
+        .put(
+            leader.worker_id().as_str(),
+            parti::store::codec::encode(&claim).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    cluster
+        .wait_for_map(&ids(&workers), config.planned_scale_window + SETTLE)
+        .await;
+    let reasons = cluster.reasons_after(before.version());
+    assert!(
+        reasons.first().is_some_and(|r| r != "emergency"),
+        "a worker restarted under its ID is a planned change, not a crash: {reasons:?}"
+    );
+    cluster.assert_holdings_clean(settled_ns).await;
+    for (m, _) in &workers {
+        m.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s05_leader_crash_fails_over_versions_continue_and_no_double_ownership() {
     let config = config();
     let failover_budget = config.election_ttl + Duration::from_secs(1);

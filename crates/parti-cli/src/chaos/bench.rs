@@ -71,6 +71,10 @@ pub(crate) struct BenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Keep the run directory (configuration, every worker's logs and output, and the
+    /// checker's violations in `violations.json`) and print its path.
+    #[arg(long)]
+    pub(crate) keep_dir: bool,
 }
 
 /// Runs `parti bench`. The global connection options do not apply: it starts its own servers.
@@ -80,12 +84,16 @@ pub(crate) async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<Exi
         .tempdir()
         .context("cannot create the run directory")?;
     let figures = tokio::select! {
-        figures = execute(&args, dir.path()) => figures?,
+        figures = execute(&args, dir.path()) => figures,
         signal = stop_requested() => {
             eprintln!("{signal}: stopped (workers and servers killed, no figures)");
             return Ok(ExitCode::from(130));
         }
     };
+    if args.keep_dir {
+        eprintln!("run directory kept: {}", dir.keep().display());
+    }
+    let figures = figures?;
     if args.json {
         print(&serde_json::to_string_pretty(&figures).context("cannot encode the figures")?)?;
     } else {
@@ -237,6 +245,11 @@ async fn execute(args: &BenchArgs, dir: &Path) -> anyhow::Result<serde_json::Val
             gap_bound_ns: nanos(timings.gap_bound),
         },
     );
+
+    let violations = serde_json::to_vec_pretty(&check.violations)
+        .context("cannot encode the checker's violations")?;
+    std::fs::write(dir.join("violations.json"), violations)
+        .context("cannot write violations.json")?;
 
     let per_sec =
         |i: usize| round1(seq_steady[i].saturating_sub(seq_started[i]) as f64 / steady_secs);

@@ -37,8 +37,9 @@ use crate::profile::{PlacementRules, UnlabelledPolicy, WorkerProfile};
 use crate::records::Intents;
 use crate::records::{Lineage, WORKER_KEY_PREFIX, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
+use crate::stable_id::StableIdValue;
 use crate::state::ScalingReason;
-use crate::store::{Bucket, WatchEvent, WatchStream};
+use crate::store::{Bucket, WatchEvent, WatchStream, codec};
 use crate::strategy::AssignmentStrategy;
 
 /// Everything the leader needs; built by the manager.
@@ -331,7 +332,8 @@ impl Leader {
     }
 
     /// A published worker that is gone (not in `live`) and released its stable ID left
-    /// gracefully (a rolling update in progress): a planned change, not a crash.
+    /// gracefully (a rolling update in progress): a planned change, not a crash. So did one
+    /// whose ID another process has claimed since (a restart of it under the same ID).
     ///
     /// An ID whose last change is an expiry lapsed: that worker crashed, however long ago. A
     /// leader elected late, after a crashed worker's ID expired, must still see a crash:
@@ -344,7 +346,7 @@ impl Leader {
     /// missing key is no proof that it released everything; what it gave up waits at most one
     /// heartbeat TTL after the takeover.
     pub(crate) async fn departed_gracefully(&mut self, live: &BTreeSet<WorkerId>) -> Vec<Decision> {
-        let absent: Vec<WorkerId> = self
+        let absent: Vec<(WorkerId, Option<String>)> = self
             .publisher
             .committed()
             .record
@@ -353,15 +355,30 @@ impl Leader {
                 r.workers
                     .keys()
                     .filter(|w| !live.contains(*w))
-                    .cloned()
+                    .map(|w| (w.clone(), r.lineages.get(w).map(|l| l.instance.clone())))
                     .collect()
             })
             .unwrap_or_default();
         let mut decisions = Vec::new();
-        for worker in absent {
-            if let Ok(None | Some(WatchEvent::Deleted { .. })) =
-                self.ctx.stable_id_bucket.last_change(worker.as_str()).await
-            {
+        for (worker, committed_instance) in absent {
+            let left = match self.ctx.stable_id_bucket.last_change(worker.as_str()).await {
+                Ok(None | Some(WatchEvent::Deleted { .. })) => true,
+                // Claimed again by another process, which has not heartbeated yet: the one
+                // the commit names is gone and held nothing (its ID was released, or expired
+                // long after its heartbeat lease), and its successor is about to join. A crash
+                // suspect would be declared if that join came later than the grace period.
+                Ok(Some(WatchEvent::Put(entry))) => committed_instance.is_some_and(|committed| {
+                    codec::decode::<StableIdValue>(
+                        self.ctx.stable_id_bucket.name(),
+                        &entry.key,
+                        &entry.value,
+                    )
+                    .is_ok_and(|claim| claim.instance != committed)
+                }),
+                _ => false,
+            };
+            tracing::debug!(%worker, left, "a committed worker is absent at the takeover");
+            if left {
                 decisions.extend(self.planner.handle(Input::Left { worker, now: now() }));
             }
         }
@@ -487,9 +504,10 @@ impl Leader {
         .min()
     }
 
-    /// Carries out one decision; returns what the planner decides on its result.
+    /// Carries out one decision; returns the planner inputs its result makes, for the caller to
+    /// feed (after whatever membership news queued up meanwhile: see `runner::plan`).
     /// `Error::LeadershipLost` ends the term; `Error::Shutdown` when cancelled in a back-off.
-    pub(crate) async fn execute(&mut self, decision: Decision) -> Result<Vec<Decision>> {
+    pub(crate) async fn execute(&mut self, decision: Decision) -> Result<Vec<Input>> {
         match decision {
             Decision::SetPhase(phase) => {
                 self.announce(phase).await?;
@@ -512,15 +530,13 @@ impl Leader {
                             self.unannounced = None;
                             metrics::counter!("parti_rebalances_total", "reason" => reason.as_str())
                                 .increment(1);
-                            let mut next = self.planner.handle(Input::Published {
+                            let mut next = vec![Input::Published {
                                 version,
                                 workers,
                                 now: now(),
-                            });
+                            }];
                             if std::mem::take(&mut self.intents_owed) {
-                                next.extend(
-                                    self.planner.handle(Input::IntentsChanged { now: now() }),
-                                );
+                                next.push(Input::IntentsChanged { now: now() });
                             }
                             return Ok(next);
                         }
@@ -531,7 +547,7 @@ impl Leader {
                             // crashes and joins are handled meanwhile.
                             tracing::warn!(error = %e, reason = reason.as_str(), "publish failed; the map stays as it was");
                             self.ctx.events.error(e);
-                            return Ok(self.planner.handle(Input::PublishFailed { now: now() }));
+                            return Ok(vec![Input::PublishFailed { now: now() }]);
                         }
                         Err(e) => {
                             // Retried with backoff until it succeeds or leadership is lost; the
@@ -1005,7 +1021,8 @@ impl Leader {
     /// Republishes the committed map when that lets someone hold more: a moved partition whose
     /// previous holders all released, or a worker back with a new lineage (SPEC §13). Expels
     /// the losers that keep a gainer waiting too long on the way.
-    pub(crate) async fn complete_handoffs(&mut self) -> Result<Vec<Decision>> {
+    /// Returns the planner inputs a republish makes, for the caller to feed.
+    pub(crate) async fn complete_handoffs(&mut self) -> Result<Vec<Input>> {
         // Called on every round of the term's loop (every heartbeat change at the least): the
         // committed records are read in place, never copied — at 100k partitions a copy per
         // round was most of the leader's work.
@@ -1092,7 +1109,9 @@ impl Leader {
         if let Some(last) = self.last_handoff
             && now() < last + HANDOFF_BATCH
         {
-            self.handoff_ready_since.get_or_insert(last);
+            // Looked at again once the limit allows: a `since` from before the last commit
+            // would be due at once, and every round would wake to find it still too early.
+            self.handoff_ready_since = Some(self.handoff_ready_since.map_or(last, |s| s.max(last)));
             return Ok(Vec::new());
         }
         tracing::debug!(stale, ready, pending, "completing hand-offs");
@@ -1104,15 +1123,15 @@ impl Leader {
         self.republish(map, "handoff", &members).await
     }
 
-    /// Commits `map` again, unchanged but for the pending sets and lineages `members` decide,
-    /// and tells the planner. A failure other than a lost leadership is reported and left for
-    /// the caller's next round.
+    /// Commits `map` again, unchanged but for the pending sets and lineages `members` decide;
+    /// returns the `Published` input for the planner. A failure other than a lost leadership
+    /// is reported and left for the caller's next round.
     async fn republish(
         &mut self,
         map: AssignmentMap,
         reason: &str,
         members: &Members,
-    ) -> Result<Vec<Decision>> {
+    ) -> Result<Vec<Input>> {
         let workers: Vec<WorkerId> = map.workers().cloned().collect();
         let meta = PublishMeta {
             phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
@@ -1129,11 +1148,11 @@ impl Leader {
         match self.publisher.publish(&map, meta, members).await {
             Ok(version) => {
                 tracing::debug!(version, reason, "map committed again");
-                Ok(self.planner.handle(Input::Published {
+                Ok(vec![Input::Published {
                     version,
                     workers,
                     now: now(),
-                }))
+                }])
             }
             Err(Error::LeadershipLost) => Err(Error::LeadershipLost),
             Err(e) => {
@@ -1150,7 +1169,8 @@ impl Leader {
     /// every live worker that might hold it (see `Publisher::publish`). Also when a committed
     /// worker value was destroyed under the leader ([`note_slot_write`](Self::note_slot_write)):
     /// the republish writes it anew. Tried again at the next source check when it fails.
-    pub(crate) async fn repair_commit(&mut self) -> Result<Vec<Decision>> {
+    /// Returns the planner inputs the republish makes, for the caller to feed.
+    pub(crate) async fn repair_commit(&mut self) -> Result<Vec<Input>> {
         // In a cold start or restart window the window's own publish comes next.
         if self.last_map.is_empty() || self.planner.lifecycle() == Lifecycle::ColdStart {
             return Ok(Vec::new());

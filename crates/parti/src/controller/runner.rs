@@ -176,16 +176,23 @@ async fn serve(
                 () = cancel.cancelled() => return Ok(()),
                 follow_up = leader.execute(decision) => follow_up?,
             };
-            decisions.extend(follow_up);
+            decisions.extend(plan(&mut leader, &mut feeds, follow_up));
         }
         if !decisions.is_empty() {
             continue;
         }
-        decisions = tokio::select! {
+        let done = tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             done = leader.complete_handoffs() => done?,
         };
-        if !decisions.is_empty() {
+        if !done.is_empty() {
+            decisions = plan(&mut leader, &mut feeds, done);
+            continue;
+        }
+        // Before the steps that feed the planner the time, and before the wait, where a
+        // wake-up that fell due meanwhile could be picked first (see `plan`).
+        if let Some(queued) = take_queued(&mut leader, &mut feeds) {
+            decisions = queued;
             continue;
         }
         decisions = leader.step_due();
@@ -194,19 +201,6 @@ async fn serve(
         }
         decisions = leader.placement_due();
         if !decisions.is_empty() {
-            continue;
-        }
-        // What is already queued on the membership and crash-hold feeds goes in before the
-        // wait, where a wake-up that fell due meanwhile could be picked first: a crash must not
-        // be declared for a worker whose return is queued, nor under a hold already replaced.
-        if let Ok(event) = feeds.members.try_recv() {
-            decisions = on_member(&mut leader, &mut feeds, event);
-            continue;
-        }
-        if feeds.crash_hold.has_changed().unwrap_or(false)
-            && let Some(hold) = *feeds.crash_hold.borrow_and_update()
-        {
-            decisions = leader.handle(Input::HoldCrashes { hold, now: now() });
             continue;
         }
         let wake = leader.next_wake();
@@ -280,10 +274,11 @@ async fn serve(
                 if !damaged {
                     continue;
                 }
-                decisions = tokio::select! {
+                let repaired = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
                     repaired = leader.repair_commit() => repaired?,
                 };
+                decisions = plan(&mut leader, &mut feeds, repaired);
                 continue;
             },
             notice = next_notice(&mut feeds.source_changes) => {
@@ -309,7 +304,7 @@ async fn serve(
                     repaired = leader.repair_commit() => repaired?,
                 };
                 if !repaired.is_empty() {
-                    decisions = repaired;
+                    decisions = plan(&mut leader, &mut feeds, repaired);
                     continue;
                 }
                 let (changed, intents) = tokio::select! {
@@ -331,6 +326,34 @@ async fn serve(
         };
         decisions = leader.handle(input);
     }
+}
+
+/// Feeds `inputs` to the planner — after what is already queued on the membership and
+/// crash-hold feeds. Any input lets a deadline that fell due meanwhile fire (a crash's grace
+/// ends at the `Published` of a publish that took seconds on a slow store): a crash must not be
+/// declared for a worker whose return is queued, nor under a hold already replaced. With no
+/// `inputs`, only what is queued is fed.
+fn plan(leader: &mut Leader, feeds: &mut Feeds<'_>, inputs: Vec<Input>) -> Vec<Decision> {
+    let mut decisions = take_queued(leader, feeds).unwrap_or_default();
+    decisions.extend(feed(leader, inputs));
+    decisions
+}
+
+/// Feeds every membership event already queued and a crash hold that changed; returns what
+/// the planner decides, or `None` when nothing was queued.
+fn take_queued(leader: &mut Leader, feeds: &mut Feeds<'_>) -> Option<Vec<Decision>> {
+    let mut decisions = None::<Vec<Decision>>;
+    while let Ok(event) = feeds.members.try_recv() {
+        let decided = on_member(leader, feeds, event);
+        decisions.get_or_insert_default().extend(decided);
+    }
+    if feeds.crash_hold.has_changed().unwrap_or(false)
+        && let Some(hold) = *feeds.crash_hold.borrow_and_update()
+    {
+        let decided = leader.handle(Input::HoldCrashes { hold, now: now() });
+        decisions.get_or_insert_default().extend(decided);
+    }
+    decisions
 }
 
 /// Feeds one membership event to the planner; returns what it decides. A join is judged on
