@@ -1124,7 +1124,7 @@ impl Leader {
     }
 
     /// Commits `map` again, unchanged but for the pending sets and lineages `members` decide;
-    /// returns the `Published` input for the planner. A failure other than a lost leadership
+    /// returns the `Republished` input for the planner. A failure other than a lost leadership
     /// is reported and left for the caller's next round.
     async fn republish(
         &mut self,
@@ -1132,7 +1132,6 @@ impl Leader {
         reason: &str,
         members: &Members,
     ) -> Result<Vec<Input>> {
-        let workers: Vec<WorkerId> = map.workers().cloned().collect();
         let meta = PublishMeta {
             phase: self.planner.phase().to_cluster_phase(now(), unix_ms()),
             reason: reason.to_owned(),
@@ -1148,9 +1147,8 @@ impl Leader {
         match self.publisher.publish(&map, meta, members).await {
             Ok(version) => {
                 tracing::debug!(version, reason, "map committed again");
-                Ok(vec![Input::Published {
+                Ok(vec![Input::Republished {
                     version,
-                    workers,
                     now: now(),
                 }])
             }

@@ -305,7 +305,9 @@ async fn serve(
                 };
                 if !repaired.is_empty() {
                     decisions = plan(&mut leader, &mut feeds, repaired);
-                    continue;
+                    if !decisions.is_empty() {
+                        continue;
+                    }
                 }
                 let (changed, intents) = tokio::select! {
                     () = cancel.cancelled() => return Ok(()),
@@ -335,7 +337,11 @@ async fn serve(
 /// `inputs`, only what is queued is fed.
 fn plan(leader: &mut Leader, feeds: &mut Feeds<'_>, inputs: Vec<Input>) -> Vec<Decision> {
     let mut decisions = take_queued(leader, feeds).unwrap_or_default();
-    decisions.extend(feed(leader, inputs));
+    let at = now();
+    decisions.extend(feed(
+        leader,
+        inputs.into_iter().map(|input| input.at(at)).collect(),
+    ));
     decisions
 }
 

@@ -166,6 +166,10 @@ impl Planner {
                 now,
             } => self.on_published(version, workers, now),
             Input::PublishFailed { now } => self.on_publish_failed(now),
+            Input::Republished { version, now } => {
+                self.version = self.version.max(version);
+                self.last_publish = Some(now);
+            }
             Input::HoldCrashes { hold, .. } => {
                 self.hold = Some(hold);
             }
@@ -424,7 +428,7 @@ impl Planner {
 
     fn on_published(&mut self, version: u64, workers: Vec<WorkerId>, now: Instant) {
         // Only a publish of a map the planner asked for settles a failed one: an emergency
-        // places only the orphans, and a republish (hand-offs, repair) is the old map again.
+        // places only the orphans (a republish, hand-offs or repair, is `Republished`).
         if self.in_flight.take().is_some_and(|f| !f.emergency) {
             self.failed = None;
         }

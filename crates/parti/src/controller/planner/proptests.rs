@@ -38,6 +38,8 @@ enum Ev {
     IntentsChanged,
     StepDue,
     Published,
+    /// The runner commits the map in force again (hand-offs, repair), whatever is outstanding.
+    Republished,
     /// The leader goes blind, holding crashes back for this many ms at most.
     Blind(u64),
     /// The leader recovers, with a recovery grace of this many ms.
@@ -56,6 +58,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => Just(Ev::IntentsChanged),
         1 => Just(Ev::StepDue),
         3 => Just(Ev::Published),
+        1 => Just(Ev::Republished),
         1 => (0..100_000u64).prop_map(Ev::Blind),
         1 => (0..10_000u64).prop_map(Ev::Recover),
         1 => Just(Ev::Tick),
@@ -210,6 +213,15 @@ impl Model {
                 self.feed(Input::StepDue { now })
             }
             Ev::Published => self.publish_done(),
+            Ev::Republished => {
+                // Only over a committed map, which a republish leaves as it is.
+                if !self.running {
+                    return Ok(());
+                }
+                self.last_published = Some(now);
+                let version = self.planner.version() + 1;
+                self.feed(Input::Republished { version, now })
+            }
             Ev::Blind(ms) => {
                 let hold = CrashHold::blind(now, now + Duration::from_millis(ms));
                 self.hold = Some(hold);

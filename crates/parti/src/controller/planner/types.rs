@@ -150,6 +150,15 @@ pub enum Input {
         /// The current time.
         now: Instant,
     },
+    /// The runner committed the map in force again, unchanged but for its pending sets and
+    /// lineages (hand-offs completed, a lost commit repaired): not a [`Decision::Publish`], so
+    /// a publish decided meanwhile stays outstanding. Only the version moves on.
+    Republished {
+        /// The version written.
+        version: u64,
+        /// The current time.
+        now: Instant,
+    },
     /// Hold crash declarations back around the leader's own degraded spell (SPEC §7);
     /// replaces any earlier hold. See [`CrashHold`].
     HoldCrashes {
@@ -179,9 +188,31 @@ impl Input {
             | Input::PlacementChanged { now }
             | Input::Published { now, .. }
             | Input::PublishFailed { now }
+            | Input::Republished { now, .. }
             | Input::HoldCrashes { now, .. }
             | Input::Tick { now } => *now,
         }
+    }
+
+    /// The same input, happening at `now` instead: the runner feeds the result of a publish
+    /// after the news that queued while it was awaited, and times must not go backwards.
+    pub fn at(mut self, now: Instant) -> Self {
+        match &mut self {
+            Input::BecameLeader { now: at, .. }
+            | Input::Joined { now: at, .. }
+            | Input::Left { now: at, .. }
+            | Input::Expired { now: at, .. }
+            | Input::PartitionsChanged { now: at }
+            | Input::IntentsChanged { now: at }
+            | Input::StepDue { now: at }
+            | Input::PlacementChanged { now: at }
+            | Input::Published { now: at, .. }
+            | Input::PublishFailed { now: at }
+            | Input::Republished { now: at, .. }
+            | Input::HoldCrashes { now: at, .. }
+            | Input::Tick { now: at } => *at = now,
+        }
+        self
     }
 }
 

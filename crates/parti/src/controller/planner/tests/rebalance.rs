@@ -263,3 +263,24 @@ fn a_failed_scale_up_is_retried_over_the_workers_live_then_and_a_crash_is_not_fo
     }
     assert!(saw_emergency, "the crash of worker-2 was forgotten");
 }
+
+#[test]
+fn a_republish_while_a_publish_is_outstanding_leaves_it_outstanding() {
+    // A hand-off republish lands after the planner decided a scale-up, before the runner ran it.
+    let mut h = H::running(&[0, 1, 2]);
+    h.join(3, 0);
+    assert_eq!(
+        h.wake(WINDOW),
+        rebalance(&[0, 1, 2, 3], RebalanceReason::ScaleUp)
+    );
+    let now = h.at(WINDOW);
+    assert_eq!(h.p.handle(Input::Republished { version: 7, now }), []);
+    assert_eq!(h.p.version(), 7);
+    // Still outstanding: nothing else is decided, and its failure is retried.
+    assert_eq!(h.p.next_wakeup(), None);
+    assert_eq!(h.p.handle(Input::PublishFailed { now }), []);
+    assert_eq!(
+        h.wake(WINDOW + 1_000),
+        [publish(&[0, 1, 2, 3], RebalanceReason::ScaleUp)]
+    );
+}
