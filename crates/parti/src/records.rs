@@ -409,12 +409,8 @@ pub(crate) async fn read_intents(bucket: &dyn Bucket) -> Result<Option<(Intents,
     }
 }
 
-/// The `cluster` record as it concerns one worker: what a follower needs of every commit.
-///
-/// A full [`ClusterRecord`] names every worker of the fleet twice (`workers`, `lineages`), and
-/// every follower reads every commit and phase change: decoding it whole costs each of N
-/// followers O(N) allocations per change. [`for_worker`](Self::for_worker) reads the same
-/// bytes, checks them exactly as the full decode would, and keeps only this worker's entries.
+/// The commit as it concerns one worker: what a follower needs of every commit, read from its
+/// [`CommitPage`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MyCluster {
     /// The commit's version.
@@ -434,265 +430,132 @@ pub(crate) struct MyCluster {
 }
 
 impl MyCluster {
-    /// What `record` says to `me`.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn of(record: &ClusterRecord, me: &WorkerId) -> Self {
+    /// What `page` says to `me`. `me` must belong to the page (see [`page_of`]): a page
+    /// names only its own workers.
+    pub(crate) fn of_page(page: &CommitPage, me: &WorkerId) -> Self {
         Self {
-            version: record.version,
-            term: record.term,
-            phase: record.phase,
-            lifecycle: record.lifecycle,
-            workers: record.workers.len(),
-            mine: record.workers.get(me).copied(),
-            lineage: record.lineages.get(me).cloned(),
+            version: page.version,
+            term: page.term,
+            phase: page.phase,
+            lifecycle: page.lifecycle,
+            workers: page.worker_count,
+            mine: page.workers.get(me).copied(),
+            lineage: page.lineages.get(me).cloned(),
         }
-    }
-
-    /// Decodes a `cluster` value for `me`: an error exactly when decoding it as a
-    /// [`ClusterRecord`] fails, otherwise [`MyCluster::of`] that record.
-    pub(crate) fn for_worker(bucket: &str, key: &str, bytes: &[u8], me: &WorkerId) -> Result<Self> {
-        codec::decode_seed(bucket, key, bytes, project::ForWorker(me.as_str()))
     }
 }
 
-/// The seeds behind [`MyCluster::for_worker`]: serde visitors that parse and check every field
-/// of a [`ClusterRecord`] as its derived `Deserialize` does (types, required fields, duplicate
-/// fields) while keeping only one worker's entries: the other workers' keys are borrowed from
-/// the input (one vector of them, to count them), their values checked and dropped.
-mod project {
-    use std::borrow::Cow;
-    use std::collections::BTreeMap;
-    use std::fmt;
+/// How many pages a commit is copied into (see [`CommitPage`]). Part of the protocol: leader
+/// and followers must agree on it.
+pub const COMMIT_PAGES: usize = 256;
 
-    use serde::Deserialize;
-    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+/// Prefix of the commit pages: `commit.{page}`, `page` in `0..COMMIT_PAGES`.
+pub const PAGE_KEY_PREFIX: &str = "commit.";
 
-    use super::{ClusterPhase, Lifecycle, Lineage, MyCluster};
+/// The key of commit page `page`.
+///
+/// ```
+/// use parti::{WorkerId, records::{page_key, page_of, parse_page_key}};
+/// let page = page_of(&WorkerId::new("worker-3"));
+/// assert_eq!(parse_page_key(&page_key(page)), Some(page));
+/// assert_eq!(parse_page_key("commit.256"), None);
+/// ```
+pub fn page_key(page: usize) -> String {
+    format!("{PAGE_KEY_PREFIX}{page}")
+}
 
-    #[derive(Deserialize)]
-    #[serde(field_identifier, rename_all = "camelCase")]
-    enum Field {
-        Version,
-        Term,
-        Phase,
-        Reason,
-        Workers,
-        PartitionCount,
-        Lifecycle,
-        FirstAssignmentAt,
-        Lineages,
-        Parked,
-        #[serde(other)]
-        Other,
+/// The page of a commit page key, if it is one.
+pub fn parse_page_key(key: &str) -> Option<usize> {
+    let page = key.strip_prefix(PAGE_KEY_PREFIX)?;
+    if page.len() > 1 && page.starts_with('0') {
+        return None;
+    }
+    page.parse().ok().filter(|p| *p < COMMIT_PAGES)
+}
+
+/// The commit page that names `worker`: a stable hash of its ID (xxh3), so that every build
+/// agrees on it.
+pub fn page_of(worker: &WorkerId) -> usize {
+    let hash = xxhash_rust::xxh3::xxh3_64(worker.as_str().as_bytes());
+    // The remainder is below COMMIT_PAGES, which is a usize.
+    usize::try_from(hash % COMMIT_PAGES as u64).unwrap_or(0)
+}
+
+/// `commit.{page}`: a copy of the committed `cluster` record for the workers of one page
+/// ([`page_of`]).
+///
+/// The `cluster` record names every worker of the map; were every follower to read it, each
+/// commit and phase change would send O(N) bytes to each of N followers. A follower reads its
+/// page instead: the leader writes the pages of the workers of the new map and of the previous
+/// one after each commit, each page written with a revision check and only over a page that
+/// copies an older commit ([`order`](Self::order)), so a page never goes back. A page only
+/// ever copies a record that was committed, so a late write by a deposed leader cannot give a
+/// worker anything a commit did not; a page that lags (the leader stopped between the commit
+/// and the pages) is written by the next leader, and a page overwritten or deleted under the
+/// leader is written again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CommitPage {
+    /// The commit's version.
+    pub version: u64,
+    /// Term of the leader that wrote the commit.
+    pub term: u64,
+    /// What the leader is doing.
+    pub phase: ClusterPhase,
+    /// Cluster lifecycle.
+    pub lifecycle: Lifecycle,
+    /// Revision of the `cluster` record this page copies.
+    pub commit: u64,
+    /// How many workers the whole commit names.
+    pub worker_count: usize,
+    /// This page's workers of the commit → revision of their committed `worker.{id}` value.
+    pub workers: BTreeMap<WorkerId, u64>,
+    /// This page's workers of the commit → the lineage the commit speaks to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lineages: BTreeMap<WorkerId, Lineage>,
+}
+
+impl CommitPage {
+    /// The order of pages: a page is written only over one of a lower order. Versions first
+    /// (they never go back, even over a lost `cluster` record), then the `cluster` revision
+    /// (a phase change keeps the version).
+    pub fn order(&self) -> (u64, u64) {
+        (self.version, self.commit)
     }
 
-    /// A [`Lineage`] checked in place: its fields as the derived `Deserialize` reads them,
-    /// borrowing the instance where the input allows.
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct LineageShape<'a> {
-        #[serde(borrow)]
-        instance: Cow<'a, str>,
-        lapses: u64,
-    }
-
-    /// A map key, borrowed from the input when it has no escapes.
-    struct Key;
-
-    impl<'de> DeserializeSeed<'de> for Key {
-        type Value = Cow<'de, str>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            cow_str(d)
-        }
-    }
-
-    /// A string, borrowed from the input when it has no escapes (serde's own `Cow<str>`
-    /// always copies).
-    fn cow_str<'de, D: de::Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Cow<'de, str>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Cow::Borrowed(v))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Cow::Owned(v))
-            }
-        }
-        d.deserialize_str(V)
-    }
-
-    /// A `{worker: T}` map: counts its distinct keys and keeps the value under `.0` (the last
-    /// one, as a `BTreeMap` would), checking every value as a `T`. The keys are collected
-    /// borrowed; a key written twice (or once escaped) counts once, as in the map.
-    struct Only<'m, T>(&'m str, std::marker::PhantomData<T>);
-
-    impl<'de, T> DeserializeSeed<'de> for Only<'_, T>
-    where
-        T: Deserialize<'de>,
-    {
-        type Value = (usize, Option<T>);
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-
-    impl<'de, T> Visitor<'de> for Only<'_, T>
-    where
-        T: Deserialize<'de>,
-    {
-        type Value = (usize, Option<T>);
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a map by worker ID")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut keys: Vec<Cow<'de, str>> = Vec::with_capacity(map.size_hint().unwrap_or(0));
-            // Every record a leader writes lists its keys in ascending order (a serialized
-            // `BTreeMap`): then they are distinct without a check. Otherwise they are counted
-            // after sorting.
-            let mut ascending = true;
-            let mut mine = None;
-            while let Some(key) = map.next_key_seed(Key)? {
-                let value = map.next_value::<T>()?;
-                if key == self.0 {
-                    mine = Some(value);
-                }
-                if keys.last().is_some_and(|last| *last >= key) {
-                    ascending = false;
-                }
-                keys.push(key);
-            }
-            if !ascending {
-                keys.sort_unstable();
-                keys.dedup();
-            }
-            Ok((keys.len(), mine))
-        }
-    }
-
-    /// The whole record, for worker `.0`.
-    pub(super) struct ForWorker<'m>(pub(super) &'m str);
-
-    impl<'de> DeserializeSeed<'de> for ForWorker<'_> {
-        type Value = MyCluster;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<MyCluster, D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-
-    /// Takes a field's value, refusing a second one as the derived `Deserialize` does.
-    fn once<'de, A: MapAccess<'de>, T>(
-        slot: &mut Option<T>,
-        name: &'static str,
-        value: impl FnOnce(&mut A) -> Result<T, A::Error>,
-        map: &mut A,
-    ) -> Result<(), A::Error> {
-        if slot.is_some() {
-            return Err(de::Error::duplicate_field(name));
-        }
-        *slot = Some(value(map)?);
-        Ok(())
-    }
-
-    impl<'de> Visitor<'de> for ForWorker<'_> {
-        type Value = MyCluster;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("struct ClusterRecord")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MyCluster, A::Error> {
-            let me = self.0;
-            let mut version = None;
-            let mut term = None;
-            let mut phase = None;
-            let mut reason: Option<IgnoredAny> = None;
-            let mut workers = None;
-            let mut partition_count: Option<usize> = None;
-            let mut lifecycle = None;
-            let mut first_assignment_at: Option<Option<u64>> = None;
-            let mut lineages = None;
-            let mut parked: Option<BTreeMap<String, usize>> = None;
-            while let Some(field) = map.next_key::<Field>()? {
-                let m = &mut map;
-                match field {
-                    Field::Version => once(&mut version, "version", |m| m.next_value::<u64>(), m)?,
-                    Field::Term => once(&mut term, "term", |m| m.next_value::<u64>(), m)?,
-                    Field::Phase => {
-                        once(&mut phase, "phase", |m| m.next_value::<ClusterPhase>(), m)?
-                    }
-                    Field::Reason => once(
-                        &mut reason,
-                        "reason",
-                        |m| m.next_value::<StrShape>().map(|_| IgnoredAny),
-                        m,
-                    )?,
-                    Field::Workers => once(
-                        &mut workers,
-                        "workers",
-                        |m| m.next_value_seed(Only::<u64>(me, Default::default())),
-                        m,
-                    )?,
-                    Field::PartitionCount => once(
-                        &mut partition_count,
-                        "partitionCount",
-                        |m| m.next_value(),
-                        m,
-                    )?,
-                    Field::Lifecycle => once(
-                        &mut lifecycle,
-                        "lifecycle",
-                        |m| m.next_value::<Lifecycle>(),
-                        m,
-                    )?,
-                    Field::FirstAssignmentAt => once(
-                        &mut first_assignment_at,
-                        "firstAssignmentAt",
-                        |m| m.next_value(),
-                        m,
-                    )?,
-                    Field::Lineages => once(
-                        &mut lineages,
-                        "lineages",
-                        |m| m.next_value_seed(Only::<LineageShape<'de>>(me, Default::default())),
-                        m,
-                    )?,
-                    Field::Parked => once(&mut parked, "parked", |m| m.next_value(), m)?,
-                    Field::Other => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-            }
-            let (count, mine) = workers.ok_or_else(|| de::Error::missing_field("workers"))?;
-            reason.ok_or_else(|| de::Error::missing_field("reason"))?;
-            partition_count.ok_or_else(|| de::Error::missing_field("partitionCount"))?;
-            let lineage = lineages.and_then(|(_, mine)| mine).map(|l| Lineage {
-                instance: l.instance.into_owned(),
-                lapses: l.lapses,
-            });
-            Ok(MyCluster {
-                version: version.ok_or_else(|| de::Error::missing_field("version"))?,
-                term: term.ok_or_else(|| de::Error::missing_field("term"))?,
-                phase: phase.ok_or_else(|| de::Error::missing_field("phase"))?,
-                lifecycle: lifecycle.ok_or_else(|| de::Error::missing_field("lifecycle"))?,
-                workers: count,
-                mine,
-                lineage,
+    /// The pages `pages` of `record`, committed at `revision`: each with the workers of the
+    /// record that belong to it (possibly none).
+    pub fn pages_of(
+        record: &ClusterRecord,
+        revision: u64,
+        pages: &std::collections::BTreeSet<usize>,
+    ) -> BTreeMap<usize, CommitPage> {
+        let mut out: BTreeMap<usize, CommitPage> = pages
+            .iter()
+            .map(|page| {
+                let empty = CommitPage {
+                    version: record.version,
+                    term: record.term,
+                    phase: record.phase,
+                    lifecycle: record.lifecycle,
+                    commit: revision,
+                    worker_count: record.workers.len(),
+                    workers: BTreeMap::new(),
+                    lineages: BTreeMap::new(),
+                };
+                (*page, empty)
             })
+            .collect();
+        for (worker, rev) in &record.workers {
+            if let Some(page) = out.get_mut(&page_of(worker)) {
+                page.workers.insert(worker.clone(), *rev);
+                if let Some(lineage) = record.lineages.get(worker) {
+                    page.lineages.insert(worker.clone(), lineage.clone());
+                }
+            }
         }
-    }
-
-    /// A string checked in place (the `reason`).
-    struct StrShape;
-
-    impl<'de> Deserialize<'de> for StrShape {
-        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            cow_str(d).map(|_| StrShape)
-        }
+        out
     }
 }
 
@@ -700,193 +563,116 @@ mod project {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use proptest::prelude::*;
-    use serde_json::{Value, json};
+    use std::collections::BTreeSet;
 
     use super::*;
 
-    fn full(bytes: &[u8], me: &WorkerId) -> Option<MyCluster> {
-        codec::decode::<ClusterRecord>("a", CLUSTER_KEY, bytes)
-            .ok()
-            .map(|r| MyCluster::of(&r, me))
-    }
-
-    fn projected(bytes: &[u8], me: &WorkerId) -> Option<MyCluster> {
-        MyCluster::for_worker("a", CLUSTER_KEY, bytes, me).ok()
-    }
-
-    fn record(workers: &[(&str, u64)], lineages: &[(&str, u64)]) -> ClusterRecord {
+    fn record(workers: usize) -> ClusterRecord {
         ClusterRecord {
             version: 7,
             term: 3,
-            phase: ClusterPhase::Emergency,
-            reason: "emergency".into(),
-            workers: workers
-                .iter()
-                .map(|(w, r)| (WorkerId::new(*w), *r))
+            phase: ClusterPhase::Stable,
+            reason: "test".into(),
+            workers: (0..workers)
+                .map(|i| (WorkerId::new(format!("worker-{i}")), 100 + i as u64))
                 .collect(),
             partition_count: 10,
             lifecycle: Lifecycle::Running,
-            first_assignment_at: Some(5),
-            lineages: lineages
-                .iter()
-                .map(|(w, lapses)| {
+            first_assignment_at: Some(1),
+            lineages: (0..workers)
+                .map(|i| {
                     let lineage = Lineage {
-                        instance: format!("i-{w}"),
-                        lapses: *lapses,
+                        instance: format!("i{i}"),
+                        lapses: i as u64,
                     };
-                    (WorkerId::new(*w), lineage)
+                    (WorkerId::new(format!("worker-{i}")), lineage)
                 })
                 .collect(),
-            parked: [("gpu".to_owned(), 2)].into(),
+            parked: BTreeMap::new(),
         }
-    }
-
-    /// Values of every JSON type, to put where another was expected.
-    fn wrong_values() -> Vec<Value> {
-        vec![
-            Value::Null,
-            json!(true),
-            json!(-1),
-            json!(1.5),
-            json!("x"),
-            json!([]),
-            json!({}),
-            json!({"kind": "stable"}),
-        ]
-    }
-
-    /// The record as JSON, broken in every way one field can be: each field missing, or of
-    /// each JSON type; each worker's and lineage's value of each type; plus duplicates,
-    /// escapes, unknown fields and trailing input.
-    fn variants(base: &ClusterRecord) -> Vec<Vec<u8>> {
-        let good: Value = serde_json::from_slice(&codec::encode(base).unwrap()).unwrap();
-        let Value::Object(fields) = &good else {
-            unreachable!()
-        };
-        let mut out = vec![serde_json::to_vec(&good).unwrap()];
-        for (name, value) in fields {
-            let mut without = fields.clone();
-            without.remove(name);
-            out.push(serde_json::to_vec(&without).unwrap());
-            for wrong in wrong_values() {
-                let mut changed = fields.clone();
-                changed.insert(name.clone(), wrong.clone());
-                out.push(serde_json::to_vec(&changed).unwrap());
-                if let Value::Object(entries) = value {
-                    for key in entries.keys() {
-                        let mut inner = entries.clone();
-                        inner.insert(key.clone(), wrong.clone());
-                        let mut changed = fields.clone();
-                        changed.insert(name.clone(), Value::Object(inner));
-                        out.push(serde_json::to_vec(&changed).unwrap());
-                    }
-                }
-            }
-            // The field twice.
-            let text = serde_json::to_string(&good).unwrap();
-            let again = format!("{{\"{name}\":{value},{}", &text[1..]);
-            out.push(again.into_bytes());
-        }
-        let text = serde_json::to_string(&good).unwrap();
-        out.push(format!("{text} x").into_bytes());
-        out.push(format!("{text}  ").into_bytes());
-        out.push(
-            text.replacen('{', "{\"extra\":[1,{\"a\":2}],", 1)
-                .into_bytes(),
-        );
-        // An escaped key that reads as a worker's ID.
-        out.push(text.replace("\"w-1\"", "\"w\\u002d1\"").into_bytes());
-        // A lineage missing a field, or with one unknown.
-        out.push(
-            text.replace("\"lapses\":1", "\"lapses\":1,\"x\":0")
-                .into_bytes(),
-        );
-        out.push(text.replace(",\"lapses\":1", "").into_bytes());
-        out.push(
-            text.replace("\"emergency\"", "\"emerg\\nency\"")
-                .into_bytes(),
-        );
-        out.push(b"[1,7,3]".to_vec());
-        // A worker written twice inside a map, plainly and escaped.
-        out.push(
-            text.replace("\"w-0\":10", "\"w-0\":10,\"w-0\":12")
-                .into_bytes(),
-        );
-        out.push(
-            text.replace("\"w-0\":10", "\"w-0\":10,\"w\\u002d0\":13")
-                .into_bytes(),
-        );
-        out
     }
 
     #[test]
-    fn the_projection_refuses_and_takes_exactly_what_the_full_decode_does() {
-        let base = record(
-            &[("w-0", 10), ("w-1", 11), ("w-2", 12)],
-            &[("w-1", 1), ("w-2", 4)],
-        );
-        let mut checked = 0;
-        for bytes in variants(&base) {
-            for me in ["w-0", "w-1", "w-2", "w-9"] {
-                let me = WorkerId::new(me);
-                assert_eq!(
-                    projected(&bytes, &me),
-                    full(&bytes, &me),
-                    "{} for {me}",
-                    String::from_utf8_lossy(&bytes)
-                );
-                checked += 1;
-            }
+    fn every_worker_reads_from_its_page_exactly_what_the_record_says_of_it() {
+        let record = record(1_000);
+        let all: BTreeSet<usize> = (0..COMMIT_PAGES).collect();
+        let pages = CommitPage::pages_of(&record, 42, &all);
+        assert_eq!(pages.len(), COMMIT_PAGES);
+        let named: usize = pages.values().map(|p| p.workers.len()).sum();
+        assert_eq!(named, 1_000, "each worker is on exactly one page");
+        for (worker, rev) in &record.workers {
+            let page = &pages[&page_of(worker)];
+            let mine = MyCluster::of_page(page, worker);
+            assert_eq!(mine.mine, Some(*rev));
+            assert_eq!(mine.lineage.as_ref(), record.lineages.get(worker));
+            assert_eq!(
+                (mine.version, mine.term, mine.workers),
+                (7, 3, 1_000),
+                "{worker}"
+            );
+            assert_eq!(page.order(), (7, 42));
         }
-        assert!(checked > 400, "{checked}");
-        let me = WorkerId::new("w-1");
-        let mine = projected(&codec::encode(&base).unwrap(), &me).unwrap();
-        assert_eq!(mine.mine, Some(11));
-        assert_eq!(mine.workers, 3);
-        assert_eq!(mine.lineage.unwrap().lapses, 1);
-        assert_eq!(mine.phase, ClusterPhase::Emergency);
+        // A page is far smaller than the record it copies.
+        let largest = pages
+            .values()
+            .map(|p| codec::encode(p).unwrap().len())
+            .max()
+            .unwrap();
+        let whole = codec::encode(&record).unwrap().len();
+        assert!(largest * 40 < whole, "page {largest} B, record {whole} B");
     }
 
-    proptest! {
-        #[test]
-        fn the_projection_of_any_record_is_what_it_says_to_the_worker(
-            workers in prop::collection::btree_map("w-[0-9]{1,3}", any::<u64>(), 0..40),
-            lineages in prop::collection::btree_map("w-[0-9]{1,3}", any::<u64>(), 0..40),
-            me in "w-[0-9]{1,3}",
-        ) {
-            let workers: Vec<(&str, u64)> = workers.iter().map(|(w, r)| (w.as_str(), *r)).collect();
-            let lineages: Vec<(&str, u64)> = lineages.iter().map(|(w, l)| (w.as_str(), *l)).collect();
-            let base = record(&workers, &lineages);
-            let me = WorkerId::new(me);
-            let bytes = codec::encode(&base).unwrap();
-            prop_assert_eq!(projected(&bytes, &me), Some(MyCluster::of(&base, &me)));
-        }
-    }
-
-    /// What a follower's decode of one commit costs at 1,000 workers, whole against projected:
-    /// `cargo test --release -p parti --lib cluster_decode_at_scale -- --ignored --nocapture`.
     #[test]
-    #[ignore = "a benchmark: run it in release"]
-    fn cluster_decode_at_scale() {
-        let names: Vec<String> = (0..1000).map(|i| format!("worker-{i}")).collect();
-        let workers: Vec<(&str, u64)> = names.iter().map(|w| (w.as_str(), 123_456)).collect();
-        let lineages: Vec<(&str, u64)> = names.iter().map(|w| (w.as_str(), 0)).collect();
-        let bytes = codec::encode(&record(&workers, &lineages)).unwrap();
-        let me = WorkerId::new("worker-500");
-        let rounds = 2000;
-        let time = |f: &dyn Fn() -> Option<MyCluster>| {
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                assert!(f().is_some());
-            }
-            start.elapsed().as_secs_f64() * 1e6 / f64::from(rounds)
-        };
-        let whole = time(&|| full(&bytes, &me));
-        let part = time(&|| projected(&bytes, &me));
-        println!(
-            "{}",
-            json!({"bytes": bytes.len(), "wholeUs": whole, "projectedUs": part, "ratio": whole / part})
+    fn a_page_that_is_asked_for_and_names_nobody_is_written_empty() {
+        let record = record(3);
+        let lone = (0..COMMIT_PAGES)
+            .find(|p| record.workers.keys().all(|w| page_of(w) != *p))
+            .unwrap();
+        let pages = CommitPage::pages_of(&record, 9, &BTreeSet::from([lone]));
+        assert_eq!(pages.len(), 1);
+        let page = &pages[&lone];
+        assert!(page.workers.is_empty() && page.lineages.is_empty());
+        assert_eq!(page.worker_count, 3);
+        let stranger = MyCluster::of_page(page, &WorkerId::new("worker-0"));
+        assert_eq!((stranger.mine, stranger.version), (None, 7));
+    }
+
+    #[test]
+    fn page_keys_round_trip_and_refuse_what_is_no_page() {
+        for page in [0, 1, 17, COMMIT_PAGES - 1] {
+            assert_eq!(parse_page_key(&page_key(page)), Some(page));
+        }
+        for key in [
+            "commit.",
+            "commit.01",
+            "commit.-1",
+            "commit.x",
+            "commit.256",
+            "cluster",
+        ] {
+            assert_eq!(parse_page_key(key), None, "{key}");
+        }
+        // The page of an ID is part of the protocol: it must not change between builds.
+        assert_eq!(
+            page_of(&WorkerId::new("worker-0")),
+            page_of(&WorkerId::new("worker-0"))
         );
+        let spread: BTreeSet<usize> = (0..1_000)
+            .map(|i| page_of(&WorkerId::new(format!("worker-{i}"))))
+            .collect();
+        assert!(spread.len() > 200, "1,000 IDs over {} pages", spread.len());
+    }
+
+    #[test]
+    fn a_page_round_trips_through_the_codec() {
+        let record = record(5);
+        let pages = CommitPage::pages_of(&record, 1, &(0..COMMIT_PAGES).collect());
+        for page in pages.values() {
+            let bytes = codec::encode(page).unwrap();
+            assert_eq!(
+                &codec::decode::<CommitPage>("a", "commit.0", &bytes).unwrap(),
+                page
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use parti::ownership::now_ns;
+use parti::records::{page_key, page_of, parse_worker_key};
 use parti_testkit::checker::FaultRecord;
 use rustix::process::Signal;
 
@@ -205,9 +206,9 @@ impl Runner {
         Ok(Done::new(FaultKind::Cut, start, now_ns(), detail).on(identity))
     }
 
-    /// Garbage over a live key of every bucket: `cluster` and a `worker.*` slot in the
-    /// assignment bucket, a heartbeat key that is no worker ID, the election's `leader` key,
-    /// and a live stable-ID key.
+    /// Garbage over a live key of every bucket: `cluster`, a `worker.*` slot and that worker's
+    /// commit page in the assignment bucket, a heartbeat key that is no worker ID, the
+    /// election's `leader` key, and a live stable-ID key.
     async fn garbage(&mut self) -> anyhow::Result<Done> {
         let buckets = self.buckets().await?;
         let bucket = |role: Role| {
@@ -243,6 +244,9 @@ impl Runner {
         let slot_indexes: Vec<usize> = (0..slot_keys.len()).collect();
         if let Some(i) = self.rng.choose(&slot_indexes) {
             targets.push((assignment.as_ref(), slot_keys[i].clone()));
+            if let Some((worker, _)) = parse_worker_key(&slot_keys[i]) {
+                targets.push((assignment.as_ref(), page_key(page_of(&worker))));
+            }
         }
         let id_indexes: Vec<usize> = (0..id_keys.len()).collect();
         if let Some(i) = self.rng.choose(&id_indexes) {

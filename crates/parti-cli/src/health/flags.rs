@@ -19,8 +19,9 @@
 use std::collections::BTreeMap;
 
 use parti::records::{
-    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, HISTORY_KEY_PREFIX, HistoryEntry, INTENTS_KEY, Intents,
-    REFRESH_KEY, RefreshRequest, VersionFloor, WorkerRecord, parse_worker_key,
+    CLUSTER_KEY, COMMIT_PAGES, ClusterRecord, CommitPage, FLOOR_KEY, HISTORY_KEY_PREFIX,
+    HistoryEntry, INTENTS_KEY, Intents, PAGE_KEY_PREFIX, REFRESH_KEY, RefreshRequest, VersionFloor,
+    WorkerRecord, parse_page_key, parse_worker_key,
 };
 use parti::stable_id::StableIdConfig;
 use parti::store::{Entry, codec};
@@ -266,11 +267,25 @@ pub(crate) fn check_assignment(
                     bad(key, format!("not operator intents: {}", short(&e)));
                 }
             }
+            _ if key.starts_with(PAGE_KEY_PREFIX) => match parse_page_key(key) {
+                Some(_) => {
+                    if let Err(e) = codec::decode::<CommitPage>(bucket, key, value) {
+                        bad(key, format!("not a commit page: {}", short(&e)));
+                    }
+                }
+                None => bad(
+                    key,
+                    format!(
+                        "not a commit page key (commit.0 to commit.{})",
+                        COMMIT_PAGES - 1
+                    ),
+                ),
+            },
             _ => match parse_worker_key(key) {
                 None => bad(
                     key,
                     "unexpected key: the assignment bucket holds cluster, floor, refresh, \
-                     intents, history.{version} and worker.{id}.a|b"
+                     intents, history.{version}, commit.{page} and worker.{id}.a|b"
                         .to_owned(),
                 ),
                 Some((worker, _)) => {

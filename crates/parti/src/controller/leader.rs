@@ -35,7 +35,7 @@ use crate::heartbeat::{HeartbeatValue, MembershipEvent};
 use crate::partition::{Partition, WorkerId};
 use crate::profile::{PlacementRules, UnlabelledPolicy, WorkerProfile};
 use crate::records::Intents;
-use crate::records::{Lineage, WORKER_KEY_PREFIX, WorkerRecord};
+use crate::records::{Lineage, WorkerRecord};
 use crate::source::{PartitionSource, load_checked};
 use crate::stable_id::StableIdValue;
 use crate::state::ScalingReason;
@@ -1167,8 +1167,10 @@ impl Leader {
     /// every live worker that might hold it (see `Publisher::publish`). Also when a committed
     /// worker value was destroyed under the leader ([`note_slot_write`](Self::note_slot_write)):
     /// the republish writes it anew. Tried again at the next source check when it fails.
+    /// Stale commit pages are written first (see [`repair_pages`](Self::repair_pages)).
     /// Returns the planner inputs the republish makes, for the caller to feed.
     pub(crate) async fn repair_commit(&mut self) -> Result<Vec<Input>> {
+        self.repair_pages().await;
         // In a cold start or restart window the window's own publish comes next.
         if self.last_map.is_empty() || self.planner.lifecycle() == Lifecycle::ColdStart {
             return Ok(Vec::new());
@@ -1198,21 +1200,29 @@ impl Leader {
             .await
     }
 
-    /// A write or delete of an assignment key was seen (the runner watches `worker.>`):
-    /// whether it destroyed a committed worker value (see [`Publisher::slot_written`]); then
-    /// [`repair_commit`](Self::repair_commit) writes it again.
+    /// A write or delete of an assignment key was seen (the runner watches the whole
+    /// bucket): whether it destroyed a committed worker value (see
+    /// [`Publisher::slot_written`]) or changed a commit page under the leader (see
+    /// [`Publisher::page_written`]); then [`repair_commit`](Self::repair_commit) writes it
+    /// again.
     pub(crate) fn note_slot_write(&mut self, key: &str, revision: u64) -> bool {
-        self.publisher.slot_written(key, revision)
+        self.publisher.slot_written(key, revision) | self.publisher.page_written(key, revision)
     }
 
-    /// A watch of every worker value (`worker.>`), for [`note_slot_write`](Self::note_slot_write);
-    /// `None` when it cannot be opened now.
+    /// Writes the commit pages that lag the commit or were changed under the leader (see
+    /// [`Publisher::repair_pages`]); the ones that still fail are tried again at the next
+    /// check. Called at takeover too: the last leader may have stopped between a commit and
+    /// its pages.
+    pub(crate) async fn repair_pages(&mut self) {
+        if self.publisher.has_stale_pages() {
+            self.publisher.repair_pages().await;
+        }
+    }
+
+    /// A watch of the whole assignment bucket (worker values and commit pages), for
+    /// [`note_slot_write`](Self::note_slot_write); `None` when it cannot be opened now.
     pub(crate) async fn watch_slots(&self) -> Option<WatchStream> {
-        self.ctx
-            .assignment_bucket
-            .watch(&format!("{WORKER_KEY_PREFIX}>"))
-            .await
-            .ok()
+        self.ctx.assignment_bucket.watch(">").await.ok()
     }
 
     /// Whether any committed record has a partition pending (waiting for a release).

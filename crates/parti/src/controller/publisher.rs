@@ -6,6 +6,12 @@
 //! worker applies only committed values: a deposed leader may still write a worker key, but it
 //! cannot commit, and its write is never applied. Keys of departed workers are deleted after
 //! the commit. Versions continue from the committed record, across leaders.
+//!
+//! After each commit the record is copied into the commit pages of its workers (and of the
+//! previous record's workers): followers read their page, never the whole record (see
+//! [`CommitPage`]). A page is written with a revision check and only over a copy of an older
+//! commit; a page write that fails, or a page that someone else wrote or deleted, is written
+//! again by [`Publisher::repair_pages`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,7 +24,8 @@ use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 use crate::records::{
-    CLUSTER_KEY, ClusterRecord, FLOOR_KEY, Published, Slot, VersionFloor, WorkerRecord, worker_key,
+    CLUSTER_KEY, ClusterRecord, CommitPage, FLOOR_KEY, Published, Slot, VersionFloor, WorkerRecord,
+    page_key, page_of, parse_page_key, worker_key,
 };
 use crate::state::ClusterPhase;
 use crate::store::{Bucket, Entry, codec};
@@ -49,17 +56,28 @@ pub(crate) struct Publisher {
     /// Workers whose committed value was overwritten or deleted under the leader (garbage, a
     /// deposed leader's write): the next publish writes theirs again even when unchanged.
     damaged: BTreeSet<WorkerId>,
+    /// Commit page → the revision of its key as this leader last wrote it, or found it
+    /// holding a copy at least as recent as its own. A write seen at a higher revision is
+    /// someone else's: the page is read and written again.
+    pages: BTreeMap<usize, u64>,
+    /// Pages to write again ([`repair_pages`](Self::repair_pages)): their write failed, someone
+    /// else wrote or deleted them, or this leader took over a commit whose pages may lag it.
+    stale_pages: BTreeSet<usize>,
 }
 
 impl Publisher {
     /// Reads what is committed. Garbage values are logged and treated as absent.
     pub(crate) async fn load(bucket: Arc<dyn Bucket>, agent_term: u64) -> Result<Self> {
         let committed = crate::records::read_published(&*bucket).await?;
+        // The last leader may have stopped between its commit and the pages.
+        let stale_pages = record_pages(&committed);
         Ok(Self {
             bucket,
             term: agent_term,
             committed,
             damaged: BTreeSet::new(),
+            pages: BTreeMap::new(),
+            stale_pages,
         })
     }
 
@@ -96,6 +114,65 @@ impl Publisher {
         }
         tracing::warn!(%worker, key, "a committed assignment value was overwritten; writing it again");
         self.damaged.insert(worker)
+    }
+
+    /// A write or delete of assignment key `key` at `revision` was seen: whether it was
+    /// someone else's change of a commit page this leader wrote, which
+    /// [`repair_pages`](Self::repair_pages) then writes again (if the page does not copy a
+    /// newer commit by then).
+    pub(crate) fn page_written(&mut self, key: &str, revision: u64) -> bool {
+        let Some(page) = parse_page_key(key) else {
+            return false;
+        };
+        match self.pages.get(&page) {
+            Some(known) if revision > *known => {
+                tracing::debug!(key, revision, "a commit page was written under the leader");
+                self.stale_pages.insert(page)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a commit page must be written again (see [`Self::repair_pages`]).
+    pub(crate) fn has_stale_pages(&self) -> bool {
+        !self.stale_pages.is_empty()
+    }
+
+    /// Writes the pages found stale again, from the commit this leader last read or wrote.
+    /// Pages that still fail stay stale, for the next call.
+    pub(crate) async fn repair_pages(&mut self) {
+        self.write_pages(BTreeSet::new()).await;
+    }
+
+    /// Copies the committed record into `pages` and every stale page. A page that already
+    /// copies a commit at least as recent is left alone; a write that fails leaves its page
+    /// stale.
+    async fn write_pages(&mut self, mut pages: BTreeSet<usize>) {
+        pages.append(&mut self.stale_pages);
+        let Some((record, revision)) = &self.committed.record else {
+            return;
+        };
+        let writes: Vec<_> = CommitPage::pages_of(record, *revision, &pages)
+            .into_iter()
+            .map(|(page, copy)| {
+                let bucket = Arc::clone(&self.bucket);
+                let known = self.pages.get(&page).copied();
+                async move { (page, write_page(&*bucket, page, &copy, known).await) }
+            })
+            .collect();
+        let mut results = futures::stream::iter(writes).buffer_unordered(PUT_CONCURRENCY);
+        while let Some((page, result)) = results.next().await {
+            match result {
+                Ok(revision) => {
+                    self.pages.insert(page, revision);
+                }
+                Err(error) => {
+                    tracing::debug!(page, %error, "could not write a commit page; trying again later");
+                    self.pages.remove(&page);
+                    self.stale_pages.insert(page);
+                }
+            }
+        }
     }
 
     /// Whether a committed worker value must be written again (see [`Self::slot_written`]).
@@ -246,6 +323,10 @@ impl Publisher {
             term: self.term,
         })?;
         self.bucket.put(FLOOR_KEY, floor).await?;
+        // The pages of the new map's workers, and of the old map's (so that a removed worker
+        // reads that it was removed).
+        let mut pages: BTreeSet<usize> = map.workers().map(page_of).collect();
+        pages.extend(record_pages(&self.committed));
         let revision = self.commit(&record, cluster_rev).await?;
 
         let departed: Vec<WorkerId> = self
@@ -271,6 +352,7 @@ impl Publisher {
         committed.map = map.clone();
         committed.garbage.clear();
         self.damaged.clear();
+        self.write_pages(pages).await;
         // Best effort: a leftover key is ignored by everyone (not in the record).
         let deletes: Vec<_> = departed
             .into_iter()
@@ -479,6 +561,7 @@ impl Publisher {
         let revision = self.commit(&record, cluster_rev).await?;
         self.committed.record = Some((record, revision));
         self.committed.cluster_revision = Some(revision);
+        self.write_pages(record_pages(&self.committed)).await;
         Ok(())
     }
 
@@ -494,6 +577,57 @@ impl Publisher {
             other => Error::Store(other),
         })
     }
+}
+
+/// The pages of the workers the committed record names.
+fn record_pages(committed: &Published) -> BTreeSet<usize> {
+    committed
+        .record
+        .as_ref()
+        .map(|(record, _)| record.workers.keys().map(page_of).collect())
+        .unwrap_or_default()
+}
+
+/// Writes `copy` into its page unless the page already copies a commit at least as recent
+/// ([`CommitPage::order`]); returns the page key's revision afterwards. `known` is the
+/// revision this leader last knew the key at; without it, or when the key moved on since, the
+/// page is read first. A lost revision race is tried again from a fresh read.
+async fn write_page(
+    bucket: &dyn Bucket,
+    page: usize,
+    copy: &CommitPage,
+    known: Option<u64>,
+) -> Result<u64> {
+    use backon::Retryable;
+    let key = page_key(page);
+    let value = codec::encode(copy)?;
+    let trust_known = std::sync::atomic::AtomicBool::new(known.is_some());
+    let attempt = || async {
+        let expected = match known {
+            Some(rev) if trust_known.swap(false, std::sync::atomic::Ordering::Relaxed) => Some(rev),
+            _ => match bucket.get(&key).await? {
+                None => None,
+                Some(entry) => {
+                    let there = codec::decode::<CommitPage>(bucket.name(), &key, &entry.value)
+                        .inspect_err(crate::records::garbage_seen)
+                        .ok();
+                    if there.is_some_and(|t| t.order() >= copy.order()) {
+                        return Ok(entry.revision);
+                    }
+                    Some(entry.revision)
+                }
+            },
+        };
+        let written = match expected {
+            Some(rev) => bucket.update(&key, value.clone(), rev).await,
+            None => bucket.create(&key, value.clone()).await,
+        };
+        written.map_err(Error::Store)
+    };
+    attempt
+        .retry(crate::store::conflict_backoff().with_max_times(3))
+        .when(crate::store::is_conflict)
+        .await
 }
 
 /// The version of the next publish, `base` being the highest version known anywhere (the
@@ -571,6 +705,105 @@ mod tests {
         );
         assert_eq!(next_version(u64::MAX, None), u64::MAX, "no overflow");
         assert_eq!(next_version(u64::MAX, Some(now)), u64::MAX);
+    }
+
+    /// What `worker`'s commit page says of it: (version, the revision of its value); `None`
+    /// without a readable page.
+    async fn page_says(bucket: &dyn Bucket, worker: &str) -> Option<(u64, Option<u64>)> {
+        let worker = WorkerId::new(worker);
+        let key = page_key(page_of(&worker));
+        let entry = bucket.get(&key).await.unwrap()?;
+        let page: CommitPage = codec::decode(bucket.name(), &key, &entry.value).ok()?;
+        Some((page.version, page.workers.get(&worker).copied()))
+    }
+
+    #[tokio::test]
+    async fn every_worker_of_a_commit_and_of_the_one_before_finds_it_on_its_page() {
+        let bucket = assignment_bucket().await;
+        let members = Members::default();
+        let mut publisher = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let v1 = publisher
+            .publish(&map(&[("w0", &["p0"]), ("w1", &["p1"])]), meta(), &members)
+            .await
+            .unwrap();
+        let v2 = publisher
+            .publish(&map(&[("w0", &["p0", "p1"])]), meta(), &members)
+            .await
+            .unwrap();
+        let committed = &publisher.committed().record.as_ref().unwrap().0;
+        assert_eq!(
+            page_says(&*bucket, "w0").await,
+            Some((v2, committed.workers.get(&WorkerId::new("w0")).copied()))
+        );
+        // The removed worker reads that the commit no longer names it.
+        assert_eq!(page_says(&*bucket, "w1").await, Some((v2, None)));
+        assert!(v2 > v1);
+        // A phase change is copied too.
+        let scaling = ClusterPhase::Scaling {
+            reason: crate::state::ScalingReason::ColdStart,
+            until_ms: 1,
+        };
+        publisher.set_phase(scaling, 0).await.unwrap();
+        let key = page_key(page_of(&WorkerId::new("w0")));
+        let page: CommitPage =
+            codec::decode("a", &key, &bucket.get(&key).await.unwrap().unwrap().value).unwrap();
+        assert_eq!((page.version, page.phase), (v2, scaling));
+    }
+
+    #[tokio::test]
+    async fn a_page_changed_under_the_leader_is_written_again_but_never_back() {
+        let bucket = assignment_bucket().await;
+        let members = Members::default();
+        let m = map(&[("w0", &["p0"])]);
+        let mut old = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let v1 = old.publish(&m, meta(), &members).await.unwrap();
+        let key = page_key(page_of(&WorkerId::new("w0")));
+
+        // Garbage over the page: the watch reports the write, the repair writes the page again.
+        let junk = bucket.put(&key, b"junk".to_vec().into()).await.unwrap();
+        assert!(old.page_written(&key, junk));
+        assert!(old.has_stale_pages());
+        old.repair_pages().await;
+        assert!(!old.has_stale_pages());
+        assert_eq!(page_says(&*bucket, "w0").await.map(|(v, _)| v), Some(v1));
+        // Its own write, seen late by the watch, is no reason to write again.
+        let own = bucket.get(&key).await.unwrap().unwrap().revision;
+        assert!(!old.page_written(&key, own));
+
+        // A newer leader commits and writes the page; the old one, told of that write, leaves
+        // it: its copy is of an older commit.
+        let mut new = Publisher::load(Arc::clone(&bucket), 2).await.unwrap();
+        new.repair_pages().await;
+        let v2 = new.publish(&m, meta(), &members).await.unwrap();
+        let newer = bucket.get(&key).await.unwrap().unwrap().revision;
+        assert!(old.page_written(&key, newer));
+        old.repair_pages().await;
+        assert_eq!(page_says(&*bucket, "w0").await.map(|(v, _)| v), Some(v2));
+        assert_eq!(bucket.get(&key).await.unwrap().unwrap().revision, newer);
+        assert!(!old.page_written(&key, newer), "already known");
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_writes_the_pages_its_predecessor_did_not() {
+        let bucket = assignment_bucket().await;
+        let members = Members::default();
+        let mut first = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let v = first
+            .publish(&map(&[("w0", &["p0"]), ("w1", &["p1"])]), meta(), &members)
+            .await
+            .unwrap();
+        // As if it stopped between the commit and the pages.
+        for w in ["w0", "w1"] {
+            let key = page_key(page_of(&WorkerId::new(w)));
+            bucket.delete(&key, None).await.unwrap();
+        }
+        let mut next = Publisher::load(Arc::clone(&bucket), 2).await.unwrap();
+        assert!(next.has_stale_pages());
+        next.repair_pages().await;
+        assert!(!next.has_stale_pages());
+        for w in ["w0", "w1"] {
+            assert_eq!(page_says(&*bucket, w).await.map(|(v, _)| v), Some(v), "{w}");
+        }
     }
 
     /// The first publish of a group whose assignment bucket was lost with every worker down

@@ -79,9 +79,9 @@ struct Feeds<'a> {
     /// Writes to the operator's intents key; `None` once the watch has ended or when it
     /// could not be opened (the periodic check remains).
     intents_watch: Option<WatchStream>,
-    /// Writes to the worker values (`worker.>`): a committed value overwritten under the
-    /// leader is written again. `None` once the watch has ended or when it could not be
-    /// opened.
+    /// Writes to the assignment bucket (`>`): a committed worker value or a commit page
+    /// overwritten under the leader is written again. `None` once the watch has ended or when
+    /// it could not be opened.
     slots_watch: Option<WatchStream>,
     /// Change notices from a source that can tell (see
     /// [`PartitionSource::changes`](crate::source::PartitionSource::changes)); `None` when it
@@ -136,6 +136,10 @@ async fn lead(
     let refresh_watch = assignment_bucket.watch(REFRESH_KEY).await.ok();
     let intents_watch = assignment_bucket.watch(INTENTS_KEY).await.ok();
     let slots_watch = leader.watch_slots().await;
+    tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        () = leader.repair_pages() => {}
+    }
     let mut source_check = tokio::time::interval(check_every);
     // After a long publish or a slow source, one check, not one per missed period.
     source_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

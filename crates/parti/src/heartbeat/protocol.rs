@@ -26,7 +26,12 @@ use std::fmt;
 /// - `0`: heartbeats without a `protocol` field (builds before it existed). Understood; such
 ///   a worker announces no capabilities.
 /// - `1`: heartbeats announce `protocol` and `capabilities`.
-pub const PROTOCOL: u32 = 1;
+/// - `2`: followers read their commit page (`commit.{page}`,
+///   [`CommitPage`](crate::records::CommitPage)) instead of the whole `cluster` record. A
+///   leader of protocol 1 writes no pages, so it keeps workers of protocol 2 out of the map;
+///   a leader of protocol 2 still writes the whole record, which workers of protocol 0 and 1
+///   read.
+pub const PROTOCOL: u32 = 2;
 
 /// The lowest protocol a leader of this build understands. Workers below it are refused.
 pub const MIN_PROTOCOL: u32 = 0;

@@ -1,8 +1,10 @@
-//! Follows the published assignment: the `cluster` record and this worker's `worker.{id}` key.
+//! Follows the published assignment: this worker's commit page (`commit.{page}`, a copy of the
+//! `cluster` record for the workers of one page, see [`CommitPage`]) and its `worker.{id}` key.
 //!
-//! Two list-then-watch streams feed one view. A worker's value counts only when the `cluster`
-//! record commits its revision (see [`controller::publisher`](crate::controller)); garbage
-//! values are logged, counted and ignored.
+//! Two list-then-watch streams feed one view. A worker's value counts only when the commit
+//! names its revision (see [`controller::publisher`](crate::controller)); garbage values are
+//! logged, counted and ignored. The follower never reads the whole `cluster` record: it names
+//! every worker of the map, and N followers reading it on every change cost O(N²) bytes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,16 +20,16 @@ use super::holding::MyCommit;
 use crate::assignment::Assignment;
 use crate::partition::WorkerId;
 use crate::records::{
-    CLUSTER_KEY, MyCluster, Slot, WorkerRecord, garbage_seen, parse_worker_key, worker_pattern,
+    CommitPage, MyCluster, Slot, WorkerRecord, garbage_seen, page_key, page_of, parse_worker_key,
+    worker_pattern,
 };
 use crate::store::{Bucket, Entry, WatchEvent, WatchStream, codec};
 
 /// What the follower knows of the published state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct FollowerView {
-    /// The latest cluster record as it concerns this worker (`None` before the first one, or
-    /// while it is garbage). Only this worker's entries are kept: the record names every
-    /// worker of the fleet, and every follower reads every change of it.
+    /// The latest commit as this worker's page has it (`None` before the first one, or while
+    /// the page is garbage or missing).
     pub(crate) cluster: Option<MyCluster>,
     /// This worker's latest value in each slot, with its revision.
     pub(crate) mine: BTreeMap<Slot, (u64, WorkerRecord)>,
@@ -170,9 +172,10 @@ const REOPEN_EVERY: u32 = 5;
 const CATCH_UP: Duration = Duration::from_millis(500);
 
 fn decode_cluster(bucket: &str, entry: &Entry, me: &WorkerId) -> Option<MyCluster> {
-    MyCluster::for_worker(bucket, &entry.key, &entry.value, me)
+    codec::decode::<CommitPage>(bucket, &entry.key, &entry.value)
         .inspect_err(garbage_seen)
         .ok()
+        .map(|page| MyCluster::of_page(&page, me))
 }
 
 fn decode_worker(bucket: &str, entry: &Entry) -> Option<(Slot, (u64, WorkerRecord))> {
@@ -268,13 +271,14 @@ async fn run(watched: Watched, tx: watch::Sender<FollowerView>, cancel: Cancella
     } = watched;
     let name = bucket.name().to_owned();
     let my_keys = worker_pattern(&me);
+    let my_page = page_key(page_of(&me));
     let mut stage = Staging::default();
     // The view as the watches have it; `tx` shows it `debounce` after a change at the latest.
     let mut view = FollowerView::default();
     let mut flush_at: Option<tokio::time::Instant> = None;
     loop {
         let (Some(mut cluster_watch), Some(mut mine_watch)) = (
-            open(&*bucket, CLUSTER_KEY, &cancel).await,
+            open(&*bucket, &my_page, &cancel).await,
             open(&*bucket, &my_keys, &cancel).await,
         ) else {
             return;
@@ -302,7 +306,7 @@ async fn run(watched: Watched, tx: watch::Sender<FollowerView>, cancel: Cancella
                     }
                     check_at = tokio::time::Instant::now() + resync;
                     // No answer is no evidence: the watches stay.
-                    let Ok(read) = bucket.get(CLUSTER_KEY).await else { continue };
+                    let Ok(read) = bucket.get(&my_page).await else { continue };
                     let read = read.map_or(0, |e| e.revision);
                     owed = Owed::of(read, &stage, &view);
                     if owed.is_some() {
@@ -436,6 +440,28 @@ mod tests {
     use crate::assignment::Lifecycle;
     use crate::partition::Partition;
     use crate::records::{ClusterRecord, worker_key};
+
+    /// What `record` says to `me`, through its page.
+    fn of(record: &ClusterRecord, me: &WorkerId) -> MyCluster {
+        let page = page_of(me);
+        let pages = CommitPage::pages_of(record, 1, &[page].into());
+        MyCluster::of_page(&pages[&page], me)
+    }
+
+    /// Writes `record`'s page for `me`, as the leader does after committing it.
+    async fn put_page(bucket: &dyn Bucket, record: &ClusterRecord, me: &WorkerId) {
+        let page = page_of(me);
+        let revision = bucket
+            .get("cluster")
+            .await
+            .unwrap()
+            .map_or(0, |e| e.revision);
+        let pages = CommitPage::pages_of(record, revision, &[page].into());
+        bucket
+            .put(&page_key(page), codec::encode(&pages[&page]).unwrap())
+            .await
+            .unwrap();
+    }
     use crate::state::ClusterPhase;
     use crate::store::probe::Probe;
     use crate::store::{BucketSpec, MemoryStore, Store};
@@ -472,7 +498,7 @@ mod tests {
     fn only_committed_revisions_apply() {
         let me = WorkerId::new("w-0");
         let view = FollowerView {
-            cluster: Some(MyCluster::of(&cluster(3, &[("w-0", 10)]), &me)),
+            cluster: Some(of(&cluster(3, &[("w-0", 10)]), &me)),
             mine: [(Slot::A, (11, mine(4)))].into(),
             synced: true,
         };
@@ -492,7 +518,7 @@ mod tests {
     fn removed_worker_gets_an_empty_assignment_only_if_it_had_one() {
         let me = WorkerId::new("w-0");
         let view = FollowerView {
-            cluster: Some(MyCluster::of(&cluster(5, &[("w-1", 10)]), &me)),
+            cluster: Some(of(&cluster(5, &[("w-1", 10)]), &me)),
             mine: BTreeMap::new(),
             synced: true,
         };
@@ -514,10 +540,7 @@ mod tests {
             .await
             .unwrap();
         let record = cluster(version, &[(me.as_str(), rev)]);
-        bucket
-            .put(CLUSTER_KEY, codec::encode(&record).unwrap())
-            .await
-            .unwrap();
+        put_page(bucket, &record, me).await;
     }
 
     async fn following() -> (Arc<Probe>, Follower, WorkerId) {
@@ -608,23 +631,20 @@ mod tests {
             .await
             .unwrap();
         let record = cluster(2, &[(me.as_str(), rev)]);
-        probe
-            .put(CLUSTER_KEY, codec::encode(&record).unwrap())
-            .await
-            .unwrap();
+        put_page(&*probe, &record, &me).await;
         committed(&follower, 2, 2 * RESYNC + CATCH_UP).await;
         follower.stop().await;
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_record_gone_under_a_quiet_watch_is_noticed_by_the_lower_revision() {
+    async fn a_page_gone_under_a_quiet_watch_is_noticed_by_the_lower_revision() {
         let (probe, follower, me) = following().await;
         publish(&*probe, &me, 1).await;
         committed(&follower, 1, RESYNC).await;
-        // The record is deleted (a bucket deleted, its revisions restarted) while the watch
+        // The page is deleted (a bucket deleted, its revisions restarted) while the watch
         // misses it: the direct read shows no revision where the watch saw one.
         probe.muted.store(true, Ordering::SeqCst);
-        probe.delete(CLUSTER_KEY, None).await.unwrap();
+        probe.delete(&page_key(page_of(&me)), None).await.unwrap();
         let mut view = follower.view();
         let gone = tokio::time::timeout(2 * RESYNC + CATCH_UP, async {
             while view.borrow().cluster.is_some() {
@@ -632,7 +652,7 @@ mod tests {
             }
         })
         .await;
-        assert!(gone.is_ok(), "the follower still shows the deleted record");
+        assert!(gone.is_ok(), "the follower still shows the deleted page");
         follower.stop().await;
     }
 
@@ -673,6 +693,41 @@ mod tests {
         assert!(
             at >= DEBOUNCE && at <= DEBOUNCE + Duration::from_millis(10),
             "shown {at:?} after the first change"
+        );
+        follower.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_follower_reads_its_page_not_the_cluster_record() {
+        let (probe, follower, me) = following().await;
+        let rev = probe
+            .put(&worker_key(&me, Slot::A), codec::encode(&mine(1)).unwrap())
+            .await
+            .unwrap();
+        let record = cluster(1, &[(me.as_str(), rev)]);
+        probe
+            .put("cluster", codec::encode(&record).unwrap())
+            .await
+            .unwrap();
+        tokio::time::sleep(2 * RESYNC).await;
+        assert_eq!(shown(&follower), None, "the whole record was read");
+        put_page(&*probe, &record, &me).await;
+        committed(&follower, 1, Duration::from_millis(10)).await;
+        // Another page's change is none of this follower's business.
+        let other = (0..crate::records::COMMIT_PAGES)
+            .find(|p| *p != page_of(&me))
+            .unwrap();
+        let watches = probe.watches();
+        probe
+            .put(&page_key(other), b"garbage".to_vec().into())
+            .await
+            .unwrap();
+        tokio::time::sleep(2 * RESYNC).await;
+        assert_eq!(shown(&follower), Some(1));
+        assert_eq!(
+            probe.watches(),
+            watches,
+            "another page disturbed the watches"
         );
         follower.stop().await;
     }

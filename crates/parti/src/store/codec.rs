@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde::de::{DeserializeOwned, DeserializeSeed};
+use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
@@ -109,21 +109,6 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Bytes> {
 pub fn decode<T: DeserializeOwned>(bucket: &str, key: &str, bytes: &[u8]) -> Result<T> {
     check_schema(bucket, key, bytes)?;
     serde_json::from_slice(bytes).map_err(|e| decode_error(bucket, key, e.to_string()))
-}
-
-/// [`decode`] with a seed: for readers that take only part of a value (see
-/// `records::MyCluster`). The same schema check, the same refusal of trailing input.
-pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
-    bucket: &str,
-    key: &str,
-    bytes: &'de [u8],
-    seed: S,
-) -> Result<S::Value> {
-    check_schema(bucket, key, bytes)?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    seed.deserialize(&mut de)
-        .and_then(|value| de.end().map(|()| value))
-        .map_err(|e| decode_error(bucket, key, e.to_string()))
 }
 
 /// Fails unless `bytes` carry the schema version this build writes.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parti::ownership::now_ns;
-use parti::records::{CLUSTER_KEY, REFRESH_KEY, Slot, worker_key};
+use parti::records::{CLUSTER_KEY, REFRESH_KEY, Slot, page_key, page_of, worker_key};
 use parti::store::{BucketSpec, Store};
 use parti::{WorkerId, election, heartbeat, stable_id};
 use parti_testkit::checker::FaultRecord;
@@ -112,8 +112,9 @@ impl Sim {
         self.join_with(config);
     }
 
-    /// Writes junk over one key of one bucket: the `cluster` record, a worker's slot, a
-    /// heartbeat (a worker's or a key that is no worker ID), the leader lease, a stable ID.
+    /// Writes junk over one key of one bucket: the `cluster` record, a worker's commit page, a
+    /// worker's slot, a heartbeat (a worker's or a key that is no worker ID), the leader lease,
+    /// a stable ID.
     pub(super) async fn garbage(&mut self) {
         self.events += 1;
         let ids: Vec<WorkerId> = self.alive().iter().map(|(_, m)| m.worker_id()).collect();
@@ -122,8 +123,9 @@ impl Sim {
             .cloned()
             .unwrap_or_else(|| WorkerId::new("worker-0"));
         let [stable, beat, lease, assignment] = self.bucket_specs().map(|(_, spec)| spec);
-        let (spec, key) = match self.rng.random_range(0..8) {
+        let (spec, key) = match self.rng.random_range(0..9) {
             0 | 1 => (assignment, CLUSTER_KEY.to_owned()),
+            8 => (assignment, page_key(page_of(&some_id))),
             2 => (
                 assignment,
                 worker_key(&some_id, *[Slot::A, Slot::B].choose(&mut self.rng).unwrap()),
