@@ -42,8 +42,11 @@
 //!   partitions again. `leaderCrashToHeldMs`: then the leader is killed the same way; until
 //!   the survivors hold all P again (a new leader is elected and publishes).
 //!   `crashPartitions` and `leaderCrashPartitions`: what each victim held.
-//! - `mapBytes`: the committed map once consistent: its worker values (`values`) and the
-//!   `cluster` record (`cluster`), in bytes. (What one publish costs the leader alone is
+//! - `mapBytes`: the committed map once consistent, in bytes: its worker values (`values`),
+//!   the `cluster` record (`cluster`), how many commit pages it is copied into (`pages`), the
+//!   largest page (`largestPage`), and what the followers read of one commit, each its own
+//!   page (`toFollowers`; were each to read the whole record, N × `cluster`), and the workers
+//!   of the map whose page does not give them their committed value (`unpagedWorkers`: 0). (What one publish costs the leader alone is
 //!   measured by `cargo test --release -p parti --lib publish_at_scale -- --ignored --nocapture`.)
 //! - `jsApi`: JetStream API requests of the account (`$JS.API.>`: consumer creates and
 //!   updates, watches, listings, stream infos; not KV puts), from the account info sampled
@@ -58,7 +61,7 @@
 //! cold-start window, `assignmentDebounce` = 100 ms and `consumerApiRate` = N ÷ 3 (one round of
 //! consumer calls spread over 3 s).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::error::Error;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -420,8 +423,12 @@ pub async fn run(options: &Options) -> Result<serde_json::Value> {
         "leaderCrashToHeldMs": ms(leader_crash.0),
         "leaderCrashPartitions": leader_crash.1,
         "mapBytes": {
-            "values": map_bytes.0,
-            "cluster": map_bytes.1,
+            "values": map_bytes.values,
+            "cluster": map_bytes.cluster,
+            "pages": map_bytes.pages,
+            "largestPage": map_bytes.largest_page,
+            "toFollowers": map_bytes.to_followers,
+            "unpagedWorkers": map_bytes.unpaged,
         },
         "rssKbPerManager": (rss_after - rss_before) / n as i64,
         "peakConsumers": per_bucket(&peak.iter().map(|c| (*c).into()).collect::<Vec<_>>()),
@@ -658,9 +665,26 @@ enum Victim {
     Leader,
 }
 
-/// The bytes of the committed map: its worker values (the revisions the `cluster` record
-/// names) and the `cluster` record itself.
-async fn committed_bytes(bucket: &dyn parti::store::Bucket) -> Result<(usize, usize)> {
+/// The sizes of the committed map, in bytes.
+struct MapBytes {
+    /// The worker values the `cluster` record names.
+    values: usize,
+    /// The `cluster` record.
+    cluster: usize,
+    /// Commit pages in the bucket.
+    pages: usize,
+    /// The largest commit page.
+    largest_page: usize,
+    /// What the followers read of one commit: each worker of the map its own page.
+    to_followers: usize,
+    /// Workers of the map whose page is missing or does not give the committed revision of
+    /// their value (0 once the pages are written).
+    unpaged: usize,
+}
+
+/// The sizes of the committed map: its worker values (the revisions the `cluster` record
+/// names), the `cluster` record itself, and its commit pages.
+async fn committed_bytes(bucket: &dyn parti::store::Bucket) -> Result<MapBytes> {
     let Some(cluster) = bucket.get(parti::records::CLUSTER_KEY).await? else {
         return Err("no cluster record".into());
     };
@@ -679,7 +703,34 @@ async fn committed_bytes(bucket: &dyn parti::store::Bucket) -> Result<(usize, us
         })
         .map(|e| e.value.len())
         .sum();
-    Ok((values, cluster.value.len()))
+    let mut pages: BTreeMap<usize, (usize, Option<parti::records::CommitPage>)> = BTreeMap::new();
+    for e in bucket
+        .list(&format!("{}>", parti::records::PAGE_KEY_PREFIX))
+        .await?
+    {
+        if let Some(page) = parti::records::parse_page_key(&e.key) {
+            let copy = parti::store::codec::decode(bucket.name(), &e.key, &e.value).ok();
+            pages.insert(page, (e.value.len(), copy));
+        }
+    }
+    let mut to_followers = 0;
+    let mut unpaged = 0;
+    for (worker, revision) in &record.workers {
+        match pages.get(&parti::records::page_of(worker)) {
+            Some((len, Some(copy))) if copy.workers.get(worker) == Some(revision) => {
+                to_followers += len;
+            }
+            _ => unpaged += 1,
+        }
+    }
+    Ok(MapBytes {
+        values,
+        cluster: cluster.value.len(),
+        pages: pages.len(),
+        largest_page: pages.values().map(|(len, _)| *len).max().unwrap_or(0),
+        to_followers,
+        unpaged,
+    })
 }
 
 /// Kills `victim` (taking it out of `live`); returns the time from the kill until the

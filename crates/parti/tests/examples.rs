@@ -170,6 +170,15 @@ async fn scale_bench_runs_at_a_tiny_size_and_prints_its_figures() {
         "thirty partition keys at least"
     );
     assert!(number("/mapBytes/cluster") > 0.0);
+    // Three workers: each finds its committed value on its page.
+    let pages = number("/mapBytes/pages");
+    assert!((1.0..=3.0).contains(&pages), "{pages} commit pages");
+    assert_eq!(
+        number("/mapBytes/unpagedWorkers"),
+        0.0,
+        "a worker without its page"
+    );
+    assert!(number("/mapBytes/toFollowers") >= number("/mapBytes/largestPage"));
     number("/rssKbPerManager");
     assert!(
         number("/jsApi/atStart") > 0.0,
