@@ -60,24 +60,28 @@ pub(crate) struct Publisher {
     /// holding a copy at least as recent as its own. A write seen at a higher revision is
     /// someone else's: the page is read and written again.
     pages: BTreeMap<usize, u64>,
-    /// Pages to write again ([`repair_pages`](Self::repair_pages)): their write failed, someone
-    /// else wrote or deleted them, or this leader took over a commit whose pages may lag it.
+    /// Pages to write again ([`repair_pages`](Self::repair_pages)): their write failed, or
+    /// someone else wrote or deleted them.
     stale_pages: BTreeSet<usize>,
+    /// Pages to look at once: a new leader's commit may have pages that lag it (the last
+    /// leader stopped between its commit and the pages), any page, one of a worker the commit
+    /// removed too. Each is written when it copies an older commit; a missing one is created
+    /// only when it would name someone.
+    unchecked_pages: BTreeSet<usize>,
 }
 
 impl Publisher {
     /// Reads what is committed. Garbage values are logged and treated as absent.
     pub(crate) async fn load(bucket: Arc<dyn Bucket>, agent_term: u64) -> Result<Self> {
         let committed = crate::records::read_published(&*bucket).await?;
-        // The last leader may have stopped between its commit and the pages.
-        let stale_pages = record_pages(&committed);
         Ok(Self {
             bucket,
             term: agent_term,
             committed,
             damaged: BTreeSet::new(),
             pages: BTreeMap::new(),
-            stale_pages,
+            stale_pages: BTreeSet::new(),
+            unchecked_pages: (0..crate::records::COMMIT_PAGES).collect(),
         })
     }
 
@@ -135,41 +139,59 @@ impl Publisher {
 
     /// Whether a commit page must be written again (see [`Self::repair_pages`]).
     pub(crate) fn has_stale_pages(&self) -> bool {
-        !self.stale_pages.is_empty()
+        !self.stale_pages.is_empty() || !self.unchecked_pages.is_empty()
     }
 
-    /// Writes the pages found stale again, from the commit this leader last read or wrote.
+    /// Writes the pages found stale again, from the commit this leader last read or wrote,
+    /// when the `cluster` key still holds that commit; otherwise the pages stay stale until
+    /// a publish (a repair of a lost commit, a deposed leader's last try) copies a current one.
     /// Pages that still fail stay stale, for the next call.
     pub(crate) async fn repair_pages(&mut self) {
-        self.write_pages(BTreeSet::new()).await;
+        match self.commit_intact().await {
+            Ok(true) => self.write_pages(BTreeSet::new()).await,
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "cannot check the commit; pages wait"),
+        }
     }
 
-    /// Copies the committed record into `pages` and every stale page. A page that already
-    /// copies a commit at least as recent is left alone; a write that fails leaves its page
-    /// stale.
+    /// Copies the committed record into `pages`, every stale page and every unchecked one. A
+    /// page that already copies a commit at least as recent is left alone; a write that fails
+    /// leaves its page stale.
     async fn write_pages(&mut self, mut pages: BTreeSet<usize>) {
-        pages.append(&mut self.stale_pages);
         let Some((record, revision)) = &self.committed.record else {
             return;
         };
+        pages.append(&mut self.stale_pages);
+        // Unchecked pages not asked for otherwise are not created to name no one.
+        let unchecked: BTreeSet<usize> = std::mem::take(&mut self.unchecked_pages)
+            .into_iter()
+            .filter(|page| !pages.contains(page))
+            .collect();
+        pages.extend(&unchecked);
         let writes: Vec<_> = CommitPage::pages_of(record, *revision, &pages)
             .into_iter()
             .map(|(page, copy)| {
                 let bucket = Arc::clone(&self.bucket);
                 let known = self.pages.get(&page).copied();
-                async move { (page, write_page(&*bucket, page, &copy, known).await) }
+                let create = !unchecked.contains(&page) || !copy.workers.is_empty();
+                async move { (page, write_page(&*bucket, page, &copy, known, create).await) }
             })
             .collect();
         let mut results = futures::stream::iter(writes).buffer_unordered(PUT_CONCURRENCY);
         while let Some((page, result)) = results.next().await {
             match result {
-                Ok(revision) => {
+                Ok(Some(revision)) => {
                     self.pages.insert(page, revision);
                 }
+                Ok(None) => {}
                 Err(error) => {
                     tracing::debug!(page, %error, "could not write a commit page; trying again later");
                     self.pages.remove(&page);
-                    self.stale_pages.insert(page);
+                    if unchecked.contains(&page) {
+                        self.unchecked_pages.insert(page);
+                    } else {
+                        self.stale_pages.insert(page);
+                    }
                 }
             }
         }
@@ -228,6 +250,12 @@ impl Publisher {
         let (fenced, floor) = futures::join!(self.fence(), self.bucket.get(FLOOR_KEY));
         let (current, cluster_rev) = fenced?;
         let floor = floor?;
+        // Every live worker reads this commit on its page, and so does every worker of the
+        // record known before: with the commit lost, every partition waits for every live
+        // worker's release of this version (`unknown_holders`), and a worker the map leaves
+        // out must still learn that it is out.
+        let mut pages = record_pages(&self.committed);
+        pages.extend(members.released.keys().map(page_of));
         if cluster_rev != self.committed.cluster_revision {
             // Someone committed since we last read or wrote (a deposed leader's late write, a
             // retried commit whose reply was lost, garbage): build on what is there now.
@@ -244,6 +272,7 @@ impl Publisher {
         let no_commit = current.as_ref().is_none_or(|r| r.version == 0);
         let version = next_version(base_version, no_commit.then(crate::clock::process_unix_ms));
         let unknown = self.unknown_holders(members).await?;
+        pages.extend(unknown.iter().map(page_of));
         let committed_records = self.committed.workers.iter().map(|(w, (_, r))| (w, r));
         let mut pending = handoff::plan(committed_records, map, version, members, &unknown);
 
@@ -325,7 +354,7 @@ impl Publisher {
         self.bucket.put(FLOOR_KEY, floor).await?;
         // The pages of the new map's workers, and of the old map's (so that a removed worker
         // reads that it was removed).
-        let mut pages: BTreeSet<usize> = map.workers().map(page_of).collect();
+        pages.extend(map.workers().map(page_of));
         pages.extend(record_pages(&self.committed));
         let revision = self.commit(&record, cluster_rev).await?;
 
@@ -397,16 +426,26 @@ impl Publisher {
         if self.committed.record.is_some() {
             return Ok(committed.unwrap_or(0));
         }
-        let pattern = format!("{}>", crate::records::WORKER_KEY_PREFIX);
+        // The worker values and the commit pages: both carry versions workers may have applied.
+        let name = self.bucket.name();
         let listed = self
             .bucket
-            .list(&pattern)
+            .list(">")
             .await?
             .into_iter()
             .filter_map(|e| {
-                codec::decode::<WorkerRecord>(self.bucket.name(), &e.key, &e.value).ok()
+                if crate::records::parse_worker_key(&e.key).is_some() {
+                    codec::decode::<WorkerRecord>(name, &e.key, &e.value)
+                        .ok()
+                        .map(|r| r.version)
+                } else if parse_page_key(&e.key).is_some() {
+                    codec::decode::<CommitPage>(name, &e.key, &e.value)
+                        .ok()
+                        .map(|p| p.version)
+                } else {
+                    None
+                }
             })
-            .map(|r| r.version)
             .max();
         Ok(committed.max(listed).unwrap_or(0))
     }
@@ -589,7 +628,8 @@ fn record_pages(committed: &Published) -> BTreeSet<usize> {
 }
 
 /// Writes `copy` into its page unless the page already copies a commit at least as recent
-/// ([`CommitPage::order`]); returns the page key's revision afterwards. `known` is the
+/// ([`CommitPage::order`]); returns the page key's revision afterwards (`None`: the page does
+/// not exist and `create` is false). `known` is the
 /// revision this leader last knew the key at; without it, or when the key moved on since, the
 /// page is read first. A lost revision race is tried again from a fresh read.
 async fn write_page(
@@ -597,7 +637,8 @@ async fn write_page(
     page: usize,
     copy: &CommitPage,
     known: Option<u64>,
-) -> Result<u64> {
+    create: bool,
+) -> Result<Option<u64>> {
     use backon::Retryable;
     let key = page_key(page);
     let value = codec::encode(copy)?;
@@ -612,21 +653,31 @@ async fn write_page(
                         .inspect_err(crate::records::garbage_seen)
                         .ok();
                     if there.is_some_and(|t| t.order() >= copy.order()) {
-                        return Ok(entry.revision);
+                        return Ok(Some(entry.revision));
                     }
                     Some(entry.revision)
                 }
             },
         };
+        if expected.is_none() && !create {
+            return Ok(None);
+        }
         let written = match expected {
             Some(rev) => bucket.update(&key, value.clone(), rev).await,
             None => bucket.create(&key, value.clone()).await,
         };
-        written.map_err(Error::Store)
+        written.map(Some).map_err(Error::Store)
+    };
+    let lost_race = |e: &Error| {
+        crate::store::is_conflict(e)
+            || matches!(
+                e,
+                Error::Store(crate::store::StoreError::AlreadyExists { .. })
+            )
     };
     attempt
         .retry(crate::store::conflict_backoff().with_max_times(3))
-        .when(crate::store::is_conflict)
+        .when(lost_race)
         .await
 }
 
@@ -726,10 +777,16 @@ mod tests {
             .publish(&map(&[("w0", &["p0"]), ("w1", &["p1"])]), meta(), &members)
             .await
             .unwrap();
+        // A live worker the map leaves out (a newcomer, a refused one) reads the commit too.
+        let live = Members {
+            released: [(WorkerId::new("w9"), 0)].into(),
+            ..Members::default()
+        };
         let v2 = publisher
-            .publish(&map(&[("w0", &["p0", "p1"])]), meta(), &members)
+            .publish(&map(&[("w0", &["p0", "p1"])]), meta(), &live)
             .await
             .unwrap();
+        assert_eq!(page_says(&*bucket, "w9").await, Some((v2, None)));
         let committed = &publisher.committed().record.as_ref().unwrap().0;
         assert_eq!(
             page_says(&*bucket, "w0").await,
@@ -804,6 +861,34 @@ mod tests {
         for w in ["w0", "w1"] {
             assert_eq!(page_says(&*bucket, w).await.map(|(v, _)| v), Some(v), "{w}");
         }
+        // Every page was looked at; none that would name no one was created.
+        let pages = bucket.list("commit.>").await.unwrap();
+        let expected: BTreeSet<usize> = ["w0", "w1"]
+            .iter()
+            .map(|w| page_of(&WorkerId::new(*w)))
+            .collect();
+        assert_eq!(pages.len(), expected.len());
+    }
+
+    #[tokio::test]
+    async fn a_leader_whose_commit_was_replaced_leaves_the_pages_alone() {
+        let bucket = assignment_bucket().await;
+        let members = Members::default();
+        let m = map(&[("w0", &["p0"])]);
+        let mut old = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        old.publish(&m, meta(), &members).await.unwrap();
+        let key = page_key(page_of(&WorkerId::new("w0")));
+        // Garbage over the commit and the page: the old leader's copy is no longer what
+        // `cluster` holds, so it does not write it (its repair republishes instead).
+        bucket
+            .put("cluster", b"junk".to_vec().into())
+            .await
+            .unwrap();
+        let junk = bucket.put(&key, b"junk".to_vec().into()).await.unwrap();
+        assert!(old.page_written(&key, junk));
+        old.repair_pages().await;
+        assert_eq!(bucket.get(&key).await.unwrap().unwrap().revision, junk);
+        assert!(old.has_stale_pages(), "the page stays to be written");
     }
 
     /// The first publish of a group whose assignment bucket was lost with every worker down

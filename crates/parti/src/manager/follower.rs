@@ -70,8 +70,8 @@ impl FollowerView {
 impl FollowerView {
     /// The latest commit as it concerns `me`: its version, my assignment in it (empty when it
     /// does not list me), what is pending, the lineage it names for me. `None` before the
-    /// first commit, while the `cluster` record is garbage, or while my committed value has not
-    /// arrived yet.
+    /// first commit, while my commit page is garbage or missing, or while my committed value
+    /// has not arrived yet.
     pub(crate) fn my_commit(&self) -> Option<MyCommit> {
         let cluster = self.cluster.as_ref()?;
         if cluster.version == 0 {
@@ -116,9 +116,9 @@ pub(crate) struct Follower {
 impl Follower {
     /// Follows `me`'s assignment in `bucket`. Both watches are re-opened (a fresh snapshot)
     /// whenever one ends, and when a watch went quiet — a cluster node lost under it, a
-    /// reconnect it missed: every `resync` the `cluster` record is read directly (a get, which
+    /// reconnect it missed: every `resync` my commit page is read directly (a get, which
     /// costs the server no consumer), and a watch that has not delivered that revision, or the
-    /// revision of my key the record commits, within [`CATCH_UP`] is replaced. The watches are
+    /// revision of my key the page commits, within [`CATCH_UP`] is replaced. The watches are
     /// also re-opened every [`REOPEN_EVERY`] intervals; re-opening them on every interval cost
     /// two consumer creations per worker per interval, and their leftovers filled the stream's
     /// consumer limit on a fleet of 500.
@@ -199,23 +199,23 @@ struct Staging {
     mine: BTreeMap<Slot, (u64, WorkerRecord)>,
     cluster_synced: bool,
     mine_synced: bool,
-    /// The revision of the last `cluster` event the watch delivered (0: none).
+    /// The revision of the last event of my commit page the watch delivered (0: none).
     cluster_revision: u64,
 }
 
 /// What a resync check found the watches still owe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owed {
-    /// The `cluster` revision a direct read showed (0: no value).
+    /// The page's revision a direct read showed (0: no value).
     read: u64,
-    /// The `cluster` revision the watch had delivered at the read.
+    /// The page's revision the watch had delivered at the read.
     seen: u64,
-    /// The revision of my key that the delivered `cluster` record commits, if it is missing.
+    /// The revision of my key that the delivered page commits, if it is missing.
     mine: Option<u64>,
 }
 
 impl Owed {
-    /// What the watches owe, given the `cluster` revision read directly and the view so far:
+    /// What the watches owe, given my page's revision read directly and the view so far:
     /// a newer revision than the watch delivered, or a lower one (the key deleted, or the
     /// bucket deleted and created again, its revisions restarted), or my committed value.
     fn of(read: u64, stage: &Staging, view: &FollowerView) -> Option<Self> {
