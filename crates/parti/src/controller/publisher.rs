@@ -57,9 +57,10 @@ pub(crate) struct Publisher {
     /// deposed leader's write): the next publish writes theirs again even when unchanged.
     damaged: BTreeSet<WorkerId>,
     /// Commit page → the revision of its key as this leader last wrote it, or found it
-    /// holding a copy at least as recent as its own. A write seen at a higher revision is
-    /// someone else's: the page is read and written again.
-    pages: BTreeMap<usize, u64>,
+    /// holding a copy at least as recent as its own, and the [`order`](CommitPage::order) of
+    /// its copy then (a page already at a commit is not written again). A write seen at a
+    /// higher revision is someone else's: the page is forgotten, read and written again.
+    pages: BTreeMap<usize, (u64, (u64, u64))>,
     /// Pages to write again ([`repair_pages`](Self::repair_pages)): their write failed, or
     /// someone else wrote or deleted them.
     stale_pages: BTreeSet<usize>,
@@ -129,8 +130,9 @@ impl Publisher {
             return false;
         };
         match self.pages.get(&page) {
-            Some(known) if revision > *known => {
+            Some((known, _)) if revision > *known => {
                 tracing::debug!(key, revision, "a commit page was written under the leader");
+                self.pages.remove(&page);
                 self.stale_pages.insert(page)
             }
             _ => false,
@@ -170,18 +172,27 @@ impl Publisher {
         pages.extend(&unchecked);
         let writes: Vec<_> = CommitPage::pages_of(record, *revision, &pages)
             .into_iter()
+            .filter(|(page, copy)| {
+                // Written at this commit already (a phase write found the phase in place).
+                self.pages
+                    .get(page)
+                    .is_none_or(|(_, order)| *order < copy.order())
+            })
             .map(|(page, copy)| {
                 let bucket = Arc::clone(&self.bucket);
-                let known = self.pages.get(&page).copied();
+                let known = self.pages.get(&page).map(|(revision, _)| *revision);
                 let create = !unchecked.contains(&page) || !copy.workers.is_empty();
-                async move { (page, write_page(&*bucket, page, &copy, known, create).await) }
+                async move {
+                    let written = write_page(&*bucket, page, &copy, known, create).await;
+                    (page, copy.order(), written)
+                }
             })
             .collect();
         let mut results = futures::stream::iter(writes).buffer_unordered(PUT_CONCURRENCY);
-        while let Some((page, result)) = results.next().await {
+        while let Some((page, order, result)) = results.next().await {
             match result {
                 Ok(Some(revision)) => {
-                    self.pages.insert(page, revision);
+                    self.pages.insert(page, (revision, order));
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -593,6 +604,9 @@ impl Publisher {
             return Ok(());
         };
         if record.phase == phase && record.term == self.term {
+            // In place already, possibly by a write of ours whose reply was lost: its pages
+            // may not be.
+            self.write_pages(record_pages(&self.committed)).await;
             return Ok(());
         }
         record.phase = phase;
@@ -868,6 +882,37 @@ mod tests {
             .map(|w| page_of(&WorkerId::new(*w)))
             .collect();
         assert_eq!(pages.len(), expected.len());
+    }
+
+    #[tokio::test]
+    async fn a_phase_write_whose_reply_was_lost_still_gets_its_pages() {
+        let bucket = assignment_bucket().await;
+        let members = Members::default();
+        let mut publisher = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        let v = publisher
+            .publish(&map(&[("w0", &["p0"])]), meta(), &members)
+            .await
+            .unwrap();
+        // The phase write lands, its reply is lost: the leader's retry finds the phase in place.
+        let scaling = ClusterPhase::Scaling {
+            reason: crate::state::ScalingReason::ColdStart,
+            until_ms: 1,
+        };
+        let (mut record, revision) = publisher.committed().record.clone().unwrap();
+        record.phase = scaling;
+        bucket
+            .update("cluster", codec::encode(&record).unwrap(), revision)
+            .await
+            .unwrap();
+        publisher.set_phase(scaling, 0).await.unwrap();
+        let key = page_key(page_of(&WorkerId::new("w0")));
+        let page: CommitPage =
+            codec::decode("a", &key, &bucket.get(&key).await.unwrap().unwrap().value).unwrap();
+        assert_eq!((page.version, page.phase), (v, scaling));
+        // Asked again, nothing is written: the page is at that commit already.
+        let before = bucket.get(&key).await.unwrap().unwrap().revision;
+        publisher.set_phase(scaling, 0).await.unwrap();
+        assert_eq!(bucket.get(&key).await.unwrap().unwrap().revision, before);
     }
 
     #[tokio::test]
