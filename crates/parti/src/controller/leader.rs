@@ -1211,8 +1211,8 @@ impl Leader {
 
     /// Writes the commit pages that lag the commit or were changed under the leader (see
     /// [`Publisher::repair_pages`]); the ones that still fail are tried again at the next
-    /// check. Called at takeover too: the last leader may have stopped between a commit and
-    /// its pages.
+    /// check. The first check after a takeover also finds the pages the last leader left
+    /// behind (it may have stopped between a commit and its pages).
     pub(crate) async fn repair_pages(&mut self) {
         if self.publisher.has_stale_pages() {
             self.publisher.repair_pages().await;

@@ -24,8 +24,8 @@ use crate::clock::unix_ms;
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 use crate::records::{
-    CLUSTER_KEY, ClusterRecord, CommitPage, FLOOR_KEY, Published, Slot, VersionFloor, WorkerRecord,
-    page_key, page_of, parse_page_key, worker_key,
+    CLUSTER_KEY, ClusterRecord, CommitPage, FLOOR_KEY, PAGE_KEY_PREFIX, Published, Slot,
+    VersionFloor, WorkerRecord, page_key, page_of, parse_page_key, worker_key,
 };
 use crate::state::ClusterPhase;
 use crate::store::{Bucket, Entry, codec};
@@ -64,11 +64,11 @@ pub(crate) struct Publisher {
     /// Pages to write again ([`repair_pages`](Self::repair_pages)): their write failed, or
     /// someone else wrote or deleted them.
     stale_pages: BTreeSet<usize>,
-    /// Pages to look at once: a new leader's commit may have pages that lag it (the last
-    /// leader stopped between its commit and the pages), any page, one of a worker the commit
-    /// removed too. Each is written when it copies an older commit; a missing one is created
-    /// only when it would name someone.
-    unchecked_pages: BTreeSet<usize>,
+    /// Whether the pages are still to be looked at once: a new leader's commit may have pages
+    /// that lag it (the last leader stopped between its commit and the pages), any page, one
+    /// of a worker the commit removed too. One listing finds them; those that copy an older
+    /// commit (or garbage) become stale.
+    unchecked: bool,
 }
 
 impl Publisher {
@@ -82,7 +82,7 @@ impl Publisher {
             damaged: BTreeSet::new(),
             pages: BTreeMap::new(),
             stale_pages: BTreeSet::new(),
-            unchecked_pages: (0..crate::records::COMMIT_PAGES).collect(),
+            unchecked: true,
         })
     }
 
@@ -141,7 +141,7 @@ impl Publisher {
 
     /// Whether a commit page must be written again (see [`Self::repair_pages`]).
     pub(crate) fn has_stale_pages(&self) -> bool {
-        !self.stale_pages.is_empty() || !self.unchecked_pages.is_empty()
+        !self.stale_pages.is_empty() || self.unchecked
     }
 
     /// Writes the pages found stale again, from the commit this leader last read or wrote,
@@ -150,26 +150,62 @@ impl Publisher {
     /// Pages that still fail stay stale, for the next call.
     pub(crate) async fn repair_pages(&mut self) {
         match self.commit_intact().await {
-            Ok(true) => self.write_pages(BTreeSet::new()).await,
+            Ok(true) => {
+                if self.unchecked {
+                    self.check_pages().await;
+                }
+                self.write_pages(BTreeSet::new()).await;
+            }
             Ok(false) => {}
             Err(error) => tracing::debug!(%error, "cannot check the commit; pages wait"),
         }
     }
 
-    /// Copies the committed record into `pages`, every stale page and every unchecked one. A
-    /// page that already copies a commit at least as recent is left alone; a write that fails
-    /// leaves its page stale.
+    /// Lists the pages once (one call, however many pages) and marks stale those that copy an
+    /// older commit than the one this leader read or do not decode, and the missing pages of
+    /// the workers the commit names. Tried again at the next repair when the listing fails.
+    async fn check_pages(&mut self) {
+        let Some((record, revision)) = &self.committed.record else {
+            return;
+        };
+        let order = (record.version, *revision);
+        let listed = match self.bucket.list(&format!("{PAGE_KEY_PREFIX}>")).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::debug!(%error, "cannot list the commit pages; trying again later");
+                return;
+            }
+        };
+        let mut missing = record_pages(&self.committed);
+        for entry in listed {
+            let Some(page) = parse_page_key(&entry.key) else {
+                continue;
+            };
+            missing.remove(&page);
+            let there = codec::decode::<CommitPage>(self.bucket.name(), &entry.key, &entry.value)
+                .inspect_err(crate::records::garbage_seen)
+                .ok();
+            match there {
+                Some(copy) if copy.order() >= order => {
+                    self.pages.insert(page, (entry.revision, copy.order()));
+                }
+                _ => {
+                    self.stale_pages.insert(page);
+                }
+            }
+        }
+        self.stale_pages.append(&mut missing);
+        self.unchecked = false;
+    }
+
+    /// Copies the committed record into `pages` and every stale page. A page that already
+    /// copies a commit at least as recent is left alone; a write that fails leaves its page
+    /// stale.
     async fn write_pages(&mut self, mut pages: BTreeSet<usize>) {
         let Some((record, revision)) = &self.committed.record else {
             return;
         };
         pages.append(&mut self.stale_pages);
-        // Unchecked pages not asked for otherwise are not created to name no one.
-        let unchecked: BTreeSet<usize> = std::mem::take(&mut self.unchecked_pages)
-            .into_iter()
-            .filter(|page| !pages.contains(page))
-            .collect();
-        pages.extend(&unchecked);
         let writes: Vec<_> = CommitPage::pages_of(record, *revision, &pages)
             .into_iter()
             .filter(|(page, copy)| {
@@ -181,9 +217,8 @@ impl Publisher {
             .map(|(page, copy)| {
                 let bucket = Arc::clone(&self.bucket);
                 let known = self.pages.get(&page).map(|(revision, _)| *revision);
-                let create = !unchecked.contains(&page) || !copy.workers.is_empty();
                 async move {
-                    let written = write_page(&*bucket, page, &copy, known, create).await;
+                    let written = write_page(&*bucket, page, &copy, known).await;
                     (page, copy.order(), written)
                 }
             })
@@ -191,18 +226,13 @@ impl Publisher {
         let mut results = futures::stream::iter(writes).buffer_unordered(PUT_CONCURRENCY);
         while let Some((page, order, result)) = results.next().await {
             match result {
-                Ok(Some(revision)) => {
+                Ok(revision) => {
                     self.pages.insert(page, (revision, order));
                 }
-                Ok(None) => {}
                 Err(error) => {
                     tracing::debug!(page, %error, "could not write a commit page; trying again later");
                     self.pages.remove(&page);
-                    if unchecked.contains(&page) {
-                        self.unchecked_pages.insert(page);
-                    } else {
-                        self.stale_pages.insert(page);
-                    }
+                    self.stale_pages.insert(page);
                 }
             }
         }
@@ -642,8 +672,7 @@ fn record_pages(committed: &Published) -> BTreeSet<usize> {
 }
 
 /// Writes `copy` into its page unless the page already copies a commit at least as recent
-/// ([`CommitPage::order`]); returns the page key's revision afterwards (`None`: the page does
-/// not exist and `create` is false). `known` is the
+/// ([`CommitPage::order`]); returns the page key's revision afterwards. `known` is the
 /// revision this leader last knew the key at; without it, or when the key moved on since, the
 /// page is read first. A lost revision race is tried again from a fresh read.
 async fn write_page(
@@ -651,8 +680,7 @@ async fn write_page(
     page: usize,
     copy: &CommitPage,
     known: Option<u64>,
-    create: bool,
-) -> Result<Option<u64>> {
+) -> Result<u64> {
     use backon::Retryable;
     let key = page_key(page);
     let value = codec::encode(copy)?;
@@ -667,20 +695,17 @@ async fn write_page(
                         .inspect_err(crate::records::garbage_seen)
                         .ok();
                     if there.is_some_and(|t| t.order() >= copy.order()) {
-                        return Ok(Some(entry.revision));
+                        return Ok(entry.revision);
                     }
                     Some(entry.revision)
                 }
             },
         };
-        if expected.is_none() && !create {
-            return Ok(None);
-        }
         let written = match expected {
             Some(rev) => bucket.update(&key, value.clone(), rev).await,
             None => bucket.create(&key, value.clone()).await,
         };
-        written.map(Some).map_err(Error::Store)
+        written.map_err(Error::Store)
     };
     let lost_race = |e: &Error| {
         crate::store::is_conflict(e)
@@ -913,6 +938,30 @@ mod tests {
         let before = bucket.get(&key).await.unwrap().unwrap().revision;
         publisher.set_phase(scaling, 0).await.unwrap();
         assert_eq!(bucket.get(&key).await.unwrap().unwrap().revision, before);
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_rewrites_the_lagging_page_of_a_worker_the_commit_removed() {
+        let bucket = assignment_bucket().await;
+        let members = Members::default();
+        let mut first = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        first
+            .publish(&map(&[("w0", &["p0"]), ("w1", &["p1"])]), meta(), &members)
+            .await
+            .unwrap();
+        let key = page_key(page_of(&WorkerId::new("w1")));
+        let before = bucket.get(&key).await.unwrap().unwrap().value;
+        let v2 = first
+            .publish(&map(&[("w0", &["p0", "p1"])]), meta(), &members)
+            .await
+            .unwrap();
+        // As if the page of the removed worker had not been written for v2.
+        bucket.put(&key, before).await.unwrap();
+        assert_ne!(page_says(&*bucket, "w1").await, Some((v2, None)));
+        let mut next = Publisher::load(Arc::clone(&bucket), 2).await.unwrap();
+        next.repair_pages().await;
+        assert_eq!(page_says(&*bucket, "w1").await, Some((v2, None)));
+        assert!(!next.has_stale_pages());
     }
 
     #[tokio::test]

@@ -136,10 +136,6 @@ async fn lead(
     let refresh_watch = assignment_bucket.watch(REFRESH_KEY).await.ok();
     let intents_watch = assignment_bucket.watch(INTENTS_KEY).await.ok();
     let slots_watch = leader.watch_slots().await;
-    tokio::select! {
-        () = cancel.cancelled() => return Ok(()),
-        () = leader.repair_pages() => {}
-    }
     let mut source_check = tokio::time::interval(check_every);
     // After a long publish or a slow source, one check, not one per missed period.
     source_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
