@@ -152,7 +152,9 @@ pub enum Input {
     },
     /// The runner committed the map in force again, unchanged but for its pending sets and
     /// lineages (hand-offs completed, a lost commit repaired): not a [`Decision::Publish`], so
-    /// a publish decided meanwhile stays outstanding. Only the version moves on.
+    /// a publish decided meanwhile stays outstanding, and the lifecycle stays as it is (a
+    /// republish inside a full-restart window does not end the restart). The version moves on,
+    /// and the cooldown before a partition change counts from it as from any commit.
     Republished {
         /// The version written.
         version: u64,
