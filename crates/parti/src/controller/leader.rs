@@ -498,6 +498,7 @@ impl Leader {
             self.expulsion_due(now_at),
             doubt_ends,
             self.spill_due(),
+            self.publisher.pages_due(),
         ]
         .into_iter()
         .flatten()
@@ -1210,13 +1211,18 @@ impl Leader {
     }
 
     /// Writes the commit pages that lag the commit or were changed under the leader (see
-    /// [`Publisher::repair_pages`]); the ones that still fail are tried again at the next
-    /// check. The first check after a takeover also finds the pages the last leader left
-    /// behind (it may have stopped between a commit and its pages).
+    /// [`Publisher::repair_pages`]); the ones that still fail are tried again soon after
+    /// ([`pages_due`](Self::pages_due)). The first check after a takeover also finds the pages
+    /// the last leader left behind (it may have stopped between a commit and its pages).
     pub(crate) async fn repair_pages(&mut self) {
         if self.publisher.has_stale_pages() {
             self.publisher.repair_pages().await;
         }
+    }
+
+    /// Whether [`repair_pages`](Self::repair_pages) is due now.
+    pub(crate) fn pages_due(&self) -> bool {
+        self.publisher.pages_due().is_some_and(|at| at <= now())
     }
 
     /// A watch of the whole assignment bucket (worker values and commit pages), for

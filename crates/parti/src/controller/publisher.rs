@@ -19,6 +19,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::handoff::{self, Members};
+use super::leader::now;
 use crate::assignment::{AssignmentMap, Lifecycle};
 use crate::clock::unix_ms;
 use crate::error::{Error, Result};
@@ -69,6 +70,18 @@ pub(crate) struct Publisher {
     /// of a worker the commit removed too. One listing finds them; those that copy an older
     /// commit (or garbage) become stale.
     unchecked: bool,
+    /// When the stale pages (or the first check) are tried again, and the delays after that.
+    /// A page that lags holds its workers back (a gainer waits for a release its loser never
+    /// reads), so the retry is prompt — 100 ms, doubling to 2 s — rather than left to the
+    /// next source check, which may be many seconds away. `None` while nothing failed.
+    page_retry: Option<PageRetry>,
+}
+
+/// See `Publisher::page_retry`.
+#[derive(Debug)]
+struct PageRetry {
+    at: std::time::Instant,
+    delays: crate::retry::Delays,
 }
 
 impl Publisher {
@@ -83,6 +96,7 @@ impl Publisher {
             pages: BTreeMap::new(),
             stale_pages: BTreeSet::new(),
             unchecked: true,
+            page_retry: None,
         })
     }
 
@@ -144,6 +158,29 @@ impl Publisher {
         !self.stale_pages.is_empty() || self.unchecked
     }
 
+    /// When [`repair_pages`](Self::repair_pages) is due: `None` while no page is stale; at
+    /// once for a new leader's first check, then after each failed try, sooner than later.
+    pub(crate) fn pages_due(&self) -> Option<std::time::Instant> {
+        self.has_stale_pages()
+            .then(|| self.page_retry.as_ref().map_or_else(now, |r| r.at))
+    }
+
+    /// After a try at the pages: schedules the next one while some are still stale.
+    fn schedule_page_retry(&mut self) {
+        if !self.has_stale_pages() {
+            self.page_retry = None;
+            return;
+        }
+        let retry = self.page_retry.get_or_insert_with(|| PageRetry {
+            at: now(),
+            delays: crate::retry::doubling(
+                std::time::Duration::from_millis(100),
+                std::time::Duration::from_secs(2),
+            ),
+        });
+        retry.at = now() + retry.delays.next_delay();
+    }
+
     /// Writes the pages found stale again, from the commit this leader last read or wrote,
     /// when the `cluster` key still holds that commit; otherwise the pages stay stale until
     /// a publish (a repair of a lost commit, a deposed leader's last try) copies a current one.
@@ -159,6 +196,7 @@ impl Publisher {
             Ok(false) => {}
             Err(error) => tracing::debug!(%error, "cannot check the commit; pages wait"),
         }
+        self.schedule_page_retry();
     }
 
     /// Lists the pages once (one call, however many pages) and marks stale those that copy an
@@ -230,12 +268,13 @@ impl Publisher {
                     self.pages.insert(page, (revision, order));
                 }
                 Err(error) => {
-                    tracing::debug!(page, %error, "could not write a commit page; trying again later");
+                    tracing::debug!(page, %error, "could not write a commit page; trying again soon");
                     self.pages.remove(&page);
                     self.stale_pages.insert(page);
                 }
             }
         }
+        self.schedule_page_retry();
     }
 
     /// Whether a committed worker value must be written again (see [`Self::slot_written`]).
@@ -877,6 +916,47 @@ mod tests {
         assert_eq!(page_says(&*bucket, "w0").await.map(|(v, _)| v), Some(v2));
         assert_eq!(bucket.get(&key).await.unwrap().unwrap().revision, newer);
         assert!(!old.page_written(&key, newer), "already known");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_page_that_could_not_be_written_is_due_again_within_a_fraction_of_a_second() {
+        let store = MemoryStore::new();
+        let bucket = store
+            .bucket(&crate::store::BucketSpec::new("parti-assignment"))
+            .await
+            .unwrap();
+        let mut publisher = Publisher::load(Arc::clone(&bucket), 1).await.unwrap();
+        assert!(
+            publisher.pages_due().is_some_and(|at| at <= now()),
+            "a new leader looks at the pages at once"
+        );
+        let v = publisher
+            .publish(&map(&[("w0", &["p0"])]), meta(), &Members::default())
+            .await
+            .unwrap();
+        publisher.repair_pages().await;
+        assert_eq!(
+            publisher.pages_due(),
+            None,
+            "every page written and looked at"
+        );
+        let key = page_key(page_of(&WorkerId::new("w0")));
+        let junk = bucket.put(&key, b"junk".to_vec().into()).await.unwrap();
+        assert!(publisher.page_written(&key, junk));
+        assert!(
+            publisher.pages_due().is_some_and(|at| at <= now()),
+            "due at once"
+        );
+
+        // The repair fails: tried again 100 ms later, not at the next source check.
+        store.faults().fail_next(1);
+        publisher.repair_pages().await;
+        let due = publisher.pages_due().expect("still stale");
+        assert_eq!(due, now() + std::time::Duration::from_millis(100));
+        tokio::time::advance(std::time::Duration::from_millis(100)).await;
+        publisher.repair_pages().await;
+        assert_eq!(publisher.pages_due(), None);
+        assert_eq!(page_says(&*bucket, "w0").await.map(|(v, _)| v), Some(v));
     }
 
     #[tokio::test]

@@ -195,6 +195,13 @@ async fn serve(
             decisions = queued;
             continue;
         }
+        // A commit page that lags holds its workers back: written again as soon as it is due.
+        if leader.pages_due() {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = leader.repair_pages() => {}
+            }
+        }
         decisions = leader.step_due();
         if !decisions.is_empty() {
             continue;
