@@ -350,15 +350,12 @@ async fn s04d_a_dead_worker_whose_id_was_claimed_again_before_the_takeover_is_a_
     let config = config();
     let cluster = TestCluster::start(config.clone(), partitions(80)).await;
     let mut workers = cluster.workers(4).await;
-    let before = cluster.wait_for_map(&ids(&workers), SETTLE).await;
-    wait_all_stable(&cluster, &workers, SETTLE).await;
-    let settled_ns = parti::ownership::now_ns();
-
+    let everyone = ids(&workers);
     // The leader dies and a successor process claims its ID at once (a restart under the
     // same ID), but has not heartbeated yet when the next leader takes over.
-    let leader = workers.iter().position(|(m, _)| m.is_leader()).unwrap();
-    let (leader, _) = workers.remove(leader);
-    cluster.kill(&leader).await;
+    let (before, settled_ns, _) = settle_then_kill_the_leader(&cluster, &mut workers).await;
+    let survivors = ids(&workers);
+    let leader = everyone.iter().find(|w| !survivors.contains(w)).unwrap();
     let client = cluster.server.client().await.unwrap();
     let store = NatsStore::new(async_nats::jetstream::new(client));
     let [stable_id_spec, ..] = config.bucket_specs();
@@ -370,7 +367,7 @@ async fn s04d_a_dead_worker_whose_id_was_claimed_again_before_the_takeover_is_a_
     };
     stable_ids
         .put(
-            leader.worker_id().as_str(),
+            leader.as_str(),
             parti::store::codec::encode(&claim).unwrap(),
         )
         .await

@@ -222,14 +222,21 @@ fn a_cold_start_that_failed_to_publish_is_a_short_cold_start_again() {
     assert_eq!(h.p.next_wakeup(), None);
 }
 
-#[test]
-fn a_failed_scale_up_is_retried_over_the_workers_live_then_and_a_crash_is_not_forgotten() {
+/// worker-3 joined a running cluster of three at t0: the scale-up decided at the window's end,
+/// not yet published.
+fn scale_up_outstanding() -> H {
     let mut h = H::running(&[0, 1, 2]);
     h.join(3, 0);
     assert_eq!(
         h.wake(WINDOW),
         rebalance(&[0, 1, 2, 3], RebalanceReason::ScaleUp)
     );
+    h
+}
+
+#[test]
+fn a_failed_scale_up_is_retried_over_the_workers_live_then_and_a_crash_is_not_forgotten() {
+    let mut h = scale_up_outstanding();
     // The publish fails for good: the phase stays Rebalancing while it is owed.
     let now = h.at(WINDOW);
     assert_eq!(h.p.handle(Input::PublishFailed { now }), []);
@@ -267,12 +274,7 @@ fn a_failed_scale_up_is_retried_over_the_workers_live_then_and_a_crash_is_not_fo
 #[test]
 fn a_republish_while_a_publish_is_outstanding_leaves_it_outstanding() {
     // A hand-off republish lands after the planner decided a scale-up, before the runner ran it.
-    let mut h = H::running(&[0, 1, 2]);
-    h.join(3, 0);
-    assert_eq!(
-        h.wake(WINDOW),
-        rebalance(&[0, 1, 2, 3], RebalanceReason::ScaleUp)
-    );
+    let mut h = scale_up_outstanding();
     let now = h.at(WINDOW);
     assert_eq!(h.p.handle(Input::Republished { version: 7, now }), []);
     assert_eq!(h.p.version(), 7);
