@@ -1,6 +1,12 @@
-//! Wall-clock time for values written to KV (timestamps people and other processes read).
+//! Wall-clock time for values written to KV (timestamps people and other processes read), and
+//! the monotonic now of deadlines.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Now, on tokio's clock (the paused test clock drives it): for deadlines, never written out.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Now, in Unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn unix_ms() -> u64 {

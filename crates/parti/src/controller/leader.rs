@@ -26,7 +26,7 @@ use super::planner::{
 };
 use super::publisher::{PublishMeta, Publisher};
 use crate::assignment::{AssignmentMap, Lifecycle};
-use crate::clock::unix_ms;
+use crate::clock::{now, unix_ms};
 use crate::config::MovesPerStep;
 use crate::election::ElectionAgent;
 use crate::error::{Error, Result};
@@ -1523,11 +1523,6 @@ pub(crate) fn moved_partitions(before: &AssignmentMap, after: &AssignmentMap) ->
                 .count()
         })
         .sum()
-}
-
-/// Now, on tokio's clock (the paused test clock drives it).
-pub(crate) fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Whether a publish failed in a way that publishing the same workers again cannot fix: a

@@ -19,9 +19,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 
 use super::handoff::{self, Members};
-use super::leader::now;
 use crate::assignment::{AssignmentMap, Lifecycle};
-use crate::clock::unix_ms;
+use crate::clock::{now, unix_ms};
 use crate::error::{Error, Result};
 use crate::partition::WorkerId;
 use crate::records::{

@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::compat;
 use super::history::HistoryWriter;
-use super::leader::{Leader, LeaderContext, now};
+use super::leader::{Leader, LeaderContext};
 use super::planner::{CrashHold, Decision, Input, PlannerConfig};
 use super::publisher::Publisher;
+use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::heartbeat::{HeartbeatValue, MembershipEvent, MembershipWatcher};
 use crate::partition::WorkerId;
