@@ -311,7 +311,7 @@ impl WorkerConsumer {
         assignment: &Assignment,
     ) -> Result<()> {
         let allow = self.shared.config.allow_worker_id_change;
-        self.assign(worker, assignment, allow).await
+        self.assign(worker, assignment, allow, true).await
     }
 
     /// What the [`Manager`](crate::Manager) calls: like
@@ -319,14 +319,28 @@ impl WorkerConsumer {
     /// followed (the manager re-claimed after losing its ID: the old ID's durable may belong to
     /// another process now and is left alone).
     pub(crate) async fn follow(&self, worker: &WorkerId, assignment: &Assignment) -> Result<()> {
-        self.assign(worker, assignment, true).await
+        self.assign(worker, assignment, true, true).await
     }
 
+    /// [`follow`](Self::follow) without waiting for the filter to move: the request is queued
+    /// for the reconciler, which carries it out (and keeps trying) on its own. For a change
+    /// that only gains: nothing waits on its filter (a loss must wait, so that the gainer's
+    /// filter can take the subjects), and the local gate already admits what is held.
+    pub(crate) async fn follow_queued(
+        &self,
+        worker: &WorkerId,
+        assignment: &Assignment,
+    ) -> Result<()> {
+        self.assign(worker, assignment, true, false).await
+    }
+
+    /// Sends the filter for `assignment` to the reconciler; waits for its answer when `wait`.
     async fn assign(
         &self,
         worker: &WorkerId,
         assignment: &Assignment,
         allow_id_change: bool,
+        wait: bool,
     ) -> Result<()> {
         let cfg = &self.shared.config;
         let subjects = subjects::render(
@@ -355,6 +369,9 @@ impl WorkerConsumer {
                 reply,
             })
             .map_err(|_| Error::Shutdown)?;
+        if !wait {
+            return Ok(());
+        }
         answer.await.map_err(|_| Error::Shutdown)?
     }
 

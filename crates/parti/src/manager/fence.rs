@@ -6,7 +6,8 @@
 //!    lease deadline);
 //! 2. the consumer's local gate is set to what is held (immediate, no NATS call), and the task
 //!    waits for handler calls of lost partitions that are still running;
-//! 3. the consumer's filter follows (a NATS call, bounded by `operationTimeout`);
+//! 3. the consumer's filter follows (a NATS call, bounded by `operationTimeout`; a change that
+//!    only gains queues it for the reconciler without waiting);
 //! 4. the hooks hear of it (`on_assignment_changed` with what was gained and lost) and the task
 //!    waits for them to return;
 //! 5. lost partitions are *released* (ownership records), and the change's version is
@@ -189,6 +190,16 @@ impl FenceParts {
             partitions: held,
             ..Assignment::default()
         };
+        // A change that only gains does not wait for the filter: holding starts at once under
+        // the local gate, and a slow filter update (a subject still in a dead worker's
+        // durable) must not hold up the changes queued behind this one.
+        if lost.is_empty() {
+            if let Err(error) = consumer.follow_queued(worker, &assignment).await {
+                tracing::warn!(%error, "consumer update failed");
+                self.events.error(error);
+            }
+            return;
+        }
         let result =
             tokio::time::timeout(self.consumer_timeout, consumer.follow(worker, &assignment)).await;
         let error = match result {
