@@ -2,6 +2,7 @@
 //! returns the [`FaultRecord`] the checker reads and a line saying what exactly was done.
 
 use anyhow::Context as _;
+use backon::Retryable as _;
 use parti::ownership::now_ns;
 use parti::records::{page_key, page_of, parse_worker_key};
 use parti_testkit::checker::FaultRecord;
@@ -102,14 +103,33 @@ impl Runner {
     }
 
     /// The slot of the leader named by the election bucket's `leader` key, if it can be read.
+    /// A read is tried a few times: on a busy server (a large fleet rebalancing) one can time
+    /// out, and a leader kill must not quietly become a follower's.
     async fn leader_slot(&mut self) -> Option<usize> {
-        let buckets = self.buckets().await.ok()?;
-        let election = buckets.get(Role::Election).bucket.clone()?;
-        let leader = parti::election::current_leader(election.as_ref())
+        let instance = (|| self.leader_instance())
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(200))
+                    .with_max_delay(std::time::Duration::from_secs(2))
+                    .with_max_times(5),
+            )
             .await
-            .ok()
-            .flatten()?;
-        self.fleet.slot_of_instance(&leader.instance)
+            .ok()?;
+        self.fleet.slot_of_instance(&instance)
+    }
+
+    /// The instance of the leader named by the election bucket's `leader` key.
+    async fn leader_instance(&self) -> anyhow::Result<String> {
+        let buckets = self.buckets().await?;
+        let election = buckets
+            .get(Role::Election)
+            .bucket
+            .clone()
+            .context("no election bucket")?;
+        let leader = parti::election::current_leader(election.as_ref())
+            .await?
+            .context("no leader")?;
+        Ok(leader.instance)
     }
 
     /// The cluster's four buckets, opened as they are on the server.
