@@ -50,6 +50,14 @@ impl ManagedConsumer {
         match *self {}
     }
 
+    pub(crate) async fn follow_queued(
+        &self,
+        _worker: &crate::WorkerId,
+        _assignment: &crate::Assignment,
+    ) -> crate::Result<()> {
+        match *self {}
+    }
+
     pub(crate) async fn close(self) -> crate::Result<()> {
         match self {}
     }
